@@ -1,0 +1,46 @@
+"""What every command shares: the --data-dir option, error handling, output helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from node import DataDir, default_data_dir
+from node import MercatoError as MercatoErrorBase
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def data_dir_option(fn: F) -> F:
+    """``--data-dir PATH``, defaulting to $MERCATO_DATA_DIR or the platform's data dir."""
+    return click.option(
+        "--data-dir",
+        "data_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="The node's data dir [env MERCATO_DATA_DIR; default: the platform's user data dir].",
+    )(fn)
+
+
+def resolve(data_dir: Path | None) -> DataDir:
+    return DataDir((data_dir or default_data_dir()).expanduser().absolute())
+
+
+def print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2))
+
+
+class MercatoGroup(click.Group):
+    """A click group that turns mercato's errors into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MercatoErrorBase as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)

@@ -1,0 +1,40 @@
+"""The ``mercato`` command. No business logic here: it calls node's public surface."""
+
+from __future__ import annotations
+
+import click
+
+from node import __version__
+
+from ._common import MercatoGroup
+from ._events import events
+from ._init import init
+from ._keys import keys
+from ._node import node
+
+
+@click.group(cls=MercatoGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    __version__, "--version", "-V", prog_name="mercato", message="%(prog)s %(version)s"
+)
+def main() -> None:
+    """mercato: a peer-to-peer marketplace for AI agents and models.
+
+    Every participant runs the same daemon (`mercato node start`); the other
+    commands talk to it through its control API, or work on the data dir
+    directly when no daemon runs.
+
+    \b
+    Example:
+      mercato init                     # create a data dir with keys
+      mercato node start               # run the node in the foreground
+      mercato node status              # from another terminal
+
+    Exit codes: 0 ok, 1 failure, 2 usage error.
+    """
+
+
+main.add_command(init)
+main.add_command(node)
+main.add_command(keys)
+main.add_command(events)

@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import click
+import trio
+
+from node import (
+    ControlClient,
+    DaemonNotRunning,
+    DataDir,
+    DataDirLock,
+    DataDirLocked,
+    Node,
+    NodeError,
+    configure_logging,
+    init_data_dir,
+    load_config,
+)
+
+from ._common import data_dir_option, print_json, resolve
+
+STOP_TIMEOUT_S = 10.0
+
+
+@click.group()
+def node() -> None:
+    """Run and inspect the node daemon.
+
+    \b
+    Example:
+      mercato node start --data-dir ~/node1
+      mercato node status --data-dir ~/node1
+      mercato node stop --data-dir ~/node1
+    """
+
+
+@node.command()
+@data_dir_option
+@click.option("--log-json", is_flag=True, help="Log one JSON object per line instead of text.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="Log level [default: from mercato.toml, else info].",
+)
+@click.option(
+    "--api-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Control API port on 127.0.0.1 (0 = any free port).",
+)
+def start(
+    data_dir: Path | None, log_json: bool, log_level: str | None, api_port: int | None
+) -> None:
+    """Run the node in the foreground until SIGINT/SIGTERM or `mercato node stop`.
+
+    Creates the data dir first if it does not exist. Configuration comes from
+    <data dir>/mercato.toml, then MERCATO_<SECTION>_<KEY> variables, then these flags.
+
+    \b
+    Example:
+      mercato node start
+      mercato node start --data-dir ~/node2 --api-port 7312 --log-json
+    """
+    datadir = resolve(data_dir)
+    if not datadir.is_initialized():
+        result = init_data_dir(datadir)
+        click.echo(f"initialized data dir {result.root}", err=True)
+    config = load_config(datadir.config_file)
+    if log_json:
+        config = config.replace("log", format="json")
+    if log_level:
+        config = config.replace("log", level=log_level)
+    if api_port is not None:
+        config = config.replace("api", port=api_port)
+    configure_logging(config.log.level, config.log.format)
+    try:
+        trio.run(Node(datadir, config, handle_signals=True).run)
+    except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
+        raise SystemExit(130) from None
+
+
+def _lock_holder(datadir: DataDir) -> int | None:
+    try:
+        text = datadir.lock_file.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _wait_stopped(datadir: DataDir, timeout: float) -> bool:
+    """Wait until no process holds the data dir lock (the kernel drops it at exit)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with DataDirLock(datadir):
+                return True
+        except DataDirLocked:
+            time.sleep(0.05)
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@node.command()
+@data_dir_option
+@click.option(
+    "--timeout",
+    type=float,
+    default=STOP_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait for the daemon to exit.",
+)
+def stop(data_dir: Path | None, timeout: float) -> None:
+    """Ask the running daemon to stop, and wait until it has.
+
+    Uses the control API; if the API does not answer but a daemon holds the
+    data dir, sends it SIGTERM.
+
+    \b
+    Example:
+      mercato node stop --data-dir ~/node1
+    """
+    datadir = resolve(data_dir)
+    client = ControlClient(datadir)
+    pid = _lock_holder(datadir)
+    try:
+        pid = client.status()["pid"]
+        client.shutdown()
+    except DaemonNotRunning:
+        if pid is None or not _alive(pid):
+            raise
+        os.kill(pid, signal.SIGTERM)
+    if not _wait_stopped(datadir, timeout):
+        raise NodeError(f"the daemon (pid {pid}) did not stop within {timeout:g} s")
+    click.echo("stopped")
+
+
+@node.command()
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the full status as JSON.")
+def status(data_dir: Path | None, as_json: bool) -> None:
+    """Show what the running daemon is: identity, API, services, event log head.
+
+    \b
+    Example:
+      mercato node status
+      mercato node status --json | jq .peer_id
+    """
+    info = ControlClient(resolve(data_dir)).status()
+    if as_json:
+        print_json(info)
+        return
+    rows = [
+        ("status", "running"),
+        ("version", info["version"]),
+        ("pid", info["pid"]),
+        ("peer id", info["peer_id"]),
+        ("data dir", info["data_dir"]),
+        ("control api", info["api"]),
+        ("uptime", f"{info['uptime_s']:.1f} s"),
+        ("services", ", ".join(info["services"])),
+        ("accounts", ", ".join(info["accounts"]) or "none"),
+        ("events", f"{info['events']['count']} (head {(info['events']['head'] or '-')[:16]})"),
+    ]
+    if info.get("name"):
+        rows.insert(1, ("name", info["name"]))
+    for label, value in rows:
+        click.echo(f"{label + ':':<13} {value}")
+    for warning in info.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)

@@ -1,0 +1,75 @@
+"""node: the mercato daemon.
+
+Owns the composition of every service (`Node`), the data dir and its format,
+configuration, keys, the SQLite store, the event log, the control API and its
+client, metrics and logging. The CLI imports only what is exported here.
+
+May import every other mercato package except cli.
+"""
+
+from p2p import MercatoError as MercatoError
+
+from ._client import ControlClient as ControlClient
+from ._config import Config as Config
+from ._config import load_config as load_config
+from ._control import Control as Control
+from ._control import LocalControl as LocalControl
+from ._control import open_control as open_control
+from ._errors import ConfigError as ConfigError
+from ._errors import ControlError as ControlError
+from ._errors import DaemonNotRunning as DaemonNotRunning
+from ._errors import DataDirError as DataDirError
+from ._errors import DataDirLocked as DataDirLocked
+from ._errors import KeyStoreError as KeyStoreError
+from ._errors import NodeError as NodeError
+from ._errors import StoreError as StoreError
+from ._events import Event as Event
+from ._events import VerifyReport as VerifyReport
+from ._init import InitResult as InitResult
+from ._init import init_data_dir as init_data_dir
+from ._keys import KeyInfo as KeyInfo
+from ._keys import KeyStore as KeyStore
+from ._lock import DataDirLock as DataDirLock
+from ._logs import configure_logging as configure_logging
+from ._node import Node as Node
+from ._paths import FORMAT_VERSION as FORMAT_VERSION
+from ._paths import DataDir as DataDir
+from ._paths import default_data_dir as default_data_dir
+from ._store import Database as Database
+from ._store import Store as Store
+from ._store import open_store as open_store
+from ._version import __version__ as __version__
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Config",
+    "ConfigError",
+    "Control",
+    "ControlClient",
+    "ControlError",
+    "DaemonNotRunning",
+    "DataDir",
+    "DataDirError",
+    "DataDirLock",
+    "DataDirLocked",
+    "Database",
+    "Event",
+    "InitResult",
+    "KeyInfo",
+    "KeyStore",
+    "KeyStoreError",
+    "LocalControl",
+    "MercatoError",
+    "Node",
+    "NodeError",
+    "Store",
+    "StoreError",
+    "VerifyReport",
+    "__version__",
+    "configure_logging",
+    "default_data_dir",
+    "init_data_dir",
+    "load_config",
+    "open_control",
+    "open_store",
+]

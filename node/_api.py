@@ -1,0 +1,377 @@
+"""The control API: HTTP + JSON on a loopback address, for the CLI and scripts.
+
+Every route but ``/v1/health`` and ``/openapi.json`` needs
+``Authorization: Bearer <token>`` with the token from ``<data dir>/api.token``
+(401 otherwise). Bodies above ``api.max_body_bytes`` get 413. Errors are
+``{"error": {"code": ..., "message": ...}}``. The OpenAPI document is built from
+the same route table that dispatches requests, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._errors import KeyStoreError
+from ._http import HttpError, Request, Response
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._node import Node
+
+log = logging.getLogger("mercato.api")
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "required": ["code", "message"],
+        }
+    },
+}
+_KEY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "kind": {"type": "string", "enum": ["node", "account"]},
+        "public_key": {"type": "string", "description": "hex"},
+        "address": {"type": "string", "description": "base58 (Solana address)"},
+        "peer_id": {"type": ["string", "null"]},
+        "path": {"type": "string"},
+    },
+}
+_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "seq": {"type": "integer"},
+        "ts": {"type": "string"},
+        "kind": {"type": "string"},
+        "data": {"type": "object"},
+        "prev_hash": {"type": "string"},
+        "hash": {"type": "string"},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    summary: str
+    handler: Callable[[Node, Request], Awaitable[Response]]
+    auth: bool = True
+    response: dict[str, Any] | None = None
+    body: dict[str, Any] | None = None
+    query: tuple[tuple[str, str, str], ...] = ()  # (name, type, description)
+    errors: tuple[int, ...] = ()
+
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        if method != self.method:
+            return None
+        want, got = self.path.strip("/").split("/"), path.strip("/").split("/")
+        if len(want) != len(got):
+            return None
+        params = {}
+        for w, g in zip(want, got, strict=True):
+            if w.startswith("{"):
+                params[w[1:-1]] = g
+            elif w != g:
+                return None
+        return params
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HttpError(400, "bad_query", f"query parameter {name!r} must be an integer") from None
+    if not low <= value <= high:
+        raise HttpError(400, "bad_query", f"query parameter {name!r} must be in [{low}, {high}]")
+    return value
+
+
+async def _health(node: Node, request: Request) -> Response:
+    return Response.json(200, {"status": "ok", "version": __version__})
+
+
+async def _openapi(node: Node, request: Request) -> Response:
+    return Response.json(200, openapi_document())
+
+
+async def _status(node: Node, request: Request) -> Response:
+    return Response.json(200, await node.status())
+
+
+async def _shutdown(node: Node, request: Request) -> Response:
+    node.request_stop("control API")
+    return Response.json(202, {"status": "stopping"})
+
+
+async def _keys_list(node: Node, request: Request) -> Response:
+    return Response.json(200, {"keys": await node.call(node.control.keys_list)})
+
+
+async def _keys_new(node: Node, request: Request) -> Response:
+    body = request.json()
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        raise HttpError(400, "bad_body", 'expected a JSON object {"name": "<account name>"}')
+    try:
+        key = await node.call(node.control.keys_new, body["name"])
+    except KeyStoreError as exc:
+        status = 409 if "already exists" in str(exc) else 400
+        raise HttpError(status, "key_error", str(exc)) from None
+    return Response.json(201, key)
+
+
+async def _keys_show(node: Node, request: Request) -> Response:
+    try:
+        key = await node.call(node.control.keys_show, request.params["name"])
+    except KeyStoreError as exc:
+        raise HttpError(404, "no_such_key", str(exc)) from None
+    return Response.json(200, key)
+
+
+async def _events(node: Node, request: Request) -> Response:
+    after = _int_param(request, "after", 0, 0, 2**62)
+    limit = _int_param(request, "limit", 100, 1, 1000)
+    kind = request.query.get("kind")
+    return Response.json(200, await node.call(node.control.events, after, limit, kind))
+
+
+async def _events_verify(node: Node, request: Request) -> Response:
+    return Response.json(200, await node.call(node.control.events_verify))
+
+
+async def _metrics(node: Node, request: Request) -> Response:
+    return Response(200, node.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET",
+        "/v1/health",
+        "Liveness: answers without a token.",
+        _health,
+        auth=False,
+        response={
+            "type": "object",
+            "properties": {"status": {"type": "string"}, "version": {"type": "string"}},
+        },
+    ),
+    Route(
+        "GET",
+        "/openapi.json",
+        "This OpenAPI document.",
+        _openapi,
+        auth=False,
+        response={"type": "object"},
+    ),
+    Route(
+        "GET",
+        "/v1/status",
+        "The node's identity, services, addresses and counters.",
+        _status,
+        response={"type": "object"},
+    ),
+    Route(
+        "POST",
+        "/v1/shutdown",
+        "Stop the daemon cleanly.",
+        _shutdown,
+        response={"type": "object", "properties": {"status": {"type": "string"}}},
+    ),
+    Route(
+        "GET",
+        "/v1/keys",
+        "The node key and every account key (public parts only).",
+        _keys_list,
+        response={
+            "type": "object",
+            "properties": {"keys": {"type": "array", "items": _KEY_SCHEMA}},
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/keys",
+        "Create a new account key.",
+        _keys_new,
+        response=_KEY_SCHEMA,
+        body={
+            "type": "object",
+            "properties": {"name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,31}$"}},
+            "required": ["name"],
+        },
+        errors=(400, 409),
+    ),
+    Route(
+        "GET",
+        "/v1/keys/{name}",
+        "One key ('node' or an account name).",
+        _keys_show,
+        response=_KEY_SCHEMA,
+        errors=(404,),
+    ),
+    Route(
+        "GET",
+        "/v1/events",
+        "Event log entries after a sequence number, oldest first.",
+        _events,
+        response={
+            "type": "object",
+            "properties": {
+                "events": {"type": "array", "items": _EVENT_SCHEMA},
+                "next": {"type": "integer"},
+            },
+        },
+        query=(
+            ("after", "integer", "return entries with seq > after"),
+            ("limit", "integer", "at most this many (1-1000, default 100)"),
+            ("kind", "string", "only entries of this kind"),
+        ),
+        errors=(400,),
+    ),
+    Route(
+        "GET",
+        "/v1/events/verify",
+        "Check the event log's hash chain.",
+        _events_verify,
+        response={
+            "type": "object",
+            "properties": {
+                "ok": {"type": "boolean"},
+                "checked": {"type": "integer"},
+                "head": {"type": ["string", "null"]},
+                "first_bad": {"type": ["integer", "null"]},
+                "reason": {"type": ["string", "null"]},
+            },
+        },
+    ),
+    Route(
+        "GET", "/metrics", "Prometheus metrics (text exposition format).", _metrics, response=None
+    ),
+)
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": route.summary, "responses": {}}
+    ok = {"POST": "201" if route.path == "/v1/keys" else "202"}.get(route.method, "200")
+    if route.response is not None:
+        op["responses"][ok] = {
+            "description": "OK",
+            "content": {"application/json": {"schema": route.response}},
+        }
+    else:
+        op["responses"][ok] = {
+            "description": "OK",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    error = {"content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+    codes = set(route.errors) | {413}
+    if route.auth:
+        codes.add(401)
+    for code in sorted(codes):
+        op["responses"][str(code)] = {"description": _REASONS.get(code, "Error"), **error}
+    if not route.auth:
+        op["security"] = []
+    if route.body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": route.body}},
+        }
+    params = [
+        {"name": n, "in": "query", "required": False, "schema": {"type": t}, "description": d}
+        for n, t, d in route.query
+    ]
+    params += [
+        {"name": seg[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+        for seg in route.path.split("/")
+        if seg.startswith("{")
+    ]
+    if params:
+        op["parameters"] = params
+    return op
+
+
+_REASONS = {
+    400: "Bad request",
+    401: "Missing or wrong token",
+    404: "Not found",
+    409: "Already exists",
+    413: "Request body too large",
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of every route."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mercato control API", "version": __version__},
+        "servers": [{"url": "http://127.0.0.1:7311"}],
+        "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"token": []}],
+        "paths": paths,
+    }
+
+
+class ControlAPI:
+    """Dispatches requests to the route table on behalf of one `Node`."""
+
+    def __init__(self, node: Node, token: str) -> None:
+        self._node = node
+        self._token = token.encode()
+
+    def _authorized(self, request: Request) -> bool:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), self._token
+        )
+
+    def _route(self, request: Request) -> Route:
+        allowed = False
+        for route in ROUTES:
+            params = route.match(request.method, request.path)
+            if params is not None:
+                request.params = params
+                return route
+            allowed = allowed or route.match(route.method, request.path) is not None
+        if allowed:
+            raise HttpError(
+                405, "method_not_allowed", f"{request.method} is not allowed on {request.path}"
+            )
+        raise HttpError(404, "not_found", f"no route {request.path}; see /openapi.json")
+
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        label = "unmatched"
+        try:
+            route = self._route(request)
+            label = route.path
+            if route.auth and not self._authorized(request):
+                raise HttpError(
+                    401,
+                    "unauthorized",
+                    "missing or wrong API token: send 'Authorization: Bearer <token>' "
+                    "with the token from <data dir>/api.token",
+                )
+            response = await route.handler(self._node, request)
+        except HttpError as exc:
+            response = Response.error(exc.status, exc.code, exc.message)
+        except Exception:
+            log.exception("control API handler failed", extra={"route": label})
+            response = Response.error(500, "internal", "internal error; see the daemon's log")
+        metrics = self._node.metrics
+        metrics.api_requests.labels(route=label, status=str(response.status)).inc()
+        metrics.api_seconds.labels(route=label).observe(time.perf_counter() - started)
+        return response

@@ -1,0 +1,112 @@
+"""`ControlClient`: the control API over HTTP, with the same methods as `LocalControl`.
+
+It finds the daemon through ``<data dir>/api.json`` and authenticates with
+``<data dir>/api.token``. Blocking (stdlib http.client): meant for the CLI and
+scripts, not for use on a trio loop.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from ._errors import ControlError, DaemonNotRunning
+from ._paths import DataDir
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class ControlClient:
+    """Talks to the daemon that runs on ``datadir``."""
+
+    def __init__(self, datadir: DataDir, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self.datadir = datadir
+        self.timeout = timeout
+
+    def _not_running(self) -> DaemonNotRunning:
+        return DaemonNotRunning(
+            f"no mercato daemon is running on data dir {self.datadir.root}; "
+            f"start one with `mercato node start --data-dir {self.datadir.root}`"
+        )
+
+    def _address(self) -> tuple[str, int]:
+        try:
+            info = json.loads(self.datadir.api_file.read_text())
+            return str(info["host"]), int(info["port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise self._not_running() from None
+
+    def _token(self) -> str:
+        try:
+            return self.datadir.token_file.read_text().strip()
+        except OSError as exc:
+            raise ControlError(
+                f"cannot read the API token {self.datadir.token_file}: {exc.strerror}"
+            ) from None
+
+    def request(
+        self, method: str, path: str, body: Any = None, *, auth: bool = True, raw: bool = False
+    ) -> Any:
+        """Send one request; return the decoded JSON (or text if ``raw``).
+
+        Raises DaemonNotRunning if nothing answers, ControlError for an error answer.
+        """
+        host, port = self._address()
+        headers = {"Accept": "application/json"}
+        if auth:
+            headers["Authorization"] = f"Bearer {self._token()}"
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except ConnectionRefusedError:
+            raise self._not_running() from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise ControlError(
+                f"the daemon at {host}:{port} did not answer properly: {exc}"
+            ) from None
+        finally:
+            conn.close()
+        if response.status >= 400:
+            try:
+                err = json.loads(data)["error"]
+                message, code = err["message"], err["code"]
+            except (ValueError, KeyError, TypeError):
+                message, code = data[:200].decode(errors="replace"), "error"
+            raise ControlError(message, status=response.status, code=code)
+        return data.decode() if raw else json.loads(data)
+
+    def health(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/health", auth=False)
+
+    def status(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/status")
+
+    def shutdown(self) -> dict[str, Any]:
+        return self.request("POST", "/v1/shutdown")
+
+    def keys_list(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/keys")["keys"]
+
+    def keys_new(self, name: str) -> dict[str, Any]:
+        return self.request("POST", "/v1/keys", {"name": name})
+
+    def keys_show(self, name: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/keys/{name}")
+
+    def events(self, after: int = 0, limit: int = 100, kind: str | None = None) -> dict[str, Any]:
+        query = {"after": after, "limit": limit} | ({"kind": kind} if kind else {})
+        return self.request("GET", f"/v1/events?{urlencode(query)}")
+
+    def events_verify(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/events/verify")
+
+    def metrics(self) -> str:
+        return self.request("GET", "/metrics", raw=True)

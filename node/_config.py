@@ -1,0 +1,222 @@
+"""The node's configuration: one frozen, typed object loaded once at start.
+
+Sources, later ones winning: the defaults below, ``<data dir>/mercato.toml``,
+environment variables ``MERCATO_<SECTION>_<KEY>`` (e.g. ``MERCATO_API_PORT=0``),
+then command-line flags (applied by the caller with `Config.replace`).
+
+Example ``mercato.toml``::
+
+    [log]
+    level = "debug"
+    format = "json"
+
+    [api]
+    port = 7311
+
+An unknown section or key, or a value of the wrong type, is a `ConfigError`
+whose message names the key and the file (or variable) it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from ._errors import ConfigError
+
+DEFAULT_API_HOST = "127.0.0.1"
+DEFAULT_API_PORT = 7311
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+ENV_PREFIX = "MERCATO_"
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    """``[node]``: the daemon itself."""
+
+    name: str = ""
+    """A label for this node in logs and status; empty means none."""
+
+
+@dataclass(frozen=True)
+class LogSection:
+    """``[log]``: what the daemon logs and how."""
+
+    level: str = "info"
+    format: str = "text"
+    """``text`` for people, ``json`` for one JSON object per line."""
+
+
+@dataclass(frozen=True)
+class ApiSection:
+    """``[api]``: the control API, always on a loopback address."""
+
+    host: str = DEFAULT_API_HOST
+    port: int = DEFAULT_API_PORT
+    """0 picks a free port; the daemon writes the one it got to api.json."""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the daemon reads from configuration."""
+
+    node: NodeSection = field(default_factory=NodeSection)
+    log: LogSection = field(default_factory=LogSection)
+    api: ApiSection = field(default_factory=ApiSection)
+
+    def replace(self, section: str, **values: Any) -> Config:
+        """A copy with some keys of one section changed (used for CLI flags)."""
+        current = getattr(self, section)
+        changed = dataclasses.replace(current, **values)
+        new = dataclasses.replace(self, **{section: changed})
+        _validate(new, "command line")
+        return new
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def _sections() -> dict[str, type]:
+    return {name: tp for name, tp in get_type_hints(Config).items()}
+
+
+def _coerce(value: Any, tp: type, where: str) -> Any:
+    """Check ``value`` against ``tp``; strings from the environment are parsed."""
+    if isinstance(value, str) and tp is not str:
+        try:
+            if tp is bool:
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("1", "true", "yes")
+            return tp(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not tp:
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build_section(tp: type, values: Mapping[str, Any], where: str) -> Any:
+    hints = get_type_hints(tp)
+    known = ", ".join(hints)
+    out = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{where}: unknown key {key!r} (known keys: {known})")
+        out[key] = _coerce(value, hints[key], f"{where}: key {key!r}")
+    return tp(**out)
+
+
+def _validate(config: Config, where: str) -> None:
+    if config.log.level not in LOG_LEVELS:
+        raise ConfigError(f"{where}: log.level must be one of {', '.join(LOG_LEVELS)}")
+    if config.log.format not in LOG_FORMATS:
+        raise ConfigError(f"{where}: log.format must be one of {', '.join(LOG_FORMATS)}")
+    try:
+        loopback = ipaddress.ip_address(config.api.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"{where}: api.host must be a loopback address such as 127.0.0.1, "
+            f"got {config.api.host!r}; the control API is never exposed to the network"
+        )
+    if not 0 <= config.api.port <= 65535:
+        raise ConfigError(f"{where}: api.port must be between 0 and 65535")
+    if config.api.max_body_bytes < 1024:
+        raise ConfigError(f"{where}: api.max_body_bytes must be at least 1024")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, dict[str, tuple[str, str]]]:
+    """``MERCATO_<SECTION>_<KEY>`` variables whose section exists, by section."""
+    sections = _sections()
+    found: dict[str, dict[str, tuple[str, str]]] = {}
+    for var, value in environ.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        if section in sections and key:
+            found.setdefault(section, {})[key] = (var, value)
+    return found
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Load ``path`` (missing is fine) plus environment overrides into a `Config`.
+
+    Raises ConfigError naming the offending key and file or variable.
+    """
+    environ = os.environ if environ is None else environ
+    raw = _read_toml(path)
+    sections = _sections()
+    built: dict[str, Any] = {}
+    for name, values in raw.items():
+        if name not in sections:
+            raise ConfigError(
+                f"{path}: unknown section [{name}] (known sections: {', '.join(sections)})"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: {name!r} must be a [section], not a value")
+        built[name] = _build_section(sections[name], values, f"{path}: [{name}]")
+    for name, pairs in _env_values(environ).items():
+        tp = sections[name]
+        hints = get_type_hints(tp)
+        current = dataclasses.asdict(built.get(name, tp()))
+        for key, (var, value) in pairs.items():
+            if key not in hints:
+                raise ConfigError(
+                    f"environment variable {var}: unknown key {key!r} in [{name}] "
+                    f"(known keys: {', '.join(hints)})"
+                )
+            current[key] = _coerce(value, hints[key], f"environment variable {var}")
+        built[name] = tp(**current)
+    config = Config(**built)
+    _validate(config, str(path))
+    return config
+
+
+DEFAULT_CONFIG_TOML = f"""\
+# mercato node configuration. Every key is optional; the values below are the
+# defaults. Environment variables override this file: MERCATO_<SECTION>_<KEY>,
+# e.g. MERCATO_API_PORT=7400 or MERCATO_LOG_FORMAT=json.
+
+[node]
+# A label for this node in logs and status.
+name = ""
+
+[log]
+# debug | info | warning | error
+level = "info"
+# text (for people) | json (one object per line)
+format = "text"
+
+[api]
+# The control API listens on loopback only. Port 0 picks a free port.
+host = "{DEFAULT_API_HOST}"
+port = {DEFAULT_API_PORT}
+# Larger request bodies are refused with 413.
+max_body_bytes = {DEFAULT_MAX_BODY_BYTES}
+"""

@@ -1,0 +1,68 @@
+"""Creating a data dir: directories, default config, token, keys, store, first events."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+
+from ._config import DEFAULT_CONFIG_TOML
+from ._control import LocalControl
+from ._keys import DEFAULT_ACCOUNT, KeyStore, write_secret_file
+from ._lock import DataDirLock
+from ._paths import FORMAT_VERSION, DataDir
+from ._store import Database
+
+
+@dataclass(frozen=True)
+class InitResult:
+    created: bool
+    """False if the data dir was already initialized (then nothing changed)."""
+    root: str
+    peer_id: str
+    account_address: str
+
+
+def init_data_dir(datadir: DataDir) -> InitResult:
+    """Create a data dir, or complete one whose creation was interrupted.
+
+    Idempotent: an initialized data dir is checked and left as it is. The
+    format-version file is written last, so a dir counts as initialized only
+    once everything else is in place. Blocking; raises DataDirLocked if a daemon
+    holds the dir, DataDirError if it is of an unknown format.
+    """
+    keys = KeyStore(datadir)
+    if datadir.is_initialized():
+        datadir.check_format()
+        return InitResult(
+            False,
+            str(datadir.root),
+            keys.node_key().peer_id,
+            keys.info(DEFAULT_ACCOUNT).address if DEFAULT_ACCOUNT in keys.account_names() else "",
+        )
+    datadir.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with DataDirLock(datadir):
+        if not datadir.config_file.exists():
+            datadir.config_file.write_text(DEFAULT_CONFIG_TOML)
+        if not datadir.token_file.exists():
+            write_secret_file(datadir.token_file, secrets.token_urlsafe(32) + "\n")
+        datadir.blobs_dir.mkdir(mode=0o700, exist_ok=True)
+        db = Database(datadir.db_file)
+        try:
+            control = LocalControl(datadir, db, keys)
+            if keys.ensure_node_key():
+                node = keys.info("node")
+                control.record(
+                    "key.created", {"name": "node", "kind": "node", "peer_id": node.peer_id}
+                )
+            if DEFAULT_ACCOUNT not in keys.account_names():
+                control.keys_new(DEFAULT_ACCOUNT)
+            control.record("node.initialized", {"format_version": FORMAT_VERSION})
+        finally:
+            db.close()
+        tmp = datadir.format_file.with_suffix(".tmp")
+        tmp.write_text(f"{FORMAT_VERSION}\n")
+        os.replace(tmp, datadir.format_file)
+    return InitResult(
+        True, str(datadir.root), keys.node_key().peer_id, keys.info(DEFAULT_ACCOUNT).address
+    )

@@ -1,0 +1,8 @@
+"""The installed version of mercato."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("mercato")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"

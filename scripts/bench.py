@@ -1,0 +1,137 @@
+"""Benchmarks. ``python scripts/bench.py <name>`` prints one JSON object with the figures.
+
+Benchmarks:
+  startup   seconds from `mercato node start` to the control API answering
+            (target < 1.5 s) and the idle daemon's resident memory (target < 120 MB)
+
+Every figure comes with the machine it was measured on. No benchmark asserts a
+target: it reports, and the README and closing notes quote it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from node import ControlClient, DaemonNotRunning, DataDir, init_data_dir
+
+IDLE_SETTLE_S = 3.0
+
+
+def machine() -> dict[str, Any]:
+    mem_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    cpu = ""
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu or platform.processor(),
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "system": platform.platform(),
+    }
+
+
+def _mercato_command() -> list[str]:
+    script = Path(sys.executable).with_name("mercato")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _start_and_time(datadir: DataDir) -> tuple[float, subprocess.Popen[bytes]]:
+    env = {**os.environ, "MERCATO_API_PORT": "0"}
+    client = ControlClient(datadir, timeout=2)
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [*_mercato_command(), "node", "start", "--data-dir", str(datadir.root)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {proc.returncode}")
+        try:
+            client.health()
+            return time.perf_counter() - started, proc
+        except DaemonNotRunning:
+            time.sleep(0.005)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
+def bench_startup(runs: int = 5) -> dict[str, Any]:
+    """Median start-to-answering time over ``runs`` restarts of an initialized data dir."""
+    root = Path(tempfile.mkdtemp(prefix="mercato-bench-"))
+    try:
+        datadir = DataDir(root / "data")
+        init_data_dir(datadir)
+        times, rss = [], 0.0
+        for i in range(runs):
+            elapsed, proc = _start_and_time(datadir)
+            times.append(elapsed)
+            if i == runs - 1:
+                time.sleep(IDLE_SETTLE_S)  # let it settle into idle before measuring
+                rss = _rss_mb(proc.pid)
+            _stop(proc)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {
+        "startup_s": round(statistics.median(times), 3),
+        "startup_s_runs": [round(t, 3) for t in times],
+        "idle_rss_mb": round(rss, 1),
+        "targets": {"startup_s": 1.5, "idle_rss_mb": 120},
+    }
+
+
+BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {"startup": bench_startup}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("name", choices=[*BENCHMARKS, "all"])
+    args = parser.parse_args()
+    names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    results = {}
+    for name in names:
+        results[name] = BENCHMARKS[name]()
+    out = results[names[0]] if len(names) == 1 else results
+    print(json.dumps({"benchmark": args.name, **out, "machine": machine()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Shared fixtures: temporary data dirs and real daemon processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from node import ControlClient, DaemonNotRunning, DataDir, init_data_dir
+
+START_TIMEOUT_S = 20.0
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """Run ``mercato ARGS`` in a fresh interpreter, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.02):
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class Daemon:
+    """A real `mercato node start` process on a data dir."""
+
+    datadir: DataDir
+    proc: subprocess.Popen[str]
+    log_path: Path
+
+    @property
+    def client(self) -> ControlClient:
+        return ControlClient(self.datadir)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+
+def _answering(datadir: DataDir, proc: subprocess.Popen[str]) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"daemon exited early with code {proc.returncode}")
+    try:
+        ControlClient(datadir, timeout=2).health()
+    except DaemonNotRunning:
+        return False
+    return True
+
+
+@pytest.fixture
+def datadir(tmp_path: Path) -> DataDir:
+    return DataDir(tmp_path / "data")
+
+
+@pytest.fixture
+def initialized(datadir: DataDir) -> DataDir:
+    init_data_dir(datadir)
+    return datadir
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator:
+    """Factory: start a daemon process and wait until its control API answers."""
+    started: list[Daemon] = []
+
+    def start(
+        datadir: DataDir, *extra: str, env: dict[str, str] | None = None, wait: bool = True
+    ) -> Daemon:
+        log_path = tmp_path / f"daemon-{len(started)}.log"
+        with log_path.open("w") as log_file:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "cli",
+                    "node",
+                    "start",
+                    "--data-dir",
+                    str(datadir.root),
+                    *extra,
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, "MERCATO_API_PORT": "0", **(env or {})},
+            )
+        daemon = Daemon(datadir, proc, log_path)
+        started.append(daemon)
+        if wait:
+            try:
+                wait_for(lambda: _answering(datadir, proc), START_TIMEOUT_S, "the control API")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n--- daemon log ---\n{daemon.log()}") from None
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.proc.poll() is None:
+            daemon.proc.send_signal(signal.SIGKILL)
+            daemon.proc.wait(timeout=10)
+
+
+def api_info(datadir: DataDir) -> dict:
+    return json.loads(datadir.api_file.read_text())

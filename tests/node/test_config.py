@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from node import Config, ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mercato.toml"
+    path.write_text(text)
+    return path
+
+
+def test_missing_file_gives_the_defaults(tmp_path: Path) -> None:
+    assert load_config(tmp_path / "absent.toml", environ={}) == Config()
+
+
+def test_the_default_config_file_that_init_writes_loads_to_the_defaults(tmp_path: Path) -> None:
+    from node._config import DEFAULT_CONFIG_TOML
+
+    assert load_config(write(tmp_path, DEFAULT_CONFIG_TOML), environ={}) == Config()
+
+
+def test_file_values_then_environment_override(tmp_path: Path) -> None:
+    path = write(tmp_path, '[api]\nport = 7400\n[log]\nlevel = "debug"\n')
+    config = load_config(path, environ={"MERCATO_API_PORT": "7500", "MERCATO_DATA_DIR": "/x"})
+    assert config.api.port == 7500
+    assert config.log.level == "debug"
+
+
+def test_unknown_key_names_the_key_and_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[api]\nprot = 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert "'prot'" in str(err.value) and str(path) in str(err.value)
+
+
+def test_unknown_section_names_the_section_and_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[apii]\nport = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown section \[apii\]") as err:
+        load_config(path, environ={})
+    assert str(path) in str(err.value)
+
+
+def test_wrong_type_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'port': expected int"):
+        load_config(write(tmp_path, '[api]\nport = "many"\n'), environ={})
+
+
+def test_unknown_environment_key_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="MERCATO_API_PROT"):
+        load_config(tmp_path / "none.toml", environ={"MERCATO_API_PROT": "1"})
+    with pytest.raises(ConfigError, match="MERCATO_API_PORT"):
+        load_config(tmp_path / "none.toml", environ={"MERCATO_API_PORT": "lots"})
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[api\n")
+    with pytest.raises(ConfigError, match="not valid TOML") as err:
+        load_config(path, environ={})
+    assert str(path) in str(err.value)
+
+
+def test_the_control_api_never_leaves_loopback(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="loopback"):
+        load_config(write(tmp_path, '[api]\nhost = "0.0.0.0"\n'), environ={})
+    config = load_config(write(tmp_path, '[api]\nhost = "::1"\n'), environ={})
+    assert config.api.host == "::1"
+
+
+def test_replace_validates(tmp_path: Path) -> None:
+    config = Config()
+    assert config.replace("log", format="json").log.format == "json"
+    with pytest.raises(ConfigError, match=r"log\.format"):
+        config.replace("log", format="xml")

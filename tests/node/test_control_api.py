@@ -1,0 +1,174 @@
+"""The control API of an in-process Node, through the real HTTP client."""
+
+import json
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from node import Config, ControlClient, ControlError, DaemonNotRunning, DataDir, Node
+from node._api import ROUTES, openapi_document
+
+
+@pytest.fixture
+async def node(initialized: DataDir) -> AsyncIterator[Node]:
+    config = Config().replace("api", port=0)
+    running = Node(initialized, config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(running.run)
+        yield running
+        running.request_stop()
+
+
+async def call(fn, *args):
+    """The client blocks, so it runs in a thread, as any outside caller would."""
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+def raw_request(datadir: DataDir, data: bytes) -> tuple[int, bytes]:
+    info = json.loads(datadir.api_file.read_text())
+    with socket.create_connection((info["host"], info["port"]), timeout=5) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    reply = b"".join(chunks)
+    return int(reply.split(b" ", 2)[1]), reply
+
+
+async def test_status_answers_with_the_node_identity(node: Node) -> None:
+    client = ControlClient(node.datadir)
+    status = await call(client.status)
+    assert status["peer_id"].startswith("12D3KooW")
+    assert status["data_dir"] == str(node.datadir.root)
+    assert status["services"] == ["store", "control-api"]
+    assert status["accounts"] == ["default"]
+    assert status["events"]["count"] >= 4
+
+
+async def test_requests_without_the_right_token_get_401(node: Node) -> None:
+    client = ControlClient(node.datadir)
+    with pytest.raises(ControlError) as err:
+        await call(lambda: client.request("GET", "/v1/status", auth=False))
+    assert err.value.status == 401 and "api.token" in str(err.value)
+    node.datadir.token_file.write_text("wrong-token\n")
+    with pytest.raises(ControlError) as err:
+        await call(client.status)
+    assert err.value.status == 401
+    health = await call(client.health)  # health needs no token
+    assert health["status"] == "ok"
+
+
+async def test_an_oversized_body_gets_413_and_changes_nothing(node: Node) -> None:
+    client = ControlClient(node.datadir)
+    before = await call(client.keys_list)
+    name = "a" * 10
+    body = json.dumps({"name": name, "pad": "x" * (2 * node.config.api.max_body_bytes)})
+    with pytest.raises(ControlError) as err:
+        await call(lambda: client.request("POST", "/v1/keys", json.loads(body)))
+    assert err.value.status == 413
+    assert await call(client.keys_list) == before
+
+
+async def test_an_oversized_chunked_body_without_length_gets_413(node: Node) -> None:
+    token = node.datadir.token_file.read_text().strip()
+    size = node.config.api.max_body_bytes + 10
+    chunk = b"x" * size
+    request = (
+        b"POST /v1/keys HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        + f"Authorization: Bearer {token}\r\n\r\n".encode()
+        + f"{size:x}\r\n".encode()
+        + chunk
+        + b"\r\n0\r\n\r\n"
+    )
+    status, _ = await call(raw_request, node.datadir, request)
+    assert status == 413
+
+
+async def test_garbage_gets_400_and_the_node_keeps_serving(node: Node) -> None:
+    status, _ = await call(raw_request, node.datadir, b"\x16\x03\x01 not http at all\r\n\r\n")
+    assert status == 400
+    assert (await call(ControlClient(node.datadir).health))["status"] == "ok"
+
+
+async def test_keys_are_created_once_with_clear_errors(node: Node) -> None:
+    client = ControlClient(node.datadir)
+    key = await call(client.keys_new, "alice")
+    assert key["name"] == "alice" and len(key["address"]) >= 32
+    with pytest.raises(ControlError) as err:
+        await call(client.keys_new, "alice")
+    assert err.value.status == 409
+    with pytest.raises(ControlError) as err:
+        await call(client.keys_new, "Not Valid")
+    assert err.value.status == 400 and "invalid account name" in str(err.value)
+    with pytest.raises(ControlError) as err:
+        await call(lambda: client.request("POST", "/v1/keys", ["alice"]))
+    assert err.value.status == 400
+    with pytest.raises(ControlError) as err:
+        await call(client.keys_show, "nobody")
+    assert err.value.status == 404
+    shown = await call(client.keys_show, "alice")
+    assert shown == key
+    kinds = [e["kind"] for e in (await call(client.events, 0, 1000))["events"]]
+    assert kinds.count("key.created") == 3  # node, default, alice: each once
+
+
+async def test_events_page_forward(node: Node) -> None:
+    client = ControlClient(node.datadir)
+    for name in ("a1", "a2", "a3"):
+        await call(client.keys_new, name)
+    first = await call(client.events, 0, 2)
+    assert [e["seq"] for e in first["events"]] == [1, 2]
+    second = await call(client.events, first["next"], 1000)
+    assert second["events"][0]["seq"] == 3
+    only = await call(client.events, 0, 1000, "key.created")
+    assert {e["kind"] for e in only["events"]} == {"key.created"}
+    with pytest.raises(ControlError) as err:
+        await call(lambda: client.request("GET", "/v1/events?limit=lots"))
+    assert err.value.status == 400
+    assert (await call(client.events_verify))["ok"] is True
+
+
+async def test_unknown_routes_and_methods(node: Node) -> None:
+    client = ControlClient(node.datadir)
+    with pytest.raises(ControlError) as err:
+        await call(lambda: client.request("GET", "/v1/nothing"))
+    assert err.value.status == 404
+    with pytest.raises(ControlError) as err:
+        await call(lambda: client.request("DELETE", "/v1/keys"))
+    assert err.value.status == 405
+
+
+async def test_metrics_are_prometheus_text(node: Node) -> None:
+    client = ControlClient(node.datadir)
+    await call(client.status)
+    text = await call(client.metrics)
+    assert 'mercato_build_info{version="' in text
+    assert 'mercato_api_requests_total{route="/v1/status",status="200"}' in text
+    assert "process_resident_memory_bytes" in text
+
+
+async def test_the_openapi_document_describes_every_route_and_nothing_else(node: Node) -> None:
+    client = ControlClient(node.datadir)
+    served = await call(lambda: client.request("GET", "/openapi.json", auth=False))
+    assert served == openapi_document()
+    assert served["openapi"].startswith("3.")
+    described = {(m.upper(), p) for p, ops in served["paths"].items() for m in ops}
+    assert described == {(r.method, r.path) for r in ROUTES}
+    # Every described GET without path parameters answers (not 404/405).
+    for method, path in described:
+        if method == "GET" and "{" not in path:
+            result = await call(lambda p=path: client.request("GET", p, raw=True))
+            assert result
+
+
+async def test_shutdown_answers_then_the_node_stops(initialized: DataDir) -> None:
+    running = Node(initialized, Config().replace("api", port=0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(running.run)
+        answer = await call(ControlClient(initialized).shutdown)
+        assert answer == {"status": "stopping"}
+    assert not initialized.api_file.exists()
+    with pytest.raises(DaemonNotRunning):
+        await call(ControlClient(initialized).health)
