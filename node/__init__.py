@@ -20,6 +20,8 @@ from ._errors import ControlError as ControlError
 from ._errors import DaemonNotRunning as DaemonNotRunning
 from ._errors import DataDirError as DataDirError
 from ._errors import DataDirLocked as DataDirLocked
+from ._errors import KeyExists as KeyExists
+from ._errors import KeyNotFound as KeyNotFound
 from ._errors import KeyStoreError as KeyStoreError
 from ._errors import NodeError as NodeError
 from ._errors import StoreError as StoreError
@@ -55,7 +57,9 @@ __all__ = [
     "Database",
     "Event",
     "InitResult",
+    "KeyExists",
     "KeyInfo",
+    "KeyNotFound",
     "KeyStore",
     "KeyStoreError",
     "LocalControl",

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._errors import KeyStoreError
+from ._errors import KeyExists, KeyNotFound, KeyStoreError
 from ._http import HttpError, Request, Response
 from ._version import __version__
 
@@ -126,17 +126,20 @@ async def _keys_new(node: Node, request: Request) -> Response:
         raise HttpError(400, "bad_body", 'expected a JSON object {"name": "<account name>"}')
     try:
         key = await node.call(node.control.keys_new, body["name"])
+    except KeyExists as exc:
+        raise HttpError(409, "key_exists", str(exc)) from None
     except KeyStoreError as exc:
-        status = 409 if "already exists" in str(exc) else 400
-        raise HttpError(status, "key_error", str(exc)) from None
+        raise HttpError(400, "bad_key_name", str(exc)) from None
     return Response.json(201, key)
 
 
 async def _keys_show(node: Node, request: Request) -> Response:
     try:
         key = await node.call(node.control.keys_show, request.params["name"])
-    except KeyStoreError as exc:
+    except KeyNotFound as exc:
         raise HttpError(404, "no_such_key", str(exc)) from None
+    except KeyStoreError as exc:
+        raise HttpError(400, "bad_key", str(exc)) from None
     return Response.json(200, key)
 
 
@@ -371,6 +374,15 @@ class ControlAPI:
         except Exception:
             log.exception("control API handler failed", extra={"route": label})
             response = Response.error(500, "internal", "internal error; see the daemon's log")
+        log.debug(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
         metrics = self._node.metrics
         metrics.api_requests.labels(route=label, status=str(response.status)).inc()
         metrics.api_seconds.labels(route=label).observe(time.perf_counter() - started)

@@ -80,6 +80,11 @@ class ControlClient:
                 message, code = err["message"], err["code"]
             except (ValueError, KeyError, TypeError):
                 message, code = data[:200].decode(errors="replace"), "error"
+            if response.status == 401:
+                message = (
+                    f"the daemon refused the API token in {self.datadir.token_file}; "
+                    "if the file was changed while the daemon runs, restart the daemon"
+                )
             raise ControlError(message, status=response.status, code=code)
         return data.decode() if raw else json.loads(data)
 

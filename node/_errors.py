@@ -36,6 +36,14 @@ class KeyStoreError(NodeError):
     """A key operation failed."""
 
 
+class KeyExists(KeyStoreError):
+    """A key of that name exists already; it is never overwritten."""
+
+
+class KeyNotFound(KeyStoreError):
+    """No key of that name."""
+
+
 class StoreError(NodeError):
     """The SQLite store cannot be opened, migrated or written."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from p2p import IdentityError, Keypair
 
-from ._errors import KeyStoreError
+from ._errors import KeyExists, KeyNotFound, KeyStoreError
 from ._paths import DataDir
 
 log = logging.getLogger("mercato.keys")
@@ -52,7 +52,7 @@ def write_secret_file(path: Path, text: str) -> None:
     try:
         os.link(tmp, path)  # atomic, and fails if the key already exists
     except FileExistsError:
-        raise KeyStoreError(f"key file {path} already exists; refusing to overwrite it") from None
+        raise KeyExists(f"key file {path} already exists; refusing to overwrite it") from None
     finally:
         tmp.unlink()
 
@@ -92,7 +92,7 @@ class KeyStore:
     def node_key(self) -> Keypair:
         path = self._datadir.node_key_file
         if not path.exists():
-            raise KeyStoreError(f"node key {path} is missing; run `mercato init` to create one")
+            raise KeyNotFound(f"node key {path} is missing; run `mercato init` to create one")
         return self._load(path)
 
     def _account_path(self, name: str) -> Path:
@@ -107,14 +107,14 @@ class KeyStore:
         """Generate a new account key ``name``; KeyStoreError if it exists or the name is bad."""
         path = self._account_path(name)
         if path.exists():
-            raise KeyStoreError(f"account key {name!r} already exists at {path}")
+            raise KeyExists(f"account key {name!r} already exists at {path}")
         write_secret_file(path, Keypair.generate().to_json())
         return self.info(name)
 
     def account(self, name: str) -> Keypair:
         path = self._account_path(name)
         if not path.exists():
-            raise KeyStoreError(
+            raise KeyNotFound(
                 f"no account key named {name!r}; `mercato keys list` shows the keys there are"
             )
         return self._load(path)
@@ -122,7 +122,8 @@ class KeyStore:
     def account_names(self) -> list[str]:
         if not self._datadir.accounts_dir.exists():
             return []
-        return sorted(p.stem for p in self._datadir.accounts_dir.glob("*.key"))
+        found = (p.stem for p in self._datadir.accounts_dir.glob("*.key"))
+        return sorted(n for n in found if _ACCOUNT_NAME.match(n))
 
     def info(self, name: str) -> KeyInfo:
         """Public facts of the node key (``"node"``) or of an account key."""

@@ -109,6 +109,10 @@ class Node:
         ConfigError, KeyStoreError or StoreError if local state cannot be used;
         in each case nothing on disk has changed.
         """
+        log.info(
+            "starting",
+            extra={"version": __version__, "pid": os.getpid(), "data_dir": str(self.datadir.root)},
+        )
         self.datadir.check_format()
         with DataDirLock(self.datadir):
             keys = KeyStore(self.datadir)

@@ -51,11 +51,11 @@ async def test_requests_without_the_right_token_get_401(node: Node) -> None:
     client = ControlClient(node.datadir)
     with pytest.raises(ControlError) as err:
         await call(lambda: client.request("GET", "/v1/status", auth=False))
-    assert err.value.status == 401 and "api.token" in str(err.value)
+    assert err.value.status == 401
     node.datadir.token_file.write_text("wrong-token\n")
     with pytest.raises(ControlError) as err:
         await call(client.status)
-    assert err.value.status == 401
+    assert err.value.status == 401 and str(node.datadir.token_file) in str(err.value)
     health = await call(client.health)  # health needs no token
     assert health["status"] == "ok"
 
@@ -108,6 +108,9 @@ async def test_keys_are_created_once_with_clear_errors(node: Node) -> None:
     with pytest.raises(ControlError) as err:
         await call(client.keys_show, "nobody")
     assert err.value.status == 404
+    with pytest.raises(ControlError) as err:
+        await call(client.keys_show, "..%2F..%2Fetc")
+    assert err.value.status == 400
     shown = await call(client.keys_show, "alice")
     assert shown == key
     kinds = [e["kind"] for e in (await call(client.events, 0, 1000))["events"]]
