@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -42,5 +42,25 @@ class MercatoGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MercatoErrorBase as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            fail(str(exc))
+        except BaseExceptionGroup as group:
+            # Errors raised inside a trio nursery arrive wrapped in a group.
+            ours, rest = group.split(MercatoErrorBase)
+            if ours is None or rest is not None:
+                raise
+            fail("; ".join(str(e) for e in _leaves(ours)))
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            fail(f"{exc.strerror or exc}{where}")
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)

@@ -49,6 +49,10 @@ def events(
       mercato events --json > events.jsonl
       mercato events --verify
     """
+    if verify and (after or limit is not None or kind):
+        raise click.UsageError(
+            "--verify checks the whole log; it takes no --after, --limit or --kind"
+        )
     with open_control(resolve(data_dir)) as control:
         if verify:
             report = control.events_verify()

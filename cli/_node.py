@@ -19,6 +19,7 @@ from node import (
     configure_logging,
     init_data_dir,
     load_config,
+    lock_holder,
 )
 
 from ._common import data_dir_option, print_json, resolve
@@ -84,14 +85,6 @@ def start(
         raise SystemExit(130) from None
 
 
-def _lock_holder(datadir: DataDir) -> int | None:
-    try:
-        text = datadir.lock_file.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
 def _wait_stopped(datadir: DataDir, timeout: float) -> bool:
     """Wait until no process holds the data dir lock (the kernel drops it at exit)."""
     deadline = time.monotonic() + timeout
@@ -104,19 +97,11 @@ def _wait_stopped(datadir: DataDir, timeout: float) -> bool:
     return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @node.command()
 @data_dir_option
 @click.option(
     "--timeout",
-    type=float,
+    type=click.FloatRange(min=0),
     default=STOP_TIMEOUT_S,
     show_default=True,
     help="Seconds to wait for the daemon to exit.",
@@ -133,14 +118,15 @@ def stop(data_dir: Path | None, timeout: float) -> None:
     """
     datadir = resolve(data_dir)
     client = ControlClient(datadir)
-    pid = _lock_holder(datadir)
     try:
         pid = client.status()["pid"]
         client.shutdown()
     except DaemonNotRunning:
-        if pid is None or not _alive(pid):
+        pid = lock_holder(datadir)  # None unless a live process really holds the lock
+        if pid is None:
             raise
         os.kill(pid, signal.SIGTERM)
+        click.echo(f"the control API did not answer; sent SIGTERM to pid {pid}", err=True)
     if not _wait_stopped(datadir, timeout):
         raise NodeError(f"the daemon (pid {pid}) did not stop within {timeout:g} s")
     click.echo("stopped")

@@ -32,6 +32,7 @@ from ._init import init_data_dir as init_data_dir
 from ._keys import KeyInfo as KeyInfo
 from ._keys import KeyStore as KeyStore
 from ._lock import DataDirLock as DataDirLock
+from ._lock import lock_holder as lock_holder
 from ._logs import configure_logging as configure_logging
 from ._node import Node as Node
 from ._paths import FORMAT_VERSION as FORMAT_VERSION
@@ -74,6 +75,7 @@ __all__ = [
     "default_data_dir",
     "init_data_dir",
     "load_config",
+    "lock_holder",
     "open_control",
     "open_store",
 ]

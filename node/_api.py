@@ -15,6 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import trio
 
 from ._errors import KeyExists, KeyNotFound, KeyStoreError
 from ._http import HttpError, Request, Response
@@ -80,7 +83,7 @@ class Route:
         params = {}
         for w, g in zip(want, got, strict=True):
             if w.startswith("{"):
-                params[w[1:-1]] = g
+                params[w[1:-1]] = unquote(g)
             elif w != g:
                 return None
         return params
@@ -100,11 +103,11 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
 
 
 async def _health(node: Node, request: Request) -> Response:
-    return Response.json(200, {"status": "ok", "version": __version__})
+    return Response.json(200, {"status": "ok", "version": __version__, "instance": node.instance})
 
 
 async def _openapi(node: Node, request: Request) -> Response:
-    return Response.json(200, openapi_document())
+    return Response.json(200, openapi_document(node.api_url))
 
 
 async def _status(node: Node, request: Request) -> Response:
@@ -155,7 +158,8 @@ async def _events_verify(node: Node, request: Request) -> Response:
 
 
 async def _metrics(node: Node, request: Request) -> Response:
-    return Response(200, node.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+    body = await trio.to_thread.run_sync(node.metrics.render)  # reads /proc
+    return Response(200, body, "text/plain; version=0.0.4; charset=utf-8")
 
 
 ROUTES: tuple[Route, ...] = (
@@ -167,7 +171,11 @@ ROUTES: tuple[Route, ...] = (
         auth=False,
         response={
             "type": "object",
-            "properties": {"status": {"type": "string"}, "version": {"type": "string"}},
+            "properties": {
+                "status": {"type": "string"},
+                "version": {"type": "string"},
+                "instance": {"type": "string"},
+            },
         },
     ),
     Route(
@@ -313,7 +321,7 @@ _REASONS = {
 }
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(server_url: str = "http://127.0.0.1:7311") -> dict[str, Any]:
     """The OpenAPI 3.1 description of every route."""
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
@@ -321,7 +329,7 @@ def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "mercato control API", "version": __version__},
-        "servers": [{"url": "http://127.0.0.1:7311"}],
+        "servers": [{"url": server_url}],
         "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
         "security": [{"token": []}],
         "paths": paths,

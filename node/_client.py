@@ -10,7 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from ._errors import ControlError, DaemonNotRunning
 from ._paths import DataDir
@@ -24,6 +24,7 @@ class ControlClient:
     def __init__(self, datadir: DataDir, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.datadir = datadir
         self.timeout = timeout
+        self._verified = ""
 
     def _not_running(self) -> DaemonNotRunning:
         return DaemonNotRunning(
@@ -31,12 +32,28 @@ class ControlClient:
             f"start one with `mercato node start --data-dir {self.datadir.root}`"
         )
 
-    def _address(self) -> tuple[str, int]:
+    def _address(self) -> tuple[str, int, str]:
         try:
             info = json.loads(self.datadir.api_file.read_text())
-            return str(info["host"]), int(info["port"])
+            return str(info["host"]), int(info["port"]), str(info["instance"])
         except (OSError, ValueError, KeyError, TypeError):
             raise self._not_running() from None
+
+    def _check_instance(self, expected: str) -> None:
+        """Make sure the daemon that wrote api.json is the one answering, before sending the token.
+
+        A daemon that crashed leaves api.json behind, and its port may now belong
+        to another program, which must never see the token.
+        """
+        if self._verified == expected:
+            return
+        try:
+            answer = self.request("GET", "/v1/health", auth=False)
+        except ControlError:
+            raise self._not_running() from None
+        if not isinstance(answer, dict) or answer.get("instance") != expected:
+            raise self._not_running() from None
+        self._verified = expected
 
     def _token(self) -> str:
         try:
@@ -53,9 +70,10 @@ class ControlClient:
 
         Raises DaemonNotRunning if nothing answers, ControlError for an error answer.
         """
-        host, port = self._address()
+        host, port, instance = self._address()
         headers = {"Accept": "application/json"}
         if auth:
+            self._check_instance(instance)
             headers["Authorization"] = f"Bearer {self._token()}"
         payload = None
         if body is not None:
@@ -68,6 +86,10 @@ class ControlClient:
             data = response.read()
         except ConnectionRefusedError:
             raise self._not_running() from None
+        except TimeoutError:
+            raise ControlError(
+                f"the daemon at {host}:{port} did not answer within {self.timeout:g} s"
+            ) from None
         except (OSError, http.client.HTTPException) as exc:
             raise ControlError(
                 f"the daemon at {host}:{port} did not answer properly: {exc}"
@@ -91,6 +113,10 @@ class ControlClient:
     def health(self) -> dict[str, Any]:
         return self.request("GET", "/v1/health", auth=False)
 
+    def check(self) -> None:
+        """DaemonNotRunning unless the daemon that wrote api.json is the one answering."""
+        self._check_instance(self._address()[2])
+
     def status(self) -> dict[str, Any]:
         return self.request("GET", "/v1/status")
 
@@ -104,7 +130,7 @@ class ControlClient:
         return self.request("POST", "/v1/keys", {"name": name})
 
     def keys_show(self, name: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/keys/{name}")
+        return self.request("GET", f"/v1/keys/{quote(name, safe='')}")
 
     def events(self, after: int = 0, limit: int = 100, kind: str | None = None) -> dict[str, Any]:
         query = {"after": after, "limit": limit} | ({"kind": kind} if kind else {})

@@ -23,7 +23,7 @@ import dataclasses
 import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -78,7 +78,7 @@ class Config:
         current = getattr(self, section)
         changed = dataclasses.replace(current, **values)
         new = dataclasses.replace(self, **{section: changed})
-        _validate(new, "command line")
+        _validate(new, lambda key: "command line")
         return new
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -118,24 +118,32 @@ def _build_section(tp: type, values: Mapping[str, Any], where: str) -> Any:
     return tp(**out)
 
 
-def _validate(config: Config, where: str) -> None:
+def _validate(config: Config, origin: Callable[[str], str]) -> None:
+    """Check values that their type alone does not; ``origin(key)`` says where a key was set."""
+
+    def fail(key: str, rule: str) -> ConfigError:
+        section, _, name = key.partition(".")
+        value = getattr(getattr(config, section), name)
+        return ConfigError(f"{origin(key)}: {key} {rule}, got {value!r}")
+
     if config.log.level not in LOG_LEVELS:
-        raise ConfigError(f"{where}: log.level must be one of {', '.join(LOG_LEVELS)}")
+        raise fail("log.level", f"must be one of {', '.join(LOG_LEVELS)}")
     if config.log.format not in LOG_FORMATS:
-        raise ConfigError(f"{where}: log.format must be one of {', '.join(LOG_FORMATS)}")
+        raise fail("log.format", f"must be one of {', '.join(LOG_FORMATS)}")
     try:
         loopback = ipaddress.ip_address(config.api.host).is_loopback
     except ValueError:
         loopback = False
     if not loopback:
-        raise ConfigError(
-            f"{where}: api.host must be a loopback address such as 127.0.0.1, "
-            f"got {config.api.host!r}; the control API is never exposed to the network"
+        raise fail(
+            "api.host",
+            "must be a loopback address such as 127.0.0.1 (the control API is never "
+            "exposed to the network)",
         )
     if not 0 <= config.api.port <= 65535:
-        raise ConfigError(f"{where}: api.port must be between 0 and 65535")
+        raise fail("api.port", "must be between 0 and 65535")
     if config.api.max_body_bytes < 1024:
-        raise ConfigError(f"{where}: api.max_body_bytes must be at least 1024")
+        raise fail("api.max_body_bytes", "must be at least 1024")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -181,6 +189,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: {name!r} must be a [section], not a value")
         built[name] = _build_section(sections[name], values, f"{path}: [{name}]")
+    origins: dict[str, str] = {}
     for name, pairs in _env_values(environ).items():
         tp = sections[name]
         hints = get_type_hints(tp)
@@ -192,9 +201,10 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
                     f"(known keys: {', '.join(hints)})"
                 )
             current[key] = _coerce(value, hints[key], f"environment variable {var}")
+            origins[f"{name}.{key}"] = f"environment variable {var}"
         built[name] = tp(**current)
     config = Config(**built)
-    _validate(config, str(path))
+    _validate(config, lambda key: origins.get(key, str(path)))
     return config
 
 

@@ -89,7 +89,7 @@ def open_control(datadir: DataDir) -> Iterator[Control]:
 
     client = ControlClient(datadir)
     try:
-        client.health()
+        client.check()
     except DaemonNotRunning:
         pass
     else:

@@ -60,14 +60,23 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _as_hex(value: Any) -> str:
+    return value.hex() if isinstance(value, bytes) else repr(value)
+
+
 def _row_to_event(row: Any) -> Event:
+    """An event as stored; a row damaged outside mercato is shown, not hidden."""
+    try:
+        data = json.loads(row["data"])
+    except (ValueError, TypeError):
+        data = {"corrupt": str(row["data"])[:200]}
     return Event(
         seq=row["seq"],
-        ts=row["ts"],
-        kind=row["kind"],
-        data=json.loads(row["data"]),
-        prev_hash=bytes(row["prev_hash"]).hex(),
-        hash=bytes(row["hash"]).hex(),
+        ts=str(row["ts"]),
+        kind=str(row["kind"]),
+        data=data if isinstance(data, dict) else {"corrupt": str(row["data"])[:200]},
+        prev_hash=_as_hex(row["prev_hash"]),
+        hash=_as_hex(row["hash"]),
     )
 
 
@@ -107,20 +116,24 @@ def list_events(
 def event_head(db: Database) -> tuple[int, str | None]:
     """(number of the last entry, its hash in hex) or (0, None) for an empty log."""
     row = db.conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-    return (row["seq"], bytes(row["hash"]).hex()) if row else (0, None)
+    return (row["seq"], _as_hex(row["hash"])) if row else (0, None)
 
 
 def _check_row(row: Any, expected_seq: int, prev: bytes) -> str | None:
     """Why this row breaks the chain, or None if it holds."""
     if row["seq"] != expected_seq:
         return f"entry {expected_seq} is missing (next entry found is {row['seq']})"
-    if bytes(row["prev_hash"]) != prev:
+    if not isinstance(row["prev_hash"], bytes) or row["prev_hash"] != prev:
         return "its prev_hash does not match the hash of the entry before it"
+    if not isinstance(row["hash"], bytes) or len(row["hash"]) != 32:
+        return "its hash is not a 32-byte digest"
+    if not isinstance(row["ts"], str) or not isinstance(row["kind"], str):
+        return "its timestamp or kind is not text"
     try:
         data = json.loads(row["data"])
-    except ValueError:
+    except (ValueError, TypeError):
         return "its data is not valid JSON"
-    if _entry_hash(prev, row["seq"], row["ts"], row["kind"], data) != bytes(row["hash"]):
+    if _entry_hash(prev, row["seq"], row["ts"], row["kind"], data) != row["hash"]:
         return "its content does not match its hash (the entry was altered)"
     return None
 
@@ -132,5 +145,5 @@ def verify_events(db: Database) -> VerifyReport:
         reason = _check_row(row, expected, prev)
         if reason:
             return VerifyReport(False, checked, prev.hex(), first_bad=expected, reason=reason)
-        prev, expected, checked = bytes(row["hash"]), expected + 1, checked + 1
+        prev, expected, checked = row["hash"], expected + 1, checked + 1
     return VerifyReport(True, checked, prev.hex() if checked else None)

@@ -21,8 +21,12 @@ log = logging.getLogger("mercato.api")
 
 MAX_HEADER_BYTES = 16 * 1024
 REQUEST_TIMEOUT_S = 10.0
+"""A client has this long to send its whole request (slow clients get 408)."""
+CONNECTION_TIMEOUT_S = 60.0
+"""Hard bound on one connection, from accept to the last byte of the answer."""
 MAX_CONNECTIONS = 64
 _DRAIN_TIMEOUT_S = 1.0
+_ACCEPT_BACKOFF_S = 0.1
 
 
 class HttpError(Exception):
@@ -46,7 +50,7 @@ class Request:
         """The body parsed as JSON; HttpError 400 if it is not."""
         try:
             return json.loads(self.body or b"null")
-        except ValueError:
+        except (ValueError, RecursionError):
             raise HttpError(400, "bad_json", "the request body is not valid JSON") from None
 
 
@@ -72,6 +76,10 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _HeadersTooLarge(Exception):
+    pass
+
+
 async def _next_event(stream: trio.abc.Stream, conn: h11.Connection) -> Any:
     while True:
         event = conn.next_event()
@@ -86,6 +94,9 @@ async def _read_request(stream: trio.abc.Stream, conn: h11.Connection, max_body:
         raise trio.BrokenResourceError
     if not isinstance(event, h11.Request):
         raise h11.RemoteProtocolError("expected a request")
+    size = len(event.target) + sum(len(k) + len(v) for k, v in event.headers)
+    if size > MAX_HEADER_BYTES:
+        raise _HeadersTooLarge
     headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body:
@@ -140,11 +151,13 @@ async def _drain(stream: trio.abc.Stream, limit: int) -> None:
             seen += len(data)
 
 
-async def _serve_connection(stream: trio.SocketStream, handler: Handler, max_body: int) -> None:
+async def _serve_connection(
+    stream: trio.SocketStream, handler: Handler, max_body: int, request_timeout: float
+) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
     try:
         try:
-            with trio.fail_after(REQUEST_TIMEOUT_S):
+            with trio.fail_after(request_timeout):
                 request = await _read_request(stream, conn, max_body)
         except _BodyTooLarge:
             await _send(
@@ -157,8 +170,13 @@ async def _serve_connection(stream: trio.SocketStream, handler: Handler, max_bod
             await stream.send_eof()
             await _drain(stream, 8 * max_body)
             return
+        except _HeadersTooLarge:
+            message = f"request line and headers are limited to {MAX_HEADER_BYTES} bytes"
+            await _send(stream, conn, Response.error(431, "headers_too_large", message))
+            return
         except h11.RemoteProtocolError as exc:
-            await _send(stream, conn, Response.error(400, "bad_request", str(exc)))
+            status = 431 if "too long" in str(exc) or "exceed" in str(exc) else 400
+            await _send(stream, conn, Response.error(status, "bad_request", str(exc)))
             return
         except trio.TooSlowError:
             await _send(stream, conn, Response.error(408, "timeout", "request took too long"))
@@ -166,8 +184,6 @@ async def _serve_connection(stream: trio.SocketStream, handler: Handler, max_bod
         await _send(stream, conn, await handler(request))
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away; nothing to answer
-    finally:
-        await stream.aclose()
 
 
 class HttpServer:
@@ -178,23 +194,45 @@ class HttpServer:
     deadline on the surrounding cancel scope.
     """
 
-    def __init__(self, handler: Handler, host: str, port: int, *, max_body: int) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        host: str,
+        port: int,
+        *,
+        max_body: int,
+        request_timeout: float = REQUEST_TIMEOUT_S,
+        connection_timeout: float = CONNECTION_TIMEOUT_S,
+    ) -> None:
         self._handler = handler
+        self._request_timeout = request_timeout
+        self._connection_timeout = connection_timeout
         self._host, self._port = host, port
         self._max_body = max_body
         self._listeners: list[trio.SocketListener] = []
-        self._limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
+        self._slots = trio.Semaphore(MAX_CONNECTIONS)
+        self._accept_failing = False
+
+    async def bind(self) -> tuple[str, int]:
+        """Open the listening sockets; OSError if the address is in use. Returns (host, port)."""
+        self._listeners = await trio.open_tcp_listeners(self._port, host=self._host)
+        host, port = self._listeners[0].socket.getsockname()[:2]
+        return host, port
 
     async def serve(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen, report the bound ``(host, port)`` through ``task_status``, and serve."""
-        self._listeners = await trio.open_tcp_listeners(self._port, host=self._host)
+        """Serve (binding first if needed); report ``(host, port)`` once listening."""
+        if not self._listeners:
+            await self.bind()
         bound = self._listeners[0].socket.getsockname()[:2]
-        async with trio.open_nursery() as nursery:
-            for listener in self._listeners:
-                nursery.start_soon(self._accept_loop, listener, nursery)
-            task_status.started((bound[0], bound[1]))
+        try:
+            async with trio.open_nursery() as nursery:
+                for listener in self._listeners:
+                    nursery.start_soon(self._accept_loop, listener, nursery)
+                task_status.started((bound[0], bound[1]))
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Stop accepting connections; requests in flight go on to their answer."""
@@ -203,12 +241,31 @@ class HttpServer:
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
+            # Take a slot before accepting: excess clients wait in the kernel's
+            # backlog, holding no file descriptor of ours.
+            await self._slots.acquire()
             try:
                 stream = await listener.accept()
-            except (trio.ClosedResourceError, OSError):
+            except trio.ClosedResourceError:
+                self._slots.release()
                 return
+            except OSError as exc:
+                self._slots.release()
+                # Out of file descriptors (EMFILE/ENFILE) or a transient error: back off, retry.
+                if not self._accept_failing:
+                    log.warning("accept failed; retrying", extra={"error": exc.strerror})
+                self._accept_failing = True
+                await trio.sleep(_ACCEPT_BACKOFF_S)
+                continue
+            self._accept_failing = False
             nursery.start_soon(self._serve_one, stream)
 
     async def _serve_one(self, stream: trio.SocketStream) -> None:
-        async with self._limiter:
-            await _serve_connection(stream, self._handler, self._max_body)
+        try:
+            with trio.move_on_after(self._connection_timeout):
+                await _serve_connection(
+                    stream, self._handler, self._max_body, self._request_timeout
+                )
+        finally:
+            self._slots.release()
+            await trio.aclose_forcefully(stream)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
 
 from ._config import DEFAULT_CONFIG_TOML
 from ._control import LocalControl
+from ._files import write_atomic
 from ._keys import DEFAULT_ACCOUNT, KeyStore, write_secret_file
 from ._lock import DataDirLock
 from ._paths import FORMAT_VERSION, DataDir
@@ -43,7 +43,7 @@ def init_data_dir(datadir: DataDir) -> InitResult:
     datadir.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     with DataDirLock(datadir):
         if not datadir.config_file.exists():
-            datadir.config_file.write_text(DEFAULT_CONFIG_TOML)
+            write_atomic(datadir.config_file, DEFAULT_CONFIG_TOML.encode())
         if not datadir.token_file.exists():
             write_secret_file(datadir.token_file, secrets.token_urlsafe(32) + "\n")
         datadir.blobs_dir.mkdir(mode=0o700, exist_ok=True)
@@ -60,9 +60,7 @@ def init_data_dir(datadir: DataDir) -> InitResult:
             control.record("node.initialized", {"format_version": FORMAT_VERSION})
         finally:
             db.close()
-        tmp = datadir.format_file.with_suffix(".tmp")
-        tmp.write_text(f"{FORMAT_VERSION}\n")
-        os.replace(tmp, datadir.format_file)
+        write_atomic(datadir.format_file, f"{FORMAT_VERSION}\n".encode())
     return InitResult(
         True, str(datadir.root), keys.node_key().peer_id, keys.info(DEFAULT_ACCOUNT).address
     )

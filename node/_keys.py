@@ -6,7 +6,6 @@ All methods do blocking file I/O; the daemon calls them from worker threads.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import stat
 from dataclasses import dataclass
@@ -15,13 +14,14 @@ from pathlib import Path
 from p2p import IdentityError, Keypair
 
 from ._errors import KeyExists, KeyNotFound, KeyStoreError
+from ._files import create_exclusive
 from ._paths import DataDir
 
 log = logging.getLogger("mercato.keys")
 
 NODE_KEY_NAME = "node"
 DEFAULT_ACCOUNT = "default"
-_ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_ACCOUNT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 
 @dataclass(frozen=True)
@@ -40,21 +40,12 @@ class KeyInfo:
 
 
 def write_secret_file(path: Path, text: str) -> None:
-    """Create ``path`` with mode 0600 and ``text``; never overwrites an existing file."""
+    """Create ``path`` (mode 0600) with ``text``, durably; never overwrites a file."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # atomic, and fails if the key already exists
+        create_exclusive(path, text.encode(), 0o600)
     except FileExistsError:
         raise KeyExists(f"key file {path} already exists; refusing to overwrite it") from None
-    finally:
-        tmp.unlink()
 
 
 def loose_permissions(path: Path) -> bool:
@@ -96,7 +87,11 @@ class KeyStore:
         return self._load(path)
 
     def _account_path(self, name: str) -> Path:
-        if not _ACCOUNT_NAME.match(name):
+        if name == NODE_KEY_NAME:
+            raise KeyStoreError(
+                f"{NODE_KEY_NAME!r} names the node key; choose another account name"
+            )
+        if not _ACCOUNT_NAME.fullmatch(name):
             raise KeyStoreError(
                 f"invalid account name {name!r}: use 1-32 lowercase letters, digits, "
                 "'-' or '_', starting with a letter or digit"
@@ -123,7 +118,7 @@ class KeyStore:
         if not self._datadir.accounts_dir.exists():
             return []
         found = (p.stem for p in self._datadir.accounts_dir.glob("*.key"))
-        return sorted(n for n in found if _ACCOUNT_NAME.match(n))
+        return sorted(n for n in found if _ACCOUNT_NAME.fullmatch(n) and n != NODE_KEY_NAME)
 
     def info(self, name: str) -> KeyInfo:
         """Public facts of the node key (``"node"``) or of an account key."""
@@ -145,7 +140,7 @@ class KeyStore:
 
     def permission_warnings(self) -> list[str]:
         """One message per key file (or the keys dir) that others can access."""
-        paths = [self._datadir.keys_dir, self._datadir.node_key_file]
+        paths = [self._datadir.keys_dir, self._datadir.node_key_file, self._datadir.token_file]
         paths += [self._account_path(n) for n in self.account_names()]
         return [
             f"{p} is accessible by other users (mode {stat.S_IMODE(p.stat().st_mode):o}); "

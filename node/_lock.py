@@ -34,9 +34,9 @@ class DataDirLock:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise DataDirLocked(
-                f"another mercato daemon (pid {holder}) is already using data dir "
-                f"{self._datadir.root}; stop it with `mercato node stop --data-dir "
-                f"{self._datadir.root}` or start this one with another --data-dir"
+                f"another mercato process (pid {holder}) is already using data dir "
+                f"{self._datadir.root}; if it is a daemon, stop it with `mercato node stop "
+                f"--data-dir {self._datadir.root}`, or use another --data-dir"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -64,3 +64,20 @@ class DataDirLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def lock_holder(datadir: DataDir) -> int | None:
+    """The pid of the process holding the data dir lock, or None if nobody holds it.
+
+    Tests the lock itself, never trusting the pid file alone: a crashed daemon
+    leaves its pid behind, and that pid may belong to another process by now.
+    """
+    if not datadir.lock_file.exists():
+        return None
+    try:
+        with DataDirLock(datadir):
+            return None
+    except DataDirLocked:
+        pass
+    text = datadir.lock_file.read_text().strip()
+    return int(text) if text.isdigit() else None

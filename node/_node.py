@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -25,7 +26,9 @@ import trio
 from ._api import ControlAPI
 from ._config import Config, load_config
 from ._control import LocalControl
+from ._errors import NodeError
 from ._events import event_head
+from ._files import write_atomic
 from ._http import HttpServer
 from ._keys import KeyStore
 from ._lock import DataDirLock
@@ -36,6 +39,7 @@ from ._version import __version__
 
 log = logging.getLogger("mercato.node")
 
+MIN_TOKEN_LENGTH = 32
 SHUTDOWN_GRACE_S = 3.0
 """Time services get to finish what is in flight before they are cancelled."""
 T = TypeVar("T")
@@ -56,6 +60,8 @@ class Node:
         self.metrics = NodeMetrics(__version__)
         self._handle_signals = handle_signals
         self._stop = trio.Event()
+        self.instance = secrets.token_hex(8)
+        """Random per run: lets clients tell this daemon from a stale api.json."""
         self._started_at = 0.0
         self._store: Store | None = None
         self._control: LocalControl | None = None
@@ -75,6 +81,10 @@ class Node:
         """Run a blocking control operation in the store's worker thread."""
         assert self._store is not None, "node is not running"
         return await self._store.run(fn, *args)
+
+    @property
+    def api_url(self) -> str:
+        return self._api_url
 
     def request_stop(self, reason: str = "request") -> None:
         """Ask `run` to stop; returns at once. Safe to call more than once."""
@@ -105,51 +115,82 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until asked to stop. Reports the control API's URL once it answers.
 
-        Raises DataDirLocked if another daemon holds the data dir, DataDirError,
-        ConfigError, KeyStoreError or StoreError if local state cannot be used;
-        in each case nothing on disk has changed.
+        Raises DataDirLocked if another process holds the data dir; DataDirError,
+        ConfigError, KeyStoreError, StoreError or NodeError if local state or the
+        API port cannot be used. Nothing on disk changes before the node is up.
         """
         log.info(
             "starting",
             extra={"version": __version__, "pid": os.getpid(), "data_dir": str(self.datadir.root)},
         )
-        self.datadir.check_format()
-        with DataDirLock(self.datadir):
+        await trio.to_thread.run_sync(self.datadir.check_format)
+        lock = DataDirLock(self.datadir)
+        await trio.to_thread.run_sync(lock.acquire)
+        try:
             keys = KeyStore(self.datadir)
-            node_key = await trio.to_thread.run_sync(keys.node_key)
-            self._peer_id = node_key.peer_id
-            self._warnings = await trio.to_thread.run_sync(keys.permission_warnings)
-            for warning in self._warnings:
-                log.warning(warning)
-            token = (await trio.to_thread.run_sync(self.datadir.token_file.read_text)).strip()
+            token = await trio.to_thread.run_sync(self._load_identity, keys)
+            server = HttpServer(
+                ControlAPI(self, token).handle,
+                self.config.api.host,
+                self.config.api.port,
+                max_body=self.config.api.max_body_bytes,
+            )
+            await self._bind(server)
             async with open_store(self.datadir.db_file) as store:
                 self._store = store
                 self._control = LocalControl(self.datadir, store.db, keys, self.metrics.on_event)
                 self.services.append("store")
                 try:
-                    await self._serve(token, task_status)
+                    await self._serve(server, task_status)
                 finally:
                     with trio.CancelScope(shield=True):
-                        await self.call(self.control.record, "node.stopped", {"pid": os.getpid()})
-                    self._api_file_remove()
-                    self.services.clear()
+                        await self._record_stop()
+        finally:
+            lock.release()
         log.info("stopped")
 
-    async def _serve(self, token: str, task_status: trio.TaskStatus[str]) -> None:
-        cfg = self.config
-        server = HttpServer(
-            ControlAPI(self, token).handle,
-            cfg.api.host,
-            cfg.api.port,
-            max_body=cfg.api.max_body_bytes,
-        )
+    def _load_identity(self, keys: KeyStore) -> str:
+        """Load the node key and the API token (blocking); return the token."""
+        self._peer_id = keys.node_key().peer_id
+        self._warnings = keys.permission_warnings()
+        for warning in self._warnings:
+            log.warning(warning)
+        path = self.datadir.token_file
+        token = path.read_text().strip() if path.exists() else ""
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise NodeError(
+                f"the API token in {path} is missing or shorter than {MIN_TOKEN_LENGTH} "
+                "characters, which would leave the control API open to anyone on this "
+                "machine; write a new one with: python3 -c 'import secrets; "
+                f"print(secrets.token_urlsafe(32))' > {path} && chmod 600 {path}"
+            )
+        return token
+
+    async def _bind(self, server: HttpServer) -> None:
+        host, port = self.config.api.host, self.config.api.port
+        try:
+            await server.bind()
+        except OSError as exc:
+            raise NodeError(
+                f"cannot listen on {host}:{port} for the control API ({exc.strerror}); "
+                "another node may be using that port: choose another with --api-port "
+                "or [api] port in mercato.toml"
+            ) from None
+
+    async def _record_stop(self) -> None:
+        if self._started_at:
+            await self.call(self.control.record, "node.stopped", {"pid": os.getpid()})
+        await trio.to_thread.run_sync(self._api_file_remove)
+        self.services.clear()
+
+    async def _serve(self, server: HttpServer, task_status: trio.TaskStatus[str]) -> None:
         async with trio.open_nursery() as nursery:
             signals = trio.CancelScope()
             if self._handle_signals:
                 nursery.start_soon(self._watch_signals, signals)
             host, port = await nursery.start(server.serve)
             self.services.append("control-api")
-            self._api_url = f"http://{host}:{port}"
+            self._api_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
             self._started_at = time.time()
             await self.call(
                 self.control.record,
@@ -178,10 +219,14 @@ class Node:
                 self.request_stop(signal.Signals(signum).name)
 
     def _api_file_write(self, host: str, port: int) -> None:
-        info = {"url": f"http://{host}:{port}", "host": host, "port": port, "pid": os.getpid()}
-        tmp = self.datadir.api_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info) + "\n")
-        os.replace(tmp, self.datadir.api_file)
+        info = {
+            "url": self._api_url,
+            "host": host,
+            "port": port,
+            "pid": os.getpid(),
+            "instance": self.instance,
+        }
+        write_atomic(self.datadir.api_file, json.dumps(info).encode() + b"\n", 0o600)
 
     def _api_file_remove(self) -> None:
         self.datadir.api_file.unlink(missing_ok=True)

@@ -69,7 +69,7 @@ def _answering(datadir: DataDir, proc: subprocess.Popen[str]) -> bool:
     if proc.poll() is not None:
         raise AssertionError(f"daemon exited early with code {proc.returncode}")
     try:
-        ControlClient(datadir, timeout=2).health()
+        ControlClient(datadir, timeout=2).check()
     except DaemonNotRunning:
         return False
     return True

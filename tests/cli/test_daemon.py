@@ -1,9 +1,12 @@
 """The daemon as an operator runs it: real processes on temporary data dirs."""
 
+import http.server
 import json
 import os
 import signal
 import sqlite3
+import subprocess
+import threading
 import time
 
 import pytest
@@ -155,3 +158,91 @@ def test_loose_key_permissions_warn_at_start(initialized: DataDir, start_daemon)
     daemon = start_daemon(initialized)
     wait_for(lambda: "chmod 600" in daemon.log(), 5, "the permission warning")
     assert any("chmod 600" in w for w in status_json(initialized)["warnings"])
+
+
+def test_stop_never_signals_a_process_that_only_inherited_a_stale_pid(initialized: DataDir) -> None:
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        initialized.lock_file.write_text(f"{bystander.pid}\n")  # as a crashed daemon leaves it
+        result = run_cli("node", "stop", "--data-dir", str(initialized.root))
+        assert result.returncode == 1 and "no mercato daemon is running" in result.stderr
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_stale_api_file_never_leaks_the_token(initialized: DataDir) -> None:
+    seen: list[str] = []
+
+    class Squatter(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            body = b'{"status": "ok", "keys": []}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Squatter)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        initialized.api_file.write_text(
+            json.dumps({"host": "127.0.0.1", "port": port, "pid": 1, "instance": "gone"})
+        )
+        listed = run_cli("keys", "list", "--json", "--data-dir", str(initialized.root))
+        assert listed.returncode == 0, listed.stderr
+        assert [k["name"] for k in json.loads(listed.stdout)] == ["node", "default"]
+        token = initialized.token_file.read_text().strip()
+        assert all(token not in header for header in seen)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_empty_token_file_stops_the_daemon_from_starting(
+    initialized: DataDir, start_daemon
+) -> None:
+    initialized.token_file.write_text("")
+    daemon = start_daemon(initialized, wait=False)
+    assert daemon.wait(timeout=20) == 1
+    assert "open to anyone" in daemon.log()
+
+
+def test_an_api_port_in_use_is_a_clear_error(initialized: DataDir, tmp_path, start_daemon) -> None:
+    first = start_daemon(initialized)
+    port = str(first.client.status()["api"].rsplit(":", 1)[1])
+    other = DataDir(tmp_path / "other")
+    assert run_cli("init", "--data-dir", str(other.root)).returncode == 0
+    second = start_daemon(other, "--api-port", port, wait=False)
+    assert second.wait(timeout=20) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in second.log() and "--api-port" in second.log()
+    assert "Traceback" not in second.log()
+    kinds = run_cli("events", "--json", "--data-dir", str(other.root)).stdout
+    assert "node.started" not in kinds and "node.stopped" not in kinds
+
+
+def test_an_invalid_environment_value_names_the_variable(
+    initialized: DataDir, start_daemon
+) -> None:
+    daemon = start_daemon(initialized, env={"MERCATO_LOG_LEVEL": "loud"}, wait=False)
+    assert daemon.wait(timeout=20) == 1
+    assert "environment variable MERCATO_LOG_LEVEL" in daemon.log() and "'loud'" in daemon.log()
+
+
+@pytest.mark.parametrize("name", ["node", "evil\n", "de fault", "a/b", "default?x"])
+def test_account_names_are_refused_the_same_with_or_without_a_daemon(
+    initialized: DataDir, start_daemon, name: str
+) -> None:
+    offline = run_cli("keys", "new", name, "--data-dir", str(initialized.root))
+    assert offline.returncode == 1 and "account name" in offline.stderr
+    start_daemon(initialized)
+    online = run_cli("keys", "new", name, "--data-dir", str(initialized.root))
+    assert online.returncode == 1 and "account name" in online.stderr
+    shown = run_cli("keys", "show", name, "--data-dir", str(initialized.root))
+    assert shown.returncode == (0 if name == "node" else 1)  # "node" is the node key

@@ -49,7 +49,9 @@ async def test_store_calls_run_off_the_trio_thread(tmp_path: Path) -> None:
     assert event.seq == 1
 
 
-async def test_concurrent_appends_keep_one_unbroken_chain(tmp_path: Path) -> None:
+async def test_appends_from_many_tasks_are_serialised_into_one_chain(tmp_path: Path) -> None:
+    # Without the store's one-at-a-time limiter, these would interleave
+    # transactions on one connection and fail.
     async with open_store(tmp_path / "node.db") as store:
         async with trio.open_nursery() as nursery:
             for i in range(40):
@@ -102,6 +104,14 @@ def test_a_removed_entry_is_named(log_db: Database) -> None:
     _tamper(log_db, "DELETE FROM events WHERE seq = 2")
     report = verify_events(log_db)
     assert not report.ok and report.first_bad == 2 and "missing" in report.reason
+
+
+def test_a_link_of_the_wrong_type_is_named_not_a_crash(log_db: Database) -> None:
+    _tamper(log_db, "UPDATE events SET prev_hash = 'abc' WHERE seq = 2")
+    report = verify_events(log_db)
+    assert not report.ok and report.first_bad == 2
+    _tamper(log_db, "UPDATE events SET data = 'not json' WHERE seq = 3")
+    assert list_events(log_db)[2].data == {"corrupt": "not json"}
 
 
 def test_a_rewritten_chain_link_is_named(log_db: Database) -> None:
