@@ -11,6 +11,7 @@ from ._events import events
 from ._init import init
 from ._keys import keys
 from ._node import node
+from ._peers import peers, ping
 
 
 @click.group(cls=MercatoGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,3 +39,5 @@ main.add_command(init)
 main.add_command(node)
 main.add_command(keys)
 main.add_command(events)
+main.add_command(peers)
+main.add_command(ping)

@@ -49,13 +49,34 @@ def node() -> None:
     help="Log level [default: from mercato.toml, else info].",
 )
 @click.option(
+    "--listen",
+    "listen",
+    multiple=True,
+    metavar="MULTIADDR",
+    help="Listen for peers here (repeatable) [default: /ip4/0.0.0.0/tcp/4001].",
+)
+@click.option(
+    "--bootstrap",
+    "bootstrap",
+    multiple=True,
+    metavar="MULTIADDR",
+    help="Join the network through this peer, /ip4/HOST/tcp/PORT/p2p/PEER_ID (repeatable).",
+)
+@click.option("--no-mdns", is_flag=True, help="Do not look for peers on the local network.")
+@click.option(
     "--api-port",
     type=click.IntRange(0, 65535),
     default=None,
     help="Control API port on 127.0.0.1 (0 = any free port).",
 )
 def start(
-    data_dir: Path | None, log_json: bool, log_level: str | None, api_port: int | None
+    data_dir: Path | None,
+    log_json: bool,
+    log_level: str | None,
+    listen: tuple[str, ...],
+    bootstrap: tuple[str, ...],
+    no_mdns: bool,
+    api_port: int | None,
 ) -> None:
     """Run the node in the foreground until SIGINT/SIGTERM or `mercato node stop`.
 
@@ -65,7 +86,9 @@ def start(
     \b
     Example:
       mercato node start
-      mercato node start --data-dir ~/node2 --api-port 7312 --log-json
+      mercato node start --data-dir ~/node2 --api-port 7312 \\
+        --listen /ip4/0.0.0.0/tcp/4002 \\
+        --bootstrap /ip4/192.0.2.10/tcp/4001/p2p/12D3KooW...
     """
     datadir = resolve(data_dir)
     if not datadir.is_initialized():
@@ -78,6 +101,12 @@ def start(
         config = config.replace("log", level=log_level)
     if api_port is not None:
         config = config.replace("api", port=api_port)
+    if listen:
+        config = config.replace("p2p", listen=listen)
+    if bootstrap:
+        config = config.replace("p2p", bootstrap=config.p2p.bootstrap + bootstrap)
+    if no_mdns:
+        config = config.replace("p2p", mdns=False)
     configure_logging(config.log.level, config.log.format)
     try:
         trio.run(Node(datadir, config, handle_signals=True).run)
@@ -132,6 +161,26 @@ def stop(data_dir: Path | None, timeout: float) -> None:
     click.echo("stopped")
 
 
+def _p2p_rows(p2p: dict | None) -> list[tuple[str, object]]:
+    if not p2p:
+        return []
+    peers = p2p["peers"]
+    rows: list[tuple[str, object]] = [
+        ("addresses", "\n              ".join(p2p["listen_addrs"]) or "none (not listening)"),
+        (
+            "peers",
+            f"{peers['connected']} connected, {peers['routing_table']} in DHT table, "
+            f"{peers['banned']} banned",
+        ),
+        ("dht", p2p["dht_mode"]),
+        ("mdns", "on" if p2p["mdns"] else "off"),
+    ]
+    for boot in p2p["bootstrap"]:
+        state = "connected" if boot["connected"] else f"unreachable ({boot['failures']} tries)"
+        rows.append(("bootstrap", f"{boot['addr']} {state}"))
+    return rows
+
+
 @node.command()
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the full status as JSON.")
@@ -155,6 +204,7 @@ def status(data_dir: Path | None, as_json: bool) -> None:
         ("data dir", info["data_dir"]),
         ("control api", info["api"]),
         ("uptime", f"{info['uptime_s']:.1f} s"),
+        *_p2p_rows(info.get("p2p")),
         ("services", ", ".join(info["services"])),
         ("accounts", ", ".join(info["accounts"]) or "none"),
         ("events", f"{info['events']['count']} (head {(info['events']['head'] or '-')[:16]})"),

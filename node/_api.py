@@ -19,6 +19,8 @@ from urllib.parse import unquote
 
 import trio
 
+from p2p import P2PError, b58decode
+
 from ._errors import KeyExists, KeyNotFound, KeyStoreError
 from ._http import HttpError, Request, Response
 from ._version import __version__
@@ -48,6 +50,11 @@ _KEY_SCHEMA = {
         "peer_id": {"type": ["string", "null"]},
         "path": {"type": "string"},
     },
+}
+_PEER_BODY = {
+    "type": "object",
+    "properties": {"peer": {"type": "string", "maxLength": 512}},
+    "required": ["peer"],
 }
 _EVENT_SCHEMA = {
     "type": "object",
@@ -155,6 +162,52 @@ async def _events(node: Node, request: Request) -> Response:
 
 async def _events_verify(node: Node, request: Request) -> Response:
     return Response.json(200, await node.call(node.control.events_verify))
+
+
+async def _peers(node: Node, request: Request) -> Response:
+    host = node.overlay.host
+    peers = [
+        {"peer_id": p, "addrs": host.peer_addrs(p), "protocols": host.protocols_of(p)}
+        for p in host.connected_peers()
+    ]
+    return Response.json(200, {"peers": peers, "banned": host.banned_peers()})
+
+
+def _peer_arg(request: Request) -> str:
+    body = request.json()
+    if not isinstance(body, dict) or not isinstance(body.get("peer"), str) or not body["peer"]:
+        raise HttpError(400, "bad_body", 'expected {"peer": "<peer id or /ip4/.../p2p/<peer id>>"}')
+    if len(body["peer"]) > 512:
+        raise HttpError(400, "bad_body", "peer is too long")
+    return body["peer"]
+
+
+async def _reach(node: Node, peer: str) -> str:
+    """A peer id from a peer id or a full multiaddr (dialing the latter)."""
+    try:
+        if peer.startswith("/"):
+            return await node.overlay.host.connect(peer)
+        if len(b58decode(peer)) < 20:
+            raise ValueError(peer)
+    except ValueError:
+        raise HttpError(400, "bad_peer", f"{peer!r} is neither a peer id nor a multiaddr") from None
+    except P2PError as exc:
+        raise HttpError(502, "unreachable", str(exc)) from None
+    return peer
+
+
+async def _connect(node: Node, request: Request) -> Response:
+    peer = await _reach(node, _peer_arg(request))
+    return Response.json(200, {"peer_id": peer})
+
+
+async def _ping(node: Node, request: Request) -> Response:
+    peer = await _reach(node, _peer_arg(request))
+    try:
+        rtts = await node.overlay.host.ping(peer, count=3)
+    except P2PError as exc:
+        raise HttpError(502, "unreachable", str(exc)) from None
+    return Response.json(200, {"peer_id": peer, "rtt_ms": [round(r, 3) for r in rtts]})
 
 
 async def _metrics(node: Node, request: Request) -> Response:
@@ -274,7 +327,7 @@ ROUTES: tuple[Route, ...] = (
 
 def _operation(route: Route) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": route.summary, "responses": {}}
-    ok = {"POST": "201" if route.path == "/v1/keys" else "202"}.get(route.method, "200")
+    ok = {"/v1/keys": "201", "/v1/shutdown": "202"}.get(route.path, "200")
     if route.response is not None:
         op["responses"][ok] = {
             "description": "OK",
@@ -313,6 +366,7 @@ def _operation(route: Route) -> dict[str, Any]:
 
 
 _REASONS = {
+    502: "The peer could not be reached",
     400: "Bad request",
     401: "Missing or wrong token",
     404: "Not found",

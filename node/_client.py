@@ -139,5 +139,14 @@ class ControlClient:
     def events_verify(self) -> dict[str, Any]:
         return self.request("GET", "/v1/events/verify")
 
+    def peers(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/peers")
+
+    def connect(self, peer: str) -> dict[str, Any]:
+        return self.request("POST", "/v1/peers/connect", {"peer": peer})
+
+    def ping(self, peer: str) -> dict[str, Any]:
+        return self.request("POST", "/v1/ping", {"peer": peer})
+
     def metrics(self) -> str:
         return self.request("GET", "/metrics", raw=True)

@@ -33,6 +33,8 @@ from ._errors import ConfigError
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 7311
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
+DHT_MODES = ("auto", "server", "client")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 ENV_PREFIX = "MERCATO_"
@@ -66,12 +68,30 @@ class ApiSection:
 
 
 @dataclass(frozen=True)
+class P2PSection:
+    """``[p2p]``: how the node joins the network."""
+
+    listen: tuple[str, ...] = DEFAULT_LISTEN
+    """Multiaddrs to listen on; empty means none (a node that only dials out)."""
+    bootstrap: tuple[str, ...] = ()
+    """Peers to join through, as /ip4/HOST/tcp/PORT/p2p/PEER_ID."""
+    mdns: bool = True
+    """Find other mercato nodes on the local network."""
+    max_connections: int = 128
+    target_peers: int = 16
+    """Keep dialing known peers while fewer than this many are connected."""
+    dht_mode: str = "auto"
+    """``server``, ``client``, or ``auto``: server when the node listens."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the daemon reads from configuration."""
 
     node: NodeSection = field(default_factory=NodeSection)
     log: LogSection = field(default_factory=LogSection)
     api: ApiSection = field(default_factory=ApiSection)
+    p2p: P2PSection = field(default_factory=P2PSection)
 
     def replace(self, section: str, **values: Any) -> Config:
         """A copy with some keys of one section changed (used for CLI flags)."""
@@ -89,8 +109,14 @@ def _sections() -> dict[str, type]:
     return {name: tp for name, tp in get_type_hints(Config).items()}
 
 
-def _coerce(value: Any, tp: type, where: str) -> Any:
+def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against ``tp``; strings from the environment are parsed."""
+    if tp == tuple[str, ...]:
+        if isinstance(value, str):  # environment: comma-separated
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(value)
     if isinstance(value, str) and tp is not str:
         try:
             if tp is bool:
@@ -144,6 +170,30 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
         raise fail("api.port", "must be between 0 and 65535")
     if config.api.max_body_bytes < 1024:
         raise fail("api.max_body_bytes", "must be at least 1024")
+    if config.p2p.dht_mode not in DHT_MODES:
+        raise fail("p2p.dht_mode", f"must be one of {', '.join(DHT_MODES)}")
+    if config.p2p.max_connections < 1 or config.p2p.target_peers < 0:
+        raise fail("p2p.max_connections", "must be at least 1 (and target_peers at least 0)")
+    for key in ("listen", "bootstrap"):
+        for addr in getattr(config.p2p, key):
+            if not _looks_like_multiaddr(addr, need_peer=key == "bootstrap"):
+                raise ConfigError(
+                    f"{origin('p2p.' + key)}: p2p.{key} entry {addr!r} is not a multiaddr like "
+                    + (
+                        "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooW..."
+                        if key == "bootstrap"
+                        else "/ip4/0.0.0.0/tcp/4001"
+                    )
+                )
+
+
+def _looks_like_multiaddr(addr: str, need_peer: bool) -> bool:
+    parts = addr.split("/")
+    if len(parts) < 5 or parts[0] != "" or parts[1] not in ("ip4", "ip6", "dns", "dns4", "dns6"):
+        return False
+    if parts[3] != "tcp" or not parts[4].isdigit() or int(parts[4]) > 65535:
+        return False
+    return not need_peer or (len(parts) == 7 and parts[5] == "p2p" and len(parts[6]) > 40)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -222,6 +272,19 @@ name = ""
 level = "info"
 # text (for people) | json (one object per line)
 format = "text"
+
+[p2p]
+# Addresses to listen on for other nodes.
+listen = ["/ip4/0.0.0.0/tcp/4001"]
+# Peers to join the network through, e.g. "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooW...".
+bootstrap = []
+# Find other mercato nodes on the local network.
+mdns = true
+max_connections = 128
+# Keep dialing known peers while fewer than this many are connected.
+target_peers = 16
+# server | client | auto (server when the node listens)
+dht_mode = "auto"
 
 [api]
 # The control API listens on loopback only. Port 0 picks a free port.

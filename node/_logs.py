@@ -56,11 +56,39 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj, default=str)
 
 
+class _SourceFilter(logging.Filter):
+    """mercato's records at the chosen level; other libraries' only from WARNING up.
+
+    py-libp2p logs routine events (a failed dial, a closed stream) as errors, so
+    its records are shown only when debugging.
+    """
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "mercato" or record.name.startswith("mercato."):
+            return record.levelno >= self.level
+        if record.name.startswith("libp2p"):
+            return self.level <= logging.DEBUG and record.levelno >= logging.WARNING
+        return record.levelno >= logging.WARNING
+
+
 def configure_logging(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
-    """Send mercato's logs to ``stream`` (stderr) at ``level`` in ``fmt`` ("text" or "json")."""
+    """Send logs to ``stream`` (stderr) in ``fmt`` ("text" or "json"), mercato's at ``level``.
+
+    The handler sits on the root logger, so it also catches libraries that log
+    there; a filter keeps their noise out (see `_SourceFilter`).
+    """
+    numeric = getattr(logging, level.upper())
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    root = logging.getLogger("mercato")
+    handler.addFilter(_SourceFilter(numeric))
+    root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    root.setLevel(min(numeric, logging.WARNING))
+    ours = logging.getLogger("mercato")
+    ours.handlers[:] = []
+    ours.setLevel(logging.NOTSET)
+    ours.propagate = True

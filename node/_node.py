@@ -23,6 +23,16 @@ from typing import Any, TypeVar
 
 import trio
 
+from p2p import (
+    DhtConfig,
+    DiscoveryConfig,
+    HostConfig,
+    Keypair,
+    Overlay,
+    OverlayConfig,
+    open_overlay,
+)
+
 from ._api import ControlAPI
 from ._config import Config, load_config
 from ._control import LocalControl
@@ -34,6 +44,7 @@ from ._keys import KeyStore
 from ._lock import DataDirLock
 from ._metrics import NodeMetrics
 from ._paths import DataDir
+from ._peers import StoreAddressBook
 from ._store import Store, open_store
 from ._version import __version__
 
@@ -64,6 +75,8 @@ class Node:
         """Random per run: lets clients tell this daemon from a stale api.json."""
         self._started_at = 0.0
         self._store: Store | None = None
+        self._overlay: Overlay | None = None
+        self._node_key: Keypair | None = None
         self._control: LocalControl | None = None
         self._api_url = ""
         self._peer_id = ""
@@ -81,6 +94,11 @@ class Node:
         """Run a blocking control operation in the store's worker thread."""
         assert self._store is not None, "node is not running"
         return await self._store.run(fn, *args)
+
+    @property
+    def overlay(self) -> Overlay:
+        assert self._overlay is not None, "node is not running"
+        return self._overlay
 
     @property
     def api_url(self) -> str:
@@ -107,6 +125,7 @@ class Node:
             "api": self._api_url,
             "services": list(self.services),
             "events": {"count": seq, "head": head},
+            "p2p": self._overlay.status() if self._overlay else None,
             "warnings": list(self._warnings),
         }
 
@@ -141,17 +160,36 @@ class Node:
                 self._control = LocalControl(self.datadir, store.db, keys, self.metrics.on_event)
                 self.services.append("store")
                 try:
-                    await self._serve(server, task_status)
+                    async with open_overlay(
+                        self._node_key, self._overlay_config(), StoreAddressBook(store)
+                    ) as overlay:
+                        self._overlay = overlay
+                        self.services.append("p2p")
+                        await self._serve(server, task_status)
                 finally:
+                    self._overlay = None
                     with trio.CancelScope(shield=True):
                         await self._record_stop()
         finally:
             lock.release()
         log.info("stopped")
 
+    def _overlay_config(self) -> OverlayConfig:
+        p2p = self.config.p2p
+        mode = p2p.dht_mode if p2p.dht_mode != "auto" else ("server" if p2p.listen else "client")
+        return OverlayConfig(
+            host=HostConfig(listen=p2p.listen, max_connections=p2p.max_connections),
+            dht=DhtConfig(mode=mode),
+            discovery=DiscoveryConfig(
+                bootstrap=p2p.bootstrap, mdns=p2p.mdns, target_peers=p2p.target_peers
+            ),
+            agent=f"mercato/{__version__}",
+        )
+
     def _load_identity(self, keys: KeyStore) -> str:
         """Load the node key and the API token (blocking); return the token."""
-        self._peer_id = keys.node_key().peer_id
+        self._node_key = keys.node_key()
+        self._peer_id = self._node_key.peer_id
         self._warnings = keys.permission_warnings()
         for warning in self._warnings:
             log.warning(warning)

@@ -42,6 +42,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER events_no_delete BEFORE DELETE ON events
         BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
     """,
+    # 2: the p2p address book, so a restarted node reconnects.
+    """
+    CREATE TABLE peers (
+        peer_id   TEXT PRIMARY KEY,
+        addrs     TEXT NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -17,6 +17,12 @@ import pytest
 from node import ControlClient, DaemonNotRunning, DataDir, init_data_dir
 
 START_TIMEOUT_S = 20.0
+TEST_ENV = {
+    # Loopback only, any free ports, no mDNS: tests must not touch the LAN.
+    "MERCATO_API_PORT": "0",
+    "MERCATO_P2P_LISTEN": "/ip4/127.0.0.1/tcp/0",
+    "MERCATO_P2P_MDNS": "false",
+}
 
 
 def run_cli(
@@ -110,7 +116,7 @@ def start_daemon(tmp_path: Path) -> Iterator:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 text=True,
-                env={**os.environ, "MERCATO_API_PORT": "0", **(env or {})},
+                env={**os.environ, **TEST_ENV, **(env or {})},
             )
         daemon = Daemon(datadir, proc, log_path)
         started.append(daemon)

@@ -11,10 +11,18 @@ from node import Config, ControlClient, ControlError, DaemonNotRunning, DataDir,
 from node._api import ROUTES, openapi_document
 
 
+def loopback_config() -> Config:
+    """Loopback only, any free ports, no mDNS: tests must not touch the LAN."""
+    return (
+        Config()
+        .replace("api", port=0)
+        .replace("p2p", listen=("/ip4/127.0.0.1/tcp/0",), mdns=False)
+    )
+
+
 @pytest.fixture
 async def node(initialized: DataDir) -> AsyncIterator[Node]:
-    config = Config().replace("api", port=0)
-    running = Node(initialized, config)
+    running = Node(initialized, loopback_config())
     async with trio.open_nursery() as nursery:
         await nursery.start(running.run)
         yield running
@@ -42,7 +50,8 @@ async def test_status_answers_with_the_node_identity(node: Node) -> None:
     status = await call(client.status)
     assert status["peer_id"].startswith("12D3KooW")
     assert status["data_dir"] == str(node.datadir.root)
-    assert status["services"] == ["store", "control-api"]
+    assert status["services"] == ["store", "p2p", "control-api"]
+    assert status["p2p"]["listen_addrs"][0].startswith("/ip4/127.0.0.1/tcp/")
     assert status["accounts"] == ["default"]
     assert status["events"]["count"] >= 4
 
@@ -167,7 +176,7 @@ async def test_the_openapi_document_describes_every_route_and_nothing_else(node:
 
 
 async def test_shutdown_answers_then_the_node_stops(initialized: DataDir) -> None:
-    running = Node(initialized, Config().replace("api", port=0))
+    running = Node(initialized, loopback_config())
     async with trio.open_nursery() as nursery:
         await nursery.start(running.run)
         answer = await call(ControlClient(initialized).shutdown)

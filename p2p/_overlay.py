@@ -1,0 +1,95 @@
+"""The overlay: one node's host, request protocols, gossip, DHT and discovery together.
+
+`open_overlay` starts them in dependency order (host, request router, gossip,
+DHT, discovery) and stops them in reverse; each is reachable as an attribute
+of `Overlay`. This is what the daemon runs; tests and benchmarks run many in
+one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ._dht import Dht, DhtConfig, open_dht
+from ._discovery import AddressBook, Discovery, DiscoveryConfig
+from ._gossip import Gossip, GossipConfig, open_gossip
+from ._host import HostConfig, P2PHost, open_host
+from ._identity import Keypair
+from ._info import INFO, InfoRequest, InfoResponse
+from ._requests import Requests
+from ._trio_util import single_error
+
+
+@dataclass(frozen=True)
+class OverlayConfig:
+    host: HostConfig = field(default_factory=HostConfig)
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    dht: DhtConfig = field(default_factory=DhtConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    agent: str = "mercato"
+    roles: tuple[str, ...] = ()
+
+
+@dataclass
+class Overlay:
+    host: P2PHost
+    requests: Requests
+    gossip: Gossip
+    dht: Dht
+    discovery: Discovery
+    config: OverlayConfig
+
+    @property
+    def peer_id(self) -> str:
+        return self.host.peer_id
+
+    async def info(self, peer_id: str) -> InfoResponse:
+        """Ask a peer for its agent, addresses and roles."""
+        return await self.requests.request(peer_id, INFO, InfoRequest())
+
+    def status(self) -> dict[str, Any]:
+        """What `mercato node status` shows about the network."""
+        return {
+            "peer_id": self.peer_id,
+            "listen_addrs": self.host.listen_addrs(),
+            "peers": {
+                "connected": len(self.host.connected_peers()),
+                "banned": len(self.host.banned_peers()),
+                "routing_table": self.dht.routing_table_size(),
+            },
+            "dht_mode": self.dht.mode,
+            "mdns": self.discovery.mdns_enabled,
+            "bootstrap": [s.__dict__ for s in self.discovery.bootstrap_status()],
+        }
+
+
+@asynccontextmanager
+async def open_overlay(
+    keypair: Keypair, config: OverlayConfig, book: AddressBook | None = None
+) -> AsyncIterator[Overlay]:
+    """Run the whole p2p stack with ``keypair`` as the node identity.
+
+    Raises P2PError if it cannot listen. On exit every service stops, the
+    address book is saved, and the host closes its connections.
+    """
+    with single_error():
+        async with AsyncExitStack() as stack:
+            host = await stack.enter_async_context(open_host(keypair, config.host))
+            requests = Requests(host)
+
+            async def answer_info(peer: str, request: InfoRequest) -> InfoResponse:
+                return InfoResponse(config.agent, host.listen_addrs()[:32], list(config.roles))
+
+            requests.serve(INFO, answer_info)
+            gossip = await stack.enter_async_context(open_gossip(host, config.gossip))
+            dht = await stack.enter_async_context(open_dht(host, config.dht))
+            discovery = Discovery(host, config.discovery, book)
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            await nursery.start(discovery.run)
+            stack.callback(nursery.cancel_scope.cancel)
+            yield Overlay(host, requests, gossip, dht, discovery, config)

@@ -1,0 +1,277 @@
+"""The framework for the project's own request/response protocols.
+
+One request, one response, one stream. On a stream opened with the protocol's
+versioned id (``/mercato/<name>/<semver>``)::
+
+    client -> server   frame(request message)            then closes its write side
+    server -> client   frame({"ok": response message})   or
+                       frame({"err": {"code": ..., "message": ...}})
+
+Frames are varint-length-prefixed canonical CBOR (see _wire.py), bounded by
+the protocol's ``max_request_bytes`` / ``max_response_bytes``; the server gives
+the client ``timeout_s`` to send its request, the client gives the server
+``timeout_s`` for the whole exchange. The explicit response frame matters:
+py-libp2p reports a reset stream as a clean end of stream to a reader.
+
+A peer that sends a malformed, oversized or late request gets an error
+response (or a reset), is penalised, and is banned past the host's limit; a
+server that answers with garbage is penalised the same way by the client.
+
+Errors seen by a caller of `Requests.request`::
+
+    P2PError
+    ├── DialError / PeerBanned   (_host.py) the peer cannot be reached
+    └── RequestFailed            the exchange did not complete
+        ├── RequestTimeout       no complete response within timeout_s
+        ├── BadResponse          the response was malformed (peer penalised)
+        └── RemoteError          the peer answered with an error: .code, .message
+
+A handler answers with an error by raising `Refused(code, message)`; any
+other exception becomes ``internal``. Cancellation of the caller closes the
+stream; it is never turned into an error response.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from ._errors import P2PError
+from ._host import P2PHost
+from ._messages import Message, MessageError
+from ._wire import FrameError, FrameReader, FrameTooLarge, encode_frame
+
+log = logging.getLogger("mercato.p2p")
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+PENALTY_MALFORMED = 25.0
+PENALTY_OVERSIZED = 50.0
+PENALTY_SLOW = 10.0
+MAX_CONCURRENT_PER_PROTOCOL = 64
+_ERROR_TEXT = 512
+
+
+class RequestFailed(P2PError):
+    """A request did not complete."""
+
+
+class RequestTimeout(RequestFailed):
+    """No complete response arrived in time."""
+
+
+class BadResponse(RequestFailed):
+    """The peer's response broke the protocol."""
+
+
+class RemoteError(RequestFailed):
+    """The peer answered with an error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
+class Refused(P2PError):
+    """Raised by a handler to answer with an error ``code`` and ``message``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass(frozen=True)
+class RequestProtocol(Generic[Req, Resp]):
+    """A request/response protocol: its versioned id, message types and bounds."""
+
+    id: str
+    request: type[Req]
+    response: type[Resp]
+    max_request_bytes: int = 64 * 1024
+    max_response_bytes: int = 1024 * 1024
+    timeout_s: float = 10.0
+
+
+class _StreamBytes:
+    """Adapts a libp2p stream to FrameReader: end of stream reads as b""."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    async def read(self, n: int) -> bytes:
+        from libp2p.network.stream.exceptions import StreamEOF
+
+        try:
+            return await self._stream.read(n)
+        except StreamEOF:
+            return b""
+
+
+@dataclass
+class RequestStatistics:
+    served: int = 0
+    refused: int = 0
+    malformed: int = 0
+    sent: int = 0
+    failed: int = 0
+    by_protocol: dict[str, int] = field(default_factory=dict)
+
+
+class Requests:
+    """Serves and sends request/response protocols over one host."""
+
+    def __init__(self, host: P2PHost) -> None:
+        self._host = host
+        self._stats = RequestStatistics()
+
+    def statistics(self) -> RequestStatistics:
+        return self._stats
+
+    # -- serving ---------------------------------------------------------------
+
+    def serve(
+        self,
+        protocol: RequestProtocol[Req, Resp],
+        handler: Callable[[str, Req], Awaitable[Resp]],
+    ) -> None:
+        """Answer ``protocol`` with ``handler(peer_id, request)``."""
+        slots = trio.Semaphore(MAX_CONCURRENT_PER_PROTOCOL)
+
+        async def on_stream(peer: str, stream: Any) -> None:
+            try:
+                slots.acquire_nowait()
+            except trio.WouldBlock:
+                await _answer(stream, protocol, error=("busy", "too many requests; retry later"))
+                return
+            try:
+                await self._serve_one(protocol, handler, peer, stream)
+            finally:
+                slots.release()
+
+        self._host.set_stream_handler(protocol.id, on_stream)
+
+    async def _serve_one(
+        self,
+        protocol: RequestProtocol[Req, Resp],
+        handler: Callable[[str, Req], Awaitable[Resp]],
+        peer: str,
+        stream: Any,
+    ) -> None:
+        try:
+            with trio.fail_after(protocol.timeout_s):
+                raw = await FrameReader(_StreamBytes(stream)).read(protocol.max_request_bytes)
+            request = protocol.request.from_wire(raw)
+        except FrameTooLarge as exc:
+            await self._reject(peer, stream, protocol, PENALTY_OVERSIZED, "too_large", str(exc))
+            return
+        except (FrameError, MessageError, EOFError) as exc:
+            reason = str(exc) or "stream ended before a request"
+            await self._reject(peer, stream, protocol, PENALTY_MALFORMED, "bad_request", reason)
+            return
+        except trio.TooSlowError:
+            await self._reject(peer, stream, protocol, PENALTY_SLOW, "timeout", "request too slow")
+            return
+        try:
+            response = await handler(peer, request)
+        except Refused as exc:
+            self._stats.refused += 1
+            await _answer(stream, protocol, error=(exc.code, exc.message))
+            return
+        except Exception:
+            log.exception("request handler failed", extra={"protocol": protocol.id, "peer": peer})
+            await _answer(stream, protocol, error=("internal", "the handler failed"))
+            return
+        self._stats.served += 1
+        self._stats.by_protocol[protocol.id] = self._stats.by_protocol.get(protocol.id, 0) + 1
+        await _answer(stream, protocol, response=response)
+
+    async def _reject(
+        self,
+        peer: str,
+        stream: Any,
+        protocol: RequestProtocol[Any, Any],
+        points: float,
+        code: str,
+        why: str,
+    ) -> None:
+        self._stats.malformed += 1
+        await _answer(stream, protocol, error=(code, why))
+        await self._host.penalize(peer, points, f"{protocol.id}: {why}")
+
+    # -- sending ---------------------------------------------------------------
+
+    async def request(
+        self, peer_id: str, protocol: RequestProtocol[Req, Resp], request: Req
+    ) -> Resp:
+        """Send ``request`` to ``peer_id`` and return its response (see the module docstring)."""
+        self._stats.sent += 1
+        stream = await self._host.open_stream(peer_id, protocol.id)
+        try:
+            with trio.fail_after(protocol.timeout_s):
+                await stream.write(encode_frame(request.to_wire(), protocol.max_request_bytes))
+                await stream.close()  # half-close: the request is complete
+                raw = await FrameReader(_StreamBytes(stream)).read(protocol.max_response_bytes)
+        except trio.TooSlowError:
+            self._stats.failed += 1
+            with suppress(Exception):
+                await stream.reset()
+            raise RequestTimeout(
+                f"{protocol.id}: no response from {peer_id} within {protocol.timeout_s:g} s"
+            ) from None
+        except (FrameError, EOFError) as exc:
+            self._stats.failed += 1
+            await self._host.penalize(peer_id, PENALTY_MALFORMED, f"{protocol.id}: bad response")
+            raise BadResponse(
+                f"{protocol.id}: bad response from {peer_id}: {exc or 'no response'}"
+            ) from None
+        except P2PError:
+            raise
+        except Exception as exc:
+            self._stats.failed += 1
+            with suppress(Exception):
+                await stream.reset()
+            raise RequestFailed(f"{protocol.id}: exchange with {peer_id} failed: {exc!r}") from None
+        return await self._parse_response(peer_id, protocol, raw)
+
+    async def _parse_response(
+        self, peer_id: str, protocol: RequestProtocol[Req, Resp], raw: Any
+    ) -> Resp:
+        try:
+            if isinstance(raw, dict) and set(raw) == {"ok"}:
+                return protocol.response.from_wire(raw["ok"])
+            if isinstance(raw, dict) and set(raw) == {"err"} and isinstance(raw["err"], dict):
+                code, message = raw["err"].get("code"), raw["err"].get("message")
+                if isinstance(code, str) and isinstance(message, str):
+                    raise RemoteError(code[:64], message[:_ERROR_TEXT])
+            raise MessageError("expected {'ok': ...} or {'err': {code, message}}")
+        except MessageError as exc:
+            self._stats.failed += 1
+            await self._host.penalize(peer_id, PENALTY_MALFORMED, f"{protocol.id}: bad response")
+            raise BadResponse(f"{protocol.id}: bad response from {peer_id}: {exc}") from None
+
+
+async def _answer(
+    stream: Any,
+    protocol: RequestProtocol[Any, Any],
+    response: Message | None = None,
+    error: tuple[str, str] | None = None,
+) -> None:
+    """Write the one response frame and close; reset the stream if that fails."""
+    if response is not None:
+        body: dict[str, Any] = {"ok": response.to_wire()}
+    else:
+        code, message = error or ("internal", "")
+        body = {"err": {"code": code, "message": message[:_ERROR_TEXT]}}
+    try:
+        with trio.fail_after(protocol.timeout_s):
+            await stream.write(encode_frame(body, protocol.max_response_bytes))
+            await stream.close()
+    except Exception:
+        with suppress(Exception):
+            await stream.reset()
