@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import re
 import time
 from collections.abc import AsyncIterator
@@ -164,7 +165,8 @@ class Provider:
 class DhtConfig:
     mode: str = "server"
     """``server`` answers others' queries and stores records; ``client`` only asks."""
-    refresh_s: float = 60.0
+    refresh_s: float = 300.0
+    """Mean interval between full routing-table refreshes (jittered)."""
 
 
 class Dht:
@@ -256,14 +258,17 @@ class Dht:
             log.debug("routing table refresh failed", exc_info=True)
 
     async def _maintain(self) -> None:
-        last_refresh = 0.0
+        # Adding connected peers is cheap and keeps lookups working as the node
+        # joins. Full refreshes are lookups of their own: run them rarely and at
+        # jittered times, or every node of a network refreshes at once.
+        next_refresh = trio.current_time() + self._config.refresh_s * (0.5 + random.random())
         while True:
-            if (
-                await self.add_connected_peers()
-                or trio.current_time() - last_refresh > self._config.refresh_s
-            ):
+            await self.add_connected_peers()
+            if trio.current_time() >= next_refresh:
                 await self.refresh()
-                last_refresh = trio.current_time()
+                next_refresh = trio.current_time() + self._config.refresh_s * (
+                    0.5 + random.random()
+                )
             await trio.sleep(0.5)
 
 

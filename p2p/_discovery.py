@@ -239,5 +239,5 @@ class Discovery:
             mdns = await trio.to_thread.run_sync(create)
             mdns.start()
             self._mdns = mdns
-        except Exception as exc:  # noqa: BLE001 - no multicast here: run without mDNS
+        except Exception as exc:
             log.warning("mDNS is unavailable; continuing without it", extra={"error": str(exc)})

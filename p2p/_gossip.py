@@ -26,21 +26,21 @@ from __future__ import annotations
 
 import enum
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from ._errors import P2PError
 from ._host import P2PHost
-from ._trio_util import single_error
+from ._trio_util import TokenBucket, prune_buckets, single_error
 
 log = logging.getLogger("mercato.p2p.gossip")
 
 PENALTY_REJECTED = 20.0
+PENALTY_FLOOD = 2.0  # per message over the origin's rate, when the origin sends it itself
 
 
 class Verdict(enum.Enum):
@@ -89,21 +89,6 @@ class TopicStatistics:
     rejected: int = 0
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    stamp: float = field(default_factory=time.monotonic)
-
-    def take(self, rate: float, burst: float) -> bool:
-        now = time.monotonic()
-        self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
 class _Ignored(Exception):
     """Raised through py-libp2p's validation to drop a message without blame."""
 
@@ -141,7 +126,7 @@ class Gossip:
         self._pubsub = pubsub
         self._router = router
         self._validators: dict[str, TopicValidator] = {}
-        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._stats: dict[str, TopicStatistics] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -218,12 +203,19 @@ class Gossip:
         return verdict
 
     async def _validate_one(self, message: GossipMessage) -> Verdict:
+        if self._host.is_banned(message.forwarder):
+            return Verdict.IGNORE
         if len(message.data) > self._config.max_message_bytes:
             return Verdict.REJECT
         if message.origin != self._host.peer_id:
+            prune_buckets(self._buckets)
             key = (message.topic, message.origin)
-            bucket = self._buckets.setdefault(key, _Bucket(self._config.origin_burst))
+            bucket = self._buckets.setdefault(key, TokenBucket(self._config.origin_burst))
             if not bucket.take(self._config.origin_rate_per_s, self._config.origin_burst):
+                if message.forwarder == message.origin:  # the flooder itself, not a relay
+                    await self._host.penalize(
+                        message.origin, PENALTY_FLOOD, f"flood on {message.topic}"
+                    )
                 return Verdict.IGNORE
         validator = self._validators.get(message.topic)
         if validator is None:

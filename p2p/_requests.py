@@ -44,6 +44,7 @@ import trio
 from ._errors import P2PError
 from ._host import P2PHost
 from ._messages import Message, MessageError
+from ._trio_util import TokenBucket, prune_buckets
 from ._wire import FrameError, FrameReader, FrameTooLarge, encode_frame
 
 log = logging.getLogger("mercato.p2p")
@@ -54,6 +55,9 @@ Resp = TypeVar("Resp", bound=Message)
 PENALTY_MALFORMED = 25.0
 PENALTY_OVERSIZED = 50.0
 PENALTY_SLOW = 10.0
+PENALTY_FLOOD = 1.0
+PEER_RATE_PER_S = 50.0
+PEER_BURST = 100.0
 MAX_CONCURRENT_PER_PROTOCOL = 64
 _ERROR_TEXT = 512
 
@@ -129,6 +133,7 @@ class Requests:
     def __init__(self, host: P2PHost) -> None:
         self._host = host
         self._stats = RequestStatistics()
+        self._buckets: dict[str, TokenBucket] = {}
 
     def statistics(self) -> RequestStatistics:
         return self._stats
@@ -144,6 +149,12 @@ class Requests:
         slots = trio.Semaphore(MAX_CONCURRENT_PER_PROTOCOL)
 
         async def on_stream(peer: str, stream: Any) -> None:
+            prune_buckets(self._buckets)
+            bucket = self._buckets.setdefault(peer, TokenBucket(PEER_BURST))
+            if not bucket.take(PEER_RATE_PER_S, PEER_BURST):
+                await _answer(stream, protocol, error=("busy", "too many requests; slow down"))
+                await self._host.penalize(peer, PENALTY_FLOOD, f"{protocol.id}: request flood")
+                return
             try:
                 slots.acquire_nowait()
             except trio.WouldBlock:

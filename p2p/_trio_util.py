@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 
 @contextmanager
@@ -20,3 +22,29 @@ def single_error() -> Iterator[None]:
         if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
             raise group.exceptions[0] from group
         raise
+
+
+@dataclass
+class TokenBucket:
+    """``rate`` tokens per second up to ``burst``; `take` spends one if there is one."""
+
+    tokens: float
+    stamp: float = field(default_factory=time.monotonic)
+
+    def take(self, rate: float, burst: float) -> bool:
+        now = time.monotonic()
+        self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+def prune_buckets(buckets: dict, idle_s: float = 60.0, keep: int = 4096) -> None:
+    """Forget buckets idle for ``idle_s`` once there are more than ``keep`` (bounds memory)."""
+    if len(buckets) <= keep:
+        return
+    cutoff = time.monotonic() - idle_s
+    for key in [k for k, b in buckets.items() if b.stamp < cutoff]:
+        del buckets[key]

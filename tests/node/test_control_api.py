@@ -14,9 +14,7 @@ from node._api import ROUTES, openapi_document
 def loopback_config() -> Config:
     """Loopback only, any free ports, no mDNS: tests must not touch the LAN."""
     return (
-        Config()
-        .replace("api", port=0)
-        .replace("p2p", listen=("/ip4/127.0.0.1/tcp/0",), mdns=False)
+        Config().replace("api", port=0).replace("p2p", listen=("/ip4/127.0.0.1/tcp/0",), mdns=False)
     )
 
 

@@ -1,0 +1,123 @@
+"""The overlay as a whole: many real hosts on loopback (slow; run alone with -m slow)."""
+
+from collections import deque
+from pathlib import Path
+
+import pytest
+import trio
+
+from node import open_store
+from node._peers import StoreAddressBook
+from p2p import Keypair, Verdict, make_record, open_overlay
+
+from .conftest import overlay_config, wait_until
+
+pytestmark = pytest.mark.slow
+N = 20
+TOPIC = "mercato/test/1"
+
+
+def is_connected(nodes) -> bool:
+    """True if the graph of connections reaches every node from the first."""
+    ids = {n.peer_id: n for n in nodes}
+    seen, todo = {nodes[0].peer_id}, deque([nodes[0]])
+    while todo:
+        for peer in todo.popleft().host.connected_peers():
+            if peer in ids and peer not in seen:
+                seen.add(peer)
+                todo.append(ids[peer])
+    return len(seen) == len(nodes)
+
+
+async def test_twenty_nodes_form_one_overlay_that_gossips_and_looks_up(open_overlays) -> None:
+    async with open_overlays(N) as nodes:
+        assert is_connected(nodes)
+        received: dict[str, list[bytes]] = {n.peer_id: [] for n in nodes}
+        for node in nodes:
+
+            async def handler(message, node=node) -> None:
+                received[node.peer_id].append(message.data)
+
+            await node.gossip.subscribe(TOPIC, handler)
+        await wait_until(
+            lambda: all(n.gossip.mesh_peers(TOPIC) for n in nodes), 20, "every node to have a mesh"
+        )
+        await nodes[7].gossip.publish(TOPIC, b"hello, network")
+        others = [n for n in nodes if n is not nodes[7]]
+        await wait_until(
+            lambda: all(received[n.peer_id] == [b"hello, network"] for n in others),
+            15,
+            "the message to reach all nodes",
+        )
+
+        owner = Keypair.generate()
+        await nodes[3].dht.put(make_record(owner, "card", b"from node 3", ttl_s=60))
+        for reader in (nodes[0], nodes[11], nodes[19]):
+            record = await reader.dht.get(owner.address, "card")
+            assert record is not None and record.data == b"from node 3"
+        await nodes[5].dht.provide("agent:someone/echo")
+        found = await nodes[17].dht.find_providers("agent:someone/echo")
+        assert nodes[5].peer_id in [p.peer_id for p in found]
+
+
+async def test_a_restarted_node_rejoins_from_its_address_book(
+    open_overlays, tmp_path: Path
+) -> None:
+    key = Keypair.generate()
+    async with open_overlays(3) as others, open_store(tmp_path / "node.db") as store:
+        book = StoreAddressBook(store)
+        async with open_overlay(key, overlay_config(save_every_s=3600), book) as node:
+            for other in others:
+                await node.host.connect(other.host.listen_addrs()[0])
+        # Closed: the book was saved on the way out. Restart with no bootstrap at all.
+        assert len(await book.load()) == 3
+        async with open_overlay(key, overlay_config(), book) as node:
+            await wait_until(
+                lambda: set(node.host.connected_peers()) >= {o.peer_id for o in others},
+                10,
+                "the restarted node to reconnect to its old peers",
+            )
+
+
+async def test_a_bootstrap_peer_that_appears_late_is_reached_with_backoff(open_overlays) -> None:
+    async with open_overlays(1) as (bootstrap,):
+        addr = bootstrap.host.listen_addrs()[0]
+    # The bootstrap node is gone; a node that lists it keeps trying quietly.
+    key = Keypair.generate()
+    async with open_overlay(key, overlay_config(bootstrap=(addr,))) as node:
+        await wait_until(lambda: node.discovery.bootstrap_status()[0].failures >= 1, 5, "a failure")
+        assert not node.discovery.bootstrap_status()[0].connected
+
+
+async def test_a_gossip_flooder_is_cut_off_and_the_rest_keep_working(open_overlays) -> None:
+    async with open_overlays(3) as (victim, flooder, good):
+        got: list[bytes] = []
+
+        async def handler(message) -> None:
+            got.append(message.data)
+
+        async def validator(message) -> Verdict:
+            return Verdict.REJECT if message.data.startswith(b"bad") else Verdict.ACCEPT
+
+        victim.gossip._config = victim.gossip._config.__class__(origin_rate_per_s=5, origin_burst=5)
+        for node in (victim, flooder, good):
+            await node.gossip.subscribe(TOPIC, handler if node is victim else _ignore, validator)
+        await wait_until(lambda: flooder.peer_id in victim.gossip.mesh_peers(TOPIC), 10, "a mesh")
+        with trio.move_on_after(20):
+            i = 0
+            while not victim.host.is_banned(flooder.peer_id):
+                await flooder.gossip.publish(TOPIC, b"flood %d" % i)
+                i += 1
+                if i % 20 == 0:
+                    await trio.sleep(0.01)
+        assert victim.host.is_banned(flooder.peer_id)
+        await wait_until(
+            lambda: flooder.peer_id not in victim.host.connected_peers(), 5, "disconnect"
+        )
+        before = len(got)
+        await good.gossip.publish(TOPIC, b"from a good peer")
+        await wait_until(lambda: b"from a good peer" in got[before:], 10, "the good message")
+
+
+async def _ignore(message) -> None:
+    pass
