@@ -320,6 +320,43 @@ ROUTES: tuple[Route, ...] = (
         },
     ),
     Route(
+        "GET",
+        "/v1/peers",
+        "Connected peers with their addresses and protocols, and banned peers.",
+        _peers,
+        response={
+            "type": "object",
+            "properties": {
+                "peers": {"type": "array", "items": {"type": "object"}},
+                "banned": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/peers/connect",
+        "Dial a peer by multiaddr.",
+        _connect,
+        response={"type": "object", "properties": {"peer_id": {"type": "string"}}},
+        body=_PEER_BODY,
+        errors=(400, 502),
+    ),
+    Route(
+        "POST",
+        "/v1/ping",
+        "Ping a peer (by peer id, or by multiaddr, dialing it first).",
+        _ping,
+        response={
+            "type": "object",
+            "properties": {
+                "peer_id": {"type": "string"},
+                "rtt_ms": {"type": "array", "items": {"type": "number"}},
+            },
+        },
+        body=_PEER_BODY,
+        errors=(400, 502),
+    ),
+    Route(
         "GET", "/metrics", "Prometheus metrics (text exposition format).", _metrics, response=None
     ),
 )

@@ -182,3 +182,23 @@ async def test_shutdown_answers_then_the_node_stops(initialized: DataDir) -> Non
     assert not initialized.api_file.exists()
     with pytest.raises(DaemonNotRunning):
         await call(ControlClient(initialized).health)
+
+
+async def test_peers_and_ping_answer_and_refuse_bad_peers(node: Node, initialized: DataDir) -> None:
+    client = ControlClient(node.datadir)
+    assert (await call(client.peers)) == {"peers": [], "banned": []}
+    with pytest.raises(ControlError) as err:
+        await call(client.ping, "not a peer!")
+    assert err.value.status == 400
+    with pytest.raises(ControlError) as err:
+        await call(client.ping, "12D3KooWLcbC36iN2qgzUZ7fXVs4mC99Raj4dYhxFpvvZ22ccqFG")
+    assert err.value.status == 502  # well-formed, but nobody is there
+    with pytest.raises(ControlError) as err:
+        await call(
+            client.connect,
+            "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWLcbC36iN2qgzUZ7fXVs4mC99Raj4dYhxFpvvZ22ccqFG",
+        )
+    assert err.value.status == 502
+    with pytest.raises(ControlError) as err:
+        await call(lambda: client.request("POST", "/v1/ping", {"peer": 5}))
+    assert err.value.status == 400
