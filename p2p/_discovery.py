@@ -128,23 +128,26 @@ class Discovery:
         if self.book is not None:
             for peer, addrs in await self.book.load():
                 self._known[peer] = addrs
-        if self.config.mdns:
-            await self._start_mdns()
         task_status.started()
-        last_save = time.monotonic()
         try:
-            while True:
-                await self._dial_bootstrap()
-                await self._dial_known()
-                if time.monotonic() - last_save >= self.config.save_every_s:
-                    await self.save()
-                    last_save = time.monotonic()
-                await trio.sleep(TICK_S)
+            async with trio.open_nursery() as nursery:
+                if self.config.mdns:
+                    nursery.start_soon(self._start_mdns)  # takes ~2 s of mDNS probing
+                await self._loop()
         finally:
             with trio.CancelScope(shield=True):
                 await self.save()
-                if self._mdns is not None:
-                    await trio.to_thread.run_sync(self._mdns.stop)
+                await self._stop_mdns()
+
+    async def _loop(self) -> None:
+        last_save = time.monotonic()
+        while True:
+            await self._dial_bootstrap()
+            await self._dial_known()
+            if time.monotonic() - last_save >= self.config.save_every_s:
+                await self.save()
+                last_save = time.monotonic()
+            await trio.sleep(TICK_S)
 
     async def save(self) -> None:
         if self.book is None:
@@ -217,6 +220,26 @@ class Discovery:
         except Exception:
             return []
 
+    async def _stop_mdns(self) -> None:
+        """py-libp2p's ``MDNSDiscovery.stop()`` in two halves: its trio cancel scope
+        on the trio thread (from a worker thread the call hangs), zeroconf's blocking
+        goodbye and close in a worker thread."""
+        mdns, self._mdns = self._mdns, None
+        if mdns is None:
+            return
+        if mdns._cleanup_cancel_scope is not None:
+            mdns._cleanup_cancel_scope.cancel()
+
+        def close() -> None:
+            mdns.broadcaster.unregister()
+            mdns.listener.stop()
+            mdns.zeroconf.close()
+
+        try:
+            await trio.to_thread.run_sync(close)
+        except Exception:
+            log.debug("mDNS did not stop cleanly", exc_info=True)
+
     async def _start_mdns(self) -> None:
         from libp2p.discovery.mdns.mdns import create_mdns_discovery
 
@@ -224,20 +247,23 @@ class Discovery:
         listen = expand_unspecified([str(a) for a in raw.get_transport_addrs()])
         port = next((int(a.split("/tcp/")[1].split("/")[0]) for a in listen if "/tcp/" in a), 0)
 
-        def create() -> Any:
-            return create_mdns_discovery(
+        def create_and_register() -> Any:
+            mdns = create_mdns_discovery(
                 raw.get_network(),
                 port=port,
                 listen_addrs=listen,
                 private_network_fingerprint=MDNS_NETWORK,
                 host=raw,
             )
+            self._mdns = mdns  # from here on, _stop_mdns closes it, even if we are cancelled
+            mdns.broadcaster.register()  # blocks while mDNS probes the name
+            return mdns
 
         try:
-            # Zeroconf opens sockets and starts threads: not on the event loop. Its
-            # start() spawns a trio task, so that part runs here.
-            mdns = await trio.to_thread.run_sync(create)
-            mdns.start()
-            self._mdns = mdns
+            # py-libp2p's MDNSDiscovery.start() in two halves: zeroconf's sockets,
+            # threads and probing in a worker thread, its trio task here.
+            mdns = await trio.to_thread.run_sync(create_and_register)
+            mdns._cleanup_cancel_scope = trio.CancelScope()
+            mdns._cleanup_task = trio.lowlevel.spawn_system_task(mdns._cleanup_loop_with_scope)
         except Exception as exc:
             log.warning("mDNS is unavailable; continuing without it", extra={"error": str(exc)})

@@ -121,3 +121,13 @@ async def test_a_gossip_flooder_is_cut_off_and_the_rest_keep_working(open_overla
 
 async def _ignore(message) -> None:
     pass
+
+
+async def test_nodes_on_one_lan_find_each_other_by_mdns() -> None:
+    config = overlay_config()
+    config = config.__class__(host=config.host, discovery=config.discovery.__class__(mdns=True))
+    async with (
+        open_overlay(Keypair.generate(), config) as a,
+        open_overlay(Keypair.generate(), config) as b,
+    ):
+        await wait_until(lambda: b.peer_id in a.host.connected_peers(), 15, "mDNS discovery")
