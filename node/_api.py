@@ -197,7 +197,12 @@ async def _reach(node: Node, peer: str) -> str:
 
 
 async def _connect(node: Node, request: Request) -> Response:
-    peer = await _reach(node, _peer_arg(request))
+    target = _peer_arg(request)
+    if not target.startswith("/"):
+        raise HttpError(
+            400, "bad_peer", "connect needs a multiaddr: /ip4/HOST/tcp/PORT/p2p/PEER_ID"
+        )
+    peer = await _reach(node, target)
     return Response.json(200, {"peer_id": peer})
 
 

@@ -12,9 +12,11 @@ log, the store is closed, api.json removed and the lock released.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import resource
 import secrets
 import signal
 import time
@@ -54,6 +56,16 @@ MIN_TOKEN_LENGTH = 32
 SHUTDOWN_GRACE_S = 3.0
 """Time services get to finish what is in flight before they are cancelled."""
 T = TypeVar("T")
+
+
+def _raise_file_limit(target: int = 65536) -> None:
+    """Allow as many open files as the system lets us: every peer connection is one,
+    and a node that runs out can accept no one (the control API included)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = target if hard == resource.RLIM_INFINITY else min(target, hard)
+    if soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 class Node:
@@ -143,6 +155,7 @@ class Node:
             extra={"version": __version__, "pid": os.getpid(), "data_dir": str(self.datadir.root)},
         )
         await trio.to_thread.run_sync(self.datadir.check_format)
+        _raise_file_limit()
         lock = DataDirLock(self.datadir)
         await trio.to_thread.run_sync(lock.acquire)
         try:

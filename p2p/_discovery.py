@@ -32,6 +32,11 @@ log = logging.getLogger("mercato.p2p.discovery")
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 300.0
 TICK_S = 1.0
+STABLE_S = 30.0
+"""A connection must last this long before a peer's backoff is forgiven: a peer
+that accepts and then drops us at once must not be redialled every second."""
+DIAL_CONCURRENCY = 8
+DIAL_TIMEOUT_S = 5.0
 MDNS_NETWORK = "mercato"
 
 
@@ -60,11 +65,24 @@ class _Backoff:
     failures: int = 0
     next_try: float = 0.0
     last_error: str = ""
+    connected_at: float = 0.0
 
     def failed(self, error: str) -> None:
         self.failures += 1
         self.last_error = error
-        delay = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2 ** (self.failures - 1))
+        self.connected_at = 0.0
+        self._wait()
+
+    def dialed(self) -> None:
+        """Connected: the next try (if it drops) still waits; `stable` forgives."""
+        self.connected_at = time.monotonic()
+        self._wait()
+
+    def stable(self) -> bool:
+        return bool(self.connected_at) and time.monotonic() - self.connected_at >= STABLE_S
+
+    def _wait(self) -> None:
+        delay = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2 ** max(0, self.failures - 1))
         self.next_try = time.monotonic() + delay
 
     def due(self) -> bool:
@@ -165,14 +183,15 @@ class Discovery:
         if not state.due():
             return False
         try:
-            await self.host.connect(addr)
-        except DialError as exc:
+            with trio.fail_after(DIAL_TIMEOUT_S):
+                await self.host.connect(addr)
+        except (DialError, trio.TooSlowError) as exc:
             first = state.failures == 0
-            state.failed(str(exc))
+            state.failed(str(exc) or "timed out")
             if first and not quiet:
                 log.warning(
                     "cannot reach peer; will retry with backoff",
-                    extra={"addr": addr, "error": str(exc)},
+                    extra={"addr": addr, "error": state.last_error},
                 )
             else:
                 log.debug("dial failed", extra={"addr": addr, "failures": state.failures})
@@ -182,25 +201,47 @@ class Discovery:
             return False
         if state.failures and not quiet:
             log.info("reached peer again", extra={"addr": addr, "after_failures": state.failures})
-        self._backoff[addr] = _Backoff()
+        state.dialed()
         return True
+
+    def _forgive_stable(self, connected: set[str]) -> None:
+        for addr, state in list(self._backoff.items()):
+            if peer_of(addr) in connected and state.stable():
+                del self._backoff[addr]
+
+    async def _dial_all(self, addrs: list[str], quiet: bool) -> None:
+        """Dial these addresses concurrently, a few at a time."""
+        limiter = trio.CapacityLimiter(DIAL_CONCURRENCY)
+
+        async def one(addr: str) -> None:
+            async with limiter:
+                await self._dial(addr, quiet)
+
+        async with trio.open_nursery() as nursery:
+            for addr in addrs:
+                nursery.start_soon(one, addr)
 
     async def _dial_bootstrap(self) -> None:
         connected = set(self.host.connected_peers())
-        for addr in self.config.bootstrap:
-            if peer_of(addr) not in connected:
-                await self._dial(addr, quiet=False)
+        self._forgive_stable(connected)
+        await self._dial_all(
+            [a for a in self.config.bootstrap if peer_of(a) not in connected], quiet=False
+        )
 
     async def _dial_known(self) -> None:
         connected = set(self.host.connected_peers())
-        if len(connected) >= self.config.target_peers:
+        wanted = self.config.target_peers - len(connected)
+        if wanted <= 0:
             return
+        # One address per peer per tick (the first that is due), at most `wanted` peers.
+        picks = []
         for _peer, addrs in self._candidates(connected):
-            for addr in addrs:
-                if await self._dial(addr, quiet=True):
-                    break
-            if len(self.host.connected_peers()) >= self.config.target_peers:
-                return
+            due = [a for a in addrs if self._backoff.setdefault(a, _Backoff()).due()]
+            if due:
+                picks.append(due[0])
+            if len(picks) >= wanted:
+                break
+        await self._dial_all(picks, quiet=True)
 
     def _candidates(self, connected: set[str]) -> list[tuple[str, list[str]]]:
         found = dict(self._known)

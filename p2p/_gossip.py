@@ -33,7 +33,7 @@ import enum
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +45,12 @@ from ._trio_util import TokenBucket, prune_buckets, single_error
 
 log = logging.getLogger("mercato.p2p.gossip")
 
-PENALTY_REJECTED = 20.0
+PENALTY_REJECTED = 10.0
+MAX_PENDING_PER_PEER = 512
+"""Messages from one peer awaiting validation at once; py-libp2p starts a task per
+message of an RPC (at a cost that grows with the number of tasks), so one RPC
+of 20,000 tiny messages would stall the node for a minute."""
+RPC_OVERHEAD_BYTES = 64 * 1024
 PENALTY_FLOOD = 2.0  # per message over the origin's rate, when the origin sends it itself
 
 
@@ -107,7 +112,8 @@ def _make_pubsub_class() -> type:
     from libp2p.pubsub.pubsub import Pubsub
 
     class _VerdictPubsub(Pubsub):  # type: ignore[misc]
-        """Pubsub with accept / ignore / reject validation (see the module docstring)."""
+        """Pubsub with accept / ignore / reject validation, and guards against peers
+        that would crash it or stall it (see the module docstring)."""
 
         gossip: Gossip
 
@@ -120,8 +126,20 @@ def _make_pubsub_class() -> type:
             await super().validate_msg(msg_forwarder, msg)
 
         async def push_msg(self, msg_forwarder: Any, msg: Any) -> None:
-            with suppress(_Ignored):
+            # One copy of a message at a time: a peer repeating a message in one RPC
+            # must not get it validated and delivered once per copy.
+            message_id = bytes(msg.from_id) + bytes(msg.seqno)
+            if message_id in self.gossip._in_flight:
+                return
+            self.gossip._in_flight.add(message_id)
+            try:
                 await super().push_msg(msg_forwarder, msg)
+            except _Ignored:
+                pass
+            except Exception as exc:
+                await self.gossip._blame(str(msg_forwarder), f"malformed message: {exc!r}")
+            finally:
+                self.gossip._in_flight.discard(message_id)
 
     return _VerdictPubsub
 
@@ -137,6 +155,9 @@ class Gossip:
         self._validators: dict[str, TopicValidator] = {}
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._stats: dict[str, TopicStatistics] = {}
+        self._subscribed: set[str] = set()
+        self._in_flight: set[bytes] = set()
+        self._pending: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
 
     def statistics(self) -> dict[str, TopicStatistics]:
@@ -165,6 +186,7 @@ class Gossip:
         assert self._nursery is not None, "gossip is not running"
         if validator is not None:
             self._validators[topic] = validator
+        self._subscribed.add(topic)
         self._stats.setdefault(topic, TopicStatistics())
         subscription = await self._pubsub.subscribe(topic)
         self._nursery.start_soon(self._drain, topic, subscription, handler)
@@ -192,24 +214,47 @@ class Gossip:
                 log.exception("gossip handler failed", extra={"topic": topic})
 
     async def _validate(self, forwarder: Any, raw: Any) -> Verdict:
-        verdict = Verdict.ACCEPT
-        for topic in raw.topicIDs:
-            message = _to_message(topic, raw, forwarder=str(forwarder))
-            verdict = await self._validate_one(message)
-            stats = self._stats.setdefault(topic, TopicStatistics())
-            if verdict is Verdict.ACCEPT:
-                stats.accepted += 1
-            elif verdict is Verdict.IGNORE:
-                stats.ignored += 1
-                return verdict
-            else:
-                stats.rejected += 1
-                if message.forwarder != self._host.peer_id:
-                    await self._host.penalize(
-                        message.forwarder, PENALTY_REJECTED, f"gossip {topic}"
-                    )
-                return verdict
+        # Our messages name exactly one topic, one we subscribe to; anything else is
+        # a peer making us keep books on topics of its choosing.
+        topics = list(raw.topicIDs)
+        own = str(forwarder) == self._host.peer_id
+        if len(topics) != 1 or not (own or topics[0] in self._subscribed):
+            for topic in set(topics) & self._subscribed:
+                self._stats[topic].rejected += 1
+            if not own:
+                await self._blame(str(forwarder), f"message for topics {topics[:3]}")
+            return Verdict.REJECT
+        topic = topics[0]
+        message = _to_message(topic, raw, forwarder=str(forwarder))
+        verdict = await self._validate_one(message)
+        stats = self._stats.setdefault(topic, TopicStatistics())
+        if verdict is Verdict.ACCEPT:
+            stats.accepted += 1
+        elif verdict is Verdict.IGNORE:
+            stats.ignored += 1
+        else:
+            stats.rejected += 1
+            if message.forwarder != self._host.peer_id:
+                await self._blame(message.forwarder, f"rejected on {topic}")
         return verdict
+
+    async def _blame(self, peer: str, reason: str) -> None:
+        await self._host.penalize(peer, PENALTY_REJECTED, f"gossip: {reason}")
+
+    def _admit(self, peer: str) -> bool:
+        """Whether another message from ``peer`` may be queued for validation."""
+        pending = self._pending.get(peer, 0)
+        if pending >= MAX_PENDING_PER_PEER:
+            return False
+        self._pending[peer] = pending + 1
+        return True
+
+    def _done(self, peer: str) -> None:
+        left = self._pending.get(peer, 1) - 1
+        if left > 0:
+            self._pending[peer] = left
+        else:
+            self._pending.pop(peer, None)
 
     async def _validate_one(self, message: GossipMessage) -> Verdict:
         if self._host.is_banned(message.forwarder):
@@ -246,6 +291,34 @@ def _to_message(topic: str, raw: Any, forwarder: str) -> GossipMessage:
     return GossipMessage(topic, bytes(raw.data), origin, forwarder)
 
 
+def _bound_pending(pubsub: Any, gossip: Gossip) -> None:
+    """Cap the messages from one peer that py-libp2p queues for validation.
+
+    py-libp2p spawns ``push_msg`` for every message of an incoming RPC through
+    its service manager; the wrapper below drops (and blames) the excess.
+    """
+    manager = pubsub.manager
+    spawn = manager.run_task
+
+    def run_task(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(fn, "__func__", None) is not type(pubsub).push_msg or not args:
+            return spawn(fn, *args, **kwargs)
+        peer = str(args[0])
+        if not gossip._admit(peer):
+            gossip._nursery.start_soon(gossip._blame, peer, "too many messages at once")
+            return None
+
+        async def counted(*a: Any) -> None:
+            try:
+                await fn(*a)
+            finally:
+                gossip._done(peer)
+
+        return spawn(counted, *args, **kwargs)
+
+    manager.run_task = run_task
+
+
 @asynccontextmanager
 async def open_gossip(host: P2PHost, config: GossipConfig) -> AsyncIterator[Gossip]:
     """Run GossipSub on ``host`` for the life of the block; stops it cleanly on exit."""
@@ -277,7 +350,9 @@ async def open_gossip(host: P2PHost, config: GossipConfig) -> AsyncIterator[Goss
             graylist_threshold=-200.0,
         ),
     )
-    pubsub = _make_pubsub_class()(host.libp2p, router)
+    pubsub = _make_pubsub_class()(
+        host.libp2p, router, max_inbound_rpc_size=config.max_message_bytes + RPC_OVERHEAD_BYTES
+    )
     gossip = Gossip(host, config, pubsub, router)
     pubsub.gossip = gossip
     with single_error():
@@ -286,6 +361,7 @@ async def open_gossip(host: P2PHost, config: GossipConfig) -> AsyncIterator[Goss
             await stack.enter_async_context(background_trio_service(router))
             await pubsub.wait_until_ready()
             stack.callback(pubsub.seen_messages.stop)  # else its sweeper thread outlives us
+            _bound_pending(pubsub, gossip)
             async with trio.open_nursery() as nursery:
                 gossip._nursery = nursery
                 try:

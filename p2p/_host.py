@@ -51,6 +51,9 @@ DEFAULT_MAX_CONNECTIONS = 128
 BAN_SECONDS = 600.0
 PENALTY_LIMIT = 100.0
 PENALTY_HALF_LIFE_S = 60.0
+PENALTY_HANDLER_ERROR = 25.0
+MAX_CONDUCT_RECORDS = 4096
+CLOSE_TIMEOUT_S = 5.0
 
 
 class DialError(P2PError):
@@ -130,6 +133,9 @@ def _check_port_free(listen: tuple[str, ...]) -> None:
                 continue
             family = socket.AF_INET if parts[0] == "ip4" else socket.AF_INET6
             with socket.socket(family, socket.SOCK_STREAM) as probe:
+                # Like the real listener: a port left in TIME_WAIT by our own last
+                # run is free, a port someone listens on is not.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     probe.bind((parts[1], port))
                 except OSError as exc:
@@ -261,8 +267,21 @@ class P2PHost:
     # -- serving ---------------------------------------------------------------
 
     def set_stream_handler(self, protocol_id: str, handler: StreamHandler) -> None:
-        """Serve ``protocol_id``. The handler never takes the host down, and banned
-        peers are turned away before it runs."""
+        """Serve ``protocol_id`` with ``handler(peer_id, stream)`` (guarded, see `_guard`)."""
+
+        async def adapted(stream: Any) -> None:
+            await handler(str(stream.muxed_conn.peer_id), stream)
+
+        self._host.set_stream_handler(protocol_id, adapted)
+
+    def _guard(self, protocol_id: str, handler: Callable[[Any], Awaitable[None]]) -> Any:
+        """Wrap a raw py-libp2p stream handler so that no peer can crash the host.
+
+        Every handler registered on the host goes through this, py-libp2p's own
+        (GossipSub, Kademlia) included: an exception escaping any of them would
+        stop the whole swarm. Banned peers are turned away first; a handler that
+        raises has its stream reset and its peer penalised.
+        """
 
         async def guarded(stream: Any) -> None:
             peer = str(stream.muxed_conn.peer_id)
@@ -271,7 +290,7 @@ class P2PHost:
                     await stream.reset()
                 return
             try:
-                await handler(peer, stream)
+                await handler(stream)
             except Exception as exc:
                 log.debug(
                     "stream handler failed",
@@ -279,8 +298,12 @@ class P2PHost:
                 )
                 with suppress(Exception):
                     await stream.reset()
+                if not _is_disconnect(exc):  # going away is no offence; garbage is
+                    await self.penalize(
+                        peer, PENALTY_HANDLER_ERROR, f"{protocol_id}: {exc!r}"[:200]
+                    )
 
-        self._host.set_stream_handler(protocol_id, guarded)
+        return guarded
 
     # -- conduct ---------------------------------------------------------------
 
@@ -293,6 +316,7 @@ class P2PHost:
 
     async def penalize(self, peer_id: str, points: float, reason: str) -> None:
         """Count misbehaviour; past PENALTY_LIMIT points the peer is banned and dropped."""
+        self._prune_conduct()
         conduct = self._conduct.setdefault(peer_id, _Conduct())
         if conduct.add(points) < PENALTY_LIMIT or self.is_banned(peer_id):
             log.debug("peer penalized", extra={"peer": peer_id, "points": points, "reason": reason})
@@ -302,6 +326,18 @@ class P2PHost:
             "banning peer", extra={"peer": peer_id, "reason": reason, "seconds": BAN_SECONDS}
         )
         await self.ban(peer_id)
+
+    def _prune_conduct(self) -> None:
+        """Forget peers that are neither banned nor recently penalised (bounds memory)."""
+        if len(self._conduct) <= MAX_CONDUCT_RECORDS:
+            return
+        now = time.monotonic()
+        for peer in [
+            p
+            for p, c in self._conduct.items()
+            if c.banned_until < now and now - c.updated > 4 * PENALTY_HALF_LIFE_S
+        ]:
+            del self._conduct[peer]
 
     async def ban(self, peer_id: str, seconds: float = BAN_SECONDS) -> None:
         from libp2p.peer.id import ID
@@ -313,10 +349,21 @@ class P2PHost:
 
     async def _on_connected(self, conn: Any) -> None:
         peer = str(conn.muxed_conn.peer_id)
+        # The cap applies to connections others open: the ones we dial (bootstrap,
+        # a user's `connect`) are never the ones dropped.
+        inbound = str(getattr(conn, "direction", "")).lower().endswith("inbound")
         too_many = len(self._host.get_connected_peers()) > self._config.max_connections
-        if self.is_banned(peer) or too_many:
+        if self.is_banned(peer) or (too_many and inbound):
             with suppress(Exception):
                 await conn.close()
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    """True for the errors a stream raises when its peer closes, resets or leaves."""
+    from libp2p.network.stream.exceptions import StreamError
+    from libp2p.stream_muxer.exceptions import MuxedConnError, MuxedStreamError
+
+    return isinstance(exc, StreamError | MuxedStreamError | MuxedConnError | EOFError)
 
 
 def _notifee(host: P2PHost) -> Any:
@@ -370,6 +417,7 @@ def _new_libp2p_host(keypair: Keypair, config: HostConfig) -> Any:
             low_watermark=0,  # else the auto-connector dials every peerstore entry
             high_watermark=limit,
             dial_timeout=config.dial_timeout_s,
+            inbound_upgrade_timeout=5.0,  # a silent TCP client holds a socket this long
         ),
     )
     network = host.get_network()
@@ -409,20 +457,26 @@ async def open_host(keypair: Keypair, config: HostConfig) -> AsyncIterator[P2PHo
     raw = _new_libp2p_host(keypair, config)
     host = P2PHost(raw, keypair, config)
     raw.get_network().register_notifee(_notifee(host))
+    register = raw.set_stream_handler
+    # From here on every handler anyone registers (GossipSub, Kademlia, ours) is guarded.
+    raw.set_stream_handler = lambda protocol_id, handler: register(
+        protocol_id, host._guard(str(protocol_id), handler)
+    )
     stop = trio.Event()
 
     async def hosted(task_status: trio.TaskStatus[None]) -> None:
         # Shielded: py-libp2p's teardown must not be interrupted (see module docstring).
         with trio.CancelScope(shield=True):
             async with raw.run(listen):
-                if not raw.get_transport_addrs():
+                if listen and not raw.get_transport_addrs():
                     await raw.close()
                     raise P2PError(f"could not listen on any of {list(config.listen)}")
                 await raw.get_network().auto_connector.stop()
                 task_status.started()
                 await stop.wait()
-                await _close_connections(raw)
-                await raw.close()
+                with trio.move_on_after(CLOSE_TIMEOUT_S):  # a stuck peer must not hang shutdown
+                    await _close_connections(raw)
+                    await raw.close()
 
     with single_error():
         async with trio.open_nursery() as nursery:

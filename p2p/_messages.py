@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, ClassVar, TypeVar, get_args, get_origin, get_type_hints
@@ -90,8 +91,8 @@ def _check(value: Any, tp: Any, meta: typing.Mapping[str, Any], where: str) -> A
         if type(value) is not int:
             raise MessageError(f"{where}: expected an integer")
     elif tp is float:
-        if type(value) not in (int, float):
-            raise MessageError(f"{where}: expected a number")
+        if type(value) not in (int, float) or not math.isfinite(value):
+            raise MessageError(f"{where}: expected a finite number")
         value = float(value)
     elif tp in (str, bytes, bool):
         if type(value) is not tp:

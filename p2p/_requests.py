@@ -59,6 +59,7 @@ PENALTY_FLOOD = 1.0
 PEER_RATE_PER_S = 50.0
 PEER_BURST = 100.0
 MAX_CONCURRENT_PER_PROTOCOL = 64
+MAX_CONCURRENT_PER_PEER = 8
 _ERROR_TEXT = 512
 
 
@@ -134,6 +135,7 @@ class Requests:
         self._host = host
         self._stats = RequestStatistics()
         self._buckets: dict[str, TokenBucket] = {}
+        self._active: dict[str, int] = {}
 
     def statistics(self) -> RequestStatistics:
         return self._stats
@@ -155,15 +157,23 @@ class Requests:
                 await _answer(stream, protocol, error=("busy", "too many requests; slow down"))
                 await self._host.penalize(peer, PENALTY_FLOOD, f"{protocol.id}: request flood")
                 return
+            # Per peer first, so that one peer cannot take every slot from the others.
+            if self._active.get(peer, 0) >= MAX_CONCURRENT_PER_PEER:
+                await _answer(stream, protocol, error=("busy", "too many requests at once"))
+                return
             try:
                 slots.acquire_nowait()
             except trio.WouldBlock:
                 await _answer(stream, protocol, error=("busy", "too many requests; retry later"))
                 return
+            self._active[peer] = self._active.get(peer, 0) + 1
             try:
                 await self._serve_one(protocol, handler, peer, stream)
             finally:
                 slots.release()
+                self._active[peer] -= 1
+                if not self._active[peer]:
+                    del self._active[peer]
 
         self._host.set_stream_handler(protocol.id, on_stream)
 
@@ -220,7 +230,10 @@ class Requests:
     async def request(
         self, peer_id: str, protocol: RequestProtocol[Req, Resp], request: Req
     ) -> Resp:
-        """Send ``request`` to ``peer_id`` and return its response (see the module docstring)."""
+        """Send ``request`` to ``peer_id`` and return its response (see the module docstring).
+
+        On any failure, cancellation included, the stream is reset.
+        """
         self._stats.sent += 1
         stream = await self._host.open_stream(peer_id, protocol.id)
         try:
@@ -228,27 +241,34 @@ class Requests:
                 await stream.write(encode_frame(request.to_wire(), protocol.max_request_bytes))
                 await stream.close()  # half-close: the request is complete
                 raw = await FrameReader(_StreamBytes(stream)).read(protocol.max_response_bytes)
-        except trio.TooSlowError:
+        except BaseException as exc:
             self._stats.failed += 1
-            with suppress(Exception):
+            with trio.CancelScope(shield=True), suppress(Exception):
                 await stream.reset()
-            raise RequestTimeout(
-                f"{protocol.id}: no response from {peer_id} within {protocol.timeout_s:g} s"
-            ) from None
-        except (FrameError, EOFError) as exc:
-            self._stats.failed += 1
-            await self._host.penalize(peer_id, PENALTY_MALFORMED, f"{protocol.id}: bad response")
-            raise BadResponse(
-                f"{protocol.id}: bad response from {peer_id}: {exc or 'no response'}"
-            ) from None
-        except P2PError:
-            raise
-        except Exception as exc:
-            self._stats.failed += 1
-            with suppress(Exception):
-                await stream.reset()
-            raise RequestFailed(f"{protocol.id}: exchange with {peer_id} failed: {exc!r}") from None
+            failure = await self._failure(peer_id, protocol, exc)
+            if failure is exc:
+                raise
+            raise failure from None
         return await self._parse_response(peer_id, protocol, raw)
+
+    async def _failure(
+        self, peer_id: str, protocol: RequestProtocol[Any, Any], exc: BaseException
+    ) -> BaseException:
+        """The error to raise for a failed exchange (Cancelled and our own pass through)."""
+        if isinstance(exc, trio.TooSlowError):
+            return RequestTimeout(
+                f"{protocol.id}: no response from {peer_id} within {protocol.timeout_s:g} s"
+            )
+        if isinstance(exc, EOFError):
+            # Ended before any response: the peer went away or reset the stream, which
+            # py-libp2p reports as an end of stream. No proof of malice, no penalty.
+            return RequestFailed(f"{protocol.id}: {peer_id} closed the stream without answering")
+        if isinstance(exc, FrameError):
+            await self._host.penalize(peer_id, PENALTY_MALFORMED, f"{protocol.id}: bad response")
+            return BadResponse(f"{protocol.id}: bad response from {peer_id}: {exc}")
+        if isinstance(exc, P2PError) or not isinstance(exc, Exception):
+            return exc  # ours, or Cancelled and friends: raised as they are
+        return RequestFailed(f"{protocol.id}: exchange with {peer_id} failed: {exc!r}")
 
     async def _parse_response(
         self, peer_id: str, protocol: RequestProtocol[Req, Resp], raw: Any

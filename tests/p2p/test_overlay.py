@@ -131,3 +131,38 @@ async def test_nodes_on_one_lan_find_each_other_by_mdns() -> None:
         open_overlay(Keypair.generate(), config) as b,
     ):
         await wait_until(lambda: b.peer_id in a.host.connected_peers(), 15, "mDNS discovery")
+
+
+async def test_a_node_that_does_not_listen_still_dials_out(open_overlays) -> None:
+    from p2p import DhtConfig, DiscoveryConfig, HostConfig, OverlayConfig
+
+    config = OverlayConfig(
+        host=HostConfig(listen=()),
+        dht=DhtConfig(mode="client"),
+        discovery=DiscoveryConfig(mdns=False),
+    )
+    async with open_overlays(1) as (server,), open_overlay(Keypair.generate(), config) as client:
+        assert client.host.listen_addrs() == []
+        peer = await client.host.connect(server.host.listen_addrs()[0])
+        assert len(await client.host.ping(peer, count=1)) == 1
+        assert (await client.info(peer)).agent == "mercato"
+
+
+async def test_a_node_restarts_at_once_on_the_same_fixed_port() -> None:
+    import socket
+
+    from p2p import DiscoveryConfig, HostConfig, OverlayConfig
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = OverlayConfig(
+        host=HostConfig(listen=(f"/ip4/127.0.0.1/tcp/{port}",)),
+        discovery=DiscoveryConfig(mdns=False),
+    )
+    key = Keypair.generate()
+    async with open_overlay(Keypair.generate(), overlay_config()) as other:
+        async with open_overlay(key, config) as node:
+            await other.host.connect(node.host.listen_addrs()[0])  # leaves TIME_WAIT behind
+        async with open_overlay(key, config) as node:
+            assert node.host.listen_addrs()[0].startswith(f"/ip4/127.0.0.1/tcp/{port}/")
