@@ -1,7 +1,41 @@
-"""crdt: the marketplace registry (signed per-publisher pycrdt feeds, gossip,
-anti-entropy, validation, the query index). Not built yet.
+"""crdt: the marketplace registry.
+
+Owns signed per-publisher pycrdt feeds (one document per publisher, written only
+through updates its account key signed), the listing and release schema, and
+semantic versions and ranges. Gossip, anti-entropy, the query index and the
+query protocol build on these.
 
 May import p2p; must not import node, runtime or settlement.
 """
 
-__all__: list[str] = []
+from ._errors import RegistryError as RegistryError
+from ._errors import SchemaError as SchemaError
+from ._errors import UpdateRejected as UpdateRejected
+from ._errors import VersionError as VersionError
+from ._feed import Feed as Feed
+from ._feed import FeedWriter as FeedWriter
+from ._feed import Registry as Registry
+from ._feed import SignedUpdate as SignedUpdate
+from ._schema import Listing as Listing
+from ._schema import Release as Release
+from ._schema import validate_listing as validate_listing
+from ._schema import validate_release as validate_release
+from ._semver import Version as Version
+from ._semver import VersionRange as VersionRange
+
+__all__ = [
+    "Feed",
+    "FeedWriter",
+    "Listing",
+    "Registry",
+    "RegistryError",
+    "Release",
+    "SignedUpdate",
+    "SchemaError",
+    "UpdateRejected",
+    "Version",
+    "VersionError",
+    "VersionRange",
+    "validate_listing",
+    "validate_release",
+]

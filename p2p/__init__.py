@@ -50,6 +50,7 @@ from ._requests import Requests as Requests
 from ._requests import RequestTimeout as RequestTimeout
 from ._wire import FrameError as FrameError
 from ._wire import FrameTooLarge as FrameTooLarge
+from ._wire import decode_body as decode_canonical
 
 __all__ = [
     "AddressBook",
@@ -88,6 +89,7 @@ __all__ = [
     "b58decode",
     "b58encode",
     "canonical_cbor",
+    "decode_canonical",
     "make_record",
     "open_overlay",
     "peer_id_from_public_key",

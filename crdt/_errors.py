@@ -1,0 +1,34 @@
+"""Errors of the registry::
+
+MercatoError                (p2p)
+└── RegistryError
+    ├── SchemaError         a listing or release field is wrong; names the field
+    ├── VersionError        a version or version range does not parse
+    └── UpdateRejected      a signed update is forged, oversized, malformed or
+                            would put invalid content into a feed
+"""
+
+from __future__ import annotations
+
+from p2p import MercatoError
+
+
+class RegistryError(MercatoError):
+    """An error of the marketplace registry."""
+
+
+class VersionError(RegistryError):
+    """A semantic version or a version range is malformed."""
+
+
+class SchemaError(RegistryError):
+    """Content does not match the listing schema. ``field`` names the culprit."""
+
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(f"field {field!r}: {why}")
+        self.field = field
+        self.why = why
+
+
+class UpdateRejected(RegistryError):
+    """A signed feed update was refused; nothing was stored or applied."""

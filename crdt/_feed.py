@@ -1,0 +1,335 @@
+"""Publisher feeds: one pycrdt document per publisher, changed only by signed updates.
+
+A feed's document holds two maps: ``listings`` (name -> listing) and
+``releases`` (name@version -> release), each value the canonical CBOR of the
+validated entry, so an entry changes as a whole and keeps exact types.
+
+A write is a `SignedUpdate` ``{publisher, deps, update, sig}``: a Yrs v1 update,
+and ``deps``, the feed's state vector just before it, signed together by the
+publisher's account key (kind ``registry-update``). Anyone can relay it;
+whoever receives it can check it.
+
+Updates are applied in causal order: one whose ``deps`` the replica's feed does
+not cover yet waits (bounded) until the updates before it arrive. Yrs (pycrdt
+0.14) cannot be trusted with gaps: applying u2, u3, u1 of one writer lost u1
+and u3 for good. `Registry.apply` takes an update through four gates, and
+nothing is stored or applied unless all pass:
+
+1. size: at most MAX_UPDATE_BYTES;
+2. signature: the publisher's key signed exactly these bytes;
+3. shape: the update decodes and touches only ``listings`` and ``releases``;
+4. content: every entry it adds or changes passes the schema, under the right
+   key.
+
+Gate 4 judges each entry alone. A rule across entries ("a release needs its
+listing") would depend on the order updates arrive in, and replicas that
+received them in different orders would disagree forever. `FeedWriter` keeps
+such rules when writing; readers (the index) skip a release whose listing they
+do not have yet.
+
+Gate 3 and 4 run on a *shadow* copy of the feed's document; only an update
+that passes is applied to the real one (a CRDT cannot take an update back).
+
+Applying is idempotent and commutative: replicas that receive the same signed
+updates, in any order and with duplicates, hold identical feeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pycrdt import Doc, Map
+
+from p2p import FrameError, Keypair, b58encode, canonical_cbor, decode_canonical, verify_signature
+
+from ._errors import SchemaError, UpdateRejected
+from ._schema import Listing, Release, validate_listing, validate_release
+
+MAX_UPDATE_BYTES = 256 * 1024
+SIGN_KIND = "registry-update"
+ROOTS = ("listings", "releases")
+
+
+MAX_PENDING_PER_FEED = 1024
+MAX_CLIENTS = 256
+
+
+def decode_state_vector(data: bytes) -> dict[int, int]:
+    """A Yrs state vector (count, then client/clock varint pairs) as {client: clock}."""
+    out: dict[int, int] = {}
+    pos = 0
+
+    def varint() -> int:
+        nonlocal pos
+        value, shift = 0, 0
+        while True:
+            if pos >= len(data) or shift > 63:
+                raise ValueError("truncated or oversized varint")
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    if not data:
+        return out
+    count = varint()
+    if count > MAX_CLIENTS:
+        raise ValueError("too many clients")
+    for _ in range(count):
+        client = varint()
+        out[client] = varint()
+    if pos != len(data):
+        raise ValueError("trailing bytes")
+    return out
+
+
+def covers(have: dict[int, int], need: dict[int, int]) -> bool:
+    return all(have.get(client, 0) >= clock for client, clock in need.items())
+
+
+@dataclass(frozen=True)
+class SignedUpdate:
+    publisher: bytes
+    deps: bytes
+    update: bytes
+    sig: bytes
+
+    @property
+    def address(self) -> str:
+        return b58encode(self.publisher)
+
+    def body(self) -> dict[str, bytes]:
+        return {"publisher": self.publisher, "deps": self.deps, "update": self.update}
+
+    def encode(self) -> bytes:
+        return canonical_cbor({**self.body(), "sig": self.sig})
+
+    @classmethod
+    def decode(cls, data: bytes) -> SignedUpdate:
+        """Strictly decode; UpdateRejected if the bytes are not a signed update."""
+        if len(data) > MAX_UPDATE_BYTES + 256:
+            raise UpdateRejected(f"signed update of {len(data)} bytes is over the bound")
+        try:
+            obj = decode_canonical(data)
+        except FrameError as exc:
+            raise UpdateRejected(f"not a signed update: {exc}") from None
+        if not isinstance(obj, dict) or set(obj) != {"publisher", "deps", "update", "sig"}:
+            raise UpdateRejected("not a signed update: wrong fields")
+        if not all(isinstance(v, bytes) for v in obj.values()) or len(obj["publisher"]) != 32:
+            raise UpdateRejected("not a signed update: fields of the wrong type")
+        return cls(obj["publisher"], obj["deps"], obj["update"], obj["sig"])
+
+
+def _new_doc() -> Doc:
+    doc = Doc()
+    for root in ROOTS:
+        doc[root] = Map()
+    return doc
+
+
+class Feed:
+    """One publisher's document, with the shadow that vets updates."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.doc = _new_doc()
+        self._shadow = _new_doc()
+
+    def listings(self) -> dict[str, Listing]:
+        return {
+            k: validate_listing(decode_canonical(bytes(v))) for k, v in self.doc["listings"].items()
+        }
+
+    def releases(self) -> dict[str, Release]:
+        return {
+            k: validate_release(decode_canonical(bytes(v))) for k, v in self.doc["releases"].items()
+        }
+
+    def state(self) -> bytes:
+        """The state vector: what this replica has of the feed."""
+        return self.doc.get_state()
+
+    def update_since(self, state: bytes = b"") -> bytes:
+        """Everything this replica has that a replica at ``state`` lacks."""
+        return self.doc.get_update(state) if state else self.doc.get_update()
+
+    def _vet(self, update: bytes) -> list[tuple[str, str, str, Any]]:
+        """Apply to the shadow; return its changes, (root, key, action, new value)."""
+        changes: list[tuple[str, str, str, Any]] = []
+        subscriptions = []
+
+        def recorder(root: str) -> Callable[[Any], None]:
+            # One parameter only: pycrdt passes the transaction to two-parameter callbacks.
+            def record(event: Any) -> None:
+                for key, change in event.keys.items():
+                    changes.append((root, key, change["action"], change.get("newValue")))
+
+            return record
+
+        for root in ROOTS:
+            shared = self._shadow[root]  # unobserve needs this very wrapper
+            subscriptions.append((shared, shared.observe(recorder(root))))
+        try:
+            self._shadow.apply_update(update)
+        except ValueError as exc:
+            self._reset_shadow()
+            raise UpdateRejected(f"the update does not decode: {exc}") from None
+        finally:
+            for shared, subscription in subscriptions:
+                shared.unobserve(subscription)
+        return changes
+
+    def _reset_shadow(self) -> None:
+        self._shadow = _new_doc()
+        self._shadow.apply_update(self.doc.get_update())
+
+    def _check(self, changes: list[tuple[str, str, str, Any]]) -> None:
+        for root, key, action, value in changes:
+            if action == "delete":
+                continue
+            where = f"{root[:-1]} {key[:80]!r}"
+            if not isinstance(value, bytes | bytearray):
+                raise UpdateRejected(f"{where}: entries are canonical CBOR bytes")
+            try:
+                entry = decode_canonical(bytes(value))
+                if root == "listings":
+                    listing = validate_listing(entry)
+                    if listing.name != key:
+                        raise SchemaError("name", f"{listing.name!r} stored under {key!r}")
+                else:
+                    release = validate_release(entry)
+                    if release.key != key:
+                        raise SchemaError("version", f"{release.key!r} stored under {key!r}")
+            except (FrameError, SchemaError) as exc:
+                raise UpdateRejected(f"{where}: {exc}") from None
+
+    def apply(self, update: bytes) -> list[str]:
+        """Vet then apply ``update``; return the changed entries ("listings/x", ...)."""
+        changes = self._vet(update)
+        try:
+            self._check(changes)
+        except UpdateRejected:
+            self._reset_shadow()
+            raise
+        self.doc.apply_update(update)
+        return sorted({f"{root}/{key}" for root, key, _, _ in changes})
+
+
+class Registry:
+    """Every feed this replica holds, and the updates waiting for their predecessors."""
+
+    def __init__(self) -> None:
+        self.feeds: dict[str, Feed] = {}
+        self._pending: dict[str, dict[bytes, tuple[dict[int, int], SignedUpdate]]] = {}
+
+    def feed(self, address: str) -> Feed:
+        if address not in self.feeds:
+            self.feeds[address] = Feed(address)
+        return self.feeds[address]
+
+    def pending(self, address: str) -> int:
+        """How many verified updates of this feed wait for earlier ones."""
+        return len(self._pending.get(address, {}))
+
+    def apply(self, signed: SignedUpdate) -> list[str]:
+        """Apply a signed update (see the module docstring); UpdateRejected says why not.
+
+        Returns the entries it changed, with those of any waiting updates it
+        released; a duplicate, or an update that must wait, changes none.
+        """
+        if len(signed.update) > MAX_UPDATE_BYTES:
+            raise UpdateRejected(f"update of {len(signed.update)} bytes is over {MAX_UPDATE_BYTES}")
+        if not verify_signature(signed.publisher, SIGN_KIND, signed.body(), signed.sig):
+            raise UpdateRejected(f"signature of {signed.address} does not verify")
+        try:
+            deps = decode_state_vector(signed.deps)
+        except ValueError as exc:
+            raise UpdateRejected(f"malformed dependencies: {exc}") from None
+        address = signed.address
+        have = decode_state_vector(self.feeds[address].state()) if address in self.feeds else {}
+        if not covers(have, deps):
+            self._wait(address, deps, signed)
+            return []
+        changed = self._apply_now(address, signed)
+        return sorted(set(changed) | set(self._release_waiting(address)))
+
+    def _apply_now(self, address: str, signed: SignedUpdate) -> list[str]:
+        known = address in self.feeds
+        try:
+            return self.feed(address).apply(signed.update)
+        except UpdateRejected:
+            if not known:
+                del self.feeds[address]  # leave no trace of a rejected newcomer
+            raise
+
+    def _wait(self, address: str, deps: dict[int, int], signed: SignedUpdate) -> None:
+        queue = self._pending.setdefault(address, {})
+        if len(queue) >= MAX_PENDING_PER_FEED:
+            queue.pop(next(iter(queue)))  # the oldest: anti-entropy will bring it again
+        queue[signed.sig] = (deps, signed)
+
+    def _release_waiting(self, address: str) -> list[str]:
+        changed: list[str] = []
+        queue = self._pending.get(address, {})
+        progress = True
+        while queue and progress:
+            progress = False
+            have = decode_state_vector(self.feeds[address].state())
+            for key, (deps, signed) in list(queue.items()):
+                if covers(have, deps):
+                    del queue[key]
+                    progress = True
+                    # Verified but invalid content is dropped, as it would be on first sight.
+                    with contextlib.suppress(UpdateRejected):
+                        changed += self._apply_now(address, signed)
+                    break
+        if not queue:
+            self._pending.pop(address, None)
+        return changed
+
+
+class FeedWriter:
+    """Writes a publisher's own feed; every write returns the signed update to spread."""
+
+    def __init__(self, keypair: Keypair, registry: Registry) -> None:
+        self._keypair = keypair
+        self._feed = registry.feed(keypair.address)
+
+    @property
+    def feed(self) -> Feed:
+        return self._feed
+
+    def put_listing(self, listing: Listing) -> SignedUpdate:
+        validate_listing(listing.to_wire())
+        return self._write(lambda doc: doc["listings"].__setitem__(listing.name, _entry(listing)))
+
+    def put_release(self, release: Release) -> SignedUpdate:
+        validate_release(release.to_wire())
+        if release.name not in self._feed.doc["listings"]:
+            raise SchemaError("name", f"publish the listing {release.name!r} before releasing it")
+        return self._write(lambda doc: doc["releases"].__setitem__(release.key, _entry(release)))
+
+    def deprecate(self, name: str) -> SignedUpdate:
+        listing = self._feed.listings().get(name)
+        if listing is None:
+            raise SchemaError("name", f"no listing {name!r} to deprecate")
+        marked = validate_listing({**listing.to_wire(), "deprecated": True})
+        return self.put_listing(marked)
+
+    def _write(self, change: Callable[[Doc], None]) -> SignedUpdate:
+        doc = self._feed.doc
+        before = doc.get_state()
+        change(doc)
+        update = doc.get_update(before)
+        self._feed._reset_shadow()
+        body = {"publisher": self._keypair.public_key, "deps": before, "update": update}
+        return SignedUpdate(body["publisher"], before, update, self._keypair.sign(SIGN_KIND, body))
+
+
+def _entry(value: Listing | Release) -> bytes:
+    return canonical_cbor(value.to_wire())

@@ -1,0 +1,240 @@
+"""The listing and release schema: what may enter a publisher's feed.
+
+A creator writes a listing in ``MANIFEST.toml``::
+
+    name = "wordcount"              # slug: lowercase letters, digits, '-'
+    kind = "agent"                  # agent | model
+    title = "Word count"
+    summary = "Counts words, lines and bytes of a text."
+    description = "..."             # optional, up to 20,000 characters
+    tags = ["text", "utility"]
+    capabilities = ["text.stats"]
+    price = 1000                    # lamports per task
+    royalty_bps = 500               # creator's share of each payment, 0-10000
+    license = "MIT"
+    links = ["https://example.org/wordcount"]
+
+    [limits]                        # what one run may use
+    fuel = 1_000_000_000
+    memory_mb = 64
+    timeout_s = 10
+    max_input_bytes = 1048576
+    max_output_bytes = 1048576
+
+A release binds ``name@version`` to a build: a content id and a size, plus
+optional dependencies on other listings (``"publisher/name" = "^1.2.0"``).
+
+`validate_listing` and `validate_release` accept a plain mapping (from TOML, the
+control API or a decoded feed entry) and return the typed value, or raise
+`SchemaError` naming the first field that is wrong and why. The canonical form
+of either (`to_wire`) is what a feed stores, as canonical CBOR.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ._errors import SchemaError, VersionError
+from ._semver import Version, VersionRange
+
+KINDS = ("agent", "model")
+MAX_PRICE = 10**15  # lamports; stays exact wherever numbers become doubles
+_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
+_CAPABILITY = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_LICENSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+() -]{0,63}")
+_LINK = re.compile(r"https?://[^\s]{1,240}")
+_CID = re.compile(r"[A-Za-z0-9:_-]{8,128}")
+_PUBLISHER = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,44}")
+LIMIT_BOUNDS = {
+    "fuel": (1, 10**13),
+    "memory_mb": (1, 4096),
+    "timeout_s": (1, 3600),
+    "max_input_bytes": (1, 64 * 1024 * 1024),
+    "max_output_bytes": (1, 64 * 1024 * 1024),
+}
+DEFAULT_LIMITS = {
+    "fuel": 1_000_000_000,
+    "memory_mb": 64,
+    "timeout_s": 10,
+    "max_input_bytes": 1024 * 1024,
+    "max_output_bytes": 1024 * 1024,
+}
+
+
+@dataclass(frozen=True)
+class Listing:
+    name: str
+    kind: str
+    title: str
+    summary: str
+    price: int
+    royalty_bps: int
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ()
+    license: str = ""
+    links: tuple[str, ...] = ()
+    limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    deprecated: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("tags", "capabilities", "links"):
+            out[key] = list(out[key])
+        return out
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    version: str
+    cid: str
+    size: int
+    dependencies: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _text(
+    obj: Mapping[str, Any],
+    key: str,
+    low: int,
+    high: int,
+    pattern: re.Pattern | None = None,
+    default: str | None = None,
+    hint: str = "",
+) -> str:
+    value = obj.get(key, default)
+    if value is None:
+        raise SchemaError(key, "is required")
+    if not isinstance(value, str):
+        raise SchemaError(key, f"must be text, got {type(value).__name__}")
+    if not low <= len(value) <= high:
+        raise SchemaError(key, f"must be {low} to {high} characters long, got {len(value)}")
+    if pattern is not None and value and not pattern.fullmatch(value):
+        raise SchemaError(key, f"{value[:40]!r} is not allowed: {hint}")
+    return value
+
+
+def _whole(obj: Mapping[str, Any], key: str, low: int, high: int, unit: str = "") -> int:
+    value = obj.get(key)
+    if value is None:
+        raise SchemaError(key, "is required")
+    if type(value) is not int:
+        raise SchemaError(key, f"must be a whole number{unit}, got {value!r}")
+    if not low <= value <= high:
+        raise SchemaError(key, f"must be between {low} and {high}{unit}, got {value}")
+    return value
+
+
+def _items(
+    obj: Mapping[str, Any], key: str, most: int, pattern: re.Pattern, hint: str
+) -> tuple[str, ...]:
+    value = obj.get(key, [])
+    if not isinstance(value, list | tuple):
+        raise SchemaError(key, "must be a list of text")
+    if len(value) > most:
+        raise SchemaError(key, f"may hold at most {most} entries, got {len(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not pattern.fullmatch(item):
+            raise SchemaError(f"{key}[{i}]", f"{str(item)[:40]!r} is not allowed: {hint}")
+    if len(set(value)) != len(value):
+        raise SchemaError(key, "has duplicate entries")
+    return tuple(value)
+
+
+def _limits(obj: Mapping[str, Any]) -> dict[str, int]:
+    value = obj.get("limits", {})
+    if not isinstance(value, Mapping):
+        raise SchemaError("limits", "must be a table of fuel, memory_mb, timeout_s, ...")
+    unknown = set(value) - set(LIMIT_BOUNDS)
+    if unknown:
+        raise SchemaError(
+            f"limits.{sorted(unknown)[0]}", f"is not a limit; known: {', '.join(LIMIT_BOUNDS)}"
+        )
+    merged = {**DEFAULT_LIMITS, **value}
+    for key, (low, high) in LIMIT_BOUNDS.items():
+        v = merged[key]
+        if type(v) is not int or not low <= v <= high:
+            raise SchemaError(
+                f"limits.{key}", f"must be a whole number between {low} and {high}, got {v!r}"
+            )
+    return merged
+
+
+def _no_unknown(obj: Mapping[str, Any], allowed: set[str], what: str) -> None:
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise SchemaError(
+            unknown[0], f"is not a {what} field; known fields: {', '.join(sorted(allowed))}"
+        )
+
+
+def validate_listing(obj: Any) -> Listing:
+    """A `Listing` from a mapping; SchemaError names the first wrong field."""
+    if not isinstance(obj, Mapping):
+        raise SchemaError("listing", "must be a table of fields")
+    _no_unknown(obj, set(Listing.__dataclass_fields__), "listing")
+    kind = _text(obj, "kind", 1, 16)
+    if kind not in KINDS:
+        raise SchemaError("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    deprecated = obj.get("deprecated", False)
+    if type(deprecated) is not bool:
+        raise SchemaError("deprecated", "must be true or false")
+    return Listing(
+        name=_text(obj, "name", 1, 64, _SLUG, hint="use lowercase letters, digits and '-'"),
+        kind=kind,
+        title=_text(obj, "title", 1, 120),
+        summary=_text(obj, "summary", 1, 280),
+        price=_whole(obj, "price", 0, MAX_PRICE, " lamports"),
+        royalty_bps=_whole(obj, "royalty_bps", 0, 10_000, " basis points"),
+        description=_text(obj, "description", 0, 20_000, default=""),
+        tags=_items(obj, "tags", 16, _SLUG, "tags are lowercase slugs"),
+        capabilities=_items(obj, "capabilities", 32, _CAPABILITY, "like text.stats or image-gen"),
+        license=_text(obj, "license", 0, 64, _LICENSE, default="", hint="an SPDX id such as MIT"),
+        links=_items(obj, "links", 8, _LINK, "links are http(s) URLs"),
+        limits=_limits(obj),
+        deprecated=deprecated,
+    )
+
+
+def validate_release(obj: Any) -> Release:
+    """A `Release` from a mapping; SchemaError names the first wrong field."""
+    if not isinstance(obj, Mapping):
+        raise SchemaError("release", "must be a table of fields")
+    _no_unknown(obj, set(Release.__dataclass_fields__), "release")
+    version = _text(obj, "version", 5, 64)
+    try:
+        Version.parse(version)
+    except VersionError as exc:
+        raise SchemaError("version", str(exc)) from None
+    deps = obj.get("dependencies", {})
+    if not isinstance(deps, Mapping) or len(deps) > 32:
+        raise SchemaError(
+            "dependencies", "must be a table of at most 32 'publisher/name' = 'range'"
+        )
+    for ref, rng in deps.items():
+        publisher, _, name = str(ref).partition("/")
+        if not _PUBLISHER.fullmatch(publisher) or not _SLUG.fullmatch(name):
+            raise SchemaError(
+                f"dependencies.{str(ref)[:60]}", "must name a listing as 'publisher/name'"
+            )
+        try:
+            VersionRange.parse(rng)
+        except VersionError as exc:
+            raise SchemaError(f"dependencies.{ref}", str(exc)) from None
+    return Release(
+        name=_text(obj, "name", 1, 64, _SLUG, hint="use lowercase letters, digits and '-'"),
+        version=version,
+        cid=_text(obj, "cid", 8, 128, _CID, hint="a build content id"),
+        size=_whole(obj, "size", 1, 2**40, " bytes"),
+        dependencies=dict(deps),
+    )

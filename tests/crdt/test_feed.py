@@ -1,0 +1,222 @@
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycrdt import Doc, Map
+
+from crdt import (
+    FeedWriter,
+    Registry,
+    SignedUpdate,
+    UpdateRejected,
+    validate_listing,
+    validate_release,
+)
+from crdt._feed import MAX_UPDATE_BYTES, SIGN_KIND
+from p2p import Keypair, canonical_cbor
+
+
+def listing(name: str, price: int = 10, **extra: object):
+    return validate_listing(
+        {
+            "name": name,
+            "kind": "agent",
+            "title": name.title(),
+            "summary": f"The {name} agent.",
+            "price": price,
+            "royalty_bps": 100,
+            **extra,
+        }
+    )
+
+
+def release(name: str, version: str):
+    return validate_release(
+        {"name": name, "version": version, "cid": "b3-" + "a" * 20, "size": 100}
+    )
+
+
+def snapshot(registry: Registry) -> dict:
+    return {
+        a: (f.listings(), f.releases())
+        for a, f in sorted(registry.feeds.items())
+        if f.listings() or f.releases()
+    }
+
+
+def test_a_replica_receives_what_the_publisher_wrote() -> None:
+    author, replica = Registry(), Registry()
+    writer = FeedWriter(Keypair.generate(), author)
+    updates = [writer.put_listing(listing("echo")), writer.put_release(release("echo", "1.0.0"))]
+    updates.append(writer.deprecate("echo"))
+    for update in updates:
+        replica.apply(SignedUpdate.decode(update.encode()))  # as it travels
+    assert snapshot(replica) == snapshot(author)
+    assert replica.feeds[writer.feed.address].listings()["echo"].deprecated
+    assert replica.apply(updates[0]) == []  # a duplicate changes nothing
+
+
+def _signed_raw(keypair: Keypair, write) -> SignedUpdate:
+    """A publisher writing its doc past FeedWriter's checks (a buggy or hostile client)."""
+    doc = Doc()
+    doc["listings"], doc["releases"] = Map(), Map()
+    before = doc.get_state()
+    write(doc)
+    update = doc.get_update(before)
+    body = {"publisher": keypair.public_key, "deps": before, "update": update}
+    return SignedUpdate(keypair.public_key, before, update, keypair.sign(SIGN_KIND, body))
+
+
+def test_bad_updates_are_rejected_and_change_nothing() -> None:
+    owner, other = Keypair.generate(), Keypair.generate()
+    replica = Registry()
+    good = FeedWriter(owner, Registry()).put_listing(listing("echo"))
+    replica.apply(good)
+    before = snapshot(replica), replica.feeds[owner.address].state()
+    forged = SignedUpdate(good.publisher, good.deps, good.update, bytes(64))
+    stolen = SignedUpdate(other.public_key, good.deps, good.update, good.sig)  # someone else's feed
+    bad_entry = _signed_raw(
+        owner, lambda d: d["listings"].__setitem__("x", canonical_cbor({"name": "x"}))
+    )
+    wrong_key = _signed_raw(
+        owner, lambda d: d["listings"].__setitem__("y", canonical_cbor(listing("z").to_wire()))
+    )
+    bad_version = _signed_raw(
+        owner,
+        lambda d: d["releases"].__setitem__(
+            "echo@1.0", canonical_cbor({**release("echo", "1.0.0").to_wire(), "version": "1.0"})
+        ),
+    )
+    not_bytes = _signed_raw(owner, lambda d: d["listings"].__setitem__("fresh", "plain text"))
+    junk = b"\xff\xfe garbage"
+    garbage = SignedUpdate(
+        owner.public_key,
+        b"",
+        junk,
+        owner.sign(SIGN_KIND, {"publisher": owner.public_key, "deps": b"", "update": junk}),
+    )
+    huge = SignedUpdate(owner.public_key, b"", bytes(MAX_UPDATE_BYTES + 1), b"")
+    cases = [
+        (forged, "signature"),
+        (stolen, "signature"),
+        (bad_entry, "'kind': is required"),
+        (wrong_key, "stored under"),
+        (bad_version, "'version'"),
+        (not_bytes, "CBOR"),
+        (garbage, "decode"),
+        (huge, "over"),
+    ]
+    for bad, why in cases:
+        with pytest.raises(UpdateRejected, match=why):
+            replica.apply(bad)
+        assert (snapshot(replica), replica.feeds[owner.address].state()) == before, why
+    with pytest.raises(UpdateRejected):
+        SignedUpdate.decode(b"\xa1\x61x\x01")
+    assert set(replica.feeds) == {owner.address}  # a rejected newcomer leaves no feed behind
+
+
+def test_updates_out_of_order_wait_for_their_predecessors() -> None:
+    author = Registry()
+    writer = FeedWriter(Keypair.generate(), author)
+    u1 = writer.put_listing(listing("echo"))
+    u2 = writer.put_release(release("echo", "1.0.0"))
+    u3 = writer.put_listing(listing("echo", price=3))
+    replica = Registry()
+    assert replica.apply(u3) == [] and replica.apply(u2) == []
+    assert replica.pending(writer.feed.address) == 2
+    assert replica.apply(u1) == ["listings/echo", "releases/echo@1.0.0"]
+    assert replica.pending(writer.feed.address) == 0
+    assert snapshot(replica) == snapshot(author)
+    assert replica.feeds[writer.feed.address].listings()["echo"].price == 3
+
+
+def test_state_vectors_decode_as_pycrdt_encodes_them() -> None:
+    from crdt._feed import decode_state_vector
+
+    a, b = Doc(), Doc()
+    a["m"] = Map()
+    a["m"]["x"] = 1
+    b["m"] = Map()
+    b.apply_update(a.get_update())
+    b["m"]["y"] = 2
+    assert decode_state_vector(b.get_state()) == {a.client_id: 1, b.client_id: 1}
+    for bad in (b"\x05", b"\x01\x80", b"\x01\x01\x01\x00"):
+        with pytest.raises(ValueError):
+            decode_state_vector(bad)
+
+
+def test_a_release_that_arrives_before_its_listing_converges() -> None:
+    author = Registry()
+    writer = FeedWriter(Keypair.generate(), author)
+    first, second = (
+        writer.put_listing(listing("echo")),
+        writer.put_release(release("echo", "1.0.0")),
+    )
+    early, late = Registry(), Registry()
+    for update in (second, first):
+        early.apply(update)
+    for update in (first, second):
+        late.apply(update)
+    assert snapshot(early) == snapshot(late) == snapshot(author)
+    with pytest.raises(Exception, match="before releasing"):
+        FeedWriter(Keypair.generate(), Registry()).put_release(release("ghost", "1.0.0"))
+
+
+def test_the_valid_update_after_a_rejected_one_still_applies() -> None:
+    owner = Keypair.generate()
+    author, replica = Registry(), Registry()
+    writer = FeedWriter(owner, author)
+    replica.apply(writer.put_listing(listing("a")))
+    with pytest.raises(UpdateRejected):
+        replica.apply(_signed_raw(owner, lambda d: d["listings"].__setitem__("b", b"\x00")))
+    replica.apply(writer.put_listing(listing("c")))
+    assert sorted(replica.feeds[owner.address].listings()) == ["a", "c"]
+
+
+names = st.sampled_from(["echo", "wordcount", "summarize", "translate"])
+operations = st.lists(
+    st.tuples(st.sampled_from(["listing", "release", "deprecate"]), names, st.integers(0, 5)),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(operations, min_size=1, max_size=3),
+    st.integers(1, 4),
+    st.randoms(use_true_random=False),
+)
+def test_replicas_converge_whatever_the_order_duplication_or_loss(
+    writes: list, replicas: int, rng: random.Random
+) -> None:
+    author = Registry()
+    updates: list[SignedUpdate] = []
+    for ops in writes:
+        writer = FeedWriter(Keypair.generate(), author)
+        for op, name, n in ops:
+            try:
+                if op == "listing":
+                    updates.append(writer.put_listing(listing(name, price=n)))
+                elif op == "release":
+                    updates.append(writer.put_release(release(name, f"1.{n}.0")))
+                else:
+                    updates.append(writer.deprecate(name))
+            except Exception:
+                continue
+    registries = [Registry() for _ in range(replicas)]
+    for registry in registries:
+        delivered = [u for u in updates if rng.random() > 0.3] * rng.randint(
+            1, 2
+        )  # lossy, duplicated
+        rng.shuffle(delivered)
+        for update in delivered:
+            registry.apply(update)
+        rest = list(updates)  # anti-entropy: eventually everything arrives, in any order
+        rng.shuffle(rest)
+        for update in rest:
+            registry.apply(update)
+    expected = snapshot(author)
+    for registry in registries:
+        assert snapshot(registry) == expected
