@@ -16,6 +16,11 @@ from ._feed import Feed as Feed
 from ._feed import FeedWriter as FeedWriter
 from ._feed import Registry as Registry
 from ._feed import SignedUpdate as SignedUpdate
+from ._index import SCHEMA as SCHEMA
+from ._index import Query as Query
+from ._index import QueryError as QueryError
+from ._index import RegistryStore as RegistryStore
+from ._index import SearchPage as SearchPage
 from ._schema import Listing as Listing
 from ._schema import Release as Release
 from ._schema import validate_listing as validate_listing
@@ -27,9 +32,14 @@ __all__ = [
     "Feed",
     "FeedWriter",
     "Listing",
+    "Query",
+    "QueryError",
     "Registry",
     "RegistryError",
     "Release",
+    "RegistryStore",
+    "SCHEMA",
+    "SearchPage",
     "SignedUpdate",
     "SchemaError",
     "UpdateRejected",

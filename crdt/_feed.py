@@ -4,9 +4,11 @@ A feed's document holds two maps: ``listings`` (name -> listing) and
 ``releases`` (name@version -> release), each value the canonical CBOR of the
 validated entry, so an entry changes as a whole and keeps exact types.
 
-A write is a `SignedUpdate` ``{publisher, deps, update, sig}``: a Yrs v1 update,
-and ``deps``, the feed's state vector just before it, signed together by the
-publisher's account key (kind ``registry-update``). Anyone can relay it;
+A write is a `SignedUpdate` ``{publisher, deps, state, update, sig}``: a Yrs v1
+update, ``deps`` and ``state``, the feed's state vectors just before and just
+after it, signed together by the publisher's account key (kind
+``registry-update``). ``state`` lets anti-entropy tell which updates a peer
+lacks by comparing state vectors, without decoding updates. Anyone can relay it;
 whoever receives it can check it.
 
 Updates are applied in causal order: one whose ``deps`` the replica's feed does
@@ -96,6 +98,7 @@ def covers(have: dict[int, int], need: dict[int, int]) -> bool:
 class SignedUpdate:
     publisher: bytes
     deps: bytes
+    state: bytes
     update: bytes
     sig: bytes
 
@@ -104,7 +107,12 @@ class SignedUpdate:
         return b58encode(self.publisher)
 
     def body(self) -> dict[str, bytes]:
-        return {"publisher": self.publisher, "deps": self.deps, "update": self.update}
+        return {
+            "publisher": self.publisher,
+            "deps": self.deps,
+            "state": self.state,
+            "update": self.update,
+        }
 
     def encode(self) -> bytes:
         return canonical_cbor({**self.body(), "sig": self.sig})
@@ -118,11 +126,11 @@ class SignedUpdate:
             obj = decode_canonical(data)
         except FrameError as exc:
             raise UpdateRejected(f"not a signed update: {exc}") from None
-        if not isinstance(obj, dict) or set(obj) != {"publisher", "deps", "update", "sig"}:
+        if not isinstance(obj, dict) or set(obj) != {"publisher", "deps", "state", "update", "sig"}:
             raise UpdateRejected("not a signed update: wrong fields")
         if not all(isinstance(v, bytes) for v in obj.values()) or len(obj["publisher"]) != 32:
             raise UpdateRejected("not a signed update: fields of the wrong type")
-        return cls(obj["publisher"], obj["deps"], obj["update"], obj["sig"])
+        return cls(**obj)
 
 
 def _new_doc() -> Doc:
@@ -149,6 +157,21 @@ class Feed:
         return {
             k: validate_release(decode_canonical(bytes(v))) for k, v in self.doc["releases"].items()
         }
+
+    def listing_names(self) -> list[str]:
+        return list(self.doc["listings"].keys())
+
+    def listing(self, name: str) -> Listing | None:
+        value = self.doc["listings"].get(name)
+        return validate_listing(decode_canonical(bytes(value))) if value is not None else None
+
+    def releases_of(self, name: str) -> list[Release]:
+        prefix = f"{name}@"
+        return [
+            validate_release(decode_canonical(bytes(v)))
+            for k, v in self.doc["releases"].items()
+            if k.startswith(prefix)
+        ]
 
     def state(self) -> bytes:
         """The state vector: what this replica has of the feed."""
@@ -248,8 +271,11 @@ class Registry:
             raise UpdateRejected(f"signature of {signed.address} does not verify")
         try:
             deps = decode_state_vector(signed.deps)
+            after = decode_state_vector(signed.state)
         except ValueError as exc:
-            raise UpdateRejected(f"malformed dependencies: {exc}") from None
+            raise UpdateRejected(f"malformed state vectors: {exc}") from None
+        if not covers(after, deps):
+            raise UpdateRejected("its state after does not include its state before")
         address = signed.address
         have = decode_state_vector(self.feeds[address].state()) if address in self.feeds else {}
         if not covers(have, deps):
@@ -327,8 +353,13 @@ class FeedWriter:
         change(doc)
         update = doc.get_update(before)
         self._feed._reset_shadow()
-        body = {"publisher": self._keypair.public_key, "deps": before, "update": update}
-        return SignedUpdate(body["publisher"], before, update, self._keypair.sign(SIGN_KIND, body))
+        body = {
+            "publisher": self._keypair.public_key,
+            "deps": before,
+            "state": doc.get_state(),
+            "update": update,
+        }
+        return SignedUpdate(**body, sig=self._keypair.sign(SIGN_KIND, body))
 
 
 def _entry(value: Listing | Release) -> bytes:

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import trio
 
+from crdt import SCHEMA as REGISTRY_SCHEMA
+
 from ._errors import StoreError
 
 T = TypeVar("T")
@@ -50,6 +52,8 @@ MIGRATIONS: tuple[str, ...] = (
         last_seen REAL NOT NULL
     );
     """,
+    # 3: the registry's journal of signed updates and its query index (crdt/).
+    REGISTRY_SCHEMA,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -64,8 +64,13 @@ def _signed_raw(keypair: Keypair, write) -> SignedUpdate:
     before = doc.get_state()
     write(doc)
     update = doc.get_update(before)
-    body = {"publisher": keypair.public_key, "deps": before, "update": update}
-    return SignedUpdate(keypair.public_key, before, update, keypair.sign(SIGN_KIND, body))
+    body = {
+        "publisher": keypair.public_key,
+        "deps": before,
+        "state": doc.get_state(),
+        "update": update,
+    }
+    return SignedUpdate(**body, sig=keypair.sign(SIGN_KIND, body))
 
 
 def test_bad_updates_are_rejected_and_change_nothing() -> None:
@@ -74,8 +79,8 @@ def test_bad_updates_are_rejected_and_change_nothing() -> None:
     good = FeedWriter(owner, Registry()).put_listing(listing("echo"))
     replica.apply(good)
     before = snapshot(replica), replica.feeds[owner.address].state()
-    forged = SignedUpdate(good.publisher, good.deps, good.update, bytes(64))
-    stolen = SignedUpdate(other.public_key, good.deps, good.update, good.sig)  # someone else's feed
+    forged = SignedUpdate(good.publisher, good.deps, good.state, good.update, bytes(64))
+    stolen = SignedUpdate(other.public_key, good.deps, good.state, good.update, good.sig)
     bad_entry = _signed_raw(
         owner, lambda d: d["listings"].__setitem__("x", canonical_cbor({"name": "x"}))
     )
@@ -90,13 +95,9 @@ def test_bad_updates_are_rejected_and_change_nothing() -> None:
     )
     not_bytes = _signed_raw(owner, lambda d: d["listings"].__setitem__("fresh", "plain text"))
     junk = b"\xff\xfe garbage"
-    garbage = SignedUpdate(
-        owner.public_key,
-        b"",
-        junk,
-        owner.sign(SIGN_KIND, {"publisher": owner.public_key, "deps": b"", "update": junk}),
-    )
-    huge = SignedUpdate(owner.public_key, b"", bytes(MAX_UPDATE_BYTES + 1), b"")
+    garbage_body = {"publisher": owner.public_key, "deps": b"", "state": b"", "update": junk}
+    garbage = SignedUpdate(**garbage_body, sig=owner.sign(SIGN_KIND, garbage_body))
+    huge = SignedUpdate(owner.public_key, b"", b"", bytes(MAX_UPDATE_BYTES + 1), b"")
     cases = [
         (forged, "signature"),
         (stolen, "signature"),

@@ -1,0 +1,297 @@
+"""The registry on disk: a journal of verified signed updates, and the query index.
+
+Both live in the node's SQLite file, in the tables of `SCHEMA` (node applies it
+as one of its migrations). The journal is the truth: on start every update in
+it is verified and applied again, in whatever order, and the index is rebuilt
+from the resulting feeds. The index is only ever derived from the feeds.
+
+Functions here take a `sqlite3.Connection` and block; the node calls them from
+its store's worker thread.
+
+Search: free text (FTS5, every word must match, as a prefix), filters on kind,
+capability, tag, maximum price and publisher, sorted by relevance, price or
+newest, a page at a time with an opaque cursor.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import RegistryError, UpdateRejected
+from ._feed import Feed, Registry, SignedUpdate
+from ._semver import Version
+
+SCHEMA = """
+CREATE TABLE registry_updates (
+    sig       BLOB PRIMARY KEY,
+    publisher TEXT NOT NULL,
+    body      BLOB NOT NULL,
+    received  REAL NOT NULL
+);
+CREATE TABLE registry_listings (
+    publisher    TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    title        TEXT NOT NULL,
+    summary      TEXT NOT NULL,
+    price        INTEGER NOT NULL,
+    royalty_bps  INTEGER NOT NULL,
+    version      TEXT,
+    deprecated   INTEGER NOT NULL,
+    updated      REAL NOT NULL,
+    doc          TEXT NOT NULL,
+    PRIMARY KEY (publisher, name)
+);
+CREATE INDEX registry_listings_price ON registry_listings(price, publisher, name);
+CREATE INDEX registry_listings_updated ON registry_listings(updated, publisher, name);
+CREATE TABLE registry_terms (
+    publisher TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    term      TEXT NOT NULL,
+    PRIMARY KEY (term, publisher, name)
+);
+CREATE VIRTUAL TABLE registry_text USING fts5(
+    publisher UNINDEXED, name, title, summary, description, terms, tokenize = 'unicode61'
+);
+"""
+SORTS = ("relevance", "price", "newest")
+MAX_LIMIT = 100
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class QueryError(RegistryError):
+    """A search was asked with filters that make no sense; the message says which."""
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str = ""
+    kind: str | None = None
+    capability: str | None = None
+    tag: str | None = None
+    max_price: int | None = None
+    publisher: str | None = None
+    sort: str = "relevance"
+    limit: int = 20
+    cursor: str | None = None
+
+    def check(self) -> None:
+        if self.sort not in SORTS:
+            raise QueryError(f"sort must be one of {', '.join(SORTS)}, not {self.sort!r}")
+        if not 1 <= self.limit <= MAX_LIMIT:
+            raise QueryError(f"limit must be between 1 and {MAX_LIMIT}")
+        if self.max_price is not None and self.max_price < 0:
+            raise QueryError("max price cannot be negative")
+        if self.kind is not None and self.kind not in ("agent", "model"):
+            raise QueryError("kind must be agent or model")
+        if len(self.text) > 512:
+            raise QueryError("search text is limited to 512 characters")
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    results: list[dict[str, Any]]
+    cursor: str | None
+    took_ms: float = 0.0
+    total_hint: int = field(default=0)
+
+
+# -- journal ---------------------------------------------------------------------
+
+
+def journal_append(conn: sqlite3.Connection, signed: SignedUpdate) -> bool:
+    """Remember a verified update; False if it was there already."""
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO registry_updates(sig, publisher, body, received) VALUES (?,?,?,?)",
+        (signed.sig, signed.address, signed.encode(), time.time()),
+    )
+    return cur.rowcount == 1
+
+
+def journal_load(conn: sqlite3.Connection) -> Iterable[SignedUpdate]:
+    for (body,) in conn.execute("SELECT body FROM registry_updates ORDER BY received"):
+        yield SignedUpdate.decode(bytes(body))
+
+
+# -- index -----------------------------------------------------------------------
+
+
+def _terms(tags: Iterable[str], capabilities: Iterable[str]) -> list[str]:
+    return [f"tag:{t}" for t in tags] + [f"cap:{c}" for c in capabilities]
+
+
+def index_listing(conn: sqlite3.Connection, feed: Feed, name: str) -> None:
+    """Project one listing of ``feed`` (after a change) into the index."""
+    publisher = feed.address
+    conn.execute(
+        "DELETE FROM registry_listings WHERE publisher = ? AND name = ?", (publisher, name)
+    )
+    conn.execute("DELETE FROM registry_terms WHERE publisher = ? AND name = ?", (publisher, name))
+    conn.execute("DELETE FROM registry_text WHERE publisher = ? AND name = ?", (publisher, name))
+    listing = feed.listing(name)
+    if listing is None:
+        return
+    versions = [Version.parse(r.version) for r in feed.releases_of(name)]
+    latest = str(max(versions)) if versions else None
+    doc = {**listing.to_wire(), "publisher": publisher, "version": latest}
+    conn.execute(
+        "INSERT INTO registry_listings VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            publisher,
+            name,
+            listing.kind,
+            listing.title,
+            listing.summary,
+            listing.price,
+            listing.royalty_bps,
+            latest,
+            int(listing.deprecated),
+            time.time(),
+            json.dumps(doc),
+        ),
+    )
+    terms = _terms(listing.tags, listing.capabilities)
+    conn.executemany(
+        "INSERT INTO registry_terms VALUES (?,?,?)", [(publisher, name, t) for t in terms]
+    )
+    conn.execute(
+        "INSERT INTO registry_text(publisher, name, title, summary, description, terms) "
+        "VALUES (?,?,?,?,?,?)",
+        (
+            publisher,
+            name,
+            listing.title,
+            listing.summary,
+            listing.description,
+            " ".join(listing.tags + listing.capabilities),
+        ),
+    )
+
+
+def _fts_query(text: str) -> str | None:
+    words = _WORD.findall(text)[:16]
+    return " AND ".join(f'"{w}"*' for w in words) if words else None
+
+
+def _decode_cursor(cursor: str | None) -> list[Any] | None:
+    if cursor is None:
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not isinstance(value, list) or len(value) != 3:
+            raise ValueError
+        return value
+    except ValueError:
+        raise QueryError("the cursor is not one this node handed out") from None
+
+
+def _encode_cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode()
+
+
+def search(conn: sqlite3.Connection, query: Query) -> SearchPage:
+    """One page of listings matching ``query``; QueryError for bad filters."""
+    query.check()
+    started = time.perf_counter()
+    where, args = ["l.deprecated = 0"], []
+    joins = ""
+    match = _fts_query(query.text)
+    if match:
+        joins += " JOIN registry_text t ON t.publisher = l.publisher AND t.name = l.name"
+        where.append("registry_text MATCH ?")
+        args.append(match)
+    for term in _terms(
+        [query.tag] if query.tag else [], [query.capability] if query.capability else []
+    ):
+        where.append(
+            "EXISTS (SELECT 1 FROM registry_terms r WHERE r.term = ? "
+            "AND r.publisher = l.publisher AND r.name = l.name)"
+        )
+        args.append(term)
+    if query.kind:
+        where.append("l.kind = ?")
+        args.append(query.kind)
+    if query.max_price is not None:
+        where.append("l.price <= ?")
+        args.append(query.max_price)
+    if query.publisher:
+        where.append("l.publisher = ?")
+        args.append(query.publisher)
+    sort = query.sort if (match or query.sort != "relevance") else "newest"
+    position = _decode_cursor(query.cursor)
+    if sort == "relevance":
+        order, key = "bm25(registry_text), l.publisher, l.name", "bm25(registry_text)"
+    elif sort == "price":
+        order, key = "l.price, l.publisher, l.name", "l.price"
+    else:
+        order, key = "l.updated DESC, l.publisher, l.name", "l.updated"
+    if position is not None:
+        op = "<" if sort == "newest" else ">"
+        where.append(f"({key} {op} ? OR ({key} = ? AND (l.publisher, l.name) > (?, ?)))")
+        args += [position[0], position[0], position[1], position[2]]
+    sql = (
+        f"SELECT l.doc, {key} AS k, l.publisher, l.name FROM registry_listings l{joins} "
+        f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
+    )
+    try:
+        rows = conn.execute(sql, (*args, query.limit + 1)).fetchall()
+    except sqlite3.OperationalError as exc:
+        raise QueryError(f"cannot search for {query.text!r}: {exc}") from None
+    page = rows[: query.limit]
+    cursor = None
+    if len(rows) > query.limit and page:
+        last = page[-1]
+        cursor = _encode_cursor([last[1], last[2], last[3]])
+    results = [json.loads(r[0]) for r in page]
+    return SearchPage(results, cursor, round((time.perf_counter() - started) * 1000, 3))
+
+
+# -- the registry replica on disk --------------------------------------------------
+
+
+class RegistryStore:
+    """A `Registry` kept in step with its journal and index. Blocking: run off the loop."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.registry = Registry()
+        self._load()
+
+    def _load(self) -> None:
+        for signed in journal_load(self.conn):
+            try:
+                self.registry.apply(signed)
+            except UpdateRejected:
+                continue  # verified when stored; only a newer schema would refuse it
+        with self.conn:
+            self.conn.execute("DELETE FROM registry_listings")
+            self.conn.execute("DELETE FROM registry_terms")
+            self.conn.execute("DELETE FROM registry_text")
+            for feed in self.registry.feeds.values():
+                for name in feed.listing_names():
+                    index_listing(self.conn, feed, name)
+
+    def ingest(self, signed: SignedUpdate) -> list[str]:
+        """Verify, apply, journal and index one signed update; UpdateRejected if bad.
+
+        Returns the entries it changed. Updates waiting for predecessors are
+        journaled too, so that a restart keeps them.
+        """
+        changed = self.registry.apply(signed)
+        feed = self.registry.feeds.get(signed.address)
+        with self.conn:
+            journal_append(self.conn, signed)
+            if feed is not None:
+                for name in {c.split("/", 1)[1].split("@", 1)[0] for c in changed}:
+                    index_listing(self.conn, feed, name)
+        return changed
+
+    def search(self, query: Query) -> SearchPage:
+        return search(self.conn, query)

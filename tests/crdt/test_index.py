@@ -1,0 +1,138 @@
+from pathlib import Path
+
+import pytest
+
+from crdt import (
+    FeedWriter,
+    Query,
+    QueryError,
+    Registry,
+    RegistryStore,
+    validate_listing,
+    validate_release,
+)
+from node import Database
+from p2p import Keypair
+
+
+def listing(name: str, **extra: object):
+    fields = {
+        "name": name,
+        "kind": "agent",
+        "title": name.replace("-", " ").title(),
+        "summary": f"The {name} agent.",
+        "price": 10,
+        "royalty_bps": 100,
+    }
+    return validate_listing({**fields, **extra})
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    db = Database(tmp_path / "node.db")  # the node's real store, migrations and all
+    yield RegistryStore(db.conn)
+    db.close()
+
+
+def publish(store: RegistryStore, keypair: Keypair, *listings, releases=()) -> None:
+    writer = FeedWriter(keypair, Registry())
+    for item in listings:
+        store.ingest(writer.put_listing(item))
+    for name, version in releases:
+        store.ingest(
+            writer.put_release(
+                validate_release(
+                    {"name": name, "version": version, "cid": "b3-" + "c" * 20, "size": 9}
+                )
+            )
+        )
+
+
+def names(page) -> list[str]:
+    return [r["name"] for r in page.results]
+
+
+def test_text_search_filters_and_sorting(store: RegistryStore) -> None:
+    alice, bob = Keypair.generate(), Keypair.generate()
+    publish(
+        store,
+        alice,
+        listing(
+            "word-count",
+            summary="Counts words in text.",
+            tags=["text"],
+            capabilities=["text.stats"],
+            price=5,
+        ),
+        listing("image-gen", kind="model", summary="Makes images.", tags=["image"], price=50),
+        releases=[("word-count", "1.0.0"), ("word-count", "1.2.0")],
+    )
+    publish(store, bob, listing("translator", summary="Translates text.", tags=["text"], price=20))
+    assert names(store.search(Query(text="words"))) == ["word-count"]
+    assert names(store.search(Query(text="wor"))) == ["word-count"]  # prefix
+    assert sorted(names(store.search(Query(tag="text")))) == ["translator", "word-count"]
+    assert names(store.search(Query(capability="text.stats"))) == ["word-count"]
+    assert names(store.search(Query(kind="model"))) == ["image-gen"]
+    assert names(store.search(Query(max_price=20, sort="price"))) == ["word-count", "translator"]
+    assert names(store.search(Query(publisher=bob.address))) == ["translator"]
+    found = store.search(Query(text="word count"))
+    assert found.results[0]["version"] == "1.2.0" and found.results[0]["publisher"] == alice.address
+
+
+def test_cursor_pages_through_everything_once(store: RegistryStore) -> None:
+    owner = Keypair.generate()
+    publish(store, owner, *[listing(f"agent-{i:02d}", price=i % 7) for i in range(23)])
+    for sort in ("price", "newest"):
+        seen, cursor = [], None
+        while True:
+            page = store.search(Query(sort=sort, limit=5, cursor=cursor))
+            seen += names(page)
+            cursor = page.cursor
+            if cursor is None:
+                break
+        assert sorted(seen) == [f"agent-{i:02d}" for i in range(23)], sort
+        assert len(seen) == len(set(seen))
+
+
+def test_deprecated_listings_leave_search(store: RegistryStore) -> None:
+    owner = Keypair.generate()
+    writer = FeedWriter(owner, Registry())
+    store.ingest(writer.put_listing(listing("old-agent")))
+    assert names(store.search(Query(text="old"))) == ["old-agent"]
+    store.ingest(writer.deprecate("old-agent"))
+    assert names(store.search(Query(text="old"))) == []
+
+
+def test_restart_keeps_the_registry_and_the_index(tmp_path: Path) -> None:
+    owner = Keypair.generate()
+    db = Database(tmp_path / "node.db")
+    publish(RegistryStore(db.conn), owner, listing("keeper", summary="Stays after restart."))
+    db.close()
+    again = Database(tmp_path / "node.db")
+    store = RegistryStore(again.conn)
+    assert names(store.search(Query(text="restart"))) == ["keeper"]
+    assert store.registry.feeds[owner.address].listing("keeper") is not None
+    again.close()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        Query(sort="popular"),
+        Query(limit=0),
+        Query(limit=1000),
+        Query(max_price=-1),
+        Query(kind="robot"),
+        Query(cursor="not-a-cursor"),
+        Query(text="x" * 600),
+    ],
+)
+def test_bad_queries_are_clear_errors(store: RegistryStore, query: Query) -> None:
+    with pytest.raises(QueryError):
+        store.search(query)
+
+
+def test_odd_text_never_breaks_the_query(store: RegistryStore) -> None:
+    publish(store, Keypair.generate(), listing("safe"))
+    for text in ['"', "AND OR NOT", "*", "safe)(", "NEAR(a b)", "ünïcode", "'; DROP TABLE x; --"]:
+        store.search(Query(text=text))
