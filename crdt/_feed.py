@@ -39,6 +39,7 @@ updates, in any order and with duplicates, hold identical feeds.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -102,7 +103,7 @@ class SignedUpdate:
     update: bytes
     sig: bytes
 
-    @property
+    @functools.cached_property
     def address(self) -> str:
         return b58encode(self.publisher)
 
@@ -146,7 +147,25 @@ class Feed:
     def __init__(self, address: str) -> None:
         self.address = address
         self.doc = _new_doc()
-        self._shadow = _new_doc()
+        self._changes: list[tuple[str, str, str, Any]] = []
+        self._shadow = self._watched(_new_doc())
+
+    def _watched(self, shadow: Doc) -> Doc:
+        """Record every change of the shadow's maps into ``_changes`` (subscribed once:
+        pycrdt inspects the callback on every subscription)."""
+
+        def recorder(root: str) -> Any:
+            # One parameter only: pycrdt passes the transaction to two-parameter callbacks.
+            def record(event: Any) -> None:
+                for key, change in event.keys.items():
+                    self._changes.append((root, key, change["action"], change.get("newValue")))
+
+            return record
+
+        self._subscriptions = [(shadow[root], root) for root in ROOTS]
+        for shared, root in self._subscriptions:
+            shared.observe(recorder(root))
+        return shadow
 
     def listings(self) -> dict[str, Listing]:
         return {
@@ -183,33 +202,18 @@ class Feed:
 
     def _vet(self, update: bytes) -> list[tuple[str, str, str, Any]]:
         """Apply to the shadow; return its changes, (root, key, action, new value)."""
-        changes: list[tuple[str, str, str, Any]] = []
-        subscriptions = []
-
-        def recorder(root: str) -> Callable[[Any], None]:
-            # One parameter only: pycrdt passes the transaction to two-parameter callbacks.
-            def record(event: Any) -> None:
-                for key, change in event.keys.items():
-                    changes.append((root, key, change["action"], change.get("newValue")))
-
-            return record
-
-        for root in ROOTS:
-            shared = self._shadow[root]  # unobserve needs this very wrapper
-            subscriptions.append((shared, shared.observe(recorder(root))))
+        self._changes = []
         try:
             self._shadow.apply_update(update)
         except ValueError as exc:
             self._reset_shadow()
             raise UpdateRejected(f"the update does not decode: {exc}") from None
-        finally:
-            for shared, subscription in subscriptions:
-                shared.unobserve(subscription)
-        return changes
+        return self._changes
 
     def _reset_shadow(self) -> None:
-        self._shadow = _new_doc()
-        self._shadow.apply_update(self.doc.get_update())
+        shadow = _new_doc()
+        shadow.apply_update(self.doc.get_update())
+        self._shadow = self._watched(shadow)
 
     def _check(self, changes: list[tuple[str, str, str, Any]]) -> None:
         for root, key, action, value in changes:

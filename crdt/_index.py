@@ -36,6 +36,7 @@ CREATE TABLE registry_updates (
     received  REAL NOT NULL
 );
 CREATE TABLE registry_listings (
+    id           INTEGER PRIMARY KEY,
     publisher    TEXT NOT NULL,
     name         TEXT NOT NULL,
     kind         TEXT NOT NULL,
@@ -47,18 +48,18 @@ CREATE TABLE registry_listings (
     deprecated   INTEGER NOT NULL,
     updated      REAL NOT NULL,
     doc          TEXT NOT NULL,
-    PRIMARY KEY (publisher, name)
+    UNIQUE (publisher, name)
 );
 CREATE INDEX registry_listings_price ON registry_listings(price, publisher, name);
 CREATE INDEX registry_listings_updated ON registry_listings(updated, publisher, name);
 CREATE TABLE registry_terms (
-    publisher TEXT NOT NULL,
-    name      TEXT NOT NULL,
-    term      TEXT NOT NULL,
-    PRIMARY KEY (term, publisher, name)
+    term       TEXT NOT NULL,
+    listing_id INTEGER NOT NULL,
+    PRIMARY KEY (term, listing_id)
 );
+CREATE INDEX registry_terms_listing ON registry_terms(listing_id);
 CREATE VIRTUAL TABLE registry_text USING fts5(
-    publisher UNINDEXED, name, title, summary, description, terms, tokenize = 'unicode61'
+    name, title, summary, description, terms, tokenize = 'unicode61'
 );
 """
 SORTS = ("relevance", "price", "newest")
@@ -128,44 +129,51 @@ def _terms(tags: Iterable[str], capabilities: Iterable[str]) -> list[str]:
 
 
 def index_listing(conn: sqlite3.Connection, feed: Feed, name: str) -> None:
-    """Project one listing of ``feed`` (after a change) into the index."""
+    """Project one listing of ``feed`` (after a change) into the index.
+
+    Rows are keyed by the listing's integer id, which is also its full-text
+    rowid, so replacing one listing costs the same however large the index is.
+    """
     publisher = feed.address
-    conn.execute(
-        "DELETE FROM registry_listings WHERE publisher = ? AND name = ?", (publisher, name)
-    )
-    conn.execute("DELETE FROM registry_terms WHERE publisher = ? AND name = ?", (publisher, name))
-    conn.execute("DELETE FROM registry_text WHERE publisher = ? AND name = ?", (publisher, name))
+    row = conn.execute(
+        "SELECT id FROM registry_listings WHERE publisher = ? AND name = ?", (publisher, name)
+    ).fetchone()
+    if row is not None:
+        conn.execute("DELETE FROM registry_text WHERE rowid = ?", (row[0],))
+        conn.execute("DELETE FROM registry_terms WHERE listing_id = ?", (row[0],))
+        conn.execute("DELETE FROM registry_listings WHERE id = ?", (row[0],))
     listing = feed.listing(name)
     if listing is None:
         return
     versions = [Version.parse(r.version) for r in feed.releases_of(name)]
     latest = str(max(versions)) if versions else None
     doc = {**listing.to_wire(), "publisher": publisher, "version": latest}
-    conn.execute(
-        "INSERT INTO registry_listings VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            publisher,
-            name,
-            listing.kind,
-            listing.title,
-            listing.summary,
-            listing.price,
-            listing.royalty_bps,
-            latest,
-            int(listing.deprecated),
-            time.time(),
-            json.dumps(doc),
-        ),
+    values = (
+        publisher,
+        name,
+        listing.kind,
+        listing.title,
+        listing.summary,
+        listing.price,
+        listing.royalty_bps,
+        latest,
+        int(listing.deprecated),
+        time.time(),
+        json.dumps(doc),
     )
+    cur = conn.execute(
+        "INSERT INTO registry_listings(id, publisher, name, kind, title, summary, price, "
+        "royalty_bps, version, deprecated, updated, doc) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (row[0] if row else None, *values),
+    )
+    listing_id = cur.lastrowid
     terms = _terms(listing.tags, listing.capabilities)
-    conn.executemany(
-        "INSERT INTO registry_terms VALUES (?,?,?)", [(publisher, name, t) for t in terms]
-    )
+    conn.executemany("INSERT INTO registry_terms VALUES (?,?)", [(t, listing_id) for t in terms])
     conn.execute(
-        "INSERT INTO registry_text(publisher, name, title, summary, description, terms) "
+        "INSERT INTO registry_text(rowid, name, title, summary, description, terms) "
         "VALUES (?,?,?,?,?,?)",
         (
-            publisher,
+            listing_id,
             name,
             listing.title,
             listing.summary,
@@ -204,15 +212,14 @@ def search(conn: sqlite3.Connection, query: Query) -> SearchPage:
     joins = ""
     match = _fts_query(query.text)
     if match:
-        joins += " JOIN registry_text t ON t.publisher = l.publisher AND t.name = l.name"
+        joins += " JOIN registry_text t ON t.rowid = l.id"
         where.append("registry_text MATCH ?")
         args.append(match)
     for term in _terms(
         [query.tag] if query.tag else [], [query.capability] if query.capability else []
     ):
         where.append(
-            "EXISTS (SELECT 1 FROM registry_terms r WHERE r.term = ? "
-            "AND r.publisher = l.publisher AND r.name = l.name)"
+            "EXISTS (SELECT 1 FROM registry_terms r WHERE r.term = ? AND r.listing_id = l.id)"
         )
         args.append(term)
     if query.kind:
@@ -257,11 +264,17 @@ def search(conn: sqlite3.Connection, query: Query) -> SearchPage:
 
 
 class RegistryStore:
-    """A `Registry` kept in step with its journal and index. Blocking: run off the loop."""
+    """A `Registry` kept in step with its journal and index. Blocking: run off the loop.
+
+    Ingesting verifies, applies and journals (durably, one transaction per
+    batch); the listings it touched are re-indexed by `flush_index`, which every
+    search runs first, so a search always sees every acknowledged update.
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.registry = Registry()
+        self._dirty: set[tuple[str, str]] = set()
         self._load()
 
     def _load(self) -> None:
@@ -279,19 +292,46 @@ class RegistryStore:
                     index_listing(self.conn, feed, name)
 
     def ingest(self, signed: SignedUpdate) -> list[str]:
-        """Verify, apply, journal and index one signed update; UpdateRejected if bad.
+        """Verify, apply and journal one signed update; UpdateRejected if bad.
 
         Returns the entries it changed. Updates waiting for predecessors are
         journaled too, so that a restart keeps them.
         """
-        changed = self.registry.apply(signed)
-        feed = self.registry.feeds.get(signed.address)
+        (outcome,) = self.ingest_batch([signed])
+        if isinstance(outcome, UpdateRejected):
+            raise outcome
+        return outcome
+
+    def ingest_batch(self, updates: Iterable[SignedUpdate]) -> list[list[str] | UpdateRejected]:
+        """`ingest` for many updates in one transaction (one disk sync for all).
+
+        Each outcome is the changed entries, or the UpdateRejected for that
+        update; a rejected update leaves no trace, the others are kept.
+        """
+        outcomes: list[list[str] | UpdateRejected] = []
         with self.conn:
-            journal_append(self.conn, signed)
-            if feed is not None:
-                for name in {c.split("/", 1)[1].split("@", 1)[0] for c in changed}:
-                    index_listing(self.conn, feed, name)
-        return changed
+            for signed in updates:
+                try:
+                    changed = self.registry.apply(signed)
+                except UpdateRejected as exc:
+                    outcomes.append(exc)
+                    continue
+                journal_append(self.conn, signed)
+                address = signed.address
+                self._dirty |= {(address, c.split("/", 1)[1].split("@", 1)[0]) for c in changed}
+                outcomes.append(changed)
+        return outcomes
+
+    def flush_index(self) -> int:
+        """Re-index every listing changed since the last flush; return how many."""
+        if not self._dirty:
+            return 0
+        dirty, self._dirty = self._dirty, set()
+        with self.conn:
+            for address, name in dirty:
+                index_listing(self.conn, self.registry.feeds[address], name)
+        return len(dirty)
 
     def search(self, query: Query) -> SearchPage:
+        self.flush_index()
         return search(self.conn, query)
