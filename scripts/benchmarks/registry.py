@@ -4,6 +4,9 @@
   one core, delivered in batches of 500 (one transaction each), as a node
   groups what gossip brings.
 - search: query latency over 100,000 listings (text, filters, sorts), p50/p99.
+  Titles and tags come from 21 topic words; descriptions from a 5,000-word
+  vocabulary with Zipf frequencies, as real text has; query words are drawn the
+  same way, so common words still match a large share of the listings.
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ WORDS = [
     "video",
 ]
 BATCH = 500
+VOCABULARY = [f"w{i}" for i in range(5000)]
+# Zipf-like: word i is about 1/(i+1) as common as the first, as in real text.
+ZIPF = [1 / (i + 1) for i in range(len(VOCABULARY))]
+
+
+def _words(rng: random.Random, n: int) -> list[str]:
+    return rng.choices(VOCABULARY, weights=ZIPF, k=n)
 
 
 def _listing(rng: random.Random, i: int) -> Any:
@@ -54,7 +64,7 @@ def _listing(rng: random.Random, i: int) -> Any:
             "kind": rng.choice(["agent", "model"]),
             "title": f"{words[0].title()} {words[1]} agent {i}",
             "summary": f"Does {words[0]} and {words[1]} with {words[2]}.",
-            "description": " ".join(rng.choice(WORDS) for _ in range(30)),
+            "description": " ".join(_words(rng, 30)),
             "tags": words[:2],
             "capabilities": [f"{words[0]}.{words[2]}"],
             "price": rng.randint(0, 10_000),
