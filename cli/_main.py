@@ -12,6 +12,7 @@ from ._init import init
 from ._keys import keys
 from ._node import node
 from ._peers import peers, ping
+from ._registry import deprecate, publish, release, search, show
 
 
 @click.group(cls=MercatoGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,3 +42,5 @@ main.add_command(keys)
 main.add_command(events)
 main.add_command(peers)
 main.add_command(ping)
+for command in (publish, release, deprecate, search, show):
+    main.add_command(command)

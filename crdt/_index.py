@@ -322,6 +322,25 @@ class RegistryStore:
                 outcomes.append(changed)
         return outcomes
 
+    def commit_own(self, signed: SignedUpdate, name: str) -> None:
+        """Journal an update this node's `FeedWriter` already applied, and re-index ``name``."""
+        with self.conn:
+            journal_append(self.conn, signed)
+        self._dirty.add((signed.address, name))
+
+    def show(self, publisher: str, name: str) -> dict[str, Any] | None:
+        """One listing with all its releases, or None."""
+        feed = self.registry.feeds.get(publisher)
+        listing = feed.listing(name) if feed else None
+        if feed is None or listing is None:
+            return None
+        releases = sorted(feed.releases_of(name), key=lambda r: Version.parse(r.version))
+        return {
+            **listing.to_wire(),
+            "publisher": publisher,
+            "releases": [r.to_wire() for r in reversed(releases)],
+        }
+
     def flush_index(self) -> int:
         """Re-index every listing changed since the last flush; return how many."""
         if not self._dirty:

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 
 import trio
 
+from crdt import Query, QueryError, RegistryError, SchemaError
 from p2p import P2PError, b58decode
 
 from ._errors import KeyExists, KeyNotFound, KeyStoreError
@@ -215,6 +216,92 @@ async def _ping(node: Node, request: Request) -> Response:
     return Response.json(200, {"peer_id": peer, "rtt_ms": [round(r, 3) for r in rtts]})
 
 
+def _body_object(request: Request, *required: str) -> dict[str, Any]:
+    body = request.json()
+    if not isinstance(body, dict):
+        raise HttpError(400, "bad_body", "expected a JSON object")
+    for key in required:
+        if key not in body:
+            raise HttpError(400, "bad_body", f"missing {key!r}")
+    return body
+
+
+async def _registry_call(call: Awaitable[Any]) -> Any:
+    """Map the registry's and the key store's errors to answers."""
+    try:
+        return await call
+    except SchemaError as exc:
+        raise HttpError(400, "invalid_listing", str(exc)) from None
+    except KeyNotFound as exc:
+        raise HttpError(404, "no_such_key", str(exc)) from None
+    except (KeyStoreError, RegistryError) as exc:
+        raise HttpError(400, "bad_request", str(exc)) from None
+
+
+async def _publish(node: Node, request: Request) -> Response:
+    body = _body_object(request, "listing")
+    account = body.get("account", "default")
+    if not isinstance(account, str) or not isinstance(body["listing"], dict):
+        raise HttpError(400, "bad_body", 'expected {"account": "...", "listing": {...}}')
+    shown = await _registry_call(node.registry.publish(account, body["listing"]))
+    return Response.json(200, shown)
+
+
+async def _release(node: Node, request: Request) -> Response:
+    body = _body_object(request, "release")
+    account = body.get("account", "default")
+    if not isinstance(account, str) or not isinstance(body["release"], dict):
+        raise HttpError(400, "bad_body", 'expected {"account": "...", "release": {...}}')
+    shown = await _registry_call(node.registry.release(account, body["release"]))
+    return Response.json(200, shown)
+
+
+async def _deprecate(node: Node, request: Request) -> Response:
+    body = _body_object(request, "name")
+    account = body.get("account", "default")
+    if not isinstance(account, str) or not isinstance(body["name"], str):
+        raise HttpError(400, "bad_body", 'expected {"account": "...", "name": "..."}')
+    shown = await _registry_call(node.registry.deprecate(account, body["name"]))
+    return Response.json(200, shown)
+
+
+def _query(request: Request) -> Query:
+    q = request.query
+    try:
+        max_price = int(q["max_price"]) if "max_price" in q else None
+        limit = int(q.get("limit", "20"))
+    except ValueError:
+        raise HttpError(400, "bad_query", "max_price and limit must be whole numbers") from None
+    query = Query(
+        text=q.get("text", ""),
+        kind=q.get("kind"),
+        capability=q.get("capability"),
+        tag=q.get("tag"),
+        max_price=max_price,
+        publisher=q.get("publisher"),
+        sort=q.get("sort", "relevance"),
+        limit=limit,
+        cursor=q.get("cursor"),
+    )
+    try:
+        query.check()
+    except QueryError as exc:
+        raise HttpError(400, "bad_query", str(exc)) from None
+    return query
+
+
+async def _search(node: Node, request: Request) -> Response:
+    page = await _registry_call(node.registry.search(_query(request)))
+    return Response.json(200, page)
+
+
+async def _show(node: Node, request: Request) -> Response:
+    found = await node.registry.show(request.params["publisher"], request.params["name"])
+    if found is None:
+        raise HttpError(404, "no_such_listing", "no such listing on this node")
+    return Response.json(200, found)
+
+
 async def _metrics(node: Node, request: Request) -> Response:
     body = await trio.to_thread.run_sync(node.metrics.render)  # reads /proc
     return Response(200, body, "text/plain; version=0.0.4; charset=utf-8")
@@ -323,6 +410,75 @@ ROUTES: tuple[Route, ...] = (
                 "reason": {"type": ["string", "null"]},
             },
         },
+    ),
+    Route(
+        "POST",
+        "/v1/registry/publish",
+        "Create or update a listing, signed by one of this node's account keys.",
+        _publish,
+        response={"type": "object"},
+        body={
+            "type": "object",
+            "properties": {"account": {"type": "string"}, "listing": {"type": "object"}},
+            "required": ["listing"],
+        },
+        errors=(400, 404),
+    ),
+    Route(
+        "POST",
+        "/v1/registry/release",
+        "Bind name@version of a listing to a build (cid, size, dependencies).",
+        _release,
+        response={"type": "object"},
+        body={
+            "type": "object",
+            "properties": {"account": {"type": "string"}, "release": {"type": "object"}},
+            "required": ["release"],
+        },
+        errors=(400, 404),
+    ),
+    Route(
+        "POST",
+        "/v1/registry/deprecate",
+        "Mark a listing deprecated (it leaves search results).",
+        _deprecate,
+        response={"type": "object"},
+        body={
+            "type": "object",
+            "properties": {"account": {"type": "string"}, "name": {"type": "string"}},
+            "required": ["name"],
+        },
+        errors=(400, 404),
+    ),
+    Route(
+        "GET",
+        "/v1/registry/search",
+        "Search listings: text, filters, sort, cursor pagination.",
+        _search,
+        response={
+            "type": "object",
+            "properties": {"results": {"type": "array"}, "cursor": {"type": ["string", "null"]}},
+        },
+        query=(
+            ("text", "string", "words, each matched as a prefix"),
+            ("kind", "string", "agent or model"),
+            ("capability", "string", ""),
+            ("tag", "string", ""),
+            ("max_price", "integer", "lamports"),
+            ("publisher", "string", ""),
+            ("sort", "string", "relevance, price or newest"),
+            ("limit", "integer", "1-100"),
+            ("cursor", "string", "from the last page"),
+        ),
+        errors=(400,),
+    ),
+    Route(
+        "GET",
+        "/v1/registry/listings/{publisher}/{name}",
+        "One listing with its releases.",
+        _show,
+        response={"type": "object"},
+        errors=(404,),
     ),
     Route(
         "GET",

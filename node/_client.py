@@ -148,5 +148,27 @@ class ControlClient:
     def ping(self, peer: str) -> dict[str, Any]:
         return self.request("POST", "/v1/ping", {"peer": peer})
 
+    def publish(self, listing: dict[str, Any], account: str = "default") -> dict[str, Any]:
+        return self.request(
+            "POST", "/v1/registry/publish", {"account": account, "listing": listing}
+        )
+
+    def release(self, release: dict[str, Any], account: str = "default") -> dict[str, Any]:
+        return self.request(
+            "POST", "/v1/registry/release", {"account": account, "release": release}
+        )
+
+    def deprecate(self, name: str, account: str = "default") -> dict[str, Any]:
+        return self.request("POST", "/v1/registry/deprecate", {"account": account, "name": name})
+
+    def search(self, **query: Any) -> dict[str, Any]:
+        params = {k: v for k, v in query.items() if v is not None and v != ""}
+        return self.request("GET", f"/v1/registry/search?{urlencode(params)}")
+
+    def show(self, publisher: str, name: str) -> dict[str, Any]:
+        return self.request(
+            "GET", f"/v1/registry/listings/{quote(publisher, safe='')}/{quote(name, safe='')}"
+        )
+
     def metrics(self) -> str:
         return self.request("GET", "/metrics", raw=True)

@@ -47,6 +47,7 @@ from ._lock import DataDirLock
 from ._metrics import NodeMetrics
 from ._paths import DataDir
 from ._peers import StoreAddressBook
+from ._registry import RegistryService
 from ._store import Store, open_store
 from ._version import __version__
 
@@ -88,6 +89,7 @@ class Node:
         self._started_at = 0.0
         self._store: Store | None = None
         self._overlay: Overlay | None = None
+        self._registry: RegistryService | None = None
         self._node_key: Keypair | None = None
         self._control: LocalControl | None = None
         self._api_url = ""
@@ -111,6 +113,11 @@ class Node:
     def overlay(self) -> Overlay:
         assert self._overlay is not None, "node is not running"
         return self._overlay
+
+    @property
+    def registry(self) -> RegistryService:
+        assert self._registry is not None, "node is not running"
+        return self._registry
 
     @property
     def api_url(self) -> str:
@@ -178,6 +185,9 @@ class Node:
                     ) as overlay:
                         self._overlay = overlay
                         self.services.append("p2p")
+                        self._registry = RegistryService(store, self._control, overlay)
+                        await self._registry.start()
+                        self.services.append("registry")
                         await self._serve(server, task_status)
                 finally:
                     self._overlay = None

@@ -1,0 +1,242 @@
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from node import ControlClient
+
+from ._common import data_dir_option, print_json, resolve
+
+ACCOUNT_HELP = "Account key that signs (see `mercato keys list`)."
+
+
+def _parse_value(text: str) -> Any:
+    """A --set value as TOML would read it (5, true, ["a", "b"]), else as plain text."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_set(manifest: dict[str, Any], assignment: str) -> None:
+    key, sep, value = assignment.partition("=")
+    if not sep or not key.strip():
+        raise click.BadParameter(f"{assignment!r}: expected FIELD=VALUE", param_hint="--set")
+    *parents, leaf = key.strip().split(".")
+    target = manifest
+    for part in parents:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise click.BadParameter(f"{key!r}: {part!r} is not a table", param_hint="--set")
+    target[leaf] = _parse_value(value.strip())
+
+
+def _print_listing(shown: dict[str, Any]) -> None:
+    click.echo(f"{shown['publisher']}/{shown['name']}  ({shown['kind']})")
+    click.echo(f"  {shown['title']}: {shown['summary']}")
+    click.echo(f"  price {shown['price']} lamports, royalty {shown['royalty_bps'] / 100:g}%")
+    if shown.get("tags"):
+        click.echo(f"  tags: {', '.join(shown['tags'])}")
+    if shown.get("capabilities"):
+        click.echo(f"  capabilities: {', '.join(shown['capabilities'])}")
+    if shown.get("deprecated"):
+        click.echo("  DEPRECATED")
+    for release in shown.get("releases", []):
+        click.echo(f"  {release['version']:<12} {release['cid']}  {release['size']} bytes")
+
+
+@click.command()
+@data_dir_option
+@click.argument(
+    "manifest_file", metavar="MANIFEST.toml", type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Override a field (repeatable), e.g. --set price=2000.",
+)
+@click.option("--account", default="default", show_default=True, help=ACCOUNT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def publish(
+    data_dir: Path | None,
+    manifest_file: Path,
+    assignments: tuple[str, ...],
+    account: str,
+    as_json: bool,
+) -> None:
+    """Create or update a listing from MANIFEST.toml, signed by your account key.
+
+    The listing spreads to every peer. An invalid manifest is refused with the
+    field that is wrong and why.
+
+    \\b
+    Example:
+      mercato publish MANIFEST.toml
+      mercato publish MANIFEST.toml --set price=2000 --set 'tags=["text"]'
+    """
+    try:
+        manifest = tomllib.loads(manifest_file.read_text())
+    except FileNotFoundError:
+        raise click.BadParameter(
+            f"{manifest_file} does not exist", param_hint="MANIFEST.toml"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise click.ClickException(f"{manifest_file} is not valid TOML: {exc}") from None
+    for assignment in assignments:
+        _apply_set(manifest, assignment)
+    shown = ControlClient(resolve(data_dir)).publish(manifest, account)
+    if as_json:
+        print_json(shown)
+    else:
+        click.echo(f"published {shown['publisher']}/{shown['name']}")
+
+
+@click.command()
+@data_dir_option
+@click.argument("name")
+@click.argument("version")
+@click.option("--cid", required=True, help="Content id of the build.")
+@click.option(
+    "--size", required=True, type=click.IntRange(min=1), help="Size of the build in bytes."
+)
+@click.option(
+    "--depends",
+    "depends",
+    multiple=True,
+    metavar="PUBLISHER/NAME=RANGE",
+    help="A dependency (repeatable), e.g. 8Co4.../tokenizer=^2.0.0.",
+)
+@click.option("--account", default="default", show_default=True, help=ACCOUNT_HELP)
+def release(
+    data_dir: Path | None,
+    name: str,
+    version: str,
+    cid: str,
+    size: int,
+    depends: tuple[str, ...],
+    account: str,
+) -> None:
+    """Bind NAME@VERSION of your listing to a build (content id and size).
+
+    \\b
+    Example:
+      mercato release wordcount 1.2.0 --cid b3-4f1c... --size 48213
+    """
+    dependencies = {}
+    for item in depends:
+        ref, sep, rng = item.partition("=")
+        if not sep:
+            raise click.BadParameter(
+                f"{item!r}: expected PUBLISHER/NAME=RANGE", param_hint="--depends"
+            )
+        dependencies[ref] = rng
+    fields = {
+        "name": name,
+        "version": version,
+        "cid": cid,
+        "size": size,
+        "dependencies": dependencies,
+    }
+    shown = ControlClient(resolve(data_dir)).release(fields, account)
+    click.echo(f"released {shown['publisher']}/{name}@{version}")
+
+
+@click.command()
+@data_dir_option
+@click.argument("name")
+@click.option("--account", default="default", show_default=True, help=ACCOUNT_HELP)
+def deprecate(data_dir: Path | None, name: str, account: str) -> None:
+    """Mark your listing NAME deprecated: it leaves search results everywhere.
+
+    \\b
+    Example:
+      mercato deprecate wordcount
+    """
+    shown = ControlClient(resolve(data_dir)).deprecate(name, account)
+    click.echo(f"deprecated {shown['publisher']}/{name}")
+
+
+@click.command()
+@data_dir_option
+@click.argument("text", required=False, default="")
+@click.option("--kind", type=click.Choice(["agent", "model"]), help="Only agents or only models.")
+@click.option("--capability", help="Only listings with this capability.")
+@click.option("--tag", help="Only listings with this tag.")
+@click.option("--max-price", type=click.IntRange(min=0), help="At most this price, in lamports.")
+@click.option(
+    "--sort",
+    type=click.Choice(["relevance", "price", "newest"]),
+    default="relevance",
+    show_default=True,
+)
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--cursor", help="Continue from a previous page's cursor.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def search(
+    data_dir: Path | None,
+    text: str,
+    kind: str | None,
+    capability: str | None,
+    tag: str | None,
+    max_price: int | None,
+    sort: str,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
+) -> None:
+    """Search the marketplace from this node's registry replica.
+
+    \\b
+    Example:
+      mercato search "word count"
+      mercato search --kind agent --capability text.stats --max-price 5000 --sort price
+    """
+    page = ControlClient(resolve(data_dir)).search(
+        text=text,
+        kind=kind,
+        capability=capability,
+        tag=tag,
+        max_price=max_price,
+        sort=sort,
+        limit=limit,
+        cursor=cursor,
+    )
+    if as_json:
+        print_json(page)
+        return
+    if not page["results"]:
+        click.echo("no listings match")
+    for item in page["results"]:
+        version = item.get("version") or "-"
+        where = f"{item['publisher'][:8]}…/{item['name']}"
+        price = f"{item['price']} lamports"
+        click.echo(f"{where:<34} {version:<10} {price:>18}  {item['summary'][:60]}")
+    if page.get("cursor"):
+        click.echo(f"more: --cursor {page['cursor']}")
+
+
+@click.command()
+@data_dir_option
+@click.argument("ref", metavar="PUBLISHER/NAME")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show(data_dir: Path | None, ref: str, as_json: bool) -> None:
+    """Show one listing and its releases.
+
+    \\b
+    Example:
+      mercato show 8Co4tt4sbELaV8uRcbz31ojp8QdazK5MxczX8j1d5EoB/wordcount
+    """
+    publisher, sep, name = ref.partition("/")
+    if not sep or not publisher or not name:
+        raise click.BadParameter(f"{ref!r}: expected PUBLISHER/NAME", param_hint="PUBLISHER/NAME")
+    shown = ControlClient(resolve(data_dir)).show(publisher, name)
+    if as_json:
+        click.echo(json.dumps(shown, indent=2))
+    else:
+        _print_listing(shown)

@@ -1,0 +1,99 @@
+"""Publishing and searching through real daemons, as creators and users do."""
+
+import json
+import textwrap
+
+import pytest
+
+from node import DataDir
+
+from ..conftest import run_cli, wait_for
+
+MANIFEST = textwrap.dedent(
+    """
+    name = "wordcount"
+    kind = "agent"
+    title = "Word count"
+    summary = "Counts words, lines and bytes of a text."
+    tags = ["text"]
+    capabilities = ["text.stats"]
+    price = 1000
+    royalty_bps = 500
+    """
+)
+
+
+def cli(datadir: DataDir, *args: str):
+    return run_cli(*args, "--data-dir", str(datadir.root))
+
+
+def search_names(datadir: DataDir, *args: str) -> list[str]:
+    result = cli(datadir, "search", *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return [r["name"] for r in json.loads(result.stdout)["results"]]
+
+
+def test_publish_release_search_show_deprecate(tmp_path, datadir: DataDir, start_daemon) -> None:
+    start_daemon(datadir)
+    manifest = tmp_path / "MANIFEST.toml"
+    manifest.write_text(MANIFEST)
+    published = cli(datadir, "publish", str(manifest), "--set", "price=2000", "--json")
+    assert published.returncode == 0, published.stderr
+    listing = json.loads(published.stdout)
+    assert listing["price"] == 2000
+    ref = f"{listing['publisher']}/wordcount"
+    assert (
+        cli(
+            datadir, "release", "wordcount", "1.0.0", "--cid", "b3-" + "a" * 20, "--size", "77"
+        ).returncode
+        == 0
+    )
+    assert search_names(datadir, "word") == ["wordcount"]
+    assert search_names(datadir, "--capability", "text.stats", "--max-price", "2000") == [
+        "wordcount"
+    ]
+    assert search_names(datadir, "--max-price", "1999") == []
+    shown = json.loads(cli(datadir, "show", ref, "--json").stdout)
+    assert [r["version"] for r in shown["releases"]] == ["1.0.0"]
+    assert cli(datadir, "deprecate", "wordcount").returncode == 0
+    assert search_names(datadir, "word") == []
+    events = cli(datadir, "events", "--kind", "registry.published").stdout
+    assert "wordcount" in events
+
+
+def test_bad_manifests_and_searches_are_clear_errors(
+    tmp_path, datadir: DataDir, start_daemon
+) -> None:
+    start_daemon(datadir)
+    manifest = tmp_path / "MANIFEST.toml"
+    manifest.write_text(MANIFEST.replace("price = 1000", "price = -5"))
+    bad = cli(datadir, "publish", str(manifest))
+    assert bad.returncode == 1 and "field 'price'" in bad.stderr and "Traceback" not in bad.stderr
+    assert cli(datadir, "publish", str(tmp_path / "missing.toml")).returncode == 2
+    release = cli(datadir, "release", "ghost", "1.0.0", "--cid", "b3-" + "a" * 20, "--size", "1")
+    assert release.returncode == 1 and "before releasing" in release.stderr
+    assert cli(datadir, "search", "--sort", "popular").returncode == 2
+    assert cli(datadir, "show", "not-a-ref").returncode == 2
+
+
+@pytest.mark.slow
+def test_a_listing_published_on_one_node_is_found_on_another(tmp_path, start_daemon) -> None:
+    one, two = DataDir(tmp_path / "one"), DataDir(tmp_path / "two")
+    start_daemon(one)
+    status = json.loads(cli(one, "node", "status", "--json").stdout)
+    start_daemon(two, "--bootstrap", status["p2p"]["listen_addrs"][0])
+
+    def meshed() -> bool:
+        peers = json.loads(cli(two, "peers", "--json").stdout)["peers"]
+        return bool(peers) and any("/meshsub/" in p for peer in peers for p in peer["protocols"])
+
+    wait_for(meshed, 20, "the two nodes to connect")
+    manifest = tmp_path / "MANIFEST.toml"
+    manifest.write_text(MANIFEST)
+
+    # Gossip needs the mesh: publish until the other side has it (re-publishing is idempotent).
+    def arrived() -> bool:
+        assert cli(one, "publish", str(manifest)).returncode == 0
+        return search_names(two, "word") == ["wordcount"]
+
+    wait_for(arrived, 30, "the listing to reach the second node", interval=0.5)
