@@ -27,6 +27,11 @@ from ._schema import validate_listing as validate_listing
 from ._schema import validate_release as validate_release
 from ._semver import Version as Version
 from ._semver import VersionRange as VersionRange
+from ._sync import MAX_RESPONSE_BYTES as MAX_SYNC_RESPONSE_BYTES
+from ._sync import SYNC as SYNC
+from ._sync import SyncRequest as SyncRequest
+from ._sync import SyncResponse as SyncResponse
+from ._sync import digest as sync_digest
 
 __all__ = [
     "Feed",
@@ -40,6 +45,10 @@ __all__ = [
     "RegistryStore",
     "SCHEMA",
     "SearchPage",
+    "MAX_SYNC_RESPONSE_BYTES",
+    "SYNC",
+    "SyncRequest",
+    "SyncResponse",
     "SignedUpdate",
     "SchemaError",
     "UpdateRejected",
@@ -47,5 +56,6 @@ __all__ = [
     "VersionError",
     "VersionRange",
     "validate_listing",
+    "sync_digest",
     "validate_release",
 ]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import RegistryError, UpdateRejected
-from ._feed import Feed, Registry, SignedUpdate
+from ._feed import Feed, Registry, SignedUpdate, covers, decode_state_vector
 from ._semver import Version
 
 SCHEMA = """
@@ -35,6 +35,7 @@ CREATE TABLE registry_updates (
     body      BLOB NOT NULL,
     received  REAL NOT NULL
 );
+CREATE INDEX registry_updates_publisher ON registry_updates(publisher, received);
 CREATE TABLE registry_listings (
     id           INTEGER PRIMARY KEY,
     publisher    TEXT NOT NULL,
@@ -340,6 +341,41 @@ class RegistryStore:
             "publisher": publisher,
             "releases": [r.to_wire() for r in reversed(releases)],
         }
+
+    def states(self) -> dict[str, bytes]:
+        """Every feed's state vector: what anti-entropy compares."""
+        return {address: feed.state() for address, feed in self.registry.feeds.items()}
+
+    def missing_for(self, theirs: dict[str, bytes], max_bytes: int) -> tuple[list[bytes], bool]:
+        """Journaled updates a replica at ``theirs`` lacks, up to ``max_bytes``.
+
+        Returns (encoded signed updates, whether more remain). An update is
+        lacking when its signed ``state`` is not covered by the other side's
+        state vector of that feed.
+        """
+        out: list[bytes] = []
+        size = 0
+        for address, feed in self.registry.feeds.items():
+            their_state = theirs.get(address, b"")
+            if their_state == feed.state():
+                continue
+            try:
+                have = decode_state_vector(their_state)
+            except ValueError:
+                have = {}
+            rows = self.conn.execute(
+                "SELECT body FROM registry_updates WHERE publisher = ? ORDER BY received",
+                (address,),
+            )
+            for (body,) in rows:
+                signed = SignedUpdate.decode(bytes(body))
+                if covers(have, decode_state_vector(signed.state)):
+                    continue
+                if size + len(body) > max_bytes and out:
+                    return out, True
+                out.append(bytes(body))
+                size += len(body)
+        return out, False
 
     def flush_index(self) -> int:
         """Re-index every listing changed since the last flush; return how many."""

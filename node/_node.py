@@ -186,9 +186,11 @@ class Node:
                         self._overlay = overlay
                         self.services.append("p2p")
                         self._registry = RegistryService(store, self._control, overlay)
-                        await self._registry.start()
-                        self.services.append("registry")
-                        await self._serve(server, task_status)
+                        async with trio.open_nursery() as registry_nursery:
+                            await registry_nursery.start(self._registry.run)
+                            self.services.append("registry")
+                            await self._serve(server, task_status)
+                            registry_nursery.cancel_scope.cancel()
                 finally:
                     self._overlay = None
                     with trio.CancelScope(shield=True):

@@ -6,6 +6,11 @@
 - Received updates are checked in the topic's validator: a signed update that
   the replica refuses is rejected (and its forwarder penalised by gossip), one
   it accepts is applied and journaled before gossip passes it on.
+- Anti-entropy (``/mercato/sync/1.0.0``): the service pulls what it lacks from
+  each peer when it connects and every ``SYNC_INTERVAL_S`` after, and answers
+  the same request from others. Updates arrive as their publishers signed
+  them and are verified like any other; a peer that serves invalid ones is
+  penalised.
 - Searches and lookups read the local index; every call runs in the store's
   worker thread, never on the event loop.
 """
@@ -13,18 +18,26 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
+import trio
+
 from crdt import (
+    MAX_SYNC_RESPONSE_BYTES,
+    SYNC,
     FeedWriter,
     Query,
     RegistryStore,
     SignedUpdate,
+    SyncRequest,
+    SyncResponse,
     UpdateRejected,
+    sync_digest,
     validate_listing,
     validate_release,
 )
-from p2p import GossipMessage, Keypair, Overlay, Verdict
+from p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, Verdict
 
 from ._control import LocalControl
 from ._store import Store
@@ -32,6 +45,10 @@ from ._store import Store
 log = logging.getLogger("mercato.registry")
 
 TOPIC = "mercato/registry/1"
+SYNC_INTERVAL_S = 5.0  # a digest exchange of 32 bytes when nothing changed
+SYNC_TICK_S = 1.0
+PENALTY_BAD_SYNC = 25.0
+MAX_SYNC_ROUNDS = 64
 
 
 class RegistryService:
@@ -41,10 +58,29 @@ class RegistryService:
         self._overlay = overlay
         self._replica: RegistryStore | None = None
 
-    async def start(self) -> None:
-        """Load the journal, rebuild the index, and join the registry topic."""
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load the journal, rebuild the index, join the topic, then keep peers in sync.
+
+        Runs until cancelled.
+        """
         self._replica = await self._store.run(RegistryStore, self._store.db.conn)
         await self._overlay.gossip.subscribe(TOPIC, self._on_message, self._validate)
+        self._overlay.requests.serve(SYNC, self._answer_sync)
+        task_status.started()
+        synced: dict[str, float] = {}
+        while True:
+            now = time.monotonic()
+            for peer in self._overlay.host.connected_peers():
+                if now - synced.get(peer, -SYNC_INTERVAL_S) < SYNC_INTERVAL_S:
+                    continue
+                if SYNC.id not in self._overlay.host.protocols_of(peer):
+                    continue  # not identified yet, or not a mercato node
+                synced[peer] = now
+                try:
+                    await self.sync_with(peer)
+                except P2PError as exc:
+                    log.debug("registry sync failed", extra={"peer": peer, "error": str(exc)})
+            await trio.sleep(SYNC_TICK_S)
 
     @property
     def replica(self) -> RegistryStore:
@@ -89,6 +125,58 @@ class RegistryService:
 
     async def show(self, publisher: str, name: str) -> dict[str, Any] | None:
         return await self._store.run(self.replica.show, publisher, name)
+
+    # -- anti-entropy ----------------------------------------------------------
+
+    async def sync_with(self, peer: str) -> int:
+        """Pull from ``peer`` every update this replica lacks; return how many applied."""
+        applied = 0
+        states = await self._store.run(self.replica.states)
+        answer = await self._overlay.requests.request(peer, SYNC, SyncRequest(sync_digest(states)))
+        rounds = 0
+        while not answer.equal and rounds < MAX_SYNC_ROUNDS:
+            rounds += 1
+            if answer.updates:
+                applied += await self._ingest_from(peer, answer.updates)
+            if not (answer.need_states or answer.more):
+                break
+            states = await self._store.run(self.replica.states)
+            request = SyncRequest(sync_digest(states), list(states), list(states.values()))
+            answer = await self._overlay.requests.request(peer, SYNC, request)
+        return applied
+
+    async def _ingest_from(self, peer: str, encoded: list[bytes]) -> int:
+        def ingest() -> tuple[int, int]:
+            updates, bad = [], 0
+            for data in encoded:
+                try:
+                    updates.append(SignedUpdate.decode(data))
+                except UpdateRejected:
+                    bad += 1
+            outcomes = self.replica.ingest_batch(updates)
+            bad += sum(isinstance(o, UpdateRejected) for o in outcomes)
+            return sum(bool(o) and not isinstance(o, UpdateRejected) for o in outcomes), bad
+
+        applied, bad = await self._store.run(ingest)
+        if bad:
+            await self._overlay.host.penalize(
+                peer, PENALTY_BAD_SYNC, f"{bad} invalid updates in sync"
+            )
+        return applied
+
+    async def _answer_sync(self, peer: str, request: SyncRequest) -> SyncResponse:
+        states = await self._store.run(self.replica.states)
+        if request.digest == sync_digest(states):
+            return SyncResponse(equal=True)
+        if not request.publishers:
+            return SyncResponse(need_states=True)
+        if len(request.publishers) != len(request.states):
+            raise Refused("bad_request", "publishers and states differ in length")
+        theirs = dict(zip(request.publishers, request.states, strict=True))
+        updates, more = await self._store.run(
+            self.replica.missing_for, theirs, MAX_SYNC_RESPONSE_BYTES
+        )
+        return SyncResponse(updates=updates, more=more)
 
     # -- gossip ----------------------------------------------------------------
 

@@ -77,23 +77,26 @@ def test_bad_manifests_and_searches_are_clear_errors(
 
 
 @pytest.mark.slow
-def test_a_listing_published_on_one_node_is_found_on_another(tmp_path, start_daemon) -> None:
+def test_a_node_that_joins_later_catches_up_and_then_hears_gossip(tmp_path, start_daemon) -> None:
     one, two = DataDir(tmp_path / "one"), DataDir(tmp_path / "two")
     start_daemon(one)
-    status = json.loads(cli(one, "node", "status", "--json").stdout)
-    start_daemon(two, "--bootstrap", status["p2p"]["listen_addrs"][0])
-
-    def meshed() -> bool:
-        peers = json.loads(cli(two, "peers", "--json").stdout)["peers"]
-        return bool(peers) and any("/meshsub/" in p for peer in peers for p in peer["protocols"])
-
-    wait_for(meshed, 20, "the two nodes to connect")
     manifest = tmp_path / "MANIFEST.toml"
     manifest.write_text(MANIFEST)
+    assert cli(one, "publish", str(manifest)).returncode == 0  # before the second node exists
+    status = json.loads(cli(one, "node", "status", "--json").stdout)
+    start_daemon(two, "--bootstrap", status["p2p"]["listen_addrs"][0])
+    wait_for(lambda: search_names(two, "word") == ["wordcount"], 30, "anti-entropy on connect")
 
-    # Gossip needs the mesh: publish until the other side has it (re-publishing is idempotent).
-    def arrived() -> bool:
-        assert cli(one, "publish", str(manifest)).returncode == 0
-        return search_names(two, "word") == ["wordcount"]
+    def meshed() -> bool:
+        peers = json.loads(cli(one, "peers", "--json").stdout)["peers"]
+        return any("/meshsub/" in p for peer in peers for p in peer["protocols"])
 
-    wait_for(arrived, 30, "the listing to reach the second node", interval=0.5)
+    wait_for(meshed, 20, "the gossip mesh")
+    second = tmp_path / "SECOND.toml"
+    second.write_text(
+        MANIFEST.replace("wordcount", "charcount").replace("Word count", "Char count")
+    )
+    assert cli(one, "publish", str(second)).returncode == 0
+    wait_for(
+        lambda: "charcount" in search_names(two, "count"), 30, "the new listing by gossip or sync"
+    )
