@@ -11,15 +11,24 @@ after it, signed together by the publisher's account key (kind
 lacks by comparing state vectors, without decoding updates. Anyone can relay it;
 whoever receives it can check it.
 
+A feed has exactly one Yrs client, whose id is derived from the publisher's
+key (`writer_client_id`), so a publisher's writes form one sequence wherever
+they are made. (Writing from a second device that has not synced the feed
+first produces an update that replicas refuse, rather than a fork.)
+
 Updates are applied in causal order: one whose ``deps`` the replica's feed does
-not cover yet waits (bounded) until the updates before it arrive. Yrs (pycrdt
+not cover yet waits (bounded, neither stored nor relayed) until the updates
+before it arrive. Yrs (pycrdt
 0.14) cannot be trusted with gaps: applying u2, u3, u1 of one writer lost u1
 and u3 for good. `Registry.apply` takes an update through four gates, and
 nothing is stored or applied unless all pass:
 
 1. size: at most MAX_UPDATE_BYTES;
 2. signature: the publisher's key signed exactly these bytes;
-3. shape: the update decodes and touches only ``listings`` and ``releases``;
+3. shape: the update decodes; applied on the shadow, the feed's state becomes
+   exactly the signed ``state`` (nothing left pending, nothing claimed that is
+   not there, and not a no-op), it holds only the writer's client, and it
+   touches no root but ``listings`` and ``releases``;
 4. content: every entry it adds or changes passes the schema, under the right
    key.
 
@@ -40,13 +49,22 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pycrdt import Doc, Map
 
-from p2p import FrameError, Keypair, b58encode, canonical_cbor, decode_canonical, verify_signature
+from p2p import (
+    FrameError,
+    Keypair,
+    b58decode,
+    b58encode,
+    canonical_cbor,
+    decode_canonical,
+    verify_signature,
+)
 
 from ._errors import SchemaError, UpdateRejected
 from ._schema import Listing, Release, validate_listing, validate_release
@@ -56,8 +74,17 @@ SIGN_KIND = "registry-update"
 ROOTS = ("listings", "releases")
 
 
-MAX_PENDING_PER_FEED = 1024
+MAX_PENDING_PER_FEED = 256
+MAX_PENDING_TOTAL = 4096
 MAX_CLIENTS = 256
+
+
+def writer_client_id(publisher: bytes) -> int:
+    """The one Yrs client id a publisher's feed is written with (53 bits, as Yrs wants)."""
+    return (
+        int.from_bytes(hashlib.sha256(b"mercato/feed-client/" + publisher).digest()[:8], "big")
+        >> 11
+    )
 
 
 def decode_state_vector(data: bytes) -> dict[int, int]:
@@ -134,8 +161,8 @@ class SignedUpdate:
         return cls(**obj)
 
 
-def _new_doc() -> Doc:
-    doc = Doc()
+def _new_doc(client_id: int | None = None) -> Doc:
+    doc = Doc(client_id=client_id)
     for root in ROOTS:
         doc[root] = Map()
     return doc
@@ -146,7 +173,8 @@ class Feed:
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self.doc = _new_doc()
+        self.client_id = writer_client_id(b58decode(address))
+        self.doc = _new_doc(self.client_id)
         self._changes: list[tuple[str, str, str, Any]] = []
         self._shadow = self._watched(_new_doc())
 
@@ -200,14 +228,28 @@ class Feed:
         """Everything this replica has that a replica at ``state`` lacks."""
         return self.doc.get_update(state) if state else self.doc.get_update()
 
-    def _vet(self, update: bytes) -> list[tuple[str, str, str, Any]]:
-        """Apply to the shadow; return its changes, (root, key, action, new value)."""
+    def _vet(self, update: bytes, claimed: bytes) -> list[tuple[str, str, str, Any]]:
+        """Apply to the shadow and check its shape (gate 3); return its changes."""
         self._changes = []
+        before = self._shadow.get_state()
         try:
             self._shadow.apply_update(update)
         except ValueError as exc:
             self._reset_shadow()
             raise UpdateRejected(f"the update does not decode: {exc}") from None
+        after = self._shadow.get_state()
+        problem = None
+        if after != claimed:
+            problem = "the feed's state after it is not the state it was signed with"
+        elif after == before:
+            problem = "it changes nothing"
+        elif set(decode_state_vector(after)) - {self.client_id}:
+            problem = "it was written by a client other than the feed's writer"
+        elif set(self._shadow.keys()) - set(ROOTS):
+            problem = f"it writes outside {', '.join(ROOTS)}"
+        if problem:
+            self._reset_shadow()
+            raise UpdateRejected(problem)
         return self._changes
 
     def _reset_shadow(self) -> None:
@@ -235,9 +277,9 @@ class Feed:
             except (FrameError, SchemaError) as exc:
                 raise UpdateRejected(f"{where}: {exc}") from None
 
-    def apply(self, update: bytes) -> list[str]:
+    def apply(self, update: bytes, claimed: bytes) -> list[str]:
         """Vet then apply ``update``; return the changed entries ("listings/x", ...)."""
-        changes = self._vet(update)
+        changes = self._vet(update, claimed)
         try:
             self._check(changes)
         except UpdateRejected:
@@ -259,15 +301,19 @@ class Registry:
             self.feeds[address] = Feed(address)
         return self.feeds[address]
 
-    def pending(self, address: str) -> int:
-        """How many verified updates of this feed wait for earlier ones."""
-        return len(self._pending.get(address, {}))
+    def pending(self, address: str | None = None) -> int:
+        """How many verified updates wait for earlier ones (of one feed, or in all)."""
+        if address is not None:
+            return len(self._pending.get(address, {}))
+        return sum(len(q) for q in self._pending.values())
 
-    def apply(self, signed: SignedUpdate) -> list[str]:
+    def apply(self, signed: SignedUpdate) -> list[tuple[SignedUpdate, list[str]]] | None:
         """Apply a signed update (see the module docstring); UpdateRejected says why not.
 
-        Returns the entries it changed, with those of any waiting updates it
-        released; a duplicate, or an update that must wait, changes none.
+        Returns None if the update must wait for earlier ones (it is kept in
+        memory, bounded, and neither stored nor relayed meanwhile); otherwise
+        every update now applied (this one, then any waiting ones it released),
+        each with the entries it changed. A duplicate returns [].
         """
         if len(signed.update) > MAX_UPDATE_BYTES:
             raise UpdateRejected(f"update of {len(signed.update)} bytes is over {MAX_UPDATE_BYTES}")
@@ -278,20 +324,28 @@ class Registry:
             after = decode_state_vector(signed.state)
         except ValueError as exc:
             raise UpdateRejected(f"malformed state vectors: {exc}") from None
-        if not covers(after, deps):
-            raise UpdateRejected("its state after does not include its state before")
+        if not covers(after, deps) or after == deps:
+            raise UpdateRejected("its state after does not extend its state before")
         address = signed.address
-        have = decode_state_vector(self.feeds[address].state()) if address in self.feeds else {}
-        if not covers(have, deps):
+        have = self._state(address)
+        if covers(have, after):
+            return []  # a duplicate, or older than what we have
+        if have != deps:
+            if covers(have, deps):
+                raise UpdateRejected("it was written on a state this feed has already moved past")
             self._wait(address, deps, signed)
-            return []
-        changed = self._apply_now(address, signed)
-        return sorted(set(changed) | set(self._release_waiting(address)))
+            return None
+        applied = [(signed, self._apply_now(address, signed))]
+        return applied + self._release_waiting(address)
+
+    def _state(self, address: str) -> dict[int, int]:
+        feed = self.feeds.get(address)
+        return decode_state_vector(feed.state()) if feed else {}
 
     def _apply_now(self, address: str, signed: SignedUpdate) -> list[str]:
         known = address in self.feeds
         try:
-            return self.feed(address).apply(signed.update)
+            return self.feed(address).apply(signed.update, signed.state)
         except UpdateRejected:
             if not known:
                 del self.feeds[address]  # leave no trace of a rejected newcomer
@@ -300,27 +354,30 @@ class Registry:
     def _wait(self, address: str, deps: dict[int, int], signed: SignedUpdate) -> None:
         queue = self._pending.setdefault(address, {})
         if len(queue) >= MAX_PENDING_PER_FEED:
-            queue.pop(next(iter(queue)))  # the oldest: anti-entropy will bring it again
+            queue.pop(next(iter(queue)))  # anti-entropy will bring it again
+        if self.pending() >= MAX_PENDING_TOTAL:
+            biggest = max(self._pending, key=lambda a: len(self._pending[a]))
+            self._pending[biggest].pop(next(iter(self._pending[biggest])))
         queue[signed.sig] = (deps, signed)
 
-    def _release_waiting(self, address: str) -> list[str]:
-        changed: list[str] = []
+    def _release_waiting(self, address: str) -> list[tuple[SignedUpdate, list[str]]]:
+        released: list[tuple[SignedUpdate, list[str]]] = []
         queue = self._pending.get(address, {})
         progress = True
         while queue and progress:
             progress = False
-            have = decode_state_vector(self.feeds[address].state())
+            have = self._state(address)
             for key, (deps, signed) in list(queue.items()):
-                if covers(have, deps):
+                if deps == have:
                     del queue[key]
                     progress = True
                     # Verified but invalid content is dropped, as it would be on first sight.
                     with contextlib.suppress(UpdateRejected):
-                        changed += self._apply_now(address, signed)
+                        released.append((signed, self._apply_now(address, signed)))
                     break
         if not queue:
             self._pending.pop(address, None)
-        return changed
+        return released
 
 
 class FeedWriter:

@@ -26,6 +26,7 @@ from typing import Any
 
 from ._errors import RegistryError, UpdateRejected
 from ._feed import Feed, Registry, SignedUpdate, covers, decode_state_vector
+from ._schema import MAX_PRICE
 from ._semver import Version
 
 SCHEMA = """
@@ -89,8 +90,8 @@ class Query:
             raise QueryError(f"sort must be one of {', '.join(SORTS)}, not {self.sort!r}")
         if not 1 <= self.limit <= MAX_LIMIT:
             raise QueryError(f"limit must be between 1 and {MAX_LIMIT}")
-        if self.max_price is not None and self.max_price < 0:
-            raise QueryError("max price cannot be negative")
+        if self.max_price is not None and not 0 <= self.max_price <= MAX_PRICE:
+            raise QueryError(f"max price must be between 0 and {MAX_PRICE} lamports")
         if self.kind is not None and self.kind not in ("agent", "model"):
             raise QueryError("kind must be agent or model")
         if len(self.text) > 512:
@@ -196,8 +197,13 @@ def _decode_cursor(cursor: str | None) -> list[Any] | None:
         value = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         if not isinstance(value, list) or len(value) != 3:
             raise ValueError
+        key, publisher, name = value
+        if not isinstance(key, int | float) or isinstance(key, bool) or abs(key) > 2**62:
+            raise ValueError
+        if not isinstance(publisher, str) or not isinstance(name, str):
+            raise ValueError
         return value
-    except ValueError:
+    except (ValueError, TypeError):
         raise QueryError("the cursor is not one this node handed out") from None
 
 
@@ -264,6 +270,11 @@ def search(conn: sqlite3.Connection, query: Query) -> SearchPage:
 # -- the registry replica on disk --------------------------------------------------
 
 
+def _listing_of(entry: str) -> str:
+    """The listing an entry belongs to: "listings/x" and "releases/x@1.0.0" -> "x"."""
+    return entry.split("/", 1)[1].split("@", 1)[0]
+
+
 class RegistryStore:
     """A `Registry` kept in step with its journal and index. Blocking: run off the loop.
 
@@ -279,10 +290,11 @@ class RegistryStore:
         self._load()
 
     def _load(self) -> None:
+        # The journal holds applied updates in the order they were applied.
         for signed in journal_load(self.conn):
             try:
                 self.registry.apply(signed)
-            except UpdateRejected:
+            except (UpdateRejected, ValueError):
                 continue  # verified when stored; only a newer schema would refuse it
         with self.conn:
             self.conn.execute("DELETE FROM registry_listings")
@@ -292,34 +304,42 @@ class RegistryStore:
                 for name in feed.listing_names():
                     index_listing(self.conn, feed, name)
 
-    def ingest(self, signed: SignedUpdate) -> list[str]:
+    def ingest(self, signed: SignedUpdate) -> list[str] | None:
         """Verify, apply and journal one signed update; UpdateRejected if bad.
 
-        Returns the entries it changed. Updates waiting for predecessors are
-        journaled too, so that a restart keeps them.
+        Returns the entries it (and any waiting updates it released) changed, or
+        None if it must wait for earlier updates: then it is not stored, and
+        should not be relayed.
         """
         (outcome,) = self.ingest_batch([signed])
         if isinstance(outcome, UpdateRejected):
             raise outcome
         return outcome
 
-    def ingest_batch(self, updates: Iterable[SignedUpdate]) -> list[list[str] | UpdateRejected]:
+    def ingest_batch(
+        self, updates: Iterable[SignedUpdate]
+    ) -> list[list[str] | UpdateRejected | None]:
         """`ingest` for many updates in one transaction (one disk sync for all).
 
-        Each outcome is the changed entries, or the UpdateRejected for that
+        Each outcome is as `ingest` returns, or the UpdateRejected for that
         update; a rejected update leaves no trace, the others are kept.
         """
-        outcomes: list[list[str] | UpdateRejected] = []
+        outcomes: list[list[str] | UpdateRejected | None] = []
         with self.conn:
             for signed in updates:
                 try:
-                    changed = self.registry.apply(signed)
+                    applied = self.registry.apply(signed)
                 except UpdateRejected as exc:
                     outcomes.append(exc)
                     continue
-                journal_append(self.conn, signed)
-                address = signed.address
-                self._dirty |= {(address, c.split("/", 1)[1].split("@", 1)[0]) for c in changed}
+                if applied is None:
+                    outcomes.append(None)
+                    continue
+                changed: list[str] = []
+                for update, entries in applied:
+                    journal_append(self.conn, update)
+                    self._dirty |= {(update.address, _listing_of(c)) for c in entries}
+                    changed += entries
                 outcomes.append(changed)
         return outcomes
 

@@ -22,10 +22,12 @@ from functools import total_ordering
 
 from ._errors import VersionError
 
+# No build metadata ("+..."): it carries no precedence, so 1.0.0 and 1.0.0+b would
+# be two releases of one version. ASCII digits only.
 _VERSION = re.compile(
-    r"(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})"
-    r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
-    r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
+    r"(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})"
+    r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?",
+    re.ASCII,
 )
 MAX_RANGE_LEN = 256
 
@@ -40,7 +42,7 @@ class Version:
 
     @classmethod
     def parse(cls, text: str) -> Version:
-        match = _VERSION.fullmatch(text.strip()) if isinstance(text, str) else None
+        match = _VERSION.fullmatch(text) if isinstance(text, str) else None
         if not match:
             raise VersionError(f"{text!r} is not a semantic version like 1.4.2 or 2.0.0-rc.1")
         pre = tuple(match.group(4).split(".")) if match.group(4) else ()

@@ -272,6 +272,8 @@ def _query(request: Request) -> Query:
         limit = int(q.get("limit", "20"))
     except ValueError:
         raise HttpError(400, "bad_query", "max_price and limit must be whole numbers") from None
+    if not -(2**62) < (max_price or 0) < 2**62 or not 0 < limit < 2**31:
+        raise HttpError(400, "bad_query", "max_price or limit is out of range")
     query = Query(
         text=q.get("text", ""),
         kind=q.get("kind"),

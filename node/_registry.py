@@ -155,7 +155,7 @@ class RegistryService:
                     bad += 1
             outcomes = self.replica.ingest_batch(updates)
             bad += sum(isinstance(o, UpdateRejected) for o in outcomes)
-            return sum(bool(o) and not isinstance(o, UpdateRejected) for o in outcomes), bad
+            return sum(isinstance(o, list) and bool(o) for o in outcomes), bad
 
         applied, bad = await self._store.run(ingest)
         if bad:

@@ -13,7 +13,7 @@ from crdt import (
     validate_listing,
     validate_release,
 )
-from crdt._feed import MAX_UPDATE_BYTES, SIGN_KIND
+from crdt._feed import MAX_UPDATE_BYTES, SIGN_KIND, writer_client_id
 from p2p import Keypair, canonical_cbor
 
 
@@ -57,19 +57,21 @@ def test_a_replica_receives_what_the_publisher_wrote() -> None:
     assert replica.apply(updates[0]) == []  # a duplicate changes nothing
 
 
-def _signed_raw(keypair: Keypair, write) -> SignedUpdate:
+def _signed_raw(
+    keypair: Keypair, write, base: bytes = b"", client_id: int | None = None, state=None
+):
     """A publisher writing its doc past FeedWriter's checks (a buggy or hostile client)."""
-    doc = Doc()
+    doc = Doc(
+        client_id=client_id if client_id is not None else writer_client_id(keypair.public_key)
+    )
     doc["listings"], doc["releases"] = Map(), Map()
+    if base:
+        doc.apply_update(base)
     before = doc.get_state()
     write(doc)
     update = doc.get_update(before)
-    body = {
-        "publisher": keypair.public_key,
-        "deps": before,
-        "state": doc.get_state(),
-        "update": update,
-    }
+    after = doc.get_state() if state is None else state
+    body = {"publisher": keypair.public_key, "deps": before, "state": after, "update": update}
     return SignedUpdate(**body, sig=keypair.sign(SIGN_KIND, body))
 
 
@@ -78,35 +80,77 @@ def test_bad_updates_are_rejected_and_change_nothing() -> None:
     replica = Registry()
     good = FeedWriter(owner, Registry()).put_listing(listing("echo"))
     replica.apply(good)
+    base = good.update
     before = snapshot(replica), replica.feeds[owner.address].state()
+
+    def entry(key: str, value: object):
+        return lambda d: d["listings"].__setitem__(key, value)
+
     forged = SignedUpdate(good.publisher, good.deps, good.state, good.update, bytes(64))
     stolen = SignedUpdate(other.public_key, good.deps, good.state, good.update, good.sig)
-    bad_entry = _signed_raw(
-        owner, lambda d: d["listings"].__setitem__("x", canonical_cbor({"name": "x"}))
-    )
-    wrong_key = _signed_raw(
-        owner, lambda d: d["listings"].__setitem__("y", canonical_cbor(listing("z").to_wire()))
-    )
-    bad_version = _signed_raw(
-        owner,
-        lambda d: d["releases"].__setitem__(
-            "echo@1.0", canonical_cbor({**release("echo", "1.0.0").to_wire(), "version": "1.0"})
-        ),
-    )
-    not_bytes = _signed_raw(owner, lambda d: d["listings"].__setitem__("fresh", "plain text"))
-    junk = b"\xff\xfe garbage"
-    garbage_body = {"publisher": owner.public_key, "deps": b"", "state": b"", "update": junk}
+    shape = _signed_raw(owner, entry("fresh", canonical_cbor(listing("fresh").to_wire())), base)
+    garbage_body = {**shape.body(), "update": b"\xff\xfe garbage"}
     garbage = SignedUpdate(**garbage_body, sig=owner.sign(SIGN_KIND, garbage_body))
-    huge = SignedUpdate(owner.public_key, b"", b"", bytes(MAX_UPDATE_BYTES + 1), b"")
     cases = [
         (forged, "signature"),
         (stolen, "signature"),
-        (bad_entry, "'kind': is required"),
-        (wrong_key, "stored under"),
-        (bad_version, "'version'"),
-        (not_bytes, "CBOR"),
+        (
+            _signed_raw(owner, entry("x", canonical_cbor({"name": "x"})), base),
+            "'kind': is required",
+        ),
+        (
+            _signed_raw(owner, entry("y", canonical_cbor(listing("z").to_wire())), base),
+            "stored under",
+        ),
+        (
+            _signed_raw(
+                owner,
+                lambda d: d["releases"].__setitem__(
+                    "echo@1.0",
+                    canonical_cbor({**release("echo", "1.0.0").to_wire(), "version": "1.0"}),
+                ),
+                base,
+            ),
+            "'version'",
+        ),
+        (_signed_raw(owner, entry("fresh", "plain text"), base), "CBOR"),
         (garbage, "decode"),
-        (huge, "over"),
+        (SignedUpdate(owner.public_key, b"", b"", bytes(MAX_UPDATE_BYTES + 1), b""), "over"),
+        (
+            _signed_raw(
+                owner, entry("fresh", canonical_cbor(listing("fresh").to_wire())), base, client_id=7
+            ),
+            "client",
+        ),
+        (
+            _signed_raw(
+                owner,
+                entry("fresh", canonical_cbor(listing("fresh").to_wire())),
+                base,
+                state=good.state + b"",
+            ),
+            "extend",
+        ),
+        (
+            _signed_raw(
+                owner,
+                lambda d: (
+                    d["junk"].__setitem__("k", 1) if False else d.__setitem__("junk", Map({"k": 1}))
+                ),
+                base,
+            ),
+            "outside",
+        ),
+        (
+            _signed_raw(  # written on an empty feed by a device that never synced
+                owner,
+                lambda d: (
+                    d["listings"].__setitem__("e1", canonical_cbor(listing("e1").to_wire())),
+                    d["listings"].__setitem__("e2", canonical_cbor(listing("e2").to_wire())),
+                ),
+            ),
+            "moved past",
+        ),
     ]
     for bad, why in cases:
         with pytest.raises(UpdateRejected, match=why):
@@ -117,6 +161,19 @@ def test_bad_updates_are_rejected_and_change_nothing() -> None:
     assert set(replica.feeds) == {owner.address}  # a rejected newcomer leaves no feed behind
 
 
+def test_a_signed_state_that_lies_is_refused() -> None:
+    owner = Keypair.generate()
+    replica = Registry()
+    good = FeedWriter(owner, Registry()).put_listing(listing("echo"))
+    lie = _signed_raw(
+        owner,
+        lambda d: d["listings"].__setitem__("echo", canonical_cbor(listing("echo").to_wire())),
+        state=b"\x01" + good.state[1:-1] + b"\x09",  # claims more than the update holds
+    )
+    with pytest.raises(UpdateRejected, match="not the state it was signed with"):
+        replica.apply(lie)
+
+
 def test_updates_out_of_order_wait_for_their_predecessors() -> None:
     author = Registry()
     writer = FeedWriter(Keypair.generate(), author)
@@ -124,9 +181,15 @@ def test_updates_out_of_order_wait_for_their_predecessors() -> None:
     u2 = writer.put_release(release("echo", "1.0.0"))
     u3 = writer.put_listing(listing("echo", price=3))
     replica = Registry()
-    assert replica.apply(u3) == [] and replica.apply(u2) == []
+    assert replica.apply(u3) is None and replica.apply(u2) is None  # waiting
     assert replica.pending(writer.feed.address) == 2
-    assert replica.apply(u1) == ["listings/echo", "releases/echo@1.0.0"]
+    applied = replica.apply(u1)
+    assert [update for update, _ in applied] == [u1, u2, u3]
+    assert [entries for _, entries in applied] == [
+        ["listings/echo"],
+        ["releases/echo@1.0.0"],
+        ["listings/echo"],
+    ]
     assert replica.pending(writer.feed.address) == 0
     assert snapshot(replica) == snapshot(author)
     assert replica.feeds[writer.feed.address].listings()["echo"].price == 3
@@ -168,9 +231,12 @@ def test_the_valid_update_after_a_rejected_one_still_applies() -> None:
     owner = Keypair.generate()
     author, replica = Registry(), Registry()
     writer = FeedWriter(owner, author)
-    replica.apply(writer.put_listing(listing("a")))
+    first = writer.put_listing(listing("a"))
+    replica.apply(first)
     with pytest.raises(UpdateRejected):
-        replica.apply(_signed_raw(owner, lambda d: d["listings"].__setitem__("b", b"\x00")))
+        replica.apply(
+            _signed_raw(owner, lambda d: d["listings"].__setitem__("b", b"\x00"), first.update)
+        )
     replica.apply(writer.put_listing(listing("c")))
     assert sorted(replica.feeds[owner.address].listings()) == ["a", "c"]
 

@@ -1,3 +1,5 @@
+import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,32 @@ def test_odd_text_never_breaks_the_query(store: RegistryStore) -> None:
     publish(store, Keypair.generate(), listing("safe"))
     for text in ['"', "AND OR NOT", "*", "safe)(", "NEAR(a b)", "ünïcode", "'; DROP TABLE x; --"]:
         store.search(Query(text=text))
+
+
+def test_waiting_updates_are_not_stored_until_they_apply(store: RegistryStore) -> None:
+    writer = FeedWriter(Keypair.generate(), Registry())
+    first, second = writer.put_listing(listing("one")), writer.put_listing(listing("two"))
+
+    def journaled() -> int:
+        return store.conn.execute("SELECT count(*) FROM registry_updates").fetchone()[0]
+
+    assert store.ingest(second) is None and journaled() == 0
+    assert store.ingest(first) == ["listings/one", "listings/two"] and journaled() == 2
+    assert sorted(names(store.search(Query()))) == ["one", "two"]
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+        for value in ([{"a": 1}, "x", "y"], [10**30, "x", "y"], [1, 2, 3], [True, "x", "y"], "text")
+    ],
+)
+def test_tampered_cursors_are_clear_errors(store: RegistryStore, cursor: str) -> None:
+    with pytest.raises(QueryError, match="cursor"):
+        store.search(Query(sort="price", cursor=cursor))
+
+
+def test_an_absurd_price_filter_is_a_clear_error(store: RegistryStore) -> None:
+    with pytest.raises(QueryError, match="max price"):
+        store.search(Query(max_price=10**30))
