@@ -238,31 +238,29 @@ async def _registry_call(call: Awaitable[Any]) -> Any:
         raise HttpError(400, "bad_request", str(exc)) from None
 
 
-async def _publish(node: Node, request: Request) -> Response:
-    body = _body_object(request, "listing")
+def _account_and(request: Request, field: str, kind: type) -> tuple[str, Any]:
+    """``{"account": "...", field: <kind>}`` from the body; the account defaults to 'default'."""
+    body = _body_object(request, field)
     account = body.get("account", "default")
-    if not isinstance(account, str) or not isinstance(body["listing"], dict):
-        raise HttpError(400, "bad_body", 'expected {"account": "...", "listing": {...}}')
-    shown = await _registry_call(node.registry.publish(account, body["listing"]))
-    return Response.json(200, shown)
+    if not isinstance(account, str) or not isinstance(body[field], kind):
+        shape = "{...}" if kind is dict else '"..."'
+        raise HttpError(400, "bad_body", f'expected {{"account": "...", "{field}": {shape}}}')
+    return account, body[field]
+
+
+async def _publish(node: Node, request: Request) -> Response:
+    account, listing = _account_and(request, "listing", dict)
+    return Response.json(200, await _registry_call(node.registry.publish(account, listing)))
 
 
 async def _release(node: Node, request: Request) -> Response:
-    body = _body_object(request, "release")
-    account = body.get("account", "default")
-    if not isinstance(account, str) or not isinstance(body["release"], dict):
-        raise HttpError(400, "bad_body", 'expected {"account": "...", "release": {...}}')
-    shown = await _registry_call(node.registry.release(account, body["release"]))
-    return Response.json(200, shown)
+    account, release = _account_and(request, "release", dict)
+    return Response.json(200, await _registry_call(node.registry.release(account, release)))
 
 
 async def _deprecate(node: Node, request: Request) -> Response:
-    body = _body_object(request, "name")
-    account = body.get("account", "default")
-    if not isinstance(account, str) or not isinstance(body["name"], str):
-        raise HttpError(400, "bad_body", 'expected {"account": "...", "name": "..."}')
-    shown = await _registry_call(node.registry.deprecate(account, body["name"]))
-    return Response.json(200, shown)
+    account, name = _account_and(request, "name", str)
+    return Response.json(200, await _registry_call(node.registry.deprecate(account, name)))
 
 
 def _query(request: Request) -> Query:

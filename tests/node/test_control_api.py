@@ -202,3 +202,19 @@ async def test_peers_and_ping_answer_and_refuse_bad_peers(node: Node, initialize
     with pytest.raises(ControlError) as err:
         await call(lambda: client.request("POST", "/v1/ping", {"peer": 5}))
     assert err.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/registry/publish", {"listing": ["not", "a", "table"]}),
+        ("/v1/registry/publish", {"account": 5, "listing": {}}),
+        ("/v1/registry/release", {}),
+        ("/v1/registry/deprecate", {"name": {"nested": True}}),
+    ],
+)
+async def test_registry_writes_refuse_malformed_bodies(node: Node, path: str, body: dict) -> None:
+    client = ControlClient(node.datadir)
+    with pytest.raises(ControlError) as err:
+        await call(lambda: client.request("POST", path, body))
+    assert err.value.status == 400 and err.value.code == "bad_body"
