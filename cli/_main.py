@@ -12,7 +12,7 @@ from ._init import init
 from ._keys import keys
 from ._node import node
 from ._peers import peers, ping
-from ._registry import deprecate, publish, release, search, show
+from ._registry import deprecate, publish, release, resolve_command, search, show
 
 
 @click.group(cls=MercatoGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,5 +42,5 @@ main.add_command(keys)
 main.add_command(events)
 main.add_command(peers)
 main.add_command(ping)
-for command in (publish, release, deprecate, search, show):
+for command in (publish, release, deprecate, search, show, resolve_command):
     main.add_command(command)

@@ -15,7 +15,7 @@ from ._common import data_dir_option, print_json, resolve
 def peers(data_dir: Path | None, as_json: bool) -> None:
     """List the peers the running node is connected to.
 
-    \\b
+    \b
     Example:
       mercato peers
       mercato peers --json | jq '.peers[].peer_id'
@@ -41,7 +41,7 @@ def peers(data_dir: Path | None, as_json: bool) -> None:
 def ping(data_dir: Path | None, peer: str, as_json: bool) -> None:
     """Ping PEER (a peer id, or a multiaddr ending in /p2p/PEER_ID to dial first).
 
-    \\b
+    \b
     Example:
       mercato ping 12D3KooWLcbC36iN2qgzUZ7fXVs4mC99Raj4dYhxFpvvZ22ccqFG
       mercato ping /ip4/192.0.2.10/tcp/4001/p2p/12D3KooW...

@@ -12,6 +12,7 @@ from node import ControlClient
 from ._common import data_dir_option, print_json, resolve
 
 ACCOUNT_HELP = "Account key that signs (see `mercato keys list`)."
+PEER_HELP = "Ask this peer (multiaddr, or the id of a connected peer) instead of this node."
 
 
 def _parse_value(text: str) -> Any:
@@ -75,7 +76,7 @@ def publish(
     The listing spreads to every peer. An invalid manifest is refused with the
     field that is wrong and why.
 
-    \\b
+    \b
     Example:
       mercato publish MANIFEST.toml
       mercato publish MANIFEST.toml --set price=2000 --set 'tags=["text"]'
@@ -124,7 +125,7 @@ def release(
 ) -> None:
     """Bind NAME@VERSION of your listing to a build (content id and size).
 
-    \\b
+    \b
     Example:
       mercato release wordcount 1.2.0 --cid b3-4f1c... --size 48213
     """
@@ -154,7 +155,7 @@ def release(
 def deprecate(data_dir: Path | None, name: str, account: str) -> None:
     """Mark your listing NAME deprecated: it leaves search results everywhere.
 
-    \\b
+    \b
     Example:
       mercato deprecate wordcount
     """
@@ -177,6 +178,7 @@ def deprecate(data_dir: Path | None, name: str, account: str) -> None:
 )
 @click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
 @click.option("--cursor", help="Continue from a previous page's cursor.")
+@click.option("--peer", metavar="MULTIADDR", help=PEER_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def search(
     data_dir: Path | None,
@@ -188,14 +190,19 @@ def search(
     sort: str,
     limit: int,
     cursor: str | None,
+    peer: str | None,
     as_json: bool,
 ) -> None:
-    """Search the marketplace from this node's registry replica.
+    """Search the marketplace from this node's registry replica, or another peer's.
 
-    \\b
+    With --peer the results are that peer's word (checked for shape only); use
+    `mercato show --peer` to see a listing proven by its publisher's signatures.
+
+    \b
     Example:
       mercato search "word count"
       mercato search --kind agent --capability text.stats --max-price 5000 --sort price
+      mercato search translate --peer /ip4/203.0.113.7/tcp/4001/p2p/12D3KooW...
     """
     page = ControlClient(resolve(data_dir)).search(
         text=text,
@@ -206,6 +213,7 @@ def search(
         sort=sort,
         limit=limit,
         cursor=cursor,
+        peer=peer,
     )
     if as_json:
         print_json(page)
@@ -224,19 +232,55 @@ def search(
 @click.command()
 @data_dir_option
 @click.argument("ref", metavar="PUBLISHER/NAME")
+@click.option("--peer", metavar="MULTIADDR", help=PEER_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def show(data_dir: Path | None, ref: str, as_json: bool) -> None:
+def show(data_dir: Path | None, ref: str, peer: str | None, as_json: bool) -> None:
     """Show one listing and its releases.
 
-    \\b
+    With --peer, the peer sends the publisher's signed feed and this node
+    verifies every signature before showing it.
+
+    \b
     Example:
       mercato show 8Co4tt4sbELaV8uRcbz31ojp8QdazK5MxczX8j1d5EoB/wordcount
     """
-    publisher, sep, name = ref.partition("/")
-    if not sep or not publisher or not name:
-        raise click.BadParameter(f"{ref!r}: expected PUBLISHER/NAME", param_hint="PUBLISHER/NAME")
-    shown = ControlClient(resolve(data_dir)).show(publisher, name)
+    publisher, name = _ref(ref)
+    shown = ControlClient(resolve(data_dir)).show(publisher, name, peer)
     if as_json:
         click.echo(json.dumps(shown, indent=2))
     else:
         _print_listing(shown)
+
+
+@click.command("resolve")
+@data_dir_option
+@click.argument("ref", metavar="PUBLISHER/NAME")
+@click.argument("range_text", metavar="[RANGE]", default="*")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def resolve_command(data_dir: Path | None, ref: str, range_text: str, as_json: bool) -> None:
+    """List the releases of a listing within RANGE, and resolve their dependencies.
+
+    Prints every release in RANGE, newest first, then one release per listing
+    that together satisfy every dependency range (newest wins where there is a
+    choice). If none fits, it says which listing and which ranges conflict, and
+    exits with status 1.
+
+    \b
+    Example:
+      mercato resolve 8Co4tt4sbELaV8uRcbz31ojp8QdazK5MxczX8j1d5EoB/summarize '^1.2'
+    """
+    _ref(ref)
+    resolution = ControlClient(resolve(data_dir)).resolve(ref, range_text)
+    if as_json:
+        print_json(resolution)
+        return
+    click.echo(f"{ref} {range_text}: {', '.join(resolution['candidates'])}")
+    for dep, chosen in resolution["plan"].items():
+        click.echo(f"  {dep}@{chosen['version']}  {chosen['cid']}  {chosen['size']} bytes")
+
+
+def _ref(ref: str) -> tuple[str, str]:
+    publisher, sep, name = ref.partition("/")
+    if not sep or not publisher or not name or "/" in name:
+        raise click.BadParameter(f"{ref!r}: expected PUBLISHER/NAME", param_hint="PUBLISHER/NAME")
+    return publisher, name

@@ -2,12 +2,16 @@
 
 Owns signed per-publisher pycrdt feeds (one document per publisher, written only
 through updates its account key signed), the listing and release schema, and
-semantic versions and ranges. Gossip, anti-entropy, the query index and the
-query protocol build on these.
+semantic versions and ranges; the journal and query index on SQLite
+(`RegistryStore`); dependency resolution; and the messages of the registry's
+two protocols, anti-entropy (``/mercato/sync/1.0.0``) and remote queries
+(``/mercato/query/1.0.0``).
 
 May import p2p; must not import node, runtime or settlement.
 """
 
+from ._errors import DependencyConflict as DependencyConflict
+from ._errors import QueryError as QueryError
 from ._errors import RegistryError as RegistryError
 from ._errors import SchemaError as SchemaError
 from ._errors import UpdateRejected as UpdateRejected
@@ -16,11 +20,18 @@ from ._feed import Feed as Feed
 from ._feed import FeedWriter as FeedWriter
 from ._feed import Registry as Registry
 from ._feed import SignedUpdate as SignedUpdate
-from ._index import SCHEMA as SCHEMA
+from ._index import MIGRATIONS as MIGRATIONS
 from ._index import Query as Query
-from ._index import QueryError as QueryError
 from ._index import RegistryStore as RegistryStore
 from ._index import SearchPage as SearchPage
+from ._query import QUERY as QUERY
+from ._query import QueryRequest as QueryRequest
+from ._query import QueryResponse as QueryResponse
+from ._query import decode_result as decode_query_result
+from ._query import encode_result as encode_query_result
+from ._query import verified_listing as verified_listing
+from ._resolve import Resolution as Resolution
+from ._resolve import resolve as resolve
 from ._schema import Listing as Listing
 from ._schema import Release as Release
 from ._schema import validate_listing as validate_listing
@@ -34,28 +45,37 @@ from ._sync import SyncResponse as SyncResponse
 from ._sync import digest as sync_digest
 
 __all__ = [
+    "DependencyConflict",
     "Feed",
     "FeedWriter",
     "Listing",
+    "MAX_SYNC_RESPONSE_BYTES",
+    "MIGRATIONS",
+    "QUERY",
     "Query",
     "QueryError",
+    "QueryRequest",
+    "QueryResponse",
     "Registry",
     "RegistryError",
-    "Release",
     "RegistryStore",
-    "SCHEMA",
-    "SearchPage",
-    "MAX_SYNC_RESPONSE_BYTES",
+    "Release",
+    "Resolution",
     "SYNC",
+    "SchemaError",
+    "SearchPage",
+    "SignedUpdate",
     "SyncRequest",
     "SyncResponse",
-    "SignedUpdate",
-    "SchemaError",
     "UpdateRejected",
     "Version",
     "VersionError",
     "VersionRange",
-    "validate_listing",
+    "decode_query_result",
+    "encode_query_result",
+    "resolve",
     "sync_digest",
+    "validate_listing",
     "validate_release",
+    "verified_listing",
 ]

@@ -4,8 +4,10 @@ MercatoError                (p2p)
 └── RegistryError
     ├── SchemaError         a listing or release field is wrong; names the field
     ├── VersionError        a version or version range does not parse
-    └── UpdateRejected      a signed update is forged, oversized, malformed or
-                            would put invalid content into a feed
+    ├── UpdateRejected      a signed update is forged, oversized, malformed or
+    │                       would put invalid content into a feed
+    ├── QueryError          a search has filters that make no sense
+    └── DependencyConflict  no set of releases satisfies every version range
 """
 
 from __future__ import annotations
@@ -32,3 +34,11 @@ class SchemaError(RegistryError):
 
 class UpdateRejected(RegistryError):
     """A signed feed update was refused; nothing was stored or applied."""
+
+
+class DependencyConflict(RegistryError):
+    """No set of releases satisfies every range; the message says which listing and why."""
+
+
+class QueryError(RegistryError):
+    """A search was asked with filters that make no sense; the message says which."""

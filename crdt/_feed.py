@@ -41,6 +41,12 @@ do not have yet.
 Gate 3 and 4 run on a *shadow* copy of the feed's document; only an update
 that passes is applied to the real one (a CRDT cannot take an update back).
 
+A *snapshot* is a signed update with empty ``deps``: the whole feed up to its
+``state`` (`FeedWriter.snapshot`). It applies on any earlier state of the
+feed, and a replica whose feed it matches keeps it in place of every update it
+covers (compaction), so a feed's journal stays short however often it changes.
+Snapshots may be larger (MAX_SNAPSHOT_BYTES) and travel by anti-entropy.
+
 Applying is idempotent and commutative: replicas that receive the same signed
 updates, in any order and with duplicates, hold identical feeds.
 """
@@ -70,6 +76,7 @@ from ._errors import SchemaError, UpdateRejected
 from ._schema import Listing, Release, validate_listing, validate_release
 
 MAX_UPDATE_BYTES = 256 * 1024
+MAX_SNAPSHOT_BYTES = 4 * 1024 * 1024
 SIGN_KIND = "registry-update"
 ROOTS = ("listings", "releases")
 
@@ -77,6 +84,9 @@ ROOTS = ("listings", "releases")
 MAX_PENDING_PER_FEED = 256
 MAX_PENDING_TOTAL = 4096
 MAX_CLIENTS = 256
+
+
+EMPTY_STATE = b"\x00"  # the state vector of an empty document
 
 
 def writer_client_id(publisher: bytes) -> int:
@@ -134,6 +144,19 @@ class SignedUpdate:
     def address(self) -> str:
         return b58encode(self.publisher)
 
+    @property
+    def is_snapshot(self) -> bool:
+        """No deps: the whole feed up to ``state``; it applies on any earlier state."""
+        return self.deps in (b"", EMPTY_STATE)
+
+    @functools.cached_property
+    def clock(self) -> int:
+        """How far into the writer's sequence the feed is after this update."""
+        try:
+            return max(decode_state_vector(self.state).values(), default=0)
+        except ValueError:
+            return 0
+
     def body(self) -> dict[str, bytes]:
         return {
             "publisher": self.publisher,
@@ -148,7 +171,7 @@ class SignedUpdate:
     @classmethod
     def decode(cls, data: bytes) -> SignedUpdate:
         """Strictly decode; UpdateRejected if the bytes are not a signed update."""
-        if len(data) > MAX_UPDATE_BYTES + 256:
+        if len(data) > MAX_SNAPSHOT_BYTES + 512:
             raise UpdateRejected(f"signed update of {len(data)} bytes is over the bound")
         try:
             obj = decode_canonical(data)
@@ -277,11 +300,31 @@ class Feed:
             except (FrameError, SchemaError) as exc:
                 raise UpdateRejected(f"{where}: {exc}") from None
 
-    def apply(self, update: bytes, claimed: bytes) -> list[str]:
+    def content(self, doc: Doc | None = None) -> dict[str, dict[str, bytes]]:
+        """Every entry of the feed (or of ``doc``), as stored."""
+        doc = self.doc if doc is None else doc
+        return {root: {k: bytes(v) for k, v in doc[root].items()} for root in ROOTS}
+
+    def matches(self, snapshot: bytes, doc: Doc | None = None) -> bool:
+        """Whether a snapshot's entries are exactly those of the feed (or of ``doc``).
+
+        Two updates with the same ids but different content mean the publisher
+        signed two histories; Yrs would keep whichever it saw first, silently.
+        """
+        copy = _new_doc()
+        copy.apply_update(snapshot)
+        return self.content(copy) == self.content(doc)
+
+    def apply(self, update: bytes, claimed: bytes, snapshot: bool = False) -> list[str]:
         """Vet then apply ``update``; return the changed entries ("listings/x", ...)."""
         changes = self._vet(update, claimed)
         try:
             self._check(changes)
+            if snapshot and not self.matches(update, self._shadow):
+                raise UpdateRejected(
+                    "it contradicts updates this feed already has: its publisher signed "
+                    "two different histories"
+                )
         except UpdateRejected:
             self._reset_shadow()
             raise
@@ -315,8 +358,9 @@ class Registry:
         every update now applied (this one, then any waiting ones it released),
         each with the entries it changed. A duplicate returns [].
         """
-        if len(signed.update) > MAX_UPDATE_BYTES:
-            raise UpdateRejected(f"update of {len(signed.update)} bytes is over {MAX_UPDATE_BYTES}")
+        bound = MAX_SNAPSHOT_BYTES if signed.is_snapshot else MAX_UPDATE_BYTES
+        if len(signed.update) > bound:
+            raise UpdateRejected(f"update of {len(signed.update)} bytes is over {bound}")
         if not verify_signature(signed.publisher, SIGN_KIND, signed.body(), signed.sig):
             raise UpdateRejected(f"signature of {signed.address} does not verify")
         try:
@@ -330,7 +374,7 @@ class Registry:
         have = self._state(address)
         if covers(have, after):
             return []  # a duplicate, or older than what we have
-        if have != deps:
+        if have != deps and deps:  # a snapshot (no deps) applies on any earlier state
             if covers(have, deps):
                 raise UpdateRejected("it was written on a state this feed has already moved past")
             self._wait(address, deps, signed)
@@ -345,7 +389,7 @@ class Registry:
     def _apply_now(self, address: str, signed: SignedUpdate) -> list[str]:
         known = address in self.feeds
         try:
-            return self.feed(address).apply(signed.update, signed.state)
+            return self.feed(address).apply(signed.update, signed.state, signed.is_snapshot)
         except UpdateRejected:
             if not known:
                 del self.feeds[address]  # leave no trace of a rejected newcomer
@@ -407,6 +451,18 @@ class FeedWriter:
             raise SchemaError("name", f"no listing {name!r} to deprecate")
         marked = validate_listing({**listing.to_wire(), "deprecated": True})
         return self.put_listing(marked)
+
+    def snapshot(self) -> SignedUpdate:
+        """The whole feed as one signed update with no deps: replicas keep it in place
+        of every update it covers (compaction)."""
+        doc = self._feed.doc
+        body = {
+            "publisher": self._keypair.public_key,
+            "deps": EMPTY_STATE,
+            "state": doc.get_state(),
+            "update": doc.get_update(),
+        }
+        return SignedUpdate(**body, sig=self._keypair.sign(SIGN_KIND, body))
 
     def _write(self, change: Callable[[Doc], None]) -> SignedUpdate:
         doc = self._feed.doc

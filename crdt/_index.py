@@ -16,18 +16,23 @@ newest, a page at a time with an opaque cursor.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import re
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import RegistryError, UpdateRejected
-from ._feed import Feed, Registry, SignedUpdate, covers, decode_state_vector
-from ._schema import MAX_PRICE
+from ._errors import QueryError, UpdateRejected
+from ._feed import MAX_SNAPSHOT_BYTES, Feed, FeedWriter, Registry, SignedUpdate, decode_state_vector
+from ._resolve import Resolution, resolve
+from ._schema import MAX_PRICE, Release
 from ._semver import Version
+
+log = logging.getLogger("mercato.registry")
 
 SCHEMA = """
 CREATE TABLE registry_updates (
@@ -64,13 +69,18 @@ CREATE VIRTUAL TABLE registry_text USING fts5(
     name, title, summary, description, terms, tokenize = 'unicode61'
 );
 """
+# Migration 2 of the registry: each journaled update's writer clock, so that
+# anti-entropy selects what a peer lacks with one indexed range scan.
+JOURNAL_CLOCKS = """
+ALTER TABLE registry_updates ADD COLUMN clock INTEGER NOT NULL DEFAULT -1;
+CREATE INDEX registry_updates_clock ON registry_updates(publisher, clock);
+CREATE TABLE registry_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+MIGRATIONS = (SCHEMA, JOURNAL_CLOCKS)
+COMPACT_AFTER = 64  # journaled updates of one feed before its publisher snapshots it
 SORTS = ("relevance", "price", "newest")
 MAX_LIMIT = 100
 _WORD = re.compile(r"\w+", re.UNICODE)
-
-
-class QueryError(RegistryError):
-    """A search was asked with filters that make no sense; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -109,18 +119,51 @@ class SearchPage:
 # -- journal ---------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK if the block raises), whatever the
+    connection's isolation level; inside a transaction already, just the block.
+
+    (``with conn:`` would not do: on an autocommit connection, which the node
+    uses, it begins nothing, and every statement would commit and sync alone.)
+    """
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def journal_append(conn: sqlite3.Connection, signed: SignedUpdate) -> bool:
     """Remember a verified update; False if it was there already."""
     cur = conn.execute(
-        "INSERT OR IGNORE INTO registry_updates(sig, publisher, body, received) VALUES (?,?,?,?)",
-        (signed.sig, signed.address, signed.encode(), time.time()),
+        "INSERT OR IGNORE INTO registry_updates(sig, publisher, body, received, clock) "
+        "VALUES (?,?,?,?,?)",
+        (signed.sig, signed.address, signed.encode(), time.time(), signed.clock),
     )
     return cur.rowcount == 1
 
 
-def journal_load(conn: sqlite3.Connection) -> Iterable[SignedUpdate]:
-    for (body,) in conn.execute("SELECT body FROM registry_updates ORDER BY received"):
-        yield SignedUpdate.decode(bytes(body))
+def journal_load(conn: sqlite3.Connection) -> list[SignedUpdate]:
+    """Every journaled update, each feed's in its writer's order."""
+    updates = []
+    with transaction(conn):
+        for sig, body, clock in conn.execute(
+            "SELECT sig, body, clock FROM registry_updates"
+        ).fetchall():
+            signed = SignedUpdate.decode(bytes(body))
+            if clock < 0:  # journaled before clocks were recorded
+                conn.execute(
+                    "UPDATE registry_updates SET clock = ? WHERE sig = ?", (signed.clock, sig)
+                )
+            updates.append(signed)
+    updates.sort(key=lambda u: (u.publisher, u.clock))
+    return updates
 
 
 # -- index -----------------------------------------------------------------------
@@ -130,11 +173,29 @@ def _terms(tags: Iterable[str], capabilities: Iterable[str]) -> list[str]:
     return [f"tag:{t}" for t in tags] + [f"cap:{c}" for c in capabilities]
 
 
-def index_listing(conn: sqlite3.Connection, feed: Feed, name: str) -> None:
-    """Project one listing of ``feed`` (after a change) into the index.
+def latest_versions(feed: Feed) -> dict[str, str]:
+    """Each listing's newest released version, read from the release keys alone."""
+    latest: dict[str, Version] = {}
+    for key in feed.doc["releases"]:
+        name, _, text = key.partition("@")
+        version = Version.parse(text)
+        if name not in latest or latest[name] < version:
+            latest[name] = version
+    return {name: str(v) for name, v in latest.items()}
+
+
+def index_listing(
+    conn: sqlite3.Connection,
+    feed: Feed,
+    name: str,
+    latest: str | None,
+    updated: float | None = None,
+) -> None:
+    """Project listing ``name`` of ``feed``, whose newest release is ``latest``, into the index.
 
     Rows are keyed by the listing's integer id, which is also its full-text
     rowid, so replacing one listing costs the same however large the index is.
+    ``updated`` (for sorting by newest) defaults to now.
     """
     publisher = feed.address
     row = conn.execute(
@@ -147,8 +208,6 @@ def index_listing(conn: sqlite3.Connection, feed: Feed, name: str) -> None:
     listing = feed.listing(name)
     if listing is None:
         return
-    versions = [Version.parse(r.version) for r in feed.releases_of(name)]
-    latest = str(max(versions)) if versions else None
     doc = {**listing.to_wire(), "publisher": publisher, "version": latest}
     values = (
         publisher,
@@ -160,7 +219,7 @@ def index_listing(conn: sqlite3.Connection, feed: Feed, name: str) -> None:
         listing.royalty_bps,
         latest,
         int(listing.deprecated),
-        time.time(),
+        time.time() if updated is None else updated,
         json.dumps(doc),
     )
     cur = conn.execute(
@@ -267,6 +326,19 @@ def search(conn: sqlite3.Connection, query: Query) -> SearchPage:
     return SearchPage(results, cursor, round((time.perf_counter() - started) * 1000, 3))
 
 
+def describe(feed: Feed, name: str) -> dict[str, Any] | None:
+    """Listing ``name`` of ``feed`` with its releases, newest first; None if there is none."""
+    listing = feed.listing(name)
+    if listing is None:
+        return None
+    releases = sorted(feed.releases_of(name), key=lambda r: Version.parse(r.version))
+    return {
+        **listing.to_wire(),
+        "publisher": feed.address,
+        "releases": [r.to_wire() for r in reversed(releases)],
+    }
+
+
 # -- the registry replica on disk --------------------------------------------------
 
 
@@ -290,19 +362,46 @@ class RegistryStore:
         self._load()
 
     def _load(self) -> None:
-        # The journal holds applied updates in the order they were applied.
         for signed in journal_load(self.conn):
             try:
                 self.registry.apply(signed)
             except (UpdateRejected, ValueError):
                 continue  # verified when stored; only a newer schema would refuse it
-        with self.conn:
+        with transaction(self.conn):
+            # The index is kept if `close` marked it complete; after a crash it may
+            # miss the last changes, and is rebuilt.
+            clean = self.conn.execute(
+                "DELETE FROM registry_meta WHERE key = 'index_complete' RETURNING value"
+            ).fetchall()
+        if not clean:
+            self.rebuild_index()
+
+    def close(self) -> None:
+        """Bring the index up to date and mark it complete, so the next start keeps it."""
+        self.flush_index()
+        with transaction(self.conn):
+            self.conn.execute(
+                "INSERT OR REPLACE INTO registry_meta(key, value) VALUES ('index_complete', '1')"
+            )
+
+    def rebuild_index(self) -> None:
+        """Project every listing of every feed into the index afresh."""
+        with transaction(self.conn):
+            previous = {
+                (publisher, name): updated
+                for publisher, name, updated in self.conn.execute(
+                    "SELECT publisher, name, updated FROM registry_listings"
+                )
+            }
             self.conn.execute("DELETE FROM registry_listings")
             self.conn.execute("DELETE FROM registry_terms")
             self.conn.execute("DELETE FROM registry_text")
+            now = time.time()
             for feed in self.registry.feeds.values():
+                latest = latest_versions(feed)
                 for name in feed.listing_names():
-                    index_listing(self.conn, feed, name)
+                    when = previous.get((feed.address, name), now)
+                    index_listing(self.conn, feed, name, latest.get(name), when)
 
     def ingest(self, signed: SignedUpdate) -> list[str] | None:
         """Verify, apply and journal one signed update; UpdateRejected if bad.
@@ -325,7 +424,7 @@ class RegistryStore:
         update; a rejected update leaves no trace, the others are kept.
         """
         outcomes: list[list[str] | UpdateRejected | None] = []
-        with self.conn:
+        with transaction(self.conn):
             for signed in updates:
                 try:
                     applied = self.registry.apply(signed)
@@ -340,57 +439,104 @@ class RegistryStore:
                     journal_append(self.conn, update)
                     self._dirty |= {(update.address, _listing_of(c)) for c in entries}
                     changed += entries
+                if signed.is_snapshot:
+                    self._compact(signed)
                 outcomes.append(changed)
         return outcomes
 
+    def _compact(self, snapshot: SignedUpdate) -> bool:
+        """Keep ``snapshot`` in place of the journaled updates it covers, if it matches
+        the feed exactly; return whether it did. Runs inside the caller's transaction."""
+        feed = self.registry.feeds.get(snapshot.address)
+        if feed is None or feed.state() != snapshot.state:
+            return False
+        if not feed.matches(snapshot.update):
+            log.warning("publisher %s signed two different histories", snapshot.address)
+            return False
+        self.conn.execute(
+            "DELETE FROM registry_updates WHERE publisher = ? AND clock <= ? AND sig != ?",
+            (snapshot.address, snapshot.clock, snapshot.sig),
+        )
+        journal_append(self.conn, snapshot)
+        return True
+
+    def journal_size(self, publisher: str) -> int:
+        """How many updates of ``publisher``'s feed are journaled."""
+        (count,) = self.conn.execute(
+            "SELECT COUNT(*) FROM registry_updates WHERE publisher = ?", (publisher,)
+        ).fetchone()
+        return int(count)
+
+    def compact_own(self, writer: FeedWriter) -> SignedUpdate | None:
+        """Snapshot the writer's feed if its journal has grown past COMPACT_AFTER.
+
+        Returns the snapshot (to spread), or None if none was due or the feed is
+        too large for one snapshot.
+        """
+        if self.journal_size(writer.feed.address) <= COMPACT_AFTER:
+            return None
+        snapshot = writer.snapshot()
+        if len(snapshot.update) > MAX_SNAPSHOT_BYTES:
+            return None
+        with transaction(self.conn):
+            self._compact(snapshot)
+        return snapshot
+
     def commit_own(self, signed: SignedUpdate, name: str) -> None:
         """Journal an update this node's `FeedWriter` already applied, and re-index ``name``."""
-        with self.conn:
+        with transaction(self.conn):
             journal_append(self.conn, signed)
         self._dirty.add((signed.address, name))
 
     def show(self, publisher: str, name: str) -> dict[str, Any] | None:
         """One listing with all its releases, or None."""
         feed = self.registry.feeds.get(publisher)
-        listing = feed.listing(name) if feed else None
-        if feed is None or listing is None:
+        return describe(feed, name) if feed is not None else None
+
+    def releases_of(self, ref: str) -> list[Release] | None:
+        """The releases of listing "publisher/name", or None if there is no such listing."""
+        publisher, _, name = ref.partition("/")
+        feed = self.registry.feeds.get(publisher)
+        if feed is None or name not in feed.doc["listings"]:
             return None
-        releases = sorted(feed.releases_of(name), key=lambda r: Version.parse(r.version))
-        return {
-            **listing.to_wire(),
-            "publisher": publisher,
-            "releases": [r.to_wire() for r in reversed(releases)],
-        }
+        return feed.releases_of(name)
+
+    def resolve(self, ref: str, range_text: str = "*") -> Resolution:
+        """See `resolve`: the releases of ``ref`` in range, and what they need."""
+        return resolve(self.releases_of, ref, range_text)
 
     def states(self) -> dict[str, bytes]:
         """Every feed's state vector: what anti-entropy compares."""
         return {address: feed.state() for address, feed in self.registry.feeds.items()}
 
-    def missing_for(self, theirs: dict[str, bytes], max_bytes: int) -> tuple[list[bytes], bool]:
+    def missing_for(
+        self, theirs: dict[str, bytes], max_bytes: int, only: str | None = None
+    ) -> tuple[list[bytes], bool]:
         """Journaled updates a replica at ``theirs`` lacks, up to ``max_bytes``.
 
-        Returns (encoded signed updates, whether more remain). An update is
-        lacking when its signed ``state`` is not covered by the other side's
-        state vector of that feed.
+        Returns (encoded signed updates, whether more remain), each feed's in its
+        writer's order. An update is lacking when its writer clock is past the
+        other side's; a feed's snapshot stands in for the updates it replaced.
+        ``only`` restricts the answer to one publisher's feed.
         """
         out: list[bytes] = []
         size = 0
-        for address, feed in self.registry.feeds.items():
+        feeds = self.registry.feeds
+        for address in [only] if only is not None else list(feeds):
+            feed = feeds.get(address)
             their_state = theirs.get(address, b"")
-            if their_state == feed.state():
+            if feed is None or their_state == feed.state():
                 continue
             try:
-                have = decode_state_vector(their_state)
+                their_clock = decode_state_vector(their_state).get(feed.client_id, 0)
             except ValueError:
-                have = {}
+                their_clock = 0
             rows = self.conn.execute(
-                "SELECT body FROM registry_updates WHERE publisher = ? ORDER BY received",
-                (address,),
+                "SELECT body FROM registry_updates WHERE publisher = ? AND clock > ? "
+                "ORDER BY clock",
+                (address, their_clock),
             )
             for (body,) in rows:
-                signed = SignedUpdate.decode(bytes(body))
-                if covers(have, decode_state_vector(signed.state)):
-                    continue
                 if size + len(body) > max_bytes and out:
                     return out, True
                 out.append(bytes(body))
@@ -402,9 +548,15 @@ class RegistryStore:
         if not self._dirty:
             return 0
         dirty, self._dirty = self._dirty, set()
-        with self.conn:
-            for address, name in dirty:
-                index_listing(self.conn, self.registry.feeds[address], name)
+        by_feed: dict[str, list[str]] = {}
+        for address, name in dirty:
+            by_feed.setdefault(address, []).append(name)
+        with transaction(self.conn):
+            for address, names in by_feed.items():
+                feed = self.registry.feeds[address]
+                latest = latest_versions(feed)
+                for name in names:
+                    index_listing(self.conn, feed, name, latest.get(name))
         return len(dirty)
 
     def search(self, query: Query) -> SearchPage:

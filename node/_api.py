@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 import trio
 
-from crdt import Query, QueryError, RegistryError, SchemaError
+from crdt import DependencyConflict, Query, QueryError, RegistryError, SchemaError
 from p2p import P2PError, b58decode
 
 from ._errors import KeyExists, KeyNotFound, KeyStoreError
@@ -232,6 +232,8 @@ async def _registry_call(call: Awaitable[Any]) -> Any:
         return await call
     except SchemaError as exc:
         raise HttpError(400, "invalid_listing", str(exc)) from None
+    except DependencyConflict as exc:
+        raise HttpError(409, "conflict", str(exc)) from None
     except KeyNotFound as exc:
         raise HttpError(404, "no_such_key", str(exc)) from None
     except (KeyStoreError, RegistryError) as exc:
@@ -290,16 +292,44 @@ def _query(request: Request) -> Query:
     return query
 
 
+async def _remote(call: Awaitable[Any]) -> Any:
+    """Map a remote query's failures: the peer's fault or unreachable is 502."""
+    try:
+        return await call
+    except QueryError as exc:
+        raise HttpError(502, "bad_answer", str(exc)) from None
+    except P2PError as exc:
+        raise HttpError(502, "unreachable", f"the peer did not answer: {exc}") from None
+
+
 async def _search(node: Node, request: Request) -> Response:
-    page = await _registry_call(node.registry.search(_query(request)))
+    query = _query(request)
+    if "peer" in request.query:
+        peer = await _reach(node, request.query["peer"])
+        return Response.json(200, await _remote(node.registry.remote_search(peer, query)))
+    page = await _registry_call(node.registry.search(query))
     return Response.json(200, page)
 
 
 async def _show(node: Node, request: Request) -> Response:
-    found = await node.registry.show(request.params["publisher"], request.params["name"])
+    publisher, name = request.params["publisher"], request.params["name"]
+    if "peer" in request.query:
+        peer = await _reach(node, request.query["peer"])
+        found = await _remote(node.registry.remote_show(peer, publisher, name))
+        where = "on that peer"
+    else:
+        found = await node.registry.show(publisher, name)
+        where = "on this node"
     if found is None:
-        raise HttpError(404, "no_such_listing", "no such listing on this node")
+        raise HttpError(404, "no_such_listing", f"no such listing {where}")
     return Response.json(200, found)
+
+
+async def _resolve(node: Node, request: Request) -> Response:
+    ref, range_text = request.query.get("ref", ""), request.query.get("range", "*")
+    if ref.count("/") != 1 or len(ref) > 200:
+        raise HttpError(400, "bad_query", "ref must be PUBLISHER/NAME")
+    return Response.json(200, await _registry_call(node.registry.resolve(ref, range_text)))
 
 
 async def _metrics(node: Node, request: Request) -> Response:
@@ -469,16 +499,36 @@ ROUTES: tuple[Route, ...] = (
             ("sort", "string", "relevance, price or newest"),
             ("limit", "integer", "1-100"),
             ("cursor", "string", "from the last page"),
+            ("peer", "string", "ask this peer (peer id or multiaddr) instead of this node"),
         ),
-        errors=(400,),
+        errors=(400, 502),
+    ),
+    Route(
+        "GET",
+        "/v1/registry/resolve",
+        "Releases of a listing within a version range, with every dependency resolved.",
+        _resolve,
+        response={
+            "type": "object",
+            "properties": {
+                "candidates": {"type": "array", "items": {"type": "string"}},
+                "plan": {"type": "object"},
+            },
+        },
+        query=(
+            ("ref", "string", "PUBLISHER/NAME"),
+            ("range", "string", "a semver range such as ^1.2.0 (default *)"),
+        ),
+        errors=(400, 409),
     ),
     Route(
         "GET",
         "/v1/registry/listings/{publisher}/{name}",
-        "One listing with its releases.",
+        "One listing with its releases (from a peer: its signed feed, verified here).",
         _show,
         response={"type": "object"},
-        errors=(404,),
+        query=(("peer", "string", "ask this peer (peer id or multiaddr) instead of this node"),),
+        errors=(404, 502),
     ),
     Route(
         "GET",

@@ -165,9 +165,13 @@ class ControlClient:
         params = {k: v for k, v in query.items() if v is not None and v != ""}
         return self.request("GET", f"/v1/registry/search?{urlencode(params)}")
 
-    def show(self, publisher: str, name: str) -> dict[str, Any]:
+    def show(self, publisher: str, name: str, peer: str | None = None) -> dict[str, Any]:
+        path = f"/v1/registry/listings/{quote(publisher, safe='')}/{quote(name, safe='')}"
+        return self.request("GET", path + (f"?{urlencode({'peer': peer})}" if peer else ""))
+
+    def resolve(self, ref: str, range_text: str = "*") -> dict[str, Any]:
         return self.request(
-            "GET", f"/v1/registry/listings/{quote(publisher, safe='')}/{quote(name, safe='')}"
+            "GET", f"/v1/registry/resolve?{urlencode({'ref': ref, 'range': range_text})}"
         )
 
     def metrics(self) -> str:

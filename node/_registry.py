@@ -11,8 +11,13 @@
   the same request from others. Updates arrive as their publishers signed
   them and are verified like any other; a peer that serves invalid ones is
   penalised.
+- Remote queries (``/mercato/query/1.0.0``): the service answers searches and
+  lookups from other peers out of its replica, and asks other peers on the
+  user's behalf (`remote_search`, `remote_show`).
 - Searches and lookups read the local index; every call runs in the store's
   worker thread, never on the event loop.
+- A publisher's node snapshots its feed every ``COMPACT_AFTER`` writes
+  (compaction), so journals stay short everywhere.
 """
 
 from __future__ import annotations
@@ -25,17 +30,24 @@ import trio
 
 from crdt import (
     MAX_SYNC_RESPONSE_BYTES,
+    QUERY,
     SYNC,
     FeedWriter,
     Query,
+    QueryError,
+    QueryRequest,
+    QueryResponse,
     RegistryStore,
     SignedUpdate,
     SyncRequest,
     SyncResponse,
     UpdateRejected,
+    decode_query_result,
+    encode_query_result,
     sync_digest,
     validate_listing,
     validate_release,
+    verified_listing,
 )
 from p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, Verdict
 
@@ -49,6 +61,7 @@ SYNC_INTERVAL_S = 5.0  # a digest exchange of 32 bytes when nothing changed
 SYNC_TICK_S = 1.0
 PENALTY_BAD_SYNC = 25.0
 MAX_SYNC_ROUNDS = 64
+MAX_QUERY_RESPONSE_BYTES = 4 * 1024 * 1024
 
 
 class RegistryService:
@@ -66,7 +79,15 @@ class RegistryService:
         self._replica = await self._store.run(RegistryStore, self._store.db.conn)
         await self._overlay.gossip.subscribe(TOPIC, self._on_message, self._validate)
         self._overlay.requests.serve(SYNC, self._answer_sync)
+        self._overlay.requests.serve(QUERY, self._answer_query)
         task_status.started()
+        try:
+            await self._sync_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._store.run(self.replica.close)
+
+    async def _sync_forever(self) -> None:
         synced: dict[str, float] = {}
         while True:
             now = time.monotonic()
@@ -107,14 +128,21 @@ class RegistryService:
     async def _write(self, account: str, name: str, event: str, write: Any) -> dict[str, Any]:
         keypair: Keypair = await self._store.run(self._control.keys.account, account)
 
-        def apply() -> tuple[SignedUpdate, dict[str, Any]]:
-            signed = write(FeedWriter(keypair, self.replica.registry))
+        def apply() -> tuple[list[SignedUpdate], dict[str, Any]]:
+            writer = FeedWriter(keypair, self.replica.registry)
+            signed = write(writer)
             self.replica.commit_own(signed, name)
             self._control.record(event, {"publisher": keypair.address, "name": name})
-            return signed, self.replica.show(keypair.address, name) or {}
+            snapshot = self.replica.compact_own(writer)
+            spread = [signed] if snapshot is None else [signed, snapshot]
+            return spread, self.replica.show(keypair.address, name) or {}
 
-        signed, shown = await self._store.run(apply)
-        await self._overlay.gossip.publish(TOPIC, signed.encode())
+        spread, shown = await self._store.run(apply)
+        for signed in spread:
+            data = signed.encode()
+            if len(data) <= self._overlay.gossip.max_message_bytes:
+                await self._overlay.gossip.publish(TOPIC, data)
+            # else: a large snapshot; peers receive it by anti-entropy
         return shown
 
     # -- reads -----------------------------------------------------------------
@@ -125,6 +153,51 @@ class RegistryService:
 
     async def show(self, publisher: str, name: str) -> dict[str, Any] | None:
         return await self._store.run(self.replica.show, publisher, name)
+
+    async def resolve(self, ref: str, range_text: str) -> dict[str, Any]:
+        """The releases of ``ref`` in range and a full plan; DependencyConflict if none fits."""
+        resolution = await self._store.run(self.replica.resolve, ref, range_text)
+        return {
+            "ref": resolution.ref,
+            "range": range_text,
+            "candidates": resolution.candidates,
+            "plan": {ref: release.to_wire() for ref, release in sorted(resolution.plan.items())},
+        }
+
+    # -- remote queries --------------------------------------------------------
+
+    async def remote_search(self, peer: str, query: Query) -> dict[str, Any]:
+        """Search ``peer``'s registry. Results are the peer's word, checked against the
+        schema; QueryError if the peer answers with something malformed."""
+        query.check()
+        started = time.perf_counter()
+        answer = await self._overlay.requests.request(peer, QUERY, QueryRequest.search(query))
+        results = [decode_query_result(data) for data in answer.results[: query.limit]]
+        took = round((time.perf_counter() - started) * 1000, 3)
+        return {"results": results, "cursor": answer.cursor, "took_ms": took, "peer": peer}
+
+    async def remote_show(self, peer: str, publisher: str, name: str) -> dict[str, Any] | None:
+        """Fetch ``publisher``'s feed from ``peer``, verify every update, show ``name``."""
+        request = QueryRequest(op="show", publisher=publisher, name=name)
+        answer = await self._overlay.requests.request(peer, QUERY, request)
+        shown = await trio.to_thread.run_sync(verified_listing, answer.updates, publisher, name)
+        return None if shown is None else {**shown, "peer": peer, "verified": True}
+
+    async def _answer_query(self, peer: str, request: QueryRequest) -> QueryResponse:
+        if request.op == "show":
+            if not request.publisher or not request.name:
+                raise Refused("bad_request", "show needs a publisher and a name")
+            updates, more = await self._store.run(
+                self.replica.missing_for, {}, MAX_QUERY_RESPONSE_BYTES, request.publisher
+            )
+            return QueryResponse(updates=updates, more=more)
+        try:
+            query = request.query()
+        except QueryError as exc:
+            raise Refused("bad_request", str(exc)) from None
+        page = await self._store.run(self.replica.search, query)
+        results = [encode_query_result(doc) for doc in page.results]
+        return QueryResponse(results=results, cursor=page.cursor)
 
     # -- anti-entropy ----------------------------------------------------------
 
@@ -185,13 +258,15 @@ class RegistryService:
             return Verdict.ACCEPT  # our own update, applied when written
         try:
             signed = SignedUpdate.decode(message.data)
-            await self._store.run(self.replica.ingest, signed)
+            outcome = await self._store.run(self.replica.ingest, signed)
         except UpdateRejected as exc:
             log.debug(
                 "registry update rejected", extra={"peer": message.forwarder, "why": str(exc)}
             )
             return Verdict.REJECT
-        return Verdict.ACCEPT
+        # One that waits for earlier updates is not relayed: a receiver could not
+        # apply it either. Anti-entropy brings it in order.
+        return Verdict.IGNORE if outcome is None else Verdict.ACCEPT
 
     async def _on_message(self, message: GossipMessage) -> None:
         pass  # applied in the validator, before gossip passes it on

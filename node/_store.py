@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from crdt import SCHEMA as REGISTRY_SCHEMA
+from crdt import MIGRATIONS as REGISTRY_MIGRATIONS
 
 from ._errors import StoreError
 
@@ -52,8 +52,9 @@ MIGRATIONS: tuple[str, ...] = (
         last_seen REAL NOT NULL
     );
     """,
-    # 3: the registry's journal of signed updates and its query index (crdt/).
-    REGISTRY_SCHEMA,
+    # 3: the registry's journal of signed updates and its query index (crdt/);
+    # 4: journal clocks for anti-entropy, and the index's completeness mark.
+    *REGISTRY_MIGRATIONS,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -191,6 +191,11 @@ class Gossip:
         subscription = await self._pubsub.subscribe(topic)
         self._nursery.start_soon(self._drain, topic, subscription, handler)
 
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest message `publish` accepts."""
+        return self._config.max_message_bytes
+
     async def publish(self, topic: str, data: bytes) -> None:
         """Publish ``data``; GossipError if it is larger than max_message_bytes."""
         if len(data) > self._config.max_message_bytes:

@@ -20,6 +20,10 @@ def test_every_command_has_help_with_an_example(path: tuple[str, ...]) -> None:
     result = CliRunner().invoke(main, [*path, "--help"])
     assert result.exit_code == 0
     assert "Example" in result.output, f"`mercato {' '.join(path)} --help` shows no example"
+    lines = result.output.splitlines()
+    example = next(i for i, line in enumerate(lines) if "Example" in line)
+    assert lines[example].strip() == "Example:", "the example was rewrapped into prose"
+    assert "\\b" not in result.output
 
 
 def test_version() -> None:

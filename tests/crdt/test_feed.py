@@ -13,7 +13,7 @@ from crdt import (
     validate_listing,
     validate_release,
 )
-from crdt._feed import MAX_UPDATE_BYTES, SIGN_KIND, writer_client_id
+from crdt._feed import MAX_SNAPSHOT_BYTES, MAX_UPDATE_BYTES, SIGN_KIND, writer_client_id
 from p2p import Keypair, canonical_cbor
 
 
@@ -115,7 +115,8 @@ def test_bad_updates_are_rejected_and_change_nothing() -> None:
         ),
         (_signed_raw(owner, entry("fresh", "plain text"), base), "CBOR"),
         (garbage, "decode"),
-        (SignedUpdate(owner.public_key, b"", b"", bytes(MAX_UPDATE_BYTES + 1), b""), "over"),
+        (SignedUpdate(owner.public_key, good.state, b"", bytes(MAX_UPDATE_BYTES + 1), b""), "over"),
+        (SignedUpdate(owner.public_key, b"", b"", bytes(MAX_SNAPSHOT_BYTES + 1), b""), "over"),
         (
             _signed_raw(
                 owner, entry("fresh", canonical_cbor(listing("fresh").to_wire())), base, client_id=7
@@ -149,7 +150,7 @@ def test_bad_updates_are_rejected_and_change_nothing() -> None:
                     d["listings"].__setitem__("e2", canonical_cbor(listing("e2").to_wire())),
                 ),
             ),
-            "moved past",
+            "two different histories",
         ),
     ]
     for bad, why in cases:
@@ -159,6 +160,39 @@ def test_bad_updates_are_rejected_and_change_nothing() -> None:
     with pytest.raises(UpdateRejected):
         SignedUpdate.decode(b"\xa1\x61x\x01")
     assert set(replica.feeds) == {owner.address}  # a rejected newcomer leaves no feed behind
+
+
+def test_a_write_from_a_device_behind_the_feed_is_refused() -> None:
+    owner = Keypair.generate()
+    author, replica = Registry(), Registry()
+    writer = FeedWriter(owner, author)
+    first = writer.put_listing(listing("a"))
+    for update in (first, writer.put_listing(listing("b"))):
+        replica.apply(update)
+    stale = _signed_raw(  # a second device that saw only the first write
+        owner,
+        lambda d: (
+            d["listings"].__setitem__("c", canonical_cbor(listing("c").to_wire())),
+            d["listings"].__setitem__("d", canonical_cbor(listing("d").to_wire())),
+        ),
+        first.update,
+    )
+    with pytest.raises(UpdateRejected, match="moved past"):
+        replica.apply(stale)
+    assert sorted(replica.feeds[owner.address].listings()) == ["a", "b"]
+
+
+def test_a_snapshot_replaces_nothing_it_contradicts() -> None:
+    owner = Keypair.generate()
+    author, replica = Registry(), Registry()
+    writer = FeedWriter(owner, author)
+    updates = [writer.put_listing(listing(n)) for n in ("a", "b", "c")]
+    snap = writer.snapshot()
+    assert snap.is_snapshot and snap.clock == updates[-1].clock
+    replica.apply(updates[0])
+    assert [u for u, _ in replica.apply(snap)] == [snap]  # applies on an earlier state
+    assert snapshot(replica) == snapshot(author)
+    assert replica.apply(updates[1]) == []  # covered by the snapshot
 
 
 def test_a_signed_state_that_lies_is_refused() -> None:

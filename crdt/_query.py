@@ -1,0 +1,148 @@
+"""``/mercato/query/1.0.0``: ask another peer's registry, so a user can query from anywhere.
+
+Two operations, one request each::
+
+    asker -> QueryRequest(op="search", text, filters, sort, limit, cursor)
+    peer  -> QueryResponse(results=[listing, ...], cursor)
+
+    asker -> QueryRequest(op="show", publisher, name)
+    peer  -> QueryResponse(updates=[signed update, ...], more)
+
+Search results are the peer's word: each is checked against the schema (a
+peer cannot make the asker print garbage) but nothing proves the publisher
+wrote it. ``show`` is proof: the peer sends the publisher's signed updates of
+the whole feed and the asker applies them to a fresh replica, so what it shows
+is exactly what the publisher signed (though a peer may withhold newer updates).
+
+Bounds: at most `MAX_LIMIT` results, each without its description (``show``
+has it), and `MAX_RESPONSE_BYTES` per response.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from p2p import FrameError, Message, RequestProtocol, b58decode, canonical_cbor, decode_canonical
+
+from ._errors import QueryError, SchemaError, UpdateRejected
+from ._feed import Registry, SignedUpdate
+from ._index import MAX_LIMIT, Query, describe
+from ._schema import MAX_PRICE, validate_listing
+from ._semver import Version
+
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+OPS = ("search", "show")
+
+
+@dataclass(frozen=True)
+class QueryRequest(Message):
+    TYPE: ClassVar[str] = "query.request"
+    op: str = field(metadata={"max_len": 16})
+    text: str = field(default="", metadata={"max_len": 512})
+    kind: str | None = field(default=None, metadata={"max_len": 16})
+    capability: str | None = field(default=None, metadata={"max_len": 64})
+    tag: str | None = field(default=None, metadata={"max_len": 64})
+    max_price: int | None = field(default=None, metadata={"min": 0, "max": MAX_PRICE})
+    publisher: str | None = field(default=None, metadata={"max_len": 64})
+    name: str | None = field(default=None, metadata={"max_len": 64})
+    sort: str = field(default="relevance", metadata={"max_len": 16})
+    limit: int = field(default=20, metadata={"min": 1, "max": MAX_LIMIT})
+    cursor: str | None = field(default=None, metadata={"max_len": 512})
+
+    @classmethod
+    def search(cls, query: Query) -> QueryRequest:
+        return cls(
+            op="search",
+            text=query.text,
+            kind=query.kind,
+            capability=query.capability,
+            tag=query.tag,
+            max_price=query.max_price,
+            publisher=query.publisher,
+            sort=query.sort,
+            limit=query.limit,
+            cursor=query.cursor,
+        )
+
+    def query(self) -> Query:
+        """The search this request asks for; QueryError if it makes no sense."""
+        if self.op != "search":
+            raise QueryError(f"op must be one of {', '.join(OPS)}, not {self.op!r}")
+        query = Query(
+            text=self.text,
+            kind=self.kind,
+            capability=self.capability,
+            tag=self.tag,
+            max_price=self.max_price,
+            publisher=self.publisher,
+            sort=self.sort,
+            limit=self.limit,
+            cursor=self.cursor,
+        )
+        query.check()
+        return query
+
+
+@dataclass(frozen=True)
+class QueryResponse(Message):
+    TYPE: ClassVar[str] = "query.response"
+    results: list[bytes] = field(
+        default_factory=list, metadata={"max_len": MAX_LIMIT, "item_max_len": 64 * 1024}
+    )
+    cursor: str | None = field(default=None, metadata={"max_len": 512})
+    updates: list[bytes] = field(
+        default_factory=list, metadata={"max_len": 100_000, "item_max_len": MAX_RESPONSE_BYTES}
+    )
+    more: bool = False
+
+
+QUERY = RequestProtocol(
+    "/mercato/query/1.0.0",
+    QueryRequest,
+    QueryResponse,
+    max_request_bytes=4096,
+    max_response_bytes=MAX_RESPONSE_BYTES + 64 * 1024,
+    timeout_s=8.0,  # inside the control client's 10 s
+)
+
+
+def encode_result(doc: dict[str, Any]) -> bytes:
+    """A search result for the wire: the listing without its description."""
+    return canonical_cbor({k: v for k, v in doc.items() if k != "description"})
+
+
+def decode_result(data: bytes) -> dict[str, Any]:
+    """A search result from a peer, checked; QueryError if it is not one."""
+    try:
+        doc = decode_canonical(data)
+        if not isinstance(doc, dict):
+            raise QueryError("a result is not a map")
+        publisher, version = doc.pop("publisher", None), doc.pop("version", None)
+        if not isinstance(publisher, str) or len(b58decode(publisher)) != 32:
+            raise QueryError("a result has no valid publisher")
+        if version is not None:
+            Version.parse(version)
+        listing = validate_listing(doc)
+    except (FrameError, SchemaError, ValueError) as exc:
+        raise QueryError(f"a peer sent a malformed search result: {exc}") from None
+    return {**listing.to_wire(), "publisher": publisher, "version": version}
+
+
+def verified_listing(updates: list[bytes], publisher: str, name: str) -> dict[str, Any] | None:
+    """Apply a peer's copy of ``publisher``'s feed to a fresh replica; show ``name`` from it.
+
+    Every update is verified as on ingest; those that are not the publisher's
+    or do not verify are skipped. None if the verified feed has no such listing.
+    Blocking (signature checks): run off the event loop.
+    """
+    registry = Registry()
+    for data in updates:
+        try:
+            signed = SignedUpdate.decode(data)
+            if signed.address == publisher:
+                registry.apply(signed)
+        except UpdateRejected:
+            continue
+    feed = registry.feeds.get(publisher)
+    return describe(feed, name) if feed is not None else None
