@@ -153,7 +153,7 @@ class SignedUpdate:
     def clock(self) -> int:
         """How far into the writer's sequence the feed is after this update."""
         try:
-            return max(decode_state_vector(self.state).values(), default=0)
+            return max(self.state_clocks.values(), default=0)
         except ValueError:
             return 0
 
@@ -166,7 +166,21 @@ class SignedUpdate:
         }
 
     def encode(self) -> bytes:
+        return self._encoded
+
+    @functools.cached_property
+    def _encoded(self) -> bytes:
         return canonical_cbor({**self.body(), "sig": self.sig})
+
+    @functools.cached_property
+    def deps_clocks(self) -> dict[int, int]:
+        """``deps`` decoded; ValueError if malformed."""
+        return decode_state_vector(self.deps)
+
+    @functools.cached_property
+    def state_clocks(self) -> dict[int, int]:
+        """``state`` decoded; ValueError if malformed."""
+        return decode_state_vector(self.state)
 
     @classmethod
     def decode(cls, data: bytes) -> SignedUpdate:
@@ -181,7 +195,9 @@ class SignedUpdate:
             raise UpdateRejected("not a signed update: wrong fields")
         if not all(isinstance(v, bytes) for v in obj.values()) or len(obj["publisher"]) != 32:
             raise UpdateRejected("not a signed update: fields of the wrong type")
-        return cls(**obj)
+        signed = cls(**obj)
+        signed.__dict__["_encoded"] = data  # canonical, so exactly what encode() gives
+        return signed
 
 
 def _new_doc(client_id: int | None = None) -> Doc:
@@ -198,6 +214,8 @@ class Feed:
         self.address = address
         self.client_id = writer_client_id(b58decode(address))
         self.doc = _new_doc(self.client_id)
+        self.clocks: dict[int, int] = {}
+        """The feed's state vector, decoded; kept in step with ``doc``."""
         self._changes: list[tuple[str, str, str, Any]] = []
         self._shadow = self._watched(_new_doc())
 
@@ -266,7 +284,7 @@ class Feed:
             problem = "the feed's state after it is not the state it was signed with"
         elif after == before:
             problem = "it changes nothing"
-        elif set(decode_state_vector(after)) - {self.client_id}:
+        elif set(decode_state_vector(after)) != {self.client_id}:
             problem = "it was written by a client other than the feed's writer"
         elif set(self._shadow.keys()) - set(ROOTS):
             problem = f"it writes outside {', '.join(ROOTS)}"
@@ -329,6 +347,7 @@ class Feed:
             self._reset_shadow()
             raise
         self.doc.apply_update(update)
+        self.clocks = decode_state_vector(claimed)  # == the doc's state, checked in _vet
         return sorted({f"{root}/{key}" for root, key, _, _ in changes})
 
 
@@ -364,8 +383,7 @@ class Registry:
         if not verify_signature(signed.publisher, SIGN_KIND, signed.body(), signed.sig):
             raise UpdateRejected(f"signature of {signed.address} does not verify")
         try:
-            deps = decode_state_vector(signed.deps)
-            after = decode_state_vector(signed.state)
+            deps, after = signed.deps_clocks, signed.state_clocks
         except ValueError as exc:
             raise UpdateRejected(f"malformed state vectors: {exc}") from None
         if not covers(after, deps) or after == deps:
@@ -384,7 +402,7 @@ class Registry:
 
     def _state(self, address: str) -> dict[int, int]:
         feed = self.feeds.get(address)
-        return decode_state_vector(feed.state()) if feed else {}
+        return feed.clocks if feed else {}
 
     def _apply_now(self, address: str, signed: SignedUpdate) -> list[str]:
         known = address in self.feeds
@@ -470,10 +488,12 @@ class FeedWriter:
         change(doc)
         update = doc.get_update(before)
         self._feed._reset_shadow()
+        after = doc.get_state()
+        self._feed.clocks = decode_state_vector(after)
         body = {
             "publisher": self._keypair.public_key,
             "deps": before,
-            "state": doc.get_state(),
+            "state": after,
             "update": update,
         }
         return SignedUpdate(**body, sig=self._keypair.sign(SIGN_KIND, body))

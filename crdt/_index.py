@@ -358,7 +358,7 @@ class RegistryStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.registry = Registry()
-        self._dirty: set[tuple[str, str]] = set()
+        self._dirty: dict[tuple[str, str], float] = {}  # listing -> when it changed
         self._load()
 
     def _load(self) -> None:
@@ -437,7 +437,8 @@ class RegistryStore:
                 changed: list[str] = []
                 for update, entries in applied:
                     journal_append(self.conn, update)
-                    self._dirty |= {(update.address, _listing_of(c)) for c in entries}
+                    now = time.time()
+                    self._dirty.update({(update.address, _listing_of(c)): now for c in entries})
                     changed += entries
                 if signed.is_snapshot:
                     self._compact(signed)
@@ -486,7 +487,7 @@ class RegistryStore:
         """Journal an update this node's `FeedWriter` already applied, and re-index ``name``."""
         with transaction(self.conn):
             journal_append(self.conn, signed)
-        self._dirty.add((signed.address, name))
+        self._dirty[(signed.address, name)] = time.time()
 
     def show(self, publisher: str, name: str) -> dict[str, Any] | None:
         """One listing with all its releases, or None."""
@@ -547,16 +548,16 @@ class RegistryStore:
         """Re-index every listing changed since the last flush; return how many."""
         if not self._dirty:
             return 0
-        dirty, self._dirty = self._dirty, set()
-        by_feed: dict[str, list[str]] = {}
-        for address, name in dirty:
-            by_feed.setdefault(address, []).append(name)
+        dirty, self._dirty = self._dirty, {}
+        by_feed: dict[str, list[tuple[str, float]]] = {}
+        for (address, name), when in dirty.items():
+            by_feed.setdefault(address, []).append((name, when))
         with transaction(self.conn):
             for address, names in by_feed.items():
                 feed = self.registry.feeds[address]
                 latest = latest_versions(feed)
-                for name in names:
-                    index_listing(self.conn, feed, name, latest.get(name))
+                for name, when in names:
+                    index_listing(self.conn, feed, name, latest.get(name), when)
         return len(dirty)
 
     def search(self, query: Query) -> SearchPage:

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from p2p import FrameError, Message, RequestProtocol, b58decode, canonical_cbor, decode_canonical
 
-from ._errors import QueryError, SchemaError, UpdateRejected
+from ._errors import QueryError, SchemaError, UpdateRejected, VersionError
 from ._feed import Registry, SignedUpdate
 from ._index import MAX_LIMIT, Query, describe
 from ._schema import MAX_PRICE, validate_listing
@@ -124,7 +124,7 @@ def decode_result(data: bytes) -> dict[str, Any]:
         if version is not None:
             Version.parse(version)
         listing = validate_listing(doc)
-    except (FrameError, SchemaError, ValueError) as exc:
+    except (FrameError, SchemaError, VersionError, ValueError) as exc:
         raise QueryError(f"a peer sent a malformed search result: {exc}") from None
     return {**listing.to_wire(), "publisher": publisher, "version": version}
 

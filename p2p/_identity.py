@@ -7,6 +7,7 @@ files, so an account key can be used by Solana tools as it is.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ _B58_INDEX = {c: i for i, c in enumerate(_B58_ALPHABET)}
 _PEER_ID_PREFIX = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
 
 
+@functools.lru_cache(maxsize=65536)  # the same keys recur: publishers, peers
 def b58encode(data: bytes) -> str:
     """Bitcoin-alphabet base58, as used by Solana addresses and libp2p peer ids."""
     n = int.from_bytes(data, "big")

@@ -50,22 +50,30 @@ def encode_uvarint(n: int) -> bytes:
             return bytes(out)
 
 
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+
+
 def _check_plain(value: Any, depth: int = 0) -> None:
+    # Exact types: cbor2 builds exactly these, and anything else (tags, simple
+    # values, undefined) is refused. Scalars are checked inline to keep calls few.
     if depth > MAX_DEPTH:
         raise FrameError(f"nesting deeper than {MAX_DEPTH}")
-    if value is None or isinstance(value, bool | int | float | str | bytes):
+    kind = type(value)
+    if kind in _SCALARS:
         return
-    if isinstance(value, list):
+    if kind is list:
         for item in value:
-            _check_plain(item, depth + 1)
+            if type(item) not in _SCALARS:
+                _check_plain(item, depth + 1)
         return
-    if isinstance(value, dict):
+    if kind is dict:
         for key, item in value.items():
-            if not isinstance(key, str):
+            if type(key) is not str:
                 raise FrameError("map keys must be text")
-            _check_plain(item, depth + 1)
+            if type(item) not in _SCALARS:
+                _check_plain(item, depth + 1)
         return
-    raise FrameError(f"unsupported CBOR value of type {type(value).__name__}")
+    raise FrameError(f"unsupported CBOR value of type {kind.__name__}")
 
 
 def _refuse_tag(decoder: Any, tag: Any) -> Any:

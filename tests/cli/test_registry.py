@@ -100,3 +100,42 @@ def test_a_node_that_joins_later_catches_up_and_then_hears_gossip(tmp_path, star
     wait_for(
         lambda: "charcount" in search_names(two, "count"), 30, "the new listing by gossip or sync"
     )
+
+
+def test_any_peer_answers_searches_and_shows_verified_listings(tmp_path, start_daemon) -> None:
+    one, two = DataDir(tmp_path / "one"), DataDir(tmp_path / "two")
+    for datadir in (one, two):
+        start_daemon(datadir)
+    manifest = tmp_path / "MANIFEST.toml"
+    manifest.write_text(MANIFEST)
+    publisher = json.loads(cli(one, "publish", str(manifest), "--json").stdout)["publisher"]
+    cid = "b3-" + "e" * 20
+    for version in ("1.0.0", "1.1.0", "2.0.0"):
+        assert (
+            cli(one, "release", "wordcount", version, "--cid", cid, "--size", "5").returncode == 0
+        )
+    address = json.loads(cli(one, "node", "status", "--json").stdout)["p2p"]["listen_addrs"][0]
+
+    remote = cli(two, "search", "word", "--peer", address, "--json")
+    assert remote.returncode == 0, remote.stderr
+    page = json.loads(remote.stdout)
+    assert [r["name"] for r in page["results"]] == ["wordcount"]
+    assert page["results"][0]["version"] == "2.0.0"
+    shown = json.loads(
+        cli(two, "show", f"{publisher}/wordcount", "--peer", address, "--json").stdout
+    )
+    assert shown["verified"] and [r["version"] for r in shown["releases"]] == [
+        "2.0.0",
+        "1.1.0",
+        "1.0.0",
+    ]
+    missing = cli(two, "show", f"{publisher}/nothing", "--peer", address)
+    assert missing.returncode == 1 and "no such listing on that peer" in missing.stderr
+    unreachable = cli(two, "search", "--peer", "/ip4/127.0.0.1/tcp/1/p2p/" + "1" * 46)
+    assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr
+
+    resolved = json.loads(cli(one, "resolve", f"{publisher}/wordcount", "^1.0.0", "--json").stdout)
+    assert resolved["candidates"] == ["1.1.0", "1.0.0"]
+    assert resolved["plan"][f"{publisher}/wordcount"]["version"] == "1.1.0"
+    conflict = cli(one, "resolve", f"{publisher}/wordcount", "^3.0.0")
+    assert conflict.returncode == 1 and "no release of" in conflict.stderr

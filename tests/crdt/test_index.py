@@ -167,3 +167,83 @@ def test_tampered_cursors_are_clear_errors(store: RegistryStore, cursor: str) ->
 def test_an_absurd_price_filter_is_a_clear_error(store: RegistryStore) -> None:
     with pytest.raises(QueryError, match="max price"):
         store.search(Query(max_price=10**30))
+
+
+def test_restart_after_a_clean_close_keeps_the_index_and_its_order(tmp_path: Path) -> None:
+    writer = FeedWriter(Keypair.generate(), Registry())
+    db = Database(tmp_path / "node.db")
+    first = RegistryStore(db.conn)
+    for name in ("older", "newer"):
+        first.ingest(writer.put_listing(listing(name)))
+    before = names(first.search(Query(sort="newest")))
+    first.close()
+    db.close()
+    again = Database(tmp_path / "node.db")
+    store = RegistryStore(again.conn)
+    assert names(store.search(Query(sort="newest"))) == before == ["newer", "older"]
+    # Not closed (a crash): the next start rebuilds the index, keeping the order.
+    store.ingest(writer.put_listing(listing("newest")))
+    again.close()
+    crashed = Database(tmp_path / "node.db")
+    rebuilt = RegistryStore(crashed.conn)
+    assert names(rebuilt.search(Query(sort="newest"))) == ["newest", "newer", "older"]
+    crashed.close()
+
+
+def journal_rows(store: RegistryStore, address: str) -> int:
+    return store.journal_size(address)
+
+
+def test_a_publisher_snapshot_compacts_every_journal(tmp_path: Path) -> None:
+    from crdt._index import COMPACT_AFTER
+
+    owner = Keypair.generate()
+    author_db, replica_db = Database(tmp_path / "a.db"), Database(tmp_path / "r.db")
+    author, replica = RegistryStore(author_db.conn), RegistryStore(replica_db.conn)
+    writer = FeedWriter(owner, author.registry)
+    snapshots = []
+    for i in range(COMPACT_AFTER + 5):
+        update = writer.put_listing(listing(f"agent-{i}"))
+        author.commit_own(update, f"agent-{i}")
+        assert replica.ingest(update)
+        snapshot = author.compact_own(writer)
+        if snapshot is not None:
+            snapshots.append(snapshot)
+            replica.ingest(snapshot)  # as gossip brings it: a duplicate that compacts
+    assert len(snapshots) == 1
+    assert journal_rows(author, owner.address) == journal_rows(replica, owner.address) == 5
+    # A newcomer asking for everything gets the snapshot and what followed it, nothing more.
+    updates, more = replica.missing_for({}, 10**9)
+    assert not more and len(updates) == 5
+    newcomer_db = Database(tmp_path / "n.db")
+    newcomer = RegistryStore(newcomer_db.conn)
+    from crdt import SignedUpdate
+
+    for outcome in newcomer.ingest_batch([SignedUpdate.decode(u) for u in updates]):
+        assert outcome, outcome
+    assert newcomer.registry.feeds[owner.address].content() == writer.feed.content()
+    # And the compacted journal reloads to the same feed.
+    replica_db.close()
+    reopened = Database(tmp_path / "r.db")
+    again = RegistryStore(reopened.conn)
+    assert again.registry.feeds[owner.address].content() == writer.feed.content()
+    for db in (author_db, newcomer_db, reopened):
+        db.close()
+
+
+def test_anti_entropy_sends_only_what_the_other_side_lacks(store: RegistryStore) -> None:
+    owner = Keypair.generate()
+    publish(store, owner, listing("a"), listing("b"), listing("c"))
+    feed = store.registry.feeds[owner.address]
+    other = Registry()
+    updates, _ = store.missing_for({}, 10**9)
+    from crdt import SignedUpdate
+
+    first = SignedUpdate.decode(updates[0])
+    other.apply(first)
+    lacking, more = store.missing_for({owner.address: other.feeds[owner.address].state()}, 10**9)
+    assert not more and lacking == updates[1:]
+    assert store.missing_for({owner.address: feed.state()}, 10**9) == ([], False)
+    # A bound gives one update at least, and says more remain.
+    page, more = store.missing_for({}, 1)
+    assert len(page) == 1 and more
