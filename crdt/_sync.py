@@ -2,10 +2,12 @@
 
 Pull-based; each side runs it against its peers on connect and periodically:
 
-    asker -> SyncRequest(digest, publishers=[], states=[])
+    asker -> SyncRequest(digest)
     peer  -> SyncResponse(equal=True)                 same registry: done
           |  SyncResponse(equal=False, need_states=True)
-    asker -> SyncRequest(digest, publishers, states)   its state vector per feed
+    asker -> SyncRequest(digest, publishers, states, with_states=True)
+                                                       its state vector per feed (none
+                                                       at all for an empty replica)
     peer  -> SyncResponse(updates=[...], more=bool)    signed updates the asker lacks
 
 The digest is a hash over every (publisher, state vector) pair, so two
@@ -22,6 +24,8 @@ from typing import ClassVar
 
 from p2p import Message, RequestProtocol
 
+from ._feed import MAX_SNAPSHOT_BYTES
+
 MAX_FEEDS = 20_000
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
@@ -36,6 +40,7 @@ def digest(states: dict[str, bytes]) -> bytes:
 @dataclass(frozen=True)
 class SyncRequest(Message):
     TYPE: ClassVar[str] = "sync.request"
+    VERSION: ClassVar[int] = 2  # 2: with_states, so that an empty replica can ask
     digest: bytes = field(metadata={"max_len": 32})
     publishers: list[str] = field(
         default_factory=list, metadata={"max_len": MAX_FEEDS, "item_max_len": 64}
@@ -43,6 +48,7 @@ class SyncRequest(Message):
     states: list[bytes] = field(
         default_factory=list, metadata={"max_len": MAX_FEEDS, "item_max_len": 4096}
     )
+    with_states: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,8 @@ class SyncResponse(Message):
     equal: bool = False
     need_states: bool = False
     updates: list[bytes] = field(
-        default_factory=list, metadata={"max_len": 100_000, "item_max_len": 300_000}
+        default_factory=list,
+        metadata={"max_len": 100_000, "item_max_len": MAX_SNAPSHOT_BYTES + 1024},
     )
     more: bool = False
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import trio
@@ -70,6 +71,8 @@ class RegistryService:
         self._control = control
         self._overlay = overlay
         self._replica: RegistryStore | None = None
+        self._synced: dict[str, float] = {}  # peer -> when we last pulled from it
+        self._wakeup = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the journal, rebuild the index, join the topic, then keep peers in sync.
@@ -88,20 +91,39 @@ class RegistryService:
                 await self._store.run(self.replica.close)
 
     async def _sync_forever(self) -> None:
-        synced: dict[str, float] = {}
+        """Pull from each peer every SYNC_INTERVAL_S, and at once from a peer that is due.
+
+        A peer is due when it asked us with a digest that differs from ours (it
+        has something we lack, or lacks something we have). After a pull that
+        brought anything new, we ask every other peer in turn: that tells them
+        our digest changed, so they pull from us, and what one node learns by
+        anti-entropy spreads hop by hop without waiting for timers.
+        """
         while True:
-            now = time.monotonic()
-            for peer in self._overlay.host.connected_peers():
-                if now - synced.get(peer, -SYNC_INTERVAL_S) < SYNC_INTERVAL_S:
+            connected = self._overlay.host.connected_peers()
+            for gone in set(self._synced) - set(connected):
+                del self._synced[gone]
+            for peer in connected:
+                if time.monotonic() - self._synced.get(peer, -SYNC_INTERVAL_S) < SYNC_INTERVAL_S:
                     continue
                 if SYNC.id not in self._overlay.host.protocols_of(peer):
                     continue  # not identified yet, or not a mercato node
-                synced[peer] = now
+                self._synced[peer] = time.monotonic()
                 try:
-                    await self.sync_with(peer)
+                    applied = await self.sync_with(peer)
                 except P2PError as exc:
                     log.debug("registry sync failed", extra={"peer": peer, "error": str(exc)})
-            await trio.sleep(SYNC_TICK_S)
+                    continue
+                if applied:
+                    self._make_due(p for p in connected if p != peer)
+            with trio.move_on_after(SYNC_TICK_S):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+
+    def _make_due(self, peers: Iterable[str]) -> None:
+        for peer in peers:
+            self._synced.pop(peer, None)
+        self._wakeup.set()
 
     @property
     def replica(self) -> RegistryStore:
@@ -214,7 +236,9 @@ class RegistryService:
             if not (answer.need_states or answer.more):
                 break
             states = await self._store.run(self.replica.states)
-            request = SyncRequest(sync_digest(states), list(states), list(states.values()))
+            request = SyncRequest(
+                sync_digest(states), list(states), list(states.values()), with_states=True
+            )
             answer = await self._overlay.requests.request(peer, SYNC, request)
         return applied
 
@@ -241,7 +265,9 @@ class RegistryService:
         states = await self._store.run(self.replica.states)
         if request.digest == sync_digest(states):
             return SyncResponse(equal=True)
-        if not request.publishers:
+        if not request.with_states:
+            self._make_due([peer])  # it may have what we lack: pull from it soon
+        if not request.with_states:
             return SyncResponse(need_states=True)
         if len(request.publishers) != len(request.states):
             raise Refused("bad_request", "publishers and states differ in length")

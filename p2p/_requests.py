@@ -125,6 +125,15 @@ class RequestStatistics:
     malformed: int = 0
     sent: int = 0
     failed: int = 0
+    bytes_out: dict[str, int] = field(default_factory=dict)
+    """Bytes of frames sent (requests made, answers given), by protocol id."""
+    bytes_in: dict[str, int] = field(default_factory=dict)
+    """Bytes of frames received, by protocol id."""
+
+    def count(self, protocol: str, sent: int = 0, received: int = 0) -> None:
+        self.bytes_out[protocol] = self.bytes_out.get(protocol, 0) + sent
+        self.bytes_in[protocol] = self.bytes_in.get(protocol, 0) + received
+
     by_protocol: dict[str, int] = field(default_factory=dict)
 
 
@@ -154,17 +163,19 @@ class Requests:
             prune_buckets(self._buckets)
             bucket = self._buckets.setdefault(peer, TokenBucket(PEER_BURST))
             if not bucket.take(PEER_RATE_PER_S, PEER_BURST):
-                await _answer(stream, protocol, error=("busy", "too many requests; slow down"))
+                await self._reply(stream, protocol, error=("busy", "too many requests; slow down"))
                 await self._host.penalize(peer, PENALTY_FLOOD, f"{protocol.id}: request flood")
                 return
             # Per peer first, so that one peer cannot take every slot from the others.
             if self._active.get(peer, 0) >= MAX_CONCURRENT_PER_PEER:
-                await _answer(stream, protocol, error=("busy", "too many requests at once"))
+                await self._reply(stream, protocol, error=("busy", "too many requests at once"))
                 return
             try:
                 slots.acquire_nowait()
             except trio.WouldBlock:
-                await _answer(stream, protocol, error=("busy", "too many requests; retry later"))
+                await self._reply(
+                    stream, protocol, error=("busy", "too many requests; retry later")
+                )
                 return
             self._active[peer] = self._active.get(peer, 0) + 1
             try:
@@ -185,8 +196,10 @@ class Requests:
         stream: Any,
     ) -> None:
         try:
+            reader = FrameReader(_StreamBytes(stream))
             with trio.fail_after(protocol.timeout_s):
-                raw = await FrameReader(_StreamBytes(stream)).read(protocol.max_request_bytes)
+                raw = await reader.read(protocol.max_request_bytes)
+            self._stats.count(protocol.id, received=reader.bytes_read)
             request = protocol.request.from_wire(raw)
         except FrameTooLarge as exc:
             await self._reject(peer, stream, protocol, PENALTY_OVERSIZED, "too_large", str(exc))
@@ -202,15 +215,15 @@ class Requests:
             response = await handler(peer, request)
         except Refused as exc:
             self._stats.refused += 1
-            await _answer(stream, protocol, error=(exc.code, exc.message))
+            await self._reply(stream, protocol, error=(exc.code, exc.message))
             return
         except Exception:
             log.exception("request handler failed", extra={"protocol": protocol.id, "peer": peer})
-            await _answer(stream, protocol, error=("internal", "the handler failed"))
+            await self._reply(stream, protocol, error=("internal", "the handler failed"))
             return
         self._stats.served += 1
         self._stats.by_protocol[protocol.id] = self._stats.by_protocol.get(protocol.id, 0) + 1
-        await _answer(stream, protocol, response=response)
+        await self._reply(stream, protocol, response=response)
 
     async def _reject(
         self,
@@ -222,8 +235,18 @@ class Requests:
         why: str,
     ) -> None:
         self._stats.malformed += 1
-        await _answer(stream, protocol, error=(code, why))
+        await self._reply(stream, protocol, error=(code, why))
         await self._host.penalize(peer, points, f"{protocol.id}: {why}")
+
+    async def _reply(
+        self,
+        stream: Any,
+        protocol: RequestProtocol[Any, Any],
+        response: Message | None = None,
+        error: tuple[str, str] | None = None,
+    ) -> None:
+        sent = await _answer(stream, protocol, response, error)
+        self._stats.count(protocol.id, sent=sent)
 
     # -- sending ---------------------------------------------------------------
 
@@ -238,9 +261,13 @@ class Requests:
         stream = await self._host.open_stream(peer_id, protocol.id)
         try:
             with trio.fail_after(protocol.timeout_s):
-                await stream.write(encode_frame(request.to_wire(), protocol.max_request_bytes))
+                frame = encode_frame(request.to_wire(), protocol.max_request_bytes)
+                await stream.write(frame)
+                self._stats.count(protocol.id, sent=len(frame))
                 await stream.close()  # half-close: the request is complete
-                raw = await FrameReader(_StreamBytes(stream)).read(protocol.max_response_bytes)
+                reader = FrameReader(_StreamBytes(stream))
+                raw = await reader.read(protocol.max_response_bytes)
+                self._stats.count(protocol.id, received=reader.bytes_read)
         except BaseException as exc:
             self._stats.failed += 1
             with trio.CancelScope(shield=True), suppress(Exception):
@@ -292,8 +319,10 @@ async def _answer(
     protocol: RequestProtocol[Any, Any],
     response: Message | None = None,
     error: tuple[str, str] | None = None,
-) -> None:
-    """Write the one response frame and close; reset the stream if that fails."""
+) -> int:
+    """Write the one response frame and close; reset the stream if that fails.
+
+    Returns the bytes written (0 if it failed)."""
     if response is not None:
         body: dict[str, Any] = {"ok": response.to_wire()}
     else:
@@ -301,8 +330,11 @@ async def _answer(
         body = {"err": {"code": code, "message": message[:_ERROR_TEXT]}}
     try:
         with trio.fail_after(protocol.timeout_s):
-            await stream.write(encode_frame(body, protocol.max_response_bytes))
+            frame = encode_frame(body, protocol.max_response_bytes)
+            await stream.write(frame)
             await stream.close()
     except Exception:
         with suppress(Exception):
             await stream.reset()
+        return 0
+    return len(frame)

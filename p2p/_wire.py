@@ -127,6 +127,8 @@ class FrameReader:
         self._stream = stream
         self._buffer = bytearray()
         self._eof = False
+        self.bytes_read = 0
+        """Bytes of every frame read so far, prefixes included."""
 
     async def _fill(self, need: int) -> bool:
         while len(self._buffer) < need and not self._eof:
@@ -157,6 +159,7 @@ class FrameReader:
     async def read(self, max_bytes: int) -> Any:
         """The next frame's value. The declared length is checked before reading the body."""
         length = await self._read_length()
+        self.bytes_read += len(encode_uvarint(length)) + length
         if length > max_bytes:
             raise FrameTooLarge(f"peer sent a frame of {length} bytes; the bound is {max_bytes}")
         if not await self._fill(length):

@@ -11,6 +11,9 @@ Benchmarks:
             (p50 < 100 ms) and the time of a first connection to a new peer
   registry-ingest   signed registry updates verified, applied, journaled and
             indexed per second on one core (target >= 10,000)
+  registry-converge   20 nodes in two partitions, 10,000 listings on one side;
+            after one link heals it, seconds until all agree (target < 10 s) and
+            anti-entropy bytes over the size of what was missing (target <= 2x)
   search    query latency over 100,000 listings (p50 < 10 ms, p99 < 50 ms)
 
 Every figure comes with the machine it was measured on. No benchmark asserts a
@@ -145,6 +148,12 @@ def bench_registry_ingest() -> dict[str, Any]:
     return run_ingest()
 
 
+def bench_registry_converge() -> dict[str, Any]:
+    from benchmarks.converge import run
+
+    return run()
+
+
 def bench_search() -> dict[str, Any]:
     from benchmarks.registry import run_search
 
@@ -156,6 +165,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "gossip": bench_gossip,
     "dht": bench_dht,
     "registry-ingest": bench_registry_ingest,
+    "registry-converge": bench_registry_converge,
     "search": bench_search,
 }
 

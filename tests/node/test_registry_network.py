@@ -72,3 +72,19 @@ async def test_two_partitions_publish_then_heal_and_converge(tmp_path: Path) -> 
             assert sorted(r["name"] for r in page["results"]) == sorted(
                 [f"left-{i}" for i in range(5)] + [f"right-{i}" for i in range(5)]
             )
+
+
+async def test_an_empty_node_catches_up_by_anti_entropy_alone(tmp_path: Path) -> None:
+    """Published before the others joined, so gossip never carries it: only sync can."""
+    async with running_nodes(tmp_path, 3) as (a, b, c):
+        for i in range(3):
+            await a.registry.publish("default", manifest(f"early-{i}"))
+        await b.overlay.host.connect(a.overlay.host.listen_addrs()[0])
+        await c.overlay.host.connect(b.overlay.host.listen_addrs()[0])  # c reaches a through b
+        with trio.fail_after(30):
+            while True:
+                page = await c.registry.search(Query(limit=10))
+                if len(page["results"]) == 3:
+                    break
+                await trio.sleep(0.1)
+        assert await c.call(c.registry.replica.states) == await a.call(a.registry.replica.states)

@@ -65,6 +65,13 @@ async def test_requests_errors_and_refusals(open_overlays) -> None:
             await b.requests.request(a.peer_id, ECHO, Echo("crash"))
         assert err.value.code == "internal"
         assert a.requests.statistics().served == 1
+        # Every byte one side sent of this protocol, the other received (the
+        # server counts an answer once its stream is closed, just after).
+        sent, got = b.requests.statistics(), a.requests.statistics()
+        assert sent.bytes_out[ECHO.id] == got.bytes_in[ECHO.id] > 0
+        await wait_until(
+            lambda: got.bytes_out.get(ECHO.id) == sent.bytes_in[ECHO.id] > 0, 5, "answers counted"
+        )
 
 
 async def test_garbage_gets_an_error_and_repeated_garbage_a_ban(open_overlays) -> None:
