@@ -11,6 +11,7 @@ May import p2p; must not import node, runtime or settlement.
 """
 
 from ._errors import DependencyConflict as DependencyConflict
+from ._errors import Equivocation as Equivocation
 from ._errors import QueryError as QueryError
 from ._errors import RegistryError as RegistryError
 from ._errors import SchemaError as SchemaError
@@ -20,6 +21,7 @@ from ._feed import Feed as Feed
 from ._feed import FeedWriter as FeedWriter
 from ._feed import Registry as Registry
 from ._feed import SignedUpdate as SignedUpdate
+from ._index import COMPACTED as COMPACTED
 from ._index import MIGRATIONS as MIGRATIONS
 from ._index import Query as Query
 from ._index import RegistryStore as RegistryStore
@@ -45,7 +47,9 @@ from ._sync import SyncResponse as SyncResponse
 from ._sync import digest as sync_digest
 
 __all__ = [
+    "COMPACTED",
     "DependencyConflict",
+    "Equivocation",
     "Feed",
     "FeedWriter",
     "Listing",

@@ -5,7 +5,9 @@ MercatoError                (p2p)
     ├── SchemaError         a listing or release field is wrong; names the field
     ├── VersionError        a version or version range does not parse
     ├── UpdateRejected      a signed update is forged, oversized, malformed or
-    │                       would put invalid content into a feed
+    │   │                   would put invalid content into a feed
+    │   └── Equivocation    its publisher signed two different histories (the
+    │                       relaying peer is not to blame)
     ├── QueryError          a search has filters that make no sense
     └── DependencyConflict  no set of releases satisfies every version range
 """
@@ -34,6 +36,11 @@ class SchemaError(RegistryError):
 
 class UpdateRejected(RegistryError):
     """A signed feed update was refused; nothing was stored or applied."""
+
+
+class Equivocation(UpdateRejected):
+    """A validly signed update contradicts what the feed already holds: its publisher
+    signed two different histories. Refused, but whoever relayed it is not to blame."""
 
 
 class DependencyConflict(RegistryError):

@@ -72,7 +72,7 @@ from p2p import (
     verify_signature,
 )
 
-from ._errors import SchemaError, UpdateRejected
+from ._errors import Equivocation, SchemaError, UpdateRejected
 from ._schema import Listing, Release, validate_listing, validate_release
 
 MAX_UPDATE_BYTES = 256 * 1024
@@ -147,7 +147,10 @@ class SignedUpdate:
     @property
     def is_snapshot(self) -> bool:
         """No deps: the whole feed up to ``state``; it applies on any earlier state."""
-        return self.deps in (b"", EMPTY_STATE)
+        try:
+            return not self.deps_clocks
+        except ValueError:
+            return False
 
     @functools.cached_property
     def clock(self) -> int:
@@ -323,26 +326,29 @@ class Feed:
         doc = self.doc if doc is None else doc
         return {root: {k: bytes(v) for k, v in doc[root].items()} for root in ROOTS}
 
-    def matches(self, snapshot: bytes, doc: Doc | None = None) -> bool:
-        """Whether a snapshot's entries are exactly those of the feed (or of ``doc``).
+    def check_snapshot(self, update: bytes, claimed: bytes, doc: Doc | None = None) -> None:
+        """Vet a snapshot on its own, as a whole feed: every gate, on a fresh document.
 
-        Two updates with the same ids but different content mean the publisher
-        signed two histories; Yrs would keep whichever it saw first, silently.
+        Then its entries must be exactly those of the feed (or of ``doc``): two
+        updates with the same ids but different content mean the publisher signed
+        two histories, and Yrs would keep whichever it saw first, silently.
+        UpdateRejected if it fails a gate, Equivocation if it contradicts the feed.
         """
-        copy = _new_doc()
-        copy.apply_update(snapshot)
-        return self.content(copy) == self.content(doc)
+        probe = Feed(self.address)
+        probe.apply(update, claimed)
+        if probe.content() != self.content(doc):
+            raise Equivocation(
+                "it contradicts updates this feed already has: its publisher signed "
+                "two different histories"
+            )
 
     def apply(self, update: bytes, claimed: bytes, snapshot: bool = False) -> list[str]:
         """Vet then apply ``update``; return the changed entries ("listings/x", ...)."""
         changes = self._vet(update, claimed)
         try:
             self._check(changes)
-            if snapshot and not self.matches(update, self._shadow):
-                raise UpdateRejected(
-                    "it contradicts updates this feed already has: its publisher signed "
-                    "two different histories"
-                )
+            if snapshot and self.clocks:  # on an empty feed, the gates above are all
+                self.check_snapshot(update, claimed, self._shadow)
         except UpdateRejected:
             self._reset_shadow()
             raise

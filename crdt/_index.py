@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import QueryError, UpdateRejected
+from ._errors import Equivocation, QueryError, UpdateRejected
 from ._feed import MAX_SNAPSHOT_BYTES, Feed, FeedWriter, Registry, SignedUpdate, decode_state_vector
 from ._resolve import Resolution, resolve
 from ._schema import MAX_PRICE, Release
@@ -78,6 +78,7 @@ CREATE TABLE registry_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 MIGRATIONS = (SCHEMA, JOURNAL_CLOCKS)
 COMPACT_AFTER = 64  # journaled updates of one feed before its publisher snapshots it
+COMPACTED = "journal/compacted"  # the outcome of a snapshot that changed only the journal
 SORTS = ("relevance", "price", "newest")
 MAX_LIMIT = 100
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -133,10 +134,12 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back already
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def journal_append(conn: sqlite3.Connection, signed: SignedUpdate) -> bool:
@@ -359,30 +362,38 @@ class RegistryStore:
         self.conn = conn
         self.registry = Registry()
         self._dirty: dict[tuple[str, str], float] = {}  # listing -> when it changed
+        self._closed = False
+        self._too_large: dict[str, int] = {}  # feed -> journal size when it was too big
         self._load()
 
-    def _load(self) -> None:
+    def _load(self, trust_index: bool = True) -> None:
+        replayed = True
         for signed in journal_load(self.conn):
             try:
-                self.registry.apply(signed)
+                if self.registry.apply(signed) is None:
+                    replayed = False  # its predecessors are missing from the journal
             except (UpdateRejected, ValueError):
-                continue  # verified when stored; only a newer schema would refuse it
+                replayed = False  # verified when stored; only a newer schema would refuse it
         with transaction(self.conn):
-            # The index is kept if `close` marked it complete; after a crash it may
-            # miss the last changes, and is rebuilt.
+            # The index is kept if `close` marked it complete and the journal replayed
+            # whole; after a crash it may miss the last changes, and is rebuilt.
             clean = self.conn.execute(
                 "DELETE FROM registry_meta WHERE key = 'index_complete' RETURNING value"
             ).fetchall()
-        if not clean:
+        if not (clean and replayed and trust_index):
             self.rebuild_index()
 
     def close(self) -> None:
-        """Bring the index up to date and mark it complete, so the next start keeps it."""
+        """Bring the index up to date and mark it complete, so the next start keeps it.
+
+        A write after this clears the mark again.
+        """
         self.flush_index()
         with transaction(self.conn):
             self.conn.execute(
                 "INSERT OR REPLACE INTO registry_meta(key, value) VALUES ('index_complete', '1')"
             )
+        self._closed = True
 
     def rebuild_index(self) -> None:
         """Project every listing of every feed into the index afresh."""
@@ -406,9 +417,11 @@ class RegistryStore:
     def ingest(self, signed: SignedUpdate) -> list[str] | None:
         """Verify, apply and journal one signed update; UpdateRejected if bad.
 
-        Returns the entries it (and any waiting updates it released) changed, or
-        None if it must wait for earlier updates: then it is not stored, and
-        should not be relayed.
+        Returns the entries it (and any waiting updates it released) changed
+        ("listings/x", "releases/x@1.0.0"); [COMPACTED] for a snapshot of exactly
+        what the replica held, which replaced its journal; [] for a duplicate;
+        None if it must wait for earlier updates. Only a non-empty list is news
+        worth relaying.
         """
         (outcome,) = self.ingest_batch([signed])
         if isinstance(outcome, UpdateRejected):
@@ -421,39 +434,59 @@ class RegistryStore:
         """`ingest` for many updates in one transaction (one disk sync for all).
 
         Each outcome is as `ingest` returns, or the UpdateRejected for that
-        update; a rejected update leaves no trace, the others are kept.
+        update; a rejected update leaves no trace, the others are kept. If the
+        transaction fails (a full disk, say), the replica is reloaded from the
+        journal, so memory never runs ahead of what is stored, and the error is
+        raised.
         """
         outcomes: list[list[str] | UpdateRejected | None] = []
-        with transaction(self.conn):
-            for signed in updates:
-                try:
-                    applied = self.registry.apply(signed)
-                except UpdateRejected as exc:
-                    outcomes.append(exc)
-                    continue
-                if applied is None:
-                    outcomes.append(None)
-                    continue
-                changed: list[str] = []
-                for update, entries in applied:
-                    journal_append(self.conn, update)
-                    now = time.time()
-                    self._dirty.update({(update.address, _listing_of(c)): now for c in entries})
-                    changed += entries
-                if signed.is_snapshot:
-                    self._compact(signed)
-                outcomes.append(changed)
+        try:
+            with transaction(self.conn):
+                self._reopen_index()
+                for signed in updates:
+                    outcomes.append(self._ingest_one(signed))
+        except BaseException:
+            self._reload()
+            raise
         return outcomes
 
-    def _compact(self, snapshot: SignedUpdate) -> bool:
-        """Keep ``snapshot`` in place of the journaled updates it covers, if it matches
-        the feed exactly; return whether it did. Runs inside the caller's transaction."""
+    def _ingest_one(self, signed: SignedUpdate) -> list[str] | UpdateRejected | None:
+        try:
+            applied = self.registry.apply(signed)
+            # A snapshot of exactly what we hold: vet it, then compact.
+            if applied == [] and signed.is_snapshot and self._compact(signed):
+                return [COMPACTED]
+        except UpdateRejected as exc:
+            return exc
+        if applied is None:
+            return None
+        changed: list[str] = []
+        for update, entries in applied:
+            journal_append(self.conn, update)
+            now = time.time()
+            self._dirty.update({(update.address, _listing_of(c)): now for c in entries})
+            changed += entries
+            if update.is_snapshot:
+                self._compact(update, vetted=True)
+        return changed
+
+    def _compact(self, snapshot: SignedUpdate, vetted: bool = False) -> bool:
+        """Keep ``snapshot`` in place of the journaled updates it covers, if it is
+        exactly the feed; return whether it did. Runs inside the caller's transaction.
+
+        Unless ``vetted`` (applied through every gate just now), the snapshot is
+        vetted whole first: UpdateRejected if it fails a gate, Equivocation if it
+        contradicts the feed.
+        """
         feed = self.registry.feeds.get(snapshot.address)
         if feed is None or feed.state() != snapshot.state:
             return False
-        if not feed.matches(snapshot.update):
-            log.warning("publisher %s signed two different histories", snapshot.address)
-            return False
+        if not vetted:
+            try:
+                feed.check_snapshot(snapshot.update, snapshot.state)
+            except Equivocation:
+                log.warning("publisher %s signed two different histories", snapshot.address)
+                raise
         self.conn.execute(
             "DELETE FROM registry_updates WHERE publisher = ? AND clock <= ? AND sig != ?",
             (snapshot.address, snapshot.clock, snapshot.sig),
@@ -472,22 +505,52 @@ class RegistryStore:
         """Snapshot the writer's feed if its journal has grown past COMPACT_AFTER.
 
         Returns the snapshot (to spread), or None if none was due or the feed is
-        too large for one snapshot.
+        too large for one snapshot (then it tries again when the journal has
+        doubled, not at every write).
         """
-        if self.journal_size(writer.feed.address) <= COMPACT_AFTER:
+        address = writer.feed.address
+        size = self.journal_size(address)
+        if size <= max(COMPACT_AFTER, 2 * self._too_large.get(address, 0)):
+            return None
+        if len(writer.feed.update_since()) > MAX_SNAPSHOT_BYTES:
+            self._too_large[address] = size
             return None
         snapshot = writer.snapshot()
-        if len(snapshot.update) > MAX_SNAPSHOT_BYTES:
-            return None
-        with transaction(self.conn):
-            self._compact(snapshot)
+        try:
+            with transaction(self.conn):
+                self._reopen_index()
+                self._compact(snapshot, vetted=True)
+        except BaseException:
+            self._reload()
+            raise
         return snapshot
 
     def commit_own(self, signed: SignedUpdate, name: str) -> None:
-        """Journal an update this node's `FeedWriter` already applied, and re-index ``name``."""
-        with transaction(self.conn):
-            journal_append(self.conn, signed)
+        """Journal an update this node's `FeedWriter` already applied, and re-index ``name``.
+
+        If that fails, the replica is reloaded from the journal (the write is
+        undone in memory too) and the error raised.
+        """
+        try:
+            with transaction(self.conn):
+                self._reopen_index()
+                journal_append(self.conn, signed)
+        except BaseException:
+            self._reload()
+            raise
         self._dirty[(signed.address, name)] = time.time()
+
+    def _reload(self) -> None:
+        """Make memory match the journal again, after a failed write."""
+        self.registry = Registry()
+        self._dirty = {}
+        self._load(trust_index=False)
+
+    def _reopen_index(self) -> None:
+        """A write after `close` means the index is no longer known complete."""
+        if self._closed:
+            self.conn.execute("DELETE FROM registry_meta WHERE key = 'index_complete'")
+            self._closed = False
 
     def show(self, publisher: str, name: str) -> dict[str, Any] | None:
         """One listing with all its releases, or None."""

@@ -26,9 +26,9 @@ from typing import Any, ClassVar
 from p2p import FrameError, Message, RequestProtocol, b58decode, canonical_cbor, decode_canonical
 
 from ._errors import QueryError, SchemaError, UpdateRejected, VersionError
-from ._feed import Registry, SignedUpdate
+from ._feed import MAX_SNAPSHOT_BYTES, Registry, SignedUpdate
 from ._index import MAX_LIMIT, Query, describe
-from ._schema import MAX_PRICE, validate_listing
+from ._schema import _PUBLISHER, MAX_PRICE, validate_listing
 from ._semver import Version
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
@@ -92,7 +92,8 @@ class QueryResponse(Message):
     )
     cursor: str | None = field(default=None, metadata={"max_len": 512})
     updates: list[bytes] = field(
-        default_factory=list, metadata={"max_len": 100_000, "item_max_len": MAX_RESPONSE_BYTES}
+        default_factory=list,
+        metadata={"max_len": 100_000, "item_max_len": MAX_SNAPSHOT_BYTES + 1024},
     )
     more: bool = False
 
@@ -119,7 +120,11 @@ def decode_result(data: bytes) -> dict[str, Any]:
         if not isinstance(doc, dict):
             raise QueryError("a result is not a map")
         publisher, version = doc.pop("publisher", None), doc.pop("version", None)
-        if not isinstance(publisher, str) or len(b58decode(publisher)) != 32:
+        if (
+            not isinstance(publisher, str)
+            or not _PUBLISHER.fullmatch(publisher)
+            or len(b58decode(publisher)) != 32
+        ):
             raise QueryError("a result has no valid publisher")
         if version is not None:
             Version.parse(version)

@@ -7,8 +7,9 @@ each, and backtracking when a newer choice leads to a conflict. When no
 choice works it raises `DependencyConflict` naming the listing and the ranges
 that cannot all hold, and who asked for each.
 
-The search is bounded (`MAX_STEPS` candidates tried) so a hostile or tangled
-graph costs a bounded amount of work; past the bound it is a conflict too.
+The search is bounded (`MAX_WORK` version checks, `MAX_PLAN` listings) so a
+hostile or tangled graph costs a bounded amount of work; past the bound it is a
+conflict that says the search gave up.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from ._errors import DependencyConflict, VersionError
 from ._schema import Release
 from ._semver import Version, VersionRange
 
-MAX_STEPS = 10_000
-MAX_PLAN = 256  # listings in one plan; also bounds the recursion
+MAX_WORK = 200_000  # version checks against ranges, in all
+MAX_PLAN = 200  # listings in one plan; also bounds the recursion (two frames each)
 
 ReleasesOf = Callable[[str], "list[Release] | None"]
 """Given "publisher/name", its releases (None if the listing is unknown here)."""
@@ -50,7 +51,7 @@ def resolve(releases_of: ReleasesOf, ref: str, range_text: str = "*") -> Resolut
     """Resolve ``ref`` within ``range_text``; DependencyConflict if nothing fits.
 
     VersionError if ``range_text`` is not a range. Pure and blocking; the work
-    is bounded by `MAX_STEPS`.
+    is bounded by `MAX_WORK` and `MAX_PLAN`.
     """
     wanted = VersionRange.parse(range_text)
     own = releases_of(ref)
@@ -71,11 +72,16 @@ def resolve(releases_of: ReleasesOf, ref: str, range_text: str = "*") -> Resolut
 
 
 class _Solver:
+    """Depth-first search over one choice per listing. Recursion goes one level per
+    listing chosen (at most MAX_PLAN); every version compared against a range counts
+    against MAX_WORK, so a hostile graph costs bounded time."""
+
     def __init__(self, releases_of: ReleasesOf) -> None:
         self._releases_of = releases_of
         self._cache: dict[str, dict[Version, Release] | None] = {}
-        self.steps = 0
+        self.work = 0
         self.conflict: str | None = None
+        self.gave_up = False
 
     def _releases(self, ref: str) -> dict[Version, Release] | None:
         if ref not in self._cache:
@@ -89,20 +95,32 @@ class _Solver:
         if self.conflict is None:  # the first failure is under the most preferred choices
             self.conflict = why
 
+    def _spend(self, amount: int) -> bool:
+        """Count work; False (and a conflict that says so) once the budget is gone."""
+        self.work += amount
+        if self.work > MAX_WORK and not self.gave_up:
+            self.gave_up = True
+            self.conflict = (
+                f"gave up: the dependencies allow too many combinations to try "
+                f"(more than {MAX_WORK} version checks); narrow the range"
+            )
+        return not self.gave_up
+
     def solve(
         self,
         chosen: dict[str, Release],
         needs: dict[str, list[Requirement]],
         todo: list[str],
     ) -> dict[str, Release] | None:
+        todo = [ref for ref in todo if ref not in chosen]
         if not todo:
             return chosen
         ref, rest = todo[0], todo[1:]
-        if ref in chosen:
-            return self.solve(chosen, needs, rest)
         releases = self._releases(ref)
         if releases is None:
             self._fail(f"{ref} is needed by {needs[ref][0].by} but this node does not know it")
+            return None
+        if not self._spend(len(releases) * len(needs[ref])):
             return None
         fitting = sorted(
             (v for v in releases if all(req.range.matches(v) for req in needs[ref])),
@@ -113,15 +131,11 @@ class _Solver:
             self._fail(f"no release of {ref} satisfies {ranges}")
             return None
         for version in fitting:
-            self.steps += 1
-            if self.steps > MAX_STEPS:
-                self._fail(f"gave up after trying {MAX_STEPS} combinations")
+            if not self._spend(1):
                 return None
             plan = self._try(chosen, needs, rest, ref, releases[version])
-            if plan is not None:
+            if plan is not None or self.gave_up:
                 return plan
-            if self.steps > MAX_STEPS:
-                return None
         return None
 
     def _try(
@@ -144,16 +158,16 @@ class _Solver:
             except VersionError:
                 self._fail(f"{me} has an unreadable range for {dep}: {text!r}")
                 return None
-            if dep in chosen and not requirement.range.matches(Version.parse(chosen[dep].version)):
-                ranges = " and ".join(str(r) for r in [*more_needs[dep], requirement])
-                self._fail(f"no release of {dep} satisfies {ranges}")
+            mine = Version.parse(release.version) if dep == ref else None
+            held = mine or (Version.parse(chosen[dep].version) if dep in chosen else None)
+            if held is not None and not requirement.range.matches(held):
+                if dep == ref:
+                    self._fail(f"{me} requires {ref} {text}, which excludes itself")
+                else:
+                    ranges = " and ".join(str(r) for r in [*more_needs[dep], requirement])
+                    self._fail(f"no release of {dep} satisfies {ranges}")
                 return None
             more_needs.setdefault(dep, []).append(requirement)
-            if dep != ref and dep not in more_todo:
+            if held is None and dep not in more_todo:
                 more_todo.append(dep)
-        if ref in release.dependencies and not more_needs[ref][-1].range.matches(
-            Version.parse(release.version)
-        ):
-            self._fail(f"{me} requires {ref} {release.dependencies[ref]}, which excludes itself")
-            return None
         return self.solve({**chosen, ref: release}, more_needs, more_todo)

@@ -30,9 +30,11 @@ from typing import Any
 import trio
 
 from crdt import (
+    COMPACTED,
     MAX_SYNC_RESPONSE_BYTES,
     QUERY,
     SYNC,
+    Equivocation,
     FeedWriter,
     Query,
     QueryError,
@@ -194,7 +196,9 @@ class RegistryService:
         query.check()
         started = time.perf_counter()
         answer = await self._overlay.requests.request(peer, QUERY, QueryRequest.search(query))
-        results = [decode_query_result(data) for data in answer.results[: query.limit]]
+        results = await trio.to_thread.run_sync(
+            lambda: [decode_query_result(data) for data in answer.results[: query.limit]]
+        )
         took = round((time.perf_counter() - started) * 1000, 3)
         return {"results": results, "cursor": answer.cursor, "took_ms": took, "peer": peer}
 
@@ -251,8 +255,12 @@ class RegistryService:
                 except UpdateRejected:
                     bad += 1
             outcomes = self.replica.ingest_batch(updates)
-            bad += sum(isinstance(o, UpdateRejected) for o in outcomes)
-            return sum(isinstance(o, list) and bool(o) for o in outcomes), bad
+            # An equivocating publisher is not the serving peer's fault.
+            bad += sum(
+                isinstance(o, UpdateRejected) and not isinstance(o, Equivocation) for o in outcomes
+            )
+            news = sum(isinstance(o, list) and bool(o) and o != [COMPACTED] for o in outcomes)
+            return news, bad
 
         applied, bad = await self._store.run(ingest)
         if bad:
@@ -285,14 +293,18 @@ class RegistryService:
         try:
             signed = SignedUpdate.decode(message.data)
             outcome = await self._store.run(self.replica.ingest, signed)
+        except Equivocation as exc:
+            log.warning("registry update refused", extra={"why": str(exc)})
+            return Verdict.IGNORE  # the publisher's doing, not the forwarder's
         except UpdateRejected as exc:
             log.debug(
                 "registry update rejected", extra={"peer": message.forwarder, "why": str(exc)}
             )
             return Verdict.REJECT
-        # One that waits for earlier updates is not relayed: a receiver could not
-        # apply it either. Anti-entropy brings it in order.
-        return Verdict.IGNORE if outcome is None else Verdict.ACCEPT
+        # Relay only news. One that waits for earlier updates could not be applied
+        # by a receiver either (anti-entropy brings it in order); a duplicate is not
+        # vetted again, and peers already have it or will sync it.
+        return Verdict.ACCEPT if outcome else Verdict.IGNORE
 
     async def _on_message(self, message: GossipMessage) -> None:
         pass  # applied in the validator, before gossip passes it on

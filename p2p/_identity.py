@@ -20,6 +20,7 @@ from ._errors import IdentityError
 
 _B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_INDEX = {c: i for i, c in enumerate(_B58_ALPHABET)}
+MAX_B58_LEN = 128  # addresses are 32-44 characters, peer ids about 52
 # protobuf PublicKey{Type: Ed25519, Data: <32 bytes>} wrapped in an identity multihash.
 _PEER_ID_PREFIX = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
 
@@ -37,7 +38,10 @@ def b58encode(data: bytes) -> str:
 
 
 def b58decode(text: str) -> bytes:
-    """Inverse of `b58encode`; raises ValueError on a character outside the alphabet."""
+    """Inverse of `b58encode`; ValueError on a character outside the alphabet, or on
+    text longer than any key or id (decoding is quadratic in the length)."""
+    if len(text) > MAX_B58_LEN:
+        raise ValueError(f"base58 text of {len(text)} characters is longer than any id")
     n = 0
     for ch in text:
         if ch not in _B58_INDEX:

@@ -247,3 +247,97 @@ def test_anti_entropy_sends_only_what_the_other_side_lacks(store: RegistryStore)
     # A bound gives one update at least, and says more remain.
     page, more = store.missing_for({}, 1)
     assert len(page) == 1 and more
+
+
+def _sign(keypair: Keypair, deps: bytes, state: bytes, update: bytes):
+    from crdt import SignedUpdate
+    from crdt._feed import SIGN_KIND
+
+    body = {"publisher": keypair.public_key, "deps": deps, "state": state, "update": update}
+    return SignedUpdate(**body, sig=keypair.sign(SIGN_KIND, body))
+
+
+@pytest.mark.parametrize("kind", ["foreign root", "garbage", "other content"])
+def test_a_bad_snapshot_of_the_current_state_is_refused_and_compacts_nothing(
+    tmp_path: Path, kind: str
+) -> None:
+    from pycrdt import Doc, Map
+
+    from crdt import Equivocation, UpdateRejected
+    from crdt._feed import EMPTY_STATE, writer_client_id
+
+    owner = Keypair.generate()
+    writer = FeedWriter(owner, Registry())
+    db = Database(tmp_path / "node.db")
+    store = RegistryStore(db.conn)
+    for i in range(5):
+        store.ingest(writer.put_listing(listing(f"l{i}")))
+    doc, state = writer.feed.doc, writer.feed.doc.get_state()
+    if kind == "foreign root":
+        evil = Doc(client_id=12345)
+        evil.apply_update(doc.get_update())
+        evil["evil"] = Map()
+        evil["evil"]["x"] = b"1"
+        update = evil.get_update()
+    elif kind == "garbage":
+        update = b"\x01\x02garbage"
+    else:  # the same clocks, other entries: the publisher signed two histories
+        other = Doc(client_id=writer_client_id(owner.public_key))
+        other["listings"], other["releases"] = Map(), Map()
+        for i in range(5):
+            from p2p import canonical_cbor
+
+            other["listings"][f"x{i}"] = canonical_cbor(listing(f"x{i}").to_wire())
+        update = other.get_update()
+    snapshot = _sign(owner, EMPTY_STATE, state, update)
+    expected = Equivocation if kind == "other content" else UpdateRejected
+    with pytest.raises(expected):
+        store.ingest(snapshot)
+    assert store.journal_size(owner.address) == 5
+    store.close()
+    db.close()
+    again = Database(tmp_path / "node.db")
+    reopened = RegistryStore(again.conn)
+    assert sorted(reopened.registry.feeds[owner.address].listing_names()) == [
+        f"l{i}" for i in range(5)
+    ]
+    again.close()
+
+
+def test_a_failed_batch_leaves_memory_as_the_journal_is(tmp_path: Path, monkeypatch) -> None:
+    import crdt._index as index
+
+    owner = Keypair.generate()
+    writer = FeedWriter(owner, Registry())
+    db = Database(tmp_path / "node.db")
+    store = RegistryStore(db.conn)
+    store.ingest(writer.put_listing(listing("a")))
+    late = writer.put_listing(listing("b"))
+    real = index.journal_append
+
+    def failing(conn, signed):
+        real(conn, signed)
+        raise OSError("disk full")  # after the row went in: the rollback must undo it
+
+    monkeypatch.setattr(index, "journal_append", failing)
+    with pytest.raises(OSError):
+        store.ingest(late)
+    monkeypatch.setattr(index, "journal_append", real)
+    assert store.registry.feeds[owner.address].listing_names() == ["a"]
+    assert store.journal_size(owner.address) == 1
+    assert store.ingest(late) == ["listings/b"]  # redelivered, it is news again
+    assert names(store.search(Query())) == ["b", "a"]
+    db.close()
+
+
+def test_a_write_after_close_makes_the_next_start_rebuild_the_index(tmp_path: Path) -> None:
+    writer = FeedWriter(Keypair.generate(), Registry())
+    db = Database(tmp_path / "node.db")
+    store = RegistryStore(db.conn)
+    store.ingest(writer.put_listing(listing("early")))
+    store.close()
+    store.ingest(writer.put_listing(listing("late")))  # gossip still running at shutdown
+    db.close()
+    again = Database(tmp_path / "node.db")
+    assert sorted(names(RegistryStore(again.conn).search(Query()))) == ["early", "late"]
+    again.close()

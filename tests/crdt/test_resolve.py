@@ -96,3 +96,25 @@ def test_a_cycle_resolves_and_a_tangle_is_bounded() -> None:
     tangle = graph({A: many, B: {f"2.{i}.0": {} for i in range(200)}})
     with pytest.raises(DependencyConflict):
         resolve(tangle, A)
+
+
+def test_deep_and_wide_graphs_end_in_an_answer_not_a_crash() -> None:
+    from p2p import Keypair
+
+    refs = [f"{Keypair.generate().address}/l{i}" for i in range(60)]
+    chain = {
+        ref: {
+            "1.0.0": {refs[j]: "*" for j in range(max(0, i - 31), i)}
+            | ({refs[i + 1]: "*"} if i + 1 < 60 else {})
+        }
+        for i, ref in enumerate(refs)
+    }
+    found = resolve(graph(chain), refs[0])
+    assert set(found.plan) == set(refs)
+    # Many releases whose ranges never match: the search gives up, and says so.
+    many = {
+        A: {f"1.{i}.0": {B: "=9.9.9"} for i in range(3000)},
+        B: {f"2.{i}.0": {} for i in range(3000)},
+    }
+    with pytest.raises(DependencyConflict, match="gave up"):
+        resolve(graph(many), A)
