@@ -15,6 +15,12 @@ ACCOUNT_HELP = "Account key that signs (see `mercato keys list`)."
 PEER_HELP = "Ask this peer (multiaddr, or the id of a connected peer) instead of this node."
 
 
+def _peer_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("give a multiaddr or a peer id, not nothing")
+    return value
+
+
 def _parse_value(text: str) -> Any:
     """A --set value as TOML would read it (5, true, ["a", "b"]), else as plain text."""
     try:
@@ -178,7 +184,7 @@ def deprecate(data_dir: Path | None, name: str, account: str) -> None:
 )
 @click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
 @click.option("--cursor", help="Continue from a previous page's cursor.")
-@click.option("--peer", metavar="MULTIADDR", help=PEER_HELP)
+@click.option("--peer", metavar="MULTIADDR", help=PEER_HELP, callback=_peer_option)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def search(
     data_dir: Path | None,
@@ -232,7 +238,7 @@ def search(
 @click.command()
 @data_dir_option
 @click.argument("ref", metavar="PUBLISHER/NAME")
-@click.option("--peer", metavar="MULTIADDR", help=PEER_HELP)
+@click.option("--peer", metavar="MULTIADDR", help=PEER_HELP, callback=_peer_option)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show(data_dir: Path | None, ref: str, peer: str | None, as_json: bool) -> None:
     """Show one listing and its releases.

@@ -4,7 +4,7 @@ Owns signed per-publisher pycrdt feeds (one document per publisher, written only
 through updates its account key signed), the listing and release schema, and
 semantic versions and ranges; the journal and query index on SQLite
 (`RegistryStore`); dependency resolution; and the messages of the registry's
-two protocols, anti-entropy (``/mercato/sync/1.0.0``) and remote queries
+two protocols, anti-entropy (``/mercato/sync/2.0.0``) and remote queries
 (``/mercato/query/1.0.0``).
 
 May import p2p; must not import node, runtime or settlement.
@@ -12,6 +12,7 @@ May import p2p; must not import node, runtime or settlement.
 
 from ._errors import DependencyConflict as DependencyConflict
 from ._errors import Equivocation as Equivocation
+from ._errors import ListingNotFound as ListingNotFound
 from ._errors import QueryError as QueryError
 from ._errors import RegistryError as RegistryError
 from ._errors import SchemaError as SchemaError
@@ -27,6 +28,7 @@ from ._index import Query as Query
 from ._index import RegistryStore as RegistryStore
 from ._index import SearchPage as SearchPage
 from ._query import QUERY as QUERY
+from ._query import FeedCopy as FeedCopy
 from ._query import QueryRequest as QueryRequest
 from ._query import QueryResponse as QueryResponse
 from ._query import decode_result as decode_query_result
@@ -47,9 +49,11 @@ from ._sync import SyncResponse as SyncResponse
 from ._sync import digest as sync_digest
 
 __all__ = [
+    "FeedCopy",
     "COMPACTED",
     "DependencyConflict",
     "Equivocation",
+    "ListingNotFound",
     "Feed",
     "FeedWriter",
     "Listing",

@@ -9,7 +9,8 @@ MercatoError                (p2p)
     │   └── Equivocation    its publisher signed two different histories (the
     │                       relaying peer is not to blame)
     ├── QueryError          a search has filters that make no sense
-    └── DependencyConflict  no set of releases satisfies every version range
+    ├── DependencyConflict  no set of releases satisfies every version range
+    └── ListingNotFound     the listing asked for is not in this node's registry
 """
 
 from __future__ import annotations
@@ -49,3 +50,7 @@ class DependencyConflict(RegistryError):
 
 class QueryError(RegistryError):
     """A search was asked with filters that make no sense; the message says which."""
+
+
+class ListingNotFound(RegistryError):
+    """The listing asked for is not in this node's registry (not yet synced, or none)."""

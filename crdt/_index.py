@@ -319,7 +319,11 @@ def search(conn: sqlite3.Connection, query: Query) -> SearchPage:
     try:
         rows = conn.execute(sql, (*args, query.limit + 1)).fetchall()
     except sqlite3.OperationalError as exc:
-        raise QueryError(f"cannot search for {query.text!r}: {exc}") from None
+        if "interrupted" in str(exc):
+            raise QueryError(
+                "the search took too long; use longer words, fewer words or more filters"
+            ) from None
+        raise QueryError(f"cannot search for {query.text[:80]!r}: {exc}") from None
     page = rows[: query.limit]
     cursor = None
     if len(rows) > query.limit and page:
@@ -623,6 +627,16 @@ class RegistryStore:
                     index_listing(self.conn, feed, name, latest.get(name), when)
         return len(dirty)
 
-    def search(self, query: Query) -> SearchPage:
+    def search(self, query: Query, budget_s: float | None = None) -> SearchPage:
+        """One page of results; QueryError for bad filters, or if the search would
+        take longer than ``budget_s`` (for queries from other peers)."""
         self.flush_index()
-        return search(self.conn, query)
+        if budget_s is None:
+            return search(self.conn, query)
+        deadline = time.monotonic() + budget_s
+        # SQLite calls this every 1,000 steps; non-zero interrupts the statement.
+        self.conn.set_progress_handler(lambda: time.monotonic() > deadline, 1_000)
+        try:
+            return search(self.conn, query)
+        finally:
+            self.conn.set_progress_handler(None, 0)

@@ -5,8 +5,9 @@ Two operations, one request each::
     asker -> QueryRequest(op="search", text, filters, sort, limit, cursor)
     peer  -> QueryResponse(results=[listing, ...], cursor)
 
-    asker -> QueryRequest(op="show", publisher, name)
+    asker -> QueryRequest(op="show", publisher, name, since=b"")
     peer  -> QueryResponse(updates=[signed update, ...], more)
+    asker -> QueryRequest(op="show", ..., since=<its state after those>)   while more
 
 Search results are the peer's word: each is checked against the schema (a
 peer cannot make the asker print garbage) but nothing proves the publisher
@@ -49,6 +50,8 @@ class QueryRequest(Message):
     sort: str = field(default="relevance", metadata={"max_len": 16})
     limit: int = field(default=20, metadata={"min": 1, "max": MAX_LIMIT})
     cursor: str | None = field(default=None, metadata={"max_len": 512})
+    since: bytes = field(default=b"", metadata={"max_len": 4096})
+    """For show: the asker's state vector of the feed, to continue a long feed."""
 
     @classmethod
     def search(cls, query: Query) -> QueryRequest:
@@ -134,20 +137,37 @@ def decode_result(data: bytes) -> dict[str, Any]:
     return {**listing.to_wire(), "publisher": publisher, "version": version}
 
 
-def verified_listing(updates: list[bytes], publisher: str, name: str) -> dict[str, Any] | None:
-    """Apply a peer's copy of ``publisher``'s feed to a fresh replica; show ``name`` from it.
+class FeedCopy:
+    """A peer's copy of one publisher's feed, verified update by update as it arrives."""
 
-    Every update is verified as on ingest; those that are not the publisher's
-    or do not verify are skipped. None if the verified feed has no such listing.
-    Blocking (signature checks): run off the event loop.
-    """
-    registry = Registry()
-    for data in updates:
-        try:
-            signed = SignedUpdate.decode(data)
-            if signed.address == publisher:
-                registry.apply(signed)
-        except UpdateRejected:
-            continue
-    feed = registry.feeds.get(publisher)
-    return describe(feed, name) if feed is not None else None
+    def __init__(self, publisher: str) -> None:
+        self.publisher = publisher
+        self._registry = Registry()
+
+    def add(self, updates: list[bytes]) -> None:
+        """Verify and apply ``updates`` as on ingest; skip those that are not the
+        publisher's or do not verify. Blocking (signatures): run off the event loop."""
+        for data in updates:
+            try:
+                signed = SignedUpdate.decode(data)
+                if signed.address == self.publisher:
+                    self._registry.apply(signed)
+            except UpdateRejected:
+                continue
+
+    def state(self) -> bytes:
+        feed = self._registry.feeds.get(self.publisher)
+        return feed.state() if feed is not None else b""
+
+    def show(self, name: str) -> dict[str, Any] | None:
+        """Listing ``name`` as the verified copy has it, or None."""
+        feed = self._registry.feeds.get(self.publisher)
+        return describe(feed, name) if feed is not None else None
+
+
+def verified_listing(updates: list[bytes], publisher: str, name: str) -> dict[str, Any] | None:
+    """Listing ``name`` from a fresh replica of ``publisher``'s feed built from
+    ``updates``, each verified (see `FeedCopy`). None if there is no such listing."""
+    copy = FeedCopy(publisher)
+    copy.add(updates)
+    return copy.show(name)

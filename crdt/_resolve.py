@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._errors import DependencyConflict, VersionError
+from ._errors import DependencyConflict, ListingNotFound, VersionError
 from ._schema import Release
 from ._semver import Version, VersionRange
 
@@ -48,7 +48,8 @@ class Resolution:
 
 
 def resolve(releases_of: ReleasesOf, ref: str, range_text: str = "*") -> Resolution:
-    """Resolve ``ref`` within ``range_text``; DependencyConflict if nothing fits.
+    """Resolve ``ref`` within ``range_text``; DependencyConflict if nothing fits,
+    ListingNotFound if ``ref`` is unknown.
 
     VersionError if ``range_text`` is not a range. Pure and blocking; the work
     is bounded by `MAX_WORK` and `MAX_PLAN`.
@@ -56,7 +57,7 @@ def resolve(releases_of: ReleasesOf, ref: str, range_text: str = "*") -> Resolut
     wanted = VersionRange.parse(range_text)
     own = releases_of(ref)
     if own is None:
-        raise DependencyConflict(f"{ref} is not a listing this node knows")
+        raise ListingNotFound(f"{ref} is not a listing this node knows")
     candidates = sorted(
         (Version.parse(r.version) for r in own if wanted.matches(Version.parse(r.version))),
         reverse=True,

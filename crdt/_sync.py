@@ -1,4 +1,4 @@
-"""``/mercato/sync/1.0.0``: anti-entropy between two registry replicas.
+"""``/mercato/sync/2.0.0``: anti-entropy between two registry replicas.
 
 Pull-based; each side runs it against its peers on connect and periodically:
 
@@ -40,7 +40,7 @@ def digest(states: dict[str, bytes]) -> bytes:
 @dataclass(frozen=True)
 class SyncRequest(Message):
     TYPE: ClassVar[str] = "sync.request"
-    VERSION: ClassVar[int] = 2  # 2: with_states, so that an empty replica can ask
+    VERSION: ClassVar[int] = 2  # with_states, so that an empty replica can ask (1.0.0 could not)
     digest: bytes = field(metadata={"max_len": 32})
     publishers: list[str] = field(
         default_factory=list, metadata={"max_len": MAX_FEEDS, "item_max_len": 64}
@@ -64,7 +64,7 @@ class SyncResponse(Message):
 
 
 SYNC = RequestProtocol(
-    "/mercato/sync/1.0.0",
+    "/mercato/sync/2.0.0",
     SyncRequest,
     SyncResponse,
     max_request_bytes=2 * 1024 * 1024,

@@ -19,8 +19,15 @@ from urllib.parse import unquote
 
 import trio
 
-from crdt import DependencyConflict, Query, QueryError, RegistryError, SchemaError
-from p2p import P2PError, b58decode
+from crdt import (
+    DependencyConflict,
+    ListingNotFound,
+    Query,
+    QueryError,
+    RegistryError,
+    SchemaError,
+)
+from p2p import BadAddress, P2PError, RemoteError, b58decode
 
 from ._errors import KeyExists, KeyNotFound, KeyStoreError
 from ._http import HttpError, Request, Response
@@ -190,8 +197,13 @@ async def _reach(node: Node, peer: str) -> str:
             return await node.overlay.host.connect(peer)
         if len(b58decode(peer)) < 20:
             raise ValueError(peer)
-    except ValueError:
-        raise HttpError(400, "bad_peer", f"{peer!r} is neither a peer id nor a multiaddr") from None
+    except (ValueError, BadAddress):
+        raise HttpError(
+            400,
+            "bad_peer",
+            f"{peer[:100]!r} is neither a peer id nor a multiaddr "
+            "like /ip4/HOST/tcp/PORT/p2p/PEER_ID",
+        ) from None
     except P2PError as exc:
         raise HttpError(502, "unreachable", str(exc)) from None
     return peer
@@ -232,6 +244,8 @@ async def _registry_call(call: Awaitable[Any]) -> Any:
         return await call
     except SchemaError as exc:
         raise HttpError(400, "invalid_listing", str(exc)) from None
+    except ListingNotFound as exc:
+        raise HttpError(404, "no_such_listing", str(exc)) from None
     except DependencyConflict as exc:
         raise HttpError(409, "conflict", str(exc)) from None
     except KeyNotFound as exc:
@@ -298,6 +312,8 @@ async def _remote(call: Awaitable[Any]) -> Any:
         return await call
     except QueryError as exc:
         raise HttpError(502, "bad_answer", str(exc)) from None
+    except RemoteError as exc:
+        raise HttpError(502, "refused", f"the peer refused ({exc.code}): {exc.message}") from None
     except P2PError as exc:
         raise HttpError(502, "unreachable", f"the peer did not answer: {exc}") from None
 
@@ -396,7 +412,7 @@ ROUTES: tuple[Route, ...] = (
             "properties": {"name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,31}$"}},
             "required": ["name"],
         },
-        errors=(400, 409),
+        errors=(400, 404, 409),
     ),
     Route(
         "GET",
@@ -519,7 +535,7 @@ ROUTES: tuple[Route, ...] = (
             ("ref", "string", "PUBLISHER/NAME"),
             ("range", "string", "a semver range such as ^1.2.0 (default *)"),
         ),
-        errors=(400, 409),
+        errors=(400, 404, 409),
     ),
     Route(
         "GET",

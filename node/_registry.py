@@ -6,7 +6,7 @@
 - Received updates are checked in the topic's validator: a signed update that
   the replica refuses is rejected (and its forwarder penalised by gossip), one
   it accepts is applied and journaled before gossip passes it on.
-- Anti-entropy (``/mercato/sync/1.0.0``): the service pulls what it lacks from
+- Anti-entropy (``/mercato/sync/2.0.0``): the service pulls what it lacks from
   each peer when it connects and every ``SYNC_INTERVAL_S`` after, and answers
   the same request from others. Updates arrive as their publishers signed
   them and are verified like any other; a peer that serves invalid ones is
@@ -35,6 +35,7 @@ from crdt import (
     QUERY,
     SYNC,
     Equivocation,
+    FeedCopy,
     FeedWriter,
     Query,
     QueryError,
@@ -50,9 +51,8 @@ from crdt import (
     sync_digest,
     validate_listing,
     validate_release,
-    verified_listing,
 )
-from p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, Verdict
+from p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, TokenBucket, Verdict
 
 from ._control import LocalControl
 from ._store import Store
@@ -64,7 +64,14 @@ SYNC_INTERVAL_S = 5.0  # a digest exchange of 32 bytes when nothing changed
 SYNC_TICK_S = 1.0
 PENALTY_BAD_SYNC = 25.0
 MAX_SYNC_ROUNDS = 64
+SYNC_DEADLINE_S = 60.0  # for one pull, all its pages
+MIN_PULL_GAP_S = 1.0  # between two pulls from one peer, however often it nudges
 MAX_QUERY_RESPONSE_BYTES = 4 * 1024 * 1024
+MAX_SHOW_PAGES = 8
+MAX_REMOTE_QUERIES = 2  # at once: each holds the store's one thread
+SEARCH_BUDGET_S = 0.25  # database time for one remote search
+QUERY_BYTES_PER_S = 2 * 1024 * 1024  # answers to one peer
+QUERY_BYTES_BURST = 8 * 1024 * 1024
 
 
 class RegistryService:
@@ -75,6 +82,8 @@ class RegistryService:
         self._replica: RegistryStore | None = None
         self._synced: dict[str, float] = {}  # peer -> when we last pulled from it
         self._wakeup = trio.Event()
+        self._query_slots = trio.Semaphore(MAX_REMOTE_QUERIES)
+        self._query_bytes: dict[str, TokenBucket] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the journal, rebuild the index, join the topic, then keep peers in sync.
@@ -123,8 +132,14 @@ class RegistryService:
             self._wakeup = trio.Event()
 
     def _make_due(self, peers: Iterable[str]) -> None:
+        """Pull from ``peers`` at the next turn of the loop, but from each at most
+        once per MIN_PULL_GAP_S however often it asks."""
+        now = time.monotonic()
         for peer in peers:
-            self._synced.pop(peer, None)
+            last = self._synced.get(peer)
+            if last is not None:
+                due_at = max(now, last + MIN_PULL_GAP_S)
+                self._synced[peer] = min(last, due_at - SYNC_INTERVAL_S)
         self._wakeup.set()
 
     @property
@@ -203,47 +218,91 @@ class RegistryService:
         return {"results": results, "cursor": answer.cursor, "took_ms": took, "peer": peer}
 
     async def remote_show(self, peer: str, publisher: str, name: str) -> dict[str, Any] | None:
-        """Fetch ``publisher``'s feed from ``peer``, verify every update, show ``name``."""
-        request = QueryRequest(op="show", publisher=publisher, name=name)
-        answer = await self._overlay.requests.request(peer, QUERY, request)
-        shown = await trio.to_thread.run_sync(verified_listing, answer.updates, publisher, name)
-        return None if shown is None else {**shown, "peer": peer, "verified": True}
+        """Fetch ``publisher``'s feed from ``peer``, verify every update, show ``name``.
+
+        A long feed comes in pages; ``complete`` is False if it was longer than
+        MAX_SHOW_PAGES pages (what is shown is then older than the peer's copy)."""
+        copy = FeedCopy(publisher)
+        more, pages = True, 0
+        while more and pages < MAX_SHOW_PAGES:
+            request = QueryRequest(op="show", publisher=publisher, name=name, since=copy.state())
+            answer = await self._overlay.requests.request(peer, QUERY, request)
+            await trio.to_thread.run_sync(copy.add, answer.updates)
+            more, pages = answer.more and bool(answer.updates), pages + 1
+        shown = await trio.to_thread.run_sync(copy.show, name)
+        if shown is None:
+            return None
+        return {**shown, "peer": peer, "verified": True, "complete": not more}
 
     async def _answer_query(self, peer: str, request: QueryRequest) -> QueryResponse:
+        """Answer a remote search or show, within this peer's share of the node.
+
+        At most MAX_REMOTE_QUERIES run at once, a search may take SEARCH_BUDGET_S
+        of database time, and each peer may take QUERY_BYTES_PER_S of answers
+        (bursts of QUERY_BYTES_BURST): a show answer can be megabytes.
+        """
+        bucket = self._query_bytes.setdefault(peer, TokenBucket(QUERY_BYTES_BURST))
+        if bucket.available(QUERY_BYTES_PER_S, QUERY_BYTES_BURST) <= 0:
+            raise Refused("busy", "you asked for too much of this node's registry; slow down")
+        try:
+            self._query_slots.acquire_nowait()
+        except trio.WouldBlock:
+            raise Refused("busy", "too many remote queries at once; retry later") from None
+        try:
+            response = await self._query(request)
+        finally:
+            self._query_slots.release()
+        bucket.tokens -= sum(map(len, response.updates)) + sum(map(len, response.results))
+        return response
+
+    async def _query(self, request: QueryRequest) -> QueryResponse:
         if request.op == "show":
             if not request.publisher or not request.name:
                 raise Refused("bad_request", "show needs a publisher and a name")
+            theirs = {request.publisher: request.since}
             updates, more = await self._store.run(
-                self.replica.missing_for, {}, MAX_QUERY_RESPONSE_BYTES, request.publisher
+                self.replica.missing_for, theirs, MAX_QUERY_RESPONSE_BYTES, request.publisher
             )
             return QueryResponse(updates=updates, more=more)
         try:
             query = request.query()
+            page = await self._store.run(self.replica.search, query, SEARCH_BUDGET_S)
         except QueryError as exc:
             raise Refused("bad_request", str(exc)) from None
-        page = await self._store.run(self.replica.search, query)
         results = [encode_query_result(doc) for doc in page.results]
         return QueryResponse(results=results, cursor=page.cursor)
 
     # -- anti-entropy ----------------------------------------------------------
 
     async def sync_with(self, peer: str) -> int:
-        """Pull from ``peer`` every update this replica lacks; return how many applied."""
+        """Pull from ``peer`` every update this replica lacks; return how many applied.
+
+        Bounded: MAX_SYNC_ROUNDS pages within SYNC_DEADLINE_S. A peer that asks for
+        our states again after it had them, or says there is more but sends
+        nothing new, breaks the protocol: it is penalised and the pull ends.
+        """
         applied = 0
-        states = await self._store.run(self.replica.states)
-        answer = await self._overlay.requests.request(peer, SYNC, SyncRequest(sync_digest(states)))
-        rounds = 0
-        while not answer.equal and rounds < MAX_SYNC_ROUNDS:
-            rounds += 1
-            if answer.updates:
-                applied += await self._ingest_from(peer, answer.updates)
-            if not (answer.need_states or answer.more):
-                break
+        with trio.move_on_after(SYNC_DEADLINE_S):
             states = await self._store.run(self.replica.states)
-            request = SyncRequest(
-                sync_digest(states), list(states), list(states.values()), with_states=True
-            )
+            request = SyncRequest(sync_digest(states))
             answer = await self._overlay.requests.request(peer, SYNC, request)
+            for _ in range(MAX_SYNC_ROUNDS):
+                if answer.equal:
+                    break
+                news = await self._ingest_from(peer, answer.updates) if answer.updates else 0
+                applied += news
+                if request.with_states and (answer.need_states or (answer.more and not news)):
+                    await self._overlay.host.penalize(
+                        peer, PENALTY_BAD_SYNC, "sync answers that make no progress"
+                    )
+                    break
+                if not (answer.need_states or answer.more):
+                    break
+                states = await self._store.run(self.replica.states)
+                request = SyncRequest(
+                    sync_digest(states), list(states), list(states.values()), with_states=True
+                )
+                answer = await self._overlay.requests.request(peer, SYNC, request)
         return applied
 
     async def _ingest_from(self, peer: str, encoded: list[bytes]) -> int:

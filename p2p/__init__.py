@@ -26,6 +26,7 @@ from ._gossip import GossipConfig as GossipConfig
 from ._gossip import GossipError as GossipError
 from ._gossip import GossipMessage as GossipMessage
 from ._gossip import Verdict as Verdict
+from ._host import BadAddress as BadAddress
 from ._host import DialError as DialError
 from ._host import HostConfig as HostConfig
 from ._host import P2PHost as P2PHost
@@ -48,6 +49,7 @@ from ._requests import RequestFailed as RequestFailed
 from ._requests import RequestProtocol as RequestProtocol
 from ._requests import Requests as Requests
 from ._requests import RequestTimeout as RequestTimeout
+from ._trio_util import TokenBucket as TokenBucket
 from ._wire import FrameError as FrameError
 from ._wire import FrameTooLarge as FrameTooLarge
 from ._wire import decode_body as decode_canonical
@@ -59,6 +61,7 @@ __all__ = [
     "Dht",
     "DhtError",
     "DhtRecord",
+    "BadAddress",
     "DialError",
     "DiscoveryConfig",
     "FrameError",
@@ -90,6 +93,7 @@ __all__ = [
     "b58encode",
     "canonical_cbor",
     "decode_canonical",
+    "TokenBucket",
     "make_record",
     "open_overlay",
     "peer_id_from_public_key",

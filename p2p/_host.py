@@ -60,6 +60,10 @@ class DialError(P2PError):
     """A peer could not be reached or did not complete the handshake."""
 
 
+class BadAddress(DialError):
+    """The address to dial is malformed, or is this node's own."""
+
+
 class PeerBanned(P2PError):
     """The peer is banned for misbehaving."""
 
@@ -200,12 +204,12 @@ class P2PHost:
         try:
             info = info_from_p2p_addr(ma.Multiaddr(multiaddr))
         except Exception as exc:
-            raise DialError(
-                f"invalid peer address {multiaddr!r}: expected /ip4/HOST/tcp/PORT/p2p/PEER_ID"
+            raise BadAddress(
+                f"invalid peer address {multiaddr[:200]!r}: expected /ip4/HOST/tcp/PORT/p2p/PEER_ID"
             ) from exc
         peer = str(info.peer_id)
         if peer == self.peer_id:
-            raise DialError("that address is this node itself")
+            raise BadAddress("that address is this node itself")
         if self.is_banned(peer):
             raise PeerBanned(f"peer {peer} is banned for misbehaving")
         self._host.get_network().unblock_peer(info.peer_id)  # clear the 60 s negative cache

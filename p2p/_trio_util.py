@@ -35,13 +35,17 @@ class TokenBucket:
     stamp: float = field(default_factory=time.monotonic)
 
     def take(self, rate: float, burst: float) -> bool:
-        now = time.monotonic()
-        self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
-        self.stamp = now
-        if self.tokens < 1:
+        if self.available(rate, burst) < 1:
             return False
         self.tokens -= 1
         return True
+
+    def available(self, rate: float, burst: float) -> float:
+        """Refill for the time passed; return the balance (negative while in debt)."""
+        now = time.monotonic()
+        self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
+        self.stamp = now
+        return self.tokens
 
 
 def prune_buckets(buckets: dict, idle_s: float = 60.0, keep: int = 4096) -> None:

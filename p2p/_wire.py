@@ -61,6 +61,8 @@ def _check_plain(value: Any, depth: int = 0) -> None:
     kind = type(value)
     if kind in _SCALARS:
         return
+    if value and depth >= MAX_DEPTH and kind in (list, dict):
+        raise FrameError(f"nesting deeper than {MAX_DEPTH}")  # its items would be
     if kind is list:
         for item in value:
             if type(item) not in _SCALARS:

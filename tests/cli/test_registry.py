@@ -133,9 +133,16 @@ def test_any_peer_answers_searches_and_shows_verified_listings(tmp_path, start_d
     assert missing.returncode == 1 and "no such listing on that peer" in missing.stderr
     unreachable = cli(two, "search", "--peer", "/ip4/127.0.0.1/tcp/1/p2p/" + "1" * 46)
     assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr
+    malformed = cli(two, "search", "--peer", "/ip4/127.0.0.1/tcp/1")
+    assert malformed.returncode == 1 and "neither a peer id nor a multiaddr" in malformed.stderr
+    refused = cli(two, "search", "--peer", address, "--cursor", "bm90IGEgY3Vyc29y")
+    assert refused.returncode == 1 and "the peer refused" in refused.stderr
+    assert cli(two, "search", "--peer", "").returncode == 2
 
     resolved = json.loads(cli(one, "resolve", f"{publisher}/wordcount", "^1.0.0", "--json").stdout)
     assert resolved["candidates"] == ["1.1.0", "1.0.0"]
     assert resolved["plan"][f"{publisher}/wordcount"]["version"] == "1.1.0"
     conflict = cli(one, "resolve", f"{publisher}/wordcount", "^3.0.0")
     assert conflict.returncode == 1 and "no release of" in conflict.stderr
+    unknown = cli(one, "resolve", f"{publisher}/nothing")
+    assert unknown.returncode == 1 and "not a listing this node knows" in unknown.stderr

@@ -341,3 +341,12 @@ def test_a_write_after_close_makes_the_next_start_rebuild_the_index(tmp_path: Pa
     again = Database(tmp_path / "node.db")
     assert sorted(names(RegistryStore(again.conn).search(Query()))) == ["early", "late"]
     again.close()
+
+
+def test_a_search_over_its_time_budget_is_refused_not_slow(store: RegistryStore) -> None:
+    writer = FeedWriter(Keypair.generate(), Registry())
+    store.ingest_batch([writer.put_listing(listing(f"agent-{i}")) for i in range(300)])
+    assert len(store.search(Query(text="agent", limit=100)).results) == 100
+    with pytest.raises(QueryError, match="took too long"):
+        store.search(Query(text="agent", limit=100), budget_s=0.0)
+    assert len(store.search(Query(text="agent", limit=5)).results) == 5  # handler removed

@@ -72,3 +72,23 @@ def test_search_requests_are_checked_like_local_ones() -> None:
     with pytest.raises(QueryError):
         QueryRequest(op="delete").query()
     assert validate_listing(listing("x").to_wire())
+
+
+def test_a_long_feed_comes_whole_in_pages(tmp_path) -> None:
+    from crdt import FeedCopy, RegistryStore
+    from node import Database
+
+    owner = Keypair.generate()
+    writer = FeedWriter(owner, Registry())
+    db = Database(tmp_path / "node.db")
+    store = RegistryStore(db.conn)
+    for i in range(20):
+        store.ingest(writer.put_listing(listing(f"agent-{i}")))
+    copy, pages, more = FeedCopy(owner.address), 0, True
+    while more:
+        updates, more = store.missing_for({owner.address: copy.state()}, 2000, only=owner.address)
+        copy.add(updates)
+        pages += 1
+    assert pages > 3
+    assert copy.show("agent-19") == store.show(owner.address, "agent-19")
+    db.close()

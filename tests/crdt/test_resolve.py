@@ -2,7 +2,7 @@
 
 import pytest
 
-from crdt import DependencyConflict, VersionError, resolve, validate_release
+from crdt import DependencyConflict, ListingNotFound, VersionError, resolve, validate_release
 
 A, B, C = ("A" * 32 + "/a", "B" * 32 + "/b", "C" * 32 + "/c")
 
@@ -70,7 +70,6 @@ def test_an_unsatisfiable_graph_names_the_listing_and_the_ranges() -> None:
 @pytest.mark.parametrize(
     "spec, wanted, why",
     [
-        ({}, "*", "not a listing this node knows"),
         ({A: {"1.0.0": {}}}, "^2.0.0", "no release of"),
         ({A: {"1.0.0": {B: "*"}}}, "*", "does not know it"),
         ({A: {"1.0.0": {A: "^2.0.0"}}}, "*", "excludes itself"),
@@ -79,6 +78,11 @@ def test_an_unsatisfiable_graph_names_the_listing_and_the_ranges() -> None:
 def test_what_cannot_resolve_says_why(spec, wanted, why) -> None:
     with pytest.raises(DependencyConflict, match=why):
         resolve(graph(spec), A, wanted)
+
+
+def test_an_unknown_listing_is_not_found() -> None:
+    with pytest.raises(ListingNotFound):
+        resolve(graph({}), A)
 
 
 def test_a_bad_range_is_a_version_error() -> None:

@@ -99,3 +99,17 @@ async def test_bad_length_prefixes() -> None:
         await FrameReader(Chunked(b"\xff" * 6, 10)).read(1 << 30)
     with pytest.raises(FrameError, match="minimally"):
         await FrameReader(Chunked(b"\x81\x00", 10)).read(1 << 30)
+
+
+def test_nesting_is_bounded_to_the_last_level() -> None:
+    from p2p._wire import MAX_DEPTH
+
+    ok, too_deep = 0, 0
+    for _ in range(MAX_DEPTH):
+        ok = [ok]
+    for _ in range(MAX_DEPTH + 1):
+        too_deep = [too_deep]
+    assert decode_body(encode_frame(ok, 1024)[1:]) == ok
+    with pytest.raises(FrameError, match="nesting"):
+        encode_frame(too_deep, 1024)
+    assert decode_body(encode_frame([[]] * 3, 1024)[1:]) == [[]] * 3
