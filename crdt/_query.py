@@ -21,7 +21,7 @@ has it), and `MAX_RESPONSE_BYTES` per response.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from p2p import FrameError, Message, RequestProtocol, b58decode, canonical_cbor, decode_canonical
@@ -55,36 +55,18 @@ class QueryRequest(Message):
 
     @classmethod
     def search(cls, query: Query) -> QueryRequest:
-        return cls(
-            op="search",
-            text=query.text,
-            kind=query.kind,
-            capability=query.capability,
-            tag=query.tag,
-            max_price=query.max_price,
-            publisher=query.publisher,
-            sort=query.sort,
-            limit=query.limit,
-            cursor=query.cursor,
-        )
+        return cls(op="search", **{name: getattr(query, name) for name in _QUERY_FIELDS})
 
     def query(self) -> Query:
         """The search this request asks for; QueryError if it makes no sense."""
         if self.op != "search":
             raise QueryError(f"op must be one of {', '.join(OPS)}, not {self.op!r}")
-        query = Query(
-            text=self.text,
-            kind=self.kind,
-            capability=self.capability,
-            tag=self.tag,
-            max_price=self.max_price,
-            publisher=self.publisher,
-            sort=self.sort,
-            limit=self.limit,
-            cursor=self.cursor,
-        )
+        query = Query(**{name: getattr(self, name) for name in _QUERY_FIELDS})
         query.check()
         return query
+
+
+_QUERY_FIELDS = tuple(f.name for f in fields(Query))
 
 
 @dataclass(frozen=True)
