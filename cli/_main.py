@@ -8,6 +8,7 @@ from node import __version__
 
 from ._common import MercatoGroup
 from ._events import events
+from ._exec import exec_command
 from ._init import init
 from ._keys import keys
 from ._node import node
@@ -42,5 +43,5 @@ main.add_command(keys)
 main.add_command(events)
 main.add_command(peers)
 main.add_command(ping)
-for command in (publish, release, deprecate, search, show, resolve_command):
+for command in (publish, release, deprecate, search, show, resolve_command, exec_command):
     main.add_command(command)

@@ -8,6 +8,9 @@ May import every other mercato package except cli.
 """
 
 from p2p import MercatoError as MercatoError
+from runtime import Limits as Limits
+from runtime import Outcome as Outcome
+from runtime import RunResult as RunResult
 
 from ._client import ControlClient as ControlClient
 from ._config import Config as Config
@@ -27,6 +30,7 @@ from ._errors import NodeError as NodeError
 from ._errors import StoreError as StoreError
 from ._events import Event as Event
 from ._events import VerifyReport as VerifyReport
+from ._exec import run_build as run_build
 from ._init import InitResult as InitResult
 from ._init import init_data_dir as init_data_dir
 from ._keys import KeyInfo as KeyInfo
@@ -44,6 +48,10 @@ from ._store import open_store as open_store
 from ._version import __version__ as __version__
 
 __all__ = [
+    "Limits",
+    "Outcome",
+    "RunResult",
+    "run_build",
     "FORMAT_VERSION",
     "Config",
     "ConfigError",

@@ -9,6 +9,8 @@ the same route table that dispatches requests, so the two cannot drift.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import logging
 import time
@@ -28,6 +30,7 @@ from crdt import (
     SchemaError,
 )
 from p2p import BadAddress, P2PError, RemoteError, b58decode
+from runtime import InputTooLarge, InvalidModule, Limits, LimitsError
 
 from ._errors import KeyExists, KeyNotFound, KeyStoreError
 from ._http import HttpError, Request, Response
@@ -348,6 +351,49 @@ async def _resolve(node: Node, request: Request) -> Response:
     return Response.json(200, await _registry_call(node.registry.resolve(ref, range_text)))
 
 
+def _base64_field(body: dict[str, Any], name: str) -> bytes:
+    value = body.get(name, "")
+    try:
+        if not isinstance(value, str):
+            raise ValueError(name)
+        return base64.b64decode(value, validate=True)
+    except (ValueError, binascii.Error):
+        raise HttpError(400, "bad_body", f"{name!r} must be base64 text") from None
+
+
+def _run_limits(node: Node, body: dict[str, Any]) -> Limits:
+    caps = node.config.runtime
+    try:
+        limits = Limits.from_wire(body.get("limits", {}))
+    except LimitsError as exc:
+        raise HttpError(400, "bad_limits", str(exc)) from None
+    if limits.memory_mb > caps.max_memory_mb:
+        raise HttpError(
+            400, "bad_limits", f"memory_mb is capped at {caps.max_memory_mb} on this node"
+        )
+    if limits.timeout_s > caps.max_timeout_s:
+        raise HttpError(
+            400, "bad_limits", f"timeout_s is capped at {caps.max_timeout_s:g} on this node"
+        )
+    return limits
+
+
+async def _runtime_run(node: Node, request: Request) -> Response:
+    body = _body_object(request, "wasm")
+    wasm, stdin = _base64_field(body, "wasm"), _base64_field(body, "input")
+    limits = _run_limits(node, body)
+    try:
+        result = await node.runtime.run(wasm, stdin, limits)
+    except InvalidModule as exc:
+        raise HttpError(400, "invalid_module", str(exc)) from None
+    except InputTooLarge as exc:
+        raise HttpError(400, "input_too_large", str(exc)) from None
+    wire = result.to_wire()
+    wire["output"] = base64.b64encode(result.output).decode()
+    wire["stderr"] = base64.b64encode(result.stderr).decode()
+    return Response.json(200, wire)
+
+
 async def _metrics(node: Node, request: Request) -> Response:
     body = await trio.to_thread.run_sync(node.metrics.render)  # reads /proc
     return Response(200, body, "text/plain; version=0.0.4; charset=utf-8")
@@ -545,6 +591,34 @@ ROUTES: tuple[Route, ...] = (
         response={"type": "object"},
         query=(("peer", "string", "ask this peer (peer id or multiaddr) instead of this node"),),
         errors=(404, 502),
+    ),
+    Route(
+        "POST",
+        "/v1/runtime/run",
+        "Run a WebAssembly build once in the sandbox (a worker process) and return the outcome.",
+        _runtime_run,
+        body={
+            "type": "object",
+            "properties": {
+                "wasm": {"type": "string", "description": "the module, base64"},
+                "input": {"type": "string", "description": "stdin, base64"},
+                "limits": {
+                    "type": "object",
+                    "description": "fuel, timeout_s, memory_mb, max_input_bytes, "
+                    "max_output_bytes, table_elements",
+                },
+            },
+            "required": ["wasm"],
+        },
+        response={
+            "type": "object",
+            "properties": {
+                "outcome": {"type": "string"},
+                "output": {"type": "string", "description": "stdout, base64"},
+                "usage": {"type": "object"},
+            },
+        },
+        errors=(400, 413),
     ),
     Route(
         "GET",

@@ -85,6 +85,18 @@ class P2PSection:
 
 
 @dataclass(frozen=True)
+class RuntimeSection:
+    """``[runtime]``: the WebAssembly sandbox that runs agent builds."""
+
+    slots: int = 2
+    """Runs at once, each in its own worker process."""
+    max_memory_mb: int = 512
+    """No run may have more linear memory than this, whatever its listing asks."""
+    max_timeout_s: float = 60.0
+    """No run may last longer than this, whatever its listing asks."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the daemon reads from configuration."""
 
@@ -92,6 +104,7 @@ class Config:
     log: LogSection = field(default_factory=LogSection)
     api: ApiSection = field(default_factory=ApiSection)
     p2p: P2PSection = field(default_factory=P2PSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
 
     def replace(self, section: str, **values: Any) -> Config:
         """A copy with some keys of one section changed (used for CLI flags)."""
@@ -170,6 +183,12 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
         raise fail("api.port", "must be between 0 and 65535")
     if config.api.max_body_bytes < 1024:
         raise fail("api.max_body_bytes", "must be at least 1024")
+    if not 1 <= config.runtime.slots <= 64:
+        raise fail("runtime.slots", "must be between 1 and 64")
+    if not 1 <= config.runtime.max_memory_mb <= 4096:
+        raise fail("runtime.max_memory_mb", "must be between 1 and 4096")
+    if not 0.001 <= config.runtime.max_timeout_s <= 3600:
+        raise fail("runtime.max_timeout_s", "must be between 0.001 and 3600")
     if config.p2p.dht_mode not in DHT_MODES:
         raise fail("p2p.dht_mode", f"must be one of {', '.join(DHT_MODES)}")
     if config.p2p.max_connections < 1 or config.p2p.target_peers < 0:
@@ -285,6 +304,13 @@ max_connections = 128
 target_peers = 16
 # server | client | auto (server when the node listens)
 dht_mode = "auto"
+
+[runtime]
+# Agent runs at once, each in its own worker process.
+slots = 2
+# Caps on any one run, whatever its listing asks.
+max_memory_mb = 512
+max_timeout_s = 60.0
 
 [api]
 # The control API listens on loopback only. Port 0 picks a free port.

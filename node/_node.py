@@ -1,8 +1,8 @@
 """The daemon: one `Node` composes every service under one trio nursery.
 
 Start order (stop order is the reverse): data dir lock, keys, store and event
-log, metrics, control API. Later issues add the p2p host, registry, discovery,
-runtime pool and settlement watcher between the store and the control API.
+log, metrics, p2p overlay, registry, runtime worker pool, control API. Later
+issues add discovery of providers and the settlement watcher.
 
 Stopping: SIGINT/SIGTERM (when ``handle_signals``), ``POST /v1/shutdown`` or
 `Node.request_stop` all end `Node.run` cleanly: services are cancelled (each
@@ -34,6 +34,7 @@ from p2p import (
     OverlayConfig,
     open_overlay,
 )
+from runtime import WorkerPool, open_worker_pool
 
 from ._api import ControlAPI
 from ._config import Config, load_config
@@ -90,6 +91,7 @@ class Node:
         self._store: Store | None = None
         self._overlay: Overlay | None = None
         self._registry: RegistryService | None = None
+        self._runtime: WorkerPool | None = None
         self._node_key: Keypair | None = None
         self._control: LocalControl | None = None
         self._api_url = ""
@@ -118,6 +120,11 @@ class Node:
     def registry(self) -> RegistryService:
         assert self._registry is not None, "node is not running"
         return self._registry
+
+    @property
+    def runtime(self) -> WorkerPool:
+        assert self._runtime is not None, "node is not running"
+        return self._runtime
 
     @property
     def api_url(self) -> str:
@@ -189,7 +196,12 @@ class Node:
                         async with trio.open_nursery() as registry_nursery:
                             await registry_nursery.start(self._registry.run)
                             self.services.append("registry")
-                            await self._serve(server, task_status)
+                            async with open_worker_pool(
+                                self.config.runtime.slots, self.datadir.module_cache_dir
+                            ) as runtime:
+                                self._runtime = runtime
+                                self.services.append("runtime")
+                                await self._serve(server, task_status)
                             registry_nursery.cancel_scope.cancel()
                 finally:
                     self._overlay = None

@@ -82,6 +82,11 @@ class DataDir:
     def blobs_dir(self) -> Path:
         return self.root / "blobs"
 
+    @property
+    def module_cache_dir(self) -> Path:
+        """Compiled WebAssembly modules; safe to delete (they are compiled again)."""
+        return self.root / "cache" / "modules"
+
     def is_initialized(self) -> bool:
         return self.format_file.exists()
 

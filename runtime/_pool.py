@@ -1,0 +1,199 @@
+"""`WorkerPool`: runs modules in worker processes, so nothing a module does can hurt the node.
+
+Each of ``slots`` slots owns at most one worker process (`runtime._worker`),
+started when first needed and kept for the next run. A run takes a free slot
+(waiting for one if all are busy), sends its request and waits for the reply
+on a trio pipe, so the event loop never blocks.
+
+- A worker that dies mid-run (a fault in wasmtime, a kill) gives a `crashed`
+  result, and the next run in that slot starts a new worker.
+- A run that outlives its timeout by GRACE_S (the sandbox's own clock failed
+  to stop it) has its worker killed: a `timeout` result.
+- Cancelling the caller kills the worker at once (the run stops) and the
+  cancellation propagates; the slot is free again.
+
+Input larger than the limit raises InputTooLarge before any worker sees it;
+InvalidModule and LimitsError come back from the worker as themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import trio
+
+from ._errors import InputTooLarge, InvalidModule, LimitsError, SandboxError
+from ._limits import Limits, Outcome, RunResult, Usage
+from ._sandbox import Source, module_key
+
+log = logging.getLogger("mercato.runtime")
+
+GRACE_S = 1.0
+MAX_REPLY_BYTES = 128 * 1024 * 1024
+_ERRORS: dict[str, type[SandboxError]] = {
+    "InvalidModule": InvalidModule,
+    "InputTooLarge": InputTooLarge,
+    "LimitsError": LimitsError,
+}
+
+
+class WorkerDied(Exception):
+    """The worker's pipe closed before it replied."""
+
+
+class _Worker:
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self._buffer = bytearray()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        body = cbor2.dumps(request)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            await self.process.stdin.send_all(len(body).to_bytes(4, "big") + body)
+            size = int.from_bytes(await self._read(4), "big")
+            if size > MAX_REPLY_BYTES:
+                raise WorkerDied(f"a reply of {size} bytes")
+            reply = cbor2.loads(await self._read(size))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, cbor2.CBORDecodeError) as exc:
+            raise WorkerDied(str(exc)) from None
+        if not isinstance(reply, dict):
+            raise WorkerDied("a reply that is not a map")
+        return reply
+
+    async def _read(self, n: int) -> bytes:
+        assert self.process.stdout is not None
+        while len(self._buffer) < n:
+            chunk = await self.process.stdout.receive_some(max(n - len(self._buffer), 65536))
+            if not chunk:
+                raise WorkerDied("the worker exited")
+            self._buffer += chunk
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+
+
+class WorkerPool:
+    """Runs modules in ``slots`` worker processes; see the module docstring."""
+
+    def __init__(self, slots: int = 2, cache_dir: Path | None = None) -> None:
+        if slots < 1:
+            raise LimitsError("the runtime needs at least one slot")
+        self.slots = slots
+        self._cache_dir = cache_dir
+        self._free = trio.Semaphore(slots)
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self.runs = 0
+        self.crashes = 0
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the live workers (for operators and tests)."""
+        return [w.pid for w in self._all if w.process.returncode is None]
+
+    async def _spawn(self) -> _Worker:
+        command = [sys.executable, "-m", "runtime._worker", str(self._cache_dir or "")]
+        process = await trio.lowlevel.open_process(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        worker = _Worker(process)
+        self._all.add(worker)
+        return worker
+
+    async def run(
+        self,
+        wasm: Source | Path,
+        stdin: bytes,
+        limits: Limits,
+        *,
+        key: str | None = None,
+        name: str = "agent",
+    ) -> RunResult:
+        """Run a module (bytes, or a path to its file) in a worker. See the module docstring."""
+        limits.check()
+        if len(stdin) > limits.max_input_bytes:
+            raise InputTooLarge(
+                f"the input is {len(stdin)} bytes; this run takes at most {limits.max_input_bytes}"
+            )
+        request: dict[str, Any] = {"stdin": stdin, "limits": limits.to_wire(), "name": name}
+        if isinstance(wasm, Path):
+            request["path"] = str(wasm)
+            request["key"] = key or module_key(await trio.to_thread.run_sync(wasm.read_bytes))
+        else:
+            data = wasm() if callable(wasm) else wasm
+            request["wasm"] = data
+            request["key"] = key or module_key(data)
+        async with self._free:
+            worker = self._idle.pop() if self._idle else await self._spawn()
+            return await self._run_on(worker, request, limits)
+
+    async def _run_on(self, worker: _Worker, request: dict[str, Any], limits: Limits) -> RunResult:
+        started = time.perf_counter()
+        healthy = False
+        try:
+            with trio.move_on_after(limits.timeout_s + GRACE_S):
+                reply = await worker.call(request)
+                healthy = True
+            wall_ms = round((time.perf_counter() - started) * 1000, 3)
+            if not healthy:
+                log.warning("killing a worker that ran past its run's timeout")
+                return RunResult(
+                    Outcome.TIMEOUT,
+                    usage=Usage(fuel=None, wall_ms=wall_ms),
+                    detail=f"ran past {limits.timeout_s:g} s (stopped by killing its worker)",
+                )
+        except WorkerDied as exc:
+            self.crashes += 1
+            log.error("a runtime worker died", extra={"why": str(exc)})
+            return RunResult(
+                Outcome.CRASHED,
+                usage=Usage(fuel=None, wall_ms=round((time.perf_counter() - started) * 1000, 3)),
+                detail="the worker running it died; the next run gets a new one",
+            )
+        finally:
+            if healthy:
+                self._idle.append(worker)
+            else:
+                worker.kill()
+                self._all.discard(worker)
+        self.runs += 1
+        if "error" in reply:
+            raise _ERRORS.get(str(reply["error"]), SandboxError)(str(reply.get("message", "")))
+        return RunResult.from_wire(reply["result"])
+
+    async def aclose(self) -> None:
+        """Stop every worker (they also exit on their own when the daemon goes away)."""
+        for worker in list(self._all):
+            worker.kill()
+            with trio.CancelScope(shield=True):
+                await worker.process.wait()
+        self._all.clear()
+        self._idle.clear()
+
+
+@asynccontextmanager
+async def open_worker_pool(
+    slots: int = 2, cache_dir: Path | None = None
+) -> AsyncIterator[WorkerPool]:
+    """A `WorkerPool` whose workers are all stopped when the block exits."""
+    pool = WorkerPool(slots, cache_dir)
+    try:
+        yield pool
+    finally:
+        await pool.aclose()

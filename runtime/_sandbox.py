@@ -1,0 +1,301 @@
+"""The sandbox: compile and run one WebAssembly module under hard limits, in this process.
+
+Blocking. The node never calls it on its event loop, nor in its own process:
+`WorkerPool` runs it in worker processes. `mercato exec` and the benchmarks
+use it directly too.
+
+A run gets WASI preview 1 with stdin = the task input and stdout = the result,
+both in memory (stdin through a private temporary file, as wasmtime-py wants a
+path), argv = the build's name, and nothing else: no preopened directory, no
+inherited environment, no network. Limits:
+
+- fuel (wasmtime fuel metering: about one unit per instruction);
+- wall-clock time (epoch interruption: a thread ticks the engine's epoch every
+  TICK_S, and the store's deadline is the timeout in ticks);
+- linear memory and table elements (store limits: ``memory.grow`` fails past
+  the limit), one instance, one memory;
+- input size (checked before the run) and output size (writes past the limit
+  fail with EFBIG and the run ends as output_too_large).
+
+Every run ends in a `RunResult`; only a module that cannot run at all raises
+(`InvalidModule`, `InputTooLarge`).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import importlib.metadata
+import math
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+from wasmtime import (
+    Config,
+    Engine,
+    ExitTrap,
+    FuncType,
+    InstancePre,
+    Linker,
+    Memory,
+    Module,
+    Store,
+    Trap,
+    TrapCode,
+    WasiConfig,
+    WasmtimeError,
+)
+
+from ._cache import ModuleCache
+from ._errors import InputTooLarge, InvalidModule
+from ._limits import MIB, Limits, Outcome, RunResult, Usage
+
+WASI = "wasi_snapshot_preview1"
+TICK_S = 0.005
+MAX_STDERR = 16 * 1024
+MAX_WASM_STACK = 512 * 1024
+MEMORIES_CACHED = 32
+ENGINE_FLAGS = f"fuel,epoch,stack={MAX_WASM_STACK},opt=speed"
+ENGINE_KEY = (
+    f"wasmtime-{importlib.metadata.version('wasmtime')}-"
+    + hashlib.sha256(ENGINE_FLAGS.encode()).hexdigest()[:12]
+)
+
+
+Source = bytes | Callable[[], bytes]
+"""A module's bytes, or a function that reads them (called only on a cache miss)."""
+
+
+def module_key(wasm: bytes) -> str:
+    """The cache key of a module given as bytes: its SHA-256."""
+    return "sha256-" + hashlib.sha256(wasm).hexdigest()
+
+
+class _Output:
+    """A WASI output stream kept in memory, refusing writes past ``limit`` with EFBIG
+    (and calling ``on_overflow`` the first time)."""
+
+    def __init__(self, limit: int, on_overflow: Callable[[], None] | None = None) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.limit = limit
+        self.overflowed = False
+        self._on_overflow = on_overflow
+
+    def write(self, data: bytes) -> int:
+        if self.size + len(data) > self.limit:
+            if not self.overflowed and self._on_overflow is not None:
+                self._on_overflow()
+            self.overflowed = True
+            return -errno.EFBIG
+        self.chunks.append(data)
+        self.size += len(data)
+        return len(data)
+
+    def value(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class Sandbox:
+    """A wasmtime engine with the sandbox's configuration, its modules and its epoch clock."""
+
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        config = Config()
+        config.consume_fuel = True
+        config.epoch_interruption = True
+        config.max_wasm_stack = MAX_WASM_STACK
+        config.cranelift_opt_level = "speed"
+        self.engine = Engine(config)
+        self._linker = Linker(self.engine)
+        self._linker.define_wasi()
+        self.cache = ModuleCache(cache_dir, self.engine, ENGINE_KEY) if cache_dir else None
+        self._ready: OrderedDict[str, InstancePre] = OrderedDict()
+        self._tmp = tempfile.TemporaryDirectory(prefix="mercato-sandbox-")
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="epoch", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(TICK_S):
+            self.engine.increment_epoch()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._tmp.cleanup()
+
+    # -- modules ---------------------------------------------------------------
+
+    def prepare(self, wasm: Source, key: str | None = None) -> InstancePre:
+        """Compile (or take from the caches) and check a module; InvalidModule if it
+        is not one the sandbox can run. ``wasm`` may be a function that reads the
+        bytes: it is called only if the module is not cached."""
+        if key is None:
+            wasm = wasm() if callable(wasm) else wasm
+            key = module_key(wasm)
+        ready = self._ready.get(key)
+        if ready is not None:
+            self._ready.move_to_end(key)
+            return ready
+        module = self.cache.load(key) if self.cache else None
+        if module is None:
+            module = self._compile(wasm() if callable(wasm) else wasm)
+            if self.cache:
+                self.cache.save(key, module)
+        ready = self._link(module)
+        self._ready[key] = ready
+        if len(self._ready) > MEMORIES_CACHED:
+            self._ready.popitem(last=False)
+        return ready
+
+    def _compile(self, wasm: bytes) -> Module:
+        if not wasm.startswith(b"\0asm"):
+            raise InvalidModule("not a WebAssembly module (it does not start with \\0asm)")
+        try:
+            return Module(self.engine, wasm)
+        except WasmtimeError as exc:
+            raise InvalidModule(f"not a valid WebAssembly module: {_first_line(exc)}") from None
+
+    def _link(self, module: Module) -> InstancePre:
+        for item in module.imports:
+            if item.module != WASI:
+                raise InvalidModule(
+                    f"it imports {item.module}.{item.name}, which the sandbox does not offer "
+                    f"(only {WASI})"
+                )
+        start = next((e for e in module.exports if e.name == "_start"), None)
+        if start is None or not isinstance(start.type, FuncType):
+            raise InvalidModule("it has no WASI entry point: export a function _start")
+        try:
+            return self._linker.instantiate_pre(module)
+        except WasmtimeError as exc:
+            raise InvalidModule(f"it cannot be linked: {_first_line(exc)}") from None
+
+    # -- runs ------------------------------------------------------------------
+
+    def run(
+        self,
+        wasm: Source,
+        stdin: bytes,
+        limits: Limits,
+        *,
+        key: str | None = None,
+        name: str = "agent",
+    ) -> RunResult:
+        """Run ``wasm`` once with ``stdin`` under ``limits``. Blocking."""
+        limits.check()
+        if len(stdin) > limits.max_input_bytes:
+            raise InputTooLarge(
+                f"the input is {len(stdin)} bytes; this run takes at most {limits.max_input_bytes}"
+            )
+        ready = self.prepare(wasm, key)
+        store = Store(self.engine)
+        store.set_fuel(limits.fuel)
+        store.set_epoch_deadline(max(1, math.ceil(limits.timeout_s / TICK_S)))
+        store.set_limits(
+            memory_size=limits.memory_mb * MIB,
+            table_elements=limits.table_elements,
+            instances=1,
+            memories=1,
+        )
+        fuel_left: list[int] = []
+
+        def stop() -> None:
+            # A module that ignores the failed write would run on to its limits:
+            # take its fuel away (recording what it had) so it stops at once.
+            fuel_left.append(store.get_fuel())
+            store.set_fuel(0)
+
+        stdout, stderr = _Output(limits.max_output_bytes, stop), _Output(MAX_STDERR)
+        with tempfile.NamedTemporaryFile(dir=self._tmp.name) as stdin_file:
+            stdin_file.write(stdin)
+            stdin_file.flush()
+            wasi = WasiConfig()
+            wasi.argv = [name]
+            wasi.stdin_file = stdin_file.name
+            wasi.stdout_custom = stdout.write
+            wasi.stderr_custom = lambda data: (stderr.write(data), len(data))[1]
+            store.set_wasi(wasi)
+            started = time.perf_counter()
+            outcome, detail, code, memory = self._start(ready, store, limits)
+            wall_ms = (time.perf_counter() - started) * 1000
+        if stdout.overflowed:
+            outcome = Outcome.OUTPUT_TOO_LARGE
+            detail = f"it wrote more than {limits.max_output_bytes} bytes to stdout"
+        remaining = fuel_left[0] if fuel_left else store.get_fuel()
+        # When the clock interrupts a run, wasmtime has not written its fuel back.
+        used = None if outcome is Outcome.TIMEOUT else limits.fuel - remaining
+        usage = Usage(fuel=used, wall_ms=round(wall_ms, 3), peak_memory_bytes=memory)
+        return RunResult(outcome, stdout.value(), usage, detail, code, stderr.value())
+
+    def _start(
+        self, ready: InstancePre, store: Store, limits: Limits
+    ) -> tuple[Outcome, str, int | None, int]:
+        try:
+            instance = ready.instantiate(store)
+        except (Trap, WasmtimeError) as exc:
+            text = _first_line(exc)
+            if "memory" in text or "table" in text:
+                return Outcome.MEMORY_LIMIT, f"it needs more than its limit: {text}", None, 0
+            return Outcome.TRAP, text, None, 0
+        memory = instance.exports(store).get("memory")
+
+        def peak() -> int:
+            # Linear memory never shrinks, so its size at the end is its peak.
+            return memory.data_len(store) if isinstance(memory, Memory) else 0
+
+        start = instance.exports(store)["_start"]
+        try:
+            start(store)
+        except ExitTrap as exc:
+            if exc.code == 0:
+                return Outcome.OK, "", 0, peak()
+            return self._failed(f"exited with status {exc.code}", peak(), limits, exc.code)
+        except Trap as exc:
+            if exc.trap_code is TrapCode.OUT_OF_FUEL:
+                return Outcome.OUT_OF_FUEL, f"used all {limits.fuel} fuel", None, peak()
+            if exc.trap_code is TrapCode.INTERRUPT:
+                return Outcome.TIMEOUT, f"ran past {limits.timeout_s:g} s", None, peak()
+            return self._failed(_trap_text(exc), peak(), limits, None)
+        except WasmtimeError as exc:
+            return self._failed(_first_line(exc), peak(), limits, None)
+        return Outcome.OK, "", 0, peak()
+
+    @staticmethod
+    def _failed(
+        detail: str, memory: int, limits: Limits, code: int | None
+    ) -> tuple[Outcome, str, int | None, int]:
+        # A module denied memory (memory.grow returned -1) usually fails right after:
+        # a trap or an exit with its memory near the limit (within an eighth of it, or
+        # 1 MiB) reads as the memory limit. wasmtime-py offers no hook to know exactly.
+        limit = limits.memory_mb * MIB
+        if memory > limit - max(MIB, limit // 8):
+            return (
+                Outcome.MEMORY_LIMIT,
+                f"reached its {limits.memory_mb} MB memory limit",
+                code,
+                memory,
+            )
+        return Outcome.TRAP, detail, code, memory
+
+
+_TRAPS = {
+    TrapCode.STACK_OVERFLOW: "stack overflow (recursion too deep)",
+    TrapCode.UNREACHABLE: "reached unreachable code (a panic or an abort)",
+    TrapCode.MEMORY_OUT_OF_BOUNDS: "out-of-bounds memory access",
+    TrapCode.INTEGER_DIVISION_BY_ZERO: "integer division by zero",
+}
+
+
+def _trap_text(exc: Trap) -> str:
+    code = exc.trap_code
+    if code is None:
+        return _first_line(exc)
+    return _TRAPS.get(code, code.name.lower().replace("_", " "))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

@@ -1,0 +1,75 @@
+"""A worker process: runs modules in a `Sandbox` for the daemon, one request at a time.
+
+Started by `WorkerPool` as ``python -m runtime._worker [CACHE_DIR]``. Requests
+and replies are frames on stdin and stdout: a 4-byte big-endian length, then
+CBOR. A request is ``{"key", "path" or "wasm", "stdin", "limits", "name"}``; a
+reply ``{"result": RunResult}`` or ``{"error": kind, "message": text}``. The
+worker exits when stdin closes (its daemon is gone). Anything else that reaches
+stdout would corrupt the frames, so ``sys.stdout`` is pointed at stderr.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import cbor2
+
+from ._errors import SandboxError
+from ._limits import Limits
+from ._sandbox import Sandbox
+
+MAX_REQUEST_BYTES = 128 * 1024 * 1024
+
+
+def _read_frame(stream: BinaryIO) -> Any | None:
+    header = stream.read(4)
+    if len(header) < 4:
+        return None
+    size = int.from_bytes(header, "big")
+    if size > MAX_REQUEST_BYTES:
+        raise SystemExit(f"request of {size} bytes is over the bound")
+    body = stream.read(size)
+    if len(body) < size:
+        return None
+    return cbor2.loads(body)
+
+
+def _write_frame(stream: BinaryIO, value: Any) -> None:
+    body = cbor2.dumps(value)
+    stream.write(len(body).to_bytes(4, "big") + body)
+    stream.flush()
+
+
+def _serve(sandbox: Sandbox, request: dict[str, Any]) -> dict[str, Any]:
+    def source() -> bytes:
+        return bytes(request["wasm"]) if "wasm" in request else Path(request["path"]).read_bytes()
+
+    try:
+        result = sandbox.run(
+            source,
+            bytes(request["stdin"]),
+            Limits.from_wire(request["limits"]),
+            key=request["key"],
+            name=request.get("name", "agent"),
+        )
+    except SandboxError as exc:
+        return {"error": type(exc).__name__, "message": str(exc)}
+    except OSError as exc:
+        return {"error": "InvalidModule", "message": f"cannot read the build: {exc}"}
+    return {"result": result.to_wire()}
+
+
+def main() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash leaves no core dump
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr
+    sandbox = Sandbox(Path(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] else None)
+    while (request := _read_frame(requests)) is not None:
+        _write_frame(replies, _serve(sandbox, request))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,2 @@
+;; A library, not a program: no _start.
+(module (func (export "run")))
