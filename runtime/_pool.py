@@ -84,9 +84,15 @@ class _Worker:
         del self._buffer[:n]
         return data
 
-    def kill(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
+    async def stop(self) -> None:
+        """Kill the process and reap it (closing its pipes); shielded, and quick."""
+        with trio.CancelScope(shield=True):
+            if self.process.returncode is None:
+                self.process.kill()
+            for pipe in (self.process.stdin, self.process.stdout):
+                if pipe is not None:
+                    await pipe.aclose()
+            await self.process.wait()
 
 
 class WorkerPool:
@@ -170,8 +176,8 @@ class WorkerPool:
             if healthy:
                 self._idle.append(worker)
             else:
-                worker.kill()
                 self._all.discard(worker)
+                await worker.stop()
         self.runs += 1
         if "error" in reply:
             raise _ERRORS.get(str(reply["error"]), SandboxError)(str(reply.get("message", "")))
@@ -180,9 +186,7 @@ class WorkerPool:
     async def aclose(self) -> None:
         """Stop every worker (they also exit on their own when the daemon goes away)."""
         for worker in list(self._all):
-            worker.kill()
-            with trio.CancelScope(shield=True):
-                await worker.process.wait()
+            await worker.stop()
         self._all.clear()
         self._idle.clear()
 

@@ -15,6 +15,9 @@ Benchmarks:
             after one link heals it, seconds until all agree (target < 10 s) and
             anti-entropy bytes over the size of what was missing (target <= 2x)
   search    query latency over 100,000 listings (p50 < 10 ms, p99 < 50 ms)
+  runtime   WebAssembly runs: cold and warm start of the wordcount example, in
+            this process (warm < 2 ms) and through the worker processes (warm
+            < 5 ms); runs per second on 2 workers (>= 500); fuel's cost
 
 Every figure comes with the machine it was measured on. No benchmark asserts a
 target: it reports, and the README and closing notes quote it.
@@ -160,6 +163,12 @@ def bench_search() -> dict[str, Any]:
     return run_search()
 
 
+def bench_runtime() -> dict[str, Any]:
+    from benchmarks.runtime import run
+
+    return run()
+
+
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "startup": bench_startup,
     "gossip": bench_gossip,
@@ -167,6 +176,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "registry-ingest": bench_registry_ingest,
     "registry-converge": bench_registry_converge,
     "search": bench_search,
+    "runtime": bench_runtime,
 }
 
 
