@@ -382,12 +382,15 @@ async def _runtime_run(node: Node, request: Request) -> Response:
     body = _body_object(request, "wasm")
     wasm, stdin = _base64_field(body, "wasm"), _base64_field(body, "input")
     limits = _run_limits(node, body)
+    started = time.perf_counter()
     try:
         result = await node.runtime.run(wasm, stdin, limits)
     except InvalidModule as exc:
         raise HttpError(400, "invalid_module", str(exc)) from None
     except InputTooLarge as exc:
         raise HttpError(400, "input_too_large", str(exc)) from None
+    node.metrics.runtime_runs.labels(outcome=result.outcome.value).inc()
+    node.metrics.runtime_seconds.observe(time.perf_counter() - started)
     wire = result.to_wire()
     wire["output"] = base64.b64encode(result.output).decode()
     wire["stderr"] = base64.b64encode(result.stderr).decode()

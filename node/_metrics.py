@@ -51,6 +51,18 @@ class NodeMetrics:
             registry=self.registry,
         )
 
+        self.runtime_runs = Counter(
+            "mercato_runtime_runs_total",
+            "WebAssembly runs by outcome (ok, trap, out_of_fuel, timeout, ...).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.runtime_seconds = Histogram(
+            "mercato_runtime_run_seconds",
+            "Wall time of WebAssembly runs, worker round trip included.",
+            registry=self.registry,
+        )
+
     def on_event(self, event: Event) -> None:
         self.events.labels(kind=event.kind).inc()
 

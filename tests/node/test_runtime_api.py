@@ -61,6 +61,7 @@ def test_a_build_runs_through_the_api_and_bad_ones_are_refused(
     assert answer["outcome"] == "ok"
     assert base64.b64decode(answer["output"]).startswith(b'{"bytes": 5, "lines": 0, "words": 3')
     assert answer["usage"]["fuel"] > 0
+    assert 'mercato_runtime_runs_total{outcome="ok"} 1.0' in client.metrics()
     for body, code in [
         ({"wasm": b64(b"not wasm")}, "invalid_module"),
         ({"wasm": "%%%"}, "bad_body"),
