@@ -351,6 +351,10 @@ async def _resolve(node: Node, request: Request) -> Response:
     return Response.json(200, await _registry_call(node.registry.resolve(ref, range_text)))
 
 
+MAX_WAITING_RUNS = 8  # runs queued for a slot before the route answers 503
+MAX_API_RUN_S = 50.0  # within the HTTP server's per-connection time
+
+
 def _base64_field(body: dict[str, Any], name: str) -> bytes:
     value = body.get(name, "")
     try:
@@ -371,10 +375,9 @@ def _run_limits(node: Node, body: dict[str, Any]) -> Limits:
         raise HttpError(
             400, "bad_limits", f"memory_mb is capped at {caps.max_memory_mb} on this node"
         )
-    if limits.timeout_s > caps.max_timeout_s:
-        raise HttpError(
-            400, "bad_limits", f"timeout_s is capped at {caps.max_timeout_s:g} on this node"
-        )
+    longest = min(caps.max_timeout_s, MAX_API_RUN_S)
+    if limits.timeout_s > longest:
+        raise HttpError(400, "bad_limits", f"timeout_s is capped at {longest:g} on this route")
     return limits
 
 
@@ -382,6 +385,8 @@ async def _runtime_run(node: Node, request: Request) -> Response:
     body = _body_object(request, "wasm")
     wasm, stdin = _base64_field(body, "wasm"), _base64_field(body, "input")
     limits = _run_limits(node, body)
+    if node.runtime.waiting >= MAX_WAITING_RUNS:
+        raise HttpError(503, "busy", "every runtime slot is busy and runs are queued; retry later")
     started = time.perf_counter()
     try:
         result = await node.runtime.run(wasm, stdin, limits)
@@ -391,10 +396,14 @@ async def _runtime_run(node: Node, request: Request) -> Response:
         raise HttpError(400, "input_too_large", str(exc)) from None
     node.metrics.runtime_runs.labels(outcome=result.outcome.value).inc()
     node.metrics.runtime_seconds.observe(time.perf_counter() - started)
-    wire = result.to_wire()
-    wire["output"] = base64.b64encode(result.output).decode()
-    wire["stderr"] = base64.b64encode(result.stderr).decode()
-    return Response.json(200, wire)
+
+    def encode() -> Response:  # outputs may be megabytes: off the event loop
+        wire = result.to_wire()
+        wire["output"] = base64.b64encode(result.output).decode()
+        wire["stderr"] = base64.b64encode(result.stderr).decode()
+        return Response.json(200, wire)
+
+    return await trio.to_thread.run_sync(encode)
 
 
 async def _metrics(node: Node, request: Request) -> Response:
@@ -621,7 +630,7 @@ ROUTES: tuple[Route, ...] = (
                 "usage": {"type": "object"},
             },
         },
-        errors=(400, 413),
+        errors=(400, 413, 503),
     ),
     Route(
         "GET",

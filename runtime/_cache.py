@@ -16,11 +16,13 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 
 from wasmtime import Engine, Module, WasmtimeError
 
 log = logging.getLogger("mercato.runtime")
+STALE_TMP_S = 600.0  # older than any compile: its writer is gone
 
 
 class ModuleCache:
@@ -29,6 +31,16 @@ class ModuleCache:
         self._engine = engine
         self.hits = 0
         self.misses = 0
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove temporary files that a killed worker left half written."""
+        cutoff = time.time() - STALE_TMP_S
+        with contextlib.suppress(OSError):
+            for tmp in self.dir.glob("*.tmp*"):
+                with contextlib.suppress(OSError):
+                    if tmp.stat().st_mtime < cutoff:
+                        tmp.unlink()
 
     def _path(self, key: str) -> Path:
         # Hashed: a build id never becomes a path of its own choosing.

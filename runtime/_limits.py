@@ -15,7 +15,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "memory_mb": (1, 4096),
     "max_input_bytes": (0, 64 * MIB),
     "max_output_bytes": (1, 64 * MIB),
-    "table_elements": (1, 1_000_000),
+    "table_elements": (1, 100_000),  # 8 bytes each, in the worker's own memory
 }
 
 
@@ -36,8 +36,9 @@ class Limits:
         """Self, or LimitsError naming the first limit out of bounds."""
         for name, (low, high) in BOUNDS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise LimitsError(f"limit {name!r} must be a number")
+            kinds = (int, float) if name == "timeout_s" else (int,)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise LimitsError(f"limit {name!r} must be a whole number")
             if not low <= value <= high:
                 raise LimitsError(f"limit {name!r} must be between {low:g} and {high:g}")
         return self

@@ -108,6 +108,8 @@ class WorkerPool:
         self._all: set[_Worker] = set()
         self.runs = 0
         self.crashes = 0
+        self.waiting = 0
+        """Runs waiting for a free slot."""
 
     def worker_pids(self) -> list[int]:
         """The pids of the live workers (for operators and tests)."""
@@ -145,9 +147,25 @@ class WorkerPool:
             data = wasm() if callable(wasm) else wasm
             request["wasm"] = data
             request["key"] = key or module_key(data)
-        async with self._free:
-            worker = self._idle.pop() if self._idle else await self._spawn()
-            return await self._run_on(worker, request, limits)
+        self.waiting += 1
+        try:
+            await self._free.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            return await self._run_on(await self._take_worker(), request, limits)
+        finally:
+            self._free.release()
+
+    async def _take_worker(self) -> _Worker:
+        """An idle worker that is still alive, or a new one."""
+        while self._idle:
+            worker = self._idle.pop()
+            if worker.process.poll() is None:
+                return worker
+            self._all.discard(worker)  # died while idle: not this run's fault
+            await worker.stop()
+        return await self._spawn()
 
     async def _run_on(self, worker: _Worker, request: dict[str, Any], limits: Limits) -> RunResult:
         started = time.perf_counter()

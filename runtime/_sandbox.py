@@ -27,6 +27,7 @@ import errno
 import hashlib
 import importlib.metadata
 import math
+import os
 import tempfile
 import threading
 import time
@@ -46,6 +47,7 @@ from wasmtime import (
     Store,
     Trap,
     TrapCode,
+    ValType,
     WasiConfig,
     WasmtimeError,
 )
@@ -80,7 +82,7 @@ class _Output:
     (and calling ``on_overflow`` the first time)."""
 
     def __init__(self, limit: int, on_overflow: Callable[[], None] | None = None) -> None:
-        self.chunks: list[bytes] = []
+        self.data = bytearray()  # one buffer: a million one-byte writes cost a megabyte
         self.size = 0
         self.limit = limit
         self.overflowed = False
@@ -92,12 +94,12 @@ class _Output:
                 self._on_overflow()
             self.overflowed = True
             return -errno.EFBIG
-        self.chunks.append(data)
+        self.data += data
         self.size += len(data)
         return len(data)
 
     def value(self) -> bytes:
-        return b"".join(self.chunks)
+        return bytes(self.data)
 
 
 class Sandbox:
@@ -112,9 +114,14 @@ class Sandbox:
         self.engine = Engine(config)
         self._linker = Linker(self.engine)
         self._linker.define_wasi()
+        # poll_oneoff sleeps in the host, where neither fuel nor the epoch reaches:
+        # a module could sleep past its timeout. Agents have nothing to wait for.
+        self._linker.allow_shadowing = True
+        self._linker.define_func(
+            WASI, "poll_oneoff", FuncType([ValType.i32()] * 4, [ValType.i32()]), _no_poll
+        )
         self.cache = ModuleCache(cache_dir, self.engine, ENGINE_KEY) if cache_dir else None
         self._ready: OrderedDict[str, InstancePre] = OrderedDict()
-        self._tmp = tempfile.TemporaryDirectory(prefix="mercato-sandbox-")
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="epoch", daemon=True)
         self._ticker.start()
@@ -125,7 +132,6 @@ class Sandbox:
 
     def close(self) -> None:
         self._stop.set()
-        self._tmp.cleanup()
 
     # -- modules ---------------------------------------------------------------
 
@@ -141,11 +147,15 @@ class Sandbox:
             self._ready.move_to_end(key)
             return ready
         module = self.cache.load(key) if self.cache else None
+        cached = module is not None
         if module is None:
-            module = self._compile(wasm() if callable(wasm) else wasm)
-            if self.cache:
-                self.cache.save(key, module)
+            data = wasm() if callable(wasm) else wasm
+            if key.startswith("sha256-") and module_key(data) != key:
+                raise InvalidModule("the build's bytes do not match its id (changed on disk?)")
+            module = self._compile(data)
         ready = self._link(module)
+        if self.cache and not cached:
+            self.cache.save(key, module)  # only modules that can run
         self._ready[key] = ready
         if len(self._ready) > MEMORIES_CACHED:
             self._ready.popitem(last=False)
@@ -169,6 +179,8 @@ class Sandbox:
         start = next((e for e in module.exports if e.name == "_start"), None)
         if start is None or not isinstance(start.type, FuncType):
             raise InvalidModule("it has no WASI entry point: export a function _start")
+        if start.type.params or start.type.results:
+            raise InvalidModule("its _start must take no parameters and return nothing")
         try:
             return self._linker.instantiate_pre(module)
         except WasmtimeError as exc:
@@ -199,6 +211,7 @@ class Sandbox:
             memory_size=limits.memory_mb * MIB,
             table_elements=limits.table_elements,
             instances=1,
+            tables=1,
             memories=1,
         )
         fuel_left: list[int] = []
@@ -210,18 +223,21 @@ class Sandbox:
             store.set_fuel(0)
 
         stdout, stderr = _Output(limits.max_output_bytes, stop), _Output(MAX_STDERR)
-        with tempfile.NamedTemporaryFile(dir=self._tmp.name) as stdin_file:
-            stdin_file.write(stdin)
-            stdin_file.flush()
-            wasi = WasiConfig()
-            wasi.argv = [name]
-            wasi.stdin_file = stdin_file.name
-            wasi.stdout_custom = stdout.write
-            wasi.stderr_custom = lambda data: (stderr.write(data), len(data))[1]
-            store.set_wasi(wasi)
-            started = time.perf_counter()
-            outcome, detail, code, memory = self._start(ready, store, limits)
-            wall_ms = (time.perf_counter() - started) * 1000
+        wasi = WasiConfig()
+        wasi.argv = [name]
+        fd, path = tempfile.mkstemp(prefix="mercato-stdin-")
+        try:
+            with os.fdopen(fd, "wb") as stdin_file:
+                stdin_file.write(stdin)
+            wasi.stdin_file = path  # opened here: the name can go at once
+        finally:
+            os.unlink(path)  # so that even a killed worker leaves nothing behind
+        wasi.stdout_custom = stdout.write
+        wasi.stderr_custom = lambda data: (stderr.write(data), len(data))[1]
+        store.set_wasi(wasi)
+        started = time.perf_counter()
+        outcome, detail, code, memory = self._start(ready, store, limits)
+        wall_ms = (time.perf_counter() - started) * 1000
         if stdout.overflowed:
             outcome = Outcome.OUTPUT_TOO_LARGE
             detail = f"it wrote more than {limits.max_output_bytes} bytes to stdout"
@@ -234,34 +250,42 @@ class Sandbox:
     def _start(
         self, ready: InstancePre, store: Store, limits: Limits
     ) -> tuple[Outcome, str, int | None, int]:
-        try:
-            instance = ready.instantiate(store)
-        except (Trap, WasmtimeError) as exc:
-            text = _first_line(exc)
-            if "memory" in text or "table" in text:
-                return Outcome.MEMORY_LIMIT, f"it needs more than its limit: {text}", None, 0
-            return Outcome.TRAP, text, None, 0
-        memory = instance.exports(store).get("memory")
+        """Instantiate (running any start function) and call ``_start``: both run
+        guest code, and end the same ways."""
+        instance = None
 
         def peak() -> int:
             # Linear memory never shrinks, so its size at the end is its peak.
-            return memory.data_len(store) if isinstance(memory, Memory) else 0
+            if instance is None:
+                return 0
+            exports = instance.exports(store).values()
+            return sum(item.data_len(store) for item in exports if isinstance(item, Memory))
 
-        start = instance.exports(store)["_start"]
         try:
-            start(store)
+            instance = ready.instantiate(store)
+            instance.exports(store)["_start"](store)
         except ExitTrap as exc:
             if exc.code == 0:
                 return Outcome.OK, "", 0, peak()
             return self._failed(f"exited with status {exc.code}", peak(), limits, exc.code)
         except Trap as exc:
+            if instance is None and _over_limits(str(exc)):
+                return (
+                    Outcome.MEMORY_LIMIT,
+                    f"it needs more than its limits: {_reason(exc)}",
+                    None,
+                    0,
+                )
             if exc.trap_code is TrapCode.OUT_OF_FUEL:
                 return Outcome.OUT_OF_FUEL, f"used all {limits.fuel} fuel", None, peak()
             if exc.trap_code is TrapCode.INTERRUPT:
                 return Outcome.TIMEOUT, f"ran past {limits.timeout_s:g} s", None, peak()
             return self._failed(_trap_text(exc), peak(), limits, None)
         except WasmtimeError as exc:
-            return self._failed(_first_line(exc), peak(), limits, None)
+            text = _reason(exc)
+            if instance is None and _over_limits(text):
+                return Outcome.MEMORY_LIMIT, f"it needs more than its limits: {text}", None, 0
+            return self._failed(text, peak(), limits, None)
         return Outcome.OK, "", 0, peak()
 
     @staticmethod
@@ -269,17 +293,26 @@ class Sandbox:
         detail: str, memory: int, limits: Limits, code: int | None
     ) -> tuple[Outcome, str, int | None, int]:
         # A module denied memory (memory.grow returned -1) usually fails right after:
-        # a trap or an exit with its memory near the limit (within an eighth of it, or
-        # 1 MiB) reads as the memory limit. wasmtime-py offers no hook to know exactly.
+        # a trap or an exit with its memory within an eighth of the limit reads as the
+        # memory limit. wasmtime-py offers no hook to know exactly.
         limit = limits.memory_mb * MIB
-        if memory > limit - max(MIB, limit // 8):
+        if memory > limit - limit // 8:
             return (
                 Outcome.MEMORY_LIMIT,
-                f"reached its {limits.memory_mb} MB memory limit",
+                f"reached its {limits.memory_mb} MB memory limit ({detail})",
                 code,
                 memory,
             )
         return Outcome.TRAP, detail, code, memory
+
+
+def _over_limits(text: str) -> bool:
+    """Whether instantiating failed because the module asks for more than its limits."""
+    return ("memory" in text or "table" in text) and "limit" in text
+
+
+def _no_poll(*_: int) -> int:
+    return 58  # ENOTSUP
 
 
 _TRAPS = {
@@ -293,8 +326,16 @@ _TRAPS = {
 def _trap_text(exc: Trap) -> str:
     code = exc.trap_code
     if code is None:
-        return _first_line(exc)
+        return _reason(exc)
     return _TRAPS.get(code, code.name.lower().replace("_", " "))
+
+
+def _reason(exc: BaseException) -> str:
+    """The useful line of a wasmtime error: what follows "Caused by:", else the first."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if "Caused by:" in lines and lines.index("Caused by:") + 1 < len(lines):
+        return lines[lines.index("Caused by:") + 1].lstrip("0123456789: ")[:300]
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def _first_line(exc: BaseException) -> str:

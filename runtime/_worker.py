@@ -59,6 +59,8 @@ def _serve(sandbox: Sandbox, request: dict[str, Any]) -> dict[str, Any]:
         return {"error": type(exc).__name__, "message": str(exc)}
     except OSError as exc:
         return {"error": "InvalidModule", "message": f"cannot read the build: {exc}"}
+    except Exception as exc:  # a bad request must not take the worker down
+        return {"error": "SandboxError", "message": f"the run failed: {exc!r}"[:500]}
     return {"result": result.to_wire()}
 
 

@@ -47,6 +47,19 @@ async def test_a_worker_that_dies_is_replaced_and_the_next_run_succeeds() -> Non
         assert pool.crashes == 1
 
 
+async def test_a_worker_that_died_while_idle_costs_no_run() -> None:
+    async with open_worker_pool(1) as pool:
+        assert (await pool.run(module("echo"), b"one", Limits())).ok
+        (pid,) = pool.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(500):  # until the pool can see it died (polled: no event for it)
+            if pid not in pool.worker_pids():
+                break
+            await trio.sleep(0.01)
+        assert (await pool.run(module("echo"), b"two", Limits())).output == b"two"
+        assert pool.crashes == 0
+
+
 async def test_cancelling_the_caller_stops_the_run_and_frees_the_slot() -> None:
     async with open_worker_pool(1) as pool:
         with trio.move_on_after(0.5):

@@ -20,6 +20,11 @@ SMALL = Limits(fuel=50_000_000, timeout_s=2, memory_mb=16, max_output_bytes=100_
         ("recursion", SMALL, Outcome.TRAP, "stack overflow"),
         ("huge_output", SMALL, Outcome.OUTPUT_TOO_LARGE, "100000 bytes"),
         ("trap", SMALL, Outcome.TRAP, "unreachable"),
+        ("trap", Limits(memory_mb=1), Outcome.TRAP, "unreachable"),  # tiny limit, no growth
+        ("start_loop", SMALL, Outcome.OUT_OF_FUEL, "fuel"),
+        ("start_loop", Limits(fuel=10**13, timeout_s=0.2), Outcome.TIMEOUT, "0.2 s"),
+        ("bad_segment", SMALL, Outcome.TRAP, "out-of-bounds"),
+        ("big_table", SMALL, Outcome.MEMORY_LIMIT, "limit"),
     ],
 )
 def test_each_limit_ends_the_run_with_its_outcome(sandbox, name, limits, outcome, detail) -> None:
@@ -50,6 +55,7 @@ def test_no_file_no_environment_no_arguments_reach_the_module(sandbox) -> None:
         (b"\0asm\x01\0\0\0\xff\xff", "not a valid WebAssembly module"),
         (module("no_start"), "_start"),
         (module("foreign_import"), "env.open_socket"),
+        (module("start_with_params"), "no parameters"),
     ],
 )
 def test_what_cannot_run_is_a_typed_error_and_no_run(sandbox, wasm, why) -> None:
@@ -57,11 +63,19 @@ def test_what_cannot_run_is_a_typed_error_and_no_run(sandbox, wasm, why) -> None
         sandbox.run(wasm, b"", SMALL)
 
 
+def test_sleeping_in_the_host_is_refused(sandbox) -> None:
+    result = sandbox.run(module("sleep"), b"", Limits(timeout_s=1))
+    assert result.outcome is Outcome.OK and result.output == b"058"  # ENOTSUP, no 30 s nap
+    assert result.usage.wall_ms < 1000
+
+
 def test_input_and_limits_are_checked_before_running(sandbox) -> None:
     with pytest.raises(InputTooLarge):
         sandbox.run(module("echo"), b"x" * 11, Limits(max_input_bytes=10))
     with pytest.raises(LimitsError, match="memory_mb"):
         sandbox.run(module("echo"), b"", Limits(memory_mb=0))
+    with pytest.raises(LimitsError, match="fuel"):
+        sandbox.run(module("echo"), b"", Limits(fuel=1.5))  # type: ignore[arg-type]
 
 
 def test_the_examples_do_what_their_readme_says(sandbox) -> None:
