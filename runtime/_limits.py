@@ -6,7 +6,7 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._errors import LimitsError
+from ._errors import InputTooLarge, LimitsError
 
 MIB = 1024 * 1024
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -42,6 +42,15 @@ class Limits:
             if not low <= value <= high:
                 raise LimitsError(f"limit {name!r} must be between {low:g} and {high:g}")
         return self
+
+    def admit(self, stdin: bytes) -> None:
+        """Check the limits and the input against them before a run: LimitsError or
+        InputTooLarge."""
+        self.check()
+        if len(stdin) > self.max_input_bytes:
+            raise InputTooLarge(
+                f"the input is {len(stdin)} bytes; this run takes at most {self.max_input_bytes}"
+            )
 
     @classmethod
     def from_wire(cls, obj: Any) -> Limits:

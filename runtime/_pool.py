@@ -134,11 +134,7 @@ class WorkerPool:
         name: str = "agent",
     ) -> RunResult:
         """Run a module (bytes, or a path to its file) in a worker. See the module docstring."""
-        limits.check()
-        if len(stdin) > limits.max_input_bytes:
-            raise InputTooLarge(
-                f"the input is {len(stdin)} bytes; this run takes at most {limits.max_input_bytes}"
-            )
+        limits.admit(stdin)
         request: dict[str, Any] = {"stdin": stdin, "limits": limits.to_wire(), "name": name}
         if isinstance(wasm, Path):
             request["path"] = str(wasm)

@@ -53,7 +53,7 @@ from wasmtime import (
 )
 
 from ._cache import ModuleCache
-from ._errors import InputTooLarge, InvalidModule
+from ._errors import InvalidModule
 from ._limits import MIB, Limits, Outcome, RunResult, Usage
 
 WASI = "wasi_snapshot_preview1"
@@ -198,11 +198,7 @@ class Sandbox:
         name: str = "agent",
     ) -> RunResult:
         """Run ``wasm`` once with ``stdin`` under ``limits``. Blocking."""
-        limits.check()
-        if len(stdin) > limits.max_input_bytes:
-            raise InputTooLarge(
-                f"the input is {len(stdin)} bytes; this run takes at most {limits.max_input_bytes}"
-            )
+        limits.admit(stdin)
         ready = self.prepare(wasm, key)
         store = Store(self.engine)
         store.set_fuel(limits.fuel)
