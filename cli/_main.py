@@ -6,6 +6,7 @@ import click
 
 from node import __version__
 
+from ._builds import builds
 from ._common import MercatoGroup
 from ._events import events
 from ._exec import exec_command
@@ -43,5 +44,6 @@ main.add_command(keys)
 main.add_command(events)
 main.add_command(peers)
 main.add_command(ping)
+main.add_command(builds)
 for command in (publish, release, deprecate, search, show, resolve_command, exec_command):
     main.add_command(command)

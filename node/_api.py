@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -32,6 +33,7 @@ from crdt import (
 from p2p import BadAddress, P2PError, RemoteError, b58decode
 from runtime import InputTooLarge, InvalidModule, Limits, LimitsError
 
+from ._builds import BuildError, QuotaExceeded, UnknownBuild, check_cid
 from ._errors import KeyExists, KeyNotFound, KeyStoreError
 from ._http import HttpError, Request, Response
 from ._version import __version__
@@ -406,6 +408,104 @@ async def _runtime_run(node: Node, request: Request) -> Response:
     return await trio.to_thread.run_sync(encode)
 
 
+async def _build_call(call: Awaitable[Any]) -> Any:
+    try:
+        return await call
+    except UnknownBuild as exc:
+        raise HttpError(404, "no_such_build", str(exc)) from None
+    except QuotaExceeded as exc:
+        raise HttpError(507, "no_space", str(exc)) from None
+    except BuildError as exc:
+        raise HttpError(400, "bad_build", str(exc)) from None
+
+
+def _cid_param(request: Request) -> str:
+    try:
+        return check_cid(request.params["cid"])
+    except BuildError as exc:
+        raise HttpError(400, "bad_build", str(exc)) from None
+
+
+async def _builds_list(node: Node, request: Request) -> Response:
+    store = node.builds.builds
+    infos = await node.call(store.list)
+    used = await node.call(store.used_bytes)
+    return Response.json(
+        200,
+        {
+            "builds": [i.to_dict() for i in infos],
+            "used_bytes": used,
+            "quota_bytes": store.quota_bytes,
+        },
+    )
+
+
+async def _builds_add(node: Node, request: Request) -> Response:
+    body = _body_object(request, "path")
+    path = body["path"]
+    if not isinstance(path, str) or not path.startswith("/") or len(path) > 4096:
+        raise HttpError(400, "bad_body", 'expected {"path": "/absolute/path/to/build.wasm"}')
+    pinned = body.get("pin", True) is not False
+    info = await _build_call(node.call(node.builds.builds.add_file, Path(path), pinned))
+    node.control.record("builds.added", {"cid": info.cid, "size": info.size})
+    return Response.json(200, info.to_dict())
+
+
+async def _builds_fetch(node: Node, request: Request) -> Response:
+    body = _body_object(request, "cid")
+    if not isinstance(body["cid"], str):
+        raise HttpError(400, "bad_body", 'expected {"cid": "bld-...", "peers": [...]}')
+    peers = body.get("peers")
+    if peers is not None:
+        if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers[:16]):
+            raise HttpError(400, "bad_body", "peers is a list of multiaddrs or peer ids")
+        peers = [await _reach(node, p) for p in peers[:16]]
+    state = await _build_call(_started(node, body["cid"], peers, body.get("pin") is True))
+    return Response.json(202, state.to_dict())
+
+
+async def _started(node: Node, cid: str, peers: list[str] | None, pin: bool) -> Any:
+    return node.builds.start_fetch(cid, peers, pin)
+
+
+async def _builds_progress(node: Node, request: Request) -> Response:
+    cid = _cid_param(request)
+    state = node.builds.fetches.get(cid)
+    info = await node.call(node.builds.builds.info, cid)
+    if state is None and info is None:
+        raise HttpError(404, "no_such_build", f"no build {cid} here and no fetch of it")
+    return Response.json(
+        200,
+        {
+            "fetch": state.to_dict() if state else None,
+            "build": info.to_dict() if info else None,
+        },
+    )
+
+
+async def _builds_pin(node: Node, request: Request) -> Response:
+    cid = _cid_param(request)
+    await _build_call(node.call(node.builds.builds.pin, cid, True))
+    return Response.json(200, {"cid": cid, "pinned": True})
+
+
+async def _builds_unpin(node: Node, request: Request) -> Response:
+    cid = _cid_param(request)
+    await _build_call(node.call(node.builds.builds.pin, cid, False))
+    return Response.json(200, {"cid": cid, "pinned": False})
+
+
+async def _builds_verify(node: Node, request: Request) -> Response:
+    cid = _cid_param(request)
+    bad = await _build_call(node.call(node.builds.builds.verify, cid))
+    return Response.json(200, {"cid": cid, "damaged_chunks": bad})
+
+
+async def _builds_gc(node: Node, request: Request) -> Response:
+    removed = await node.call(node.builds.builds.gc)
+    return Response.json(200, {"removed": removed})
+
+
 async def _metrics(node: Node, request: Request) -> Response:
     body = await trio.to_thread.run_sync(node.metrics.render)  # reads /proc
     return Response(200, body, "text/plain; version=0.0.4; charset=utf-8")
@@ -631,6 +731,80 @@ ROUTES: tuple[Route, ...] = (
             },
         },
         errors=(400, 413, 503),
+    ),
+    Route(
+        "GET",
+        "/v1/builds",
+        "Builds stored on this node, and the store's use of its quota.",
+        _builds_list,
+        response={"type": "object"},
+    ),
+    Route(
+        "POST",
+        "/v1/builds/add",
+        "Store a local file as a build (pinned unless pin is false).",
+        _builds_add,
+        body={
+            "type": "object",
+            "properties": {"path": {"type": "string"}, "pin": {"type": "boolean"}},
+        },
+        response={"type": "object"},
+        errors=(400, 507),
+    ),
+    Route(
+        "POST",
+        "/v1/builds/fetch",
+        "Start fetching a build from peers (all connected ones, or those given).",
+        _builds_fetch,
+        body={
+            "type": "object",
+            "properties": {
+                "cid": {"type": "string"},
+                "peers": {"type": "array", "items": {"type": "string"}},
+                "pin": {"type": "boolean"},
+            },
+        },
+        response={"type": "object"},
+        errors=(400, 502, 507),
+    ),
+    Route(
+        "GET",
+        "/v1/builds/{cid}",
+        "A build's record and the progress of its fetch.",
+        _builds_progress,
+        response={"type": "object"},
+        errors=(400, 404),
+    ),
+    Route(
+        "POST",
+        "/v1/builds/{cid}/pin",
+        "Keep a build whatever gc does.",
+        _builds_pin,
+        response={"type": "object"},
+        errors=(400, 404),
+    ),
+    Route(
+        "POST",
+        "/v1/builds/{cid}/unpin",
+        "Let gc remove a build.",
+        _builds_unpin,
+        response={"type": "object"},
+        errors=(400, 404),
+    ),
+    Route(
+        "POST",
+        "/v1/builds/{cid}/verify",
+        "Hash a build's chunks again; forget damaged ones.",
+        _builds_verify,
+        response={"type": "object"},
+        errors=(400, 404),
+    ),
+    Route(
+        "POST",
+        "/v1/builds/gc",
+        "Remove every build that is not pinned.",
+        _builds_gc,
+        response={"type": "object"},
     ),
     Route(
         "GET",

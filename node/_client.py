@@ -174,5 +174,28 @@ class ControlClient:
             "GET", f"/v1/registry/resolve?{urlencode({'ref': ref, 'range': range_text})}"
         )
 
+    def builds(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/builds")
+
+    def build_add(self, path: str, pin: bool = True) -> dict[str, Any]:
+        return self.request("POST", "/v1/builds/add", {"path": path, "pin": pin})
+
+    def build_fetch(
+        self, cid: str, peers: list[str] | None = None, pin: bool = False
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"cid": cid, "pin": pin}
+        if peers:
+            body["peers"] = peers
+        return self.request("POST", "/v1/builds/fetch", body)
+
+    def build(self, cid: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/builds/{quote(cid, safe='')}")
+
+    def build_action(self, cid: str, action: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/builds/{quote(cid, safe='')}/{action}")
+
+    def builds_gc(self) -> dict[str, Any]:
+        return self.request("POST", "/v1/builds/gc")
+
     def metrics(self) -> str:
         return self.request("GET", "/metrics", raw=True)

@@ -97,6 +97,14 @@ class RuntimeSection:
 
 
 @dataclass(frozen=True)
+class BuildsSection:
+    """``[builds]``: the content-addressed store of agent builds."""
+
+    quota_mb: int = 10_240
+    """Disk the build store may use, in MB."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the daemon reads from configuration."""
 
@@ -105,6 +113,7 @@ class Config:
     api: ApiSection = field(default_factory=ApiSection)
     p2p: P2PSection = field(default_factory=P2PSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    builds: BuildsSection = field(default_factory=BuildsSection)
 
     def replace(self, section: str, **values: Any) -> Config:
         """A copy with some keys of one section changed (used for CLI flags)."""
@@ -183,6 +192,8 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
         raise fail("api.port", "must be between 0 and 65535")
     if config.api.max_body_bytes < 1024:
         raise fail("api.max_body_bytes", "must be at least 1024")
+    if config.builds.quota_mb < 1:
+        raise fail("builds.quota_mb", "must be at least 1")
     if not 1 <= config.runtime.slots <= 64:
         raise fail("runtime.slots", "must be between 1 and 64")
     if not 1 <= config.runtime.max_memory_mb <= 4096:
@@ -311,6 +322,10 @@ slots = 2
 # Caps on any one run, whatever its listing asks.
 max_memory_mb = 512
 max_timeout_s = 60.0
+
+[builds]
+# Disk the build store may use, in MB.
+quota_mb = 10240
 
 [api]
 # The control API listens on loopback only. Port 0 picks a free port.

@@ -37,6 +37,8 @@ from p2p import (
 from runtime import WorkerPool, open_worker_pool
 
 from ._api import ControlAPI
+from ._builds import BuildStore
+from ._buildservice import BuildService
 from ._config import Config, load_config
 from ._control import LocalControl
 from ._errors import NodeError
@@ -92,6 +94,7 @@ class Node:
         self._overlay: Overlay | None = None
         self._registry: RegistryService | None = None
         self._runtime: WorkerPool | None = None
+        self._builds: BuildService | None = None
         self._node_key: Keypair | None = None
         self._control: LocalControl | None = None
         self._api_url = ""
@@ -120,6 +123,11 @@ class Node:
     def registry(self) -> RegistryService:
         assert self._registry is not None, "node is not running"
         return self._registry
+
+    @property
+    def builds(self) -> BuildService:
+        assert self._builds is not None, "node is not running"
+        return self._builds
 
     @property
     def runtime(self) -> WorkerPool:
@@ -192,8 +200,20 @@ class Node:
                     ) as overlay:
                         self._overlay = overlay
                         self.services.append("p2p")
+                        self._builds = BuildService(
+                            store,
+                            await store.run(
+                                BuildStore,
+                                store.db.conn,
+                                self.datadir.blobs_dir,
+                                self.config.builds.quota_mb * 1024 * 1024,
+                            ),
+                            overlay,
+                        )
                         self._registry = RegistryService(store, self._control, overlay)
                         async with trio.open_nursery() as registry_nursery:
+                            await registry_nursery.start(self._builds.run)
+                            self.services.append("builds")
                             await registry_nursery.start(self._registry.run)
                             self.services.append("registry")
                             async with open_worker_pool(

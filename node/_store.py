@@ -22,6 +22,7 @@ import trio
 
 from crdt import MIGRATIONS as REGISTRY_MIGRATIONS
 
+from ._builds import SCHEMA as BUILDS_SCHEMA
 from ._errors import StoreError
 
 T = TypeVar("T")
@@ -55,6 +56,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 3: the registry's journal of signed updates and its query index (crdt/);
     # 4: journal clocks for anti-entropy, and the index's completeness mark.
     *REGISTRY_MIGRATIONS,
+    # 5: stored builds and the chunks of each verified so far.
+    BUILDS_SCHEMA,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

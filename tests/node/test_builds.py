@@ -1,0 +1,150 @@
+"""Builds: stored by content, fetched from several peers, verified chunk by chunk."""
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from node import Database
+from node._builds import (
+    CHUNK_SIZE,
+    BadManifest,
+    BuildError,
+    BuildStore,
+    Manifest,
+    QuotaExceeded,
+    manifest_of,
+)
+from node._transfer import BUILD, BuildRequest, BuildResponse
+
+from .test_registry_network import running_nodes
+
+
+def random_file(path: Path, size: int) -> Path:
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def open_store(tmp_path: Path, quota: int = 1 << 30) -> tuple[Database, BuildStore]:
+    db = Database(tmp_path / "node.db")
+    return db, BuildStore(db.conn, tmp_path / "blobs", quota)
+
+
+def test_a_build_is_stored_by_content_and_kept_across_restarts(tmp_path: Path) -> None:
+    source = random_file(tmp_path / "agent.wasm", 3 * CHUNK_SIZE + 123)
+    db, store = open_store(tmp_path)
+    info = store.add_file(source)
+    assert info.cid == manifest_of(source).cid and info.complete and info.pinned
+    assert store.add_file(source).cid == info.cid  # the same bytes, the same build
+    assert b"".join(store.read_chunks(info.cid, 0, 4)) == source.read_bytes()
+    db.close()
+    db, again = open_store(tmp_path)
+    assert again.info(info.cid) == info
+    assert again.gc() == [] and again.info(info.cid) is not None  # pinned: kept
+    again.pin(info.cid, False)
+    assert again.gc() == [info.cid] and again.info(info.cid) is None
+    assert not again.path(info.cid).exists()
+    db.close()
+
+
+def test_only_matching_bytes_are_stored_or_served(tmp_path: Path) -> None:
+    source = random_file(tmp_path / "agent.wasm", 2 * CHUNK_SIZE)
+    manifest = manifest_of(source)
+    db, store = open_store(tmp_path)
+    store.begin(manifest)
+    data = source.read_bytes()
+    good, bad = data[:CHUNK_SIZE], b"\0" * CHUNK_SIZE
+    assert store.write_chunks(manifest.cid, {0: good, 1: bad}) == [1]
+    assert store.missing(manifest.cid) == [1]
+    with pytest.raises(BuildError):
+        store.read_chunks(manifest.cid, 0, 2)  # chunk 1 is not here
+    with pytest.raises(BuildError, match="outside"):
+        store.read_chunks(manifest.cid, 1, 4)
+    assert store.write_chunks(manifest.cid, {1: data[CHUNK_SIZE:]}) == []
+    with open(store.path(manifest.cid), "r+b") as f:  # the disk rots
+        f.seek(10)
+        f.write(b"rot")
+    with pytest.raises(BuildError, match="damaged"):
+        store.read_chunks(manifest.cid, 0, 1)
+    assert store.missing(manifest.cid) == [0]  # forgotten: it will be fetched again
+    db.close()
+
+
+def test_manifests_are_checked_against_their_id(tmp_path: Path) -> None:
+    manifest = Manifest(10, (b"x" * 32,))
+    assert Manifest.decode(manifest.encode(), manifest.cid) == manifest
+    with pytest.raises(BadManifest, match="not the one"):
+        Manifest.decode(manifest.encode(), "bld-" + "0" * 64)
+    with pytest.raises(BadManifest):
+        Manifest.decode(Manifest(10, (b"x" * 32, b"y" * 32)).encode())
+    with pytest.raises(BadManifest):
+        Manifest.decode(b"\xff junk")
+
+
+def test_the_quota_is_a_clear_error_and_changes_nothing(tmp_path: Path) -> None:
+    db, store = open_store(tmp_path, quota=CHUNK_SIZE)
+    with pytest.raises(QuotaExceeded, match="quota"):
+        store.add_file(random_file(tmp_path / "big.wasm", 2 * CHUNK_SIZE))
+    assert store.list() == [] and list((tmp_path / "blobs").iterdir()) == []
+    db.close()
+
+
+@pytest.mark.slow
+async def test_a_fetch_completes_from_honest_peers_past_a_corrupt_one(tmp_path: Path) -> None:
+    source = random_file(tmp_path / "agent.wasm", 12 * CHUNK_SIZE + 5)
+    async with running_nodes(tmp_path, 4) as (user, honest1, honest2, liar):
+        for holder in (honest1, honest2, liar):
+            await holder.call(holder.builds.builds.add_file, source)
+        cid = manifest_of(source).cid
+
+        async def corrupt(peer: str, request: BuildRequest) -> BuildResponse:
+            answer = await liar.builds._answer(peer, request)
+            return BuildResponse(
+                manifest=answer.manifest, chunks=[b"\1" * len(c) for c in answer.chunks]
+            )
+
+        liar.overlay.requests.serve(BUILD, corrupt)
+        peers = []
+        for holder in (honest1, honest2, liar):
+            peers.append(await user.overlay.host.connect(holder.overlay.host.listen_addrs()[0]))
+        # The liar alone: caught at its first chunk, nothing of it kept.
+        with pytest.raises(BuildError, match="no provider"):
+            await user.builds.fetch(cid, [peers[2]])
+        assert user.builds.fetches[cid].bad == {peers[2]}
+        assert len(await user.call(user.builds.builds.missing, cid)) == 13
+        # With honest peers too: the fetch completes, the liar is not asked again.
+        served = liar.overlay.requests.statistics().bytes_out[BUILD.id]
+        info = await user.builds.fetch(cid, peers)
+        assert info.complete
+        assert (
+            b"".join(await user.call(user.builds.builds.read_chunks, cid, 0, info.chunks))
+            == source.read_bytes()
+        )
+        assert liar.overlay.requests.statistics().bytes_out[BUILD.id] == served
+
+
+@pytest.mark.slow
+async def test_an_interrupted_fetch_resumes_instead_of_starting_over(tmp_path: Path) -> None:
+    source = random_file(tmp_path / "agent.wasm", 24 * CHUNK_SIZE)
+    async with running_nodes(tmp_path, 2) as (user, holder):
+        await holder.call(holder.builds.builds.add_file, source)
+        cid = manifest_of(source).cid
+        peer = await user.overlay.host.connect(holder.overlay.host.listen_addrs()[0])
+        with trio.move_on_after(30) as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(user.builds.fetch, cid, [peer])
+                while True:  # stop it half way
+                    state = user.builds.fetches.get(cid)
+                    if state is not None and state.size and state.done >= state.size // 2:
+                        nursery.cancel_scope.cancel()
+                        break
+                    await trio.sleep(0.005)
+        assert not scope.cancelled_caught
+        left = len(await user.call(user.builds.builds.missing, cid))
+        assert 0 < left < 24
+        served = holder.overlay.requests.statistics().bytes_out[BUILD.id]
+        info = await user.builds.fetch(cid, [peer])
+        assert info.complete
+        resent = holder.overlay.requests.statistics().bytes_out[BUILD.id] - served
+        assert resent < (left + 4) * CHUNK_SIZE  # what was missing, not the whole build
