@@ -15,6 +15,8 @@ Benchmarks:
             after one link heals it, seconds until all agree (target < 10 s) and
             anti-entropy bytes over the size of what was missing (target <= 2x)
   search    query latency over 100,000 listings (p50 < 10 ms, p99 < 50 ms)
+  transfer  a 256 MB build fetched between two daemons on loopback, MB/s (target
+            >= 100), next to raw loopback TCP
   runtime   WebAssembly runs: cold and warm start of the wordcount example, in
             this process (warm < 2 ms) and through the worker processes (warm
             < 5 ms); runs per second on 2 workers (>= 500); fuel's cost
@@ -163,6 +165,12 @@ def bench_search() -> dict[str, Any]:
     return run_search()
 
 
+def bench_transfer() -> dict[str, Any]:
+    from benchmarks.transfer import run
+
+    return run()
+
+
 def bench_runtime() -> dict[str, Any]:
     from benchmarks.runtime import run
 
@@ -177,6 +185,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "registry-converge": bench_registry_converge,
     "search": bench_search,
     "runtime": bench_runtime,
+    "transfer": bench_transfer,
 }
 
 
