@@ -108,10 +108,14 @@ def publish(
 @data_dir_option
 @click.argument("name")
 @click.argument("version")
-@click.option("--cid", required=True, help="Content id of the build.")
 @click.option(
-    "--size", required=True, type=click.IntRange(min=1), help="Size of the build in bytes."
+    "--build",
+    "build_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The build file: stored here, copied to the peers responsible for it, then bound.",
 )
+@click.option("--cid", help="Content id of a build stored elsewhere (instead of --build).")
+@click.option("--size", type=click.IntRange(min=1), help="Its size in bytes (with --cid).")
 @click.option(
     "--depends",
     "depends",
@@ -124,17 +128,25 @@ def release(
     data_dir: Path | None,
     name: str,
     version: str,
-    cid: str,
-    size: int,
+    build_file: Path | None,
+    cid: str | None,
+    size: int | None,
     depends: tuple[str, ...],
     account: str,
 ) -> None:
-    """Bind NAME@VERSION of your listing to a build (content id and size).
+    """Bind NAME@VERSION of your listing to a build.
+
+    With --build, the file is stored on this node and offered to the peers
+    responsible for it; the release is bound once [builds] min_copies of them
+    hold a copy, so it stays available when this node is off.
 
     \b
     Example:
-      mercato release wordcount 1.2.0 --cid b3-4f1c... --size 48213
+      mercato release wordcount 1.2.0 --build wordcount.wasm
+      mercato release wordcount 1.2.0 --cid bld-4f1c... --size 48213
     """
+    if (build_file is None) == (cid is None) or (cid is not None and size is None):
+        raise click.UsageError("give either --build FILE, or --cid CID and --size N")
     dependencies = {}
     for item in depends:
         ref, sep, rng = item.partition("=")
@@ -143,14 +155,12 @@ def release(
                 f"{item!r}: expected PUBLISHER/NAME=RANGE", param_hint="--depends"
             )
         dependencies[ref] = rng
-    fields = {
-        "name": name,
-        "version": version,
-        "cid": cid,
-        "size": size,
-        "dependencies": dependencies,
-    }
-    shown = ControlClient(resolve(data_dir)).release(fields, account)
+    fields: dict[str, object] = {"name": name, "version": version, "dependencies": dependencies}
+    if cid is not None:
+        fields.update(cid=cid, size=size)
+    client = ControlClient(resolve(data_dir), timeout=120)
+    build = str(build_file.resolve()) if build_file is not None else None
+    shown = client.release(fields, account, build)
     click.echo(f"released {shown['publisher']}/{name}@{version}")
 
 

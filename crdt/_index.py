@@ -368,6 +368,8 @@ class RegistryStore:
         self._dirty: dict[tuple[str, str], float] = {}  # listing -> when it changed
         self._closed = False
         self._too_large: dict[str, int] = {}  # feed -> journal size when it was too big
+        self._changes = 0  # counts applied changes, for caches
+        self._cids: tuple[int, set[str]] | None = None
         self._load()
 
     def _load(self, trust_index: bool = True) -> None:
@@ -470,6 +472,7 @@ class RegistryStore:
             now = time.time()
             self._dirty.update({(update.address, _listing_of(c)): now for c in entries})
             changed += entries
+            self._changes += 1
             if update.is_snapshot:
                 self._compact(update, vetted=True)
         return changed
@@ -543,6 +546,7 @@ class RegistryStore:
             self._reload()
             raise
         self._dirty[(signed.address, name)] = time.time()
+        self._changes += 1
 
     def _reload(self) -> None:
         """Make memory match the journal again, after a failed write."""
@@ -560,6 +564,17 @@ class RegistryStore:
         """One listing with all its releases, or None."""
         feed = self.registry.feeds.get(publisher)
         return describe(feed, name) if feed is not None else None
+
+    def release_cids(self) -> set[str]:
+        """The build id of every release in the registry (cached until it changes)."""
+        if self._cids is None or self._cids[0] != self._changes:
+            cids = {
+                release.cid
+                for feed in self.registry.feeds.values()
+                for release in feed.releases().values()
+            }
+            self._cids = (self._changes, cids)
+        return set(self._cids[1])
 
     def releases_of(self, ref: str) -> list[Release] | None:
         """The releases of listing "publisher/name", or None if there is no such listing."""

@@ -276,7 +276,13 @@ async def _publish(node: Node, request: Request) -> Response:
 
 async def _release(node: Node, request: Request) -> Response:
     account, release = _account_and(request, "release", dict)
-    return Response.json(200, await _registry_call(node.registry.release(account, release)))
+    build = request.json().get("build")
+    if build is None:
+        return Response.json(200, await _registry_call(node.registry.release(account, release)))
+    if not isinstance(build, str) or not build.startswith("/") or len(build) > 4096:
+        raise HttpError(400, "bad_body", '"build" is the absolute path of the build file')
+    call = node.release_build(account, release, Path(build))
+    return Response.json(200, await _build_call(_registry_call(call)))
 
 
 async def _deprecate(node: Node, request: Request) -> Response:

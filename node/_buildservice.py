@@ -15,8 +15,10 @@ Every store call runs in the store's worker thread, off the event loop.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -32,14 +34,17 @@ from ._builds import (
     UnknownBuild,
     check_cid,
 )
+from ._config import BuildsSection
 from ._store import Store
-from ._transfer import BUILD, MAX_BATCH, BuildRequest, BuildResponse
+from ._transfer import BUILD, MAX_BATCH, OPS, BuildRequest, BuildResponse
 
 log = logging.getLogger("mercato.builds")
 
 PER_PROVIDER = 4
 MAX_FAILURES = 3
 PENALTY_CORRUPT = 50.0
+ANNOUNCE_EVERY_S = 600.0
+PEER_CHECK_S = 0.5  # how often the repair loop looks whether peers came or went
 
 Progress = Callable[[int, int], None]
 """Called with (bytes stored, build size) as chunks arrive."""
@@ -69,13 +74,39 @@ class FetchState:
         }
 
 
+def distance(cid: str, peer: str) -> int:
+    """Kademlia XOR distance between a build and a peer (both hashed to 256 bits)."""
+    a = hashlib.sha256(cid.encode()).digest()
+    b = hashlib.sha256(peer.encode()).digest()
+    return int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+
+
+def responsible(cid: str, peers: Iterable[str], replicas: int) -> list[str]:
+    """The ``replicas`` peers closest to ``cid``, closest first."""
+    return sorted(set(peers), key=lambda peer: distance(cid, peer))[:replicas]
+
+
 class BuildService:
-    def __init__(self, store: Store, builds: BuildStore, overlay: Overlay) -> None:
+    """Serves builds, fetches them, and keeps each released build on the peers
+    responsible for it (see `repair_once`)."""
+
+    def __init__(
+        self,
+        store: Store,
+        builds: BuildStore,
+        overlay: Overlay,
+        config: BuildsSection,
+        released: Callable[[], Awaitable[set[str]]] | None = None,
+    ) -> None:
         self._store = store
         self.builds = builds
         self._overlay = overlay
+        self.config = config
+        self._released = released
         self.fetches: dict[str, FetchState] = {}
         self._nursery: trio.Nursery | None = None
+        self._announced: dict[str, float] = {}
+        self._wake = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Answer build requests, and keep background fetches, until cancelled."""
@@ -83,7 +114,107 @@ class BuildService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            await trio.sleep_forever()
+            last_round, last_peers = -self.config.repair_interval_s, set(self.live_peers())
+            while True:
+                with trio.move_on_after(PEER_CHECK_S):
+                    await self._wake.wait()
+                peers = set(self.live_peers())
+                due = trio.current_time() - last_round >= self.config.repair_interval_s
+                # A peer that left may have held copies: repair at once, not at the next tick.
+                if not (self._wake.is_set() or due or peers != last_peers):
+                    continue
+                self._wake = trio.Event()
+                last_round, last_peers = trio.current_time(), peers
+                try:
+                    await self.repair_once()
+                except (BuildError, P2PError) as exc:
+                    log.warning("build repair round failed", extra={"why": str(exc)})
+
+    def wake(self) -> None:
+        """Run a repair round now (a peer left, a build was released or offered)."""
+        self._wake.set()
+
+    # -- responsibility ----------------------------------------------------------
+
+    def live_peers(self) -> list[str]:
+        """This node and the connected peers that store builds."""
+        return [self._overlay.peer_id, *self.providers()]
+
+    async def repair_once(self) -> dict[str, list[str]]:
+        """One round: fetch what this node is responsible for and lacks, announce
+        what it holds, and drop unpinned builds it is no longer responsible for once
+        their responsible peers hold them. Returns what it did, by action."""
+        done: dict[str, list[str]] = {"fetching": [], "dropped": [], "announced": []}
+        me, peers = self._overlay.peer_id, self.live_peers()
+        held = {info.cid: info for info in await self._store.run(self.builds.list)}
+        released = await self._released() if self._released is not None else set()
+        for cid in sorted(released | set(held)):
+            duty = responsible(cid, peers, self.config.replicas)
+            info = held.get(cid)
+            if me in duty:
+                if info is None or not info.complete:
+                    sources = await self.copies(cid)
+                    if sources and self.start_fetch(cid, sources, False).finished is False:
+                        done["fetching"].append(cid)
+                elif await self._announce(cid):
+                    done["announced"].append(cid)
+            elif info is not None and not info.pinned and await self._held_by(cid, duty):
+                await self._store.run(self.builds.remove, cid)
+                done["dropped"].append(cid)
+        return done
+
+    async def _announce(self, cid: str) -> bool:
+        """Provider record for ``build:<cid>``, renewed every ANNOUNCE_EVERY_S."""
+        if time.monotonic() - self._announced.get(cid, -ANNOUNCE_EVERY_S) < ANNOUNCE_EVERY_S:
+            return False
+        self._announced[cid] = time.monotonic()
+        try:
+            await self._overlay.dht.provide(f"build:{cid}")
+        except P2PError as exc:
+            log.debug("could not announce a build", extra={"cid": cid, "why": str(exc)})
+            return False
+        return True
+
+    async def have(self, peer: str, cid: str) -> tuple[int, int]:
+        """How many chunks of ``cid`` ``peer`` holds, of how many; (0, 0) if unknown."""
+        try:
+            answer = await self._overlay.requests.request(
+                peer, BUILD, BuildRequest(cid=cid, op="have")
+            )
+        except P2PError:
+            return 0, 0
+        return answer.have, answer.total
+
+    async def _held_by(self, cid: str, peers: list[str]) -> bool:
+        others = [p for p in peers if p != self._overlay.peer_id]
+        for peer in others:
+            have, total = await self.have(peer, cid)
+            if total == 0 or have < total:
+                return False
+        return bool(others)
+
+    async def copies(self, cid: str) -> list[str]:
+        """Connected peers that hold all of ``cid``."""
+        found = []
+        for peer in self.providers():
+            have, total = await self.have(peer, cid)
+            if total and have == total:
+                found.append(peer)
+        return found
+
+    async def offer(self, cid: str) -> list[str]:
+        """Tell the peers responsible for ``cid`` that this node holds it; return them."""
+        duty = responsible(cid, self.live_peers(), self.config.replicas)
+        offered = []
+        for peer in duty:
+            if peer == self._overlay.peer_id:
+                continue
+            try:
+                await self._overlay.requests.request(peer, BUILD, BuildRequest(cid=cid, op="offer"))
+                offered.append(peer)
+            except P2PError as exc:
+                log.debug("offer refused", extra={"peer": peer, "why": str(exc)})
+        return offered
 
     def start_fetch(self, cid: str, providers: list[str] | None, pinned: bool) -> FetchState:
         """Fetch in the background (see `fetch`); its progress is in the returned state."""
@@ -113,12 +244,22 @@ class BuildService:
                     self.builds.read_chunks, request.cid, request.first, request.count
                 )
                 return BuildResponse(chunks=chunks)
+            if request.op == "have":
+                info = await self._store.run(self.builds.info, request.cid)
+                if info is None:
+                    return BuildResponse()
+                return BuildResponse(have=info.have, total=info.chunks)
+            if request.op == "offer":
+                info = await self._store.run(self.builds.info, request.cid)
+                if info is None or not info.complete:
+                    self.start_fetch(request.cid, [peer], False)
+                return BuildResponse()
         except UnknownBuild:
             raise Refused("unknown_build", "this node does not have that build") from None
         except BuildError as exc:
             code = "bad_range" if "outside" in str(exc) else "missing"
             raise Refused(code, str(exc)) from None
-        raise Refused("bad_request", f"op must be one of manifest, chunks, not {request.op!r}")
+        raise Refused("bad_request", f"op must be one of {', '.join(OPS)}, not {request.op!r}")
 
     # -- fetching ----------------------------------------------------------------
 

@@ -153,10 +153,13 @@ class ControlClient:
             "POST", "/v1/registry/publish", {"account": account, "listing": listing}
         )
 
-    def release(self, release: dict[str, Any], account: str = "default") -> dict[str, Any]:
-        return self.request(
-            "POST", "/v1/registry/release", {"account": account, "release": release}
-        )
+    def release(
+        self, release: dict[str, Any], account: str = "default", build: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"account": account, "release": release}
+        if build is not None:
+            body["build"] = build
+        return self.request("POST", "/v1/registry/release", body)
 
     def deprecate(self, name: str, account: str = "default") -> dict[str, Any]:
         return self.request("POST", "/v1/registry/deprecate", {"account": account, "name": name})

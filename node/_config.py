@@ -102,6 +102,12 @@ class BuildsSection:
 
     quota_mb: int = 10_240
     """Disk the build store may use, in MB."""
+    replicas: int = 3
+    """Copies of each released build, on the peers closest to it (Kademlia XOR)."""
+    repair_interval_s: float = 10.0
+    """How often a node checks which builds it is responsible for."""
+    min_copies: int = 1
+    """Other peers that must hold a build before `release --build` binds it."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,12 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
         raise fail("api.max_body_bytes", "must be at least 1024")
     if config.builds.quota_mb < 1:
         raise fail("builds.quota_mb", "must be at least 1")
+    if not 1 <= config.builds.replicas <= 20:
+        raise fail("builds.replicas", "must be between 1 and 20")
+    if not 0.1 <= config.builds.repair_interval_s <= 3600:
+        raise fail("builds.repair_interval_s", "must be between 0.1 and 3600")
+    if not 0 <= config.builds.min_copies <= config.builds.replicas:
+        raise fail("builds.min_copies", "must be between 0 and builds.replicas")
     if not 1 <= config.runtime.slots <= 64:
         raise fail("runtime.slots", "must be between 1 and 64")
     if not 1 <= config.runtime.max_memory_mb <= 4096:
@@ -326,6 +338,12 @@ max_timeout_s = 60.0
 [builds]
 # Disk the build store may use, in MB.
 quota_mb = 10240
+# Copies of each released build, kept on the peers closest to it.
+replicas = 3
+# How often to check which builds this node is responsible for, in seconds.
+repair_interval_s = 10.0
+# Other peers that must hold a build before `mercato release --build` binds it.
+min_copies = 1
 
 [api]
 # The control API listens on loopback only. Port 0 picks a free port.

@@ -21,6 +21,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
@@ -37,7 +38,7 @@ from p2p import (
 from runtime import WorkerPool, open_worker_pool
 
 from ._api import ControlAPI
-from ._builds import BuildStore
+from ._builds import BuildError, BuildStore
 from ._buildservice import BuildService
 from ._config import Config, load_config
 from ._control import LocalControl
@@ -54,6 +55,7 @@ from ._registry import RegistryService
 from ._store import Store, open_store
 from ._version import __version__
 
+RELEASE_WAIT_S = 40.0  # within the control API's connection time
 log = logging.getLogger("mercato.node")
 
 MIN_TOKEN_LENGTH = 32
@@ -123,6 +125,40 @@ class Node:
     def registry(self) -> RegistryService:
         assert self._registry is not None, "node is not running"
         return self._registry
+
+    async def release_build(
+        self, account: str, fields: dict[str, Any], build: Path
+    ) -> dict[str, Any]:
+        """Store ``build``, offer it to the peers responsible for it, wait until
+        ``[builds] min_copies`` of them hold it, then bind the release to it.
+
+        BuildError if too few peers took a copy in RELEASE_WAIT_S (the build stays
+        stored and offered: run the release again later).
+        """
+        info = await self.call(self.builds.builds.add_file, build, True)
+        wanted = self.config.builds.min_copies
+        if wanted:
+            await self.builds.offer(info.cid)
+            copies = await self.builds.copies(info.cid)
+            deadline = trio.current_time() + RELEASE_WAIT_S
+            while len(copies) < wanted and trio.current_time() < deadline:
+                await trio.sleep(0.2)  # the peers fetch in their own time; ask again
+                copies = await self.builds.copies(info.cid)
+            if len(copies) < wanted:
+                raise BuildError(
+                    f"only {len(copies)} of the {wanted} peers needed hold {info.cid} after "
+                    f"{RELEASE_WAIT_S:g} s; it stays stored here and offered: run the release "
+                    "again later, or connect to more peers"
+                )
+        shown = await self.registry.release(account, {**fields, "cid": info.cid, "size": info.size})
+        self.builds.wake()
+        return shown
+
+    async def _released_builds(self) -> set[str]:
+        if self._registry is None:
+            return set()
+        cids = await self.call(self._registry.replica.release_cids)
+        return {cid for cid in cids if cid.startswith("bld-")}
 
     @property
     def builds(self) -> BuildService:
@@ -209,13 +245,15 @@ class Node:
                                 self.config.builds.quota_mb * 1024 * 1024,
                             ),
                             overlay,
+                            self.config.builds,
+                            self._released_builds,
                         )
                         self._registry = RegistryService(store, self._control, overlay)
                         async with trio.open_nursery() as registry_nursery:
-                            await registry_nursery.start(self._builds.run)
-                            self.services.append("builds")
                             await registry_nursery.start(self._registry.run)
                             self.services.append("registry")
+                            await registry_nursery.start(self._builds.run)
+                            self.services.append("builds")
                             async with open_worker_pool(
                                 self.config.runtime.slots, self.datadir.module_cache_dir
                             ) as runtime:

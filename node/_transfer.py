@@ -5,6 +5,11 @@
     asker -> BuildRequest(cid, op="chunks", first, count)   at most MAX_BATCH chunks
     peer  -> BuildResponse(chunks=[...])                    each checked on arrival
 
+    asker -> BuildRequest(cid, op="have")                   how much of it is there
+    peer  -> BuildResponse(have=<chunks verified>, total=<chunks>)
+    asker -> BuildRequest(cid, op="offer")                  "I hold it: fetch it from me"
+    peer  -> BuildResponse()                                it fetches in the background
+
 A peer that lacks the build or the chunks refuses with ``unknown_build`` or
 ``missing``; a range outside the build is ``bad_range``. Only chunks the
 serving node verified itself are ever sent.
@@ -21,7 +26,7 @@ from ._builds import CHUNK_SIZE, MAX_CHUNKS
 
 MAX_BATCH = 4
 MAX_MANIFEST_BYTES = 34 * MAX_CHUNKS + 1024
-OPS = ("manifest", "chunks")
+OPS = ("manifest", "chunks", "have", "offer")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,8 @@ class BuildResponse(Message):
     chunks: list[bytes] = field(
         default_factory=list, metadata={"max_len": MAX_BATCH, "item_max_len": CHUNK_SIZE}
     )
+    have: int = field(default=0, metadata={"min": 0, "max": MAX_CHUNKS})
+    total: int = field(default=0, metadata={"min": 0, "max": MAX_CHUNKS})
 
 
 BUILD = RequestProtocol(

@@ -17,6 +17,8 @@ Benchmarks:
   search    query latency over 100,000 listings (p50 < 10 ms, p99 < 50 ms)
   transfer  a 256 MB build fetched between two daemons on loopback, MB/s (target
             >= 100), next to raw loopback TCP
+  repair    10 nodes, one responsible peer of a released build stops: seconds
+            until R copies exist again
   runtime   WebAssembly runs: cold and warm start of the wordcount example, in
             this process (warm < 2 ms) and through the worker processes (warm
             < 5 ms); runs per second on 2 workers (>= 500); fuel's cost
@@ -171,6 +173,12 @@ def bench_transfer() -> dict[str, Any]:
     return run()
 
 
+def bench_repair() -> dict[str, Any]:
+    from benchmarks.repair import run
+
+    return run()
+
+
 def bench_runtime() -> dict[str, Any]:
     from benchmarks.runtime import run
 
@@ -186,6 +194,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "search": bench_search,
     "runtime": bench_runtime,
     "transfer": bench_transfer,
+    "repair": bench_repair,
 }
 
 

@@ -148,3 +148,65 @@ async def test_an_interrupted_fetch_resumes_instead_of_starting_over(tmp_path: P
         assert info.complete
         resent = holder.overlay.requests.statistics().bytes_out[BUILD.id] - served
         assert resent < (left + 4) * CHUNK_SIZE  # what was missing, not the whole build
+
+
+async def connect_all(nodes) -> None:
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1 :]:
+            await a.overlay.host.connect(b.overlay.host.listen_addrs()[0])
+
+
+async def holders(nodes, cid: str) -> set[str]:
+    out = set()
+    for node in nodes:
+        info = await node.call(node.builds.builds.info, cid)
+        if info is not None and info.complete:
+            out.add(node.overlay.peer_id)
+    return out
+
+
+async def wait_until_held(nodes, cid: str, expected: set[str], within: float) -> None:
+    with trio.fail_after(within):
+        held = await holders(nodes, cid)
+        while not expected <= held:
+            await trio.sleep(0.1)  # copies arrive in the background; look again
+            held = await holders(nodes, cid)
+
+
+@pytest.mark.slow
+async def test_a_release_lands_on_the_closest_peers_and_is_repaired(tmp_path: Path) -> None:
+    from node._buildservice import responsible
+
+    source = random_file(tmp_path / "big.wasm", 50 * 1024 * 1024)
+    cid = manifest_of(source).cid
+    async with running_nodes(tmp_path, 10, repair_interval_s=1.0) as nodes:
+        await connect_all(nodes)
+        closest = responsible(cid, [n.overlay.peer_id for n in nodes], 4)
+        creator = next(n for n in nodes if n.overlay.peer_id not in closest)
+        await creator.registry.publish(
+            "default",
+            {
+                "name": "big",
+                "kind": "agent",
+                "title": "Big",
+                "summary": "A big agent.",
+                "price": 0,
+                "royalty_bps": 0,
+            },
+        )
+        shown = await creator.release_build("default", {"name": "big", "version": "1.0.0"}, source)
+        assert shown["releases"][0]["cid"] == cid
+        everyone = [n.overlay.peer_id for n in nodes]
+        duty = responsible(cid, everyone, 3)
+        await wait_until_held(nodes, cid, set(duty), within=60)
+
+        lost = next(n for n in nodes if n.overlay.peer_id in duty and n is not creator)
+        lost.request_stop()
+        alive = [n for n in nodes if n is not lost]
+        new_duty = responsible(cid, [n.overlay.peer_id for n in alive], 3)
+        newcomer = set(new_duty) - set(duty)
+        assert newcomer and not newcomer & await holders(alive, cid)  # a copy to make
+        await wait_until_held(alive, cid, set(new_duty), within=30)
+        for node in alive:  # every copy is the build, byte for byte
+            if node.overlay.peer_id in new_duty:
+                assert not await node.call(node.builds.builds.verify, cid)
