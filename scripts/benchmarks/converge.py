@@ -23,16 +23,16 @@ import random
 import shutil
 import tempfile
 import time
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from crdt import SYNC, FeedWriter, RegistryStore, SignedUpdate
-from node import Config, Database, DataDir, Node, init_data_dir
+from node import Database, Node
 from p2p import Keypair
 
+from ._nodes import running_nodes
 from .registry import _listing
 
 NODES = 20
@@ -71,20 +71,7 @@ async def _states(node: Node) -> dict[str, bytes]:
 async def _run(root: Path, listings: int) -> dict[str, Any]:
     updates, _ = await trio.to_thread.run_sync(_published, listings)
     missing_bytes = sum(len(u) for u in updates)
-    config = (
-        Config()
-        .replace("api", port=0)
-        .replace("p2p", listen=("/ip4/127.0.0.1/tcp/0",), mdns=False, target_peers=0)
-    )
-    async with AsyncExitStack() as stack:
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        nodes: list[Node] = []
-        for i in range(NODES):
-            datadir = DataDir(root / f"n{i}")
-            await trio.to_thread.run_sync(init_data_dir, datadir)
-            node = Node(datadir, config)
-            await nursery.start(node.run)
-            nodes.append(node)
+    async with running_nodes(root, NODES) as nodes:
         left, right = nodes[: NODES // 2], nodes[NODES // 2 :]
         decoded = [SignedUpdate.decode(u) for u in updates]
         for node in left:
@@ -111,8 +98,6 @@ async def _run(root: Path, listings: int) -> dict[str, Any]:
         started = time.perf_counter()
         indexed = await right[0].call(right[0].registry.replica.flush_index)
         index_s = time.perf_counter() - started
-        for node in nodes:
-            node.request_stop()
     return {
         "nodes": NODES,
         "listings": listings,

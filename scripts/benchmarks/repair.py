@@ -13,15 +13,16 @@ import os
 import shutil
 import tempfile
 import time
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from node import Config, DataDir, Node, init_data_dir
+from node import Node
 from node._builds import manifest_of
 from node._buildservice import responsible
+
+from ._nodes import LOOPBACK, running_nodes
 
 NODES = 10
 SIZE = 10 * 1024 * 1024
@@ -47,20 +48,7 @@ async def _run(root: Path) -> dict[str, Any]:
     source = root / "build.bin"
     source.write_bytes(os.urandom(SIZE))
     cid = manifest_of(source).cid
-    config = (
-        Config()
-        .replace("api", port=0)
-        .replace("p2p", listen=("/ip4/127.0.0.1/tcp/0",), mdns=False, target_peers=0)
-    )
-    async with AsyncExitStack() as stack:
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        nodes = []
-        for i in range(NODES):
-            datadir = DataDir(root / f"n{i}")
-            await trio.to_thread.run_sync(init_data_dir, datadir)
-            node = Node(datadir, config)
-            await nursery.start(node.run)
-            nodes.append(node)
+    async with running_nodes(root, NODES) as nodes:
         for i, a in enumerate(nodes):
             for b in nodes[i + 1 :]:
                 await a.overlay.host.connect(b.overlay.host.listen_addrs()[0])
@@ -82,13 +70,11 @@ async def _run(root: Path) -> dict[str, Any]:
         with trio.fail_after(120):
             await _until_held(alive, cid, set(new_duty))
         repair_s = time.perf_counter() - started
-        for node in alive:
-            node.request_stop()
     return {
         "nodes": NODES,
         "build_bytes": SIZE,
         "replicas": 3,
-        "repair_interval_s": config.builds.repair_interval_s,
+        "repair_interval_s": LOOPBACK.builds.repair_interval_s,
         "repair_s": round(repair_s, 2),
     }
 
