@@ -87,6 +87,8 @@ def fetch(data_dir: Path | None, cid: str, peers: tuple[str, ...], pin: bool) ->
             time.sleep(0.2)
     if state.get("error"):
         raise click.ClickException(state["error"])
+    if not (answer.get("build") or {}).get("complete"):
+        raise click.ClickException(f"{cid} is not complete here; run the fetch again")
     click.echo(f"fetched {cid}")
 
 

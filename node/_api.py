@@ -508,7 +508,7 @@ async def _builds_verify(node: Node, request: Request) -> Response:
 
 
 async def _builds_gc(node: Node, request: Request) -> Response:
-    removed = await node.call(node.builds.builds.gc)
+    removed = await node.call(node.builds.builds.gc, node.builds.keep())
     return Response.json(200, {"removed": removed})
 
 

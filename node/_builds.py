@@ -177,6 +177,15 @@ class BuildStore:
                 self.conn.execute("ROLLBACK")
             raise
 
+    @contextmanager
+    def _recorded(self, cid: str) -> Iterator[None]:
+        """Undo the data file if its record cannot be written (a full disk)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            self.path(cid).unlink(missing_ok=True)
+            raise QuotaExceeded(f"cannot record {cid}: {exc}") from None
+
     def path(self, cid: str) -> Path:
         return self.root / check_cid(cid)
 
@@ -237,7 +246,7 @@ class BuildStore:
                 f.truncate(manifest.size)  # sparse: chunks land at their offsets
         except OSError as exc:
             raise QuotaExceeded(f"cannot make room for {cid}: {exc}") from None
-        with self._transaction():
+        with self._recorded(cid), self._transaction():
             self.conn.execute(
                 "INSERT INTO builds(cid, size, chunks, manifest, pinned, added) "
                 "VALUES (?,?,?,?,?,?)",
@@ -277,16 +286,25 @@ class BuildStore:
                     os.fsync(f.fileno())
             except OSError as exc:
                 raise QuotaExceeded(f"cannot write {cid}: {exc}") from None
-            with self._transaction():
-                self.conn.executemany(
-                    "INSERT OR IGNORE INTO build_chunks(cid, idx) VALUES (?, ?)",
-                    [(cid, i) for i in good],
-                )
+            try:
+                with self._transaction():
+                    self.conn.executemany(
+                        "INSERT OR IGNORE INTO build_chunks(cid, idx) VALUES (?, ?)",
+                        [(cid, i) for i in good],
+                    )
+            except sqlite3.Error as exc:  # the bytes are there; only the record failed
+                raise QuotaExceeded(f"cannot record chunks of {cid}: {exc}") from None
         return bad
 
     def add_file(self, source: Path, pinned: bool = True) -> BuildInfo:
-        """Store a local file as a build (pinned by default); return its record."""
-        manifest = manifest_of(source)
+        """Store a local file as a build (pinned by default); return its record.
+
+        BuildError if the file cannot be read; QuotaExceeded if it does not fit (then
+        nothing of it stays)."""
+        try:
+            manifest = manifest_of(source)
+        except OSError as exc:
+            raise BuildError(f"cannot read {source}: {exc.strerror or exc}") from None
         info = self.begin(manifest, pinned)
         if info.complete:
             return info
@@ -299,8 +317,12 @@ class BuildStore:
                     index += 1
                 if not batch:
                     break
-                if self.write_chunks(manifest.cid, batch):
-                    raise BuildError(f"{source} changed while it was being stored")
+                try:
+                    if self.write_chunks(manifest.cid, batch):
+                        raise BuildError(f"{source} changed while it was being stored")
+                except BuildError:
+                    self.remove(manifest.cid)  # no half-stored pinned record left behind
+                    raise
         return self.info(manifest.cid) or info
 
     # -- reading -----------------------------------------------------------------
@@ -338,9 +360,12 @@ class BuildStore:
         """Hash every recorded chunk again; forget those that no longer match (they
         will be fetched again) and return their indexes."""
         manifest = self.manifest(cid)
+        recorded = set(range(len(manifest.chunks))) - set(self.missing(cid))
         bad = []
         with open(self.path(cid), "rb") as f:
             for index, digest in enumerate(manifest.chunks):
+                if index not in recorded:
+                    continue  # not fetched yet: nothing to check
                 f.seek(index * manifest.chunk_size)
                 if hashlib.sha256(f.read(manifest.chunk_length(index))).digest() != digest:
                     bad.append(index)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
 
-from p2p import Overlay, P2PError, Refused, RemoteError
+from p2p import Overlay, P2PError, Refused, RemoteError, TokenBucket
 
 from ._builds import (
     BadManifest,
@@ -44,6 +45,9 @@ PER_PROVIDER = 4
 MAX_FAILURES = 3
 PENALTY_CORRUPT = 50.0
 ANNOUNCE_EVERY_S = 600.0
+MAX_FETCHES = 4  # fetches at once that an offer may start
+OFFERS_PER_S = 0.5
+OFFER_BURST = 4.0
 PEER_CHECK_S = 0.5  # how often the repair loop looks whether peers came or went
 
 Progress = Callable[[int, int], None]
@@ -61,6 +65,7 @@ class FetchState:
     bad: set[str] = field(default_factory=set)
     error: str = ""
     finished: bool = True
+    pin: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -107,6 +112,9 @@ class BuildService:
         self._nursery: trio.Nursery | None = None
         self._announced: dict[str, float] = {}
         self._wake = trio.Event()
+        self._offers: dict[str, TokenBucket] = {}
+        self._offered: set[str] = set()  # builds whose fetch an offer started
+        self._last_released: set[str] = set()  # as of the last repair round
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Answer build requests, and keep background fetches, until cancelled."""
@@ -130,6 +138,20 @@ class BuildService:
                 except (BuildError, P2PError) as exc:
                     log.warning("build repair round failed", extra={"why": str(exc)})
 
+    def _fetching(self) -> set[str]:
+        return {cid for cid, state in self.fetches.items() if not state.finished}
+
+    def keep(self) -> set[str]:
+        """Builds gc must leave: those being fetched, and released builds this node
+        keeps for the network (it is among the closest peers to them)."""
+        peers = self.live_peers()
+        mine = {
+            cid
+            for cid in self._last_released
+            if self._overlay.peer_id in responsible(cid, peers, self.config.replicas)
+        }
+        return self._fetching() | mine
+
     def wake(self) -> None:
         """Run a repair round now (a peer left, a build was released or offered)."""
         self._wake.set()
@@ -148,6 +170,7 @@ class BuildService:
         me, peers = self._overlay.peer_id, self.live_peers()
         held = {info.cid: info for info in await self._store.run(self.builds.list)}
         released = await self._released() if self._released is not None else set()
+        self._last_released = released
         for cid in sorted(released | set(held)):
             duty = responsible(cid, peers, self.config.replicas)
             info = held.get(cid)
@@ -158,10 +181,34 @@ class BuildService:
                         done["fetching"].append(cid)
                 elif await self._announce(cid):
                     done["announced"].append(cid)
-            elif info is not None and not info.pinned and await self._held_by(cid, duty):
+            elif (
+                info is not None
+                and not info.pinned
+                and cid not in self._fetching()
+                # Not ours to keep: drop it once its keepers hold it. What an offer
+                # started and that never completed goes at once.
+                and ((not info.complete and cid in self._offered) or await self._held_by(cid, duty))
+            ):
                 await self._store.run(self.builds.remove, cid)
+                self._offered.discard(cid)
                 done["dropped"].append(cid)
         return done
+
+    async def _take_offer(self, peer: str, cid: str) -> None:
+        """Fetch an offered build if this node is responsible for it, within bounds: an
+        offer costs the offerer nothing, and the fetch costs this node disk."""
+        bucket = self._offers.setdefault(peer, TokenBucket(OFFER_BURST))
+        if not bucket.take(OFFERS_PER_S, OFFER_BURST):
+            raise Refused("busy", "too many offers; slow down")
+        if self._overlay.peer_id not in responsible(cid, self.live_peers(), self.config.replicas):
+            raise Refused("not_responsible", "this node is not among the peers closest to it")
+        running = sum(not state.finished for state in self.fetches.values())
+        if running >= MAX_FETCHES:
+            raise Refused("busy", "this node is fetching enough builds already")
+        info = await self._store.run(self.builds.info, cid)
+        if info is None or not info.complete:
+            self._offered.add(cid)
+            self.start_fetch(cid, [peer], False)
 
     async def _announce(self, cid: str) -> bool:
         """Provider record for ``build:<cid>``, renewed every ANNOUNCE_EVERY_S."""
@@ -185,30 +232,56 @@ class BuildService:
             return 0, 0
         return answer.have, answer.total
 
+    async def proves(self, peer: str, cid: str) -> bool:
+        """Whether ``peer`` holds all of ``cid``, checked: it says so, and a chunk
+        picked at random that it sends matches the manifest (a peer could lie about
+        holding a build, to have the others drop theirs)."""
+        have, total = await self.have(peer, cid)
+        if not total or have < total:
+            return False
+        try:
+            manifest = await self._store.run(self.builds.manifest, cid)
+        except UnknownBuild:  # not here: the peer's, checked against the CID, will do
+            try:
+                answer = await self._overlay.requests.request(
+                    peer, BUILD, BuildRequest(cid=cid, op="manifest")
+                )
+                manifest = Manifest.decode(answer.manifest, cid)
+            except (P2PError, BadManifest):
+                return False
+        index = secrets.randbelow(len(manifest.chunks))
+        try:
+            answer = await self._overlay.requests.request(
+                peer, BUILD, BuildRequest(cid=cid, op="chunks", first=index, count=1)
+            )
+        except P2PError:
+            return False
+        if (
+            len(answer.chunks) == 1
+            and hashlib.sha256(answer.chunks[0]).digest() == (manifest.chunks[index])
+        ):
+            return True
+        await self._overlay.host.penalize(peer, PENALTY_CORRUPT, f"false claim to hold {cid}")
+        return False
+
     async def _held_by(self, cid: str, peers: list[str]) -> bool:
         others = [p for p in peers if p != self._overlay.peer_id]
         for peer in others:
-            have, total = await self.have(peer, cid)
-            if total == 0 or have < total:
+            if not await self.proves(peer, cid):
                 return False
         return bool(others)
 
     async def copies(self, cid: str) -> list[str]:
-        """Connected peers that hold all of ``cid``."""
-        found = []
-        for peer in self.providers():
-            have, total = await self.have(peer, cid)
-            if total and have == total:
-                found.append(peer)
-        return found
+        """Connected peers that hold all of ``cid``, each checked (see `proves`)."""
+        return [peer for peer in self.providers() if await self.proves(peer, cid)]
 
     async def offer(self, cid: str) -> list[str]:
         """Tell the peers responsible for ``cid`` that this node holds it; return them."""
-        duty = responsible(cid, self.live_peers(), self.config.replicas)
+        # The closest peers other than this one: if this node is among the closest,
+        # min_copies may still ask for `replicas` copies elsewhere.
+        duty = responsible(cid, self.providers(), self.config.replicas)
         offered = []
         for peer in duty:
-            if peer == self._overlay.peer_id:
-                continue
             try:
                 await self._overlay.requests.request(peer, BUILD, BuildRequest(cid=cid, op="offer"))
                 offered.append(peer)
@@ -220,12 +293,13 @@ class BuildService:
         """Fetch in the background (see `fetch`); its progress is in the returned state."""
         check_cid(cid)
         state = self.fetches.setdefault(cid, FetchState(cid))
+        state.pin = state.pin or pinned  # a pin asked during a running fetch still counts
         if state.finished:
 
             async def background() -> None:
                 try:
-                    await self.fetch(cid, providers, pinned)
-                except (BuildError, P2PError) as exc:
+                    await self.fetch(cid, providers, state.pin)
+                except Exception as exc:  # a background fetch never takes the node down
                     log.warning("fetch failed", extra={"cid": cid, "why": str(exc)})
 
             state.finished, state.error = False, ""
@@ -250,9 +324,7 @@ class BuildService:
                     return BuildResponse()
                 return BuildResponse(have=info.have, total=info.chunks)
             if request.op == "offer":
-                info = await self._store.run(self.builds.info, request.cid)
-                if info is None or not info.complete:
-                    self.start_fetch(request.cid, [peer], False)
+                await self._take_offer(peer, request.cid)
                 return BuildResponse()
         except UnknownBuild:
             raise Refused("unknown_build", "this node does not have that build") from None
@@ -275,10 +347,11 @@ class BuildService:
         provider could supply it. Cancelling leaves what arrived, for a later resume."""
         check_cid(cid)
         state = self.fetches.setdefault(cid, FetchState(cid))
-        state.finished, state.error = False, ""
+        state.finished, state.error, state.bad = False, "", set()  # the host's bans persist
+        state.pin = state.pin or pinned
         try:
             info = await self._fetch(
-                state, providers if providers is not None else self.providers(), pinned
+                state, providers if providers is not None else self.providers()
             )
         except BaseException as exc:
             state.error = str(exc) or type(exc).__name__
@@ -287,14 +360,12 @@ class BuildService:
             state.finished = True
         return info
 
-    async def _fetch(self, state: FetchState, providers: list[str], pinned: bool) -> BuildInfo:
+    async def _fetch(self, state: FetchState, providers: list[str]) -> BuildInfo:
         cid = state.cid
         info = await self._store.run(self.builds.info, cid)
         if info is None:
             manifest = await self._manifest(cid, providers, state)
-            info = await self._store.run(self.builds.begin, manifest, pinned)
-        elif pinned and not info.pinned:
-            await self._store.run(self.builds.pin, cid)
+            info = await self._store.run(self.builds.begin, manifest, state.pin)
         manifest = await self._store.run(self.builds.manifest, cid)
         state.size = manifest.size
         failures: dict[str, int] = {}
@@ -302,6 +373,8 @@ class BuildService:
             missing = await self._store.run(self.builds.missing, cid)
             state.done = manifest.size - sum(manifest.chunk_length(i) for i in missing)
             if not missing:
+                if state.pin:  # asked for by this fetch, or by one that joined it
+                    await self._store.run(self.builds.pin, cid)
                 return await self._store.run(self.builds.info, cid) or info
             usable = [
                 p for p in providers if p not in state.bad and failures.get(p, 0) < MAX_FAILURES
@@ -369,10 +442,13 @@ class BuildService:
                     )
                     log.warning("a provider sent corrupt chunks", extra={"peer": peer, "cid": cid})
 
-        async with trio.open_nursery() as nursery:
-            for peer in providers:
-                for _ in range(PER_PROVIDER):
-                    nursery.start_soon(worker, peer)
+        try:
+            async with trio.open_nursery() as nursery:
+                for peer in providers:
+                    for _ in range(PER_PROVIDER):
+                        nursery.start_soon(worker, peer)
+        except* BuildError as group:  # removed mid-fetch, disk full: the fetch stops
+            raise group.exceptions[0] from None
 
     async def _recover(self, peer: str, failures: int) -> None:
         """Back off, and dial the peer again if the connection is gone (py-libp2p may

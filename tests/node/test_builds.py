@@ -1,5 +1,6 @@
 """Builds: stored by content, fetched from several peers, verified chunk by chunk."""
 
+import itertools
 import os
 from pathlib import Path
 
@@ -150,6 +151,15 @@ async def test_an_interrupted_fetch_resumes_instead_of_starting_over(tmp_path: P
         assert resent < (left + 4) * CHUNK_SIZE  # what was missing, not the whole build
 
 
+async def until(condition, within: float) -> None:
+    """Poll ``condition`` (state a background task updates) until true; fail after ``within``."""
+    with trio.fail_after(within):
+        for _ in itertools.count():
+            if condition():
+                return
+            await trio.sleep(0.005)
+
+
 async def connect_all(nodes) -> None:
     for i, a in enumerate(nodes):
         for b in nodes[i + 1 :]:
@@ -210,3 +220,48 @@ async def test_a_release_lands_on_the_closest_peers_and_is_repaired(tmp_path: Pa
         for node in alive:  # every copy is the build, byte for byte
             if node.overlay.peer_id in new_duty:
                 assert not await node.call(node.builds.builds.verify, cid)
+
+
+@pytest.mark.slow
+async def test_a_peer_lying_about_its_copy_never_makes_others_drop_theirs(tmp_path: Path) -> None:
+    from node._buildservice import responsible
+
+    async with running_nodes(tmp_path, 2, replicas=1, repair_interval_s=3600) as (honest, liar):
+        await honest.overlay.host.connect(liar.overlay.host.listen_addrs()[0])
+        peers = [honest.overlay.peer_id, liar.overlay.peer_id]
+        for attempt in range(64):  # a build whose one keeper is the liar
+            source = random_file(tmp_path / f"b{attempt}.wasm", CHUNK_SIZE + attempt + 1)
+            if responsible(manifest_of(source).cid, peers, 1) == [liar.overlay.peer_id]:
+                break
+        cid = manifest_of(source).cid
+        await honest.call(honest.builds.builds.add_file, source, False)  # unpinned
+
+        async def lie(peer: str, request: BuildRequest) -> BuildResponse:
+            if request.op == "have":
+                return BuildResponse(have=2, total=2)
+            if request.op == "chunks":
+                return BuildResponse(chunks=[b"\0" * CHUNK_SIZE] * request.count)
+            return await liar.builds._answer(peer, request)
+
+        liar.overlay.requests.serve(BUILD, lie)
+        honest.builds._last_released = {cid}
+        done = await honest.builds.repair_once()
+        assert done["dropped"] == []
+        assert (await honest.call(honest.builds.builds.info, cid)).complete
+        assert await honest.builds.copies(cid) == []
+
+
+@pytest.mark.slow
+async def test_a_build_removed_mid_fetch_ends_the_fetch_not_the_node(tmp_path: Path) -> None:
+    source = random_file(tmp_path / "agent.wasm", 40 * CHUNK_SIZE)
+    cid = manifest_of(source).cid
+    async with running_nodes(tmp_path, 2, repair_interval_s=3600) as (user, holder):
+        await holder.call(holder.builds.builds.add_file, source)
+        peer = await user.overlay.host.connect(holder.overlay.host.listen_addrs()[0])
+        state = user.builds.start_fetch(cid, [peer], False)
+        await until(lambda: state.done > 0, 20)
+        await user.call(user.builds.builds.remove, cid)
+        await until(lambda: state.finished, 20)
+        assert state.error
+        assert (await user.call(user.builds.builds.info, cid)) is None
+        assert user.overlay.host.connected_peers()  # the node runs on
