@@ -452,7 +452,7 @@ async def _builds_add(node: Node, request: Request) -> Response:
     if not isinstance(path, str) or not path.startswith("/") or len(path) > 4096:
         raise HttpError(400, "bad_body", 'expected {"path": "/absolute/path/to/build.wasm"}')
     pinned = body.get("pin", True) is not False
-    info = await _build_call(node.call(node.builds.builds.add_file, Path(path), pinned))
+    info = await _build_call(node.builds.add_file(Path(path), pinned))
     node.control.record("builds.added", {"cid": info.cid, "size": info.size})
     return Response.json(200, info.to_dict())
 

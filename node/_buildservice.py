@@ -21,6 +21,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
@@ -34,6 +35,7 @@ from ._builds import (
     Manifest,
     UnknownBuild,
     check_cid,
+    manifest_of,
 )
 from ._config import BuildsSection
 from ._store import Store
@@ -272,8 +274,46 @@ class BuildService:
         return bool(others)
 
     async def copies(self, cid: str) -> list[str]:
-        """Connected peers that hold all of ``cid``, each checked (see `proves`)."""
-        return [peer for peer in self.providers() if await self.proves(peer, cid)]
+        """Connected peers that hold all of ``cid``, each checked (see `proves`), asked
+        all at once."""
+        found: list[str] = []
+
+        async def check(peer: str) -> None:
+            if await self.proves(peer, cid):
+                found.append(peer)
+
+        async with trio.open_nursery() as nursery:
+            for peer in self.providers():
+                nursery.start_soon(check, peer)
+        return found
+
+    async def add_file(self, source: Path, pinned: bool = True) -> BuildInfo:
+        """Store a local file as a build, hashing and copying it off the store's
+        thread (16 MiB at a time), so other database work goes on meanwhile."""
+        try:
+            manifest = await trio.to_thread.run_sync(manifest_of, source)
+        except OSError as exc:
+            raise BuildError(f"cannot read {source}: {exc.strerror or exc}") from None
+        existed = await self._store.run(self.builds.info, manifest.cid) is not None
+        info = await self._store.run(self.builds.begin, manifest, pinned)
+        if info.complete:
+            return info
+        try:
+            with source.open("rb") as f:
+                for first in range(0, len(manifest.chunks), 16):
+                    data = await trio.to_thread.run_sync(f.read, 16 * manifest.chunk_size)
+                    batch = {
+                        first + i: data[i * manifest.chunk_size : (i + 1) * manifest.chunk_size]
+                        for i in range(-(-len(data) // manifest.chunk_size))
+                    }
+                    if await self._store.run(self.builds.write_chunks, manifest.cid, batch):
+                        raise BuildError(f"{source} changed while it was being stored")
+        except BaseException:
+            if not existed:  # leave no half-stored record of our own behind
+                with trio.CancelScope(shield=True):
+                    await self._store.run(self.builds.remove, manifest.cid)
+            raise
+        return await self._store.run(self.builds.info, manifest.cid) or info
 
     async def offer(self, cid: str) -> list[str]:
         """Tell the peers responsible for ``cid`` that this node holds it; return them."""

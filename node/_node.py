@@ -135,7 +135,7 @@ class Node:
         BuildError if too few peers took a copy in RELEASE_WAIT_S (the build stays
         stored and offered: run the release again later).
         """
-        info = await self.call(self.builds.builds.add_file, build, True)
+        info = await self.builds.add_file(build, True)
         wanted = self.config.builds.min_copies
         if wanted:
             await self.builds.offer(info.cid)
