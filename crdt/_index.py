@@ -26,10 +26,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from p2p import decode_canonical
+
 from ._errors import Equivocation, QueryError, UpdateRejected
 from ._feed import MAX_SNAPSHOT_BYTES, Feed, FeedWriter, Registry, SignedUpdate, decode_state_vector
 from ._resolve import Resolution, resolve
-from ._schema import MAX_PRICE, Release
+from ._schema import MAX_PRICE, Release, validate_release
 from ._semver import Version
 
 log = logging.getLogger("mercato.registry")
@@ -368,8 +370,7 @@ class RegistryStore:
         self._dirty: dict[tuple[str, str], float] = {}  # listing -> when it changed
         self._closed = False
         self._too_large: dict[str, int] = {}  # feed -> journal size when it was too big
-        self._changes = 0  # counts applied changes, for caches
-        self._cids: tuple[int, set[str]] | None = None
+        self._cids: set[str] | None = None  # release_cids, once computed
         self._load()
 
     def _load(self, trust_index: bool = True) -> None:
@@ -472,7 +473,7 @@ class RegistryStore:
             now = time.time()
             self._dirty.update({(update.address, _listing_of(c)): now for c in entries})
             changed += entries
-            self._changes += 1
+            self._note_releases(update.address, entries)
             if update.is_snapshot:
                 self._compact(update, vetted=True)
         return changed
@@ -546,12 +547,13 @@ class RegistryStore:
             self._reload()
             raise
         self._dirty[(signed.address, name)] = time.time()
-        self._changes += 1
+        self._cids = None  # a local release: recompute (rare)
 
     def _reload(self) -> None:
         """Make memory match the journal again, after a failed write."""
         self.registry = Registry()
         self._dirty = {}
+        self._cids = None
         self._load(trust_index=False)
 
     def _reopen_index(self) -> None:
@@ -566,15 +568,27 @@ class RegistryStore:
         return describe(feed, name) if feed is not None else None
 
     def release_cids(self) -> set[str]:
-        """The build id of every release in the registry (cached until it changes)."""
-        if self._cids is None or self._cids[0] != self._changes:
-            cids = {
+        """The build id of every release in the registry.
+
+        Computed once, then kept up to date as releases arrive (a release bound
+        again to another build leaves its old id in the set until the next start).
+        """
+        if self._cids is None:
+            self._cids = {
                 release.cid
                 for feed in self.registry.feeds.values()
                 for release in feed.releases().values()
             }
-            self._cids = (self._changes, cids)
-        return set(self._cids[1])
+        return set(self._cids)
+
+    def _note_releases(self, address: str, entries: list[str]) -> None:
+        if self._cids is None:
+            return
+        feed = self.registry.feeds[address]
+        for entry in entries:
+            root, _, key = entry.partition("/")
+            if root == "releases" and (value := feed.doc["releases"].get(key)) is not None:
+                self._cids.add(validate_release(decode_canonical(bytes(value))).cid)
 
     def releases_of(self, ref: str) -> list[Release] | None:
         """The releases of listing "publisher/name", or None if there is no such listing."""

@@ -350,3 +350,19 @@ def test_a_search_over_its_time_budget_is_refused_not_slow(store: RegistryStore)
     with pytest.raises(QueryError, match="took too long"):
         store.search(Query(text="agent", limit=100), budget_s=0.0)
     assert len(store.search(Query(text="agent", limit=5)).results) == 5  # handler removed
+
+
+def test_release_cids_follow_the_registry(store: RegistryStore) -> None:
+    owner = Keypair.generate()
+    writer = FeedWriter(owner, Registry())
+    store.ingest(writer.put_listing(listing("a")))
+    assert store.release_cids() == set()
+
+    def release(version: str, cid: str):
+        fields = {"name": "a", "version": version, "cid": cid, "size": 5}
+        return writer.put_release(validate_release(fields))
+
+    store.ingest(release("1.0.0", "bld-" + "1" * 64))
+    assert store.release_cids() == {"bld-" + "1" * 64}
+    store.ingest(release("1.1.0", "bld-" + "2" * 64))  # arrives after the first computation
+    assert store.release_cids() == {"bld-" + "1" * 64, "bld-" + "2" * 64}
