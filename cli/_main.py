@@ -15,6 +15,7 @@ from ._keys import keys
 from ._node import node
 from ._peers import peers, ping
 from ._registry import deprecate, publish, release, resolve_command, search, show
+from ._run import run
 
 
 @click.group(cls=MercatoGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,5 +46,6 @@ main.add_command(events)
 main.add_command(peers)
 main.add_command(ping)
 main.add_command(builds)
+main.add_command(run)
 for command in (publish, release, deprecate, search, show, resolve_command, exec_command):
     main.add_command(command)

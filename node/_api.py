@@ -36,6 +36,7 @@ from runtime import InputTooLarge, InvalidModule, Limits, LimitsError
 from ._builds import BuildError, QuotaExceeded, UnknownBuild, check_cid
 from ._errors import KeyExists, KeyNotFound, KeyStoreError
 from ._http import HttpError, Request, Response
+from ._tasks import TaskError
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -512,6 +513,43 @@ async def _builds_gc(node: Node, request: Request) -> Response:
     return Response.json(200, {"removed": removed})
 
 
+async def _tasks_run(node: Node, request: Request) -> Response:
+    body = _body_object(request, "agent")
+    agent, version = body["agent"], body.get("version", "*")
+    if not isinstance(agent, str) or agent.count("/") != 1 or len(agent) > 120:
+        raise HttpError(400, "bad_body", "agent is PUBLISHER/NAME")
+    if not isinstance(version, str) or len(version) > 64:
+        raise HttpError(400, "bad_body", "version is a semver range such as ^1.0.0")
+    stdin = _base64_field(body, "input")
+    provider = body.get("provider")
+    if provider is not None:
+        if not isinstance(provider, str):
+            raise HttpError(400, "bad_body", "provider is a peer id or a multiaddr")
+        provider = await _reach(node, provider)
+    try:
+        done = await node.tasks.run(agent, version, stdin, provider)
+    except TaskError as exc:
+        raise HttpError(502, "task_failed", str(exc)) from None
+    receipt = done["receipt"]
+    node.control.record(
+        "task.completed",
+        {"agent": agent, "provider": done["provider"], "task": receipt.task.hex()},
+    )
+    wire = {
+        key: (value.hex() if isinstance(value, bytes) else value)
+        for key, value in receipt.body().items()
+    }
+    return Response.json(
+        200,
+        {
+            "output": base64.b64encode(done["output"]).decode(),
+            "provider": done["provider"],
+            "receipt": wire,
+            "verified": True,
+        },
+    )
+
+
 async def _metrics(node: Node, request: Request) -> Response:
     body = await trio.to_thread.run_sync(node.metrics.render)  # reads /proc
     return Response(200, body, "text/plain; version=0.0.4; charset=utf-8")
@@ -811,6 +849,25 @@ ROUTES: tuple[Route, ...] = (
         "Remove every build that is not pinned.",
         _builds_gc,
         response={"type": "object"},
+    ),
+    Route(
+        "POST",
+        "/v1/tasks/run",
+        "Run an agent on a provider (given, or the first connected one that can); "
+        "the receipt is verified here.",
+        _tasks_run,
+        body={
+            "type": "object",
+            "properties": {
+                "agent": {"type": "string", "description": "PUBLISHER/NAME"},
+                "version": {"type": "string", "description": "a semver range (default *)"},
+                "input": {"type": "string", "description": "base64"},
+                "provider": {"type": "string", "description": "peer id or multiaddr"},
+            },
+            "required": ["agent"],
+        },
+        response={"type": "object"},
+        errors=(400, 502),
     ),
     Route(
         "GET",

@@ -234,6 +234,10 @@ class BuildService:
             return 0, 0
         return answer.have, answer.total
 
+    async def info(self, cid: str) -> BuildInfo | None:
+        """The record of ``cid`` here, or None (in the store's thread)."""
+        return await self._store.run(self.builds.info, cid)
+
     async def proves(self, peer: str, cid: str) -> bool:
         """Whether ``peer`` holds all of ``cid``, checked: it says so, and a chunk
         picked at random that it sends matches the manifest (a peer could lie about

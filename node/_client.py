@@ -200,5 +200,19 @@ class ControlClient:
     def builds_gc(self) -> dict[str, Any]:
         return self.request("POST", "/v1/builds/gc")
 
+    def run_task(
+        self, agent: str, version: str, stdin: bytes, provider: str | None = None
+    ) -> dict[str, Any]:
+        import base64
+
+        body: dict[str, Any] = {
+            "agent": agent,
+            "version": version,
+            "input": base64.b64encode(stdin).decode(),
+        }
+        if provider:
+            body["provider"] = provider
+        return self.request("POST", "/v1/tasks/run", body)
+
     def metrics(self) -> str:
         return self.request("GET", "/metrics", raw=True)

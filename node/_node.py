@@ -53,6 +53,7 @@ from ._paths import DataDir
 from ._peers import StoreAddressBook
 from ._registry import RegistryService
 from ._store import Store, open_store
+from ._taskservice import TaskService
 from ._version import __version__
 
 RELEASE_WAIT_S = 40.0  # within the control API's connection time
@@ -97,6 +98,7 @@ class Node:
         self._registry: RegistryService | None = None
         self._runtime: WorkerPool | None = None
         self._builds: BuildService | None = None
+        self._tasks: TaskService | None = None
         self._node_key: Keypair | None = None
         self._control: LocalControl | None = None
         self._api_url = ""
@@ -164,6 +166,11 @@ class Node:
     def builds(self) -> BuildService:
         assert self._builds is not None, "node is not running"
         return self._builds
+
+    @property
+    def tasks(self) -> TaskService:
+        assert self._tasks is not None, "node is not running"
+        return self._tasks
 
     @property
     def runtime(self) -> WorkerPool:
@@ -259,6 +266,16 @@ class Node:
                             ) as runtime:
                                 self._runtime = runtime
                                 self.services.append("runtime")
+                                self._tasks = TaskService(
+                                    self._node_key,
+                                    overlay,
+                                    self._registry,
+                                    self._builds,
+                                    runtime,
+                                    self.config.runtime,
+                                )
+                                self._tasks.serve()
+                                self.services.append("tasks")
                                 await self._serve(server, task_status)
                             registry_nursery.cancel_scope.cancel()
                 finally:

@@ -35,6 +35,7 @@ from ._identity import Keypair as Keypair
 from ._identity import b58decode as b58decode
 from ._identity import b58encode as b58encode
 from ._identity import peer_id_from_public_key as peer_id_from_public_key
+from ._identity import public_key_of_peer as public_key_of_peer
 from ._identity import verify_signature as verify_signature
 from ._info import InfoResponse as InfoResponse
 from ._messages import Message as Message
@@ -97,6 +98,7 @@ __all__ = [
     "make_record",
     "open_overlay",
     "peer_id_from_public_key",
+    "public_key_of_peer",
     "signing_payload",
     "verify_signature",
 ]

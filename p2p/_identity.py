@@ -57,6 +57,15 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     return b58encode(_PEER_ID_PREFIX + public_key)
 
 
+def public_key_of_peer(peer_id: str) -> bytes:
+    """The ed25519 public key inside a peer id (``12D3KooW...``); ValueError if it
+    is not an ed25519 peer id."""
+    raw = b58decode(peer_id)
+    if len(raw) != len(_PEER_ID_PREFIX) + 32 or not raw.startswith(_PEER_ID_PREFIX):
+        raise ValueError(f"{peer_id[:60]!r} is not an ed25519 peer id")
+    return raw[len(_PEER_ID_PREFIX) :]
+
+
 def verify_signature(public_key: bytes, kind: str, body: Any, signature: bytes) -> bool:
     """True if ``signature`` is ``public_key``'s signature of ``body`` as ``kind``."""
     try:

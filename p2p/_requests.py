@@ -56,8 +56,6 @@ PENALTY_MALFORMED = 25.0
 PENALTY_OVERSIZED = 50.0
 PENALTY_SLOW = 10.0
 PENALTY_FLOOD = 1.0
-PEER_RATE_PER_S = 50.0
-PEER_BURST = 100.0
 MAX_CONCURRENT_PER_PROTOCOL = 64
 MAX_CONCURRENT_PER_PEER = 8
 _ERROR_TEXT = 512
@@ -101,6 +99,8 @@ class RequestProtocol(Generic[Req, Resp]):
     max_request_bytes: int = 64 * 1024
     max_response_bytes: int = 1024 * 1024
     timeout_s: float = 10.0
+    rate_per_s: float = 50.0
+    """Requests each peer may make of this protocol per second (bursts of twice that)."""
 
 
 class _StreamBytes:
@@ -143,7 +143,7 @@ class Requests:
     def __init__(self, host: P2PHost) -> None:
         self._host = host
         self._stats = RequestStatistics()
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._active: dict[str, int] = {}
 
     def statistics(self) -> RequestStatistics:
@@ -161,8 +161,9 @@ class Requests:
 
         async def on_stream(peer: str, stream: Any) -> None:
             prune_buckets(self._buckets)
-            bucket = self._buckets.setdefault(peer, TokenBucket(PEER_BURST))
-            if not bucket.take(PEER_RATE_PER_S, PEER_BURST):
+            burst = 2 * protocol.rate_per_s
+            bucket = self._buckets.setdefault((peer, protocol.id), TokenBucket(burst))
+            if not bucket.take(protocol.rate_per_s, burst):
                 await self._reply(stream, protocol, error=("busy", "too many requests; slow down"))
                 await self._host.penalize(peer, PENALTY_FLOOD, f"{protocol.id}: request flood")
                 return

@@ -19,6 +19,8 @@ Benchmarks:
             >= 100), next to raw loopback TCP
   repair    10 nodes, one responsible peer of a released build stops: seconds
             until R copies exist again
+  task      the echo agent run on another node: round trip p50/p99 (< 30 ms)
+            and tasks per second with 8 in flight (>= 150)
   runtime   WebAssembly runs: cold and warm start of the wordcount example, in
             this process (warm < 2 ms) and through the worker processes (warm
             < 5 ms); runs per second on 2 workers (>= 500); fuel's cost
@@ -179,6 +181,12 @@ def bench_repair() -> dict[str, Any]:
     return run()
 
 
+def bench_task() -> dict[str, Any]:
+    from benchmarks.task import run
+
+    return run()
+
+
 def bench_runtime() -> dict[str, Any]:
     from benchmarks.runtime import run
 
@@ -195,6 +203,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "runtime": bench_runtime,
     "transfer": bench_transfer,
     "repair": bench_repair,
+    "task": bench_task,
 }
 
 

@@ -48,7 +48,15 @@ async def test_status_answers_with_the_node_identity(node: Node) -> None:
     status = await call(client.status)
     assert status["peer_id"].startswith("12D3KooW")
     assert status["data_dir"] == str(node.datadir.root)
-    assert status["services"] == ["store", "p2p", "registry", "builds", "runtime", "control-api"]
+    assert status["services"] == [
+        "store",
+        "p2p",
+        "registry",
+        "builds",
+        "runtime",
+        "tasks",
+        "control-api",
+    ]
     assert status["p2p"]["listen_addrs"][0].startswith("/ip4/127.0.0.1/tcp/")
     assert status["accounts"] == ["default"]
     assert status["events"]["count"] >= 4

@@ -1,0 +1,69 @@
+"""task: the echo agent run on another node, round trip and throughput.
+
+Two nodes in this process on loopback: a provider that holds the `echo`
+example, released as a free agent, and a user. Each task goes over
+/mercato/task/1.0.0, runs in one of the provider's 2 worker processes, and
+its signed receipt is checked by the user's node. p50/p99 are of tasks one at
+a time; tasks_per_s is with 8 tasks in flight (a peer's limit of
+requests at once to one node).
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ._nodes import running_nodes
+
+ECHO = Path(__file__).resolve().parents[2] / "runtime" / "examples" / "echo" / "echo.wasm"
+LISTING = {"name": "echo", "kind": "agent", "title": "Echo", "summary": "Echo.", "price": 0}
+
+
+async def _run(root: Path) -> dict[str, Any]:
+    async with running_nodes(root, 2) as (provider, user):
+        await user.overlay.host.connect(provider.overlay.host.listen_addrs()[0])
+        shown = await provider.registry.publish("default", {**LISTING, "royalty_bps": 0})
+        cid = (await provider.builds.add_file(ECHO)).cid
+        size = ECHO.stat().st_size
+        await provider.registry.release(
+            "default", {"name": "echo", "version": "1.0.0", "cid": cid, "size": size}
+        )
+        agent, peer = f"{shown['publisher']}/echo", provider.overlay.peer_id
+        for _ in range(20):  # warm: workers started, module compiled
+            await user.tasks.run(agent, "*", b"warm", peer)
+        times = []
+        for _ in range(300):
+            started = time.perf_counter()
+            await user.tasks.run(agent, "*", b"hello", peer)
+            times.append(time.perf_counter() - started)
+        count, started = 1600, time.perf_counter()
+
+        async def caller(n: int) -> None:
+            for _ in range(n):
+                await user.tasks.run(agent, "*", b"hello", peer)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(caller, count // 8)
+        seconds = time.perf_counter() - started
+    times.sort()
+    return {
+        "p50_ms": round(statistics.median(times) * 1000, 2),
+        "p99_ms": round(times[int(0.99 * len(times))] * 1000, 2),
+        "tasks_per_s": round(count / seconds),
+        "targets": {"p50_ms": 30, "tasks_per_s": 150},
+    }
+
+
+def run() -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="mercato-task-"))
+    try:
+        return trio.run(_run, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
