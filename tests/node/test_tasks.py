@@ -48,11 +48,19 @@ def test_a_receipt_holds_only_for_its_task_input_and_output() -> None:
 @pytest.mark.slow
 async def test_a_user_runs_an_agent_it_holds_no_copy_of(tmp_path: Path, monkeypatch) -> None:
     wasm = EXAMPLES / "wordcount" / "wordcount.wasm"
-    async with running_nodes(tmp_path, 4, repair_interval_s=1.0) as (creator, p1, liar, user):
-        for a in (creator, p1, liar, user):
-            for b in (creator, p1, liar, user):
+    from node._builds import manifest_of
+    from node._buildservice import responsible
+
+    cid = manifest_of(wasm).cid
+    async with running_nodes(tmp_path, 4, repair_interval_s=1.0) as nodes:
+        for a in nodes:
+            for b in nodes:
                 if a is not b and b.overlay.peer_id not in a.overlay.host.connected_peers():
                     await a.overlay.host.connect(b.overlay.host.listen_addrs()[0])
+        # The user is the one node not among the 3 that keep the build.
+        keepers = responsible(cid, [n.overlay.peer_id for n in nodes], 3)
+        user = next(n for n in nodes if n.overlay.peer_id not in keepers)
+        creator, p1, liar = (n for n in nodes if n is not user)
         shown = await creator.registry.publish(
             "default", {**LISTING, "name": "wordcount", "royalty_bps": 0}
         )
