@@ -15,7 +15,7 @@ from ._keys import keys
 from ._node import node
 from ._peers import peers, ping
 from ._registry import deprecate, publish, release, resolve_command, search, show
-from ._run import run
+from ._run import providers, run
 
 
 @click.group(cls=MercatoGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,5 +47,6 @@ main.add_command(peers)
 main.add_command(ping)
 main.add_command(builds)
 main.add_command(run)
+main.add_command(providers)
 for command in (publish, release, deprecate, search, show, resolve_command, exec_command):
     main.add_command(command)

@@ -64,6 +64,13 @@ def node() -> None:
 )
 @click.option("--no-mdns", is_flag=True, help="Do not look for peers on the local network.")
 @click.option(
+    "--serve",
+    "serve",
+    multiple=True,
+    metavar="PUBLISHER/NAME",
+    help="Run this agent for other peers (repeatable; adds to [serve] agents).",
+)
+@click.option(
     "--api-port",
     type=click.IntRange(0, 65535),
     default=None,
@@ -76,6 +83,7 @@ def start(
     listen: tuple[str, ...],
     bootstrap: tuple[str, ...],
     no_mdns: bool,
+    serve: tuple[str, ...],
     api_port: int | None,
 ) -> None:
     """Run the node in the foreground until SIGINT/SIGTERM or `mercato node stop`.
@@ -89,6 +97,7 @@ def start(
       mercato node start --data-dir ~/node2 --api-port 7312 \\
         --listen /ip4/0.0.0.0/tcp/4002 \\
         --bootstrap /ip4/192.0.2.10/tcp/4001/p2p/12D3KooW...
+      mercato node start --serve 8Co4tt4sbELaV8uRcbz31ojp8QdazK5MxczX8j1d5EoB/wordcount
     """
     datadir = resolve(data_dir)
     if not datadir.is_initialized():
@@ -107,6 +116,8 @@ def start(
         config = config.replace("p2p", bootstrap=config.p2p.bootstrap + bootstrap)
     if no_mdns:
         config = config.replace("p2p", mdns=False)
+    if serve:
+        config = config.replace("serve", agents=config.serve.agents + serve)
     configure_logging(config.log.level, config.log.format)
     try:
         trio.run(Node(datadir, config, handle_signals=True).run)

@@ -75,3 +75,24 @@ def run(
     if done["receipt"]["outcome"] != "ok":
         click.echo(f"the run ended as {done['receipt']['outcome']}", err=True)
         sys.exit(1)
+
+
+@click.command("providers")
+@data_dir_option
+@click.argument("agent", metavar="PUBLISHER/NAME")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def providers(data_dir: Path | None, agent: str, as_json: bool) -> None:
+    """List the providers whose agent card says they run AGENT, best first.
+
+    \b
+    Example:
+      mercato providers 8Co4tt4sbELaV8uRcbz31ojp8QdazK5MxczX8j1d5EoB/wordcount
+    """
+    found = ControlClient(resolve(data_dir)).providers(agent)
+    if as_json:
+        print_json(found)
+        return
+    if not found["providers"]:
+        click.echo(f"no provider has announced {agent}")
+    for p in found["providers"]:
+        click.echo(f"{p['provider']}  price {p['price']} lamports  load {p['load']:g}")

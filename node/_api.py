@@ -513,6 +513,13 @@ async def _builds_gc(node: Node, request: Request) -> Response:
     return Response.json(200, {"removed": removed})
 
 
+async def _providers(node: Node, request: Request) -> Response:
+    agent = request.query.get("agent", "")
+    if agent.count("/") != 1 or len(agent) > 120:
+        raise HttpError(400, "bad_query", "agent is PUBLISHER/NAME")
+    return Response.json(200, {"agent": agent, "providers": node.tasks.candidates(agent)})
+
+
 async def _tasks_run(node: Node, request: Request) -> Response:
     body = _body_object(request, "agent")
     agent, version = body["agent"], body.get("version", "*")
@@ -527,7 +534,7 @@ async def _tasks_run(node: Node, request: Request) -> Response:
             raise HttpError(400, "bad_body", "provider is a peer id or a multiaddr")
         provider = await _reach(node, provider)
     try:
-        done = await node.tasks.run(agent, version, stdin, provider)
+        done = await node.tasks.run_task(agent, version, stdin, provider)
     except TaskError as exc:
         raise HttpError(502, "task_failed", str(exc)) from None
     receipt = done["receipt"]
@@ -849,6 +856,15 @@ ROUTES: tuple[Route, ...] = (
         "Remove every build that is not pinned.",
         _builds_gc,
         response={"type": "object"},
+    ),
+    Route(
+        "GET",
+        "/v1/providers",
+        "Providers whose live agent card serves an agent, cheapest and least loaded first.",
+        _providers,
+        response={"type": "object"},
+        query=(("agent", "string", "PUBLISHER/NAME"),),
+        errors=(400,),
     ),
     Route(
         "POST",

@@ -214,5 +214,8 @@ class ControlClient:
             body["provider"] = provider
         return self.request("POST", "/v1/tasks/run", body)
 
+    def providers(self, agent: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/providers?{urlencode({'agent': agent})}")
+
     def metrics(self) -> str:
         return self.request("GET", "/metrics", raw=True)

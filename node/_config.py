@@ -111,6 +111,18 @@ class BuildsSection:
 
 
 @dataclass(frozen=True)
+class ServeSection:
+    """``[serve]``: the agents this node runs for others (none: not a provider)."""
+
+    agents: tuple[str, ...] = ()
+    """PUBLISHER/NAME of each agent this node runs for other peers."""
+    heartbeat_s: float = 30.0
+    """How often this node's agent card is published again."""
+    card_ttl_s: float = 90.0
+    """How long a card holds without a new one: a silent provider drops out after it."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the daemon reads from configuration."""
 
@@ -120,6 +132,7 @@ class Config:
     p2p: P2PSection = field(default_factory=P2PSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     builds: BuildsSection = field(default_factory=BuildsSection)
+    serve: ServeSection = field(default_factory=ServeSection)
 
     def replace(self, section: str, **values: Any) -> Config:
         """A copy with some keys of one section changed (used for CLI flags)."""
@@ -198,6 +211,11 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
         raise fail("api.port", "must be between 0 and 65535")
     if config.api.max_body_bytes < 1024:
         raise fail("api.max_body_bytes", "must be at least 1024")
+    if not 0.1 <= config.serve.heartbeat_s < config.serve.card_ttl_s <= 600:
+        raise fail("serve.heartbeat_s", "must be at least 0.1 and below serve.card_ttl_s (<= 600)")
+    for agent in config.serve.agents:
+        if agent.count("/") != 1 or not all(agent.split("/")):
+            raise fail("serve.agents", "must be PUBLISHER/NAME entries")
     if config.builds.quota_mb < 1:
         raise fail("builds.quota_mb", "must be at least 1")
     if not 1 <= config.builds.replicas <= 20:
@@ -344,6 +362,13 @@ replicas = 3
 repair_interval_s = 10.0
 # Other peers that must hold a build before `mercato release --build` binds it.
 min_copies = 1
+
+[serve]
+# Agents this node runs for other peers, as "PUBLISHER/NAME" (none: not a provider).
+agents = []
+# How often this node's agent card is published, and how long one holds.
+heartbeat_s = 30.0
+card_ttl_s = 90.0
 
 [api]
 # The control API listens on loopback only. Port 0 picks a free port.

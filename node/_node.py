@@ -57,6 +57,7 @@ from ._taskservice import TaskService
 from ._version import __version__
 
 RELEASE_WAIT_S = 40.0  # within the control API's connection time
+OFFER_AGAIN_S = 2.0
 log = logging.getLogger("mercato.node")
 
 MIN_TOKEN_LENGTH = 32
@@ -140,10 +141,13 @@ class Node:
         info = await self.builds.add_file(build, True)
         wanted = self.config.builds.min_copies
         if wanted:
-            await self.builds.offer(info.cid)
-            copies = await self.builds.copies(info.cid)
+            copies: list[str] = []
             deadline = trio.current_time() + RELEASE_WAIT_S
+            offered_at = -OFFER_AGAIN_S
             while len(copies) < wanted and trio.current_time() < deadline:
+                if trio.current_time() - offered_at >= OFFER_AGAIN_S:
+                    await self.builds.offer(info.cid)  # again: peers may have come since
+                    offered_at = trio.current_time()
                 await trio.sleep(0.2)  # the peers fetch in their own time; ask again
                 copies = await self.builds.copies(info.cid)
             if len(copies) < wanted:
@@ -273,8 +277,9 @@ class Node:
                                     self._builds,
                                     runtime,
                                     self.config.runtime,
+                                    self.config.serve,
                                 )
-                                self._tasks.serve()
+                                await registry_nursery.start(self._tasks.run)
                                 self.services.append("tasks")
                                 await self._serve(server, task_status)
                             registry_nursery.cancel_scope.cancel()

@@ -5,7 +5,7 @@ build from its store (fetched from the peers that hold it if it is not here),
 the run from its sandbox under the listing's limits capped by ``[runtime]``;
 the answer carries the output and a signed `Receipt`.
 
-User side (`run`): ask the given provider, or each connected provider in turn
+User side (`run_task`): ask the given provider, or each connected provider in turn
 until one answers with an output and a receipt that hold up (signature, task,
 input, output, and the build the user's own registry names for that release).
 A provider whose receipt does not hold up is penalised; one that fails or
@@ -14,6 +14,8 @@ refuses is passed over for the next.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -22,12 +24,14 @@ from typing import Any
 import trio
 
 from crdt import Version, VersionError, VersionRange
-from p2p import Keypair, Overlay, P2PError, Refused
+from p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, Verdict
 from runtime import Limits, LimitsError, SandboxError, WorkerPool
 
 from ._builds import BuildError
 from ._buildservice import BuildService
-from ._config import RuntimeSection
+from ._cards import TOPIC as CARDS_TOPIC
+from ._cards import AgentCard, CardBook, CardRejected
+from ._config import RuntimeSection, ServeSection
 from ._registry import RegistryService
 from ._tasks import (
     MAX_TASK_OUTPUT,
@@ -43,6 +47,8 @@ from ._tasks import (
 log = logging.getLogger("mercato.tasks")
 
 FETCH_TIMEOUT_S = 60.0
+ANNOUNCE_EVERY_S = 600.0
+CHANGE_CHECK_S = 1.0  # how often to look whether what this node serves changed
 PENALTY_BAD_RECEIPT = 50.0
 
 
@@ -55,6 +61,7 @@ class TaskService:
         builds: BuildService,
         runtime: WorkerPool,
         caps: RuntimeSection,
+        serving: ServeSection,
     ) -> None:
         self._key = node_key
         self._overlay = overlay
@@ -62,10 +69,89 @@ class TaskService:
         self._builds = builds
         self._runtime = runtime
         self._caps = caps
+        self._serving = serving
+        self.cards = CardBook()
         self.served = 0
+        self._beat = trio.Event()
 
-    def serve(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Answer tasks, follow other providers' cards, and (when this node serves
+        agents) publish its own card every heartbeat. Runs until cancelled."""
         self._overlay.requests.serve(TASK, self._answer)
+        await self._overlay.gossip.subscribe(CARDS_TOPIC, self._on_card, self._validate_card)
+        task_status.started()
+        announced: dict[str, float] = {}
+        last_offer: tuple[list[str], list[int]] = ([], [])
+        last_time = -self._serving.heartbeat_s
+        while True:
+            # Publish every heartbeat, and at once when what it can serve changes (a
+            # served agent's listing arrived, or its price changed).
+            offer = await self._servable()
+            due = trio.current_time() - last_time >= self._serving.heartbeat_s
+            if offer[0] and (due or offer != last_offer or self._beat.is_set()):
+                await self._heartbeat(offer, announced)
+                last_offer, last_time = offer, trio.current_time()
+            self._beat = trio.Event()
+            with trio.move_on_after(min(self._serving.heartbeat_s, CHANGE_CHECK_S)):
+                await self._beat.wait()
+
+    async def _servable(self) -> tuple[list[str], list[int]]:
+        """The served agents this node's registry knows, with their prices."""
+        agents, prices = [], []
+        for agent in self._serving.agents:
+            publisher, _, name = agent.partition("/")
+            shown = await self._registry.show(publisher, name)
+            if shown is not None and not shown.get("deprecated") and shown["releases"]:
+                agents.append(agent)
+                prices.append(int(shown["price"]))
+        return agents, prices
+
+    async def _heartbeat(
+        self, offer: tuple[list[str], list[int]], announced: dict[str, float]
+    ) -> None:
+        agents, prices = offer
+        card = AgentCard(
+            provider=self._overlay.peer_id,
+            seq=time.time_ns(),
+            expires=time.time() + self._serving.card_ttl_s,
+            agents=agents,
+            prices=prices,
+            load=float(self._runtime.busy + self._runtime.waiting),
+            addrs=self._overlay.host.listen_addrs()[:8],
+        )
+        self.cards.add(card)
+        try:
+            await self._overlay.gossip.publish(CARDS_TOPIC, card.sign(self._key))
+        except P2PError as exc:
+            log.debug("could not publish the agent card", extra={"why": str(exc)})
+        for agent in agents:  # provider records, for peers that missed the cards
+            if time.monotonic() - announced.get(agent, -ANNOUNCE_EVERY_S) >= ANNOUNCE_EVERY_S:
+                announced[agent] = time.monotonic()
+                with contextlib.suppress(P2PError):
+                    await self._overlay.dht.provide(f"agent:{agent}")
+
+    async def _validate_card(self, message: GossipMessage) -> Verdict:
+        try:
+            card = AgentCard.verify(message.data)
+        except CardRejected:
+            return Verdict.REJECT
+        return (
+            Verdict.ACCEPT
+            if self.cards.add(card) or card.provider == self._overlay.peer_id
+            else Verdict.IGNORE
+        )
+
+    async def _on_card(self, message: GossipMessage) -> None:
+        pass  # taken in the validator
+
+    def serve_agents(self, agents: tuple[str, ...]) -> None:
+        """Change what this node serves (the next heartbeat tells the others)."""
+        self._serving = dataclasses.replace(self._serving, agents=agents)
+        self._beat.set()
+
+    def candidates(self, agent: str) -> list[dict[str, Any]]:
+        """Providers whose live card serves ``agent``, cheapest and least loaded first."""
+        return self.cards.candidates(agent)
 
     # -- provider ----------------------------------------------------------------
 
@@ -114,6 +200,8 @@ class TaskService:
         return self._builds.builds.path(cid)
 
     async def _answer(self, peer: str, request: TaskRequest) -> TaskResponse:
+        if request.agent not in self._serving.agents:
+            raise Refused("not_served", "this node does not serve that agent")
         listing, release = await self._release(request.agent, request.version)
         price = int(listing["price"])
         if price > 0:
@@ -153,14 +241,31 @@ class TaskService:
         host = self._overlay.host
         return [p for p in host.connected_peers() if TASK.id in host.protocols_of(p)]
 
-    async def run(
+    async def _reachable(self, agent: str) -> list[str]:
+        """Providers from live cards (dialled if need be), best first."""
+        host, out = self._overlay.host, []
+        for candidate in self.candidates(agent):
+            peer = candidate["provider"]
+            if peer == self._overlay.peer_id:
+                continue
+            if peer not in host.connected_peers():
+                for addr in candidate["addrs"][:2]:
+                    with contextlib.suppress(P2PError):
+                        await host.connect(addr if "/p2p/" in addr else f"{addr}/p2p/{peer}")
+                        break
+            out.append(peer)
+        return out
+
+    async def run_task(
         self, agent: str, version: str, stdin: bytes, provider: str | None = None
     ) -> dict[str, Any]:
         """Run ``agent`` on ``provider`` (or the first connected provider that can);
         TaskError if none could, saying why each failed."""
-        candidates = [provider] if provider else self.providers()
+        candidates = [provider] if provider else await self._reachable(agent)
         if not candidates:
-            raise TaskError("no provider is connected; connect to one or give --provider")
+            raise TaskError(
+                f"no provider of {agent} is known: none has sent an agent card (give --provider)"
+            )
         errors = []
         for peer in candidates:
             task = secrets.token_bytes(16)

@@ -111,6 +111,11 @@ class WorkerPool:
         self.waiting = 0
         """Runs waiting for a free slot."""
 
+    @property
+    def busy(self) -> int:
+        """Slots running a module now."""
+        return self.slots - self._free.value
+
     def worker_pids(self) -> list[int]:
         """The pids of the live workers (for operators and tests)."""
         return [w.pid for w in self._all if w.process.returncode is None]

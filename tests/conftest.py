@@ -26,11 +26,16 @@ TEST_ENV = {
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+    input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``mercato ARGS`` in a fresh interpreter, as a user would."""
+    """Run ``mercato ARGS`` in a fresh interpreter, as a user would (``input_text``
+    on its stdin)."""
     return subprocess.run(
         [sys.executable, "-m", "cli", *args],
+        input=input_text,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -35,18 +35,19 @@ async def _run(root: Path) -> dict[str, Any]:
             "default", {"name": "echo", "version": "1.0.0", "cid": cid, "size": size}
         )
         agent, peer = f"{shown['publisher']}/echo", provider.overlay.peer_id
+        provider.tasks.serve_agents((agent,))
         for _ in range(20):  # warm: workers started, module compiled
-            await user.tasks.run(agent, "*", b"warm", peer)
+            await user.tasks.run_task(agent, "*", b"warm", peer)
         times = []
         for _ in range(300):
             started = time.perf_counter()
-            await user.tasks.run(agent, "*", b"hello", peer)
+            await user.tasks.run_task(agent, "*", b"hello", peer)
             times.append(time.perf_counter() - started)
         count, started = 1600, time.perf_counter()
 
         async def caller(n: int) -> None:
             for _ in range(n):
-                await user.tasks.run(agent, "*", b"hello", peer)
+                await user.tasks.run_task(agent, "*", b"hello", peer)
 
         async with trio.open_nursery() as nursery:
             for _ in range(8):

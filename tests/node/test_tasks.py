@@ -52,7 +52,8 @@ async def test_a_user_runs_an_agent_it_holds_no_copy_of(tmp_path: Path, monkeypa
     from node._buildservice import responsible
 
     cid = manifest_of(wasm).cid
-    async with running_nodes(tmp_path, 4, repair_interval_s=1.0) as nodes:
+    fast = {"heartbeat_s": 0.3, "card_ttl_s": 1.5}
+    async with running_nodes(tmp_path, 4, serve=fast, repair_interval_s=1.0) as nodes:
         for a in nodes:
             for b in nodes:
                 if a is not b and b.overlay.peer_id not in a.overlay.host.connected_peers():
@@ -66,6 +67,8 @@ async def test_a_user_runs_an_agent_it_holds_no_copy_of(tmp_path: Path, monkeypa
         )
         await creator.release_build("default", {"name": "wordcount", "version": "1.0.0"}, wasm)
         agent = f"{shown['publisher']}/wordcount"
+        for provider in (p1, liar):
+            provider.tasks.serve_agents((agent,))
         for node in (p1, liar, user):  # the release reaches everyone's registry
             with trio.fail_after(30):
                 for _ in iter(int, 1):  # until it is there
@@ -74,7 +77,7 @@ async def test_a_user_runs_an_agent_it_holds_no_copy_of(tmp_path: Path, monkeypa
                         break
                     await trio.sleep(0.05)
 
-        done = await user.tasks.run(agent, "^1", b"one two three", p1.overlay.peer_id)
+        done = await user.tasks.run_task(agent, "^1", b"one two three", p1.overlay.peer_id)
         assert done["output"] == b'{"bytes": 13, "lines": 0, "words": 3, "longest_word": 5}\n'
         assert done["receipt"].outcome == "ok" and done["receipt"].provider == p1.overlay.peer_id
         assert await user.builds.info(done["receipt"].cid) is None  # the user holds no copy
@@ -85,9 +88,28 @@ async def test_a_user_runs_an_agent_it_holds_no_copy_of(tmp_path: Path, monkeypa
 
         liar.overlay.requests.serve(TASK, wrong)
         with pytest.raises(TaskError, match="does not match"):
-            await user.tasks.run(agent, "*", b"a b", liar.overlay.peer_id)
+            await user.tasks.run_task(agent, "*", b"a b", liar.overlay.peer_id)
         # Without a chosen provider, the liar is passed over for an honest one.
-        order = [liar.overlay.peer_id, p1.overlay.peer_id]
-        monkeypatch.setattr(user.tasks, "providers", lambda: order)
-        again = await user.tasks.run(agent, "*", b"a b", None)
+        # Both providers' cards reach the user.
+        with trio.fail_after(10):
+            for _ in iter(int, 1):
+                found = {c["provider"] for c in user.tasks.candidates(agent)}
+                if found == {p1.overlay.peer_id, liar.overlay.peer_id}:
+                    break
+                await trio.sleep(0.05)
+        # Without a chosen provider, the liar (tried first here) is passed over.
+        ranked = sorted(
+            user.tasks.candidates(agent), key=lambda c: c["provider"] != liar.overlay.peer_id
+        )
+        monkeypatch.setattr(user.tasks, "candidates", lambda _agent: ranked)
+        again = await user.tasks.run_task(agent, "*", b"a b", None)
         assert again["provider"] == p1.overlay.peer_id
+        monkeypatch.undo()
+        # A provider that stops sending its card drops out of everyone's candidates.
+        liar.tasks.serve_agents(())
+        with trio.fail_after(10):
+            for _ in iter(int, 1):
+                found = {c["provider"] for c in user.tasks.candidates(agent)}
+                if found == {p1.overlay.peer_id}:
+                    break
+                await trio.sleep(0.05)

@@ -1,0 +1,117 @@
+"""Agent cards: each provider's signed word on what it serves, gossiped with a heartbeat.
+
+A card says which agents a node runs, at what price, its load and addresses,
+and until when it holds (``expires``). Providers publish a fresh card on the
+``mercato/cards/1`` topic every heartbeat; a card that is not renewed expires
+everywhere on its own. Cards are signed by the provider's node key (kind
+``agent-card``) and checked against its peer id before anything else; a card
+older (by ``seq``) than the one held is ignored, one from the future or far
+too long-lived is rejected.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from p2p import (
+    FrameError,
+    Keypair,
+    Message,
+    MessageError,
+    canonical_cbor,
+    decode_canonical,
+    public_key_of_peer,
+    verify_signature,
+)
+
+CARD_KIND = "agent-card"
+TOPIC = "mercato/cards/1"
+MAX_TTL_S = 600.0
+MAX_CARDS = 10_000
+
+
+class CardRejected(Exception):
+    """A card that is forged, malformed or out of bounds."""
+
+
+@dataclass(frozen=True)
+class AgentCard(Message):
+    TYPE: ClassVar[str] = "agent.card"
+    provider: str = field(metadata={"max_len": 64})
+    seq: int = field(metadata={"min": 0, "max": 2**62})
+    expires: float = field(metadata={"min": 0})
+    agents: list[str] = field(default_factory=list, metadata={"max_len": 256, "item_max_len": 120})
+    prices: list[int] = field(default_factory=list, metadata={"max_len": 256})
+    load: float = field(default=0.0, metadata={"min": 0, "max": 1e6})
+    addrs: list[str] = field(default_factory=list, metadata={"max_len": 8, "item_max_len": 256})
+
+    def sign(self, keypair: Keypair) -> bytes:
+        body = self.to_wire()
+        return canonical_cbor({"card": body, "sig": keypair.sign(CARD_KIND, body)})
+
+    @classmethod
+    def verify(cls, data: bytes, now: float | None = None) -> AgentCard:
+        """Decode, check the signature against the provider's peer id, and the
+        expiry; CardRejected if any fails."""
+        try:
+            obj = decode_canonical(data)
+            body, sig = obj["card"], obj["sig"]
+            card = cls.from_wire(body)
+            key = public_key_of_peer(card.provider)
+        except (FrameError, MessageError, KeyError, TypeError, ValueError) as exc:
+            raise CardRejected(f"not an agent card: {exc}") from None
+        if len(card.prices) != len(card.agents) or any(p < 0 for p in card.prices):
+            raise CardRejected("a card names a price (>= 0) for each agent")
+        if not isinstance(sig, bytes) or not verify_signature(key, CARD_KIND, body, sig):
+            raise CardRejected(f"the card is not signed by {card.provider}")
+        now = time.time() if now is None else now
+        if card.expires > now + MAX_TTL_S:
+            raise CardRejected("the card claims to hold too long")
+        return card
+
+
+class CardBook:
+    """The freshest unexpired card of each provider."""
+
+    def __init__(self) -> None:
+        self._cards: dict[str, AgentCard] = {}
+
+    def add(self, card: AgentCard, now: float | None = None) -> bool:
+        """Keep ``card`` if it is newer than the one held; return whether it was news."""
+        now = time.time() if now is None else now
+        if card.expires <= now:
+            return False
+        held = self._cards.get(card.provider)
+        if held is not None and held.seq >= card.seq:
+            return False
+        if held is None and len(self._cards) >= MAX_CARDS:
+            self.prune(now)
+            if len(self._cards) >= MAX_CARDS:
+                return False
+        self._cards[card.provider] = card
+        return True
+
+    def prune(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        for provider in [p for p, c in self._cards.items() if c.expires <= now]:
+            del self._cards[provider]
+
+    def candidates(self, agent: str, now: float | None = None) -> list[dict[str, Any]]:
+        """Providers whose live card serves ``agent``: cheapest first, then least loaded."""
+        self.prune(now)
+        out = []
+        for card in self._cards.values():
+            if agent in card.agents:
+                price = card.prices[card.agents.index(agent)]
+                out.append(
+                    {
+                        "provider": card.provider,
+                        "price": price,
+                        "load": card.load,
+                        "expires": card.expires,
+                        "addrs": list(card.addrs),
+                    }
+                )
+        return sorted(out, key=lambda c: (c["price"], c["load"]))

@@ -1,0 +1,73 @@
+"""The user's journey through real daemons: publish, release a build, find a provider, run."""
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from node import DataDir
+
+from ..conftest import run_cli, wait_for
+
+WORDCOUNT = Path(__file__).parents[2] / "runtime" / "examples" / "wordcount" / "wordcount.wasm"
+
+
+def cli(datadir: DataDir, *args: str, stdin: str | None = None):
+    return run_cli(*args, "--data-dir", str(datadir.root), input_text=stdin)
+
+
+@pytest.mark.slow
+def test_publish_release_and_run_on_a_provider(tmp_path, start_daemon) -> None:
+    creator, provider = DataDir(tmp_path / "creator"), DataDir(tmp_path / "provider")
+    start_daemon(creator)
+    publisher = json.loads(cli(creator, "keys", "show", "default", "--json").stdout)["address"]
+    agent = f"{publisher}/wordcount"
+    address = json.loads(cli(creator, "node", "status", "--json").stdout)["p2p"]["listen_addrs"][0]
+    start_daemon(provider, "--bootstrap", address, "--serve", agent)
+    manifest = tmp_path / "MANIFEST.toml"
+    manifest.write_text(
+        textwrap.dedent(
+            """
+            name = "wordcount"
+            kind = "agent"
+            title = "Word count"
+            summary = "Counts words."
+            price = 0
+            royalty_bps = 0
+            """
+        )
+    )
+    assert cli(creator, "publish", str(manifest)).returncode == 0
+
+    # Dial it from this side too: the release offers its build to connected peers.
+    there = json.loads(cli(provider, "node", "status", "--json").stdout)["p2p"]["listen_addrs"][0]
+    assert cli(creator, "ping", there).returncode == 0
+
+    def provider_connected() -> bool:
+        peers = json.loads(cli(creator, "peers", "--json").stdout)["peers"]
+        return any("/mercato/build/1.0.0" in p["protocols"] for p in peers)
+
+    wait_for(provider_connected, 30, "the provider to be identified")
+    released = run_cli(
+        "release",
+        "wordcount",
+        "1.0.0",
+        "--build",
+        str(WORDCOUNT),
+        "--data-dir",
+        str(creator.root),
+        timeout=90,
+    )
+    assert released.returncode == 0, released.stderr  # bound once the provider holds a copy
+
+    def announced() -> bool:
+        found = json.loads(cli(creator, "providers", agent, "--json").stdout)["providers"]
+        return bool(found)
+
+    wait_for(announced, 30, "the provider's agent card")
+    ran = cli(creator, "run", agent, "--input", "-", "--receipt", stdin="one two three")
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout) == {"bytes": 13, "lines": 0, "words": 3, "longest_word": 5}
+    receipt = json.loads(ran.stderr)
+    assert receipt["outcome"] == "ok" and receipt["agent"] == agent
