@@ -31,6 +31,18 @@ def resolve(data_dir: Path | None) -> DataDir:
     return DataDir((data_dir or default_data_dir()).expanduser().absolute())
 
 
+def read_input(input_file: str | None) -> bytes:
+    """What ``--input FILE|-`` names: a file's bytes, this command's stdin, or nothing."""
+    if input_file is None:
+        return b""
+    if input_file == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(input_file).read_bytes()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {input_file}: {exc}", param_hint="--input") from None
+
+
 def print_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2))
 

@@ -8,7 +8,7 @@ import click
 
 from node import Limits, run_build
 
-from ._common import data_dir_option, print_json, resolve
+from ._common import data_dir_option, print_json, read_input, resolve
 
 DEFAULTS = Limits()
 
@@ -74,16 +74,7 @@ def exec_command(
     """
     if not wasm.is_file():
         raise click.BadParameter(f"{wasm} does not exist", param_hint="FILE.wasm")
-    stdin = b""
-    if input_file == "-":
-        stdin = sys.stdin.buffer.read()
-    elif input_file is not None:
-        try:
-            stdin = Path(input_file).read_bytes()
-        except OSError as exc:
-            raise click.BadParameter(
-                f"cannot read {input_file}: {exc}", param_hint="--input"
-            ) from None
+    stdin = read_input(input_file)
     limits = Limits(
         fuel=fuel,
         timeout_s=timeout_s,

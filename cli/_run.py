@@ -9,7 +9,7 @@ import click
 
 from node import ControlClient
 
-from ._common import data_dir_option, print_json, resolve
+from ._common import data_dir_option, print_json, read_input, resolve
 
 
 @click.command("run")
@@ -49,16 +49,7 @@ def run(
     agent, _, version = ref.partition("@")
     if agent.count("/") != 1 or not all(agent.split("/")):
         raise click.BadParameter(f"{ref!r}: expected PUBLISHER/NAME[@VERSION]")
-    stdin = b""
-    if input_file == "-":
-        stdin = sys.stdin.buffer.read()
-    elif input_file is not None:
-        try:
-            stdin = Path(input_file).read_bytes()
-        except OSError as exc:
-            raise click.BadParameter(
-                f"cannot read {input_file}: {exc}", param_hint="--input"
-            ) from None
+    stdin = read_input(input_file)
     client = ControlClient(resolve(data_dir), timeout=180)
     done = client.run_task(agent, version or "*", stdin, provider)
     output = base64.b64decode(done["output"])
