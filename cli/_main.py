@@ -15,7 +15,7 @@ from ._keys import keys
 from ._node import node
 from ._peers import peers, ping
 from ._registry import deprecate, publish, release, resolve_command, search, show
-from ._run import providers, run
+from ._run import providers, run, tasks
 
 
 @click.group(cls=MercatoGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,5 +48,6 @@ main.add_command(ping)
 main.add_command(builds)
 main.add_command(run)
 main.add_command(providers)
+main.add_command(tasks)
 for command in (publish, release, deprecate, search, show, resolve_command, exec_command):
     main.add_command(command)

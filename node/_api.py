@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hmac
 import logging
 import time
@@ -36,7 +37,8 @@ from runtime import InputTooLarge, InvalidModule, Limits, LimitsError
 from ._builds import BuildError, QuotaExceeded, UnknownBuild, check_cid
 from ._errors import KeyExists, KeyNotFound, KeyStoreError
 from ._http import HttpError, Request, Response
-from ._tasks import TaskError
+from ._tasklog import TaskRecord
+from ._tasks import BadReceipt, Receipt, TaskError, TaskRefused, UnknownAgent
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -513,48 +515,95 @@ async def _builds_gc(node: Node, request: Request) -> Response:
     return Response.json(200, {"removed": removed})
 
 
+def _agent_param(agent: Any) -> str:
+    if not isinstance(agent, str) or agent.count("/") != 1 or len(agent) > 120:
+        raise HttpError(400, "bad_agent", "agent is PUBLISHER/NAME")
+    return agent
+
+
 async def _providers(node: Node, request: Request) -> Response:
-    agent = request.query.get("agent", "")
-    if agent.count("/") != 1 or len(agent) > 120:
-        raise HttpError(400, "bad_query", "agent is PUBLISHER/NAME")
-    return Response.json(200, {"agent": agent, "providers": node.tasks.candidates(agent)})
+    agent = _agent_param(request.query.get("agent", ""))
+    return Response.json(200, {"agent": agent, "providers": node.tasks.providers(agent)})
+
+
+def _receipt_json(receipt: Receipt) -> dict[str, Any]:
+    return {
+        key: (value.hex() if isinstance(value, bytes) else value)
+        for key, value in receipt.body().items()
+    }
 
 
 async def _tasks_run(node: Node, request: Request) -> Response:
     body = _body_object(request, "agent")
-    agent, version = body["agent"], body.get("version", "*")
-    if not isinstance(agent, str) or agent.count("/") != 1 or len(agent) > 120:
-        raise HttpError(400, "bad_body", "agent is PUBLISHER/NAME")
+    agent, version = _agent_param(body["agent"]), body.get("version", "*")
     if not isinstance(version, str) or len(version) > 64:
         raise HttpError(400, "bad_body", "version is a semver range such as ^1.0.0")
     stdin = _base64_field(body, "input")
+    max_price = body.get("max_price")
+    if max_price is not None and not (
+        type(max_price) is int and 0 <= max_price <= 10**15  # bool is not a price
+    ):
+        raise HttpError(400, "bad_body", "max_price is a whole number of lamports, 0 or more")
     provider = body.get("provider")
     if provider is not None:
         if not isinstance(provider, str):
             raise HttpError(400, "bad_body", "provider is a peer id or a multiaddr")
         provider = await _reach(node, provider)
     try:
-        done = await node.tasks.run_task(agent, version, stdin, provider)
+        done = await node.tasks.run_task(agent, version, stdin, provider, max_price)
+    except UnknownAgent as exc:
+        raise HttpError(404, "unknown_agent", str(exc)) from None
+    except TaskRefused as exc:
+        raise HttpError(400, "task_refused", str(exc)) from None
     except TaskError as exc:
         raise HttpError(502, "task_failed", str(exc)) from None
     receipt = done["receipt"]
     node.control.record(
         "task.completed",
-        {"agent": agent, "provider": done["provider"], "task": receipt.task.hex()},
+        {"agent": agent, "provider": done["provider"], "task": done["task"]},
     )
-    wire = {
-        key: (value.hex() if isinstance(value, bytes) else value)
-        for key, value in receipt.body().items()
-    }
     return Response.json(
         200,
         {
+            "task": done["task"],
             "output": base64.b64encode(done["output"]).decode(),
             "provider": done["provider"],
-            "receipt": wire,
-            "verified": True,
+            "receipt": _receipt_json(receipt),
+            "verified": done["verified"],
+            "attempts": done["attempts"],
         },
     )
+
+
+def _task_json(record: TaskRecord, full: bool) -> dict[str, Any]:
+    out = dataclasses.asdict(record)
+    signed = out.pop("receipt")
+    if full and signed is not None:
+        try:  # checked again: the file could have been tampered with
+            out["receipt"] = _receipt_json(Receipt.verify(signed))
+        except BadReceipt as exc:
+            out["receipt_error"] = str(exc)
+        out["receipt_signed"] = base64.b64encode(signed).decode()
+    return out
+
+
+async def _tasks_list(node: Node, request: Request) -> Response:
+    role = request.query.get("role") or None
+    if role not in (None, "user", "provider"):
+        raise HttpError(400, "bad_query", "role is user or provider")
+    limit = _int_param(request, "limit", 50, 1, 10_000)
+    records = await node.tasks.tasklog.list(limit, role)
+    return Response.json(200, {"tasks": [_task_json(r, full=False) for r in records]})
+
+
+async def _tasks_show(node: Node, request: Request) -> Response:
+    task_id = request.params["id"].lower()
+    if len(task_id) != 32 or any(c not in "0123456789abcdef" for c in task_id):
+        raise HttpError(400, "bad_task", "a task id is 32 hex digits (see `mercato tasks ls`)")
+    records = await node.tasks.tasklog.get(task_id)
+    if not records:
+        raise HttpError(404, "unknown_task", f"this node has no task {task_id}")
+    return Response.json(200, {"task": task_id, "sides": [_task_json(r, True) for r in records]})
 
 
 async def _metrics(node: Node, request: Request) -> Response:
@@ -869,8 +918,8 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "POST",
         "/v1/tasks/run",
-        "Run an agent on a provider (given, or the first connected one that can); "
-        "the receipt is verified here.",
+        "Run an agent on the best provider that quotes (or the one given), retrying "
+        "on failure; the receipt and output are verified here.",
         _tasks_run,
         body={
             "type": "object",
@@ -879,11 +928,35 @@ ROUTES: tuple[Route, ...] = (
                 "version": {"type": "string", "description": "a semver range (default *)"},
                 "input": {"type": "string", "description": "base64"},
                 "provider": {"type": "string", "description": "peer id or multiaddr"},
+                "max_price": {
+                    "type": "integer",
+                    "description": "lamports a task at most (default: the listing's price)",
+                },
             },
             "required": ["agent"],
         },
         response={"type": "object"},
-        errors=(400, 502),
+        errors=(400, 404, 502),
+    ),
+    Route(
+        "GET",
+        "/v1/tasks",
+        "Tasks this node ran for others or asked others to run, newest first.",
+        _tasks_list,
+        response={"type": "object"},
+        query=(
+            ("role", "string", "user or provider (default both)"),
+            ("limit", "integer", "at most this many (default 50)"),
+        ),
+        errors=(400,),
+    ),
+    Route(
+        "GET",
+        "/v1/tasks/{id}",
+        "One task: each side this node saw, with its receipt and failed attempts.",
+        _tasks_show,
+        response={"type": "object"},
+        errors=(400, 404),
     ),
     Route(
         "GET",

@@ -15,11 +15,12 @@ Every store call runs in the store's worker thread, off the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ ANNOUNCE_EVERY_S = 600.0
 MAX_FETCHES = 4  # fetches at once that an offer may start
 OFFERS_PER_S = 0.5
 OFFER_BURST = 4.0
+USE_KEEP_S = 600.0  # a build a task ran stays this long though this node is not its keeper
 PEER_CHECK_S = 0.5  # how often the repair loop looks whether peers came or went
 
 Progress = Callable[[int, int], None]
@@ -117,6 +119,8 @@ class BuildService:
         self._offers: dict[str, TokenBucket] = {}
         self._offered: set[str] = set()  # builds whose fetch an offer started
         self._last_released: set[str] = set()  # as of the last repair round
+        self._in_use: dict[str, int] = {}
+        self._used: dict[str, float] = {}  # cid -> when a run last used it (monotonic)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Answer build requests, and keep background fetches, until cancelled."""
@@ -143,16 +147,35 @@ class BuildService:
     def _fetching(self) -> set[str]:
         return {cid for cid, state in self.fetches.items() if not state.finished}
 
+    @contextlib.contextmanager
+    def using(self, cid: str) -> Iterator[None]:
+        """Hold ``cid`` against repair and gc while a task fetches and runs it, and
+        for USE_KEEP_S after (a provider keeps what it serves while it serves it)."""
+        self._in_use[cid] = self._in_use.get(cid, 0) + 1
+        try:
+            yield
+        finally:
+            self._in_use[cid] -= 1
+            if not self._in_use[cid]:
+                del self._in_use[cid]
+            self._used[cid] = time.monotonic()
+
+    def _recently_used(self) -> set[str]:
+        horizon = time.monotonic() - USE_KEEP_S
+        for cid in [c for c, t in self._used.items() if t < horizon]:
+            del self._used[cid]
+        return set(self._in_use) | set(self._used)
+
     def keep(self) -> set[str]:
-        """Builds gc must leave: those being fetched, and released builds this node
-        keeps for the network (it is among the closest peers to them)."""
+        """Builds gc must leave: those being fetched or recently run, and released
+        builds this node keeps for the network (it is among the closest peers to them)."""
         peers = self.live_peers()
         mine = {
             cid
             for cid in self._last_released
             if self._overlay.peer_id in responsible(cid, peers, self.config.replicas)
         }
-        return self._fetching() | mine
+        return self._fetching() | self._recently_used() | mine
 
     def wake(self) -> None:
         """Run a repair round now (a peer left, a build was released or offered)."""
@@ -187,6 +210,7 @@ class BuildService:
                 info is not None
                 and not info.pinned
                 and cid not in self._fetching()
+                and cid not in self._recently_used()
                 # Not ours to keep: drop it once its keepers hold it. What an offer
                 # started and that never completed goes at once.
                 and ((not info.complete and cid in self._offered) or await self._held_by(cid, duty))

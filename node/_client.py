@@ -201,7 +201,12 @@ class ControlClient:
         return self.request("POST", "/v1/builds/gc")
 
     def run_task(
-        self, agent: str, version: str, stdin: bytes, provider: str | None = None
+        self,
+        agent: str,
+        version: str,
+        stdin: bytes,
+        provider: str | None = None,
+        max_price: int | None = None,
     ) -> dict[str, Any]:
         import base64
 
@@ -212,7 +217,16 @@ class ControlClient:
         }
         if provider:
             body["provider"] = provider
+        if max_price is not None:
+            body["max_price"] = max_price
         return self.request("POST", "/v1/tasks/run", body)
+
+    def tasks(self, limit: int = 50, role: str | None = None) -> dict[str, Any]:
+        query = {"limit": limit, **({"role": role} if role else {})}
+        return self.request("GET", f"/v1/tasks?{urlencode(query)}")
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/tasks/{quote(task_id, safe='')}")
 
     def providers(self, agent: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/providers?{urlencode({'agent': agent})}")

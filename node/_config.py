@@ -123,6 +123,26 @@ class ServeSection:
 
 
 @dataclass(frozen=True)
+class TasksSection:
+    """``[tasks]``: how this node runs agents on other peers (see node/_choice.py)."""
+
+    quote_fanout: int = 3
+    """Providers asked for a quote at once, the best by price, reputation, latency, load."""
+    quote_deadline_s: float = 2.0
+    """Quotes that take longer are not waited for."""
+    max_attempts: int = 4
+    """Providers tried for one task before it fails."""
+    timeout_s: float = 120.0
+    """How long one provider may take to answer a run."""
+    verify_first: int = 2
+    """The first tasks of each new provider are cross-checked on a second opinion."""
+    verify_rate: float = 0.05
+    """After that, the share of tasks cross-checked at random."""
+    reputation_half_life_h: float = 24.0
+    """Old experience with a provider counts half after this many hours."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the daemon reads from configuration."""
 
@@ -133,6 +153,7 @@ class Config:
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     builds: BuildsSection = field(default_factory=BuildsSection)
     serve: ServeSection = field(default_factory=ServeSection)
+    tasks: TasksSection = field(default_factory=TasksSection)
 
     def replace(self, section: str, **values: Any) -> Config:
         """A copy with some keys of one section changed (used for CLI flags)."""
@@ -216,6 +237,21 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
     for agent in config.serve.agents:
         if agent.count("/") != 1 or not all(agent.split("/")):
             raise fail("serve.agents", "must be PUBLISHER/NAME entries")
+    tasks = config.tasks
+    if not 1 <= tasks.quote_fanout <= 16:
+        raise fail("tasks.quote_fanout", "must be between 1 and 16")
+    if not 0.05 <= tasks.quote_deadline_s <= 60:
+        raise fail("tasks.quote_deadline_s", "must be between 0.05 and 60")
+    if not 1 <= tasks.max_attempts <= 16:
+        raise fail("tasks.max_attempts", "must be between 1 and 16")
+    if not 0.1 <= tasks.timeout_s <= 3600:
+        raise fail("tasks.timeout_s", "must be between 0.1 and 3600")
+    if not 0 <= tasks.verify_first <= 1000:
+        raise fail("tasks.verify_first", "must be between 0 and 1000")
+    if not 0 <= tasks.verify_rate <= 1:
+        raise fail("tasks.verify_rate", "must be between 0 and 1")
+    if not 0.01 <= tasks.reputation_half_life_h <= 10_000:
+        raise fail("tasks.reputation_half_life_h", "must be between 0.01 and 10000")
     if config.builds.quota_mb < 1:
         raise fail("builds.quota_mb", "must be at least 1")
     if not 1 <= config.builds.replicas <= 20:

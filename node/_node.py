@@ -40,6 +40,7 @@ from runtime import WorkerPool, open_worker_pool
 from ._api import ControlAPI
 from ._builds import BuildError, BuildStore
 from ._buildservice import BuildService
+from ._cards import CardBook
 from ._config import Config, load_config
 from ._control import LocalControl
 from ._errors import NodeError
@@ -53,6 +54,8 @@ from ._paths import DataDir
 from ._peers import StoreAddressBook
 from ._registry import RegistryService
 from ._store import Store, open_store
+from ._tasklog import TaskLog
+from ._taskrunner import TaskRunner
 from ._taskservice import TaskService
 from ._version import __version__
 
@@ -270,6 +273,18 @@ class Node:
                             ) as runtime:
                                 self._runtime = runtime
                                 self.services.append("runtime")
+                                cards, tasklog = CardBook(), TaskLog(store)
+                                runner = TaskRunner(
+                                    overlay,
+                                    self._registry,
+                                    self._builds,
+                                    runtime,
+                                    store,
+                                    cards,
+                                    tasklog,
+                                    self.config.runtime,
+                                    self.config.tasks,
+                                )
                                 self._tasks = TaskService(
                                     self._node_key,
                                     overlay,
@@ -278,6 +293,9 @@ class Node:
                                     runtime,
                                     self.config.runtime,
                                     self.config.serve,
+                                    cards,
+                                    tasklog,
+                                    runner,
                                 )
                                 await registry_nursery.start(self._tasks.run)
                                 self.services.append("tasks")

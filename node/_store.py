@@ -24,6 +24,8 @@ from crdt import MIGRATIONS as REGISTRY_MIGRATIONS
 
 from ._builds import SCHEMA as BUILDS_SCHEMA
 from ._errors import StoreError
+from ._reputation import SCHEMA as REPUTATION_SCHEMA
+from ._tasklog import SCHEMA as TASKS_SCHEMA
 
 T = TypeVar("T")
 
@@ -58,6 +60,8 @@ MIGRATIONS: tuple[str, ...] = (
     *REGISTRY_MIGRATIONS,
     # 5: stored builds and the chunks of each verified so far.
     BUILDS_SCHEMA,
+    # 6: the task log and the reputation of providers.
+    TASKS_SCHEMA + REPUTATION_SCHEMA,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

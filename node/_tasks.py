@@ -1,15 +1,21 @@
-"""``/mercato/task/1.0.0``: run an agent on a provider and get a signed receipt.
+"""``/mercato/task/1.0.0``: quote, then run an agent on a provider for a signed receipt.
 
-    user     -> TaskRequest(task, agent="publisher/name", version, input, max_price)
+    user     -> TaskRequest(op="quote", agent="publisher/name", version, input_size)
+    provider -> TaskResponse(quote)       a signed Quote: price, expected latency,
+                                          load, release, and until when it holds
+    user     -> TaskRequest(op="run", task, quote, input, max_price, payment)
     provider -> TaskResponse(output, receipt)
 
-The provider resolves the release in its registry, fetches the build if it
-lacks it, runs it in its sandbox under the listing's limits, and signs a
-`Receipt` with its node key (kind ``task-receipt``). The user's node checks the
-signature against the provider's peer id, and that the receipt names this
-task, this input and exactly this output. Paid tasks need settlement (a later
-issue): until then a provider runs free listings only, and the messages
-already carry ``max_price`` and ``price``.
+The quote is signed by the provider (kind ``task-quote``) and carried back with
+the run, so the provider keeps no state between the two and can check that the
+quote is its own, for this user and not expired. Running it is accepting it.
+The provider resolves the release, fetches the build if it lacks it, runs it in
+its sandbox under the listing's limits, and signs a `Receipt` (kind
+``task-receipt``). The user's node checks the signature against the provider's
+peer id, and that the receipt names this task, this quote, this input and
+exactly this output. Paid tasks need settlement (a later issue): until then a
+provider runs free listings only; the messages already carry ``max_price``,
+``payment``, and the receipt ``channel`` and ``cumulative``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from ._errors import NodeError
 MAX_TASK_INPUT = 8 * 1024 * 1024
 MAX_TASK_OUTPUT = 8 * 1024 * 1024
 RECEIPT_KIND = "task-receipt"
+QUOTE_KIND = "task-quote"
+MAX_SIGNED = 4096
 
 
 class TaskError(NodeError):
@@ -40,24 +48,41 @@ class TaskError(NodeError):
 
 
 class BadReceipt(TaskError):
-    """A provider's receipt is forged or does not match the task, input or output."""
+    """A provider's receipt or quote is forged or does not match the task, input or output."""
+
+
+class UnknownAgent(TaskError):
+    """No listing by that name, or no release in the range asked for."""
+
+
+class TaskRefused(TaskError):
+    """The task itself cannot run anywhere as asked (input too large, over the price cap)."""
+
+
+class NoProvider(TaskError):
+    """No provider could run the task; the message lists what each said."""
 
 
 @dataclass(frozen=True)
 class TaskRequest(Message):
     TYPE: ClassVar[str] = "task.request"
-    task: bytes = field(metadata={"max_len": 16})
+    op: str = field(metadata={"max_len": 8})  # "quote" or "run"
     agent: str = field(metadata={"max_len": 120})
     version: str = field(default="*", metadata={"max_len": 64})
+    input_size: int = field(default=0, metadata={"min": 0, "max": MAX_TASK_INPUT})
+    task: bytes = field(default=b"", metadata={"max_len": 16})
+    quote: bytes = field(default=b"", metadata={"max_len": MAX_SIGNED})
     input: bytes = field(default=b"", metadata={"max_len": MAX_TASK_INPUT})
     max_price: int = field(default=0, metadata={"min": 0, "max": 10**15})
+    payment: bytes = field(default=b"", metadata={"max_len": MAX_SIGNED})  # settlement
 
 
 @dataclass(frozen=True)
 class TaskResponse(Message):
     TYPE: ClassVar[str] = "task.response"
+    quote: bytes = field(default=b"", metadata={"max_len": MAX_SIGNED})
     output: bytes = field(default=b"", metadata={"max_len": MAX_TASK_OUTPUT})
-    receipt: bytes = field(default=b"", metadata={"max_len": 4096})
+    receipt: bytes = field(default=b"", metadata={"max_len": MAX_SIGNED})
 
 
 TASK = RequestProtocol(
@@ -69,6 +94,54 @@ TASK = RequestProtocol(
     timeout_s=120.0,
     rate_per_s=400.0,  # tasks are small and many; the runtime's slots bound the work
 )
+
+
+def _signed(kind: str, body: dict[str, Any], keypair: Any) -> bytes:
+    return canonical_cbor({"body": body, "sig": keypair.sign(kind, body)})
+
+
+def _verified(kind: str, data: bytes, what: str) -> dict[str, Any]:
+    """The body of a signed ``kind`` object, checked against its ``provider``'s peer id."""
+    try:
+        obj = decode_canonical(data)
+        body, sig = obj["body"], obj["sig"]
+        key = public_key_of_peer(body["provider"])
+    except (FrameError, KeyError, TypeError, ValueError):
+        raise BadReceipt(f"the {what} does not decode") from None
+    if not isinstance(sig, bytes) or not verify_signature(key, kind, body, sig):
+        raise BadReceipt(f"the {what} is not signed by {str(body['provider'])[:64]}")
+    return body
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A provider's signed offer: this release, at this price, until ``expires``."""
+
+    quote: bytes
+    agent: str
+    version: str
+    cid: str
+    price: int
+    expected_ms: int
+    load: float
+    expires: float
+    provider: str
+    user: str
+
+    def sign(self, keypair: Any) -> bytes:
+        return _signed(QUOTE_KIND, asdict(self), keypair)
+
+    @classmethod
+    def verify(cls, data: bytes) -> Quote:
+        """Decode a signed quote and check its signature; BadReceipt if either fails."""
+        body = _verified(QUOTE_KIND, data, "quote")
+        try:
+            quote = cls(**body)
+        except TypeError:
+            raise BadReceipt("the quote does not decode") from None
+        if not (isinstance(quote.price, int) and quote.price >= 0):
+            raise BadReceipt("the quote's price is not a whole number of lamports")
+        return quote
 
 
 @dataclass(frozen=True)
@@ -88,35 +161,33 @@ class Receipt:
     provider: str
     user: str
     time: int
+    quote: bytes = b""
+    channel: str = ""  # the payment channel and the amount paid on it so far (settlement)
+    cumulative: int = 0
 
     def body(self) -> dict[str, Any]:
         return asdict(self)
 
     def sign(self, keypair: Any) -> bytes:
-        return canonical_cbor(
-            {"receipt": self.body(), "sig": keypair.sign(RECEIPT_KIND, self.body())}
-        )
+        return _signed(RECEIPT_KIND, self.body(), keypair)
 
     @classmethod
     def verify(cls, data: bytes) -> Receipt:
         """Decode a signed receipt and check its signature against its provider's peer
         id; BadReceipt if either fails."""
+        body = _verified(RECEIPT_KIND, data, "receipt")
         try:
-            obj = decode_canonical(data)
-            body, sig = obj["receipt"], obj["sig"]
-            receipt = cls(**body)
-            key = public_key_of_peer(receipt.provider)
-        except (FrameError, KeyError, TypeError, ValueError):
+            return cls(**body)
+        except TypeError:
             raise BadReceipt("the receipt does not decode") from None
-        if not isinstance(sig, bytes) or not verify_signature(key, RECEIPT_KIND, body, sig):
-            raise BadReceipt(f"the receipt is not signed by {receipt.provider}")
-        return receipt
 
-    def check(self, task: bytes, provider: str, stdin: bytes, output: bytes) -> None:
-        """BadReceipt unless this receipt is ``provider``'s for ``task`` with exactly
-        this input and output."""
-        if self.task != task or self.provider != provider:
+    def check(self, task: bytes, quote: Quote, stdin: bytes, output: bytes) -> None:
+        """BadReceipt unless this receipt is the quoting provider's, for ``task`` under
+        ``quote``, with exactly this input and output."""
+        if self.task != task or self.provider != quote.provider or self.quote != quote.quote:
             raise BadReceipt("the receipt is for another task or from another provider")
+        if (self.cid, self.price) != (quote.cid, quote.price):
+            raise BadReceipt("the receipt names another build or price than the quote")
         if self.input_hash != digest(stdin):
             raise BadReceipt("the receipt names another input")
         if self.output_hash != digest(output):

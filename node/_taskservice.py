@@ -1,15 +1,15 @@
-"""The task service: runs agents for other peers, and runs agents on other peers.
+"""The task service: runs agents for other peers, and follows who serves what.
 
-Provider side (`_answer`): the release comes from this node's registry, the
-build from its store (fetched from the peers that hold it if it is not here),
-the run from its sandbox under the listing's limits capped by ``[runtime]``;
-the answer carries the output and a signed `Receipt`.
+Provider side (`_answer`): a quote names the release, price, expected latency
+and load, signed; a run must carry this node's own unexpired quote for the
+asking peer. The release comes from this node's registry, the build from its
+store (fetched from the peers that hold it if it is not here), the run from its
+sandbox under the listing's limits capped by ``[runtime]``; the answer carries
+the output and a signed `Receipt`, and the task goes into the task log.
 
-User side (`run_task`): ask the given provider, or each connected provider in turn
-until one answers with an output and a receipt that hold up (signature, task,
-input, output, and the build the user's own registry names for that release).
-A provider whose receipt does not hold up is penalised; one that fails or
-refuses is passed over for the next.
+Cards: when this node serves agents it publishes its card every heartbeat (and
+at once when what it serves changes); it keeps every other provider's live
+card. The user's side lives in `TaskRunner`; `run_task` hands over to it.
 """
 
 from __future__ import annotations
@@ -19,37 +19,71 @@ import dataclasses
 import logging
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from crdt import Version, VersionError, VersionRange
 from p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, Verdict
-from runtime import Limits, LimitsError, SandboxError, WorkerPool
+from runtime import Limits, LimitsError, Outcome, SandboxError, WorkerPool
 
 from ._builds import BuildError
 from ._buildservice import BuildService
 from ._cards import TOPIC as CARDS_TOPIC
 from ._cards import AgentCard, CardBook, CardRejected
+from ._choice import rank
 from ._config import RuntimeSection, ServeSection
 from ._registry import RegistryService
+from ._tasklog import TaskLog, TaskRecord
 from ._tasks import (
     MAX_TASK_OUTPUT,
     TASK,
     BadReceipt,
+    Quote,
     Receipt,
-    TaskError,
     TaskRequest,
     TaskResponse,
     digest,
 )
+
+if TYPE_CHECKING:
+    from ._taskrunner import TaskRunner
 
 log = logging.getLogger("mercato.tasks")
 
 FETCH_TIMEOUT_S = 60.0
 ANNOUNCE_EVERY_S = 600.0
 CHANGE_CHECK_S = 1.0  # how often to look whether what this node serves changed
-PENALTY_BAD_RECEIPT = 50.0
+QUOTE_TTL_S = 30.0
+DEFAULT_EXPECTED_MS = 20.0  # a run's wall time before this node has run the build
+FETCH_EXPECTED_MS = 1000.0  # added when the build must be fetched first
+
+
+def run_limits(listing: dict[str, Any], stdin: bytes, caps: RuntimeSection) -> Limits:
+    """The limits a run of ``listing`` gets: what it declares, capped by ``[runtime]``.
+
+    Refused (``bad_listing``, ``input_too_large``) if the listing's limits are
+    unusable or the input is over them.
+    """
+    declared = listing.get("limits") or {}
+    try:
+        limits = Limits(
+            fuel=declared.get("fuel", Limits.fuel),
+            timeout_s=min(float(declared.get("timeout_s", 10)), caps.max_timeout_s),
+            memory_mb=min(declared.get("memory_mb", 64), caps.max_memory_mb),
+            max_input_bytes=declared.get("max_input_bytes", Limits.max_input_bytes),
+            max_output_bytes=min(
+                declared.get("max_output_bytes", Limits.max_output_bytes), MAX_TASK_OUTPUT
+            ),
+        ).check()
+    except LimitsError as exc:
+        raise Refused("bad_listing", str(exc)) from None
+    if len(stdin) > limits.max_input_bytes:
+        raise Refused(
+            "input_too_large",
+            f"the input is {len(stdin)} bytes, over the listing's {limits.max_input_bytes}",
+        )
+    return limits
 
 
 class TaskService:
@@ -62,6 +96,9 @@ class TaskService:
         runtime: WorkerPool,
         caps: RuntimeSection,
         serving: ServeSection,
+        cards: CardBook,
+        tasklog: TaskLog,
+        runner: TaskRunner,
     ) -> None:
         self._key = node_key
         self._overlay = overlay
@@ -70,16 +107,26 @@ class TaskService:
         self._runtime = runtime
         self._caps = caps
         self._serving = serving
-        self.cards = CardBook()
+        self.cards = cards
+        self.tasklog = tasklog
+        self.runner = runner
         self.served = 0
         self._beat = trio.Event()
+        self._expected_ms: dict[str, float] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Answer tasks, follow other providers' cards, and (when this node serves
-        agents) publish its own card every heartbeat. Runs until cancelled."""
-        self._overlay.requests.serve(TASK, self._answer)
-        await self._overlay.gossip.subscribe(CARDS_TOPIC, self._on_card, self._validate_card)
-        task_status.started()
+        agents) publish its own card every heartbeat. Runs until cancelled; the
+        task log is flushed on the way out."""
+        await self.runner.load()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.tasklog.run)
+            self._overlay.requests.serve(TASK, self._answer)
+            await self._overlay.gossip.subscribe(CARDS_TOPIC, self._on_card, self._validate_card)
+            task_status.started()
+            await self._cards_loop()
+
+    async def _cards_loop(self) -> None:
         announced: dict[str, float] = {}
         last_offer: tuple[list[str], list[int]] = ([], [])
         last_time = -self._serving.heartbeat_s
@@ -149,10 +196,6 @@ class TaskService:
         self._serving = dataclasses.replace(self._serving, agents=agents)
         self._beat.set()
 
-    def candidates(self, agent: str) -> list[dict[str, Any]]:
-        """Providers whose live card serves ``agent``, cheapest and least loaded first."""
-        return self.cards.candidates(agent)
-
     # -- provider ----------------------------------------------------------------
 
     async def _release(self, agent: str, wanted: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -169,26 +212,6 @@ class TaskService:
                 return shown, release
         raise Refused("unknown_agent", f"no release of {agent} matches {wanted}")
 
-    def _limits(self, listing: dict[str, Any], stdin: bytes) -> Limits:
-        declared = listing.get("limits") or {}
-        try:
-            limits = Limits(
-                fuel=declared.get("fuel", Limits.fuel),
-                timeout_s=min(float(declared.get("timeout_s", 10)), self._caps.max_timeout_s),
-                memory_mb=min(declared.get("memory_mb", 64), self._caps.max_memory_mb),
-                max_input_bytes=declared.get("max_input_bytes", Limits.max_input_bytes),
-                max_output_bytes=min(
-                    declared.get("max_output_bytes", Limits.max_output_bytes), MAX_TASK_OUTPUT
-                ),
-            ).check()
-        except LimitsError as exc:
-            raise Refused("bad_listing", str(exc)) from None
-        if len(stdin) > limits.max_input_bytes:
-            raise Refused(
-                "input_too_large", f"the input is over the listing's {limits.max_input_bytes} bytes"
-            )
-        return limits
-
     async def _build_path(self, cid: str) -> Any:
         info = await self._builds.info(cid)
         if info is None or not info.complete:
@@ -202,94 +225,140 @@ class TaskService:
     async def _answer(self, peer: str, request: TaskRequest) -> TaskResponse:
         if request.agent not in self._serving.agents:
             raise Refused("not_served", "this node does not serve that agent")
+        if request.op == "quote":
+            return await self._quote(peer, request)
+        if request.op == "run":
+            return await self._run(peer, request)
+        raise Refused("bad_request", f"unknown op {request.op!r}: quote or run")
+
+    async def _quote(self, peer: str, request: TaskRequest) -> TaskResponse:
         listing, release = await self._release(request.agent, request.version)
-        price = int(listing["price"])
-        if price > 0:
+        run_limits(listing, b"", self._caps)  # a listing this node cannot run: refuse now
+        declared = (listing.get("limits") or {}).get("max_input_bytes", Limits.max_input_bytes)
+        if request.input_size > declared:
+            raise Refused(
+                "input_too_large",
+                f"the input is {request.input_size} bytes, over the listing's {declared}",
+            )
+        cid = release["cid"]
+        expected = self._expected_ms.get(cid, DEFAULT_EXPECTED_MS)
+        info = await self._builds.info(cid)
+        if info is None or not info.complete:
+            expected += FETCH_EXPECTED_MS
+        queued = self._runtime.waiting / max(self._runtime.slots, 1)
+        quote = Quote(
+            quote=secrets.token_bytes(16),
+            agent=request.agent,
+            version=release["version"],
+            cid=cid,
+            price=int(listing["price"]),
+            expected_ms=int(expected * (1 + queued)),
+            load=float(self._runtime.busy + self._runtime.waiting),
+            expires=time.time() + QUOTE_TTL_S,
+            provider=self._overlay.peer_id,
+            user=peer,
+        )
+        return TaskResponse(quote=quote.sign(self._key))
+
+    def _accepted(self, peer: str, request: TaskRequest) -> Quote:
+        """The quote the run carries, if it is this node's, for this peer, and still holds."""
+        try:
+            quote = Quote.verify(request.quote)
+        except BadReceipt as exc:
+            raise Refused("bad_quote", str(exc)) from None
+        if quote.provider != self._overlay.peer_id or quote.user != peer:
+            raise Refused("bad_quote", "that quote is not from this node for you")
+        if quote.agent != request.agent or quote.version != request.version:
+            raise Refused("bad_quote", "that quote is for another agent or release")
+        if quote.expires < time.time():
+            raise Refused("quote_expired", "the quote has expired: ask for a new one")
+        if quote.price > request.max_price:
+            raise Refused("over_price", f"the quote asks {quote.price}, over your max_price")
+        return quote
+
+    async def _run(self, peer: str, request: TaskRequest) -> TaskResponse:
+        quote = self._accepted(peer, request)
+        listing, release = await self._release(request.agent, quote.version)
+        if release["cid"] != quote.cid:
+            raise Refused("quote_stale", "the release changed since the quote: ask again")
+        if quote.price > 0:
             raise Refused(
                 "payment_required", "paid tasks need payment channels; this node runs free ones"
             )
-        limits = self._limits(listing, request.input)
-        path = await self._build_path(release["cid"])
-        try:
-            result = await self._runtime.run(
-                path, request.input, limits, key=release["cid"], name=listing["name"]
-            )
-        except SandboxError as exc:
-            raise Refused("cannot_run", str(exc)) from None
+        if len(request.task) != 16:
+            raise Refused("bad_request", "a task id is 16 bytes")
+        limits = run_limits(listing, request.input, self._caps)
+        started = time.time()
+        with self._builds.using(quote.cid):
+            path = await self._build_path(quote.cid)
+            try:
+                result = await self._runtime.run(
+                    path, request.input, limits, key=quote.cid, name=listing["name"]
+                )
+            except SandboxError as exc:
+                raise Refused("cannot_run", str(exc)) from None
+        if result.outcome is Outcome.CRASHED:  # this node's fault, not the agent's
+            raise Refused("crashed", "the sandbox worker died: try another provider")
+        previous = self._expected_ms.get(quote.cid, result.usage.wall_ms)
+        self._expected_ms[quote.cid] = 0.8 * previous + 0.2 * result.usage.wall_ms
         receipt = Receipt(
             task=request.task,
             agent=request.agent,
-            version=release["version"],
-            cid=release["cid"],
+            version=quote.version,
+            cid=quote.cid,
             input_hash=digest(request.input),
             output_hash=digest(result.output),
             outcome=result.outcome.value,
             fuel=result.usage.fuel or 0,
             wall_ms=int(result.usage.wall_ms),
-            price=price,
+            price=quote.price,
             provider=self._overlay.peer_id,
             user=peer,
             time=int(time.time()),
+            quote=quote.quote,
         )
         self.served += 1
-        signed = await trio.to_thread.run_sync(receipt.sign, self._key)
+        signed = receipt.sign(self._key)
+        await self.tasklog.write(
+            TaskRecord(
+                request.task.hex(), "provider", request.agent, quote.version,
+                self._overlay.peer_id, peer, receipt.outcome, quote.price, started,
+                receipt.wall_ms, "", "", [], signed,
+            )
+        )  # fmt: skip
         return TaskResponse(output=result.output, receipt=signed)
 
     # -- user ----------------------------------------------------------------------
 
-    def providers(self) -> list[str]:
-        host = self._overlay.host
-        return [p for p in host.connected_peers() if TASK.id in host.protocols_of(p)]
-
-    async def _reachable(self, agent: str) -> list[str]:
-        """Providers from live cards (dialled if need be), best first."""
-        host, out = self._overlay.host, []
-        for candidate in self.candidates(agent):
-            peer = candidate["provider"]
-            if peer == self._overlay.peer_id:
-                continue
-            if peer not in host.connected_peers():
-                for addr in candidate["addrs"][:2]:
-                    with contextlib.suppress(P2PError):
-                        await host.connect(addr if "/p2p/" in addr else f"{addr}/p2p/{peer}")
-                        break
-            out.append(peer)
-        return out
-
     async def run_task(
-        self, agent: str, version: str, stdin: bytes, provider: str | None = None
+        self,
+        agent: str,
+        version: str,
+        stdin: bytes,
+        provider: str | None = None,
+        max_price: int | None = None,
     ) -> dict[str, Any]:
-        """Run ``agent`` on ``provider`` (or the first connected provider that can);
-        TaskError if none could, saying why each failed."""
-        candidates = [provider] if provider else await self._reachable(agent)
-        if not candidates:
-            raise TaskError(
-                f"no provider of {agent} is known: none has sent an agent card (give --provider)"
-            )
-        errors = []
-        for peer in candidates:
-            task = secrets.token_bytes(16)
-            request = TaskRequest(task=task, agent=agent, version=version, input=stdin)
-            try:
-                answer = await self._overlay.requests.request(peer, TASK, request)
-                receipt = await trio.to_thread.run_sync(Receipt.verify, answer.receipt)
-                receipt.check(task, peer, stdin, answer.output)
-                await self._check_release(agent, receipt)
-            except BadReceipt as exc:
-                await self._overlay.host.penalize(peer, PENALTY_BAD_RECEIPT, str(exc))
-                errors.append(f"{peer[:16]}…: {exc}")
-                continue
-            except P2PError as exc:
-                errors.append(f"{peer[:16]}…: {exc}")
-                continue
-            return {"output": answer.output, "receipt": receipt, "provider": peer}
-        raise TaskError(f"no provider ran {agent}: " + "; ".join(errors[:4]))
+        """Run ``agent`` on another peer (see `TaskRunner.run`)."""
+        return await self.runner.run(agent, version, stdin, provider, max_price)
 
-    async def _check_release(self, agent: str, receipt: Receipt) -> None:
-        """The build the provider ran must be the one this node's registry binds to
-        that release (when this node knows it)."""
-        publisher, _, name = agent.partition("/")
-        shown = await self._registry.show(publisher, name)
-        for release in (shown or {}).get("releases", []):
-            if release["version"] == receipt.version and release["cid"] != receipt.cid:
-                raise BadReceipt(f"the provider ran {receipt.cid}, not the release's build")
+    def providers(self, agent: str) -> list[dict[str, Any]]:
+        """Live candidates for ``agent`` with this node's view of each: reputation
+        and the score it would rank them by (before quotes), best first."""
+        runner = self.runner
+        now = time.time()
+        cards = [c for c in self.cards.candidates(agent) if c["provider"] != self._overlay.peer_id]
+        scores = {
+            o.provider: s
+            for s, o in rank([runner._offer(c["provider"], c["price"], c["load"]) for c in cards])
+        }
+        out = [
+            {
+                **c,
+                "score": round(scores[c["provider"]], 4),
+                "reputation": runner.reputation.get(c["provider"], now).view(
+                    now, runner.reputation.half_life_s
+                ),
+            }
+            for c in cards
+        ]
+        return sorted(out, key=lambda c: (-c["score"], c["provider"]))

@@ -21,7 +21,11 @@ cannot live with (each one checked on loopback):
   fixed port: the port is checked with a plain bind first;
 - listening failures do not raise: they are checked;
 - ``close()`` closes connections one at a time, ~0.2 s each: they are closed
-  concurrently first.
+  concurrently first;
+- identify runs once per connection and a failure (a stream reset, a
+  connection replaced during the exchange) is never retried, which leaves a
+  connected peer with no known protocols, invisible to every service: a
+  watchdog re-identifies such peers.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ PENALTY_HALF_LIFE_S = 60.0
 PENALTY_HANDLER_ERROR = 25.0
 MAX_CONDUCT_RECORDS = 4096
 CLOSE_TIMEOUT_S = 5.0
+IDENTIFY_CHECK_S = 1.0
+IDENTIFY_TIMEOUT_S = 10.0
+IDENTIFY_ATTEMPTS = 5
 
 
 class DialError(P2PError):
@@ -351,6 +358,43 @@ class P2PHost:
             self._host.get_peerstore().clear_addrs(ID.from_base58(peer_id))
         await self.disconnect(peer_id)
 
+    async def _identify_watch(self) -> None:
+        """Re-identify connected peers whose protocols are still unknown; runs until cancelled.
+
+        A peer is tried IDENTIFY_ATTEMPTS times while connected, so one that
+        answers with no protocols costs a few streams, not one a second forever.
+        """
+        inflight: set[str] = set()
+        attempts: dict[str, int] = {}
+
+        async def identify(peer: str) -> None:
+            from libp2p.peer.id import ID
+
+            try:
+                with trio.move_on_after(IDENTIFY_TIMEOUT_S):
+                    await self._host._identify_peer(ID.from_base58(peer), reason="mercato-retry")
+            except Exception as exc:  # the next round tries again
+                log.debug("identify retry failed", extra={"peer": peer, "error": repr(exc)})
+            finally:
+                inflight.discard(peer)
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.sleep(IDENTIFY_CHECK_S)
+                connected = self.connected_peers()
+                attempts = {p: n for p, n in attempts.items() if p in connected}
+                running = {str(p) for p in getattr(self._host, "_identify_inflight", ())}
+                for peer in connected:
+                    if peer in inflight or peer in running:
+                        continue
+                    if attempts.get(peer, 0) >= IDENTIFY_ATTEMPTS:
+                        continue
+                    if self.protocols_of(peer) or self.is_banned(peer):
+                        continue
+                    attempts[peer] = attempts.get(peer, 0) + 1
+                    inflight.add(peer)
+                    nursery.start_soon(identify, peer)
+
     async def _on_connected(self, conn: Any) -> None:
         peer = str(conn.muxed_conn.peer_id)
         # The cap applies to connections others open: the ones we dial (bootstrap,
@@ -477,7 +521,10 @@ async def open_host(keypair: Keypair, config: HostConfig) -> AsyncIterator[P2PHo
                     raise P2PError(f"could not listen on any of {list(config.listen)}")
                 await raw.get_network().auto_connector.stop()
                 task_status.started()
-                await stop.wait()
+                async with trio.open_nursery() as watchers:
+                    watchers.start_soon(host._identify_watch)
+                    await stop.wait()
+                    watchers.cancel_scope.cancel()
                 with trio.move_on_after(CLOSE_TIMEOUT_S):  # a stuck peer must not hang shutdown
                     await _close_connections(raw)
                     await raw.close()

@@ -48,7 +48,12 @@ def test_publish_release_and_run_on_a_provider(tmp_path, start_daemon) -> None:
         peers = json.loads(cli(creator, "peers", "--json").stdout)["peers"]
         return any("/mercato/build/1.0.0" in p["protocols"] for p in peers)
 
-    wait_for(provider_connected, 30, "the provider to be identified")
+    try:
+        wait_for(provider_connected, 30, "the provider to be identified")
+    except AssertionError as exc:  # say what each side saw, for a failure on CI
+        sides = {d: cli(d, "peers", "--json").stdout for d in (creator, provider)}
+        logs = {f.name: f.read_text()[-4000:] for f in sorted(tmp_path.glob("daemon-*.log"))}
+        raise AssertionError(f"{exc}\npeers: {sides}\nlogs: {logs}") from None
     released = run_cli(
         "release",
         "wordcount",
@@ -71,3 +76,24 @@ def test_publish_release_and_run_on_a_provider(tmp_path, start_daemon) -> None:
     assert json.loads(ran.stdout) == {"bytes": 13, "lines": 0, "words": 3, "longest_word": 5}
     receipt = json.loads(ran.stderr)
     assert receipt["outcome"] == "ok" and receipt["agent"] == agent
+    # A new provider's first tasks get a second opinion: here the creator's own sandbox.
+    assert receipt["verified"] == "local"
+
+    # Both sides keep the task; the user's side has the receipt, checked again.
+    listed = json.loads(cli(creator, "tasks", "ls", "--json").stdout)["tasks"]
+    assert [(t["id"], t["role"], t["status"]) for t in listed] == [(receipt["task"], "user", "ok")]
+    shown = json.loads(cli(creator, "tasks", "show", receipt["task"]).stdout)
+    assert shown["sides"][0]["receipt"]["output_hash"] == receipt["output_hash"]
+    served = json.loads(cli(provider, "tasks", "ls", "--role", "provider", "--json").stdout)
+    assert [t["id"] for t in served["tasks"]] == [receipt["task"]]
+    unknown = cli(creator, "tasks", "show", "0" * 32)
+    assert unknown.returncode == 1 and "no task" in unknown.stderr
+
+    # The user's node now knows the provider from experience.
+    listed = cli(creator, "providers", agent)
+    assert "reputation 0.67 (ok 1, failed 0, wrong 0)" in listed.stdout, listed.stdout
+    # A cap at the price runs; a cap that is no amount is a usage error.
+    capped = cli(creator, "run", agent, "--input", "-", "--max-price", "0", stdin="a")
+    assert capped.returncode == 0 and json.loads(capped.stdout)["words"] == 1
+    bad = cli(creator, "run", agent, "--max-price", "-1", stdin="a")
+    assert bad.returncode == 2 and "--max-price" in bad.stderr

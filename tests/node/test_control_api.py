@@ -229,3 +229,23 @@ async def test_registry_writes_refuse_malformed_bodies(node: Node, path: str, bo
     with pytest.raises(ControlError) as err:
         await call(lambda: client.request("POST", path, body))
     assert err.value.status == 400 and err.value.code == "bad_body"
+
+
+async def test_task_routes_refuse_bad_input_with_clear_errors(node: Node) -> None:
+    client = ControlClient(node.datadir)
+    refusals = [
+        (client.run_task, ("nobody/nothing", "*", b"x"), "no agent nobody/nothing"),
+        (client.run_task, ("no-slash", "*", b"x"), "PUBLISHER/NAME"),
+        (client.run_task, ("a/b", "not a range", b"x"), "range"),
+        (client.tasks, (10, "nobody"), "role"),
+        (client.task, ("zz",), "32 hex digits"),
+        (client.task, ("0" * 32,), "no task"),
+        (client.providers, ("no-slash",), "PUBLISHER/NAME"),
+    ]
+    for fn, args, says in refusals:
+        with pytest.raises(ControlError, match=says):
+            await call(fn, *args)
+    bad_price = {"agent": "a/b", "max_price": -1}
+    with pytest.raises(ControlError, match="max_price"):
+        await call(client.request, "POST", "/v1/tasks/run", bad_price)
+    assert (await call(client.tasks))["tasks"] == []  # nothing ran, nothing recorded

@@ -27,16 +27,17 @@ def manifest(name: str) -> dict:
 
 @asynccontextmanager
 async def running_nodes(
-    root: Path, n: int, serve: dict | None = None, **builds: object
+    root: Path, n: int, serve: dict | None = None, tasks: dict | None = None, **builds: object
 ) -> AsyncIterator[list[Node]]:
-    """``n`` nodes in this process on loopback; ``builds`` and ``serve`` override
-    keys of those sections."""
+    """``n`` nodes in this process on loopback; ``builds``, ``serve`` and ``tasks``
+    override keys of those sections."""
     config = (
         Config()
         .replace("api", port=0)
         .replace("p2p", listen=("/ip4/127.0.0.1/tcp/0",), mdns=False, target_peers=0)
         .replace("builds", **builds)
         .replace("serve", **(serve or {}))
+        .replace("tasks", **(tasks or {}))
     )
     async with AsyncExitStack() as stack:
         nursery = await stack.enter_async_context(trio.open_nursery())

@@ -1,43 +1,61 @@
-"""Tasks: a user runs someone's agent on someone else's node and checks the receipt."""
+"""Tasks: a user runs someone's agent on someone else's node, checks it, and learns."""
 
 import hashlib
+import json
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import trio
+import wasmtime
 
-from node._tasks import TASK, BadReceipt, Receipt, TaskError, TaskRequest, TaskResponse
+from node import open_store
+from node._choice import Offer, rank
+from node._reputation import ReputationBook, save
+from node._tasks import TASK, BadReceipt, Quote, Receipt, TaskRequest, TaskResponse, digest
 from p2p import Keypair
 
 from .test_registry_network import running_nodes
 
 EXAMPLES = Path(__file__).parents[2] / "runtime" / "examples"
-LISTING = {"kind": "agent", "title": "Word count", "summary": "Counts.", "price": 0}
+MODULES = Path(__file__).parent / "modules"
+LISTING = {
+    "kind": "agent",
+    "title": "An agent",
+    "summary": "Does a thing.",
+    "price": 0,
+    "royalty_bps": 0,
+}
 
 
-def test_a_receipt_holds_only_for_its_task_input_and_output() -> None:
-    provider = Keypair.generate()
-    receipt = Receipt(
-        task=b"t" * 16,
-        agent="a/b",
-        version="1.0.0",
-        cid="bld-" + "0" * 64,
-        input_hash=hashlib.sha256(b"in").digest(),
-        output_hash=hashlib.sha256(b"out").digest(),
-        outcome="ok",
-        fuel=1,
-        wall_ms=1,
-        price=0,
-        provider=provider.peer_id,
+def a_quote(provider: Keypair, **changes) -> Quote:
+    fields = dict(
+        quote=b"q" * 16, agent="a/b", version="1.0.0", cid="bld-" + "0" * 64, price=0,
+        expected_ms=5, load=0.0, expires=time.time() + 30, provider=provider.peer_id,
         user="someone",
-        time=0,
-    )
+    )  # fmt: skip
+    return Quote(**{**fields, **changes})
+
+
+def test_a_receipt_holds_only_for_its_task_quote_input_and_output() -> None:
+    provider = Keypair.generate()
+    quote = a_quote(provider)
+    receipt = Receipt(
+        task=b"t" * 16, agent="a/b", version="1.0.0", cid=quote.cid,
+        input_hash=digest(b"in"), output_hash=digest(b"out"), outcome="ok", fuel=1,
+        wall_ms=1, price=0, provider=provider.peer_id, user="someone", time=0, quote=quote.quote,
+    )  # fmt: skip
     signed = receipt.sign(provider)
-    Receipt.verify(signed).check(b"t" * 16, provider.peer_id, b"in", b"out")
+    Receipt.verify(signed).check(b"t" * 16, quote, b"in", b"out")
     with pytest.raises(BadReceipt, match="output"):
-        Receipt.verify(signed).check(b"t" * 16, provider.peer_id, b"in", b"other")
+        Receipt.verify(signed).check(b"t" * 16, quote, b"in", b"other")
     with pytest.raises(BadReceipt, match="another task"):
-        Receipt.verify(signed).check(b"x" * 16, provider.peer_id, b"in", b"out")
+        Receipt.verify(signed).check(b"x" * 16, quote, b"in", b"out")
+    with pytest.raises(BadReceipt, match="another task"):  # a receipt under another quote
+        Receipt.verify(signed).check(b"t" * 16, a_quote(provider, quote=b"z" * 16), b"in", b"out")
+    with pytest.raises(BadReceipt, match="price"):
+        Receipt.verify(signed).check(b"t" * 16, a_quote(provider, price=7), b"in", b"out")
     forged = Receipt(**{**receipt.body(), "provider": Keypair.generate().peer_id}).sign(provider)
     with pytest.raises(BadReceipt, match="not signed"):
         Receipt.verify(forged)
@@ -45,71 +63,223 @@ def test_a_receipt_holds_only_for_its_task_input_and_output() -> None:
         Receipt.verify(b"junk")
 
 
+def test_a_quote_is_signed_by_its_provider() -> None:
+    provider = Keypair.generate()
+    quote = a_quote(provider)
+    assert Quote.verify(quote.sign(provider)) == quote
+    with pytest.raises(BadReceipt, match="not signed"):
+        Quote.verify(a_quote(Keypair.generate()).sign(provider))
+    with pytest.raises(BadReceipt, match="price"):
+        Quote.verify(a_quote(provider, price=-1).sign(provider))
+
+
+def test_the_choice_weighs_price_reputation_latency_and_load() -> None:
+    def best(*offers: Offer) -> str:
+        return rank(list(offers))[0][1].provider
+
+    base = dict(price=100, reputation=0.5, latency_ms=20.0, load=0.0)
+    assert best(Offer("a", **base), Offer("b", **{**base, "price": 50})) == "b"
+    assert best(Offer("a", **base), Offer("b", **{**base, "reputation": 0.9})) == "b"
+    assert best(Offer("a", **base), Offer("b", **{**base, "latency_ms": 5.0})) == "b"
+    assert best(Offer("a", **base), Offer("b", **{**base, "load": 3.0})) == "a"
+    # A provider caught cheating is not worth a discount of a few percent.
+    cheat = Offer("a", **{**base, "price": 95, "reputation": 0.08})
+    assert best(cheat, Offer("b", **{**base, "reputation": 0.6})) == "b"
+    # All else equal the lower peer id wins, so choices are reproducible.
+    assert best(Offer("b", **base), Offer("a", **base)) == "a"
+
+
+async def test_reputation_falls_on_wrong_results_decays_and_is_kept(tmp_path: Path) -> None:
+    book = ReputationBook(half_life_s=3600)
+    for _ in range(3):
+        book.record("honest", "ok", latency_ms=10.0)
+    book.record("cheat", "ok")
+    book.record("cheat", "wrong")
+    assert book.score("honest") > 0.5 > book.score("cheat")
+    assert book.get("stranger").score == 0.5
+    later = book.get("cheat", now=time.time() + 3600)  # one half-life on
+    assert later.bad == pytest.approx(book.get("cheat").bad / 2, rel=0.01)
+    assert later.score > book.score("cheat")  # the past fades
+    async with open_store(tmp_path / "node.db") as store:
+        await store.run(save, store.db, [book.get("honest"), book.get("cheat")])
+    async with open_store(tmp_path / "node.db") as store:
+        again = ReputationBook(half_life_s=3600)
+        await store.run(again.load, store.db)
+    assert again.get("cheat").wrong == 1 and again.get("honest").ok == 3
+    assert again.get("honest").latency_ms == pytest.approx(10.0)
+    assert again.score("cheat") == pytest.approx(book.score("cheat"), abs=0.01)
+
+
+def wordcount(text: bytes) -> dict:
+    words = text.split()
+    return {
+        "bytes": len(text),
+        "lines": text.count(b"\n"),
+        "words": len(words),
+        "longest_word": max((len(w) for w in words), default=0),
+    }
+
+
+async def until(condition, within: float, what: str) -> None:
+    """Wait on a condition with no event to wait on (cards, registries)."""
+    with trio.move_on_after(within):
+        for _ in iter(int, 1):
+            if await condition():
+                return
+            await trio.sleep(0.05)
+    raise AssertionError(f"timed out after {within} s waiting for {what}")
+
+
+def lie_with_a_valid_signature(liar) -> None:
+    """Turn a provider into a cheat: it runs nothing and answers with a wrong
+    output under a receipt it signs properly, so only a second opinion can catch it."""
+
+    async def wrong(peer: str, request: TaskRequest) -> TaskResponse:
+        answer = await liar.tasks._answer(peer, request)
+        if request.op != "run":
+            return answer
+        output = b'{"words": 1000}\n'
+        honest = Receipt.verify(answer.receipt).body()
+        receipt = Receipt(**{**honest, "output_hash": digest(output)})
+        return TaskResponse(output=output, receipt=receipt.sign(liar.tasks._key))
+
+    liar.overlay.requests.serve(TASK, wrong)
+
+
 @pytest.mark.slow
-async def test_a_user_runs_an_agent_it_holds_no_copy_of(tmp_path: Path, monkeypatch) -> None:
-    wasm = EXAMPLES / "wordcount" / "wordcount.wasm"
+async def test_ten_nodes_three_providers_one_cheat_and_one_killed(tmp_path: Path) -> None:
+    wc_build = EXAMPLES / "wordcount" / "wordcount.wasm"
+    slow_build = tmp_path / "slow_echo.wasm"
+    slow_build.write_bytes(wasmtime.wat2wasm((MODULES / "slow_echo.wat").read_text()))
     from node._builds import manifest_of
     from node._buildservice import responsible
 
-    cid = manifest_of(wasm).cid
-    fast = {"heartbeat_s": 0.3, "card_ttl_s": 1.5}
-    async with running_nodes(tmp_path, 4, serve=fast, repair_interval_s=1.0) as nodes:
-        for a in nodes:
-            for b in nodes:
-                if a is not b and b.overlay.peer_id not in a.overlay.host.connected_peers():
-                    await a.overlay.host.connect(b.overlay.host.listen_addrs()[0])
-        # The user is the one node not among the 3 that keep the build.
-        keepers = responsible(cid, [n.overlay.peer_id for n in nodes], 3)
-        user = next(n for n in nodes if n.overlay.peer_id not in keepers)
-        creator, p1, liar = (n for n in nodes if n is not user)
-        shown = await creator.registry.publish(
-            "default", {**LISTING, "name": "wordcount", "royalty_bps": 0}
+    fast = {"heartbeat_s": 0.5, "card_ttl_s": 5.0}
+    async with running_nodes(
+        tmp_path, 10, serve=fast, tasks={"verify_rate": 0.0}, repair_interval_s=1.0
+    ) as nodes:
+        for i, a in enumerate(nodes):
+            for b in nodes[i + 1 :]:
+                await a.overlay.host.connect(b.overlay.host.listen_addrs()[0])
+        ids = [n.overlay.peer_id for n in nodes]
+        keepers = set(responsible(manifest_of(wc_build).cid, ids, 3))
+        keepers |= set(responsible(manifest_of(slow_build).cid, ids, 3))
+        # Users hold no copy of the builds; the creator is not a provider.
+        others = [n for n in nodes if n.overlay.peer_id not in keepers]
+        creator, users = nodes[0], [n for n in others if n is not nodes[0]][:4]
+        providers = [n for n in nodes if n is not creator and n not in users][:3]
+        assert len(users) == 4 and len(providers) == 3
+        liar = providers[2]
+
+        publisher = (await creator.registry.publish("default", {**LISTING, "name": "wc"}))[
+            "publisher"
+        ]
+        slow_limits = {"fuel": 50_000_000_000, "timeout_s": 60}
+        await creator.registry.publish(
+            "default", {**LISTING, "name": "slow", "limits": slow_limits}
         )
-        await creator.release_build("default", {"name": "wordcount", "version": "1.0.0"}, wasm)
-        agent = f"{shown['publisher']}/wordcount"
-        for provider in (p1, liar):
-            provider.tasks.serve_agents((agent,))
-        for node in (p1, liar, user):  # the release reaches everyone's registry
-            with trio.fail_after(30):
-                for _ in iter(int, 1):  # until it is there
-                    found = await node.registry.show(shown["publisher"], "wordcount")
-                    if found and found["releases"]:
-                        break
-                    await trio.sleep(0.05)
+        await creator.release_build("default", {"name": "wc", "version": "1.0.0"}, wc_build)
+        await creator.release_build("default", {"name": "slow", "version": "1.0.0"}, slow_build)
+        wc, slow = f"{publisher}/wc", f"{publisher}/slow"
+        for provider in providers[:2]:  # the third joins later, as a cheat
+            provider.tasks.serve_agents((wc, slow))
 
-        done = await user.tasks.run_task(agent, "^1", b"one two three", p1.overlay.peer_id)
-        assert done["output"] == b'{"bytes": 13, "lines": 0, "words": 3, "longest_word": 5}\n'
-        assert done["receipt"].outcome == "ok" and done["receipt"].provider == p1.overlay.peer_id
-        assert await user.builds.info(done["receipt"].cid) is None  # the user holds no copy
+        async def everyone_knows() -> bool:
+            for node in nodes:
+                for name in ("wc", "slow"):
+                    shown = await node.registry.show(publisher, name)
+                    if not (shown and shown["releases"]):
+                        return False
+            return all(len(u.tasks.providers(slow)) == 2 for u in users)
 
-        async def wrong(peer: str, request: TaskRequest) -> TaskResponse:
-            answer = await liar.tasks._answer(peer, request)
-            return TaskResponse(output=b'{"words": 1000}\n', receipt=answer.receipt)
+        await until(everyone_knows, 60, "the releases and two cards everywhere")
 
-        liar.overlay.requests.serve(TASK, wrong)
-        with pytest.raises(TaskError, match="does not match"):
-            await user.tasks.run_task(agent, "*", b"a b", liar.overlay.peer_id)
-        # Without a chosen provider, the liar is passed over for an honest one.
-        # Both providers' cards reach the user.
-        with trio.fail_after(10):
-            for _ in iter(int, 1):
-                found = {c["provider"] for c in user.tasks.candidates(agent)}
-                if found == {p1.overlay.peer_id, liar.overlay.peer_id}:
-                    break
-                await trio.sleep(0.05)
-        # Without a chosen provider, the liar (tried first here) is passed over.
-        ranked = sorted(
-            user.tasks.candidates(agent), key=lambda c: c["provider"] != liar.overlay.peer_id
-        )
-        monkeypatch.setattr(user.tasks, "candidates", lambda _agent: ranked)
-        again = await user.tasks.run_task(agent, "*", b"a b", None)
-        assert again["provider"] == p1.overlay.peer_id
-        monkeypatch.undo()
-        # A provider that stops sending its card drops out of everyone's candidates.
-        liar.tasks.serve_agents(())
-        with trio.fail_after(10):
-            for _ in iter(int, 1):
-                found = {c["provider"] for c in user.tasks.candidates(agent)}
-                if found == {p1.overlay.peer_id}:
-                    break
-                await trio.sleep(0.05)
+        # 1. A user with no copy of the build runs it: the right output, a valid
+        # receipt, and (a new provider) a second opinion that agrees.
+        user = users[0]
+        done = await user.tasks.run_task(wc, "^1", b"one two three")
+        assert json.loads(done["output"]) == wordcount(b"one two three")
+        assert done["receipt"].outcome == "ok"
+        assert done["verified"] == "cross-checked", (done["verified"], done["attempts"])
+        assert done["provider"] in {p.overlay.peer_id for p in providers}
+        assert await user.builds.info(done["receipt"].cid) is None
+
+        # 2. A cheat with valid signatures is caught by a second opinion and the
+        # user's own sandbox; the user still gets the right output.
+        lie_with_a_valid_signature(liar)
+        liar.tasks.serve_agents((wc, slow))
+
+        async def three_cards() -> bool:
+            return all(len(u.tasks.providers(wc)) == 3 for u in users)
+
+        await until(three_cards, 10, "the cheat's card")
+        caught = await users[1].tasks.run_task(wc, "*", b"a b", liar.overlay.peer_id)
+        assert json.loads(caught["output"]) == wordcount(b"a b")
+        assert caught["provider"] != liar.overlay.peer_id and caught["verified"] == "local"
+        standing = users[1].tasks.runner.reputation.get(liar.overlay.peer_id)
+        assert standing.wrong == 1 and standing.score < 0.1
+        shown = {p["provider"]: p for p in users[1].tasks.providers(wc)}
+        assert shown[liar.overlay.peer_id]["reputation"]["wrong"] == 1
+        assert min(shown, key=lambda p: shown[p]["score"]) == liar.overlay.peer_id
+        # ... and later runs of that user avoid it.
+        for i in range(10):
+            later = await users[1].tasks.run_task(wc, "*", b"x " * i)
+            assert later["provider"] != liar.overlay.peer_id
+
+        # 3. 200 tasks from 4 users, 8 at a time each: every one right, every
+        # receipt valid, whoever ran it (the cheat is caught by each user in turn).
+        results: list[tuple[bytes, dict]] = []
+
+        async def user_runs(node, start: int) -> None:
+            limiter = trio.Semaphore(8)
+
+            async def one(i: int) -> None:
+                async with limiter:
+                    text = b" ".join(b"w%d" % j for j in range(i % 17 + 1))
+                    results.append((text, await node.tasks.run_task(wc, "*", text)))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(start, start + 50):
+                    nursery.start_soon(one, i)
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                for k, node in enumerate(users):
+                    nursery.start_soon(user_runs, node, k * 50)
+        assert len(results) == 200
+        for text, result in results:
+            assert json.loads(result["output"]) == wordcount(text)
+            receipt = result["receipt"]
+            assert receipt.outcome == "ok" and receipt.input_hash == hashlib.sha256(text).digest()
+        ran_by = Counter(r["provider"] for _, r in results)
+        assert liar.overlay.peer_id not in ran_by
+        met = [u.tasks.runner.reputation.get(liar.overlay.peer_id) for u in users]
+        assert all(m.ok == 0 for m in met)  # the cheat never earned credit anywhere
+
+        # 4. A provider killed in the middle of a task: the task goes elsewhere.
+        answer: dict = {}
+
+        async def slow_task() -> None:
+            answer.update(await users[2].tasks.run_task(slow, "*", b"still here"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow_task)
+
+            async def someone_runs() -> bool:
+                return any(p.runtime.busy for p in providers)
+
+            await until(someone_runs, 30, "the slow task to start on a provider")
+            killed = next(p for p in providers if p.runtime.busy)
+            killed_id = killed.overlay.peer_id
+            killed.request_stop()  # its runs are cut off and its connections closed
+        assert answer["output"] == b"still here"
+        assert answer["provider"] != killed_id
+        assert any(a["provider"] == killed_id for a in answer["attempts"])
+
+        # 5. Its card is not renewed: it drops out of every user's candidates.
+        async def gone() -> bool:
+            return all(
+                killed_id not in {p["provider"] for p in u.tasks.providers(wc)} for u in users
+            )
+
+        await until(gone, 10, "the stopped provider's card to expire")

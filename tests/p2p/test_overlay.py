@@ -166,3 +166,18 @@ async def test_a_node_restarts_at_once_on_the_same_fixed_port() -> None:
             await other.host.connect(node.host.listen_addrs()[0])  # leaves TIME_WAIT behind
         async with open_overlay(key, config) as node:
             assert node.host.listen_addrs()[0].startswith(f"/ip4/127.0.0.1/tcp/{port}/")
+
+
+async def test_a_peer_whose_identify_failed_is_identified_again(open_overlays) -> None:
+    from libp2p.peer.id import ID
+
+    async with open_overlays(2) as (a, b):
+        peer = b.host.peer_id
+        await wait_until(lambda: a.host.protocols_of(peer), 10, "the first identify")
+        # What a failed identify leaves behind: a connection with no known protocols.
+        a.host.libp2p.get_peerstore().set_protocols(ID.from_base58(peer), [])
+        assert a.host.protocols_of(peer) == []
+        await wait_until(
+            lambda: any("/meshsub/" in p for p in a.host.protocols_of(peer)), 10, "re-identify"
+        )
+        assert peer in a.host.connected_peers()
