@@ -214,6 +214,9 @@ class BuildService:
                 # Not ours to keep: drop it once its keepers hold it. What an offer
                 # started and that never completed goes at once.
                 and ((not info.complete and cid in self._offered) or await self._held_by(cid, duty))
+                # Again, with no await since: a task may have started on it meanwhile.
+                and cid not in self._recently_used()
+                and cid not in self._fetching()
             ):
                 await self._store.run(self.builds.remove, cid)
                 self._offered.discard(cid)

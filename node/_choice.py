@@ -18,6 +18,7 @@ this node has measured), to pick whom to ask for a quote.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 WEIGHTS = {"price": 0.35, "reputation": 0.35, "latency": 0.20, "load": 0.10}
@@ -36,14 +37,19 @@ class Offer:
     load: float
 
 
+def _sane(value: float, worst: float) -> float:
+    """A peer's number as a score can use: NaN or out of range counts as the worst."""
+    return value if math.isfinite(value) and 0 <= value <= worst else worst
+
+
 def score(offer: Offer, highest_price: int) -> float:
     price = 1.0 - offer.price / highest_price if highest_price > 0 else 1.0
-    latency = UNKNOWN_LATENCY_MS if offer.latency_ms is None else max(offer.latency_ms, 0.0)
+    latency = UNKNOWN_LATENCY_MS if offer.latency_ms is None else offer.latency_ms
     return (
         WEIGHTS["price"] * price
         + WEIGHTS["reputation"] * offer.reputation
-        + WEIGHTS["latency"] / (1.0 + latency / LATENCY_SCALE_MS)
-        + WEIGHTS["load"] / (1.0 + max(offer.load, 0.0))
+        + WEIGHTS["latency"] / (1.0 + _sane(latency, 1e9) / LATENCY_SCALE_MS)
+        + WEIGHTS["load"] / (1.0 + _sane(offer.load, 1e9))
     )
 
 

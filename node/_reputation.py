@@ -122,6 +122,10 @@ class ReputationBook:
         now = time.time() if now is None else now
         return self._standings.get(provider, Standing(provider)).decayed(now, self.half_life_s)
 
+    def current(self, provider: str) -> Standing:
+        """The standing as last recorded (not decayed to now): what is persisted."""
+        return self._standings.get(provider, Standing(provider))
+
     def score(self, provider: str) -> float:
         return self.get(provider).score
 

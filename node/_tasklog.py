@@ -41,7 +41,7 @@ CREATE TABLE tasks (
     error     TEXT NOT NULL,
     attempts  TEXT NOT NULL,
     receipt   BLOB,
-    PRIMARY KEY (id, role)
+    PRIMARY KEY (id, role, provider, user)
 );
 CREATE INDEX tasks_created ON tasks(created);
 """
@@ -68,7 +68,7 @@ class TaskRecord:
     price: int
     created: float
     wall_ms: int
-    verified: str  # "receipt", "cross-checked", "local", or "" when nothing ran
+    verified: str  # "receipt", "cross-checked", "local", "unverified", or "" (none ran)
     error: str = ""
     attempts: list[dict[str, str]] = field(default_factory=list)
     receipt: bytes | None = None

@@ -2,26 +2,35 @@
 
 `TaskRunner.run` takes one task from the user's node to an answer it can trust:
 
-1. Candidates come from live agent cards (and, when no card names the agent,
-   from DHT provider records), without those over the user's price cap.
-2. The best few by `_choice.rank` (price, reputation, latency, load) are asked
+1. This node's registry must know the listing (unless a provider is pinned);
+   an input over the listing's limit, a price over the cap, or a paid listing
+   (payment channels are still to come) is refused before any peer is asked.
+2. Candidates come from live agent cards (and, when no card names the agent,
+   from DHT provider records), without banned peers and those over the cap.
+3. The best few by `_choice.rank` (price, reputation, latency, load) are asked
    for a signed quote at once; quotes later than ``quote_deadline_s`` are not
    waited for, unless none has come yet (then the first one ends the wait). A
-   quote is reused until shortly before it expires.
-3. The best quote is run. The receipt must be the quoting provider's, for this
-   task, input, output, price and the build this node's registry binds to the
-   release. Anything else is a bad receipt: the provider is penalised and the
-   next quote is tried, up to ``max_attempts`` providers.
-4. The first ``verify_first`` tasks of each provider, and ``verify_rate`` of the
+   quote must name a release this node's registry binds to the same build. It
+   is reused for QUOTE_REUSE_S, timed on this node's clock.
+4. The best quote is run. The receipt must be the quoting provider's, for this
+   task, user, agent, release, build, price, input and output. Anything else is
+   a bad receipt: the provider is penalised and the next quote is tried. A
+   provider that refuses, fails or times out is recorded and the next is tried,
+   up to ``max_attempts`` providers; a remote refusal is never taken as final.
+5. The first ``verify_first`` tasks of each provider, and ``verify_rate`` of the
    rest, get a second opinion: another provider, or this node's own sandbox.
-   When they disagree this node runs the build itself, twice; a deterministic
-   result decides who was wrong (reputation ``wrong``, and a penalty), and a
-   provider proven wrong is replaced by the next.
-5. Every attempt counts in the provider's reputation; the task and its
-   attempts go into the task log.
+   When they disagree this node runs the build itself, twice. A repeatable
+   result with a deterministic outcome (ok, trap, out of fuel) decides: a
+   provider that differs is ``wrong`` (and penalised) and is replaced, and the
+   result is kept to judge the next answers to this task. Anything else
+   (timeouts, a build this node cannot get, an agent that is not repeatable)
+   blames nobody, and the answer of the better-reputed provider is returned
+   as ``unverified``.
+6. Every attempt counts in the provider's reputation; the task, its failed
+   attempts and the reputation they changed are committed together.
 
-Cancellation: a cancelled run leaves no record; reputation counts only the
-attempts that finished.
+Cancellation: a cancelled run is recorded as failed (shielded), with the
+reputation changes of the attempts that finished.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from ._cards import CardBook
 from ._choice import Offer, rank
 from ._config import RuntimeSection, TasksSection
 from ._registry import RegistryService
-from ._reputation import ReputationBook, Standing
+from ._reputation import ReputationBook
 from ._store import Store
 from ._tasklog import TaskLog, TaskRecord
 from ._tasks import (
@@ -64,13 +73,19 @@ from ._taskservice import run_limits
 
 log = logging.getLogger("mercato.tasks")
 
-QUOTE_REUSE_MARGIN_S = 5.0
+QUOTE_REUSE_S = 20.0  # a quote holds 30 s on the provider's clock; reuse it less
 QUOTE_TIMEOUT_S = 10.0  # past the deadline, how long the first quote may take
 PENALTY_BAD_RECEIPT = 50.0
 PENALTY_WRONG = 60.0  # two wrong outputs and this node bans the provider
 FETCH_TIMEOUT_S = 60.0
-# Refusals that every provider would give: the task fails at once.
-FINAL_REFUSALS = {"input_too_large", "bad_request"}
+DETERMINISTIC = frozenset(("ok", "trap", "out_of_fuel"))  # same on every honest node
+NO_FAULT = frozenset(("payment_required", "busy"))  # refusals that blame nobody
+REQUOTE = frozenset(("quote_expired", "quote_stale"))
+
+
+class _Unusable(Exception):
+    """A quote that is honest but of no use to this task (over the cap, a release
+    this node has not heard of): skip the provider, blame nobody."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,8 @@ class _Offered:
 
     quote: Quote
     signed: bytes
+    rtt_ms: float
+    received: float  # trio.current_time() when it arrived
 
 
 @dataclass
@@ -96,12 +113,20 @@ class _Answer:
 
 
 @dataclass
-class _Attempts:
-    """What happened to one task so far."""
+class _Task:
+    """One task on its way: what was asked, and what happened so far."""
 
+    agent: str
+    version: str
+    stdin: bytes
+    pinned: str | None
+    cap: int
+    listing: dict[str, Any] | None
     tried: set[str] = field(default_factory=set)
     failures: list[dict[str, str]] = field(default_factory=list)
-    changed: dict[str, Standing] = field(default_factory=dict)  # reputation to commit
+    changed: set[str] = field(default_factory=set)  # providers whose standing changed
+    requoted: set[str] = field(default_factory=set)
+    truth: tuple[str, bytes] | None = None  # settled by this node's own runs
 
     def fail(self, provider: str, error: str) -> None:
         self.tried.add(provider)
@@ -137,9 +162,6 @@ class TaskRunner:
     async def load(self) -> None:
         await self._store.run(self.reputation.load, self._store.db)
 
-    async def _record(self, record: TaskRecord, attempts: _Attempts) -> None:
-        await self._log.write(record, attempts.changed.values())
-
     # -- the journey -------------------------------------------------------------
 
     async def run(
@@ -155,39 +177,59 @@ class TaskRunner:
         listing = await self._listing(agent, version, stdin, max_price, pinned=provider)
         # Without a cap, pay no more than the creator lists (nothing, for an unknown listing).
         cap = max_price if max_price is not None else int((listing or {}).get("price", 0))
-        task = secrets.token_bytes(16)
-        attempts = _Attempts()
+        task = _Task(agent, version, stdin, provider, cap, listing)
+        first_id = secrets.token_bytes(16)
         started = time.time()
+        answer: _Answer | None = None
+        verified, error = "", "interrupted"
         try:
-            answer, verified = await self._first_good(
-                agent, version, stdin, task, provider, cap, listing, attempts
-            )
+            answer, verified = await self._first_good(task, first_id)
+            error = ""
         except NoProvider as exc:
-            await self._record(
-                TaskRecord(
-                    task.hex(), "user", agent, version, provider or "", self._overlay.peer_id,
-                    "failed", 0, started, 0, "", str(exc), attempts.failures,
-                ),
-                attempts,
-            )  # fmt: skip
+            error = str(exc)
             raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._record(task, first_id, started, answer, verified, error)
         receipt = answer.receipt
-        await self._record(
-            TaskRecord(
-                task.hex(), "user", agent, receipt.version, answer.provider, receipt.user,
-                receipt.outcome, receipt.price, started, receipt.wall_ms, verified, "",
-                attempts.failures, answer.signed,
-            ),
-            attempts,
-        )  # fmt: skip
         return {
-            "task": task.hex(),
+            "task": receipt.task.hex(),  # the one the receipt names (a second opinion's)
             "output": answer.output,
             "receipt": receipt,
             "provider": answer.provider,
             "verified": verified,
-            "attempts": attempts.failures,
+            "attempts": task.failures,
         }
+
+    async def _record(
+        self,
+        task: _Task,
+        first_id: bytes,
+        started: float,
+        answer: _Answer | None,
+        verified: str,
+        error: str,
+    ) -> None:
+        """Commit the task and the standings it changed; a failed write is logged, and
+        the user still gets the answer."""
+        me = self._overlay.peer_id
+        if answer is None:
+            record = TaskRecord(
+                first_id.hex(), "user", task.agent, task.version, task.pinned or "", me,
+                "failed", 0, started, 0, "", error, task.failures,
+            )  # fmt: skip
+        else:
+            r = answer.receipt
+            record = TaskRecord(
+                r.task.hex(), "user", task.agent, answer.quote.version, answer.provider, me,
+                r.outcome, r.price, started, r.wall_ms, verified, "", task.failures,
+                answer.signed,
+            )  # fmt: skip
+        standings = [self.reputation.current(p) for p in task.changed]
+        try:
+            await self._log.write(record, standings)
+        except Exception as exc:
+            log.warning("could not record the task: %s", exc, extra={"task": record.id})
 
     async def _listing(
         self, agent: str, version: str, stdin: bytes, cap: int | None, pinned: str | None
@@ -214,54 +256,48 @@ class TaskRunner:
             run_limits(listing, stdin, self._caps)
         except Refused as exc:
             raise TaskRefused(exc.message) from None
-        if cap is not None and int(listing["price"]) > cap:
+        price = int(listing["price"])
+        if cap is not None and price > cap:
+            raise TaskRefused(f"{agent} costs {price} lamports a task, over --max-price {cap}")
+        if price > 0:
             raise TaskRefused(
-                f"{agent} costs {listing['price']} lamports a task, over --max-price {cap}"
+                f"{agent} costs {price} lamports a task, and paying needs payment channels, "
+                "which this version does not have yet"
             )
         return listing
 
-    async def _first_good(
-        self,
-        agent: str,
-        version: str,
-        stdin: bytes,
-        task: bytes,
-        pinned: str | None,
-        cap: int,
-        listing: dict[str, Any] | None,
-        attempts: _Attempts,
-    ) -> tuple[_Answer, str]:
-        while len(attempts.tried) < self._config.max_attempts:
-            quotes = await self._quotes_for(agent, version, stdin, pinned, cap, attempts)
+    async def _first_good(self, task: _Task, task_id: bytes) -> tuple[_Answer, str]:
+        while len(task.tried) < self._config.max_attempts:
+            quotes = await self._quotes_for(task)
             if not quotes:
                 break
-            answer = await self._attempt(quotes[0], task, stdin, cap, attempts)
+            answer = await self._attempt(quotes[0], task_id, task)
             if answer is None:
                 continue
-            verified = await self._verify(answer, version, stdin, cap, listing, attempts)
+            verified = await self._verify(answer, task)
             if verified is not None:
                 return verified
-        if not attempts.failures:
-            prices = [c["price"] for c in self._cards.candidates(agent)]
-            if prices and min(prices) > cap:
+        if not task.failures:
+            prices = [c["price"] for c in self._cards.candidates(task.agent)]
+            if prices and min(prices) > task.cap:
                 raise NoProvider(
-                    f"every provider of {agent} asks more than {cap} lamports (the cheapest, "
-                    f"{min(prices)}): raise --max-price"
+                    f"every provider of {task.agent} asks more than {task.cap} lamports (the "
+                    f"cheapest, {min(prices)}): raise --max-price"
                 )
-            raise NoProvider(f"no provider of {agent} is known: none has sent an agent card")
-        said = "; ".join(f"{f['provider'][:16]}…: {f['error']}" for f in attempts.failures[:4])
-        raise NoProvider(f"no provider ran {agent}: {said}")
+            raise NoProvider(f"no provider of {task.agent} is known: none has sent an agent card")
+        said = "; ".join(f"{f['provider'][:16]}…: {f['error']}" for f in task.failures[:4])
+        raise NoProvider(f"no provider ran {task.agent}: {said}")
 
     # -- candidates and quotes ---------------------------------------------------
 
-    async def _candidates(self, agent: str, cap: int | None) -> list[dict[str, Any]]:
+    async def _candidates(self, agent: str, cap: int) -> list[dict[str, Any]]:
         host = self._overlay.host
         found = [
             c
             for c in self._cards.candidates(agent)
             if c["provider"] != self._overlay.peer_id
             and not host.is_banned(c["provider"])
-            and (cap is None or c["price"] <= cap)
+            and c["price"] <= cap
         ]
         if found or self._cards.candidates(agent):
             return found
@@ -271,34 +307,33 @@ class TaskRunner:
                 return [
                     {"provider": r.peer_id, "price": 0, "load": 0.0, "addrs": list(r.addrs)}
                     for r in records
-                    if r.peer_id != self._overlay.peer_id
+                    if r.peer_id != self._overlay.peer_id and not host.is_banned(r.peer_id)
                 ]
         except DhtError:
             pass
         return []
 
-    def _offer(self, provider: str, price: int, load: float, extra_ms: float = 0.0) -> Offer:
+    def _offer(
+        self, provider: str, price: int, load: float, quoted_ms: float | None = None
+    ) -> Offer:
+        """What the choice knows of a provider: measured latency (round trips of
+        its runs) when there is some, else what its quote said plus the quote's
+        own round trip."""
         standing = self.reputation.get(provider)
-        latency = None if standing.latency_ms is None else standing.latency_ms + extra_ms
+        latency = standing.latency_ms if standing.latency_ms is not None else quoted_ms
         return Offer(
             provider, price, standing.score, latency, load + self._inflight.get(provider, 0)
         )
 
-    async def _quotes_for(
-        self,
-        agent: str,
-        version: str,
-        stdin: bytes,
-        pinned: str | None,
-        cap: int | None,
-        attempts: _Attempts,
-    ) -> list[_Offered]:
+    async def _quotes_for(self, task: _Task) -> list[_Offered]:
         """Valid quotes from untried candidates, best first (empty when none is left)."""
-        if pinned is not None:
-            names = [] if pinned in attempts.tried else [(pinned, [])]
+        if task.pinned is not None:
+            names = [] if task.pinned in task.tried else [(task.pinned, [])]
         else:
             candidates = [
-                c for c in await self._candidates(agent, cap) if c["provider"] not in attempts.tried
+                c
+                for c in await self._candidates(task.agent, task.cap)
+                if c["provider"] not in task.tried
             ]
             ranked = rank([self._offer(c["provider"], c["price"], c["load"]) for c in candidates])
             addrs = {c["provider"]: c["addrs"] for c in candidates}
@@ -307,25 +342,19 @@ class TaskRunner:
             ]
         quotes: list[_Offered] = []
         if names:
-            await self._gather(names, agent, version, stdin, cap, quotes, attempts)
+            await self._gather(names, task, quotes)
         offers = {o.quote.provider: o for o in quotes}
         ranked = rank(
             [
-                self._offer(q.provider, q.price, q.load, q.expected_ms)
-                for q in (o.quote for o in quotes)
+                self._offer(o.quote.provider, o.quote.price, o.quote.load,
+                            o.rtt_ms + o.quote.expected_ms)
+                for o in quotes
             ]
-        )
+        )  # fmt: skip
         return [offers[o.provider] for _, o in ranked]
 
     async def _gather(
-        self,
-        names: list[tuple[str, list[str]]],
-        agent: str,
-        version: str,
-        stdin: bytes,
-        cap: int | None,
-        quotes: list[_Offered],
-        attempts: _Attempts,
+        self, names: list[tuple[str, list[str]]], task: _Task, quotes: list[_Offered]
     ) -> None:
         """Ask for quotes at once; stop at the deadline if any came, else at the first."""
         remaining = len(names)
@@ -335,7 +364,7 @@ class TaskRunner:
             async def ask(provider: str, addrs: list[str]) -> None:
                 nonlocal remaining
                 try:
-                    await self._quote(provider, addrs, agent, version, stdin, cap, quotes, attempts)
+                    await self._quote(provider, addrs, task, quotes)
                 finally:
                     if quotes:
                         got.set()
@@ -353,73 +382,70 @@ class TaskRunner:
             nursery.start_soon(cutoff)
 
     async def _quote(
-        self,
-        provider: str,
-        addrs: list[str],
-        agent: str,
-        version: str,
-        stdin: bytes,
-        cap: int | None,
-        out: list[_Offered],
-        attempts: _Attempts,
+        self, provider: str, addrs: list[str], task: _Task, out: list[_Offered]
     ) -> None:
-        key = (provider, agent, version)
+        key = (provider, task.agent, task.version)
         cached = self._quotes.get(key)
-        if cached is not None and cached.quote.expires - QUOTE_REUSE_MARGIN_S > time.time():
-            if cap is None or cached.quote.price <= cap:
+        if cached is not None and trio.current_time() - cached.received < QUOTE_REUSE_S:
+            if cached.quote.price <= task.cap:
                 out.append(cached)
             return
         self._quotes.pop(key, None)
         with trio.move_on_after(QUOTE_TIMEOUT_S) as scope:
             try:
                 await self._reach(provider, addrs)
-                request = TaskRequest(op="quote", agent=agent, version=version,
-                                      input_size=len(stdin))  # fmt: skip
+                request = TaskRequest(op="quote", agent=task.agent, version=task.version,
+                                      input_size=len(task.stdin))  # fmt: skip
+                asked = trio.current_time()
                 response = await self._overlay.requests.request(provider, TASK, request)
+                rtt_ms = (trio.current_time() - asked) * 1000
                 quote = Quote.verify(response.quote)
-                self._check_quote(quote, provider, agent, version)
-                await self._check_build(agent, quote.version, quote.cid)
+                await self._check_quote(quote, provider, task)
             except BadReceipt as exc:
-                await self._judge(provider, "bad_receipt", str(exc), attempts)
+                await self._judge(provider, "bad_receipt", str(exc), task)
+                return
+            except _Unusable as exc:
+                task.fail(provider, str(exc))
                 return
             except RemoteError as exc:
-                await self._judge(provider, "refused", f"{exc.code}: {exc}", attempts)
+                await self._refused(provider, exc, task)
                 return
             except P2PError as exc:
-                await self._judge(provider, "failed", str(exc), attempts)
+                await self._judge(provider, "failed", str(exc), task)
                 return
         if scope.cancelled_caught:
-            await self._judge(provider, "failed", f"no quote in {QUOTE_TIMEOUT_S:g} s", attempts)
+            await self._judge(provider, "failed", f"no quote in {QUOTE_TIMEOUT_S:g} s", task)
             return
-        offered = _Offered(quote, response.quote)
+        offered = _Offered(quote, response.quote, rtt_ms, trio.current_time())
         if len(self._quotes) > 4096:
             self._quotes.clear()
         self._quotes[key] = offered
-        if cap is not None and quote.price > cap:  # an honest price, just over the cap
-            attempts.fail(provider, f"asks {quote.price} lamports, over the cap of {cap}")
+        if quote.price > task.cap:  # an honest price, just over the cap
+            task.fail(provider, f"asks {quote.price} lamports, over the cap of {task.cap}")
             return
         out.append(offered)
 
-    def _check_quote(self, quote: Quote, provider: str, agent: str, version: str) -> None:
+    async def _check_quote(self, quote: Quote, provider: str, task: _Task) -> None:
+        """BadReceipt for a quote that lies; _Unusable for one of no use here."""
         if quote.provider != provider or quote.user != self._overlay.peer_id:
             raise BadReceipt("the quote is another provider's or for another user")
-        if quote.agent != agent:
+        if quote.agent != task.agent:
             raise BadReceipt("the quote is for another agent")
         try:
-            if not VersionRange.parse(version).matches(Version.parse(quote.version)):
-                raise BadReceipt(f"the quote offers {quote.version}, outside {version}")
+            if not VersionRange.parse(task.version).matches(Version.parse(quote.version)):
+                raise BadReceipt(f"the quote offers {quote.version}, outside {task.version}")
         except VersionError:
             raise BadReceipt("the quote's version is not semver") from None
-        if quote.expires <= time.time():
-            raise BadReceipt("the quote arrived expired")
-
-    async def _check_build(self, agent: str, version: str, cid: str) -> None:
-        """The build offered must be the one this node's registry binds to that release."""
-        publisher, _, name = agent.partition("/")
+        # The build must be the one this node's registry binds to that release.
+        publisher, _, name = task.agent.partition("/")
         shown = await self._registry.show(publisher, name)
         for release in (shown or {}).get("releases", []):
-            if release["version"] == version and release["cid"] != cid:
-                raise BadReceipt(f"the provider offers {cid}, not the release's build")
+            if release["version"] == quote.version:
+                if release["cid"] != quote.cid:
+                    raise BadReceipt(f"the provider offers {quote.cid}, not the release's build")
+                return
+        if task.pinned is None:  # unknown here: not a lie, but nothing to check it against
+            raise _Unusable(f"it offers {quote.version}, which this node's registry lacks")
 
     async def _reach(self, provider: str, addrs: list[str]) -> None:
         host = self._overlay.host
@@ -430,66 +456,65 @@ class TaskRunner:
                 await host.connect(addr if "/p2p/" in addr else f"{addr}/p2p/{provider}")
                 return
 
+    async def _refused(self, provider: str, exc: RemoteError, task: _Task) -> None:
+        if exc.code in NO_FAULT:
+            task.fail(provider, f"{exc.code}: {exc}")
+        else:
+            await self._judge(provider, "refused", f"{exc.code}: {exc}", task)
+
     # -- running -------------------------------------------------------------------
 
-    async def _attempt(
-        self, offered: _Offered, task: bytes, stdin: bytes, cap: int | None, attempts: _Attempts
-    ) -> _Answer | None:
+    async def _attempt(self, offered: _Offered, task_id: bytes, task: _Task) -> _Answer | None:
         """Run the task under a quote; None (and the failure counted) if it did not
         come back good."""
         quote = offered.quote
         provider = quote.provider
         request = TaskRequest(
-            op="run", agent=quote.agent, version=quote.version, input_size=len(stdin),
-            task=task, quote=offered.signed, input=stdin,
-            max_price=quote.price if cap is None else cap,
+            op="run", agent=quote.agent, version=quote.version, input_size=len(task.stdin),
+            task=task_id, quote=offered.signed, input=task.stdin, max_price=task.cap,
         )  # fmt: skip
         self._inflight[provider] = self._inflight.get(provider, 0) + 1
         started = time.perf_counter()
         try:
-            with trio.fail_after(self._config.timeout_s):
-                response = await self._overlay.requests.request(provider, TASK, request)
-            signed = response.receipt
-            receipt = Receipt.verify(signed)
-            receipt.check(task, quote, stdin, response.output)
+            response = await self._overlay.requests.request(
+                provider, TASK, request, timeout_s=self._config.timeout_s
+            )
+            receipt = Receipt.verify(response.receipt)
+            receipt.check(task_id, quote, task.stdin, response.output)
         except BadReceipt as exc:
-            await self._judge(provider, "bad_receipt", str(exc), attempts)
+            await self._judge(provider, "bad_receipt", str(exc), task)
             return None
         except RemoteError as exc:
-            if exc.code in ("quote_expired", "quote_stale"):
-                self._quotes.pop((provider, quote.agent, quote.version), None)
-            if exc.code in FINAL_REFUSALS:
-                raise TaskRefused(f"{provider[:16]}… refused: {exc}") from None
-            await self._judge(provider, "refused", f"{exc.code}: {exc}", attempts)
+            self._quotes.pop((provider, task.agent, task.version), None)
+            if exc.code in REQUOTE and provider not in task.requoted:
+                task.requoted.add(provider)  # ask it again for a fresh quote, once
+                return None
+            await self._refused(provider, exc, task)
             return None
-        except (P2PError, trio.TooSlowError) as exc:
-            self._quotes.pop((provider, quote.agent, quote.version), None)
-            why = "timed out" if isinstance(exc, trio.TooSlowError | RequestTimeout) else str(exc)
-            await self._judge(provider, "failed", why, attempts)
+        except P2PError as exc:
+            self._quotes.pop((provider, task.agent, task.version), None)
+            why = "timed out" if isinstance(exc, RequestTimeout) else str(exc)
+            await self._judge(provider, "failed", why, task)
             return None
         finally:
             self._inflight[provider] -= 1
             if not self._inflight[provider]:
                 del self._inflight[provider]
         if receipt.outcome == "crashed":  # the provider's sandbox failed, not the agent
-            await self._judge(provider, "failed", "its sandbox crashed", attempts)
+            await self._judge(provider, "failed", "its sandbox crashed", task)
             return None
         rtt_ms = (time.perf_counter() - started) * 1000
-        return _Answer(provider, quote, response.output, receipt, signed, rtt_ms)
+        return _Answer(provider, quote, response.output, receipt, response.receipt, rtt_ms)
 
     async def _judge(
-        self,
-        provider: str,
-        event: str,
-        why: str,
-        attempts: _Attempts,
-        latency_ms: float | None = None,
+        self, provider: str, event: str, why: str, task: _Task, latency_ms: float | None = None
     ) -> None:
         """Count an attempt in the provider's reputation (and penalise cheats); the
         change is committed with the task's record."""
-        attempts.changed[provider] = self.reputation.record(provider, event, latency_ms)
+        self.reputation.record(provider, event, latency_ms)
+        task.changed.add(provider)
         if event != "ok":
-            attempts.fail(provider, why)
+            task.fail(provider, why)
         if event in ("bad_receipt", "wrong"):
             penalty = PENALTY_WRONG if event == "wrong" else PENALTY_BAD_RECEIPT
             log.warning("provider caught: %s", why, extra={"peer": provider, "event": event})
@@ -497,86 +522,88 @@ class TaskRunner:
 
     # -- second opinions -----------------------------------------------------------
 
-    async def _verify(
-        self,
-        answer: _Answer,
-        version: str,
-        stdin: bytes,
-        cap: int | None,
-        listing: dict[str, Any] | None,
-        attempts: _Attempts,
-    ) -> tuple[_Answer, str] | None:
+    async def _verify(self, answer: _Answer, task: _Task) -> tuple[_Answer, str] | None:
         """Check ``answer`` when the policy says so; the answer to give the user and
         how it was checked, or None if its provider was proven wrong."""
-        provider = answer.provider
-        standing = self.reputation.get(provider)
+        if task.truth is not None:  # settled earlier in this task: hold every answer to it
+            return await self._settle(answer, None, task.truth, task)
+        standing = self.reputation.get(answer.provider)
         due = standing.ok < self._config.verify_first or random.random() < self._config.verify_rate
-        if not due or listing is None:
-            await self._judge(provider, "ok", "", attempts, answer.rtt_ms)
+        if not due or task.listing is None:
+            await self._judge(answer.provider, "ok", "", task, answer.rtt_ms)
             return answer, "receipt"
-        second = await self._second_opinion(answer, version, stdin, cap, attempts)
+        second = await self._second_opinion(answer, task)
         if second is not None and second.result == answer.result:
-            await self._judge(provider, "ok", "", attempts, answer.rtt_ms)
-            await self._judge(second.provider, "ok", "", attempts, second.rtt_ms)
+            await self._judge(answer.provider, "ok", "", task, answer.rtt_ms)
+            await self._judge(second.provider, "ok", "", task, second.rtt_ms)
             return answer, "cross-checked"
-        local = await self._local_results(answer, listing, stdin, runs=2)
-        if local is None or local[0] != local[1]:
-            # No build to run, or the agent is not deterministic: nobody can be
-            # blamed, and nobody earns credit.
-            log.info(
-                "a second opinion could not be settled",
-                extra={"peer": provider, "second": second.provider if second else None},
-            )
-            return answer, "unverified"
-        truth = local[0]
+        local = await self._local_results(answer, task, runs=2)
+        if local is None or local[0] != local[1] or local[0][0] not in DETERMINISTIC:
+            # Nothing repeatable to judge by: blame nobody, credit nobody, and give
+            # the answer of the provider this node trusts more.
+            log.info("a second opinion could not be settled", extra={"peer": answer.provider})
+            best = answer
+            if second is not None and self.reputation.score(
+                second.provider
+            ) > self.reputation.score(answer.provider):
+                best = second
+            return best, "unverified"
+        task.truth = local[0]
+        return await self._settle(answer, second, task.truth, task)
+
+    async def _settle(
+        self, answer: _Answer, second: _Answer | None, truth: tuple[str, bytes], task: _Task
+    ) -> tuple[_Answer, str] | None:
+        """Judge each answer against this node's own repeatable result."""
         for candidate in (answer, second):
             if candidate is None:
                 continue
             if candidate.result == truth:
-                await self._judge(candidate.provider, "ok", "", attempts, candidate.rtt_ms)
-            else:
-                await self._judge(
-                    candidate.provider, "wrong", "its output differs from a local run", attempts
-                )
-        if answer.result == truth:
-            return answer, "local"
-        if second is not None and second.result == truth:
-            return second, "local"
+                await self._judge(candidate.provider, "ok", "", task, candidate.rtt_ms)
+            elif candidate.receipt.outcome in DETERMINISTIC:
+                why = "its output differs from this node's own run"
+                await self._judge(candidate.provider, "wrong", why, task)
+            else:  # it gave up (timeout, memory): its limits or load, not a lie
+                why = f"it ended as {candidate.receipt.outcome}; this node's run did not"
+                await self._judge(candidate.provider, "failed", why, task)
+        for candidate in (answer, second):
+            if candidate is not None and candidate.result == truth:
+                return candidate, "local"
         return None
 
-    async def _second_opinion(
-        self, answer: _Answer, version: str, stdin: bytes, cap: int | None, attempts: _Attempts
-    ) -> _Answer | None:
+    async def _second_opinion(self, answer: _Answer, task: _Task) -> _Answer | None:
         """The same task run by another provider, or None if no other could."""
         # Its failures are not the task's; its reputation changes are.
-        others = _Attempts(tried=set(attempts.tried) | {answer.provider}, changed=attempts.changed)
-        quotes = await self._quotes_for(answer.quote.agent, version, stdin, None, cap, others)
-        for offered in quotes:
+        others = _Task(
+            task.agent, task.version, task.stdin, None, task.cap, task.listing,
+            tried=set(task.tried) | {answer.provider}, changed=task.changed,
+        )  # fmt: skip
+        for offered in await self._quotes_for(others):
             if offered.quote.version != answer.quote.version:
                 continue
-            task = secrets.token_bytes(16)
-            second = await self._attempt(offered, task, stdin, cap, others)
+            second = await self._attempt(offered, secrets.token_bytes(16), others)
             if second is not None:
                 return second
         return None
 
     async def _local_results(
-        self, answer: _Answer, listing: dict[str, Any], stdin: bytes, runs: int
+        self, answer: _Answer, task: _Task, runs: int
     ) -> list[tuple[str, bytes]] | None:
         """Run the build in this node's sandbox ``runs`` times; None if it cannot."""
-        cid = answer.quote.cid
+        cid, listing = answer.quote.cid, task.listing
+        assert listing is not None
         try:
             with self._builds.using(cid):
                 info = await self._builds.info(cid)
                 if info is None or not info.complete:
                     with trio.fail_after(FETCH_TIMEOUT_S):
                         await self._builds.fetch(cid, await self._builds.copies(cid))
-                limits = run_limits(listing, stdin, self._caps)
+                limits = run_limits(listing, task.stdin, self._caps)
                 path = self._builds.builds.path(cid)
                 results = []
                 for _ in range(runs):
                     result = await self._runtime.run(
-                        path, stdin, limits, key=cid, name=listing["name"]
+                        path, task.stdin, limits, key=cid, name=listing["name"]
                     )
                     results.append((result.outcome.value, digest(result.output)))
             return results

@@ -20,6 +20,7 @@ provider runs free listings only; the messages already carry ``max_price``,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -113,6 +114,35 @@ def _verified(kind: str, data: bytes, what: str) -> dict[str, Any]:
     return body
 
 
+_TYPES = {"bytes": bytes, "str": str, "int": int, "float": float}
+_MAX_FIELD = 256
+OUTCOMES = frozenset(
+    ("ok", "trap", "out_of_fuel", "timeout", "memory_limit", "output_too_large", "crashed")
+)
+
+
+def _typed(cls: type, body: dict[str, Any], what: str) -> Any:
+    """``cls(**body)`` if every field has its declared type and is in bounds, else
+    BadReceipt: a signature proves who said it, not that it makes sense."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if not isinstance(body, dict) or not set(body) <= set(fields):
+        raise BadReceipt(f"the {what} has unknown fields")
+    for name, value in body.items():
+        want = _TYPES[str(fields[name].type)]
+        if want is float and type(value) is int:
+            value = body[name] = float(value)
+        if type(value) is not want:
+            raise BadReceipt(f"the {what}'s {name} is not a {want.__name__}")
+        if want in (bytes, str) and len(value) > _MAX_FIELD:
+            raise BadReceipt(f"the {what}'s {name} is too long")
+        if want in (int, float) and not (0 <= value < 2**63):  # also refuses NaN
+            raise BadReceipt(f"the {what}'s {name} is out of range")
+    try:
+        return cls(**body)
+    except TypeError:
+        raise BadReceipt(f"the {what} lacks fields") from None
+
+
 @dataclass(frozen=True)
 class Quote:
     """A provider's signed offer: this release, at this price, until ``expires``."""
@@ -134,14 +164,7 @@ class Quote:
     @classmethod
     def verify(cls, data: bytes) -> Quote:
         """Decode a signed quote and check its signature; BadReceipt if either fails."""
-        body = _verified(QUOTE_KIND, data, "quote")
-        try:
-            quote = cls(**body)
-        except TypeError:
-            raise BadReceipt("the quote does not decode") from None
-        if not (isinstance(quote.price, int) and quote.price >= 0):
-            raise BadReceipt("the quote's price is not a whole number of lamports")
-        return quote
+        return _typed(cls, _verified(QUOTE_KIND, data, "quote"), "quote")
 
 
 @dataclass(frozen=True)
@@ -175,17 +198,19 @@ class Receipt:
     def verify(cls, data: bytes) -> Receipt:
         """Decode a signed receipt and check its signature against its provider's peer
         id; BadReceipt if either fails."""
-        body = _verified(RECEIPT_KIND, data, "receipt")
-        try:
-            return cls(**body)
-        except TypeError:
-            raise BadReceipt("the receipt does not decode") from None
+        receipt = _typed(cls, _verified(RECEIPT_KIND, data, "receipt"), "receipt")
+        if receipt.outcome not in OUTCOMES:
+            raise BadReceipt(f"the receipt's outcome {receipt.outcome[:40]!r} is not one")
+        return receipt
 
     def check(self, task: bytes, quote: Quote, stdin: bytes, output: bytes) -> None:
         """BadReceipt unless this receipt is the quoting provider's, for ``task`` under
-        ``quote``, with exactly this input and output."""
+        ``quote`` (its user, agent, release, build and price), with exactly this input
+        and output."""
         if self.task != task or self.provider != quote.provider or self.quote != quote.quote:
             raise BadReceipt("the receipt is for another task or from another provider")
+        if (self.user, self.agent, self.version) != (quote.user, quote.agent, quote.version):
+            raise BadReceipt("the receipt names another user, agent or release than the quote")
         if (self.cid, self.price) != (quote.cid, quote.price):
             raise BadReceipt("the receipt names another build or price than the quote")
         if self.input_hash != digest(stdin):

@@ -240,6 +240,10 @@ class TaskService:
                 "input_too_large",
                 f"the input is {request.input_size} bytes, over the listing's {declared}",
             )
+        if int(listing["price"]) > 0:
+            raise Refused(
+                "payment_required", "paid tasks need payment channels; this node runs free ones"
+            )
         cid = release["cid"]
         expected = self._expected_ms.get(cid, DEFAULT_EXPECTED_MS)
         info = await self._builds.info(cid)

@@ -25,7 +25,10 @@ cannot live with (each one checked on loopback):
 - identify runs once per connection and a failure (a stream reset, a
   connection replaced during the exchange) is never retried, which leaves a
   connected peer with no known protocols, invisible to every service: a
-  watchdog re-identifies such peers.
+  watchdog re-identifies such peers;
+- protocols registered after a peer identified us (services start after the
+  overlay dials its bootstrap peers) are never announced: every new handler
+  schedules an identify push to the connected peers.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ CLOSE_TIMEOUT_S = 5.0
 IDENTIFY_CHECK_S = 1.0
 IDENTIFY_TIMEOUT_S = 10.0
 IDENTIFY_ATTEMPTS = 5
+PUSH_DEBOUNCE_S = 0.1
 
 
 class DialError(P2PError):
@@ -165,6 +169,7 @@ class P2PHost:
         self._config = config
         self._conduct: dict[str, _Conduct] = {}
         self.peer_id = keypair.peer_id
+        self._protocols_changed = trio.Event()
 
     # -- identity and addresses --------------------------------------------------
 
@@ -358,6 +363,18 @@ class P2PHost:
             self._host.get_peerstore().clear_addrs(ID.from_base58(peer_id))
         await self.disconnect(peer_id)
 
+    def _announce_protocols(self) -> None:
+        self._protocols_changed.set()
+
+    async def _push_watch(self) -> None:
+        """Push identify to connected peers after new handlers appear; runs until cancelled."""
+        while True:
+            await self._protocols_changed.wait()
+            await trio.sleep(PUSH_DEBOUNCE_S)  # services register several handlers at once
+            self._protocols_changed = trio.Event()
+            with trio.move_on_after(IDENTIFY_TIMEOUT_S):
+                await self._host._push_identify_to_all_peers()
+
     async def _identify_watch(self) -> None:
         """Re-identify connected peers whose protocols are still unknown; runs until cancelled.
 
@@ -506,10 +523,13 @@ async def open_host(keypair: Keypair, config: HostConfig) -> AsyncIterator[P2PHo
     host = P2PHost(raw, keypair, config)
     raw.get_network().register_notifee(_notifee(host))
     register = raw.set_stream_handler
+
     # From here on every handler anyone registers (GossipSub, Kademlia, ours) is guarded.
-    raw.set_stream_handler = lambda protocol_id, handler: register(
-        protocol_id, host._guard(str(protocol_id), handler)
-    )
+    def set_stream_handler(protocol_id: Any, handler: Any) -> None:
+        register(protocol_id, host._guard(str(protocol_id), handler))
+        host._announce_protocols()
+
+    raw.set_stream_handler = set_stream_handler
     stop = trio.Event()
 
     async def hosted(task_status: trio.TaskStatus[None]) -> None:
@@ -523,6 +543,7 @@ async def open_host(keypair: Keypair, config: HostConfig) -> AsyncIterator[P2PHo
                 task_status.started()
                 async with trio.open_nursery() as watchers:
                     watchers.start_soon(host._identify_watch)
+                    watchers.start_soon(host._push_watch)
                     await stop.wait()
                     watchers.cancel_scope.cancel()
                 with trio.move_on_after(CLOSE_TIMEOUT_S):  # a stuck peer must not hang shutdown

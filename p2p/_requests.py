@@ -252,16 +252,22 @@ class Requests:
     # -- sending ---------------------------------------------------------------
 
     async def request(
-        self, peer_id: str, protocol: RequestProtocol[Req, Resp], request: Req
+        self,
+        peer_id: str,
+        protocol: RequestProtocol[Req, Resp],
+        request: Req,
+        timeout_s: float | None = None,
     ) -> Resp:
         """Send ``request`` to ``peer_id`` and return its response (see the module docstring).
 
+        ``timeout_s`` replaces the protocol's for this exchange (a long task).
         On any failure, cancellation included, the stream is reset.
         """
         self._stats.sent += 1
         stream = await self._host.open_stream(peer_id, protocol.id)
+        timeout = protocol.timeout_s if timeout_s is None else timeout_s
         try:
-            with trio.fail_after(protocol.timeout_s):
+            with trio.fail_after(timeout):
                 frame = encode_frame(request.to_wire(), protocol.max_request_bytes)
                 await stream.write(frame)
                 self._stats.count(protocol.id, sent=len(frame))
@@ -273,19 +279,23 @@ class Requests:
             self._stats.failed += 1
             with trio.CancelScope(shield=True), suppress(Exception):
                 await stream.reset()
-            failure = await self._failure(peer_id, protocol, exc)
+            failure = await self._failure(peer_id, protocol, exc, timeout)
             if failure is exc:
                 raise
             raise failure from None
         return await self._parse_response(peer_id, protocol, raw)
 
     async def _failure(
-        self, peer_id: str, protocol: RequestProtocol[Any, Any], exc: BaseException
+        self,
+        peer_id: str,
+        protocol: RequestProtocol[Any, Any],
+        exc: BaseException,
+        waited_s: float,
     ) -> BaseException:
         """The error to raise for a failed exchange (Cancelled and our own pass through)."""
         if isinstance(exc, trio.TooSlowError):
             return RequestTimeout(
-                f"{protocol.id}: no response from {peer_id} within {protocol.timeout_s:g} s"
+                f"{protocol.id}: no response from {peer_id} within {waited_s:g} s"
             )
         if isinstance(exc, EOFError):
             # Ended before any response: the peer went away or reset the stream, which

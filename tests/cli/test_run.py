@@ -97,3 +97,16 @@ def test_publish_release_and_run_on_a_provider(tmp_path, start_daemon) -> None:
     assert capped.returncode == 0 and json.loads(capped.stdout)["words"] == 1
     bad = cli(creator, "run", agent, "--max-price", "-1", stdin="a")
     assert bad.returncode == 2 and "--max-price" in bad.stderr
+
+    # Pinned by address, as JSON; and into a file.
+    pinned = cli(creator, "run", agent, "--provider", there, "--json", "--input", "-", stdin="x y")
+    assert pinned.returncode == 0, pinned.stderr
+    answer = json.loads(pinned.stdout)
+    assert answer["provider"] == there.rsplit("/", 1)[1]
+    assert json.loads(answer["output"])["words"] == 2 and answer["receipt"]["outcome"] == "ok"
+    out = tmp_path / "out.json"
+    written = cli(creator, "run", agent, "--output", str(out), "--input", "-", stdin="a b c")
+    assert written.returncode == 0 and written.stdout == ""
+    assert json.loads(out.read_text())["words"] == 3
+    table = cli(creator, "tasks", "ls").stdout
+    assert receipt["task"] in table and len(table.splitlines()) == 4  # four runs

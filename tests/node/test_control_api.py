@@ -234,17 +234,18 @@ async def test_registry_writes_refuse_malformed_bodies(node: Node, path: str, bo
 async def test_task_routes_refuse_bad_input_with_clear_errors(node: Node) -> None:
     client = ControlClient(node.datadir)
     refusals = [
-        (client.run_task, ("nobody/nothing", "*", b"x"), "no agent nobody/nothing"),
-        (client.run_task, ("no-slash", "*", b"x"), "PUBLISHER/NAME"),
-        (client.run_task, ("a/b", "not a range", b"x"), "range"),
-        (client.tasks, (10, "nobody"), "role"),
-        (client.task, ("zz",), "32 hex digits"),
-        (client.task, ("0" * 32,), "no task"),
-        (client.providers, ("no-slash",), "PUBLISHER/NAME"),
+        (client.run_task, ("nobody/nothing", "*", b"x"), "no agent nobody/nothing", 404),
+        (client.run_task, ("no-slash", "*", b"x"), "PUBLISHER/NAME", 400),
+        (client.run_task, ("a/b", "not a range", b"x"), "range", 400),
+        (client.tasks, (10, "nobody"), "role", 400),
+        (client.task, ("zz",), "32 hex digits", 400),
+        (client.task, ("0" * 32,), "no task", 404),
+        (client.providers, ("no-slash",), "PUBLISHER/NAME", 400),
     ]
-    for fn, args, says in refusals:
-        with pytest.raises(ControlError, match=says):
+    for fn, args, says, status in refusals:
+        with pytest.raises(ControlError, match=says) as refused:
             await call(fn, *args)
+        assert refused.value.status == status
     bad_price = {"agent": "a/b", "max_price": -1}
     with pytest.raises(ControlError, match="max_price"):
         await call(client.request, "POST", "/v1/tasks/run", bad_price)

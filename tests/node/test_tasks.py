@@ -101,7 +101,12 @@ async def test_reputation_falls_on_wrong_results_decays_and_is_kept(tmp_path: Pa
     assert later.bad == pytest.approx(book.get("cheat").bad / 2, rel=0.01)
     assert later.score > book.score("cheat")  # the past fades
     async with open_store(tmp_path / "node.db") as store:
-        await store.run(save, store.db, [book.get("honest"), book.get("cheat")])
+
+        def write() -> None:
+            with store.db.transaction() as conn:
+                save(conn, [book.get("honest"), book.get("cheat")])
+
+        await store.run(write)
     async with open_store(tmp_path / "node.db") as store:
         again = ReputationBook(half_life_s=3600)
         await store.run(again.load, store.db)
@@ -130,6 +135,10 @@ async def until(condition, within: float, what: str) -> None:
     raise AssertionError(f"timed out after {within} s waiting for {what}")
 
 
+async def _tasks_of(node) -> list[dict]:
+    return [{"task": r.id} for r in await node.tasks.tasklog.list(1000, "user")]
+
+
 def lie_with_a_valid_signature(liar) -> None:
     """Turn a provider into a cheat: it runs nothing and answers with a wrong
     output under a receipt it signs properly, so only a second opinion can catch it."""
@@ -155,8 +164,9 @@ async def test_ten_nodes_three_providers_one_cheat_and_one_killed(tmp_path: Path
     from node._buildservice import responsible
 
     fast = {"heartbeat_s": 0.5, "card_ttl_s": 5.0}
+    checks = {"verify_rate": 0.0, "timeout_s": 30.0}
     async with running_nodes(
-        tmp_path, 10, serve=fast, tasks={"verify_rate": 0.0}, repair_interval_s=1.0
+        tmp_path, 10, serve=fast, tasks=checks, repair_interval_s=1.0
     ) as nodes:
         for i, a in enumerate(nodes):
             for b in nodes[i + 1 :]:
@@ -221,10 +231,13 @@ async def test_ten_nodes_three_providers_one_cheat_and_one_killed(tmp_path: Path
         shown = {p["provider"]: p for p in users[1].tasks.providers(wc)}
         assert shown[liar.overlay.peer_id]["reputation"]["wrong"] == 1
         assert min(shown, key=lambda p: shown[p]["score"]) == liar.overlay.peer_id
-        # ... and later runs of that user avoid it.
+        # ... and later runs of that user avoid it: the cheat is not even asked.
+        served = liar.tasks.served
         for i in range(10):
             later = await users[1].tasks.run_task(wc, "*", b"x " * i)
             assert later["provider"] != liar.overlay.peer_id
+        assert liar.tasks.served == served
+        assert users[1].tasks.runner.reputation.get(liar.overlay.peer_id).wrong == 1
 
         # 3. 200 tasks from 4 users, 8 at a time each: every one right, every
         # receipt valid, whoever ran it (the cheat is caught by each user in turn).
@@ -247,10 +260,16 @@ async def test_ten_nodes_three_providers_one_cheat_and_one_killed(tmp_path: Path
                 for k, node in enumerate(users):
                     nursery.start_soon(user_runs, node, k * 50)
         assert len(results) == 200
+        logs = {r["task"]: node for node in users for r in await _tasks_of(node)}
         for text, result in results:
             assert json.loads(result["output"]) == wordcount(text)
             receipt = result["receipt"]
             assert receipt.outcome == "ok" and receipt.input_hash == hashlib.sha256(text).digest()
+            # What the user's node kept is the provider's signed word for this output.
+            (kept,) = await logs[result["task"]].tasks.tasklog.get(result["task"])
+            stored = Receipt.verify(kept.receipt)
+            assert stored.output_hash == digest(result["output"])
+            assert (stored.task.hex(), stored.provider) == (result["task"], result["provider"])
         ran_by = Counter(r["provider"] for _, r in results)
         assert liar.overlay.peer_id not in ran_by
         met = [u.tasks.runner.reputation.get(liar.overlay.peer_id) for u in users]
@@ -283,3 +302,114 @@ async def test_ten_nodes_three_providers_one_cheat_and_one_killed(tmp_path: Path
             )
 
         await until(gone, 10, "the stopped provider's card to expire")
+
+        # 6. A live provider that stops serving stops sending its card: it drops out
+        # of everyone's candidates while still connected.
+        survivor = next(p for p in providers[:2] if p is not killed)
+        survivor.tasks.serve_agents(())
+
+        async def quiet() -> bool:
+            sid = survivor.overlay.peer_id
+            return all(
+                sid not in {p["provider"] for p in n.tasks.providers(wc)}
+                for n in nodes
+                if n is not killed and n is not survivor
+            )
+
+        await until(quiet, 10, "the quiet provider's card to expire")
+        assert survivor.overlay.peer_id in users[0].overlay.host.connected_peers()
+
+
+@pytest.mark.slow
+async def test_bad_answers_and_bad_requests_are_typed_errors_and_recorded(tmp_path: Path) -> None:
+    from node._tasks import NoProvider, TaskRefused
+    from p2p import RemoteError
+
+    fast = {"heartbeat_s": 0.5, "card_ttl_s": 5.0}
+    async with running_nodes(tmp_path, 3, serve=fast, repair_interval_s=1.0) as nodes:
+        user, honest, bad = nodes
+        for i, a in enumerate(nodes):
+            for b in nodes[i + 1 :]:
+                await a.overlay.host.connect(b.overlay.host.listen_addrs()[0])
+        publisher = (await user.registry.publish("default", {**LISTING, "name": "wc"}))["publisher"]
+        small = {**LISTING, "name": "small", "limits": {"max_input_bytes": 16}}
+        await user.registry.publish("default", small)
+        wasm = EXAMPLES / "wordcount" / "wordcount.wasm"
+        for name in ("wc", "small"):
+            await user.release_build("default", {"name": name, "version": "1.0.0"}, wasm)
+        wc, small_agent = f"{publisher}/wc", f"{publisher}/small"
+        for provider in (honest, bad):
+            provider.tasks.serve_agents((wc, small_agent))
+
+        async def ready() -> bool:
+            known = [await n.registry.show(publisher, "wc") for n in (honest, bad)]
+            return all(k and k["releases"] for k in known) and len(user.tasks.providers(wc)) == 2
+
+        await until(ready, 30, "the release and both cards")
+
+        def answer_badly(forge: bool) -> None:
+            async def handler(peer: str, request: TaskRequest) -> TaskResponse:
+                answer = await bad.tasks._answer(peer, request)
+                if request.op != "run":
+                    return answer
+                if forge:  # a receipt signed by some other key
+                    body = Receipt.verify(answer.receipt).body()
+                    return TaskResponse(output=answer.output, receipt=Receipt(**body).sign(
+                        Keypair.generate()))  # fmt: skip
+                return TaskResponse(output=answer.output + b" ", receipt=answer.receipt)
+
+            bad.overlay.requests.serve(TASK, handler)
+
+        bad_id = bad.overlay.peer_id
+        for forge, says in ((True, "not signed"), (False, "does not match")):
+            answer_badly(forge)
+            with pytest.raises(NoProvider, match=says):
+                await user.tasks.run_task(wc, "*", b"a b c", bad_id)
+            (record,) = [r for r in await user.tasks.tasklog.list(10) if r.status == "failed"][:1]
+            assert record.provider == bad_id and says in record.attempts[0]["error"]
+        assert user.tasks.runner.reputation.get(bad_id).bad_receipt == 2
+        # Unpinned, the user goes to the honest provider.
+        done = await user.tasks.run_task(wc, "*", b"a b c")
+        assert done["provider"] == honest.overlay.peer_id
+        assert json.loads(done["output"]) == wordcount(b"a b c")
+
+        # Requests the provider refuses, each with its code; it goes on serving.
+        hid = honest.overlay.peer_id
+
+        async def ask(**fields) -> TaskResponse:
+            request = TaskRequest(**{"op": "quote", "agent": wc, **fields})
+            return await user.overlay.requests.request(hid, TASK, request)
+
+        expired = a_quote(honest.tasks._key, agent=wc, expires=time.time() - 1,
+                          user=user.overlay.peer_id)  # fmt: skip
+        refusals = [
+            (
+                dict(
+                    op="run", version="1.0.0", task=b"t" * 16, quote=expired.sign(honest.tasks._key)
+                ),
+                "quote_expired",
+            ),
+            (dict(op="run", task=b"t" * 16, quote=b"junk"), "bad_quote"),
+            (dict(agent=small_agent, input_size=17), "input_too_large"),
+            (dict(agent=f"{publisher}/other"), "not_served"),
+            (dict(op="dance"), "bad_request"),
+        ]
+        for fields, code in refusals:
+            with pytest.raises(RemoteError) as refused:
+                await ask(**fields)
+            assert refused.value.code == code
+        with pytest.raises(TaskRefused, match="over the listing's 16"):
+            await user.tasks.run_task(small_agent, "*", b"x" * 17)
+        again = await user.tasks.run_task(wc, "*", b"still serving", hid)
+        assert json.loads(again["output"])["words"] == 2
+
+
+def test_a_nonsense_load_or_latency_counts_as_the_worst() -> None:
+    base = dict(price=0, reputation=0.5, latency_ms=20.0)
+    busy = Offer("b", **base, load=50.0)
+    assert rank([Offer("a", **base, load=float("nan")), busy])[0][1].provider == "b"
+    slow = Offer("b", price=0, reputation=0.5, latency_ms=900.0, load=0.0)
+    assert (
+        rank([Offer("a", price=0, reputation=0.5, latency_ms=-5.0, load=0.0), slow])[0][1].provider
+        == "b"
+    )

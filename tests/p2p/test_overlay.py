@@ -181,3 +181,18 @@ async def test_a_peer_whose_identify_failed_is_identified_again(open_overlays) -
             lambda: any("/meshsub/" in p for p in a.host.protocols_of(peer)), 10, "re-identify"
         )
         assert peer in a.host.connected_peers()
+
+
+async def test_a_protocol_served_after_connecting_is_announced_to_peers(open_overlays) -> None:
+    async with open_overlays(2) as (a, b):
+        peer = b.host.peer_id
+        await wait_until(lambda: a.host.protocols_of(peer), 10, "the first identify")
+        assert "/mercato/test/late/1.0.0" not in a.host.protocols_of(peer)
+
+        async def handler(peer_id, stream) -> None:
+            await stream.close()
+
+        b.host.set_stream_handler("/mercato/test/late/1.0.0", handler)
+        await wait_until(
+            lambda: "/mercato/test/late/1.0.0" in a.host.protocols_of(peer), 10, "the push"
+        )
