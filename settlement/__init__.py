@@ -1,7 +1,84 @@
-"""settlement: payment channels closed on Solana, royalties, ledger adapters and
-the watcher that closes or refunds channels in time. Not built yet.
+"""settlement: payment channels closed on Solana, royalties, and the ledgers.
+
+A channel (`_channel`) is a stake account with a lockup and the payee as
+custodian plus a durable nonce owned by the payee; its states are payer-signed
+transactions. `_programs` encodes the native programs it is built from;
+`_ledger` holds the ledger interface and the embedded (in-process LiteSVM)
+ledger. Errors (`_errors`) are rooted in `SettlementError`.
 
 May import p2p; must not import node, crdt or runtime.
 """
 
-__all__: list[str] = []
+from ._channel import (
+    MAX_RECIPIENTS as MAX_RECIPIENTS,
+)
+from ._channel import (
+    MAX_TRANSACTION_BYTES as MAX_TRANSACTION_BYTES,
+)
+from ._channel import (
+    ChannelTerms as ChannelTerms,
+)
+from ._channel import (
+    check_stake as check_stake,
+)
+from ._channel import (
+    check_state as check_state,
+)
+from ._channel import (
+    countersign as countersign,
+)
+from ._channel import (
+    open_transaction as open_transaction,
+)
+from ._channel import (
+    refund_transaction as refund_transaction,
+)
+from ._channel import (
+    sign_state as sign_state,
+)
+from ._channel import (
+    split as split,
+)
+from ._channel import (
+    state_message as state_message,
+)
+from ._errors import ChannelError as ChannelError
+from ._errors import LedgerError as LedgerError
+from ._errors import LockupInForce as LockupInForce
+from ._errors import SettlementError as SettlementError
+from ._ledger import AccountInfo as AccountInfo
+from ._ledger import EmbeddedLedger as EmbeddedLedger
+from ._ledger import Ledger as Ledger
+from ._ledger import open_embedded_ledger as open_embedded_ledger
+from ._programs import NONCE_ACCOUNT_SIZE as NONCE_ACCOUNT_SIZE
+from ._programs import STAKE_ACCOUNT_SIZE as STAKE_ACCOUNT_SIZE
+from ._programs import StakeMeta as StakeMeta
+from ._programs import read_nonce as read_nonce
+from ._programs import read_stake as read_stake
+
+__all__ = [
+    "MAX_RECIPIENTS",
+    "MAX_TRANSACTION_BYTES",
+    "NONCE_ACCOUNT_SIZE",
+    "STAKE_ACCOUNT_SIZE",
+    "AccountInfo",
+    "ChannelError",
+    "ChannelTerms",
+    "EmbeddedLedger",
+    "Ledger",
+    "LedgerError",
+    "LockupInForce",
+    "SettlementError",
+    "StakeMeta",
+    "check_stake",
+    "check_state",
+    "countersign",
+    "open_embedded_ledger",
+    "open_transaction",
+    "read_nonce",
+    "read_stake",
+    "refund_transaction",
+    "sign_state",
+    "split",
+    "state_message",
+]

@@ -1,0 +1,224 @@
+"""A unidirectional payment channel built from native programs only.
+
+    open     the payer creates a stake account holding the deposit D (withdrawer
+             the payer, lockup until T with the payee as custodian, a staker
+             key nobody holds) and a durable nonce account whose authority is
+             the payee
+    pay      for cumulative payouts (payee and creators), the payer signs a
+             transaction, its blockhash the nonce's value, that advances the
+             nonce and withdraws each payout and D minus their sum back to the
+             payer; that half-signed transaction *is* the channel state, and it
+             never expires
+    close    the payee adds its signature to the latest state and submits it
+             before T; the nonce advances, so no older state can be replayed
+    refund   after T the payer alone withdraws what is left
+
+The state leaves the stake account's rent reserve (and any lamports someone
+sent it) in place for the payer to take after T: a state that had to empty the
+account exactly could be blocked by anyone sending it one lamport.
+
+Known limits, each bounded by the payee: while the lockup holds, the payer (as
+withdrawer) can make itself the staker and delegate the stake, after which no
+state can be closed. `check_stake` detects it, so a payee checks the account
+before it serves on a channel and closes before the unsettled amount grows
+large. The payee (as custodian) can extend the lockup; that delays a refund
+but cannot take more than the payer signed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from solders import system_program as sp
+from solders.hash import Hash
+from solders.keypair import Keypair
+from solders.message import Message
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+from solders.transaction import Transaction
+
+from ._errors import ChannelError
+from ._programs import (
+    STAKE_ACCOUNT_SIZE,
+    STAKE_INITIALIZED,
+    STAKE_PROGRAM,
+    StakeMeta,
+    stake_initialize,
+    stake_withdraw,
+)
+
+MAX_TRANSACTION_BYTES = 1232  # Solana's packet limit
+MAX_RECIPIENTS = 8  # payee and creators in one state: stays well under the limit
+BPS = 10_000
+
+
+def no_staker(stake: Pubkey) -> Pubkey:
+    """The staker authority of a channel: a key derived from the stake account that
+    nobody holds (it is a hash, not a generated key pair)."""
+    return Pubkey(hashlib.sha256(b"mercato channel staker\0" + bytes(stake)).digest())
+
+
+@dataclass(frozen=True)
+class ChannelTerms:
+    """What both sides agreed when the channel opened; enough to check any state."""
+
+    payer: Pubkey
+    payee: Pubkey
+    stake: Pubkey
+    nonce: Pubkey
+    deposit: int
+    expires: int  # unix seconds: the lockup's end, T
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "payer": str(self.payer),
+            "payee": str(self.payee),
+            "stake": str(self.stake),
+            "nonce": str(self.nonce),
+            "deposit": self.deposit,
+            "expires": self.expires,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, object]) -> ChannelTerms:
+        try:
+            return cls(
+                Pubkey.from_string(str(obj["payer"])),
+                Pubkey.from_string(str(obj["payee"])),
+                Pubkey.from_string(str(obj["stake"])),
+                Pubkey.from_string(str(obj["nonce"])),
+                int(obj["deposit"]),  # type: ignore[call-overload]
+                int(obj["expires"]),  # type: ignore[call-overload]
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ChannelError(f"malformed channel terms: {exc}") from None
+
+
+def open_transaction(
+    payer: Keypair,
+    payee: Pubkey,
+    deposit: int,
+    expires: int,
+    stake_rent: int,
+    nonce_rent: int,
+    blockhash: Hash,
+) -> tuple[Transaction, ChannelTerms]:
+    """The payer's transaction that opens a channel, and its terms."""
+    if deposit <= 0:
+        raise ChannelError("a channel needs a deposit above 0 lamports")
+    stake, nonce = Keypair(), Keypair()
+    instructions = [
+        sp.create_account(
+            {
+                "from_pubkey": payer.pubkey(),
+                "to_pubkey": stake.pubkey(),
+                "lamports": stake_rent + deposit,
+                "space": STAKE_ACCOUNT_SIZE,
+                "owner": STAKE_PROGRAM,
+            }
+        ),
+        stake_initialize(stake.pubkey(), no_staker(stake.pubkey()), payer.pubkey(), expires, payee),
+        *sp.create_nonce_account(payer.pubkey(), nonce.pubkey(), payee, nonce_rent),
+    ]
+    message = Message.new_with_blockhash(instructions, payer.pubkey(), blockhash)
+    tx = Transaction([payer, stake, nonce], message, blockhash)
+    terms = ChannelTerms(payer.pubkey(), payee, stake.pubkey(), nonce.pubkey(), deposit, expires)
+    return tx, terms
+
+
+def state_message(terms: ChannelTerms, nonce_value: Hash, payouts: dict[Pubkey, int]) -> Message:
+    """The message of the state paying ``payouts`` (cumulative lamports per recipient)."""
+    total = sum(payouts.values())
+    if any(v < 0 for v in payouts.values()) or total > terms.deposit:
+        raise ChannelError(f"payouts of {total} lamports exceed the deposit of {terms.deposit}")
+    if len(payouts) > MAX_RECIPIENTS or terms.payer in payouts:
+        raise ChannelError(f"a state pays at most {MAX_RECIPIENTS} recipients, not the payer")
+    instructions = [
+        sp.advance_nonce_account({"nonce_pubkey": terms.nonce, "authorized_pubkey": terms.payee})
+    ]
+    for recipient in sorted(payouts, key=bytes):
+        if payouts[recipient]:
+            instructions.append(
+                stake_withdraw(terms.stake, recipient, terms.payer, payouts[recipient], terms.payee)
+            )
+    if terms.deposit > total:
+        instructions.append(
+            stake_withdraw(
+                terms.stake, terms.payer, terms.payer, terms.deposit - total, terms.payee
+            )
+        )
+    return Message.new_with_blockhash(instructions, terms.payee, nonce_value)
+
+
+def sign_state(
+    terms: ChannelTerms, nonce_value: Hash, payouts: dict[Pubkey, int], payer: Keypair
+) -> bytes:
+    """The payer's half-signed state: the channel update it sends with a payment."""
+    if payer.pubkey() != terms.payer:
+        raise ChannelError("only the channel's payer signs its states")
+    message = state_message(terms, nonce_value, payouts)
+    tx = Transaction.new_unsigned(message)
+    tx.partial_sign([payer], message.recent_blockhash)
+    return bytes(tx)
+
+
+def check_state(
+    terms: ChannelTerms, nonce_value: Hash, payouts: dict[Pubkey, int], state: bytes
+) -> Transaction:
+    """The payee's check of a state: exactly the transaction it expects for these
+    payouts, with a valid payer signature. ChannelError otherwise."""
+    if len(state) > MAX_TRANSACTION_BYTES:
+        raise ChannelError("the state is larger than a Solana transaction")
+    try:
+        tx = Transaction.from_bytes(state)
+    except Exception:
+        raise ChannelError("the state is not a Solana transaction") from None
+    if tx.message != state_message(terms, nonce_value, payouts):
+        raise ChannelError("the state does not pay what was agreed (amounts, accounts or nonce)")
+    signers = tx.message.account_keys[: tx.message.header.num_required_signatures]
+    checks = tx.verify_with_results()
+    if terms.payer not in signers or not checks[signers.index(terms.payer)]:
+        raise ChannelError("the state is not signed by the channel's payer")
+    return tx
+
+
+def countersign(state: bytes, payee: Keypair) -> Transaction:
+    """The payee's signature on a checked state: a transaction ready to submit."""
+    tx = Transaction.from_bytes(state)
+    tx.partial_sign([payee], tx.message.recent_blockhash)
+    if Signature.default() in tx.signatures:
+        raise ChannelError("the state needs a signature this node cannot give")
+    return tx
+
+
+def refund_transaction(
+    terms: ChannelTerms, payer: Keypair, lamports: int, blockhash: Hash
+) -> Transaction:
+    """After T: the payer alone takes ``lamports`` (what is left) back."""
+    instruction = stake_withdraw(terms.stake, terms.payer, terms.payer, lamports, None)
+    message = Message.new_with_blockhash([instruction], terms.payer, blockhash)
+    return Transaction([payer], message, blockhash)
+
+
+def check_stake(terms: ChannelTerms, meta: StakeMeta) -> None:
+    """ChannelError unless the stake account is still exactly what was opened: not
+    delegated, the payer its withdrawer, the payee its custodian until T."""
+    if meta.state != STAKE_INITIALIZED:
+        raise ChannelError("the channel's stake account was delegated: no state can close it")
+    if meta.staker != no_staker(terms.stake):
+        raise ChannelError("the channel's stake account has another staker than agreed")
+    if (meta.withdrawer, meta.custodian) != (terms.payer, terms.payee):
+        raise ChannelError("the channel's stake account changed hands")
+    if meta.lockup_until != terms.expires:
+        raise ChannelError(
+            f"the channel's lockup moved from {terms.expires} to {meta.lockup_until}"
+        )
+
+
+def split(price: int, royalty_bps: int) -> tuple[int, int]:
+    """A task's price as (provider's share, creator's royalty), in lamports."""
+    if price < 0 or not 0 <= royalty_bps <= BPS:
+        raise ChannelError("a price is >= 0 and a royalty between 0 and 10000 basis points")
+    royalty = price * royalty_bps // BPS
+    return price - royalty, royalty

@@ -1,0 +1,214 @@
+"""Ledgers: where channels open, close and refund. One interface, several adapters.
+
+`Ledger` is what settlement needs of Solana: send a transaction, read an
+account, a balance, a blockhash, the rent-exempt minimum, the ledger's clock.
+`EmbeddedLedger` is the real SVM with the native programs, in this process
+(solders' LiteSVM): the default, so a fresh machine needs no cluster. It is
+private to its process, so it serves one node alone (and tests within one
+process); nodes that trade need one shared ledger.
+
+LiteSVM keeps its state in memory. The embedded ledger journals the accounts
+each transaction touched (and each faucet grant) into its own SQLite file, in
+a worker thread, before the call returns; on start it restores them, so a
+restart loses no balance; it also counts blocks, because LiteSVM's blockhashes
+are the same sequence in every process and a restarted ledger must move past
+the ones its nonces were made in. Its clock follows the wall clock (it never
+goes back), so lockups end when they should.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import trio
+from solders.account import Account
+from solders.hash import Hash
+from solders.litesvm import LiteSVM
+from solders.pubkey import Pubkey
+from solders.transaction import Transaction
+from solders.transaction_metadata import FailedTransactionMetadata
+
+from ._errors import LedgerError, LockupInForce
+
+LOCKUP_IN_FORCE = "InstructionErrorCustom(1)"  # the stake program's StakeError::LockupInForce
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    pubkey     TEXT PRIMARY KEY,
+    lamports   INTEGER NOT NULL,
+    data       BLOB NOT NULL,
+    owner      TEXT NOT NULL,
+    executable INTEGER NOT NULL,
+    rent_epoch INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class AccountInfo:
+    lamports: int
+    data: bytes
+    owner: Pubkey
+
+
+class Ledger(Protocol):
+    """What settlement needs of a Solana ledger."""
+
+    name: str
+
+    async def send(self, tx: Transaction) -> str:
+        """Submit; the signature once it is final. LedgerError (LockupInForce) if refused."""
+        ...
+
+    async def account(self, pubkey: Pubkey) -> AccountInfo | None: ...
+
+    async def balance(self, pubkey: Pubkey) -> int: ...
+
+    async def blockhash(self) -> Hash: ...
+
+    async def rent(self, size: int) -> int:
+        """The rent-exempt minimum for an account of ``size`` bytes."""
+        ...
+
+    async def now(self) -> int:
+        """The ledger's clock, unix seconds: what lockups are measured against."""
+        ...
+
+
+class EmbeddedLedger:
+    """LiteSVM in this process, journaled to ``path`` (see the module docstring)."""
+
+    name = "embedded"
+
+    def __init__(self, path: Path) -> None:
+        self._svm = LiteSVM()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._limiter = trio.CapacityLimiter(1)
+        self._clock = 0
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'blocks'").fetchone()
+        self._blocks = row[0] if row else 0
+        # LiteSVM's blockhashes are the same sequence in every process: move past every
+        # one used before, or a nonce made in one of them could not be used again.
+        for _ in range(self._blocks + 1):
+            self._svm.expire_blockhash()
+        self._blocks += 1
+        for row in self._db.execute("SELECT * FROM accounts"):
+            pubkey, lamports, data, owner, executable, rent_epoch = row
+            self._svm.set_account(
+                Pubkey.from_string(pubkey),
+                Account(lamports, data, Pubkey.from_string(owner), bool(executable), rent_epoch),
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _tick(self) -> None:
+        now = max(int(time.time()), self._clock)
+        if now != self._clock:
+            clock = self._svm.get_clock()
+            clock.unix_timestamp = now
+            self._svm.set_clock(clock)
+            self._clock = now
+
+    def set_time(self, unix_seconds: int) -> None:
+        """Move the clock forward (tests of lockups); it never goes back."""
+        self._clock = max(self._clock, unix_seconds)
+        clock = self._svm.get_clock()
+        clock.unix_timestamp = self._clock
+        self._svm.set_clock(clock)
+        self._expire()
+
+    def _expire(self) -> None:
+        self._svm.expire_blockhash()
+        self._blocks += 1
+
+    async def _journal(self, pubkeys: list[Pubkey]) -> None:
+        rows = []
+        for pubkey in pubkeys:
+            account = self._svm.get_account(pubkey)
+            if account is None or account.lamports == 0:
+                rows.append((str(pubkey), None))
+            else:
+                rows.append(
+                    (
+                        str(pubkey),
+                        (
+                            account.lamports,
+                            bytes(account.data),
+                            str(account.owner),
+                            int(account.executable),
+                            account.rent_epoch,
+                        ),
+                    )
+                )
+        await trio.to_thread.run_sync(self._write, rows, self._blocks, limiter=self._limiter)
+
+    def _write(self, rows: list[tuple[str, tuple | None]], blocks: int) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('blocks', ?)", (blocks,))
+            for pubkey, values in rows:
+                if values is None:
+                    self._db.execute("DELETE FROM accounts WHERE pubkey = ?", (pubkey,))
+                else:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO accounts VALUES (?,?,?,?,?,?)", (pubkey, *values)
+                    )
+
+    async def airdrop(self, pubkey: Pubkey, lamports: int) -> None:
+        """The embedded ledger's faucet: new lamports for ``pubkey``."""
+        result = self._svm.airdrop(pubkey, lamports)
+        if isinstance(result, FailedTransactionMetadata):
+            raise LedgerError(f"the faucet failed: {result.err()}")
+        await self._journal([pubkey])
+
+    async def send(self, tx: Transaction) -> str:
+        self._tick()
+        result = self._svm.send_transaction(tx)
+        if isinstance(result, FailedTransactionMetadata):
+            err = str(result.err())
+            if LOCKUP_IN_FORCE in err:
+                raise LockupInForce("the channel's lockup has not ended yet")
+            raise LedgerError(f"the ledger refused the transaction: {err}")
+        # Each transaction is its own block: a nonce made in one can be used in the next.
+        self._expire()
+        await self._journal(list(tx.message.account_keys))
+        return str(tx.signatures[0])
+
+    async def account(self, pubkey: Pubkey) -> AccountInfo | None:
+        account = self._svm.get_account(pubkey)
+        if account is None or account.lamports == 0:
+            return None
+        return AccountInfo(account.lamports, bytes(account.data), account.owner)
+
+    async def balance(self, pubkey: Pubkey) -> int:
+        return self._svm.get_balance(pubkey) or 0
+
+    async def blockhash(self) -> Hash:
+        return self._svm.latest_blockhash()
+
+    async def rent(self, size: int) -> int:
+        return self._svm.minimum_balance_for_rent_exemption(size)
+
+    async def now(self) -> int:
+        self._tick()
+        return self._clock
+
+
+@asynccontextmanager
+async def open_embedded_ledger(path: Path) -> AsyncIterator[EmbeddedLedger]:
+    """An embedded ledger journaled at ``path``, closed on exit."""
+    ledger = await trio.to_thread.run_sync(EmbeddedLedger, path)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
