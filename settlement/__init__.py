@@ -16,7 +16,13 @@ from ._channel import (
     MAX_TRANSACTION_BYTES as MAX_TRANSACTION_BYTES,
 )
 from ._channel import (
+    MIN_PAYOUT as MIN_PAYOUT,
+)
+from ._channel import (
     ChannelTerms as ChannelTerms,
+)
+from ._channel import (
+    check_channel as check_channel,
 )
 from ._channel import (
     check_stake as check_stake,
@@ -59,6 +65,7 @@ from ._programs import read_stake as read_stake
 __all__ = [
     "MAX_RECIPIENTS",
     "MAX_TRANSACTION_BYTES",
+    "MIN_PAYOUT",
     "NONCE_ACCOUNT_SIZE",
     "STAKE_ACCOUNT_SIZE",
     "AccountInfo",
@@ -70,6 +77,7 @@ __all__ = [
     "LockupInForce",
     "SettlementError",
     "StakeMeta",
+    "check_channel",
     "check_stake",
     "check_state",
     "countersign",

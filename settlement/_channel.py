@@ -15,14 +15,24 @@
 
 The state leaves the stake account's rent reserve (and any lamports someone
 sent it) in place for the payer to take after T: a state that had to empty the
-account exactly could be blocked by anyone sending it one lamport.
+account exactly could be blocked by anyone sending it one lamport. Each payout
+is 0 or at least MIN_PAYOUT (what a new account needs to exist), and the
+return to the payer is left out below it, so no state fails on rent.
 
-Known limits, each bounded by the payee: while the lockup holds, the payer (as
-withdrawer) can make itself the staker and delegate the stake, after which no
-state can be closed. `check_stake` detects it, so a payee checks the account
-before it serves on a channel and closes before the unsettled amount grows
-large. The payee (as custodian) can extend the lockup; that delays a refund
-but cannot take more than the payer signed.
+What each side must still watch (the payee bears it; it is bounded by how much
+it serves before it closes):
+- while the lockup holds, the payer (as withdrawer) can make itself the staker
+  and then delegate the stake, or split it away into another account and put
+  the staker back, after which no state can be closed. `check_channel` sees
+  both (the account's state, and its lamports against the deposit), so a
+  payee checks the accounts before it serves and closes before the unsettled
+  amount grows;
+- a failed close of a durable-nonce transaction still advances the nonce on a
+  real cluster, voiding every state: the payee simulates before it submits;
+- the payee needs lamports of its own to pay the close's fee (two signatures);
+- the payee (as custodian) can extend the lockup again and again, holding the
+  unspent deposit, and (as nonce authority) can take the nonce account's rent.
+  Neither takes more of the deposit than the payer signed.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import hashlib
 from dataclasses import dataclass
 
 from solders import system_program as sp
+from solders import sysvar
 from solders.hash import Hash
 from solders.keypair import Keypair
 from solders.message import Message
@@ -51,6 +62,25 @@ from ._programs import (
 MAX_TRANSACTION_BYTES = 1232  # Solana's packet limit
 MAX_RECIPIENTS = 8  # payee and creators in one state: stays well under the limit
 BPS = 10_000
+MIN_PAYOUT = 890_880  # the rent-exempt minimum of an empty account: a new one needs it
+MIN_LIFETIME_S = 600  # a channel that ends sooner leaves the payee no time to close
+# Accounts no payout may go to: the runtime refuses to credit them.
+RESERVED = frozenset(
+    (
+        sp.ID,
+        STAKE_PROGRAM,
+        Pubkey.from_string("Vote111111111111111111111111111111111111111"),
+        Pubkey.from_string("Sysvar1111111111111111111111111111111111111"),
+        sysvar.CLOCK,
+        sysvar.RENT,
+        sysvar.REWARDS,
+        sysvar.STAKE_HISTORY,
+        sysvar.RECENT_BLOCKHASHES,
+        sysvar.EPOCH_SCHEDULE,
+        sysvar.INSTRUCTIONS,
+        sysvar.SLOT_HASHES,
+    )
+)
 
 
 def no_staker(stake: Pubkey) -> Pubkey:
@@ -83,16 +113,15 @@ class ChannelTerms:
     @classmethod
     def from_wire(cls, obj: dict[str, object]) -> ChannelTerms:
         try:
-            return cls(
-                Pubkey.from_string(str(obj["payer"])),
-                Pubkey.from_string(str(obj["payee"])),
-                Pubkey.from_string(str(obj["stake"])),
-                Pubkey.from_string(str(obj["nonce"])),
-                int(obj["deposit"]),  # type: ignore[call-overload]
-                int(obj["expires"]),  # type: ignore[call-overload]
-            )
+            keys = [Pubkey.from_string(str(obj[k])) for k in ("payer", "payee", "stake", "nonce")]
+            deposit, expires = obj["deposit"], obj["expires"]
         except (KeyError, TypeError, ValueError) as exc:
             raise ChannelError(f"malformed channel terms: {exc}") from None
+        if type(deposit) is not int or type(expires) is not int or deposit <= 0 or expires <= 0:
+            raise ChannelError("a channel's deposit and expiry are whole numbers above 0")
+        if len(set(keys)) != 4:
+            raise ChannelError("a channel's payer, payee, stake and nonce are four accounts")
+        return cls(*keys, deposit, expires)
 
 
 def open_transaction(
@@ -132,8 +161,15 @@ def state_message(terms: ChannelTerms, nonce_value: Hash, payouts: dict[Pubkey, 
     total = sum(payouts.values())
     if any(v < 0 for v in payouts.values()) or total > terms.deposit:
         raise ChannelError(f"payouts of {total} lamports exceed the deposit of {terms.deposit}")
-    if len(payouts) > MAX_RECIPIENTS or terms.payer in payouts:
-        raise ChannelError(f"a state pays at most {MAX_RECIPIENTS} recipients, not the payer")
+    if len(payouts) > MAX_RECIPIENTS:
+        raise ChannelError(f"a state pays at most {MAX_RECIPIENTS} recipients")
+    for recipient, amount in payouts.items():
+        if recipient in (terms.payer, terms.stake, terms.nonce) or recipient in RESERVED:
+            raise ChannelError(f"{recipient} cannot be paid from a channel")
+        if 0 < amount < MIN_PAYOUT and recipient != terms.payee:  # the payee exists: it pays fees
+            raise ChannelError(
+                f"a payout to {recipient} is {amount} lamports; below {MIN_PAYOUT} it must wait"
+            )
     instructions = [
         sp.advance_nonce_account({"nonce_pubkey": terms.nonce, "authorized_pubkey": terms.payee})
     ]
@@ -142,7 +178,7 @@ def state_message(terms: ChannelTerms, nonce_value: Hash, payouts: dict[Pubkey, 
             instructions.append(
                 stake_withdraw(terms.stake, recipient, terms.payer, payouts[recipient], terms.payee)
             )
-    if terms.deposit > total:
+    if terms.deposit - total >= MIN_PAYOUT:  # less stays for the refund after T
         instructions.append(
             stake_withdraw(
                 terms.stake, terms.payer, terms.payer, terms.deposit - total, terms.payee
@@ -174,19 +210,27 @@ def check_state(
         tx = Transaction.from_bytes(state)
     except Exception:
         raise ChannelError("the state is not a Solana transaction") from None
-    if tx.message != state_message(terms, nonce_value, payouts):
+    expected = state_message(terms, nonce_value, payouts)
+    if tx.message != expected:
         raise ChannelError("the state does not pay what was agreed (amounts, accounts or nonce)")
-    signers = tx.message.account_keys[: tx.message.header.num_required_signatures]
-    checks = tx.verify_with_results()
-    if terms.payer not in signers or not checks[signers.index(terms.payer)]:
+    signers = list(expected.account_keys[: expected.header.num_required_signatures])
+    if len(tx.signatures) != len(signers) or terms.payer not in signers:
+        raise ChannelError("the state has the wrong number of signatures")
+    payer_signature = tx.signatures[signers.index(terms.payer)]
+    if not payer_signature.verify(terms.payer, bytes(expected)):
         raise ChannelError("the state is not signed by the channel's payer")
-    return tx
+    # Rebuilt from what was checked: nothing else the sender put in the bytes survives.
+    canonical = [payer_signature if k == terms.payer else Signature.default() for k in signers]
+    return Transaction.populate(expected, canonical)
 
 
-def countersign(state: bytes, payee: Keypair) -> Transaction:
-    """The payee's signature on a checked state: a transaction ready to submit."""
-    tx = Transaction.from_bytes(state)
-    tx.partial_sign([payee], tx.message.recent_blockhash)
+def countersign(checked: Transaction, payee: Keypair) -> Transaction:
+    """The payee's signature on a state `check_state` returned: ready to submit."""
+    tx = Transaction.populate(checked.message, list(checked.signatures))
+    try:
+        tx.partial_sign([payee], tx.message.recent_blockhash)
+    except Exception:
+        raise ChannelError("this key is not the payee of that state") from None
     if Signature.default() in tx.signatures:
         raise ChannelError("the state needs a signature this node cannot give")
     return tx
@@ -201,11 +245,30 @@ def refund_transaction(
     return Transaction([payer], message, blockhash)
 
 
-def check_stake(terms: ChannelTerms, meta: StakeMeta) -> None:
+def check_channel(
+    terms: ChannelTerms,
+    stake_lamports: int,
+    stake: StakeMeta,
+    nonce_authority: Pubkey,
+    now: int,
+) -> None:
+    """The payee's check of a channel's accounts, before it serves on it and again
+    before every task: ChannelError unless a state can still close it."""
+    if nonce_authority != terms.payee:
+        raise ChannelError("the channel's nonce account is not the payee's")
+    if terms.expires < now + MIN_LIFETIME_S:
+        raise ChannelError("the channel ends too soon to be closed safely")
+    check_stake(terms, stake, stake_lamports)
+
+
+def check_stake(terms: ChannelTerms, meta: StakeMeta, lamports: int) -> None:
     """ChannelError unless the stake account is still exactly what was opened: not
-    delegated, the payer its withdrawer, the payee its custodian until T."""
+    delegated, the deposit all there, the payer its withdrawer, the payee its
+    custodian until T."""
     if meta.state != STAKE_INITIALIZED:
         raise ChannelError("the channel's stake account was delegated: no state can close it")
+    if lamports < meta.rent_reserve + terms.deposit:
+        raise ChannelError("the channel's deposit was moved out of its stake account")
     if meta.staker != no_staker(terms.stake):
         raise ChannelError("the channel's stake account has another staker than agreed")
     if (meta.withdrawer, meta.custodian) != (terms.payer, terms.payee):

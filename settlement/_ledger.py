@@ -35,8 +35,21 @@ from solders.transaction import Transaction
 from solders.transaction_metadata import FailedTransactionMetadata
 
 from ._errors import LedgerError, LockupInForce
+from ._programs import STAKE_PROGRAM
 
-LOCKUP_IN_FORCE = "InstructionErrorCustom(1)"  # the stake program's StakeError::LockupInForce
+LOCKUP_IN_FORCE = 1  # the stake program's StakeError::LockupInForce
+# Accounts the runtime owns: never journaled, never restored over the real ones.
+RUNTIME_OWNERS = frozenset(
+    Pubkey.from_string(k)
+    for k in (
+        "Sysvar1111111111111111111111111111111111111",
+        "NativeLoader1111111111111111111111111111111",
+        "BPFLoader1111111111111111111111111111111111",
+        "BPFLoader2111111111111111111111111111111111",
+        "BPFLoaderUpgradeab1e11111111111111111111111",
+        "LoaderV411111111111111111111111111111111111",
+    )
+)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
     pubkey     TEXT PRIMARY KEY,
@@ -66,6 +79,12 @@ class Ledger(Protocol):
         """Submit; the signature once it is final. LedgerError (LockupInForce) if refused."""
         ...
 
+    async def simulate(self, tx: Transaction) -> None:
+        """Run without committing; LedgerError (LockupInForce) if it would fail. A
+        close is simulated first: a failed durable-nonce transaction still spends
+        the nonce on a real cluster."""
+        ...
+
     async def account(self, pubkey: Pubkey) -> AccountInfo | None: ...
 
     async def balance(self, pubkey: Pubkey) -> int: ...
@@ -93,14 +112,15 @@ class EmbeddedLedger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self._limiter = trio.CapacityLimiter(1)
-        self._clock = 0
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'blocks'").fetchone()
-        self._blocks = row[0] if row else 0
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        self._clock = meta.get("clock", 0)  # it never goes back, restarts included
+        self._blocks = meta.get("blocks", 0)
         # LiteSVM's blockhashes are the same sequence in every process: move past every
         # one used before, or a nonce made in one of them could not be used again.
         for _ in range(self._blocks + 1):
             self._svm.expire_blockhash()
         self._blocks += 1
+        self._restore_clock()
         for row in self._db.execute("SELECT * FROM accounts"):
             pubkey, lamports, data, owner, executable, rent_epoch = row
             self._svm.set_account(
@@ -119,22 +139,30 @@ class EmbeddedLedger:
             self._svm.set_clock(clock)
             self._clock = now
 
-    def set_time(self, unix_seconds: int) -> None:
-        """Move the clock forward (tests of lockups); it never goes back."""
-        self._clock = max(self._clock, unix_seconds)
+    def _restore_clock(self) -> None:
         clock = self._svm.get_clock()
         clock.unix_timestamp = self._clock
         self._svm.set_clock(clock)
+
+    async def set_time(self, unix_seconds: int) -> None:
+        """Move the clock forward (tests of lockups); it never goes back."""
+        self._clock = max(self._clock, unix_seconds)
+        self._restore_clock()
         self._expire()
+        await self._journal([])
 
     def _expire(self) -> None:
         self._svm.expire_blockhash()
         self._blocks += 1
 
     async def _journal(self, pubkeys: list[Pubkey]) -> None:
+        """Write what these accounts hold now. Shielded: once the ledger in memory has
+        changed, the journal must follow, or a restart would undo it."""
         rows = []
         for pubkey in pubkeys:
             account = self._svm.get_account(pubkey)
+            if account is not None and (account.executable or account.owner in RUNTIME_OWNERS):
+                continue
             if account is None or account.lamports == 0:
                 rows.append((str(pubkey), None))
             else:
@@ -150,12 +178,19 @@ class EmbeddedLedger:
                         ),
                     )
                 )
-        await trio.to_thread.run_sync(self._write, rows, self._blocks, limiter=self._limiter)
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.to_thread.run_sync(
+                    self._write, rows, self._blocks, self._clock, limiter=self._limiter
+                )
+            except sqlite3.Error as exc:
+                raise LedgerError(f"the ledger's journal could not be written: {exc}") from None
 
-    def _write(self, rows: list[tuple[str, tuple | None]], blocks: int) -> None:
+    def _write(self, rows: list[tuple[str, tuple | None]], blocks: int, clock: int) -> None:
         with self._db:
             self._db.execute("BEGIN")
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('blocks', ?)", (blocks,))
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (clock,))
             for pubkey, values in rows:
                 if values is None:
                     self._db.execute("DELETE FROM accounts WHERE pubkey = ?", (pubkey,))
@@ -169,20 +204,25 @@ class EmbeddedLedger:
         result = self._svm.airdrop(pubkey, lamports)
         if isinstance(result, FailedTransactionMetadata):
             raise LedgerError(f"the faucet failed: {result.err()}")
+        self._expire()  # else the same grant twice would be "already processed"
         await self._journal([pubkey])
 
     async def send(self, tx: Transaction) -> str:
         self._tick()
         result = self._svm.send_transaction(tx)
         if isinstance(result, FailedTransactionMetadata):
-            err = str(result.err())
-            if LOCKUP_IN_FORCE in err:
-                raise LockupInForce("the channel's lockup has not ended yet")
-            raise LedgerError(f"the ledger refused the transaction: {err}")
+            await self._journal(list(tx.message.account_keys[:1]))  # its fee was still paid
+            raise _refusal(tx, result)
         # Each transaction is its own block: a nonce made in one can be used in the next.
         self._expire()
         await self._journal(list(tx.message.account_keys))
         return str(tx.signatures[0])
+
+    async def simulate(self, tx: Transaction) -> None:
+        self._tick()
+        result = self._svm.simulate_transaction(tx)
+        if isinstance(result, FailedTransactionMetadata):
+            raise _refusal(tx, result)
 
     async def account(self, pubkey: Pubkey) -> AccountInfo | None:
         account = self._svm.get_account(pubkey)
@@ -202,6 +242,17 @@ class EmbeddedLedger:
     async def now(self) -> int:
         self._tick()
         return self._clock
+
+
+def _refusal(tx: Transaction, result: FailedTransactionMetadata) -> LedgerError:
+    err = result.err()
+    index = getattr(err, "index", None)
+    code = getattr(getattr(err, "err", None), "code", None)
+    if index is not None and code == LOCKUP_IN_FORCE and index < len(tx.message.instructions):
+        program = tx.message.instructions[index].program_id(tx.message.account_keys)
+        if program == STAKE_PROGRAM:
+            return LockupInForce("the channel's lockup has not ended yet")
+    return LedgerError(f"the ledger refused the transaction: {err}")
 
 
 @asynccontextmanager
