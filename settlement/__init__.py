@@ -4,11 +4,17 @@ A channel (`_channel`) is a stake account with a lockup and the payee as
 custodian plus a durable nonce owned by the payee; its states are payer-signed
 transactions. `_programs` encodes the native programs it is built from;
 `_ledger` holds the ledger interface and the embedded (in-process LiteSVM)
-ledger. Errors (`_errors`) are rooted in `SettlementError`.
+ledger; `_book` keeps each channel's amounts and latest state on disk, durable
+before acknowledged; `_watcher` closes channels before T and refunds after.
+Errors (`_errors`) are rooted in `SettlementError`.
 
 May import p2p; must not import node, crdt or runtime.
 """
 
+from ._book import Channel as Channel
+from ._book import ChannelBook as ChannelBook
+from ._book import open_channel_book as open_channel_book
+from ._book import payable as payable
 from ._channel import (
     MAX_RECIPIENTS as MAX_RECIPIENTS,
 )
@@ -61,6 +67,9 @@ from ._programs import STAKE_ACCOUNT_SIZE as STAKE_ACCOUNT_SIZE
 from ._programs import StakeMeta as StakeMeta
 from ._programs import read_nonce as read_nonce
 from ._programs import read_stake as read_stake
+from ._watcher import WatchState as WatchState
+from ._watcher import run_watcher as run_watcher
+from ._watcher import settle_due as settle_due
 
 __all__ = [
     "MAX_RECIPIENTS",
@@ -69,6 +78,8 @@ __all__ = [
     "NONCE_ACCOUNT_SIZE",
     "STAKE_ACCOUNT_SIZE",
     "AccountInfo",
+    "Channel",
+    "ChannelBook",
     "ChannelError",
     "ChannelTerms",
     "EmbeddedLedger",
@@ -76,16 +87,21 @@ __all__ = [
     "LedgerError",
     "LockupInForce",
     "SettlementError",
+    "WatchState",
     "StakeMeta",
     "check_channel",
     "check_stake",
     "check_state",
     "countersign",
+    "open_channel_book",
     "open_embedded_ledger",
     "open_transaction",
+    "payable",
     "read_nonce",
     "read_stake",
     "refund_transaction",
+    "run_watcher",
+    "settle_due",
     "sign_state",
     "split",
     "state_message",
