@@ -16,6 +16,7 @@ from ._node import node
 from ._peers import peers, ping
 from ._registry import deprecate, publish, release, resolve_command, search, show
 from ._run import providers, run, tasks
+from ._wallet import channels, wallet
 
 
 @click.group(cls=MercatoGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,5 +50,7 @@ main.add_command(builds)
 main.add_command(run)
 main.add_command(providers)
 main.add_command(tasks)
+main.add_command(wallet)
+main.add_command(channels)
 for command in (publish, release, deprecate, search, show, resolve_command, exec_command):
     main.add_command(command)

@@ -606,6 +606,14 @@ async def _tasks_show(node: Node, request: Request) -> Response:
     return Response.json(200, {"task": task_id, "sides": [_task_json(r, True) for r in records]})
 
 
+async def _wallet(node: Node, request: Request) -> Response:
+    return Response.json(200, await node.settlement.wallet_info())
+
+
+async def _channels(node: Node, request: Request) -> Response:
+    return Response.json(200, {"channels": node.settlement.channels()})
+
+
 async def _metrics(node: Node, request: Request) -> Response:
     body = await trio.to_thread.run_sync(node.metrics.render)  # reads /proc
     return Response(200, body, "text/plain; version=0.0.4; charset=utf-8")
@@ -957,6 +965,20 @@ ROUTES: tuple[Route, ...] = (
         _tasks_show,
         response={"type": "object"},
         errors=(400, 404),
+    ),
+    Route(
+        "GET",
+        "/v1/wallet",
+        "This node's wallet: its Solana address, balance and ledger.",
+        _wallet,
+        response={"type": "object"},
+    ),
+    Route(
+        "GET",
+        "/v1/channels",
+        "Payment channels this node pays on or is paid on.",
+        _channels,
+        response={"type": "object"},
     ),
     Route(
         "GET",

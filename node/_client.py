@@ -231,5 +231,11 @@ class ControlClient:
     def providers(self, agent: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/providers?{urlencode({'agent': agent})}")
 
+    def wallet(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/wallet")
+
+    def channels(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/channels")
+
     def metrics(self) -> str:
         return self.request("GET", "/metrics", raw=True)

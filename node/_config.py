@@ -35,6 +35,7 @@ DEFAULT_API_PORT = 7311
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
 DHT_MODES = ("auto", "server", "client")
+LEDGERS = ("embedded",)  # rpc and localnet are still to come
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 ENV_PREFIX = "MERCATO_"
@@ -143,6 +144,27 @@ class TasksSection:
 
 
 @dataclass(frozen=True)
+class SettlementSection:
+    """``[settlement]``: payment channels and the ledger they live on."""
+
+    ledger: str = "embedded"
+    """``embedded``: the Solana runtime inside this node, private to it (the default,
+    no cluster needed)."""
+    account: str = "default"
+    """The account key that pays and is paid (its public key is the Solana address)."""
+    faucet_lamports: int = 10_000_000_000
+    """The embedded ledger credits an empty account this much at start (10 SOL)."""
+    deposit_lamports: int = 100_000_000
+    """What a new channel holds (0.1 SOL)."""
+    channel_duration_s: int = 86_400
+    """How long a new channel stays open (its lockup)."""
+    close_margin_s: int = 3_600
+    """The payee closes this long before the lockup ends."""
+    watch_interval_s: float = 10.0
+    """How often the watcher looks for channels to close or refund."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the daemon reads from configuration."""
 
@@ -154,6 +176,7 @@ class Config:
     builds: BuildsSection = field(default_factory=BuildsSection)
     serve: ServeSection = field(default_factory=ServeSection)
     tasks: TasksSection = field(default_factory=TasksSection)
+    settlement: SettlementSection = field(default_factory=SettlementSection)
 
     def replace(self, section: str, **values: Any) -> Config:
         """A copy with some keys of one section changed (used for CLI flags)."""
@@ -237,6 +260,18 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
     for agent in config.serve.agents:
         if agent.count("/") != 1 or not all(agent.split("/")):
             raise fail("serve.agents", "must be PUBLISHER/NAME entries")
+    money = config.settlement
+    if money.ledger not in LEDGERS:
+        raise fail("settlement.ledger", f"must be one of {', '.join(LEDGERS)}")
+    if not 0 <= money.faucet_lamports <= 10**15 or not 1 <= money.deposit_lamports <= 10**15:
+        raise fail("settlement.deposit_lamports", "must be between 1 and 10**15 (faucet 0 or more)")
+    if not 300 <= money.close_margin_s < money.channel_duration_s <= 366 * 86_400:
+        raise fail(
+            "settlement.channel_duration_s",
+            "must be at most a year and above close_margin_s (itself at least 300)",
+        )
+    if not 0.1 <= money.watch_interval_s <= 3600:
+        raise fail("settlement.watch_interval_s", "must be between 0.1 and 3600")
     tasks = config.tasks
     if not 1 <= tasks.quote_fanout <= 16:
         raise fail("tasks.quote_fanout", "must be between 1 and 16")

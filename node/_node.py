@@ -1,8 +1,8 @@
 """The daemon: one `Node` composes every service under one trio nursery.
 
 Start order (stop order is the reverse): data dir lock, keys, store and event
-log, metrics, p2p overlay, registry, runtime worker pool, control API. Later
-issues add discovery of providers and the settlement watcher.
+log, metrics, p2p overlay, registry, builds, runtime worker pool, settlement
+(ledger, channel book, watcher), tasks, control API.
 
 Stopping: SIGINT/SIGTERM (when ``handle_signals``), ``POST /v1/shutdown`` or
 `Node.request_stop` all end `Node.run` cleanly: services are cancelled (each
@@ -53,6 +53,7 @@ from ._metrics import NodeMetrics
 from ._paths import DataDir
 from ._peers import StoreAddressBook
 from ._registry import RegistryService
+from ._settlement import SettlementService, open_settlement
 from ._store import Store, open_store
 from ._tasklog import TaskLog
 from ._taskrunner import TaskRunner
@@ -103,6 +104,7 @@ class Node:
         self._runtime: WorkerPool | None = None
         self._builds: BuildService | None = None
         self._tasks: TaskService | None = None
+        self._settlement: SettlementService | None = None
         self._node_key: Keypair | None = None
         self._control: LocalControl | None = None
         self._api_url = ""
@@ -173,6 +175,11 @@ class Node:
     def builds(self) -> BuildService:
         assert self._builds is not None, "node is not running"
         return self._builds
+
+    @property
+    def settlement(self) -> SettlementService:
+        assert self._settlement is not None, "node is not running"
+        return self._settlement
 
     @property
     def tasks(self) -> TaskService:
@@ -268,11 +275,20 @@ class Node:
                             self.services.append("registry")
                             await registry_nursery.start(self._builds.run)
                             self.services.append("builds")
-                            async with open_worker_pool(
-                                self.config.runtime.slots, self.datadir.module_cache_dir
-                            ) as runtime:
+                            async with (
+                                open_worker_pool(
+                                    self.config.runtime.slots, self.datadir.module_cache_dir
+                                ) as runtime,
+                                contextlib.AsyncExitStack() as stack,
+                            ):
                                 self._runtime = runtime
                                 self.services.append("runtime")
+                                money = await stack.enter_async_context(
+                                    open_settlement(self.config.settlement, self.datadir, keys)
+                                )
+                                self._settlement = money
+                                await registry_nursery.start(money.run)
+                                self.services.append("settlement")
                                 cards, tasklog = CardBook(), TaskLog(store)
                                 runner = TaskRunner(
                                     overlay,

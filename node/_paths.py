@@ -79,6 +79,16 @@ class DataDir:
         return self.keys_dir / "accounts"
 
     @property
+    def ledger_file(self) -> Path:
+        """The embedded ledger's journal of accounts (see settlement/_ledger.py)."""
+        return self.root / "ledger.db"
+
+    @property
+    def channels_file(self) -> Path:
+        """The channel book: every payment channel and its latest state."""
+        return self.root / "channels.db"
+
+    @property
     def blobs_dir(self) -> Path:
         return self.root / "blobs"
 

@@ -54,6 +54,7 @@ async def test_status_answers_with_the_node_identity(node: Node) -> None:
         "registry",
         "builds",
         "runtime",
+        "settlement",
         "tasks",
         "control-api",
     ]
@@ -250,3 +251,12 @@ async def test_task_routes_refuse_bad_input_with_clear_errors(node: Node) -> Non
     with pytest.raises(ControlError, match="max_price"):
         await call(client.request, "POST", "/v1/tasks/run", bad_price)
     assert (await call(client.tasks))["tasks"] == []  # nothing ran, nothing recorded
+
+
+async def test_the_wallet_is_the_account_key_funded_on_the_embedded_ledger(node: Node) -> None:
+    client = ControlClient(node.datadir)
+    wallet = await call(client.wallet)
+    account = await call(client.request, "GET", "/v1/keys/default")
+    assert wallet["address"] == account["address"]
+    assert (wallet["ledger"], wallet["balance"]) == ("embedded", 10_000_000_000)
+    assert (await call(client.channels))["channels"] == []
