@@ -45,10 +45,15 @@ def test_restart_keeps_keys_config_and_events(initialized: DataDir, start_daemon
     keys_before = json.loads(
         run_cli("keys", "list", "--json", "--data-dir", str(initialized.root)).stdout
     )
+    wallet_before = json.loads(
+        run_cli("wallet", "--json", "--data-dir", str(initialized.root)).stdout
+    )
+    assert wallet_before["balance"] == 10_000_000_000  # the embedded ledger's faucet
     assert run_cli("node", "stop", "--data-dir", str(initialized.root)).returncode == 0
     first.wait(timeout=5)
 
-    start_daemon(initialized)
+    # No faucet this time: whatever the wallet holds now, the journal kept.
+    start_daemon(initialized, env={"MERCATO_SETTLEMENT_FAUCET_LAMPORTS": "0"})
     after = status_json(initialized)
     assert after["name"] == "shop-7"
     assert after["peer_id"] == before["peer_id"]
@@ -57,6 +62,15 @@ def test_restart_keeps_keys_config_and_events(initialized: DataDir, start_daemon
         run_cli("keys", "list", "--json", "--data-dir", str(initialized.root)).stdout
     )
     assert keys_after == keys_before
+    wallet_after = json.loads(
+        run_cli("wallet", "--json", "--data-dir", str(initialized.root)).stdout
+    )
+    assert (wallet_after["address"], wallet_after["balance"]) == (
+        wallet_before["address"],
+        wallet_before["balance"],
+    )  # the embedded ledger's journal kept it
+    listed = run_cli("channels", "ls", "--data-dir", str(initialized.root))
+    assert listed.returncode == 0 and listed.stdout == "no channels yet\n"
     events = run_cli("events", "--json", "--data-dir", str(initialized.root)).stdout.splitlines()
     kinds = [json.loads(line)["kind"] for line in events]
     assert kinds.count("node.started") == 2 and kinds.count("node.stopped") == 1
