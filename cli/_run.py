@@ -48,8 +48,8 @@ def run(
     quote (by price, reputation, latency and load), and checks the signed
     receipt (signature, input, output, price, build) before printing anything;
     some tasks are cross-checked on a second provider or locally. A provider
-    that fails is replaced by the next. Free agents only, until payment
-    channels arrive.
+    that fails is replaced by the next. A paid agent is paid through a payment
+    channel to the provider, opened on the first payment.
 
     \b
     Example:

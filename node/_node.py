@@ -36,6 +36,7 @@ from p2p import (
     open_overlay,
 )
 from runtime import WorkerPool, open_worker_pool
+from settlement import Ledger
 
 from ._api import ControlAPI
 from ._builds import BuildError, BuildStore
@@ -88,9 +89,17 @@ class Node:
     """
 
     def __init__(
-        self, datadir: DataDir, config: Config | None = None, *, handle_signals: bool = False
+        self,
+        datadir: DataDir,
+        config: Config | None = None,
+        *,
+        handle_signals: bool = False,
+        ledger: Ledger | None = None,
     ) -> None:
+        """``ledger`` replaces the one ``[settlement]`` names: nodes in one process
+        (tests, benchmarks) share one embedded ledger that way."""
         self.datadir = datadir
+        self._ledger = ledger
         self.config = config or load_config(datadir.config_file)
         self.metrics = NodeMetrics(__version__)
         self._handle_signals = handle_signals
@@ -284,7 +293,9 @@ class Node:
                                 self._runtime = runtime
                                 self.services.append("runtime")
                                 money = await stack.enter_async_context(
-                                    open_settlement(self.config.settlement, self.datadir, keys)
+                                    open_settlement(
+                                        self.config.settlement, self.datadir, keys, self._ledger
+                                    )
                                 )
                                 self._settlement = money
                                 await registry_nursery.start(money.run)
@@ -300,6 +311,7 @@ class Node:
                                     tasklog,
                                     self.config.runtime,
                                     self.config.tasks,
+                                    money,
                                 )
                                 self._tasks = TaskService(
                                     self._node_key,
@@ -312,6 +324,7 @@ class Node:
                                     cards,
                                     tasklog,
                                     runner,
+                                    money,
                                 )
                                 await registry_nursery.start(self._tasks.run)
                                 self.services.append("tasks")

@@ -11,25 +11,40 @@ at once; that money exists on this node's ledger only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+from solders.hash import Hash
 from solders.keypair import Keypair as SolanaKeypair
+from solders.pubkey import Pubkey
 
 from settlement import (
+    NONCE_ACCOUNT_SIZE,
+    STAKE_ACCOUNT_SIZE,
+    Channel,
     ChannelBook,
-    EmbeddedLedger,
+    ChannelError,
+    ChannelTerms,
+    Ledger,
+    LedgerError,
+    check_channel,
     open_channel_book,
     open_embedded_ledger,
+    open_transaction,
+    read_nonce,
+    read_stake,
     run_watcher,
+    split,
 )
 
 from ._config import SettlementSection
 from ._keys import KeyStore
 from ._paths import DataDir
+from ._tasks import BadReceipt, Payment
 
 log = logging.getLogger("mercato.settlement")
 
@@ -39,13 +54,14 @@ class SettlementService:
         self,
         config: SettlementSection,
         wallet: SolanaKeypair,
-        ledger: EmbeddedLedger,
+        ledger: Ledger,
         book: ChannelBook,
     ) -> None:
         self.config = config
         self.wallet = wallet
         self.ledger = ledger
         self.book = book
+        self._opening = trio.Lock()
 
     @property
     def address(self) -> str:
@@ -53,8 +69,13 @@ class SettlementService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fund an empty wallet (embedded ledger), then watch channels until cancelled."""
-        if self.config.faucet_lamports and not await self.ledger.balance(self.wallet.pubkey()):
-            await self.ledger.airdrop(self.wallet.pubkey(), self.config.faucet_lamports)
+        faucet = getattr(self.ledger, "airdrop", None)  # only the embedded ledger has one
+        if (
+            faucet
+            and self.config.faucet_lamports
+            and not await self.ledger.balance(self.wallet.pubkey())
+        ):
+            await faucet(self.wallet.pubkey(), self.config.faucet_lamports)
             log.info(
                 "the embedded ledger credited the wallet",
                 extra={"address": self.address, "lamports": self.config.faucet_lamports},
@@ -67,6 +88,90 @@ class SettlementService:
             self.config.close_margin_s,
             self.config.watch_interval_s,
         )
+
+    async def pay_for(
+        self, provider: str, payee: Pubkey, amounts: dict[Pubkey, int]
+    ) -> tuple[bytes, Channel]:
+        """The payer's side of a paid task: a channel to ``provider`` that can cover
+        ``amounts`` (opened on the ledger if there is none), and the encoded
+        `Payment` whose state pays everything owed so far plus ``amounts``.
+
+        The new state is stored before it is returned. ChannelError or
+        LedgerError if it cannot be paid (the deposit is too small, the wallet
+        is empty, the ledger refuses)."""
+        total = sum(amounts.values())
+        async with self._opening:  # one new channel per provider, not one per task
+            channel = await self._usable(provider, payee, total)
+            if channel is None:
+                channel = await self._open(provider, payee, total)
+        channel, state = await self.book.pay(channel.terms.stake, amounts, self.wallet)
+        owed = {str(k): v for k, v in channel.owed.items()}
+        return Payment(channel.terms.to_wire(), owed, state).encode(), channel
+
+    async def _usable(self, provider: str, payee: Pubkey, total: int) -> Channel | None:
+        now = await self.ledger.now()
+        for channel in self.book.find("payer", provider):
+            fresh = channel.terms.expires - now > 2 * self.config.close_margin_s
+            if channel.terms.payee == payee and channel.left >= total and fresh:
+                return channel
+        return None
+
+    async def _open(self, provider: str, payee: Pubkey, total: int) -> Channel:
+        deposit = max(self.config.deposit_lamports, total)
+        expires = await self.ledger.now() + self.config.channel_duration_s
+        tx, terms = open_transaction(
+            self.wallet, payee, deposit, expires,
+            await self.ledger.rent(STAKE_ACCOUNT_SIZE), await self.ledger.rent(NONCE_ACCOUNT_SIZE),
+            await self.ledger.blockhash(),
+        )  # fmt: skip
+        await self.ledger.send(tx)
+        nonce = await self._nonce_of(terms)
+        log.info("channel opened", extra={"channel": str(terms.stake), "provider": provider})
+        return await self.book.add(terms, "payer", provider, nonce)
+
+    async def _nonce_of(self, terms: ChannelTerms) -> Hash:
+        account = await self.ledger.account(terms.nonce)
+        if account is None:
+            raise LedgerError("the channel's nonce account is not on the ledger")
+        return read_nonce(account.data)[1]
+
+    async def accept_payment(
+        self, user: str, payment: bytes, amounts: dict[Pubkey, int]
+    ) -> Channel:
+        """The payee's side: check the payment's channel on the ledger (the first time
+        and every time: the deposit must still be there) and its state, and store
+        the state before returning. ChannelError with a message for the user."""
+        try:
+            paid = Payment.decode(payment)
+        except BadReceipt as exc:
+            raise ChannelError(str(exc)) from None
+        terms = ChannelTerms.from_wire(paid.terms)
+        if terms.payee != self.wallet.pubkey():
+            raise ChannelError("that channel pays another wallet than this node's")
+        stake = await self.ledger.account(terms.stake)
+        nonce = await self.ledger.account(terms.nonce)
+        if stake is None or nonce is None:
+            raise ChannelError(
+                f"that channel is not on this node's ledger ({self.ledger.name}): a payer and "
+                "a provider need the same ledger (an embedded one is private to its node)"
+            )
+        try:
+            authority, value = read_nonce(nonce.data)
+            meta = read_stake(stake.data)
+        except LedgerError as exc:
+            raise ChannelError(f"that channel's accounts are not a channel's: {exc}") from None
+        check_channel(terms, stake.lamports, meta, authority, await self.ledger.now())
+        async with self._opening:
+            known = self.book.channels.get(str(terms.stake))
+            if known is None:
+                known = await self.book.add(terms, "payee", user, value)
+        if known.peer != user or known.terms != terms:
+            raise ChannelError("that channel belongs to another peer")
+        try:
+            claimed = {Pubkey.from_string(k): v for k, v in paid.owed.items()}
+        except ValueError:
+            raise ChannelError("the payment names an account that is not one") from None
+        return await self.book.accept(terms.stake, amounts, paid.state, claimed)
 
     async def wallet_info(self) -> dict[str, Any]:
         return {
@@ -91,15 +196,24 @@ class SettlementService:
         ]
 
 
+def task_amounts(price: int, royalty_bps: int, payee: Pubkey, creator: Pubkey) -> dict[Pubkey, int]:
+    """What one task at ``price`` owes: the provider's share and the creator's royalty."""
+    share, royalty = split(price, royalty_bps)
+    if payee == creator:
+        return {payee: price} if price else {}
+    return {k: v for k, v in ((payee, share), (creator, royalty)) if v}
+
+
 @asynccontextmanager
 async def open_settlement(
-    config: SettlementSection, datadir: DataDir, keys: KeyStore
+    config: SettlementSection, datadir: DataDir, keys: KeyStore, ledger: Ledger | None = None
 ) -> AsyncIterator[SettlementService]:
-    """The settlement service of a node, its files closed on exit."""
+    """The settlement service of a node, its files closed on exit. A ``ledger`` given
+    is used as it is (and left open)."""
     account = await trio.to_thread.run_sync(keys.account, config.account)
     wallet = SolanaKeypair.from_seed(account.seed)
-    async with (
-        open_embedded_ledger(datadir.ledger_file) as ledger,
-        open_channel_book(datadir.channels_file) as book,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        if ledger is None:
+            ledger = await stack.enter_async_context(open_embedded_ledger(datadir.ledger_file))
+        book = await stack.enter_async_context(open_channel_book(datadir.channels_file))
         yield SettlementService(config, wallet, ledger, book)

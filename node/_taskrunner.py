@@ -3,8 +3,9 @@
 `TaskRunner.run` takes one task from the user's node to an answer it can trust:
 
 1. This node's registry must know the listing (unless a provider is pinned);
-   an input over the listing's limit, a price over the cap, or a paid listing
-   (payment channels are still to come) is refused before any peer is asked.
+   an input over the listing's limit or a price over the cap is refused before
+   any peer is asked. A paid task carries a new channel state (`_settlement`),
+   and its receipt must name that channel and the amount paid on it.
 2. Candidates come from live agent cards (and, when no card names the agent,
    from DHT provider records), without banned peers and those over the cap.
 3. The best few by `_choice.rank` (price, reputation, latency, load) are asked
@@ -44,10 +45,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+from solders.pubkey import Pubkey
 
 from crdt import Version, VersionError, VersionRange
 from p2p import DhtError, Overlay, P2PError, Refused, RemoteError, RequestTimeout
 from runtime import SandboxError, WorkerPool
+from settlement import Channel, ChannelError, SettlementError
 
 from ._builds import BuildError
 from ._buildservice import BuildService
@@ -56,6 +59,7 @@ from ._choice import Offer, rank
 from ._config import RuntimeSection, TasksSection
 from ._registry import RegistryService
 from ._reputation import ReputationBook
+from ._settlement import SettlementService, task_amounts
 from ._store import Store
 from ._tasklog import TaskLog, TaskRecord
 from ._tasks import (
@@ -79,7 +83,9 @@ PENALTY_BAD_RECEIPT = 50.0
 PENALTY_WRONG = 60.0  # two wrong outputs and this node bans the provider
 FETCH_TIMEOUT_S = 60.0
 DETERMINISTIC = frozenset(("ok", "trap", "out_of_fuel"))  # same on every honest node
-NO_FAULT = frozenset(("payment_required", "busy"))  # refusals that blame nobody
+# Refusals that blame nobody (a payment refused is most likely this node's doing:
+# another ledger, an empty wallet).
+NO_FAULT = frozenset(("payment_required", "bad_payment", "busy"))
 REQUOTE = frozenset(("quote_expired", "quote_stale"))
 
 
@@ -145,6 +151,7 @@ class TaskRunner:
         tasklog: TaskLog,
         caps: RuntimeSection,
         config: TasksSection,
+        money: SettlementService,
     ) -> None:
         self._overlay = overlay
         self._registry = registry
@@ -155,6 +162,7 @@ class TaskRunner:
         self._log = tasklog
         self._caps = caps
         self._config = config
+        self._money = money
         self.reputation = ReputationBook(config.reputation_half_life_h * 3600)
         self._quotes: dict[tuple[str, str, str], _Offered] = {}
         self._inflight: dict[str, int] = {}
@@ -259,11 +267,6 @@ class TaskRunner:
         price = int(listing["price"])
         if cap is not None and price > cap:
             raise TaskRefused(f"{agent} costs {price} lamports a task, over --max-price {cap}")
-        if price > 0:
-            raise TaskRefused(
-                f"{agent} costs {price} lamports a task, and paying needs payment channels, "
-                "which this version does not have yet"
-            )
         return listing
 
     async def _first_good(self, task: _Task, task_id: bytes) -> tuple[_Answer, str]:
@@ -469,9 +472,15 @@ class TaskRunner:
         come back good."""
         quote = offered.quote
         provider = quote.provider
+        try:
+            payment, channel = await self._payment(quote, task)
+        except SettlementError as exc:  # this node cannot pay: not the provider's fault
+            task.fail(provider, f"cannot pay it: {exc}")
+            return None
         request = TaskRequest(
             op="run", agent=quote.agent, version=quote.version, input_size=len(task.stdin),
             task=task_id, quote=offered.signed, input=task.stdin, max_price=task.cap,
+            payment=payment,
         )  # fmt: skip
         self._inflight[provider] = self._inflight.get(provider, 0) + 1
         started = time.perf_counter()
@@ -481,6 +490,9 @@ class TaskRunner:
             )
             receipt = Receipt.verify(response.receipt)
             receipt.check(task_id, quote, task.stdin, response.output)
+            paid = (str(channel.terms.stake), channel.paid) if channel else ("", 0)
+            if (receipt.channel, receipt.cumulative) != paid:
+                raise BadReceipt("the receipt names another channel or amount than was paid")
         except BadReceipt as exc:
             await self._judge(provider, "bad_receipt", str(exc), task)
             return None
@@ -505,6 +517,20 @@ class TaskRunner:
             return None
         rtt_ms = (time.perf_counter() - started) * 1000
         return _Answer(provider, quote, response.output, receipt, response.receipt, rtt_ms)
+
+    async def _payment(self, quote: Quote, task: _Task) -> tuple[bytes, Channel | None]:
+        """For a paid quote: the payment (a new channel state) to send with the run."""
+        if quote.price == 0:
+            return b"", None
+        if task.listing is None:
+            raise ChannelError("this node cannot pay for a listing its registry does not know")
+        try:
+            payee = Pubkey.from_string(quote.payee)
+            creator = Pubkey.from_string(task.listing["publisher"])
+        except ValueError:
+            raise ChannelError("the quote names no wallet to pay") from None
+        amounts = task_amounts(quote.price, int(task.listing["royalty_bps"]), payee, creator)
+        return await self._money.pay_for(quote.provider, payee, amounts)
 
     async def _judge(
         self, provider: str, event: str, why: str, task: _Task, latency_ms: float | None = None

@@ -157,6 +157,7 @@ class Quote:
     expires: float
     provider: str
     user: str
+    payee: str = ""  # the provider's Solana address, for a paid task
 
     def sign(self, keypair: Any) -> bytes:
         return _signed(QUOTE_KIND, asdict(self), keypair)
@@ -217,6 +218,37 @@ class Receipt:
             raise BadReceipt("the receipt names another input")
         if self.output_hash != digest(output):
             raise BadReceipt("the output does not match the receipt's hash")
+
+
+@dataclass(frozen=True)
+class Payment:
+    """What a paid run carries in ``payment``: the channel's terms (so a provider
+    that has not seen the channel can check it on the ledger) and the payer's
+    new state, which pays everything owed so far plus this task."""
+
+    terms: dict[str, Any]
+    owed: dict[str, int]  # the payer's account of everything owed, per recipient
+    state: bytes
+
+    def encode(self) -> bytes:
+        return canonical_cbor({"v": 1, "terms": self.terms, "owed": self.owed, "state": self.state})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Payment:
+        try:
+            obj = decode_canonical(data)
+            terms, owed, state = obj["terms"], obj["owed"], obj["state"]
+        except (FrameError, KeyError, TypeError, ValueError):
+            raise BadReceipt("the payment does not decode") from None
+        if obj.get("v") != 1 or not isinstance(terms, dict) or not isinstance(state, bytes):
+            raise BadReceipt("the payment is not a version 1 payment")
+        if (
+            not isinstance(owed, dict)
+            or len(owed) > 16
+            or not all(isinstance(k, str) and type(v) is int for k, v in owed.items())
+        ):
+            raise BadReceipt("the payment's owed amounts are malformed")
+        return cls(terms, owed, state)
 
 
 def digest(data: bytes) -> bytes:

@@ -22,10 +22,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import trio
+from solders.pubkey import Pubkey
 
 from crdt import Version, VersionError, VersionRange
 from p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, Verdict
 from runtime import Limits, LimitsError, Outcome, SandboxError, WorkerPool
+from settlement import Channel, SettlementError
 
 from ._builds import BuildError
 from ._buildservice import BuildService
@@ -34,6 +36,7 @@ from ._cards import AgentCard, CardBook, CardRejected
 from ._choice import rank
 from ._config import RuntimeSection, ServeSection
 from ._registry import RegistryService
+from ._settlement import SettlementService, task_amounts
 from ._tasklog import TaskLog, TaskRecord
 from ._tasks import (
     MAX_TASK_OUTPUT,
@@ -99,6 +102,7 @@ class TaskService:
         cards: CardBook,
         tasklog: TaskLog,
         runner: TaskRunner,
+        money: SettlementService,
     ) -> None:
         self._key = node_key
         self._overlay = overlay
@@ -110,6 +114,7 @@ class TaskService:
         self.cards = cards
         self.tasklog = tasklog
         self.runner = runner
+        self._money = money
         self.served = 0
         self._beat = trio.Event()
         self._expected_ms: dict[str, float] = {}
@@ -240,10 +245,6 @@ class TaskService:
                 "input_too_large",
                 f"the input is {request.input_size} bytes, over the listing's {declared}",
             )
-        if int(listing["price"]) > 0:
-            raise Refused(
-                "payment_required", "paid tasks need payment channels; this node runs free ones"
-            )
         cid = release["cid"]
         expected = self._expected_ms.get(cid, DEFAULT_EXPECTED_MS)
         info = await self._builds.info(cid)
@@ -261,6 +262,7 @@ class TaskService:
             expires=time.time() + QUOTE_TTL_S,
             provider=self._overlay.peer_id,
             user=peer,
+            payee=self._money.address if int(listing["price"]) > 0 else "",
         )
         return TaskResponse(quote=quote.sign(self._key))
 
@@ -285,13 +287,10 @@ class TaskService:
         listing, release = await self._release(request.agent, quote.version)
         if release["cid"] != quote.cid:
             raise Refused("quote_stale", "the release changed since the quote: ask again")
-        if quote.price > 0:
-            raise Refused(
-                "payment_required", "paid tasks need payment channels; this node runs free ones"
-            )
         if len(request.task) != 16:
             raise Refused("bad_request", "a task id is 16 bytes")
         limits = run_limits(listing, request.input, self._caps)
+        channel = await self._paid(peer, request, quote, listing)
         started = time.time()
         with self._builds.using(quote.cid):
             path = await self._build_path(quote.cid)
@@ -320,6 +319,8 @@ class TaskService:
             user=peer,
             time=int(time.time()),
             quote=quote.quote,
+            channel=str(channel.terms.stake) if channel else "",
+            cumulative=channel.paid if channel else 0,
         )
         self.served += 1
         signed = receipt.sign(self._key)
@@ -331,6 +332,25 @@ class TaskService:
             )
         )  # fmt: skip
         return TaskResponse(output=result.output, receipt=signed)
+
+    async def _paid(
+        self, peer: str, request: TaskRequest, quote: Quote, listing: dict[str, Any]
+    ) -> Channel | None:
+        """Nothing runs unpaid: a paid task's state is checked and stored first."""
+        if quote.price == 0:
+            return None
+        if not request.payment:
+            raise Refused("payment_required", f"this task costs {quote.price} lamports")
+        amounts = task_amounts(
+            quote.price,
+            int(listing["royalty_bps"]),
+            self._money.wallet.pubkey(),
+            Pubkey.from_string(listing["publisher"]),
+        )
+        try:
+            return await self._money.accept_payment(peer, request.payment, amounts)
+        except SettlementError as exc:
+            raise Refused("bad_payment", str(exc)) from None
 
     # -- user ----------------------------------------------------------------------
 

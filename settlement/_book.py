@@ -138,13 +138,28 @@ class ChannelBook:
             await self._save(channel)
             return channel, state
 
-    async def accept(self, stake: Pubkey, amounts: dict[Pubkey, int], state: bytes) -> Channel:
-        """The payee's side: check that ``state`` pays exactly what was owed plus
-        ``amounts``, store it, and return the channel. ChannelError (nothing
-        stored) otherwise."""
+    async def accept(
+        self,
+        stake: Pubkey,
+        amounts: dict[Pubkey, int],
+        state: bytes,
+        claimed: dict[Pubkey, int] | None = None,
+    ) -> Channel:
+        """The payee's side: check that ``state`` pays what was owed plus ``amounts``,
+        store it, and return the channel. ChannelError (nothing stored) otherwise.
+
+        ``claimed`` is the payer's own account of what it owes in total. It may be
+        more than this side counted (a payment the payer sent that never arrived,
+        or was refused, stays owed on its side): the payee takes any state that
+        owes each recipient at least what it should."""
         async with self._lock(stake):
             channel = self._open(stake, "payee")
             owed = _added(channel.owed, amounts)
+            if claimed is not None:
+                short = [k for k, v in owed.items() if claimed.get(k, 0) < v]
+                if short or any(type(v) is not int or v < 0 for v in claimed.values()):
+                    raise ChannelError("the payment owes less than is due")
+                owed = dict(claimed)
             payouts = payable(owed, channel.terms.payee)
             await trio.to_thread.run_sync(check_state, channel.terms, channel.nonce, payouts, state)
             channel = replace(channel, owed=owed, state=state)

@@ -27,10 +27,15 @@ def manifest(name: str) -> dict:
 
 @asynccontextmanager
 async def running_nodes(
-    root: Path, n: int, serve: dict | None = None, tasks: dict | None = None, **builds: object
+    root: Path,
+    n: int,
+    serve: dict | None = None,
+    tasks: dict | None = None,
+    ledger: object | None = None,
+    **builds: object,
 ) -> AsyncIterator[list[Node]]:
     """``n`` nodes in this process on loopback; ``builds``, ``serve`` and ``tasks``
-    override keys of those sections."""
+    override keys of those sections; ``ledger`` (one embedded ledger) is shared."""
     config = (
         Config()
         .replace("api", port=0)
@@ -45,7 +50,7 @@ async def running_nodes(
         for i in range(n):
             datadir = DataDir(root / f"n{i}")
             await trio.to_thread.run_sync(init_data_dir, datadir)
-            node = Node(datadir, config)
+            node = Node(datadir, config, ledger=ledger)
             await nursery.start(node.run)
             nodes.append(node)
         yield nodes
