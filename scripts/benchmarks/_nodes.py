@@ -18,14 +18,17 @@ LOOPBACK = (
 
 
 @asynccontextmanager
-async def running_nodes(root: Path, n: int, config: Config = LOOPBACK) -> AsyncIterator[list[Node]]:
-    """``n`` running nodes with their own data dirs under ``root``; stopped on exit."""
+async def running_nodes(
+    root: Path, n: int, config: Config = LOOPBACK, ledger: object | None = None
+) -> AsyncIterator[list[Node]]:
+    """``n`` running nodes with their own data dirs under ``root``; stopped on exit.
+    A ``ledger`` given is shared by all (one embedded ledger in this process)."""
     async with trio.open_nursery() as nursery:
         nodes = []
         for i in range(n):
             datadir = DataDir(root / f"n{i}")
             await trio.to_thread.run_sync(init_data_dir, datadir)
-            node = Node(datadir, config)
+            node = Node(datadir, config, ledger=ledger)  # type: ignore[arg-type]
             await nursery.start(node.run)
             nodes.append(node)
         try:

@@ -8,6 +8,9 @@ both nodes' task logs. The quote is fetched once and reused while it holds
 (30 s), and the first tasks (the warm-up) are also run in the user's sandbox to
 check the new provider. p50/p99 are of tasks one at a time; tasks_per_s is
 with 8 tasks in flight (a peer's limit of requests at once to one node).
+The paid figures are the same agent listed at a price, both nodes on one
+embedded ledger: each task also signs and sends a new channel state, which the
+provider checks against the ledger and stores before it runs.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 
 import trio
 
+from settlement import open_embedded_ledger
+
 from ._nodes import running_nodes
 
 ECHO = Path(__file__).resolve().parents[2] / "runtime" / "examples" / "echo" / "echo.wasm"
@@ -28,19 +33,29 @@ LISTING = {"name": "echo", "kind": "agent", "title": "Echo", "summary": "Echo.",
 
 
 async def _run(root: Path) -> dict[str, Any]:
-    async with running_nodes(root, 2) as (provider, user):
+    async with (
+        open_embedded_ledger(root / "ledger.db") as ledger,
+        running_nodes(root, 2, ledger=ledger) as (provider, user),
+    ):
         await user.overlay.host.connect(provider.overlay.host.listen_addrs()[0])
         shown = await provider.registry.publish("default", {**LISTING, "royalty_bps": 0})
+        paid = {**LISTING, "name": "paid-echo", "price": 1000, "royalty_bps": 0}
+        await provider.registry.publish("default", paid)
         cid = (await provider.builds.add_file(ECHO)).cid
         size = ECHO.stat().st_size
-        await provider.registry.release(
-            "default", {"name": "echo", "version": "1.0.0", "cid": cid, "size": size}
-        )
+        for name in ("echo", "paid-echo"):
+            await provider.registry.release(
+                "default", {"name": name, "version": "1.0.0", "cid": cid, "size": size}
+            )
         agent, peer = f"{shown['publisher']}/echo", provider.overlay.peer_id
-        provider.tasks.serve_agents((agent,))
+        paid_agent = f"{shown['publisher']}/paid-echo"
+        provider.tasks.serve_agents((agent, paid_agent))
         with trio.fail_after(30):  # the user's registry has the release: receipts are checked
             for _ in iter(int, 1):
-                if (await user.registry.show(shown["publisher"], "echo") or {}).get("releases"):
+                known = [
+                    await user.registry.show(shown["publisher"], n) for n in ("echo", "paid-echo")
+                ]
+                if all((k or {}).get("releases") for k in known):
                     break
                 await trio.sleep(0.05)
         for _ in range(20):  # warm: workers started, module compiled
@@ -60,13 +75,36 @@ async def _run(root: Path) -> dict[str, Any]:
             for _ in range(8):
                 nursery.start_soon(caller, count // 8)
         seconds = time.perf_counter() - started
+        paid_times, paid_rate = await _paid(user, paid_agent, peer)
     times.sort()
     return {
         "p50_ms": round(statistics.median(times) * 1000, 2),
         "p99_ms": round(times[int(0.99 * len(times))] * 1000, 2),
         "tasks_per_s": round(count / seconds),
+        "paid_p50_ms": round(statistics.median(paid_times) * 1000, 2),
+        "paid_tasks_per_s": round(paid_rate),
         "targets": {"p50_ms": 30, "tasks_per_s": 150},
     }
+
+
+async def _paid(user: Any, agent: str, peer: str) -> tuple[list[float], float]:
+    for _ in range(5):  # warm: the channel is opened, the provider checked
+        await user.tasks.run_task(agent, "*", b"warm", peer)
+    times = []
+    for _ in range(200):
+        started = time.perf_counter()
+        await user.tasks.run_task(agent, "*", b"hello", peer)
+        times.append(time.perf_counter() - started)
+    count, started = 800, time.perf_counter()
+
+    async def caller(n: int) -> None:
+        for _ in range(n):
+            await user.tasks.run_task(agent, "*", b"hello", peer)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(caller, count // 8)
+    return sorted(times), count / (time.perf_counter() - started)
 
 
 def run() -> dict[str, Any]:
