@@ -18,11 +18,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+from solders import system_program
 from solders.hash import Hash
 from solders.keypair import Keypair as SolanaKeypair
 from solders.pubkey import Pubkey
 
 from settlement import (
+    MAX_RECIPIENTS,
     NONCE_ACCOUNT_SIZE,
     STAKE_ACCOUNT_SIZE,
     Channel,
@@ -32,9 +34,11 @@ from settlement import (
     Ledger,
     LedgerError,
     check_channel,
+    check_state,
     open_channel_book,
     open_embedded_ledger,
     open_transaction,
+    payable,
     read_nonce,
     read_stake,
     run_watcher,
@@ -47,6 +51,8 @@ from ._paths import DataDir
 from ._tasks import BadReceipt, Payment
 
 log = logging.getLogger("mercato.settlement")
+STAKE_PROGRAM = Pubkey.from_string("Stake11111111111111111111111111111111111111")
+SYSTEM_PROGRAM = system_program.ID
 
 
 class SettlementService:
@@ -62,6 +68,7 @@ class SettlementService:
         self.ledger = ledger
         self.book = book
         self._opening = trio.Lock()
+        self._paying: dict[str, trio.Lock] = {}
 
     @property
     def address(self) -> str:
@@ -94,27 +101,50 @@ class SettlementService:
     ) -> tuple[bytes, Channel]:
         """The payer's side of a paid task: a channel to ``provider`` that can cover
         ``amounts`` (opened on the ledger if there is none), and the encoded
-        `Payment` whose state pays everything owed so far plus ``amounts``.
+        `Payment` to send. Call it inside `paying`, and `settle` on a good receipt.
 
-        The new state is stored before it is returned. ChannelError or
-        LedgerError if it cannot be paid (the deposit is too small, the wallet
-        is empty, the ledger refuses)."""
-        total = sum(amounts.values())
+        The state is stored before it is returned. ChannelError or LedgerError if
+        it cannot be paid (the deposit is too small, the wallet is empty, the
+        provider changed wallets, the ledger refuses)."""
         async with self._opening:  # one new channel per provider, not one per task
-            channel = await self._usable(provider, payee, total)
+            channel = await self._usable(provider, payee, amounts)
             if channel is None:
-                channel = await self._open(provider, payee, total)
+                channel = await self._open(provider, payee, sum(amounts.values()))
         channel, state = await self.book.pay(channel.terms.stake, amounts, self.wallet)
         owed = {str(k): v for k, v in channel.owed.items()}
         return Payment(channel.terms.to_wire(), owed, state).encode(), channel
 
-    async def _usable(self, provider: str, payee: Pubkey, total: int) -> Channel | None:
+    def paying(self, provider: str) -> trio.Lock:
+        """Held by the user's side around one paid task to ``provider`` (payment, run
+        and receipt): the provider sees the states in order, and an unreceipted
+        price is known to be credit before the next task pays."""
+        return self._paying.setdefault(provider, trio.Lock())
+
+    async def settle(self, channel: Channel, amounts: dict[Pubkey, int]) -> Channel:
+        """A good receipt: these amounts are used, no longer credit."""
+        return await self.book.settle(channel.terms.stake, amounts)
+
+    async def _usable(
+        self, provider: str, payee: Pubkey, amounts: dict[Pubkey, int]
+    ) -> Channel | None:
         now = await self.ledger.now()
         for channel in self.book.find("payer", provider):
+            if channel.terms.payee != payee:  # one wallet per provider: no channel farming
+                raise ChannelError("the provider names another wallet than its open channel's")
+            recipients = set(channel.owed) | set(amounts)
             fresh = channel.terms.expires - now > 2 * self.config.close_margin_s
-            if channel.terms.payee == payee and channel.left >= total and fresh:
+            room = channel.left >= sum(amounts.values()) and len(recipients) <= MAX_RECIPIENTS
+            if fresh and room and await self._still_open(channel):
                 return channel
         return None
+
+    async def _still_open(self, channel: Channel) -> bool:
+        """False (and the channel marked closed) if the payee has closed it already."""
+        account = await self.ledger.account(channel.terms.stake)
+        if account is not None and account.lamports >= channel.terms.deposit:
+            return True
+        await self.book.mark(channel.terms.stake, "closed")
+        return False
 
     async def _open(self, provider: str, payee: Pubkey, total: int) -> Channel:
         deposit = max(self.config.deposit_lamports, total)
@@ -124,10 +154,12 @@ class SettlementService:
             await self.ledger.rent(STAKE_ACCOUNT_SIZE), await self.ledger.rent(NONCE_ACCOUNT_SIZE),
             await self.ledger.blockhash(),
         )  # fmt: skip
-        await self.ledger.send(tx)
-        nonce = await self._nonce_of(terms)
+        with trio.CancelScope(shield=True):  # once sent, the book must hear of it
+            await self.ledger.send(tx)
+            nonce = await self._nonce_of(terms)
+            channel = await self.book.add(terms, "payer", provider, nonce)
         log.info("channel opened", extra={"channel": str(terms.stake), "provider": provider})
-        return await self.book.add(terms, "payer", provider, nonce)
+        return channel
 
     async def _nonce_of(self, terms: ChannelTerms) -> Hash:
         account = await self.ledger.account(terms.nonce)
@@ -136,15 +168,17 @@ class SettlementService:
         return read_nonce(account.data)[1]
 
     async def accept_payment(
-        self, user: str, payment: bytes, amounts: dict[Pubkey, int]
-    ) -> Channel:
+        self, user: str, payment: bytes, price: int, royalty_bps: int, creator: Pubkey
+    ) -> tuple[Channel, dict[Pubkey, int]]:
         """The payee's side: check the payment's channel on the ledger (the first time
-        and every time: the deposit must still be there) and its state, and store
-        the state before returning. ChannelError with a message for the user."""
+        and every time: the deposit must still be there) and its state, keep the
+        state and count the task before returning. ChannelError with a message
+        for the user; `unpay` if the task then cannot run."""
         try:
             paid = Payment.decode(payment)
-        except BadReceipt as exc:
-            raise ChannelError(str(exc)) from None
+            claimed = {Pubkey.from_string(k): v for k, v in paid.owed.items()}
+        except (BadReceipt, ValueError) as exc:
+            raise ChannelError(f"the payment is malformed: {exc}") from None
         terms = ChannelTerms.from_wire(paid.terms)
         if terms.payee != self.wallet.pubkey():
             raise ChannelError("that channel pays another wallet than this node's")
@@ -155,23 +189,32 @@ class SettlementService:
                 f"that channel is not on this node's ledger ({self.ledger.name}): a payer and "
                 "a provider need the same ledger (an embedded one is private to its node)"
             )
+        if stake.owner != STAKE_PROGRAM or nonce.owner != SYSTEM_PROGRAM:
+            raise ChannelError("that channel's accounts are not a stake and a nonce account")
         try:
             authority, value = read_nonce(nonce.data)
             meta = read_stake(stake.data)
         except LedgerError as exc:
             raise ChannelError(f"that channel's accounts are not a channel's: {exc}") from None
         check_channel(terms, stake.lamports, meta, authority, await self.ledger.now())
+        amounts = task_amounts(price, royalty_bps, terms.payee, creator, terms.payer)
         async with self._opening:
             known = self.book.channels.get(str(terms.stake))
             if known is None:
+                # Bound to this peer only once its state checks out, and never on a
+                # nonce another channel uses (closing one would void the other).
+                if self.book.uses_nonce(terms.nonce):
+                    raise ChannelError("that channel's nonce account belongs to another channel")
+                check_state(terms, value, payable(claimed, terms.payee), paid.state)
                 known = await self.book.add(terms, "payee", user, value)
         if known.peer != user or known.terms != terms:
             raise ChannelError("that channel belongs to another peer")
-        try:
-            claimed = {Pubkey.from_string(k): v for k, v in paid.owed.items()}
-        except ValueError:
-            raise ChannelError("the payment names an account that is not one") from None
-        return await self.book.accept(terms.stake, amounts, paid.state, claimed)
+        channel = await self.book.accept(terms.stake, amounts, paid.state, claimed)
+        return channel, amounts
+
+    async def unpay(self, channel: Channel, amounts: dict[Pubkey, int]) -> None:
+        """The payee's side: a task it accepted could not run; its price is credit."""
+        await self.book.unsettle(channel.terms.stake, amounts)
 
     async def wallet_info(self) -> dict[str, Any]:
         return {
@@ -191,16 +234,21 @@ class SettlementService:
                 "paid": c.paid,
                 "left": c.left,
                 "owed": {str(k): v for k, v in c.owed.items()},
+                "settled": {str(k): v for k, v in c.settled.items()},
             }
             for c in sorted(self.book.channels.values(), key=lambda c: c.terms.expires)
         ]
 
 
-def task_amounts(price: int, royalty_bps: int, payee: Pubkey, creator: Pubkey) -> dict[Pubkey, int]:
-    """What one task at ``price`` owes: the provider's share and the creator's royalty."""
+def task_amounts(
+    price: int, royalty_bps: int, payee: Pubkey, creator: Pubkey, payer: Pubkey
+) -> dict[Pubkey, int]:
+    """What one task at ``price`` owes: the provider's share and the creator's
+    royalty (waived when the creator is the one paying)."""
     share, royalty = split(price, royalty_bps)
-    if payee == creator:
-        return {payee: price} if price else {}
+    if payee == creator or payer == creator:
+        share = share + royalty if payee == creator else share
+        return {payee: share} if share else {}
     return {k: v for k, v in ((payee, share), (creator, royalty)) if v}
 
 

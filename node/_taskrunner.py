@@ -469,11 +469,19 @@ class TaskRunner:
 
     async def _attempt(self, offered: _Offered, task_id: bytes, task: _Task) -> _Answer | None:
         """Run the task under a quote; None (and the failure counted) if it did not
-        come back good."""
+        come back good. A paid one holds the provider's paying lock throughout, so
+        its states reach the provider in order and a price that bought nothing is
+        known as credit before the next task pays."""
+        if offered.quote.price == 0:
+            return await self._run_once(offered, task_id, task)
+        async with self._money.paying(offered.quote.provider):
+            return await self._run_once(offered, task_id, task)
+
+    async def _run_once(self, offered: _Offered, task_id: bytes, task: _Task) -> _Answer | None:
         quote = offered.quote
         provider = quote.provider
         try:
-            payment, channel = await self._payment(quote, task)
+            payment, channel, amounts = await self._payment(quote, task)
         except SettlementError as exc:  # this node cannot pay: not the provider's fault
             task.fail(provider, f"cannot pay it: {exc}")
             return None
@@ -490,8 +498,9 @@ class TaskRunner:
             )
             receipt = Receipt.verify(response.receipt)
             receipt.check(task_id, quote, task.stdin, response.output)
-            paid = (str(channel.terms.stake), channel.paid) if channel else ("", 0)
-            if (receipt.channel, receipt.cumulative) != paid:
+            stake = str(channel.terms.stake) if channel else ""
+            paid = channel.paid if channel else 0
+            if receipt.channel != stake or not 0 <= receipt.cumulative <= paid:
                 raise BadReceipt("the receipt names another channel or amount than was paid")
         except BadReceipt as exc:
             await self._judge(provider, "bad_receipt", str(exc), task)
@@ -515,13 +524,17 @@ class TaskRunner:
         if receipt.outcome == "crashed":  # the provider's sandbox failed, not the agent
             await self._judge(provider, "failed", "its sandbox crashed", task)
             return None
+        if channel is not None:  # used, no longer credit
+            await self._money.settle(channel, amounts)
         rtt_ms = (time.perf_counter() - started) * 1000
         return _Answer(provider, quote, response.output, receipt, response.receipt, rtt_ms)
 
-    async def _payment(self, quote: Quote, task: _Task) -> tuple[bytes, Channel | None]:
-        """For a paid quote: the payment (a new channel state) to send with the run."""
+    async def _payment(
+        self, quote: Quote, task: _Task
+    ) -> tuple[bytes, Channel | None, dict[Pubkey, int]]:
+        """For a paid quote: the payment (a channel state) to send with the run."""
         if quote.price == 0:
-            return b"", None
+            return b"", None, {}
         if task.listing is None:
             raise ChannelError("this node cannot pay for a listing its registry does not know")
         try:
@@ -529,8 +542,10 @@ class TaskRunner:
             creator = Pubkey.from_string(task.listing["publisher"])
         except ValueError:
             raise ChannelError("the quote names no wallet to pay") from None
-        amounts = task_amounts(quote.price, int(task.listing["royalty_bps"]), payee, creator)
-        return await self._money.pay_for(quote.provider, payee, amounts)
+        me = self._money.wallet.pubkey()
+        amounts = task_amounts(quote.price, int(task.listing["royalty_bps"]), payee, creator, me)
+        payment, channel = await self._money.pay_for(quote.provider, payee, amounts)
+        return payment, channel, amounts
 
     async def _judge(
         self, provider: str, event: str, why: str, task: _Task, latency_ms: float | None = None

@@ -36,7 +36,7 @@ from ._cards import AgentCard, CardBook, CardRejected
 from ._choice import rank
 from ._config import RuntimeSection, ServeSection
 from ._registry import RegistryService
-from ._settlement import SettlementService, task_amounts
+from ._settlement import SettlementService
 from ._tasklog import TaskLog, TaskRecord
 from ._tasks import (
     MAX_TASK_OUTPUT,
@@ -290,7 +290,25 @@ class TaskService:
         if len(request.task) != 16:
             raise Refused("bad_request", "a task id is 16 bytes")
         limits = run_limits(listing, request.input, self._caps)
-        channel = await self._paid(peer, request, quote, listing)
+        paid = await self._paid(peer, request, quote, listing)
+        try:
+            return await self._serve(peer, request, quote, listing, limits, paid)
+        except BaseException:
+            if paid is not None:  # it did not run: the price stays the user's credit
+                with trio.CancelScope(shield=True):
+                    await self._money.unpay(*paid)
+            raise
+
+    async def _serve(
+        self,
+        peer: str,
+        request: TaskRequest,
+        quote: Quote,
+        listing: dict[str, Any],
+        limits: Limits,
+        paid: tuple[Channel, dict[Pubkey, int]] | None,
+    ) -> TaskResponse:
+        channel = paid[0] if paid else None
         started = time.time()
         with self._builds.using(quote.cid):
             path = await self._build_path(quote.cid)
@@ -320,7 +338,7 @@ class TaskService:
             time=int(time.time()),
             quote=quote.quote,
             channel=str(channel.terms.stake) if channel else "",
-            cumulative=channel.paid if channel else 0,
+            cumulative=sum(channel.settled.values()) if channel else 0,
         )
         self.served += 1
         signed = receipt.sign(self._key)
@@ -335,20 +353,18 @@ class TaskService:
 
     async def _paid(
         self, peer: str, request: TaskRequest, quote: Quote, listing: dict[str, Any]
-    ) -> Channel | None:
-        """Nothing runs unpaid: a paid task's state is checked and stored first."""
+    ) -> tuple[Channel, dict[Pubkey, int]] | None:
+        """Nothing runs unpaid: a paid task's state is checked and stored, and the
+        task counted against its channel's credit, first."""
         if quote.price == 0:
             return None
         if not request.payment:
             raise Refused("payment_required", f"this task costs {quote.price} lamports")
-        amounts = task_amounts(
-            quote.price,
-            int(listing["royalty_bps"]),
-            self._money.wallet.pubkey(),
-            Pubkey.from_string(listing["publisher"]),
-        )
         try:
-            return await self._money.accept_payment(peer, request.payment, amounts)
+            creator = Pubkey.from_string(listing["publisher"])
+            return await self._money.accept_payment(
+                peer, request.payment, quote.price, int(listing["royalty_bps"]), creator
+            )
         except SettlementError as exc:
             raise Refused("bad_payment", str(exc)) from None
 

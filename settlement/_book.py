@@ -1,18 +1,25 @@
 """The channel book: every channel this node pays on or is paid on, kept on disk.
 
-Both sides keep, per channel, the cumulative amount owed to each recipient (the
-payee and the creators whose royalties ride on it) and the latest state. A
-payout under MIN_PAYOUT to anyone but the payee waits in the owed amounts until
-it reaches the minimum (a new account could not receive it); both sides apply
-the same rule, so they expect the same transaction.
+Both sides keep, per channel and per recipient (the payee, and the creators
+whose royalties ride on it), what the latest state owes (``owed``) and how much
+of it tasks have used (``settled``: receipts on the payer's side, tasks served
+on the payee's). The difference is credit: a task that was paid for but did not
+run (refused, timed out) leaves its price as credit, and the next task on the
+channel uses it instead of paying again, so a payer loses at most the price of
+the tasks in flight. A payout under MIN_PAYOUT to anyone but the payee waits in
+``owed`` until it reaches the minimum (a new account could not receive it).
 
-    payer:  book.pay(stake, {payee: 970, creator: 30}, payer_key)  -> state bytes
-    payee:  book.accept(stake, {payee: 970, creator: 30}, state)   -> new totals
+    payer:  book.pay(stake, amounts, payer_key)     -> the state to send (new if
+                                                       the credit does not cover it)
+            book.settle(stake, amounts)             on a good receipt
+    payee:  book.accept(stake, amounts, state, owed) the latest state is kept; the
+                                                       task runs if its credit covers it
+            book.unsettle(stake, amounts)           the task could not run after all
 
-Both store the new state durably (SQLite, synchronous=FULL, in a worker
-thread) before they return, so a state is never acknowledged, and work never
+Every change is stored durably (SQLite, synchronous=FULL, in a worker thread)
+before the call returns, so a state is never acknowledged, and work never
 served on it, unless it survives a crash. Calls on one channel are serialised;
-a refused state changes nothing.
+a refused payment changes nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trio
@@ -41,6 +48,7 @@ CREATE TABLE IF NOT EXISTS channels (
     terms    TEXT NOT NULL,
     nonce    TEXT NOT NULL,
     owed     TEXT NOT NULL,
+    settled  TEXT NOT NULL,
     state    BLOB,
     status   TEXT NOT NULL,
     updated  REAL NOT NULL
@@ -60,6 +68,10 @@ class Channel:
     owed: dict[Pubkey, int]  # cumulative, per recipient
     state: bytes | None  # the latest payer-signed state
     status: str
+    settled: dict[Pubkey, int] = field(default_factory=dict)  # used by tasks, per recipient
+
+    def credit(self, recipient: Pubkey) -> int:
+        return self.owed.get(recipient, 0) - self.settled.get(recipient, 0)
 
     @property
     def paid(self) -> int:
@@ -88,15 +100,16 @@ class ChannelBook:
         self._locks: dict[str, trio.Lock] = {}
         self.channels: dict[str, Channel] = {}
         for row in self._db.execute("SELECT * FROM channels"):
-            stake, role, peer, terms, nonce, owed, state, status, _ = row
+            stake, role, peer, terms, nonce, owed, settled, state, status, _ = row
             self.channels[stake] = Channel(
                 ChannelTerms.from_wire(json.loads(terms)),
                 role,
                 peer,
                 Hash.from_string(nonce),
-                {Pubkey.from_string(k): v for k, v in json.loads(owed).items()},
+                _amounts(owed),
                 state,
                 status,
+                _amounts(settled),
             )
 
     def close(self) -> None:
@@ -113,12 +126,15 @@ class ChannelBook:
             c for c in self.channels.values() if (c.role, c.peer, c.status) == (role, peer, status)
         ]
 
+    def uses_nonce(self, nonce: Pubkey) -> bool:
+        return any(c.terms.nonce == nonce for c in self.channels.values())
+
     async def add(self, terms: ChannelTerms, role: str, peer: str, nonce: Hash) -> Channel:
         """Record a channel once it is open on the ledger."""
         if role not in ("payer", "payee"):
             raise ValueError(role)
-        if str(terms.stake) in self.channels:
-            raise ChannelError(f"channel {terms.stake} is in the book already")
+        if str(terms.stake) in self.channels or self.uses_nonce(terms.nonce):
+            raise ChannelError(f"channel {terms.stake} or its nonce is in the book already")
         channel = Channel(terms, role, peer, nonce, {}, None, "open")
         await self._save(channel)
         return channel
@@ -126,17 +142,41 @@ class ChannelBook:
     async def pay(
         self, stake: Pubkey, amounts: dict[Pubkey, int], payer: Keypair
     ) -> tuple[Channel, bytes]:
-        """The payer's side: add ``amounts`` to what is owed, sign the state, store it,
-        and return it to send. ChannelError if the deposit cannot cover it."""
+        """The payer's side: the state to send for a task owing ``amounts``. The
+        credit left by tasks that did not run is used first; only the rest is
+        added to what is owed, in a new signed state, stored before it returns.
+        ChannelError if the deposit cannot cover it."""
         async with self._lock(stake):
             channel = self._open(stake, "payer")
-            owed = _added(channel.owed, amounts)
+            short = {r: a - max(channel.credit(r), 0) for r, a in amounts.items()}
+            short = {r: v for r, v in short.items() if v > 0}
+            if not short and channel.state is not None:
+                return channel, channel.state
+            owed = _added(channel.owed, short)
             state = sign_state(
                 channel.terms, channel.nonce, payable(owed, channel.terms.payee), payer
             )
             channel = replace(channel, owed=owed, state=state)
             await self._save(channel)
             return channel, state
+
+    async def settle(self, stake: Pubkey, amounts: dict[Pubkey, int]) -> Channel:
+        """Count ``amounts`` as used: by a task with a good receipt (payer), or by a
+        task about to run (payee, inside `accept`)."""
+        async with self._lock(stake):
+            channel = self.get(stake)
+            channel = replace(channel, settled=_added(channel.settled, amounts))
+            await self._save(channel)
+            return channel
+
+    async def unsettle(self, stake: Pubkey, amounts: dict[Pubkey, int]) -> Channel:
+        """The payee's side: a task accepted did not run; its price is credit again."""
+        async with self._lock(stake):
+            channel = self.get(stake)
+            settled = {r: channel.settled.get(r, 0) - amounts.get(r, 0) for r in channel.settled}
+            channel = replace(channel, settled={r: v for r, v in settled.items() if v > 0})
+            await self._save(channel)
+            return channel
 
     async def accept(
         self,
@@ -145,24 +185,31 @@ class ChannelBook:
         state: bytes,
         claimed: dict[Pubkey, int] | None = None,
     ) -> Channel:
-        """The payee's side: check that ``state`` pays what was owed plus ``amounts``,
-        store it, and return the channel. ChannelError (nothing stored) otherwise.
+        """The payee's side of a task owing ``amounts``: keep ``state`` if it is newer
+        than the one held (it owes ``claimed``, at least as much to everyone, and
+        checks out), then count the task as served if the credit covers it.
+        ChannelError, with nothing stored, if the state is bad or the credit short.
 
-        ``claimed`` is the payer's own account of what it owes in total. It may be
-        more than this side counted (a payment the payer sent that never arrived,
-        or was refused, stays owed on its side): the payee takes any state that
-        owes each recipient at least what it should."""
+        States of tasks in flight may arrive in any order: an older one is simply
+        covered by the newer one already held."""
         async with self._lock(stake):
             channel = self._open(stake, "payee")
-            owed = _added(channel.owed, amounts)
-            if claimed is not None:
-                short = [k for k, v in owed.items() if claimed.get(k, 0) < v]
-                if short or any(type(v) is not int or v < 0 for v in claimed.values()):
-                    raise ChannelError("the payment owes less than is due")
-                owed = dict(claimed)
-            payouts = payable(owed, channel.terms.payee)
-            await trio.to_thread.run_sync(check_state, channel.terms, channel.nonce, payouts, state)
-            channel = replace(channel, owed=owed, state=state)
+            if claimed is None:
+                claimed = _added(channel.owed, amounts)
+            if any(type(v) is not int or v < 0 for v in claimed.values()):
+                raise ChannelError("the payment's amounts are not amounts")
+            newer = all(claimed.get(r, 0) >= v for r, v in channel.owed.items())
+            if newer and claimed != channel.owed:
+                payouts = payable(claimed, channel.terms.payee)
+                await trio.to_thread.run_sync(
+                    check_state, channel.terms, channel.nonce, payouts, state
+                )
+                channel = replace(channel, owed=dict(claimed), state=state)
+            elif not newer and not all(channel.owed.get(r, 0) >= v for r, v in claimed.items()):
+                raise ChannelError("the payment's amounts contradict the state held")
+            if any(channel.credit(r) < a for r, a in amounts.items()):
+                raise ChannelError("the payment does not cover this task: send a new state")
+            channel = replace(channel, settled=_added(channel.settled, amounts))
             await self._save(channel)
             return channel
 
@@ -198,6 +245,7 @@ class ChannelBook:
             json.dumps(channel.terms.to_wire()),
             str(channel.nonce),
             json.dumps({str(k): v for k, v in channel.owed.items()}),
+            json.dumps({str(k): v for k, v in channel.settled.items()}),
             channel.state,
             channel.status,
             time.time(),
@@ -211,7 +259,11 @@ class ChannelBook:
 
     def _write(self, row: tuple[object, ...]) -> None:
         with self._db:
-            self._db.execute("INSERT OR REPLACE INTO channels VALUES (?,?,?,?,?,?,?,?,?)", row)
+            self._db.execute("INSERT OR REPLACE INTO channels VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+
+
+def _amounts(text: str) -> dict[Pubkey, int]:
+    return {Pubkey.from_string(k): v for k, v in json.loads(text).items()}
 
 
 def _added(owed: dict[Pubkey, int], amounts: dict[Pubkey, int]) -> dict[Pubkey, int]:

@@ -4,10 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
+import trio
 from solders.pubkey import Pubkey
 
 from node._tasks import TASK, NoProvider, TaskRequest
-from p2p import RemoteError
+from p2p import Refused, RemoteError
 from settlement import (
     NONCE_ACCOUNT_SIZE,
     STAKE_ACCOUNT_SIZE,
@@ -66,12 +67,32 @@ async def test_paid_tasks_pay_the_provider_and_the_creator_when_the_channel_clos
             done = await user.tasks.run_task(agent, "*", b"pay me %d" % i)
             assert json.loads(done["output"])["words"] == 3
             receipts.append(done["receipt"])
+        # A run refused before the provider took the state: that price is credit, and
+        # the next task uses it instead of paying again.
+        answer = provider.tasks._answer
+        refused_once: list[bool] = []
+
+        async def refuse_first_run(peer, request):
+            if request.op == "run" and not refused_once:
+                refused_once.append(True)
+                raise Refused("quote_expired", "ask again")  # the user asks again, once
+            return await answer(peer, request)
+
+        provider.overlay.requests.serve(TASK, refuse_first_run)
+        done = await user.tasks.run_task(agent, "*", b"after a refusal", pid)
+        assert refused_once and done["receipt"].cumulative == 4 * PRICE
+        provider.overlay.requests.serve(TASK, answer)
+        # Five paid tasks at once to the same provider: each paid exactly once.
+        async with trio.open_nursery() as nursery:
+            for i in range(5):
+                nursery.start_soon(user.tasks.run_task, agent, "*", b"at once %d" % i)
         (channel,) = user.settlement.channels()
-        assert channel["role"] == "payer" and channel["paid"] == 3 * PRICE
+        assert channel["role"] == "payer" and channel["paid"] == 9 * PRICE
+        (served,) = provider.settlement.channels()
+        assert served["settled"] == served["owed"] and sum(served["settled"].values()) == 9 * PRICE
         assert [r.cumulative for r in receipts] == [PRICE, 2 * PRICE, 3 * PRICE]
         assert {r.channel for r in receipts} == {channel["stake"]}
-        (served,) = provider.settlement.channels()
-        assert (served["role"], served["paid"]) == ("payee", 3 * PRICE)
+        assert served["role"] == "payee"
 
         # Near the lockup's end the provider's watcher closes with the latest state.
         await ledger.set_time(channel["expires"] - 60)
@@ -79,12 +100,12 @@ async def test_paid_tasks_pay_the_provider_and_the_creator_when_the_channel_clos
         done = await settle_due(money.book, ledger, {wallets[provider]: money.wallet}, 3600)
         assert done == [(channel["stake"], "closed")]
         after = {n: await ledger.balance(k) for n, k in wallets.items()}
-        assert after[provider] - before[provider] == 3 * 9_000_000 - 2 * FEE
-        assert after[creator] - before[creator] == 3 * 1_000_000
+        assert after[provider] - before[provider] == 9 * 9_000_000 - 2 * FEE
+        assert after[creator] - before[creator] == 9 * 1_000_000
         # The user paid the three tasks, the opening's fee (three signatures) and the
         # two accounts' rent; the rest of its deposit came back at the close.
         rent = await ledger.rent(STAKE_ACCOUNT_SIZE) + await ledger.rent(NONCE_ACCOUNT_SIZE)
-        assert before[user] - after[user] == 3 * PRICE + 3 * FEE + rent
+        assert before[user] - after[user] == 9 * PRICE + 3 * FEE + rent
         # A closed channel takes no more payments: the next task opens a new one.
         again = await user.tasks.run_task(agent, "*", b"one more")
         assert again["receipt"].channel != channel["stake"]
