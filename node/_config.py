@@ -441,6 +441,33 @@ agents = []
 heartbeat_s = 30.0
 card_ttl_s = 90.0
 
+[tasks]
+# Providers asked for a quote at once, and how long to wait for their quotes.
+quote_fanout = 3
+quote_deadline_s = 2.0
+# Providers tried for one task before it fails; how long one may take to answer.
+max_attempts = 4
+timeout_s = 120.0
+# Second opinions: the first tasks of each provider, then this share of the rest.
+verify_first = 2
+verify_rate = 0.05
+# Old experience with a provider counts half after this many hours.
+reputation_half_life_h = 24.0
+
+[settlement]
+# embedded: the Solana runtime inside this node, private to it (no cluster needed).
+ledger = "embedded"
+# The account key that pays and is paid; its public key is the Solana address.
+account = "default"
+# The embedded ledger credits an empty wallet this much at start (10 SOL).
+faucet_lamports = 10000000000
+# A new channel's deposit and how long it stays open, in lamports and seconds.
+deposit_lamports = 100000000
+channel_duration_s = 86400
+# Close channels this long before their lockup ends; look every watch_interval_s.
+close_margin_s = 3600
+watch_interval_s = 10.0
+
 [api]
 # The control API listens on loopback only. Port 0 picks a free port.
 host = "{DEFAULT_API_HOST}"

@@ -73,3 +73,32 @@ def test_replace_validates(tmp_path: Path) -> None:
     assert config.replace("log", format="json").log.format == "json"
     with pytest.raises(ConfigError, match=r"log\.format"):
         config.replace("log", format="xml")
+
+
+def test_the_default_file_names_every_key_there_is() -> None:
+    import dataclasses
+    import tomllib
+
+    from node._config import DEFAULT_CONFIG_TOML
+
+    written = tomllib.loads(DEFAULT_CONFIG_TOML)
+    for section in dataclasses.fields(Config):
+        keys = {f.name for f in dataclasses.fields(getattr(Config(), section.name))}
+        assert set(written.get(section.name, {})) == keys, section.name
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[settlement]\nledger = "mainnet"\n', r"settlement\.ledger"),
+        ("[settlement]\nclose_margin_s = 90000\n", r"settlement\.channel_duration_s"),
+        ("[settlement]\ndeposit_lamports = 0\n", r"settlement\.deposit_lamports"),
+        ("[tasks]\nverify_rate = 1.5\n", r"tasks\.verify_rate"),
+        ("[tasks]\nquote_fanout = 0\n", r"tasks\.quote_fanout"),
+    ],
+)
+def test_task_and_settlement_values_out_of_range_are_refused(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_config(write(tmp_path, text), environ={})
