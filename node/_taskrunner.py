@@ -507,7 +507,11 @@ class TaskRunner:
             return None
         except RemoteError as exc:
             self._quotes.pop((provider, task.agent, task.version), None)
-            if exc.code in REQUOTE and provider not in task.requoted:
+            if exc.code == "payment_short" and channel is not None:
+                # The provider used a price this node counted as credit (it ran a task
+                # whose answer never came back): that price is spent; pay anew, once.
+                await self._money.settle(channel, amounts)
+            if exc.code in REQUOTE | {"payment_short"} and provider not in task.requoted:
                 task.requoted.add(provider)  # ask it again for a fresh quote, once
                 return None
             await self._refused(provider, exc, task)

@@ -27,7 +27,7 @@ from solders.pubkey import Pubkey
 from crdt import Version, VersionError, VersionRange
 from p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, Verdict
 from runtime import Limits, LimitsError, Outcome, SandboxError, WorkerPool
-from settlement import Channel, SettlementError
+from settlement import Channel, PaymentShort, SettlementError
 
 from ._builds import BuildError
 from ._buildservice import BuildService
@@ -365,6 +365,8 @@ class TaskService:
             return await self._money.accept_payment(
                 peer, request.payment, quote.price, int(listing["royalty_bps"]), creator
             )
+        except PaymentShort as exc:
+            raise Refused("payment_short", str(exc)) from None
         except SettlementError as exc:
             raise Refused("bad_payment", str(exc)) from None
 

@@ -57,6 +57,7 @@ from ._channel import (
 from ._errors import ChannelError as ChannelError
 from ._errors import LedgerError as LedgerError
 from ._errors import LockupInForce as LockupInForce
+from ._errors import PaymentShort as PaymentShort
 from ._errors import SettlementError as SettlementError
 from ._ledger import AccountInfo as AccountInfo
 from ._ledger import EmbeddedLedger as EmbeddedLedger
@@ -86,6 +87,7 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "LockupInForce",
+    "PaymentShort",
     "SettlementError",
     "WatchState",
     "StakeMeta",

@@ -38,7 +38,7 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
 from ._channel import MIN_PAYOUT, ChannelTerms, check_state, sign_state
-from ._errors import ChannelError, LedgerError
+from ._errors import ChannelError, LedgerError, PaymentShort
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS channels (
@@ -208,7 +208,7 @@ class ChannelBook:
             elif not newer and not all(channel.owed.get(r, 0) >= v for r, v in claimed.items()):
                 raise ChannelError("the payment's amounts contradict the state held")
             if any(channel.credit(r) < a for r, a in amounts.items()):
-                raise ChannelError("the payment does not cover this task: send a new state")
+                raise PaymentShort("the payment does not cover this task: send a new state")
             channel = replace(channel, settled=_added(channel.settled, amounts))
             await self._save(channel)
             return channel

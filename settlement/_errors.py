@@ -5,7 +5,8 @@ MercatoError                (p2p)
     ├── LedgerError         the ledger refused a transaction or cannot be read
     │   └── LockupInForce   a refund before the channel's lockup ends
     └── ChannelError        a channel state that does not hold up (amounts,
-                            signatures, accounts): it is refused, nothing stored
+        │                   signatures, accounts): it is refused, nothing stored
+        └── PaymentShort    sound, but it does not cover this task
 """
 
 from __future__ import annotations
@@ -27,3 +28,8 @@ class LockupInForce(LedgerError):
 
 class ChannelError(SettlementError):
     """A channel state or its accounts do not hold up; the message says what."""
+
+
+class PaymentShort(ChannelError):
+    """The payment is sound but its credit does not cover the task (the payer counted
+    a price as unused that the payee had used): pay again."""
