@@ -98,7 +98,7 @@ class SettlementService:
 
     async def pay_for(
         self, provider: str, payee: Pubkey, amounts: dict[Pubkey, int]
-    ) -> tuple[bytes, Channel]:
+    ) -> tuple[bytes, Channel, dict[Pubkey, int]]:
         """The payer's side of a paid task: a channel to ``provider`` that can cover
         ``amounts`` (opened on the ledger if there is none), and the encoded
         `Payment` to send. Call it inside `paying`, and `settle` on a good receipt.
@@ -110,9 +110,9 @@ class SettlementService:
             channel = await self._usable(provider, payee, amounts)
             if channel is None:
                 channel = await self._open(provider, payee, sum(amounts.values()))
-        channel, state = await self.book.pay(channel.terms.stake, amounts, self.wallet)
+        channel, state, used = await self.book.pay(channel.terms.stake, amounts, self.wallet)
         owed = {str(k): v for k, v in channel.owed.items()}
-        return Payment(channel.terms.to_wire(), owed, state).encode(), channel
+        return Payment(channel.terms.to_wire(), owed, state).encode(), channel, used
 
     def paying(self, provider: str) -> trio.Lock:
         """Held by the user's side around one paid task to ``provider`` (payment, run

@@ -85,7 +85,8 @@ FETCH_TIMEOUT_S = 60.0
 DETERMINISTIC = frozenset(("ok", "trap", "out_of_fuel"))  # same on every honest node
 # Refusals that blame nobody (a payment refused is most likely this node's doing:
 # another ledger, an empty wallet).
-NO_FAULT = frozenset(("payment_required", "bad_payment", "busy"))
+NO_FAULT = frozenset(("payment_required", "bad_payment", "busy", "quote_expired", "quote_stale"))
+FORFEIT_COOLDOWN_S = 3600.0  # a provider that kept two payments lately is not paid again
 REQUOTE = frozenset(("quote_expired", "quote_stale"))
 
 
@@ -166,6 +167,8 @@ class TaskRunner:
         self.reputation = ReputationBook(config.reputation_half_life_h * 3600)
         self._quotes: dict[tuple[str, str, str], _Offered] = {}
         self._inflight: dict[str, int] = {}
+        # provider -> (when it last kept a payment, how many times lately)
+        self._forfeits: dict[str, tuple[float, int]] = {}
 
     async def load(self) -> None:
         await self._store.run(self.reputation.load, self._store.db)
@@ -474,14 +477,23 @@ class TaskRunner:
         known as credit before the next task pays."""
         if offered.quote.price == 0:
             return await self._run_once(offered, task_id, task)
-        async with self._money.paying(offered.quote.provider):
+        provider = offered.quote.provider
+        when, count = self._forfeits.get(provider, (0.0, 0))
+        if count >= 2 and time.monotonic() - when < FORFEIT_COOLDOWN_S:
+            task.fail(provider, "it kept payments without serving: not paying it for now")
+            return None
+        async with self._money.paying(provider):
+            if trio.current_time() - offered.received > QUOTE_REUSE_S:  # aged in the queue
+                self._quotes.pop((provider, task.agent, task.version), None)
+                task.requoted.discard(provider)
+                return None
             return await self._run_once(offered, task_id, task)
 
     async def _run_once(self, offered: _Offered, task_id: bytes, task: _Task) -> _Answer | None:
         quote = offered.quote
         provider = quote.provider
         try:
-            payment, channel, amounts = await self._payment(quote, task)
+            payment, channel, amounts, relied = await self._payment(quote, task)
         except SettlementError as exc:  # this node cannot pay: not the provider's fault
             task.fail(provider, f"cannot pay it: {exc}")
             return None
@@ -508,9 +520,15 @@ class TaskRunner:
         except RemoteError as exc:
             self._quotes.pop((provider, task.agent, task.version), None)
             if exc.code == "payment_short" and channel is not None:
-                # The provider used a price this node counted as credit (it ran a task
-                # whose answer never came back): that price is spent; pay anew, once.
-                await self._money.settle(channel, amounts)
+                # The provider used a price this node counted as credit: it ran a task
+                # whose answer never came back, or it kept a payment and refused. The
+                # credit is spent; pay anew once, and count it against the provider.
+                await self._money.settle(channel, relied)
+                when, count = self._forfeits.get(provider, (0.0, 0))
+                recent = time.monotonic() - when < FORFEIT_COOLDOWN_S
+                self._forfeits[provider] = (time.monotonic(), count + 1 if recent else 1)
+                await self._judge(provider, "failed", "it had used a payment", task)
+                task.tried.discard(provider)
             if exc.code in REQUOTE | {"payment_short"} and provider not in task.requoted:
                 task.requoted.add(provider)  # ask it again for a fresh quote, once
                 return None
@@ -530,26 +548,33 @@ class TaskRunner:
             return None
         if channel is not None:  # used, no longer credit
             await self._money.settle(channel, amounts)
+            self._forfeits.pop(provider, None)
         rtt_ms = (time.perf_counter() - started) * 1000
         return _Answer(provider, quote, response.output, receipt, response.receipt, rtt_ms)
 
     async def _payment(
         self, quote: Quote, task: _Task
-    ) -> tuple[bytes, Channel | None, dict[Pubkey, int]]:
-        """For a paid quote: the payment (a channel state) to send with the run."""
+    ) -> tuple[bytes, Channel | None, dict[Pubkey, int], dict[Pubkey, int]]:
+        """For a paid quote: the payment (a channel state) to send with the run, the
+        channel, what the task owes, and the credit the payment relies on."""
         if quote.price == 0:
-            return b"", None, {}
+            return b"", None, {}, {}
         if task.listing is None:
             raise ChannelError("this node cannot pay for a listing its registry does not know")
+        if (quote.creator, quote.royalty_bps) != (
+            task.listing["publisher"],
+            int(task.listing["royalty_bps"]),
+        ):
+            raise ChannelError("the quote's royalty is not the listing's this node knows")
         try:
             payee = Pubkey.from_string(quote.payee)
-            creator = Pubkey.from_string(task.listing["publisher"])
+            creator = Pubkey.from_string(quote.creator)
         except ValueError:
             raise ChannelError("the quote names no wallet to pay") from None
         me = self._money.wallet.pubkey()
-        amounts = task_amounts(quote.price, int(task.listing["royalty_bps"]), payee, creator, me)
-        payment, channel = await self._money.pay_for(quote.provider, payee, amounts)
-        return payment, channel, amounts
+        amounts = task_amounts(quote.price, quote.royalty_bps, payee, creator, me)
+        payment, channel, relied = await self._money.pay_for(quote.provider, payee, amounts)
+        return payment, channel, amounts, relied
 
     async def _judge(
         self, provider: str, event: str, why: str, task: _Task, latency_ms: float | None = None

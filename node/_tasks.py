@@ -158,6 +158,8 @@ class Quote:
     provider: str
     user: str
     payee: str = ""  # the provider's Solana address, for a paid task
+    creator: str = ""  # who gets the royalty, and how much: both sides pay by these
+    royalty_bps: int = 0
 
     def sign(self, keypair: Any) -> bytes:
         return _signed(QUOTE_KIND, asdict(self), keypair)

@@ -263,6 +263,8 @@ class TaskService:
             provider=self._overlay.peer_id,
             user=peer,
             payee=self._money.address if int(listing["price"]) > 0 else "",
+            creator=listing["publisher"],
+            royalty_bps=int(listing["royalty_bps"]),
         )
         return TaskResponse(quote=quote.sign(self._key))
 
@@ -361,9 +363,9 @@ class TaskService:
         if not request.payment:
             raise Refused("payment_required", f"this task costs {quote.price} lamports")
         try:
-            creator = Pubkey.from_string(listing["publisher"])
+            creator = Pubkey.from_string(quote.creator)
             return await self._money.accept_payment(
-                peer, request.payment, quote.price, int(listing["royalty_bps"]), creator
+                peer, request.payment, quote.price, quote.royalty_bps, creator
             )
         except PaymentShort as exc:
             raise Refused("payment_short", str(exc)) from None

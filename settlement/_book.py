@@ -141,24 +141,26 @@ class ChannelBook:
 
     async def pay(
         self, stake: Pubkey, amounts: dict[Pubkey, int], payer: Keypair
-    ) -> tuple[Channel, bytes]:
-        """The payer's side: the state to send for a task owing ``amounts``. The
-        credit left by tasks that did not run is used first; only the rest is
-        added to what is owed, in a new signed state, stored before it returns.
-        ChannelError if the deposit cannot cover it."""
+    ) -> tuple[Channel, bytes, dict[Pubkey, int]]:
+        """The payer's side: the state to send for a task owing ``amounts``, and the
+        credit it relies on. The credit left by tasks that did not run is used
+        first; only the rest is added to what is owed, in a new signed state,
+        stored before it returns. ChannelError if the deposit cannot cover it."""
         async with self._lock(stake):
             channel = self._open(stake, "payer")
-            short = {r: a - max(channel.credit(r), 0) for r, a in amounts.items()}
+            used = {r: min(max(channel.credit(r), 0), a) for r, a in amounts.items()}
+            used = {r: v for r, v in used.items() if v > 0}
+            short = {r: a - used.get(r, 0) for r, a in amounts.items()}
             short = {r: v for r, v in short.items() if v > 0}
             if not short and channel.state is not None:
-                return channel, channel.state
+                return channel, channel.state, used
             owed = _added(channel.owed, short)
             state = sign_state(
                 channel.terms, channel.nonce, payable(owed, channel.terms.payee), payer
             )
             channel = replace(channel, owed=owed, state=state)
             await self._save(channel)
-            return channel, state
+            return channel, state, used
 
     async def settle(self, stake: Pubkey, amounts: dict[Pubkey, int]) -> Channel:
         """Count ``amounts`` as used: by a task with a good receipt (payer), or by a

@@ -153,3 +153,46 @@ async def test_a_provider_on_another_ledger_says_so_and_runs_nothing(tmp_path: P
         assert provider.tasks.served == 0
         standing = user.tasks.runner.reputation.get(provider.overlay.peer_id)
         assert standing.bad == 0  # the provider is not to blame
+
+
+@pytest.mark.slow
+async def test_a_provider_that_keeps_payments_is_paid_twice_at_most(tmp_path: Path) -> None:
+    fast = {"heartbeat_s": 0.5, "card_ttl_s": 5.0}
+    async with (
+        open_embedded_ledger(tmp_path / "shared-ledger.db") as ledger,
+        running_nodes(tmp_path, 2, serve=fast, ledger=ledger, repair_interval_s=1.0) as nodes,
+    ):
+        provider, user = nodes
+        await user.overlay.host.connect(provider.overlay.host.listen_addrs()[0])
+        paid = {**LISTING, "name": "wc", "price": PRICE, "royalty_bps": 0}
+        publisher = (await provider.registry.publish("default", paid))["publisher"]
+        wasm = EXAMPLES / "wordcount" / "wordcount.wasm"
+        cid = (await provider.builds.add_file(wasm)).cid
+        release = {"name": "wc", "version": "1.0.0", "cid": cid, "size": wasm.stat().st_size}
+        await provider.registry.release("default", release)
+        agent = f"{publisher}/wc"
+        provider.tasks.serve_agents((agent,))
+
+        async def ready() -> bool:
+            shown = await user.registry.show(publisher, "wc")
+            return bool(shown and shown["releases"] and user.tasks.providers(agent))
+
+        await until(ready, 30, "the release and the card")
+        answer = provider.tasks._answer
+
+        async def keep_the_money(peer, request):
+            response = await answer(peer, request)  # takes the payment (and runs)
+            if request.op == "run":
+                raise Refused("busy", "try later")  # ... and never answers
+            return response
+
+        provider.overlay.requests.serve(TASK, keep_the_money)
+        pid = provider.overlay.peer_id
+        for _ in range(3):
+            with pytest.raises(NoProvider):
+                await user.tasks.run_task(agent, "*", b"a b", pid)
+        with pytest.raises(NoProvider, match="not paying it"):
+            await user.tasks.run_task(agent, "*", b"a b", pid)
+        (channel,) = user.settlement.channels()
+        assert channel["paid"] == 2 * PRICE  # then it stopped paying
+        assert user.tasks.runner.reputation.get(pid).failed >= 1

@@ -57,15 +57,15 @@ async def test_payments_flow_royalties_wait_until_payable_and_the_watcher_closes
         to_payee, royalty = split(price, 250)
         amounts = {payee.pubkey(): to_payee, creator.pubkey(): royalty}
         for task in range(3):
-            paying, state = await payers.pay(terms.stake, amounts, payer)
+            paying, state, _ = await payers.pay(terms.stake, amounts, payer)
             accepted = await payees.accept(terms.stake, amounts, state, paying.owed)
             await payers.settle(terms.stake, amounts)  # the receipt came back
             waiting = accepted.owed[creator.pubkey()] < MIN_PAYOUT
             assert waiting == (task == 0)  # 500,000 waits; 1,000,000 can be paid
         # A payment that never arrived is credit: the next task pays nothing more.
-        lost, _ = await payers.pay(terms.stake, amounts, payer)
-        again, state = await payers.pay(terms.stake, amounts, payer)
-        assert again.owed == lost.owed
+        lost, _, _ = await payers.pay(terms.stake, amounts, payer)
+        again, state, used = await payers.pay(terms.stake, amounts, payer)
+        assert again.owed == lost.owed and used == amounts  # all of it from credit
         await payees.accept(terms.stake, amounts, state, again.owed)
         await payers.settle(terms.stake, amounts)
         with pytest.raises(ChannelError, match="does not cover"):  # the same state again
@@ -95,7 +95,7 @@ async def test_a_bad_state_changes_nothing_and_the_book_survives_a_restart(
     terms, nonce = await opened(ledger, payer, payee, deposit=SOL)
     async with open_channel_book(tmp_path / "payer.db") as payers:
         await payers.add(terms, "payer", "p", nonce)
-        paying, state = await payers.pay(terms.stake, {payee.pubkey(): 1000}, payer)
+        paying, state, _ = await payers.pay(terms.stake, {payee.pubkey(): 1000}, payer)
         with pytest.raises(ChannelError, match="exceed the deposit"):
             await payers.pay(terms.stake, {payee.pubkey(): SOL + 1}, payer)
         assert payers.get(terms.stake).paid == 1000  # the refused payment left no trace
