@@ -12,11 +12,12 @@ from ._events import events
 from ._exec import exec_command
 from ._init import init
 from ._keys import keys
+from ._localnet import localnet
 from ._node import node
 from ._peers import peers, ping
 from ._registry import deprecate, publish, release, resolve_command, search, show
 from ._run import providers, run, tasks
-from ._wallet import channels, wallet
+from ._wallet import channel, wallet
 
 
 @click.group(cls=MercatoGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,6 +52,7 @@ main.add_command(run)
 main.add_command(providers)
 main.add_command(tasks)
 main.add_command(wallet)
-main.add_command(channels)
+main.add_command(channel)
+main.add_command(localnet)
 for command in (publish, release, deprecate, search, show, resolve_command, exec_command):
     main.add_command(command)

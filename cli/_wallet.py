@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import re
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -9,49 +12,149 @@ from node import ControlClient
 from ._common import data_dir_option, print_json, resolve
 
 LAMPORTS_PER_SOL = 1_000_000_000
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
-@click.command("wallet")
+class Sol(click.ParamType):
+    """An amount of SOL (``0.5``), given as lamports."""
+
+    name = "SOL"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        try:
+            lamports = Decimal(str(value)) * LAMPORTS_PER_SOL
+        except InvalidOperation:
+            self.fail(f"{value!r} is not an amount of SOL (e.g. 0.5)", param, ctx)
+        if lamports <= 0 or lamports != lamports.to_integral_value() or lamports > 10**15:
+            self.fail(f"{value} SOL is not a positive whole number of lamports", param, ctx)
+        return int(lamports)
+
+
+class Duration(click.ParamType):
+    """A duration: ``90s``, ``30m``, ``1h``, ``2d`` (seconds if no unit)."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        match = re.fullmatch(r"(\d{1,9})([smhd]?)", str(value).strip())
+        if not match:
+            self.fail(f"{value!r} is not a duration (e.g. 1h, 30m, 2d)", param, ctx)
+        return int(match[1]) * UNITS[match[2] or "s"]
+
+
+def _sol(lamports: int) -> str:
+    return f"{lamports} lamports ({lamports / LAMPORTS_PER_SOL:g} SOL)"
+
+
+@click.group("wallet", invoke_without_command=True)
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def wallet(data_dir: Path | None, as_json: bool) -> None:
-    """Show this node's wallet: its Solana address, balance and ledger.
+@click.pass_context
+def wallet(ctx: click.Context, data_dir: Path | None, as_json: bool) -> None:
+    """This node's wallet: its Solana address, balance and ledger.
 
     The wallet is the `[settlement] account` key. On the embedded ledger (the
-    default) the money exists on this node only: an empty wallet is credited
-    at start so that the node can pay at once.
+    default) the money exists on this node only; on a localnet, on that
+    localnet only. Both credit an empty wallet at start so that a node can pay
+    at once; `airdrop` asks for more.
 
     \b
     Example:
       mercato wallet
+      mercato wallet address
+      mercato wallet airdrop 2
     """
+    if ctx.invoked_subcommand is not None:
+        return
     info = ControlClient(resolve(data_dir)).wallet()
     if as_json:
         print_json(info)
         return
-    sol = info["balance"] / LAMPORTS_PER_SOL
-    click.echo(f"{info['address']}  {info['balance']} lamports ({sol:g} SOL)  on {info['ledger']}")
+    click.echo(f"{info['address']}  {_sol(info['balance'])}  on {info['ledger']}")
 
 
-@click.group("channels")
-def channels() -> None:
-    """Payment channels this node pays on (payer) or is paid on (payee).
+@wallet.command("address")
+@data_dir_option
+def wallet_address(data_dir: Path | None) -> None:
+    """Print the wallet's Solana address (base58).
 
     \b
     Example:
-      mercato channels ls
+      mercato wallet address
+    """
+    click.echo(ControlClient(resolve(data_dir)).wallet()["address"])
+
+
+@wallet.command("balance")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def wallet_balance(data_dir: Path | None, as_json: bool) -> None:
+    """Print the wallet's balance on its ledger.
+
+    \b
+    Example:
+      mercato wallet balance --json
+    """
+    info = ControlClient(resolve(data_dir)).wallet()
+    if as_json:
+        print_json({"balance": info["balance"], "ledger": info["ledger"]})
+        return
+    click.echo(_sol(info["balance"]))
+
+
+@wallet.command("airdrop")
+@click.argument("amount", type=Sol(), default="1")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def wallet_airdrop(amount: int, data_dir: Path | None, as_json: bool) -> None:
+    """Ask the ledger's faucet for AMOUNT SOL (default 1).
+
+    Only the embedded ledger and a localnet have a faucet: on a cluster, fund
+    the address from another wallet.
+
+    \b
+    Example:
+      mercato wallet airdrop 2.5
+    """
+    info = ControlClient(resolve(data_dir)).airdrop(amount)
+    if as_json:
+        print_json(info)
+        return
+    click.echo(f"received {_sol(amount)}; balance {_sol(info['balance'])}")
+
+
+@click.group("channel")
+def channel() -> None:
+    """Payment channels this node pays on (payer) or is paid on (payee).
+
+    Paid tasks open channels on their own ([settlement] deposit_lamports and
+    channel_duration_s) and the daemon closes and refunds them on time; these
+    commands do the same by hand.
+
+    \b
+    Example:
+      mercato channel ls
+      mercato channel open 12D3KooW... --deposit 0.5 --duration 1h
+      mercato channel close <stake account>
     """
 
 
-@channels.command("ls")
+def _line(c: dict[str, Any]) -> str:
+    return (
+        f"{c['stake']}  {c['role']:<5}  {c['peer'][:20]}…  {c['status']:<8}  "
+        f"paid {c['paid']}  left {c['left']}  until {c['expires']}"
+    )
+
+
+@channel.command("ls")
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def channels_ls(data_dir: Path | None, as_json: bool) -> None:
+def channel_ls(data_dir: Path | None, as_json: bool) -> None:
     """List channels: stake account, role, peer, status, paid and left, lockup end.
 
     \b
     Example:
-      mercato channels ls --json
+      mercato channel ls --json
     """
     found = ControlClient(resolve(data_dir)).channels()
     if as_json:
@@ -60,7 +163,90 @@ def channels_ls(data_dir: Path | None, as_json: bool) -> None:
     if not found["channels"]:
         click.echo("no channels yet")
     for c in found["channels"]:
-        click.echo(
-            f"{c['stake']}  {c['role']:<5}  {c['peer'][:20]}…  {c['status']:<8}  "
-            f"paid {c['paid']}  left {c['left']}  until {c['expires']}"
-        )
+        click.echo(_line(c))
+
+
+@channel.command("show")
+@click.argument("channel_id", metavar="ID")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def channel_show(channel_id: str, data_dir: Path | None, as_json: bool) -> None:
+    """Show one channel (ID is its stake account): terms, amounts owed and used, status.
+
+    \b
+    Example:
+      mercato channel show 7fJrupaZXvcxYiSzuvc78YUKwk9Vhq6qxMS4JskYED39
+    """
+    shown = ControlClient(resolve(data_dir)).channel(channel_id)
+    if as_json:
+        print_json(shown)
+        return
+    click.echo(_line(shown))
+    click.echo(
+        f"  payer {shown['payer']}  payee {shown['payee']}  deposit {_sol(shown['deposit'])}"
+    )
+    for recipient, owed in shown["owed"].items():
+        used = shown["settled"].get(recipient, 0)
+        click.echo(f"  owed {owed} to {recipient} (used by tasks: {used})")
+
+
+@channel.command("open")
+@click.argument("peer")
+@click.option("--deposit", type=Sol(), required=True, help="What the channel holds, in SOL.")
+@click.option(
+    "--duration", type=Duration(), default="24h", show_default=True, help="Its lockup: 1h, 2d…"
+)
+@click.option("--payee", help="The peer's wallet address (default: the one its agent card names).")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def channel_open(
+    peer: str,
+    deposit: int,
+    duration: int,
+    payee: str | None,
+    data_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Open a channel to PEER (a peer id): paid tasks to it will use it.
+
+    \b
+    Example:
+      mercato channel open 12D3KooW... --deposit 0.5 --duration 1h
+    """
+    opened = ControlClient(resolve(data_dir)).channel_open(peer, deposit, duration, payee)
+    if as_json:
+        print_json(opened)
+        return
+    click.echo(f"opened {opened['stake']}: {_sol(opened['deposit'])} until {opened['expires']}")
+
+
+@channel.command("close")
+@click.argument("channel_id", metavar="ID")
+@data_dir_option
+def channel_close(channel_id: str, data_dir: Path | None) -> None:
+    """Close a channel this node is paid on, now, with the latest state it holds.
+
+    The watcher does this on its own `close_margin_s` before the lockup ends.
+
+    \b
+    Example:
+      mercato channel close 7fJrupaZXvcxYiSzuvc78YUKwk9Vhq6qxMS4JskYED39
+    """
+    closed = ControlClient(resolve(data_dir)).channel_close(channel_id)
+    click.echo(f"closed {closed['stake']}: paid {closed['paid']} lamports ({closed['signature']})")
+
+
+@channel.command("refund")
+@click.argument("channel_id", metavar="ID")
+@data_dir_option
+def channel_refund(channel_id: str, data_dir: Path | None) -> None:
+    """Take back what a channel this node paid on still holds, once its lockup ended.
+
+    The watcher does this on its own after the lockup.
+
+    \b
+    Example:
+      mercato channel refund 7fJrupaZXvcxYiSzuvc78YUKwk9Vhq6qxMS4JskYED39
+    """
+    done = ControlClient(resolve(data_dir)).channel_refund(channel_id)
+    click.echo(f"refunded {done['stake']} ({done['signature'] or 'nothing was left'})")

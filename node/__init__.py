@@ -35,6 +35,8 @@ from ._init import InitResult as InitResult
 from ._init import init_data_dir as init_data_dir
 from ._keys import KeyInfo as KeyInfo
 from ._keys import KeyStore as KeyStore
+from ._localnet import DEFAULT_PORT as LOCALNET_PORT
+from ._localnet import serve_localnet as serve_localnet
 from ._lock import DataDirLock as DataDirLock
 from ._lock import lock_holder as lock_holder
 from ._logs import configure_logging as configure_logging
@@ -52,6 +54,7 @@ __all__ = [
     "Outcome",
     "RunResult",
     "run_build",
+    "serve_localnet",
     "FORMAT_VERSION",
     "Config",
     "ConfigError",
@@ -71,6 +74,7 @@ __all__ = [
     "KeyNotFound",
     "KeyStore",
     "KeyStoreError",
+    "LOCALNET_PORT",
     "LocalControl",
     "MercatoError",
     "Node",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import trio
+from solders.pubkey import Pubkey
 
 from crdt import (
     DependencyConflict,
@@ -33,10 +34,12 @@ from crdt import (
 )
 from p2p import BadAddress, P2PError, RemoteError, b58decode
 from runtime import InputTooLarge, InvalidModule, Limits, LimitsError
+from settlement import ChannelError, LedgerError, LedgerUnreachable, LockupInForce
 
 from ._builds import BuildError, QuotaExceeded, UnknownBuild, check_cid
 from ._errors import KeyExists, KeyNotFound, KeyStoreError
 from ._http import HttpError, Request, Response
+from ._settlement import channel_info
 from ._tasklog import TaskRecord
 from ._tasks import BadReceipt, Receipt, TaskError, TaskRefused, UnknownAgent
 from ._version import __version__
@@ -614,6 +617,83 @@ async def _channels(node: Node, request: Request) -> Response:
     return Response.json(200, {"channels": node.settlement.channels()})
 
 
+MAX_AIRDROP_LAMPORTS = 1_000 * 10**9
+
+
+async def _settlement_call(call: Awaitable[Any]) -> Any:
+    """Map settlement's errors to answers that say what to do."""
+    try:
+        return await call
+    except LockupInForce as exc:
+        raise HttpError(409, "lockup_in_force", str(exc)) from None
+    except LedgerUnreachable as exc:
+        raise HttpError(503, "ledger_unreachable", str(exc)) from None
+    except LedgerError as exc:
+        raise HttpError(502, "ledger_refused", str(exc)) from None
+    except ChannelError as exc:
+        raise HttpError(409, "bad_channel", str(exc)) from None
+
+
+def _lamports(body: dict[str, Any], name: str, low: int, high: int) -> int:
+    value = body.get(name)
+    if type(value) is not int or not low <= value <= high:
+        raise HttpError(400, "bad_body", f"{name} must be a whole number from {low} to {high}")
+    return value
+
+
+def _channel_of(node: Node, request: Request) -> str:
+    stake = request.params["id"]
+    if stake not in node.settlement.book.channels:
+        raise HttpError(404, "no_such_channel", f"no channel {stake} in this node's book")
+    return stake
+
+
+async def _wallet_airdrop(node: Node, request: Request) -> Response:
+    lamports = _lamports(_body_object(request, "lamports"), "lamports", 1, MAX_AIRDROP_LAMPORTS)
+    signature = await _settlement_call(node.settlement.airdrop(lamports))
+    return Response.json(200, {"signature": signature, **await node.settlement.wallet_info()})
+
+
+async def _channel_open(node: Node, request: Request) -> Response:
+    body = _body_object(request, "peer", "deposit_lamports", "duration_s")
+    peer = body["peer"]
+    if not isinstance(peer, str) or not 0 < len(peer) <= 128:
+        raise HttpError(400, "bad_body", "peer must be a peer id")
+    deposit = _lamports(body, "deposit_lamports", 1, 10**15)
+    duration = _lamports(body, "duration_s", 600, 366 * 86_400)
+    payee = body.get("payee") or node.tasks.cards.wallet_of(peer)
+    if not payee:
+        raise HttpError(
+            404,
+            "no_wallet",
+            f"{peer} has no live agent card naming its wallet: give its address as payee",
+        )
+    try:
+        payee_key = Pubkey.from_string(payee)
+    except (TypeError, ValueError):
+        raise HttpError(400, "bad_body", "payee must be a base58 Solana address") from None
+    channel = await _settlement_call(
+        node.settlement.open_channel(peer, payee_key, deposit, duration)
+    )
+    return Response.json(201, channel_info(channel))
+
+
+async def _channel_show(node: Node, request: Request) -> Response:
+    return Response.json(200, channel_info(node.settlement.book.get(_channel_of(node, request))))
+
+
+async def _channel_close(node: Node, request: Request) -> Response:
+    stake = _channel_of(node, request)
+    channel, signature = await _settlement_call(node.settlement.close_channel(stake))
+    return Response.json(200, {**channel_info(channel), "signature": signature})
+
+
+async def _channel_refund(node: Node, request: Request) -> Response:
+    stake = _channel_of(node, request)
+    channel, signature = await _settlement_call(node.settlement.refund_channel(stake))
+    return Response.json(200, {**channel_info(channel), "signature": signature})
+
+
 async def _metrics(node: Node, request: Request) -> Response:
     body = await trio.to_thread.run_sync(node.metrics.render)  # reads /proc
     return Response(200, body, "text/plain; version=0.0.4; charset=utf-8")
@@ -974,11 +1054,52 @@ ROUTES: tuple[Route, ...] = (
         response={"type": "object"},
     ),
     Route(
+        "POST",
+        "/v1/wallet/airdrop",
+        'Lamports from the ledger\'s faucet (embedded and localnet): {"lamports": N}.',
+        _wallet_airdrop,
+        response={"type": "object"},
+        errors=(400, 502, 503),
+    ),
+    Route(
         "GET",
         "/v1/channels",
         "Payment channels this node pays on or is paid on.",
         _channels,
         response={"type": "object"},
+    ),
+    Route(
+        "POST",
+        "/v1/channels",
+        "Open a channel to a peer by hand: "
+        '{"peer", "deposit_lamports", "duration_s", "payee" (optional: else its card\'s)}.',
+        _channel_open,
+        response={"type": "object"},
+        errors=(400, 404, 409, 502, 503),
+    ),
+    Route(
+        "GET",
+        "/v1/channels/{id}",
+        "One channel by its stake account: terms, amounts owed and used, status.",
+        _channel_show,
+        response={"type": "object"},
+        errors=(404,),
+    ),
+    Route(
+        "POST",
+        "/v1/channels/{id}/close",
+        "Close a channel this node is paid on, now, with the latest state (the payee).",
+        _channel_close,
+        response={"type": "object"},
+        errors=(404, 409, 502, 503),
+    ),
+    Route(
+        "POST",
+        "/v1/channels/{id}/refund",
+        "Take back what a channel this node paid on holds, after its lockup (the payer).",
+        _channel_refund,
+        response={"type": "object"},
+        errors=(404, 409, 502, 503),
     ),
     Route(
         "GET",

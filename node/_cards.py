@@ -1,8 +1,9 @@
 """Agent cards: each provider's signed word on what it serves, gossiped with a heartbeat.
 
 A card says which agents a node runs, at what price, its load and addresses,
-and until when it holds (``expires``). Providers publish a fresh card on the
-``mercato/cards/1`` topic every heartbeat; a card that is not renewed expires
+the wallet (Solana address) its paid tasks pay, and until when it holds
+(``expires``). Providers publish a fresh card on the ``mercato/cards/1`` topic
+every heartbeat; a card that is not renewed expires
 everywhere on its own. Cards are signed by the provider's node key (kind
 ``agent-card``) and checked against its peer id before anything else; a card
 older (by ``seq``) than the one held is ignored, one from the future or far
@@ -39,6 +40,7 @@ class CardRejected(Exception):
 @dataclass(frozen=True)
 class AgentCard(Message):
     TYPE: ClassVar[str] = "agent.card"
+    VERSION: ClassVar[int] = 2  # 2: the wallet paid tasks pay
     provider: str = field(metadata={"max_len": 64})
     seq: int = field(metadata={"min": 0, "max": 2**62})
     expires: float = field(metadata={"min": 0})
@@ -46,6 +48,7 @@ class AgentCard(Message):
     prices: list[int] = field(default_factory=list, metadata={"max_len": 256})
     load: float = field(default=0.0, metadata={"min": 0, "max": 1e6})
     addrs: list[str] = field(default_factory=list, metadata={"max_len": 8, "item_max_len": 256})
+    wallet: str = field(default="", metadata={"max_len": 64})
 
     def sign(self, keypair: Keypair) -> bytes:
         body = self.to_wire()
@@ -115,3 +118,9 @@ class CardBook:
                     }
                 )
         return sorted(out, key=lambda c: (c["price"], c["load"]))
+
+    def wallet_of(self, provider: str, now: float | None = None) -> str:
+        """The wallet ``provider``'s live card names, or ""."""
+        self.prune(now)
+        card = self._cards.get(provider)
+        return card.wallet if card else ""

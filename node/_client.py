@@ -234,8 +234,26 @@ class ControlClient:
     def wallet(self) -> dict[str, Any]:
         return self.request("GET", "/v1/wallet")
 
+    def airdrop(self, lamports: int) -> dict[str, Any]:
+        return self.request("POST", "/v1/wallet/airdrop", {"lamports": lamports})
+
     def channels(self) -> dict[str, Any]:
         return self.request("GET", "/v1/channels")
+
+    def channel(self, stake: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/channels/{quote(stake, safe='')}")
+
+    def channel_open(
+        self, peer: str, deposit_lamports: int, duration_s: int, payee: str | None = None
+    ) -> dict[str, Any]:
+        body = {"peer": peer, "deposit_lamports": deposit_lamports, "duration_s": duration_s}
+        return self.request("POST", "/v1/channels", {**body, **({"payee": payee} if payee else {})})
+
+    def channel_close(self, stake: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/channels/{quote(stake, safe='')}/close")
+
+    def channel_refund(self, stake: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/channels/{quote(stake, safe='')}/refund")
 
     def metrics(self) -> str:
         return self.request("GET", "/metrics", raw=True)

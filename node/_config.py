@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 from ._errors import ConfigError
 
@@ -35,7 +36,8 @@ DEFAULT_API_PORT = 7311
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
 DHT_MODES = ("auto", "server", "client")
-LEDGERS = ("embedded",)  # rpc and localnet are still to come
+LEDGERS = ("embedded", "localnet", "rpc")
+DEFAULT_RPC_URL = "http://127.0.0.1:8899"  # where `mercato localnet` listens by default
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 ENV_PREFIX = "MERCATO_"
@@ -149,11 +151,16 @@ class SettlementSection:
 
     ledger: str = "embedded"
     """``embedded``: the Solana runtime inside this node, private to it (the default,
-    no cluster needed)."""
+    no cluster needed). ``localnet``: the one ``mercato localnet`` serves at
+    ``rpc_url``, shared by the nodes on this machine. ``rpc``: any Solana cluster
+    at ``rpc_url`` (devnet, mainnet)."""
+    rpc_url: str = DEFAULT_RPC_URL
+    """The JSON-RPC URL of the ``localnet`` or ``rpc`` ledger."""
     account: str = "default"
     """The account key that pays and is paid (its public key is the Solana address)."""
     faucet_lamports: int = 10_000_000_000
-    """The embedded ledger credits an empty account this much at start (10 SOL)."""
+    """The embedded ledger and the localnet credit an empty account this much at
+    start (10 SOL)."""
     deposit_lamports: int = 100_000_000
     """What a new channel holds (0.1 SOL)."""
     channel_duration_s: int = 86_400
@@ -263,6 +270,9 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
     money = config.settlement
     if money.ledger not in LEDGERS:
         raise fail("settlement.ledger", f"must be one of {', '.join(LEDGERS)}")
+    url = urlsplit(money.rpc_url)
+    if url.scheme not in ("http", "https") or not url.hostname or len(money.rpc_url) > 2048:
+        raise fail("settlement.rpc_url", "must be an http:// or https:// URL")
     if not 0 <= money.faucet_lamports <= 10**15 or not 1 <= money.deposit_lamports <= 10**15:
         raise fail("settlement.deposit_lamports", "must be between 1 and 10**15 (faucet 0 or more)")
     if not 300 <= money.close_margin_s < money.channel_duration_s <= 366 * 86_400:
@@ -456,10 +466,13 @@ reputation_half_life_h = 24.0
 
 [settlement]
 # embedded: the Solana runtime inside this node, private to it (no cluster needed).
+# localnet: the ledger `mercato localnet` serves at rpc_url, shared on this machine.
+# rpc: any Solana cluster at rpc_url (devnet, mainnet).
 ledger = "embedded"
+rpc_url = "{DEFAULT_RPC_URL}"
 # The account key that pays and is paid; its public key is the Solana address.
 account = "default"
-# The embedded ledger credits an empty wallet this much at start (10 SOL).
+# The embedded ledger and the localnet credit an empty wallet this much at start (10 SOL).
 faucet_lamports = 10000000000
 # A new channel's deposit and how long it stays open, in lamports and seconds.
 deposit_lamports = 100000000

@@ -1,12 +1,13 @@
 """The node's settlement service: its wallet, its ledger, its channels, its watcher.
 
-It opens the ledger named in ``[settlement]`` (the embedded one: the Solana
-runtime in this process, journaled in the data dir), the channel book, and runs
+It opens the ledger named in ``[settlement]`` (the embedded one, the Solana
+runtime in this process journaled in the data dir; or a localnet or cluster at
+``rpc_url``), the channel book, and runs
 the watcher that closes channels this node is paid on before their lockup ends
 and refunds the ones it paid on after. The wallet is the ``[settlement]
-account`` key: its public key is the Solana address. On the embedded ledger an
-empty wallet is credited ``faucet_lamports`` at start, so a new node can pay
-at once; that money exists on this node's ledger only.
+account`` key: its public key is the Solana address. On the embedded ledger and
+the localnet an empty wallet is credited ``faucet_lamports`` at start, so a new
+node can pay at once; that money exists on that ledger only.
 """
 
 from __future__ import annotations
@@ -27,20 +28,25 @@ from settlement import (
     MAX_RECIPIENTS,
     NONCE_ACCOUNT_SIZE,
     STAKE_ACCOUNT_SIZE,
+    BlockhashExpired,
     Channel,
     ChannelBook,
     ChannelError,
     ChannelTerms,
     Ledger,
     LedgerError,
+    LedgerUnreachable,
+    RpcLedger,
     check_channel,
     check_state,
+    close_channel,
     open_channel_book,
     open_embedded_ledger,
     open_transaction,
     payable,
     read_nonce,
     read_stake,
+    refund_channel,
     run_watcher,
     split,
 )
@@ -53,6 +59,7 @@ from ._tasks import BadReceipt, Payment
 log = logging.getLogger("mercato.settlement")
 STAKE_PROGRAM = Pubkey.from_string("Stake11111111111111111111111111111111111111")
 SYSTEM_PROGRAM = system_program.ID
+OPEN_ATTEMPTS = 3  # a blockhash that expires unsent three times running is an outage
 
 
 class SettlementService:
@@ -76,17 +83,11 @@ class SettlementService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fund an empty wallet (embedded ledger), then watch channels until cancelled."""
-        faucet = getattr(self.ledger, "airdrop", None)  # only the embedded ledger has one
-        if (
-            faucet
-            and self.config.faucet_lamports
-            and not await self.ledger.balance(self.wallet.pubkey())
-        ):
-            await faucet(self.wallet.pubkey(), self.config.faucet_lamports)
-            log.info(
-                "the embedded ledger credited the wallet",
-                extra={"address": self.address, "lamports": self.config.faucet_lamports},
-            )
+        if self.ledger.faucet and self.config.faucet_lamports:
+            try:
+                await self._fund()
+            except LedgerError as exc:  # a localnet not up yet: the node runs all the same
+                log.warning("the wallet could not be funded", extra={"why": str(exc)})
         task_status.started()
         await run_watcher(
             self.book,
@@ -94,6 +95,15 @@ class SettlementService:
             {self.wallet.pubkey(): self.wallet},
             self.config.close_margin_s,
             self.config.watch_interval_s,
+        )
+
+    async def _fund(self) -> None:
+        if await self.ledger.balance(self.wallet.pubkey()):
+            return
+        await self.ledger.airdrop(self.wallet.pubkey(), self.config.faucet_lamports)
+        log.info(
+            "the ledger's faucet credited the wallet",
+            extra={"address": self.address, "lamports": self.config.faucet_lamports},
         )
 
     async def pay_for(
@@ -109,7 +119,8 @@ class SettlementService:
         async with self._opening:  # one new channel per provider, not one per task
             channel = await self._usable(provider, payee, amounts)
             if channel is None:
-                channel = await self._open(provider, payee, sum(amounts.values()))
+                deposit = max(self.config.deposit_lamports, sum(amounts.values()))
+                channel = await self._open(provider, payee, deposit, self.config.channel_duration_s)
         channel, state, used = await self.book.pay(channel.terms.stake, amounts, self.wallet)
         owed = {str(k): v for k, v in channel.owed.items()}
         return Payment(channel.terms.to_wire(), owed, state).encode(), channel, used
@@ -146,20 +157,69 @@ class SettlementService:
         await self.book.mark(channel.terms.stake, "closed")
         return False
 
-    async def _open(self, provider: str, payee: Pubkey, total: int) -> Channel:
-        deposit = max(self.config.deposit_lamports, total)
-        expires = await self.ledger.now() + self.config.channel_duration_s
-        tx, terms = open_transaction(
-            self.wallet, payee, deposit, expires,
-            await self.ledger.rent(STAKE_ACCOUNT_SIZE), await self.ledger.rent(NONCE_ACCOUNT_SIZE),
-            await self.ledger.blockhash(),
-        )  # fmt: skip
-        with trio.CancelScope(shield=True):  # once sent, the book must hear of it
-            await self.ledger.send(tx)
-            nonce = await self._nonce_of(terms)
-            channel = await self.book.add(terms, "payer", provider, nonce)
-        log.info("channel opened", extra={"channel": str(terms.stake), "provider": provider})
-        return channel
+    async def open_channel(
+        self, peer: str, payee: Pubkey, deposit: int, duration_s: int
+    ) -> Channel:
+        """Open a channel to ``peer`` by hand (paid tasks to it will use it)."""
+        if payee == self.wallet.pubkey():
+            raise ChannelError("a channel to this node's own wallet pays nobody")
+        async with self._opening:
+            for channel in self.book.find("payer", peer):
+                if channel.terms.payee != payee:
+                    raise ChannelError(
+                        f"the open channel to {peer} pays {channel.terms.payee}, not {payee}"
+                    )
+            return await self._open(peer, payee, deposit, duration_s)
+
+    async def close_channel(self, stake: str) -> tuple[Channel, str]:
+        """Close a channel this node is paid on, now, with its latest state."""
+        channel = self.book.get(stake)
+        signature = await close_channel(self.book, self.ledger, self.wallet, channel)
+        return self.book.get(stake), signature
+
+    async def refund_channel(self, stake: str) -> tuple[Channel, str]:
+        """Take back what a channel this node paid on still holds (after its lockup)."""
+        channel = self.book.get(stake)
+        signature = await refund_channel(self.book, self.ledger, self.wallet, channel)
+        return self.book.get(stake), signature
+
+    async def airdrop(self, lamports: int) -> str:
+        """Lamports from the ledger's faucet (embedded and localnet ledgers only)."""
+        if not self.ledger.faucet:
+            raise LedgerError(f"the {self.ledger.name} ledger has no faucet")
+        return await self.ledger.airdrop(self.wallet.pubkey(), lamports)
+
+    async def _open(self, provider: str, payee: Pubkey, deposit: int, duration_s: int) -> Channel:
+        """A new channel to ``provider``, recorded as opening before its transaction
+        is sent (a crash cannot lose the deposit: the watcher finds it on the
+        ledger or marks it failed). Built again with a fresh blockhash if it
+        expired unsent."""
+        for attempt in range(OPEN_ATTEMPTS):
+            expires = await self.ledger.now() + duration_s
+            tx, terms = open_transaction(
+                self.wallet, payee, deposit, expires,
+                await self.ledger.rent(STAKE_ACCOUNT_SIZE),
+                await self.ledger.rent(NONCE_ACCOUNT_SIZE),
+                await self.ledger.blockhash(),
+            )  # fmt: skip
+            with trio.CancelScope(shield=True):  # once sent, the book must hear of it
+                await self.book.add(terms, "payer", provider, Hash.default(), "opening")
+                try:
+                    await self.ledger.send(tx)
+                except LedgerUnreachable:
+                    raise  # it may still land: the watcher will find out
+                except BlockhashExpired:
+                    await self.book.mark(terms.stake, "failed")
+                    if attempt + 1 < OPEN_ATTEMPTS:
+                        continue
+                    raise
+                except LedgerError:
+                    await self.book.mark(terms.stake, "failed")
+                    raise
+                channel = await self.book.opened(terms.stake, await self._nonce_of(terms))
+            log.info("channel opened", extra={"channel": str(terms.stake), "provider": provider})
+            return channel
+        raise AssertionError("unreachable")
 
     async def _nonce_of(self, terms: ChannelTerms) -> Hash:
         account = await self.ledger.account(terms.nonce)
@@ -226,18 +286,22 @@ class SettlementService:
 
     def channels(self) -> list[dict[str, Any]]:
         return [
-            {
-                **c.terms.to_wire(),
-                "role": c.role,
-                "peer": c.peer,
-                "status": c.status,
-                "paid": c.paid,
-                "left": c.left,
-                "owed": {str(k): v for k, v in c.owed.items()},
-                "settled": {str(k): v for k, v in c.settled.items()},
-            }
+            channel_info(c)
             for c in sorted(self.book.channels.values(), key=lambda c: c.terms.expires)
         ]
+
+
+def channel_info(c: Channel) -> dict[str, Any]:
+    return {
+        **c.terms.to_wire(),
+        "role": c.role,
+        "peer": c.peer,
+        "status": c.status,
+        "paid": c.paid,
+        "left": c.left,
+        "owed": {str(k): v for k, v in c.owed.items()},
+        "settled": {str(k): v for k, v in c.settled.items()},
+    }
 
 
 def task_amounts(
@@ -261,7 +325,11 @@ async def open_settlement(
     account = await trio.to_thread.run_sync(keys.account, config.account)
     wallet = SolanaKeypair.from_seed(account.seed)
     async with contextlib.AsyncExitStack() as stack:
-        if ledger is None:
+        if ledger is None and config.ledger == "embedded":
             ledger = await stack.enter_async_context(open_embedded_ledger(datadir.ledger_file))
+        elif ledger is None:
+            remote = RpcLedger(config.rpc_url, config.ledger, faucet=config.ledger == "localnet")
+            stack.push_async_callback(remote.aclose)
+            ledger = remote
         book = await stack.enter_async_context(open_channel_book(datadir.channels_file))
         yield SettlementService(config, wallet, ledger, book)

@@ -170,6 +170,7 @@ class TaskService:
             prices=prices,
             load=float(self._runtime.busy + self._runtime.waiting),
             addrs=self._overlay.host.listen_addrs()[:8],
+            wallet=self._money.address if self._money else "",
         )
         self.cards.add(card)
         try:

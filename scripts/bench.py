@@ -21,6 +21,9 @@ Benchmarks:
             until R copies exist again
   task      the echo agent run on another node: round trip p50/p99 (< 30 ms)
             and tasks per second with 8 in flight (>= 150)
+  channel   off-chain payments per second, signed, checked and stored durably
+            by both sides (target >= 2,000), and channel open and close
+            latency on the embedded ledger and on a localnet
   runtime   WebAssembly runs: cold and warm start of the wordcount example, in
             this process (warm < 2 ms) and through the worker processes (warm
             < 5 ms); runs per second on 2 workers (>= 500); fuel's cost
@@ -187,6 +190,12 @@ def bench_task() -> dict[str, Any]:
     return run()
 
 
+def bench_channel() -> dict[str, Any]:
+    from benchmarks.channel import run
+
+    return run()
+
+
 def bench_runtime() -> dict[str, Any]:
     from benchmarks.runtime import run
 
@@ -204,6 +213,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "transfer": bench_transfer,
     "repair": bench_repair,
     "task": bench_task,
+    "channel": bench_channel,
 }
 
 

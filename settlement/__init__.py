@@ -4,8 +4,10 @@ A channel (`_channel`) is a stake account with a lockup and the payee as
 custodian plus a durable nonce owned by the payee; its states are payer-signed
 transactions. `_programs` encodes the native programs it is built from;
 `_ledger` holds the ledger interface and the embedded (in-process LiteSVM)
-ledger; `_book` keeps each channel's amounts and latest state on disk, durable
-before acknowledged; `_watcher` closes channels before T and refunds after.
+ledger, `_rpc` the ledger behind any Solana JSON-RPC URL, `_localnet` the
+JSON-RPC answers of an embedded ledger shared by processes on one machine;
+`_book` keeps each channel's amounts and latest state on disk, durable before
+acknowledged; `_watcher` closes channels before T and refunds after.
 Errors (`_errors`) are rooted in `SettlementError`.
 
 May import p2p; must not import node, crdt or runtime.
@@ -54,8 +56,10 @@ from ._channel import (
 from ._channel import (
     state_message as state_message,
 )
+from ._errors import BlockhashExpired as BlockhashExpired
 from ._errors import ChannelError as ChannelError
 from ._errors import LedgerError as LedgerError
+from ._errors import LedgerUnreachable as LedgerUnreachable
 from ._errors import LockupInForce as LockupInForce
 from ._errors import PaymentShort as PaymentShort
 from ._errors import SettlementError as SettlementError
@@ -63,12 +67,17 @@ from ._ledger import AccountInfo as AccountInfo
 from ._ledger import EmbeddedLedger as EmbeddedLedger
 from ._ledger import Ledger as Ledger
 from ._ledger import open_embedded_ledger as open_embedded_ledger
+from ._localnet import MAX_BODY as MAX_RPC_BODY
+from ._localnet import LocalnetRpc as LocalnetRpc
 from ._programs import NONCE_ACCOUNT_SIZE as NONCE_ACCOUNT_SIZE
 from ._programs import STAKE_ACCOUNT_SIZE as STAKE_ACCOUNT_SIZE
 from ._programs import StakeMeta as StakeMeta
 from ._programs import read_nonce as read_nonce
 from ._programs import read_stake as read_stake
+from ._rpc import RpcLedger as RpcLedger
 from ._watcher import WatchState as WatchState
+from ._watcher import close_channel as close_channel
+from ._watcher import refund_channel as refund_channel
 from ._watcher import run_watcher as run_watcher
 from ._watcher import settle_due as settle_due
 
@@ -78,7 +87,9 @@ __all__ = [
     "MIN_PAYOUT",
     "NONCE_ACCOUNT_SIZE",
     "STAKE_ACCOUNT_SIZE",
+    "MAX_RPC_BODY",
     "AccountInfo",
+    "BlockhashExpired",
     "Channel",
     "ChannelBook",
     "ChannelError",
@@ -86,14 +97,18 @@ __all__ = [
     "EmbeddedLedger",
     "Ledger",
     "LedgerError",
+    "LocalnetRpc",
+    "LedgerUnreachable",
     "LockupInForce",
     "PaymentShort",
+    "RpcLedger",
     "SettlementError",
     "WatchState",
     "StakeMeta",
     "check_channel",
     "check_stake",
     "check_state",
+    "close_channel",
     "countersign",
     "open_channel_book",
     "open_embedded_ledger",
@@ -101,6 +116,7 @@ __all__ = [
     "payable",
     "read_nonce",
     "read_stake",
+    "refund_channel",
     "refund_transaction",
     "run_watcher",
     "settle_due",

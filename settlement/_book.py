@@ -54,7 +54,9 @@ CREATE TABLE IF NOT EXISTS channels (
     updated  REAL NOT NULL
 );
 """
-STATUSES = ("open", "closed", "refunded")
+STATUSES = ("opening", "open", "closed", "refunded", "failed")
+# opening: recorded before its opening transaction is sent, so a crash cannot lose a
+# deposit; open once the ledger has it; failed if it never landed.
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Channel:
     state: bytes | None  # the latest payer-signed state
     status: str
     settled: dict[Pubkey, int] = field(default_factory=dict)  # used by tasks, per recipient
+    updated: float = 0.0  # unix time of the last change
 
     def credit(self, recipient: Pubkey) -> int:
         return self.owed.get(recipient, 0) - self.settled.get(recipient, 0)
@@ -97,10 +100,12 @@ class ChannelBook:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self._limiter = trio.CapacityLimiter(1)
+        self._writing = trio.Lock()
+        self._batch = _Batch()
         self._locks: dict[str, trio.Lock] = {}
         self.channels: dict[str, Channel] = {}
         for row in self._db.execute("SELECT * FROM channels"):
-            stake, role, peer, terms, nonce, owed, settled, state, status, _ = row
+            stake, role, peer, terms, nonce, owed, settled, state, status, updated = row
             self.channels[stake] = Channel(
                 ChannelTerms.from_wire(json.loads(terms)),
                 role,
@@ -110,6 +115,7 @@ class ChannelBook:
                 state,
                 status,
                 _amounts(settled),
+                updated,
             )
 
     def close(self) -> None:
@@ -129,15 +135,28 @@ class ChannelBook:
     def uses_nonce(self, nonce: Pubkey) -> bool:
         return any(c.terms.nonce == nonce for c in self.channels.values())
 
-    async def add(self, terms: ChannelTerms, role: str, peer: str, nonce: Hash) -> Channel:
-        """Record a channel once it is open on the ledger."""
-        if role not in ("payer", "payee"):
-            raise ValueError(role)
+    async def add(
+        self, terms: ChannelTerms, role: str, peer: str, nonce: Hash, status: str = "open"
+    ) -> Channel:
+        """Record a channel: ``open`` once it is on the ledger; ``opening`` (the
+        payer, before sending its opening transaction) until `opened`."""
+        if role not in ("payer", "payee") or status not in ("opening", "open"):
+            raise ValueError(role, status)
         if str(terms.stake) in self.channels or self.uses_nonce(terms.nonce):
             raise ChannelError(f"channel {terms.stake} or its nonce is in the book already")
-        channel = Channel(terms, role, peer, nonce, {}, None, "open")
+        channel = Channel(terms, role, peer, nonce, {}, None, status)
         await self._save(channel)
         return channel
+
+    async def opened(self, stake: Pubkey, nonce: Hash) -> Channel:
+        """An ``opening`` channel is on the ledger, its nonce holding ``nonce``."""
+        async with self._lock(stake):
+            channel = self.get(stake)
+            if channel.status != "opening":
+                raise ChannelError(f"channel {stake} is {channel.status}, not opening")
+            channel = replace(channel, nonce=nonce, status="open")
+            await self._save(channel)
+            return channel
 
     async def pay(
         self, stake: Pubkey, amounts: dict[Pubkey, int], payer: Keypair
@@ -216,7 +235,7 @@ class ChannelBook:
             return channel
 
     async def mark(self, stake: Pubkey, status: str) -> Channel:
-        """Record that a channel was closed or refunded on the ledger."""
+        """Record what became of a channel on the ledger (closed, refunded, failed)."""
         if status not in STATUSES:
             raise ValueError(status)
         async with self._lock(stake):
@@ -240,6 +259,7 @@ class ChannelBook:
     async def _save(self, channel: Channel) -> None:
         """Durable before it returns; shielded, so a cancelled caller cannot leave the
         memory and the disk apart."""
+        channel = replace(channel, updated=time.time())
         row = (
             str(channel.terms.stake),
             channel.role,
@@ -250,18 +270,47 @@ class ChannelBook:
             json.dumps({str(k): v for k, v in channel.settled.items()}),
             channel.state,
             channel.status,
-            time.time(),
+            channel.updated,
         )
         with trio.CancelScope(shield=True):
-            try:
-                await trio.to_thread.run_sync(self._write, row, limiter=self._limiter)
-            except sqlite3.Error as exc:
-                raise LedgerError(f"the channel book could not be written: {exc}") from None
+            await self._commit(row)
         self.channels[str(channel.terms.stake)] = channel
 
-    def _write(self, row: tuple[object, ...]) -> None:
+    async def _commit(self, row: tuple[object, ...]) -> None:
+        """Group commit: rows saved while a write is in flight go together in the next
+        transaction (one fsync for all), each caller returning once its row is on
+        disk. The first caller of a batch writes it."""
+        batch = self._batch
+        batch.rows.append(row)
+        if batch.leader:
+            await batch.done.wait()
+        else:
+            batch.leader = True
+            async with self._writing:
+                self._batch = _Batch()  # later rows wait for the next transaction
+                try:
+                    await trio.to_thread.run_sync(self._write, batch.rows, limiter=self._limiter)
+                except sqlite3.Error as exc:
+                    batch.error = f"the channel book could not be written: {exc}"
+                finally:
+                    batch.done.set()
+        if batch.error:
+            raise LedgerError(batch.error)
+
+    def _write(self, rows: list[tuple[object, ...]]) -> None:
         with self._db:
-            self._db.execute("INSERT OR REPLACE INTO channels VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO channels VALUES (?,?,?,?,?,?,?,?,?,?)", rows
+            )
+
+
+@dataclass
+class _Batch:
+    rows: list[tuple[object, ...]] = field(default_factory=list)
+    leader: bool = False
+    done: trio.Event = field(default_factory=trio.Event)
+    error: str = ""
 
 
 def _amounts(text: str) -> dict[Pubkey, int]:

@@ -3,7 +3,9 @@
 MercatoError                (p2p)
 └── SettlementError
     ├── LedgerError         the ledger refused a transaction or cannot be read
-    │   └── LockupInForce   a refund before the channel's lockup ends
+    │   ├── LockupInForce   a refund before the channel's lockup ends
+    │   ├── BlockhashExpired  the transaction must be built again (new blockhash)
+    │   └── LedgerUnreachable  no answer, or no confirmation: it may still land
     └── ChannelError        a channel state that does not hold up (amounts,
         │                   signatures, accounts): it is refused, nothing stored
         └── PaymentShort    sound, but it does not cover this task
@@ -24,6 +26,16 @@ class LedgerError(SettlementError):
 
 class LockupInForce(LedgerError):
     """The stake account's lockup has not ended: only the payee can move funds yet."""
+
+
+class BlockhashExpired(LedgerError):
+    """The transaction's blockhash is too old (or was never seen): build it again with
+    a fresh one. It did not land."""
+
+
+class LedgerUnreachable(LedgerError):
+    """The ledger did not answer, or did not confirm in time: what was sent may still
+    land. Retry later; the same signed transaction can be sent again safely."""
 
 
 class ChannelError(SettlementError):

@@ -33,10 +33,15 @@ from solders.litesvm import LiteSVM
 from solders.pubkey import Pubkey
 from solders.transaction import Transaction
 from solders.transaction_metadata import FailedTransactionMetadata
+from solders.transaction_status import TransactionErrorFieldless, TransactionErrorType
 
-from ._errors import LedgerError, LockupInForce
+from ._errors import BlockhashExpired, LedgerError, LockupInForce
 from ._programs import STAKE_PROGRAM
 
+TransactionError = TransactionErrorType
+
+SYSTEM_PROGRAM = Pubkey.default()
+ADVANCE_NONCE = (4).to_bytes(4, "little")  # SystemInstruction::AdvanceNonceAccount
 LOCKUP_IN_FORCE = 1  # the stake program's StakeError::LockupInForce
 # Accounts the runtime owns: never journaled, never restored over the real ones.
 RUNTIME_OWNERS = frozenset(
@@ -74,6 +79,12 @@ class Ledger(Protocol):
     """What settlement needs of a Solana ledger."""
 
     name: str
+    faucet: bool
+    """Whether `airdrop` makes money (embedded and localnet ledgers only)."""
+
+    async def airdrop(self, pubkey: Pubkey, lamports: int) -> str:
+        """New lamports for ``pubkey``, on a ledger with a faucet; LedgerError otherwise."""
+        ...
 
     async def send(self, tx: Transaction) -> str:
         """Submit; the signature once it is final. LedgerError (LockupInForce) if refused."""
@@ -104,6 +115,7 @@ class EmbeddedLedger:
     """LiteSVM in this process, journaled to ``path`` (see the module docstring)."""
 
     name = "embedded"
+    faucet = True
 
     def __init__(self, path: Path) -> None:
         self._svm = LiteSVM()
@@ -199,30 +211,56 @@ class EmbeddedLedger:
                         "INSERT OR REPLACE INTO accounts VALUES (?,?,?,?,?,?)", (pubkey, *values)
                     )
 
-    async def airdrop(self, pubkey: Pubkey, lamports: int) -> None:
-        """The embedded ledger's faucet: new lamports for ``pubkey``."""
+    async def airdrop(self, pubkey: Pubkey, lamports: int) -> str:
+        """The embedded ledger's faucet: new lamports for ``pubkey``; the signature."""
         result = self._svm.airdrop(pubkey, lamports)
         if isinstance(result, FailedTransactionMetadata):
             raise LedgerError(f"the faucet failed: {result.err()}")
         self._expire()  # else the same grant twice would be "already processed"
         await self._journal([pubkey])
+        return str(result.signature())
 
     async def send(self, tx: Transaction) -> str:
-        self._tick()
-        result = self._svm.send_transaction(tx)
-        if isinstance(result, FailedTransactionMetadata):
-            await self._journal(list(tx.message.account_keys[:1]))  # its fee was still paid
-            raise _refusal(tx, result)
-        # Each transaction is its own block: a nonce made in one can be used in the next.
-        self._expire()
-        await self._journal(list(tx.message.account_keys))
+        err, _ = await self.execute(tx)
+        if err is not None:
+            raise refusal(tx, err)
         return str(tx.signatures[0])
 
     async def simulate(self, tx: Transaction) -> None:
+        err, _ = await self.dry_run(tx)
+        if err is not None:
+            raise refusal(tx, err)
+
+    async def execute(self, tx: Transaction) -> tuple[TransactionError | None, list[str]]:
+        """Run and commit ``tx``: (its error or None, its logs). A transaction that
+        fails after its checks still pays its fee, as on a cluster."""
+        self._tick()
+        result = self._svm.send_transaction(tx)
+        if isinstance(result, FailedTransactionMetadata):
+            await self._journal(list(tx.message.account_keys[:1]))
+            return result.err(), list(result.meta().logs())
+        # Each transaction is its own block: a nonce made in one can be used in the next.
+        self._expire()
+        await self._journal(list(tx.message.account_keys))
+        return None, list(result.logs())
+
+    async def dry_run(self, tx: Transaction) -> tuple[TransactionError | None, list[str]]:
+        """Run ``tx`` without committing: (its error or None, its logs)."""
         self._tick()
         result = self._svm.simulate_transaction(tx)
         if isinstance(result, FailedTransactionMetadata):
-            raise _refusal(tx, result)
+            return result.err(), list(result.meta().logs())
+        return None, list(result.meta().logs())
+
+    def raw_account(self, pubkey: Pubkey) -> Account | None:
+        """An account as the runtime holds it, sysvars included (for the localnet)."""
+        self._tick()
+        return self._svm.get_account(pubkey)
+
+    @property
+    def block(self) -> int:
+        """Blocks made so far: the localnet's slot."""
+        return self._blocks
 
     async def account(self, pubkey: Pubkey) -> AccountInfo | None:
         account = self._svm.get_account(pubkey)
@@ -244,8 +282,12 @@ class EmbeddedLedger:
         return self._clock
 
 
-def _refusal(tx: Transaction, result: FailedTransactionMetadata) -> LedgerError:
-    err = result.err()
+def refusal(tx: Transaction, err: TransactionError) -> LedgerError:
+    """The error to raise for a transaction the ledger refused with ``err``."""
+    if err == TransactionErrorFieldless.BlockhashNotFound and _uses_nonce(tx):
+        return LedgerError("the durable nonce has moved on: this state was closed or voided")
+    if err == TransactionErrorFieldless.BlockhashNotFound:
+        return BlockhashExpired("the transaction's blockhash is no longer valid: build it again")
     index = getattr(err, "index", None)
     code = getattr(getattr(err, "err", None), "code", None)
     if index is not None and code == LOCKUP_IN_FORCE and index < len(tx.message.instructions):
@@ -253,6 +295,15 @@ def _refusal(tx: Transaction, result: FailedTransactionMetadata) -> LedgerError:
         if program == STAKE_PROGRAM:
             return LockupInForce("the channel's lockup has not ended yet")
     return LedgerError(f"the ledger refused the transaction: {err}")
+
+
+def _uses_nonce(tx: Transaction) -> bool:
+    """Whether ``tx`` is a durable-nonce transaction (its first instruction advances a nonce)."""
+    if not tx.message.instructions:
+        return False
+    first = tx.message.instructions[0]
+    program = first.program_id(tx.message.account_keys)
+    return program == SYSTEM_PROGRAM and bytes(first.data)[:4] == ADVANCE_NONCE
 
 
 @asynccontextmanager

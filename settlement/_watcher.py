@@ -7,7 +7,9 @@ Each round looks at every open channel in the book, against the ledger's clock:
   would still spend the nonce on a real cluster), send it, mark it closed;
 - payer, past T: take back whatever the stake account still holds (all of an
   unclosed deposit, or the rent reserve a close left), mark it refunded;
-- a lockup the payee moved is reported (a breach of the channel's terms).
+- a lockup the payee moved is reported (a breach of the channel's terms);
+- payer, an opening that was sent but never confirmed (a crash, an outage):
+  open if the ledger has it, failed once OPENING_LIFE_S passed without it.
 
 A failure is logged and retried in a later round, each channel backing off
 from RETRY_S doubling to RETRY_MAX_S. `settle_due` is one round; `run_watcher`
@@ -17,6 +19,7 @@ repeats it until cancelled.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -26,14 +29,15 @@ from solders.pubkey import Pubkey
 
 from ._book import Channel, ChannelBook, payable
 from ._channel import check_stake, check_state, countersign, refund_transaction
-from ._errors import SettlementError
+from ._errors import ChannelError, LedgerError, SettlementError
 from ._ledger import Ledger
-from ._programs import read_stake
+from ._programs import read_nonce, read_stake
 
 log = logging.getLogger("mercato.settlement")
 
 RETRY_S = 5.0
 RETRY_MAX_S = 600.0
+OPENING_LIFE_S = 300.0  # an opening not on the ledger by then never will be (blockhash life)
 
 
 @dataclass
@@ -55,7 +59,7 @@ async def settle_due(
     """One round; returns (channel, what was done) for each channel acted on."""
     watch = watch or WatchState()
     now, done = await ledger.now(), []
-    for channel in [c for c in book.channels.values() if c.status == "open"]:
+    for channel in [c for c in book.channels.values() if _watched(c)]:
         stake = str(channel.terms.stake)
         if trio.current_time() < watch.not_before.get(stake, 0.0):
             continue
@@ -76,6 +80,14 @@ async def settle_due(
     return done
 
 
+def _watched(channel: Channel) -> bool:
+    # A payer's channel the payee closed still holds its rent reserve until refunded.
+    return channel.status in ("open", "opening") or (channel.role, channel.status) == (
+        "payer",
+        "closed",
+    )
+
+
 async def _act(
     book: ChannelBook,
     ledger: Ledger,
@@ -87,6 +99,8 @@ async def _act(
 ) -> str:
     terms, stake = channel.terms, str(channel.terms.stake)
     account = await ledger.account(terms.stake)
+    if channel.status == "opening":
+        return await _resolve_opening(book, ledger, channel, account is not None)
     if channel.role == "payee":
         if account is not None and stake not in watch.breaches:
             meta = read_stake(account.data)
@@ -98,27 +112,76 @@ async def _act(
                 )
         if channel.state is None or now < terms.expires - margin_s:
             return ""
-        if account is not None:
-            check_stake(terms, read_stake(account.data), account.lamports)
-        checked = check_state(
-            terms, channel.nonce, payable(channel.owed, terms.payee), channel.state
-        )
-        tx = countersign(checked, keys[terms.payee])
-        await ledger.simulate(tx)
-        await ledger.send(tx)
-        await book.mark(terms.stake, "closed")
-        log.info("channel closed", extra={"channel": stake, "paid": channel.paid})
+        await close_channel(book, ledger, keys[terms.payee], channel)
         return "closed"
     if now <= terms.expires:
         return ""
-    if account is not None and account.lamports:
-        tx = refund_transaction(
-            terms, keys[terms.payer], account.lamports, await ledger.blockhash()
-        )
-        await ledger.send(tx)
-    await book.mark(terms.stake, "refunded")
-    log.info("channel refunded", extra={"channel": stake})
+    await refund_channel(book, ledger, keys[terms.payer], channel)
     return "refunded"
+
+
+async def close_channel(book: ChannelBook, ledger: Ledger, payee: Keypair, channel: Channel) -> str:
+    """The payee's close: the latest state, countersigned, simulated (a failed
+    durable-nonce transaction still spends the nonce on a cluster), sent; the
+    channel marked closed. ChannelError if there is nothing to close with;
+    LedgerError if the ledger refuses (nothing is marked then)."""
+    terms = channel.terms
+    if channel.role != "payee" or channel.status != "open":
+        raise ChannelError(
+            f"only the payee closes an open channel (this is {channel.role}, {channel.status})"
+        )
+    if channel.state is None:
+        raise ChannelError("no payment on this channel yet: nothing to close with")
+    account = await ledger.account(terms.stake)
+    if account is not None:
+        check_stake(terms, read_stake(account.data), account.lamports)
+    checked = check_state(terms, channel.nonce, payable(channel.owed, terms.payee), channel.state)
+    tx = countersign(checked, payee)
+    await ledger.simulate(tx)
+    signature = await ledger.send(tx)
+    await book.mark(terms.stake, "closed")
+    log.info("channel closed", extra={"channel": str(terms.stake), "paid": channel.paid})
+    return signature
+
+
+async def refund_channel(
+    book: ChannelBook, ledger: Ledger, payer: Keypair, channel: Channel
+) -> str:
+    """The payer's refund after the lockup: whatever the stake account still holds
+    (all of an unclosed deposit, or the rent a close left) back to the payer;
+    the channel marked refunded. LockupInForce before T; the signature, or ""
+    if there was nothing left to take."""
+    terms = channel.terms
+    if channel.role != "payer" or channel.status not in ("open", "closed"):
+        raise ChannelError(
+            f"only the payer refunds a channel (this is {channel.role}, {channel.status})"
+        )
+    account = await ledger.account(terms.stake)
+    signature = ""
+    if account is not None and account.lamports:
+        tx = refund_transaction(terms, payer, account.lamports, await ledger.blockhash())
+        signature = await ledger.send(tx)
+    await book.mark(terms.stake, "refunded")
+    log.info("channel refunded", extra={"channel": str(terms.stake)})
+    return signature
+
+
+async def _resolve_opening(
+    book: ChannelBook, ledger: Ledger, channel: Channel, on_ledger: bool
+) -> str:
+    """A channel whose opening was sent but not confirmed (a crash, an outage)."""
+    if on_ledger:
+        nonce = await ledger.account(channel.terms.nonce)
+        if nonce is None:
+            raise LedgerError("the channel's stake account exists but its nonce does not")
+        await book.opened(channel.terms.stake, read_nonce(nonce.data)[1])
+        log.info("channel found open on the ledger", extra={"channel": str(channel.terms.stake)})
+        return "opened"
+    if time.time() - channel.updated < OPENING_LIFE_S:
+        return ""  # it may still land
+    await book.mark(channel.terms.stake, "failed")
+    log.info("channel never opened", extra={"channel": str(channel.terms.stake)})
+    return "failed"
 
 
 async def run_watcher(

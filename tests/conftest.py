@@ -141,3 +141,49 @@ def start_daemon(tmp_path: Path) -> Iterator:
 
 def api_info(datadir: DataDir) -> dict:
     return json.loads(datadir.api_file.read_text())
+
+
+@dataclass
+class Localnet:
+    """A real `mercato localnet` process serving a ledger directory."""
+
+    directory: Path
+    proc: subprocess.Popen
+    url: str
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def start_localnet(tmp_path: Path) -> Iterator:
+    """Factory: start `mercato localnet --dir DIR --port 0` and wait for its URL."""
+    started: list[Localnet] = []
+
+    def start(directory: Path | None = None) -> Localnet:
+        directory = directory or tmp_path / "localnet"
+        log_path = tmp_path / f"localnet-{len(started)}.log"
+        url_file = directory / "url"
+        url_file.unlink(missing_ok=True)  # a killed localnet leaves its last one
+        with log_path.open("w") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cli", "localnet", "--dir", str(directory), "--port", "0"],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+
+        def serving() -> str:
+            if proc.poll() is not None:
+                raise AssertionError(f"the localnet exited: {log_path.read_text()}")
+            return url_file.read_text().strip() if url_file.exists() else ""
+
+        localnet = Localnet(directory, proc, wait_for(serving, START_TIMEOUT_S, "the localnet"))
+        started.append(localnet)
+        return localnet
+
+    yield start
+    for localnet in started:
+        if localnet.proc.poll() is None:
+            localnet.proc.send_signal(signal.SIGKILL)
+            localnet.proc.wait(timeout=10)

@@ -69,7 +69,7 @@ def test_restart_keeps_keys_config_and_events(initialized: DataDir, start_daemon
         wallet_before["address"],
         wallet_before["balance"],
     )  # the embedded ledger's journal kept it
-    listed = run_cli("channels", "ls", "--data-dir", str(initialized.root))
+    listed = run_cli("channel", "ls", "--data-dir", str(initialized.root))
     assert listed.returncode == 0 and listed.stdout == "no channels yet\n"
     events = run_cli("events", "--json", "--data-dir", str(initialized.root)).stdout.splitlines()
     kinds = [json.loads(line)["kind"] for line in events]

@@ -1,0 +1,188 @@
+"""The rpc ledger: any Solana cluster (or a ``mercato localnet``) over JSON-RPC.
+
+It speaks through solana-py's `AsyncClient`. Sending is the part with care in
+it: a transaction is sent with preflight (a refusal comes back at once, with
+nothing spent), then its signature's status is polled until it is confirmed,
+re-sending the same signed bytes every RESEND_S while it is not (a re-send can
+never make it land twice). An RPC that does not answer is retried the same
+way. Past ``confirm_s`` the call gives up with LedgerError, saying the
+transaction may still land; a transaction whose blockhash expired is
+BlockhashExpired and can be built again.
+
+``now`` reads the Clock sysvar, the time lockups are measured against.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import trio
+from solana.exceptions import SolanaRpcException
+from solana.rpc.async_api import AsyncClient
+from solana.rpc.commitment import Confirmed
+from solana.rpc.core import RPCException
+from solana.rpc.models import TxOpts
+from solders.hash import Hash
+from solders.pubkey import Pubkey
+from solders.rpc.errors import SendTransactionPreflightFailureMessage
+from solders.sysvar import CLOCK
+from solders.transaction import Transaction, VersionedTransaction
+from solders.transaction_status import (
+    TransactionConfirmationStatus,
+    TransactionErrorFieldless,
+)
+
+from ._errors import BlockhashExpired, LedgerError, LedgerUnreachable
+from ._ledger import AccountInfo, refusal
+
+RESEND_S = 2.0
+POLL_S = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)  # then every 0.5 s
+REMEMBERED_BLOCKHASHES = 64
+CONFIRMED = (TransactionConfirmationStatus.Confirmed, TransactionConfirmationStatus.Finalized)
+
+
+class RpcLedger:
+    """A ledger behind a JSON-RPC URL. ``name`` is what the node reports
+    (``localnet`` or ``rpc``); ``faucet`` whether requestAirdrop may be used."""
+
+    def __init__(
+        self,
+        url: str,
+        name: str = "rpc",
+        *,
+        faucet: bool = False,
+        timeout_s: float = 10.0,
+        confirm_s: float = 60.0,
+    ) -> None:
+        self.url, self.name, self.faucet = url, name, faucet
+        self.confirm_s = confirm_s
+        self._blockhashes: dict[Hash, int] = {}  # handed out: last valid block height
+        self._client = AsyncClient(url, commitment=Confirmed, timeout=timeout_s, http2=False)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await getattr(self._client, method)(*args, **kwargs)
+        except RPCException as exc:
+            raise LedgerError(
+                f"the ledger at {self.url} refused {method}: {_message(exc)}"
+            ) from None
+        except (SolanaRpcException, OSError) as exc:
+            raise LedgerUnreachable(
+                f"the ledger at {self.url} did not answer ({exc}); is it running and reachable?"
+            ) from None
+
+    async def airdrop(self, pubkey: Pubkey, lamports: int) -> str:
+        if not self.faucet:
+            raise LedgerError(f"the {self.name} ledger has no faucet: fund {pubkey} another way")
+        signature = (await self._call("request_airdrop", pubkey, lamports)).value
+        await self._confirmed(signature, None)
+        return str(signature)
+
+    async def send(self, tx: Transaction) -> str:
+        signature = tx.signatures[0]
+        await self._confirmed(signature, tx)
+        return str(signature)
+
+    async def _confirmed(self, signature: Any, tx: Transaction | None) -> None:
+        """Send ``tx`` (if given) and wait for ``signature`` to be confirmed."""
+        deadline = trio.current_time() + self.confirm_s
+        last_error = "no answer yet"
+        while trio.current_time() < deadline:
+            if tx is not None:
+                try:
+                    await self._client.send_raw_transaction(
+                        bytes(tx), TxOpts(skip_confirmation=True, preflight_commitment=Confirmed)
+                    )
+                except RPCException as exc:
+                    err = _preflight_error(exc)
+                    if err is None:
+                        last_error = _message(exc)
+                    elif err != TransactionErrorFieldless.AlreadyProcessed:
+                        raise refusal(tx, err) from None
+                except (SolanaRpcException, OSError) as exc:
+                    last_error = str(exc)  # the RPC may be down: poll, then send again
+            resend_at = trio.current_time() + RESEND_S
+            for delay in _polls():
+                if trio.current_time() >= min(resend_at, deadline):
+                    break
+                await trio.sleep(delay)
+                try:
+                    resp = await self._client.get_signature_statuses([signature])
+                except (RPCException, SolanaRpcException, OSError) as exc:
+                    last_error = str(exc)
+                    continue
+                status = resp.value[0]
+                if status is None:
+                    continue
+                if status.err is not None:
+                    raise refusal(tx, status.err) if tx else LedgerError(str(status.err))
+                if status.confirmation_status in CONFIRMED:
+                    return
+        if tx is not None and not await self._blockhash_valid(tx.message.recent_blockhash):
+            raise BlockhashExpired("the transaction was not confirmed and its blockhash expired")
+        raise LedgerUnreachable(
+            f"the transaction {signature} was not confirmed within {self.confirm_s:g} s "
+            f"({last_error}); it may still land: it will be retried"
+        )
+
+    async def _blockhash_valid(self, blockhash: Hash) -> bool:
+        last_valid = self._blockhashes.get(blockhash)
+        if last_valid is None:
+            return True  # not one of ours (a durable nonce): do not claim it expired
+        try:
+            return (await self._client.get_block_height()).value <= last_valid
+        except (RPCException, SolanaRpcException, OSError):
+            return True
+
+    async def simulate(self, tx: Transaction) -> None:
+        versioned = VersionedTransaction.from_legacy(tx)
+        resp = await self._call("simulate_transaction", versioned, sig_verify=True)
+        if resp.value.err is not None:
+            raise refusal(tx, resp.value.err)
+
+    async def account(self, pubkey: Pubkey) -> AccountInfo | None:
+        value = (await self._call("get_account_info", pubkey)).value
+        if value is None or value.lamports == 0:
+            return None
+        return AccountInfo(value.lamports, bytes(value.data), value.owner)
+
+    async def balance(self, pubkey: Pubkey) -> int:
+        return int((await self._call("get_balance", pubkey)).value)
+
+    async def blockhash(self) -> Hash:
+        value = (await self._call("get_latest_blockhash")).value
+        self._blockhashes[value.blockhash] = value.last_valid_block_height
+        while len(self._blockhashes) > REMEMBERED_BLOCKHASHES:
+            self._blockhashes.pop(next(iter(self._blockhashes)))
+        return value.blockhash
+
+    async def rent(self, size: int) -> int:
+        return int((await self._call("get_minimum_balance_for_rent_exemption", size)).value)
+
+    async def now(self) -> int:
+        clock = await self.account(CLOCK)
+        if clock is None or len(clock.data) < 40:
+            raise LedgerError(f"the ledger at {self.url} has no clock sysvar")
+        return struct.unpack_from("<q", clock.data, 32)[0]
+
+
+def _polls() -> Any:
+    yield from POLL_S
+    while True:
+        yield POLL_S[-1]
+
+
+def _preflight_error(exc: RPCException) -> Any:
+    message = exc.args[0] if exc.args else None
+    if isinstance(message, SendTransactionPreflightFailureMessage):
+        return message.data.err
+    return None
+
+
+def _message(exc: RPCException) -> str:
+    message = exc.args[0] if exc.args else exc
+    return str(getattr(message, "message", message))
