@@ -36,7 +36,6 @@ from settlement import (
     Ledger,
     LedgerError,
     LedgerUnreachable,
-    RpcLedger,
     check_channel,
     check_state,
     close_channel,
@@ -328,6 +327,8 @@ async def open_settlement(
         if ledger is None and config.ledger == "embedded":
             ledger = await stack.enter_async_context(open_embedded_ledger(datadir.ledger_file))
         elif ledger is None:
+            from settlement import RpcLedger  # imported only for this ledger: see settlement
+
             remote = RpcLedger(config.rpc_url, config.ledger, faucet=config.ledger == "localnet")
             stack.push_async_callback(remote.aclose)
             ledger = remote

@@ -13,6 +13,8 @@ Errors (`_errors`) are rooted in `SettlementError`.
 May import p2p; must not import node, crdt or runtime.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._book import Channel as Channel
 from ._book import ChannelBook as ChannelBook
 from ._book import open_channel_book as open_channel_book
@@ -74,7 +76,6 @@ from ._programs import STAKE_ACCOUNT_SIZE as STAKE_ACCOUNT_SIZE
 from ._programs import StakeMeta as StakeMeta
 from ._programs import read_nonce as read_nonce
 from ._programs import read_stake as read_stake
-from ._rpc import RpcLedger as RpcLedger
 from ._watcher import WatchState as WatchState
 from ._watcher import close_channel as close_channel
 from ._watcher import refund_channel as refund_channel
@@ -124,3 +125,16 @@ __all__ = [
     "split",
     "state_message",
 ]
+
+
+if TYPE_CHECKING:
+    from ._rpc import RpcLedger as RpcLedger
+
+
+def __getattr__(name: str) -> Any:
+    # The rpc ledger pulls in solana-py (about 90 ms and 30 MB): only when it is used.
+    if name == "RpcLedger":
+        from ._rpc import RpcLedger
+
+        return RpcLedger
+    raise AttributeError(f"module 'settlement' has no attribute {name!r}")
