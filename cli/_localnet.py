@@ -45,6 +45,8 @@ def localnet(directory: Path | None, host: str, port: int) -> None:
     except DataDirLocked as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise click.ClickException(
+            f"the localnet failed ({host}:{port}, {directory}): {exc}"
+        ) from None
     except KeyboardInterrupt:
         pass

@@ -12,6 +12,7 @@ from node import ControlClient
 from ._common import data_dir_option, print_json, resolve
 
 LAMPORTS_PER_SOL = 1_000_000_000
+LEDGER_TIMEOUT_S = 90.0  # waits on the ledger's confirmation (the API's own cap is 60 s)
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
@@ -24,6 +25,8 @@ class Sol(click.ParamType):
         try:
             lamports = Decimal(str(value)) * LAMPORTS_PER_SOL
         except InvalidOperation:
+            self.fail(f"{value!r} is not an amount of SOL (e.g. 0.5)", param, ctx)
+        if not lamports.is_finite():
             self.fail(f"{value!r} is not an amount of SOL (e.g. 0.5)", param, ctx)
         if lamports <= 0 or lamports != lamports.to_integral_value() or lamports > 10**15:
             self.fail(f"{value} SOL is not a positive whole number of lamports", param, ctx)
@@ -116,7 +119,7 @@ def wallet_airdrop(amount: int, data_dir: Path | None, as_json: bool) -> None:
     Example:
       mercato wallet airdrop 2.5
     """
-    info = ControlClient(resolve(data_dir)).airdrop(amount)
+    info = ControlClient(resolve(data_dir), LEDGER_TIMEOUT_S).airdrop(amount)
     if as_json:
         print_json(info)
         return
@@ -134,7 +137,7 @@ def channel() -> None:
     \b
     Example:
       mercato channel ls
-      mercato channel open 12D3KooW... --deposit 0.5 --duration 1h
+      mercato channel open 12D3KooW... --deposit 0.5 --duration 4h
       mercato channel close <stake account>
     """
 
@@ -211,9 +214,11 @@ def channel_open(
 
     \b
     Example:
-      mercato channel open 12D3KooW... --deposit 0.5 --duration 1h
+      mercato channel open 12D3KooW... --deposit 0.5 --duration 4h
     """
-    opened = ControlClient(resolve(data_dir)).channel_open(peer, deposit, duration, payee)
+    opened = ControlClient(resolve(data_dir), LEDGER_TIMEOUT_S).channel_open(
+        peer, deposit, duration, payee
+    )
     if as_json:
         print_json(opened)
         return
@@ -232,7 +237,7 @@ def channel_close(channel_id: str, data_dir: Path | None) -> None:
     Example:
       mercato channel close 7fJrupaZXvcxYiSzuvc78YUKwk9Vhq6qxMS4JskYED39
     """
-    closed = ControlClient(resolve(data_dir)).channel_close(channel_id)
+    closed = ControlClient(resolve(data_dir), LEDGER_TIMEOUT_S).channel_close(channel_id)
     click.echo(f"closed {closed['stake']}: paid {closed['paid']} lamports ({closed['signature']})")
 
 
@@ -248,5 +253,5 @@ def channel_refund(channel_id: str, data_dir: Path | None) -> None:
     Example:
       mercato channel refund 7fJrupaZXvcxYiSzuvc78YUKwk9Vhq6qxMS4JskYED39
     """
-    done = ControlClient(resolve(data_dir)).channel_refund(channel_id)
+    done = ControlClient(resolve(data_dir), LEDGER_TIMEOUT_S).channel_refund(channel_id)
     click.echo(f"refunded {done['stake']} ({done['signature'] or 'nothing was left'})")

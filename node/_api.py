@@ -32,7 +32,7 @@ from crdt import (
     RegistryError,
     SchemaError,
 )
-from p2p import BadAddress, P2PError, RemoteError, b58decode
+from p2p import BadAddress, P2PError, RemoteError, b58decode, public_key_of_peer
 from runtime import InputTooLarge, InvalidModule, Limits, LimitsError
 from settlement import ChannelError, LedgerError, LedgerUnreachable, LockupInForce
 
@@ -610,7 +610,7 @@ async def _tasks_show(node: Node, request: Request) -> Response:
 
 
 async def _wallet(node: Node, request: Request) -> Response:
-    return Response.json(200, await node.settlement.wallet_info())
+    return Response.json(200, await _settlement_call(node.settlement.wallet_info()))
 
 
 async def _channels(node: Node, request: Request) -> Response:
@@ -651,17 +651,25 @@ def _channel_of(node: Node, request: Request) -> str:
 async def _wallet_airdrop(node: Node, request: Request) -> Response:
     lamports = _lamports(_body_object(request, "lamports"), "lamports", 1, MAX_AIRDROP_LAMPORTS)
     signature = await _settlement_call(node.settlement.airdrop(lamports))
-    return Response.json(200, {"signature": signature, **await node.settlement.wallet_info()})
+    wallet = await _settlement_call(node.settlement.wallet_info())
+    return Response.json(200, {"signature": signature, **wallet})
 
 
 async def _channel_open(node: Node, request: Request) -> Response:
     body = _body_object(request, "peer", "deposit_lamports", "duration_s")
     peer = body["peer"]
-    if not isinstance(peer, str) or not 0 < len(peer) <= 128:
-        raise HttpError(400, "bad_body", "peer must be a peer id")
+    try:
+        public_key_of_peer(peer)
+    except Exception:  # whatever a string that is no peer id makes it raise
+        raise HttpError(400, "bad_body", "peer must be a peer id (12D3KooW...)") from None
     deposit = _lamports(body, "deposit_lamports", 1, 10**15)
     duration = _lamports(body, "duration_s", 600, 366 * 86_400)
-    payee = body.get("payee") or node.tasks.cards.wallet_of(peer)
+    advertised = node.tasks.cards.wallet_of(peer)
+    payee = body.get("payee") or advertised
+    if advertised and payee != advertised:
+        raise HttpError(
+            409, "bad_channel", f"{peer}'s agent card names wallet {advertised}, not {payee}"
+        )
     if not payee:
         raise HttpError(
             404,

@@ -181,7 +181,12 @@ async def _serve_connection(
         except trio.TooSlowError:
             await _send(stream, conn, Response.error(408, "timeout", "request took too long"))
             return
-        await _send(stream, conn, await handler(request))
+        try:
+            response = await handler(request)
+        except Exception:  # a handler's bug costs one answer, never the server
+            log.exception("request failed", extra={"path": request.path})
+            response = Response.error(500, "internal", "internal error: see the daemon's log")
+        await _send(stream, conn, response)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away; nothing to answer
 

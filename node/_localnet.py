@@ -62,12 +62,17 @@ async def serve_localnet(
             async def handle(request: Request) -> Response:
                 if request.method != "POST":
                     return Response.error(405, "method_not_allowed", "send JSON-RPC with POST")
-                return Response(200, await rpc.answer(request.body))
+                answer = await rpc.answer(request.body)
+                if ledger.broken:  # memory and journal differ: stop rather than go on
+                    log.error("localnet stopping", extra={"why": ledger.broken})
+                    server.close()
+                return Response(200, answer)
 
             server = HttpServer(handle, host, port, max_body=MAX_BODY)
             bound_host, bound_port = await server.bind()
-            url = f"http://{bound_host}:{bound_port}"
-            (directory / "url").write_text(url + "\n")
+            shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+            url = f"http://{shown}:{bound_port}"
+            await trio.to_thread.run_sync(_write_url, directory, url)
             log.info("localnet serving", extra={"url": url, "dir": str(directory)})
             async with trio.open_nursery() as nursery:
                 if handle_signals:
@@ -75,8 +80,16 @@ async def serve_localnet(
                 task_status.started(url)
                 await server.serve()
     finally:
-        (directory / "url").unlink(missing_ok=True)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(lambda: (directory / "url").unlink(missing_ok=True))
         os.close(fd)
+
+
+def _write_url(directory: Path, url: str) -> None:
+    """Atomically: a script polling for the file never reads half of it."""
+    partial = directory / "url.partial"
+    partial.write_text(url + "\n")
+    os.replace(partial, directory / "url")
 
 
 async def _stop_on_signal(server: HttpServer, scope: trio.CancelScope) -> None:

@@ -73,7 +73,8 @@ class SettlementService:
         self.wallet = wallet
         self.ledger = ledger
         self.book = book
-        self._opening = trio.Lock()
+        self._opening: dict[str, trio.Lock] = {}  # per provider: the payer opens one at a time
+        self._adding = trio.Lock()  # the payee binds new channels one at a time
         self._paying: dict[str, trio.Lock] = {}
 
     @property
@@ -115,7 +116,12 @@ class SettlementService:
         The state is stored before it is returned. ChannelError or LedgerError if
         it cannot be paid (the deposit is too small, the wallet is empty, the
         provider changed wallets, the ledger refuses)."""
-        async with self._opening:  # one new channel per provider, not one per task
+        async with self._opening_to(provider):  # one new channel per provider, not per task
+            if self.book.find("payer", provider, "opening"):
+                raise ChannelError(
+                    "a channel to this provider is still opening (its transaction is not "
+                    "confirmed yet): the watcher will find out; pay again shortly"
+                )
             channel = await self._usable(provider, payee, amounts)
             if channel is None:
                 deposit = max(self.config.deposit_lamports, sum(amounts.values()))
@@ -123,6 +129,9 @@ class SettlementService:
         channel, state, used = await self.book.pay(channel.terms.stake, amounts, self.wallet)
         owed = {str(k): v for k, v in channel.owed.items()}
         return Payment(channel.terms.to_wire(), owed, state).encode(), channel, used
+
+    def _opening_to(self, provider: str) -> trio.Lock:
+        return self._opening.setdefault(provider, trio.Lock())
 
     def paying(self, provider: str) -> trio.Lock:
         """Held by the user's side around one paid task to ``provider`` (payment, run
@@ -159,10 +168,19 @@ class SettlementService:
     async def open_channel(
         self, peer: str, payee: Pubkey, deposit: int, duration_s: int
     ) -> Channel:
-        """Open a channel to ``peer`` by hand (paid tasks to it will use it)."""
+        """Open a channel to ``peer`` by hand (paid tasks to it will use it, so it must
+        outlive twice the close margin). ChannelError if it could not serve."""
         if payee == self.wallet.pubkey():
             raise ChannelError("a channel to this node's own wallet pays nobody")
-        async with self._opening:
+        shortest = 2 * self.config.close_margin_s + 600
+        if duration_s < shortest:
+            raise ChannelError(
+                f"a channel must last at least {shortest} s (twice [settlement] "
+                "close_margin_s, and 10 minutes of use), or tasks would never use it"
+            )
+        async with self._opening_to(peer):
+            if self.book.find("payer", peer, "opening"):
+                raise ChannelError(f"a channel to {peer} is still opening: see `channel ls`")
             for channel in self.book.find("payer", peer):
                 if channel.terms.payee != payee:
                     raise ChannelError(
@@ -195,30 +213,42 @@ class SettlementService:
         expired unsent."""
         for attempt in range(OPEN_ATTEMPTS):
             expires = await self.ledger.now() + duration_s
+            blockhash = await self.ledger.blockhash()
             tx, terms = open_transaction(
                 self.wallet, payee, deposit, expires,
                 await self.ledger.rent(STAKE_ACCOUNT_SIZE),
                 await self.ledger.rent(NONCE_ACCOUNT_SIZE),
-                await self.ledger.blockhash(),
+                blockhash,
             )  # fmt: skip
             with trio.CancelScope(shield=True):  # once sent, the book must hear of it
-                await self.book.add(terms, "payer", provider, Hash.default(), "opening")
+                # Until it is open, the nonce field keeps the opening's blockhash: the
+                # watcher tells from it whether the opening can still land.
+                await self.book.add(terms, "payer", provider, blockhash, "opening")
                 try:
                     await self.ledger.send(tx)
                 except LedgerUnreachable:
                     raise  # it may still land: the watcher will find out
-                except BlockhashExpired:
+                except LedgerError as exc:
+                    if await self._landed(terms):  # a re-send of one that landed
+                        return await self._opened(terms, provider)
                     await self.book.mark(terms.stake, "failed")
-                    if attempt + 1 < OPEN_ATTEMPTS:
+                    if isinstance(exc, BlockhashExpired) and attempt + 1 < OPEN_ATTEMPTS:
                         continue
                     raise
-                except LedgerError:
-                    await self.book.mark(terms.stake, "failed")
-                    raise
-                channel = await self.book.opened(terms.stake, await self._nonce_of(terms))
-            log.info("channel opened", extra={"channel": str(terms.stake), "provider": provider})
-            return channel
+                return await self._opened(terms, provider)
         raise AssertionError("unreachable")
+
+    async def _landed(self, terms: ChannelTerms) -> bool:
+        try:
+            account = await self.ledger.account(terms.stake)
+        except LedgerError:
+            return False
+        return account is not None and account.owner == STAKE_PROGRAM
+
+    async def _opened(self, terms: ChannelTerms, provider: str) -> Channel:
+        channel = await self.book.opened(terms.stake, await self._nonce_of(terms))
+        log.info("channel opened", extra={"channel": str(terms.stake), "provider": provider})
+        return channel
 
     async def _nonce_of(self, terms: ChannelTerms) -> Hash:
         account = await self.ledger.account(terms.nonce)
@@ -257,7 +287,7 @@ class SettlementService:
             raise ChannelError(f"that channel's accounts are not a channel's: {exc}") from None
         check_channel(terms, stake.lamports, meta, authority, await self.ledger.now())
         amounts = task_amounts(price, royalty_bps, terms.payee, creator, terms.payer)
-        async with self._opening:
+        async with self._adding:
             known = self.book.channels.get(str(terms.stake))
             if known is None:
                 # Bound to this peer only once its state checks out, and never on a

@@ -54,9 +54,11 @@ CREATE TABLE IF NOT EXISTS channels (
     updated  REAL NOT NULL
 );
 """
-STATUSES = ("opening", "open", "closed", "refunded", "failed")
-# opening: recorded before its opening transaction is sent, so a crash cannot lose a
-# deposit; open once the ledger has it; failed if it never landed.
+STATUSES = ("opening", "open", "closing", "closed", "refunded", "failed")
+# opening: recorded before its opening transaction is sent (a crash cannot lose a
+# deposit), its nonce field holding that transaction's blockhash until it is open;
+# failed if it can never land. closing: the payee's close is under way, and no
+# more payments are taken on it.
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,20 @@ class ChannelBook:
             await self._save(channel)
             return channel
 
+    async def begin_close(self, stake: Pubkey) -> Channel:
+        """The payee's close starts: no payment is accepted from now on, so the state
+        returned is the last one. `mark` it closed, or open again if it failed."""
+        async with self._lock(stake):
+            channel = self.get(stake)
+            if channel.role != "payee" or channel.status not in ("open", "closing"):
+                raise ChannelError(
+                    f"only the payee closes an open channel (this node is its {channel.role}, "
+                    f"and it is {channel.status})"
+                )
+            channel = replace(channel, status="closing")
+            await self._save(channel)
+            return channel
+
     async def mark(self, stake: Pubkey, status: str) -> Channel:
         """Record what became of a channel on the ledger (closed, refunded, failed)."""
         if status not in STATUSES:
@@ -290,8 +306,10 @@ class ChannelBook:
                 self._batch = _Batch()  # later rows wait for the next transaction
                 try:
                     await trio.to_thread.run_sync(self._write, batch.rows, limiter=self._limiter)
-                except sqlite3.Error as exc:
+                except BaseException as exc:  # every row of the batch failed with it
                     batch.error = f"the channel book could not be written: {exc}"
+                    if not isinstance(exc, sqlite3.Error):
+                        raise
                 finally:
                     batch.done.set()
         if batch.error:

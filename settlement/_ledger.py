@@ -40,8 +40,6 @@ from ._programs import STAKE_PROGRAM
 
 TransactionError = TransactionErrorType
 
-SYSTEM_PROGRAM = Pubkey.default()
-ADVANCE_NONCE = (4).to_bytes(4, "little")  # SystemInstruction::AdvanceNonceAccount
 LOCKUP_IN_FORCE = 1  # the stake program's StakeError::LockupInForce
 # Accounts the runtime owns: never journaled, never restored over the real ones.
 RUNTIME_OWNERS = frozenset(
@@ -106,6 +104,11 @@ class Ledger(Protocol):
         """The rent-exempt minimum for an account of ``size`` bytes."""
         ...
 
+    async def blockhash_expired(self, blockhash: Hash) -> bool | None:
+        """Whether a transaction made on ``blockhash`` can no longer land (None: this
+        ledger cannot tell)."""
+        ...
+
     async def now(self) -> int:
         """The ledger's clock, unix seconds: what lockups are measured against."""
         ...
@@ -124,6 +127,7 @@ class EmbeddedLedger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self._limiter = trio.CapacityLimiter(1)
+        self._broken = ""
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         self._clock = meta.get("clock", 0)  # it never goes back, restarts included
         self._blocks = meta.get("blocks", 0)
@@ -167,6 +171,15 @@ class EmbeddedLedger:
         self._svm.expire_blockhash()
         self._blocks += 1
 
+    @property
+    def broken(self) -> str:
+        """Why this ledger refuses everything until restarted ("" while it is sound)."""
+        return self._broken
+
+    def _check(self) -> None:
+        if self._broken:
+            raise LedgerError(self._broken)
+
     async def _journal(self, pubkeys: list[Pubkey]) -> None:
         """Write what these accounts hold now. Shielded: once the ledger in memory has
         changed, the journal must follow, or a restart would undo it."""
@@ -196,7 +209,9 @@ class EmbeddedLedger:
                     self._write, rows, self._blocks, self._clock, limiter=self._limiter
                 )
             except sqlite3.Error as exc:
-                raise LedgerError(f"the ledger's journal could not be written: {exc}") from None
+                # Memory and disk now differ: refuse everything until a restart.
+                self._broken = f"the ledger's journal could not be written ({exc}): restart it"
+                raise LedgerError(self._broken) from None
 
     def _write(self, rows: list[tuple[str, tuple | None]], blocks: int, clock: int) -> None:
         with self._db:
@@ -213,6 +228,7 @@ class EmbeddedLedger:
 
     async def airdrop(self, pubkey: Pubkey, lamports: int) -> str:
         """The embedded ledger's faucet: new lamports for ``pubkey``; the signature."""
+        self._check()
         result = self._svm.airdrop(pubkey, lamports)
         if isinstance(result, FailedTransactionMetadata):
             raise LedgerError(f"the faucet failed: {result.err()}")
@@ -234,6 +250,7 @@ class EmbeddedLedger:
     async def execute(self, tx: Transaction) -> tuple[TransactionError | None, list[str]]:
         """Run and commit ``tx``: (its error or None, its logs). A transaction that
         fails after its checks still pays its fee, as on a cluster."""
+        self._check()
         self._tick()
         result = self._svm.send_transaction(tx)
         if isinstance(result, FailedTransactionMetadata):
@@ -277,6 +294,10 @@ class EmbeddedLedger:
     async def rent(self, size: int) -> int:
         return self._svm.minimum_balance_for_rent_exemption(size)
 
+    async def blockhash_expired(self, blockhash: Hash) -> bool:
+        # The runtime takes only the latest blockhash, and never goes back to one.
+        return blockhash != self._svm.latest_blockhash()
+
     async def now(self) -> int:
         self._tick()
         return self._clock
@@ -284,7 +305,7 @@ class EmbeddedLedger:
 
 def refusal(tx: Transaction, err: TransactionError) -> LedgerError:
     """The error to raise for a transaction the ledger refused with ``err``."""
-    if err == TransactionErrorFieldless.BlockhashNotFound and _uses_nonce(tx):
+    if err == TransactionErrorFieldless.BlockhashNotFound and tx.uses_durable_nonce():
         return LedgerError("the durable nonce has moved on: this state was closed or voided")
     if err == TransactionErrorFieldless.BlockhashNotFound:
         return BlockhashExpired("the transaction's blockhash is no longer valid: build it again")
@@ -295,15 +316,6 @@ def refusal(tx: Transaction, err: TransactionError) -> LedgerError:
         if program == STAKE_PROGRAM:
             return LockupInForce("the channel's lockup has not ended yet")
     return LedgerError(f"the ledger refused the transaction: {err}")
-
-
-def _uses_nonce(tx: Transaction) -> bool:
-    """Whether ``tx`` is a durable-nonce transaction (its first instruction advances a nonce)."""
-    if not tx.message.instructions:
-        return False
-    first = tx.message.instructions[0]
-    program = first.program_id(tx.message.account_keys)
-    return program == SYSTEM_PROGRAM and bytes(first.data)[:4] == ADVANCE_NONCE
 
 
 @asynccontextmanager

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -43,7 +44,12 @@ from solders.rpc.responses import (
 )
 from solders.signature import Signature
 from solders.transaction import Transaction
-from solders.transaction_status import TransactionConfirmationStatus, TransactionStatus
+from solders.transaction_status import (
+    TransactionConfirmationStatus,
+    TransactionErrorInstructionError,
+    TransactionErrorInsufficientFundsForRent,
+    TransactionStatus,
+)
 
 from ._errors import LedgerError
 from ._ledger import EmbeddedLedger
@@ -59,6 +65,9 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL = -32603
 PREFLIGHT_FAILED = -32002
+# Errors of transactions that were executed and charged their fee: they landed.
+COMMITTED_ERRORS = (TransactionErrorInstructionError, TransactionErrorInsufficientFundsForRent)
+log = logging.getLogger("mercato.localnet")
 
 
 class _Refused(Exception):
@@ -106,7 +115,8 @@ class LocalnetRpc:
             if not isinstance(request_id, int | str | None) or isinstance(request_id, bool):
                 request_id = None
                 raise _Refused(INVALID_REQUEST, "id must be a number or a string")
-            method = self._methods.get(request.get("method"))  # type: ignore[arg-type]
+            name = request.get("method")
+            method = self._methods.get(name) if isinstance(name, str) else None
             if method is None:
                 raise _Refused(METHOD_NOT_FOUND, f"method not found: {request.get('method')!r}")
             params = request.get("params", [])
@@ -117,6 +127,9 @@ class LocalnetRpc:
             return _error(request_id, exc.code, exc.message)
         except LedgerError as exc:
             return _error(request_id, INTERNAL, str(exc))
+        except Exception:  # a bug must cost one answer, never the ledger
+            log.exception("localnet request failed")
+            return _error(request_id, INTERNAL, "internal error: see the localnet's log")
         response = json.loads(result)
         response["id"] = request_id
         return json.dumps(response).encode()
@@ -138,6 +151,8 @@ class LocalnetRpc:
         tx = _transaction(params)
         options = _options(params)
         async with self._lock:
+            if tx.signatures[0] in self._statuses:  # landed already: it cannot land twice
+                return SendTransactionResp(tx.signatures[0]).to_json()
             if not options.get("skipPreflight", False):
                 err, logs = await self.ledger.dry_run(tx)
                 if err is not None:
@@ -148,12 +163,17 @@ class LocalnetRpc:
                     error = {"code": PREFLIGHT_FAILED, **json.loads(message.to_json())}
                     return json.dumps({"jsonrpc": "2.0", "error": error, "id": 0})
             err, _ = await self.ledger.execute(tx)
-            self._remember(tx.signatures[0], err)
+            # Only what was committed has a status: a transaction refused before
+            # its fee (a bad signature, an unknown blockhash) never landed, and its
+            # "signature" may be anyone's.
+            if err is None or isinstance(err, COMMITTED_ERRORS):
+                self._remember(tx.signatures[0], err)
         return SendTransactionResp(tx.signatures[0]).to_json()
 
     async def _simulate(self, params: list[Any]) -> str:
         tx = _transaction(params)
-        err, logs = await self.ledger.dry_run(tx)
+        async with self._lock:  # never the state of a transaction not yet journaled
+            err, logs = await self.ledger.dry_run(tx)
         result = RpcSimulateTransactionResult(err, logs, None, None, None)
         return SimulateTransactionResp(result, self._context()).to_json()
 
@@ -162,14 +182,17 @@ class LocalnetRpc:
         encoding = _options(params).get("encoding", "base64")
         if encoding != "base64":
             raise _Refused(INVALID_PARAMS, "only base64 encoding is served")
-        account = self.ledger.raw_account(pubkey)
+        async with self._lock:
+            account = self.ledger.raw_account(pubkey)
         if account is not None and account.lamports == 0:
             account = None
         return GetAccountInfoResp(account, self._context()).to_json()
 
     async def _balance(self, params: list[Any]) -> str:
         pubkey = _pubkey(_param(params, 0, str, "pubkey"))
-        return GetBalanceResp(await self.ledger.balance(pubkey), self._context()).to_json()
+        async with self._lock:
+            lamports = await self.ledger.balance(pubkey)
+        return GetBalanceResp(lamports, self._context()).to_json()
 
     async def _rent(self, params: list[Any]) -> str:
         size = _param(params, 0, int, "size")
@@ -253,6 +276,12 @@ def _transaction(params: list[Any]) -> Transaction:
     if _options(params).get("encoding", "base58") != "base64":
         raise _Refused(INVALID_PARAMS, "send transactions base64-encoded")
     try:
-        return Transaction.from_bytes(base64.b64decode(encoded, validate=True))
+        tx = Transaction.from_bytes(base64.b64decode(encoded, validate=True))
+        tx.sanitize()
     except (binascii.Error, ValueError):
         raise _Refused(INVALID_PARAMS, "not a base64 legacy transaction") from None
+    except Exception:  # solders' sanitize error has no common base to name
+        raise _Refused(INVALID_PARAMS, "the transaction is malformed") from None
+    if not tx.signatures or len(tx.signatures) != tx.message.header.num_required_signatures:
+        raise _Refused(INVALID_PARAMS, "the transaction's signatures do not match its message")
+    return tx

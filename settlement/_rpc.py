@@ -23,6 +23,7 @@ from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
 from solana.rpc.core import RPCException
 from solana.rpc.models import TxOpts
+from solders.errors import SerdeJSONError
 from solders.hash import Hash
 from solders.pubkey import Pubkey
 from solders.rpc.errors import SendTransactionPreflightFailureMessage
@@ -39,6 +40,8 @@ from ._ledger import AccountInfo, refusal
 RESEND_S = 2.0
 POLL_S = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)  # then every 0.5 s
 REMEMBERED_BLOCKHASHES = 64
+# No answer, or not one a Solana RPC gives (a proxy's page, a wrong port).
+UNREACHABLE = (SolanaRpcException, SerdeJSONError, OSError, ValueError)
 CONFIRMED = (TransactionConfirmationStatus.Confirmed, TransactionConfirmationStatus.Finalized)
 
 
@@ -53,7 +56,7 @@ class RpcLedger:
         *,
         faucet: bool = False,
         timeout_s: float = 10.0,
-        confirm_s: float = 60.0,
+        confirm_s: float = 30.0,
     ) -> None:
         self.url, self.name, self.faucet = url, name, faucet
         self.confirm_s = confirm_s
@@ -70,7 +73,7 @@ class RpcLedger:
             raise LedgerError(
                 f"the ledger at {self.url} refused {method}: {_message(exc)}"
             ) from None
-        except (SolanaRpcException, OSError) as exc:
+        except UNREACHABLE as exc:
             raise LedgerUnreachable(
                 f"the ledger at {self.url} did not answer ({exc}); is it running and reachable?"
             ) from None
@@ -88,7 +91,9 @@ class RpcLedger:
         return str(signature)
 
     async def _confirmed(self, signature: Any, tx: Transaction | None) -> None:
-        """Send ``tx`` (if given) and wait for ``signature`` to be confirmed."""
+        """Send ``tx`` (if given) and wait for ``signature`` to be confirmed. A refusal
+        is believed only once the signature's status (history searched) says the
+        transaction never landed: a re-send of one that landed fails preflight too."""
         deadline = trio.current_time() + self.confirm_s
         last_error = "no answer yet"
         while trio.current_time() < deadline:
@@ -102,41 +107,51 @@ class RpcLedger:
                     if err is None:
                         last_error = _message(exc)
                     elif err != TransactionErrorFieldless.AlreadyProcessed:
+                        if await self._settled(signature, tx, history=True):
+                            return
                         raise refusal(tx, err) from None
-                except (SolanaRpcException, OSError) as exc:
+                except UNREACHABLE as exc:
                     last_error = str(exc)  # the RPC may be down: poll, then send again
             resend_at = trio.current_time() + RESEND_S
             for delay in _polls():
                 if trio.current_time() >= min(resend_at, deadline):
                     break
                 await trio.sleep(delay)
-                try:
-                    resp = await self._client.get_signature_statuses([signature])
-                except (RPCException, SolanaRpcException, OSError) as exc:
-                    last_error = str(exc)
-                    continue
-                status = resp.value[0]
-                if status is None:
-                    continue
-                if status.err is not None:
-                    raise refusal(tx, status.err) if tx else LedgerError(str(status.err))
-                if status.confirmation_status in CONFIRMED:
+                if await self._settled(signature, tx):
                     return
-        if tx is not None and not await self._blockhash_valid(tx.message.recent_blockhash):
+        if await self._settled(signature, tx, history=True):
+            return
+        if tx is not None and await self.blockhash_expired(tx.message.recent_blockhash):
             raise BlockhashExpired("the transaction was not confirmed and its blockhash expired")
         raise LedgerUnreachable(
             f"the transaction {signature} was not confirmed within {self.confirm_s:g} s "
             f"({last_error}); it may still land: it will be retried"
         )
 
-    async def _blockhash_valid(self, blockhash: Hash) -> bool:
+    async def _settled(self, signature: Any, tx: Transaction | None, history: bool = False) -> bool:
+        """True once ``signature`` is confirmed; its refusal if it landed and failed;
+        False while unknown (or the RPC does not answer)."""
+        try:
+            resp = await self._client.get_signature_statuses([signature], history)
+        except (RPCException, *UNREACHABLE):
+            return False
+        status = resp.value[0]
+        if status is None:
+            return False
+        if status.err is not None:
+            raise refusal(tx, status.err) if tx else LedgerError(str(status.err))
+        return status.confirmation_status in CONFIRMED
+
+    async def blockhash_expired(self, blockhash: Hash) -> bool | None:
+        """Whether a transaction made on ``blockhash`` can no longer land; None if
+        this ledger object did not hand that blockhash out (it cannot tell)."""
         last_valid = self._blockhashes.get(blockhash)
         if last_valid is None:
-            return True  # not one of ours (a durable nonce): do not claim it expired
+            return None
         try:
-            return (await self._client.get_block_height()).value <= last_valid
-        except (RPCException, SolanaRpcException, OSError):
-            return True
+            return (await self._client.get_block_height()).value > last_valid
+        except (RPCException, *UNREACHABLE):
+            return None
 
     async def simulate(self, tx: Transaction) -> None:
         versioned = VersionedTransaction.from_legacy(tx)

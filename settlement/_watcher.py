@@ -29,15 +29,15 @@ from solders.pubkey import Pubkey
 
 from ._book import Channel, ChannelBook, payable
 from ._channel import check_stake, check_state, countersign, refund_transaction
-from ._errors import ChannelError, LedgerError, SettlementError
-from ._ledger import Ledger
-from ._programs import read_nonce, read_stake
+from ._errors import ChannelError, LedgerError, LedgerUnreachable, SettlementError
+from ._ledger import AccountInfo, Ledger
+from ._programs import STAKE_PROGRAM, read_nonce, read_stake
 
 log = logging.getLogger("mercato.settlement")
 
 RETRY_S = 5.0
 RETRY_MAX_S = 600.0
-OPENING_LIFE_S = 300.0  # an opening not on the ledger by then never will be (blockhash life)
+OPENING_LIFE_S = 300.0  # past any blockhash's life on a cluster (about 60 to 90 s)
 
 
 @dataclass
@@ -58,7 +58,11 @@ async def settle_due(
 ) -> list[tuple[str, str]]:
     """One round; returns (channel, what was done) for each channel acted on."""
     watch = watch or WatchState()
-    now, done = await ledger.now(), []
+    try:
+        now, done = await ledger.now(), []
+    except SettlementError as exc:
+        log.warning("the ledger did not answer; will retry", extra={"why": str(exc)})
+        return []
     for channel in [c for c in book.channels.values() if _watched(c)]:
         stake = str(channel.terms.stake)
         if trio.current_time() < watch.not_before.get(stake, 0.0):
@@ -82,9 +86,8 @@ async def settle_due(
 
 def _watched(channel: Channel) -> bool:
     # A payer's channel the payee closed still holds its rent reserve until refunded.
-    return channel.status in ("open", "opening") or (channel.role, channel.status) == (
-        "payer",
-        "closed",
+    return channel.status in ("open", "opening", "closing") or (
+        channel.role == "payer" and channel.status == "closed"
     )
 
 
@@ -100,7 +103,7 @@ async def _act(
     terms, stake = channel.terms, str(channel.terms.stake)
     account = await ledger.account(terms.stake)
     if channel.status == "opening":
-        return await _resolve_opening(book, ledger, channel, account is not None)
+        return await _resolve_opening(book, ledger, channel, account)
     if channel.role == "payee":
         if account is not None and stake not in watch.breaches:
             meta = read_stake(account.data)
@@ -110,7 +113,8 @@ async def _act(
                     "the lockup of a channel moved",
                     extra={"channel": stake, "from": terms.expires, "to": meta.lockup_until},
                 )
-        if channel.state is None or now < terms.expires - margin_s:
+        due = now >= terms.expires - margin_s or channel.status == "closing"
+        if channel.state is None or not due:
             return ""
         await close_channel(book, ledger, keys[terms.payee], channel)
         return "closed"
@@ -121,27 +125,43 @@ async def _act(
 
 
 async def close_channel(book: ChannelBook, ledger: Ledger, payee: Keypair, channel: Channel) -> str:
-    """The payee's close: the latest state, countersigned, simulated (a failed
-    durable-nonce transaction still spends the nonce on a cluster), sent; the
-    channel marked closed. ChannelError if there is nothing to close with;
-    LedgerError if the ledger refuses (nothing is marked then)."""
+    """The payee's close: no more payments are taken (``closing``), then the latest
+    state, countersigned, simulated (a failed durable-nonce transaction still
+    spends the nonce on a cluster) and sent; the channel marked closed. Returns
+    the signature ("" if a close sent before had landed). ChannelError if there
+    is nothing to close with; LedgerError if the ledger refuses (the channel is
+    open again then), LedgerUnreachable if it may still land (it stays closing,
+    and the watcher goes on)."""
     terms = channel.terms
-    if channel.role != "payee" or channel.status != "open":
-        raise ChannelError(
-            f"only the payee closes an open channel (this is {channel.role}, {channel.status})"
-        )
-    if channel.state is None:
+    if channel.role == "payee" and channel.state is None:
         raise ChannelError("no payment on this channel yet: nothing to close with")
-    account = await ledger.account(terms.stake)
-    if account is not None:
-        check_stake(terms, read_stake(account.data), account.lamports)
-    checked = check_state(terms, channel.nonce, payable(channel.owed, terms.payee), channel.state)
-    tx = countersign(checked, payee)
-    await ledger.simulate(tx)
-    signature = await ledger.send(tx)
+    channel = await book.begin_close(terms.stake)
+    try:
+        if await _nonce_moved(ledger, channel):
+            signature = ""  # only the payee can move the nonce: a close of ours landed
+        else:
+            account = await ledger.account(terms.stake)
+            if account is not None:
+                check_stake(terms, read_stake(account.data), account.lamports)
+            owed = payable(channel.owed, terms.payee)
+            tx = countersign(check_state(terms, channel.nonce, owed, channel.state), payee)
+            await ledger.simulate(tx)
+            signature = await ledger.send(tx)
+    except LedgerUnreachable:
+        raise
+    except SettlementError:
+        if not await _nonce_moved(ledger, channel):
+            await book.mark(terms.stake, "open")
+            raise
+        signature = ""
     await book.mark(terms.stake, "closed")
     log.info("channel closed", extra={"channel": str(terms.stake), "paid": channel.paid})
     return signature
+
+
+async def _nonce_moved(ledger: Ledger, channel: Channel) -> bool:
+    nonce = await ledger.account(channel.terms.nonce)
+    return nonce is not None and read_nonce(nonce.data)[1] != channel.nonce
 
 
 async def refund_channel(
@@ -167,20 +187,26 @@ async def refund_channel(
 
 
 async def _resolve_opening(
-    book: ChannelBook, ledger: Ledger, channel: Channel, on_ledger: bool
+    book: ChannelBook, ledger: Ledger, channel: Channel, account: AccountInfo | None
 ) -> str:
-    """A channel whose opening was sent but not confirmed (a crash, an outage)."""
-    if on_ledger:
-        nonce = await ledger.account(channel.terms.nonce)
-        if nonce is None:
-            raise LedgerError("the channel's stake account exists but its nonce does not")
-        await book.opened(channel.terms.stake, read_nonce(nonce.data)[1])
-        log.info("channel found open on the ledger", extra={"channel": str(channel.terms.stake)})
+    """A channel whose opening was sent but not confirmed (a crash, an outage): open
+    if the ledger has its stake account with the deposit, failed once the
+    opening's blockhash (kept in the nonce field until then) can no longer land."""
+    terms = channel.terms
+    if account is not None and account.owner == STAKE_PROGRAM:
+        nonce = await ledger.account(terms.nonce)
+        if nonce is None or account.lamports < terms.deposit:
+            raise LedgerError("the channel's accounts are on the ledger but not as opened")
+        await book.opened(terms.stake, read_nonce(nonce.data)[1])
+        log.info("channel found open on the ledger", extra={"channel": str(terms.stake)})
         return "opened"
-    if time.time() - channel.updated < OPENING_LIFE_S:
+    expired = await ledger.blockhash_expired(channel.nonce)
+    if expired is None:  # this ledger cannot tell: past any blockhash's life, then
+        expired = time.time() - channel.updated > OPENING_LIFE_S
+    if not expired:
         return ""  # it may still land
-    await book.mark(channel.terms.stake, "failed")
-    log.info("channel never opened", extra={"channel": str(channel.terms.stake)})
+    await book.mark(terms.stake, "failed")
+    log.info("channel never opened", extra={"channel": str(terms.stake)})
     return "failed"
 
 
@@ -194,5 +220,8 @@ async def run_watcher(
     """`settle_due` every ``interval_s`` until cancelled."""
     watch = WatchState()
     while True:
-        await settle_due(book, ledger, keys, margin_s, watch)
+        try:
+            await settle_due(book, ledger, keys, margin_s, watch)
+        except Exception:  # one bad round must not end the watching
+            log.exception("the channel watcher's round failed; it goes on")
         await trio.sleep(interval_s)

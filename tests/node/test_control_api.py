@@ -260,3 +260,32 @@ async def test_the_wallet_is_the_account_key_funded_on_the_embedded_ledger(node:
     assert wallet["address"] == account["address"]
     assert (wallet["ledger"], wallet["balance"]) == ("embedded", 10_000_000_000)
     assert (await call(client.channels))["channels"] == []
+
+
+async def test_channel_and_wallet_routes_refuse_bad_input_and_change_nothing(node: Node) -> None:
+    client = ControlClient(node.datadir)
+    peer = node.overlay.peer_id  # a real peer id (this node's own)
+    other = "11111111111111111111111111111111"  # a valid Solana address
+    refusals = [
+        (client.channel_open, ("not a peer", 10**8, 86_400, other), "peer id", 400),
+        (client.channel_open, (peer, 0, 86_400, other), "deposit_lamports", 400),
+        (client.channel_open, (peer, 10**8, 60, other), "duration_s", 400),
+        (client.channel_open, (peer, 10**8, 7_200, other), "at least", 409),
+        (client.channel_open, (peer, 10**8, 86_400, "xyz"), "base58", 400),
+        (client.channel_open, (peer, 10**8, 86_400), "agent card", 404),
+        (client.channel_open, (peer, 10**8, 86_400, node.settlement.address), "own", 409),
+        (client.channel, ("nope",), "no channel", 404),
+        (client.channel_close, ("nope",), "no channel", 404),
+        (client.channel_refund, ("nope",), "no channel", 404),
+        (client.airdrop, (0,), "lamports", 400),
+        (client.airdrop, (10**30,), "lamports", 400),
+    ]
+    for fn, args, says, status in refusals:
+        with pytest.raises(ControlError, match=says) as refused:
+            await call(fn, *args)
+        assert refused.value.status == status, (args, refused.value)
+    assert (await call(client.channels))["channels"] == []
+    wallet = await call(client.wallet)
+    assert wallet["balance"] == 10_000_000_000  # nothing spent
+    granted = await call(client.airdrop, 5 * 10**8)
+    assert granted["balance"] == wallet["balance"] + 5 * 10**8 and granted["signature"]

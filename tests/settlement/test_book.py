@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import trio
 from solders.keypair import Keypair
 
 from settlement import (
@@ -10,11 +11,15 @@ from settlement import (
     NONCE_ACCOUNT_SIZE,
     STAKE_ACCOUNT_SIZE,
     ChannelError,
+    check_state,
+    countersign,
     open_channel_book,
     open_embedded_ledger,
     open_transaction,
+    payable,
     read_nonce,
     settle_due,
+    sign_state,
     split,
 )
 
@@ -115,3 +120,82 @@ async def test_a_bad_state_changes_nothing_and_the_book_survives_a_restart(
         assert done == [(str(terms.stake), "closed")]
         with pytest.raises(ChannelError, match="closed"):
             await payees.accept(terms.stake, {payee.pubkey(): 1}, state)
+
+
+async def test_an_opening_found_on_the_ledger_is_open_and_one_that_never_landed_fails(
+    world, tmp_path: Path
+) -> None:
+    ledger, payer, payee, _ = world
+    keys = {payer.pubkey(): payer}
+    async with open_channel_book(tmp_path / "payer.db") as book:
+        # The payer recorded two openings, then crashed: one was sent, one was not.
+        sent = []
+        for _ in range(2):
+            blockhash = await ledger.blockhash()
+            tx, terms = open_transaction(
+                payer, payee.pubkey(), SOL, await ledger.now() + 3600,
+                await ledger.rent(STAKE_ACCOUNT_SIZE), await ledger.rent(NONCE_ACCOUNT_SIZE),
+                blockhash,
+            )  # fmt: skip
+            await book.add(terms, "payer", "p", blockhash, "opening")
+            sent.append((tx, terms))
+        landed, lost = sent[1], sent[0]
+        await ledger.send(landed[0])  # the later one: its blockhash is the latest
+        done = dict(await settle_due(book, ledger, keys, margin_s=60))
+        assert done == {str(landed[1].stake): "opened", str(lost[1].stake): "failed"}
+        opened_now = book.get(landed[1].stake)
+        nonce = read_nonce((await ledger.account(landed[1].nonce)).data)[1]
+        assert opened_now.status == "open" and opened_now.nonce == nonce
+        assert book.get(lost[1].stake).status == "failed"
+        assert await ledger.account(lost[1].stake) is None  # it never can land now
+
+
+async def test_a_close_that_landed_unrecorded_is_found_and_a_closing_channel_takes_no_payment(
+    world, tmp_path: Path
+) -> None:
+    ledger, payer, payee, _ = world
+    terms, nonce = await opened(ledger, payer, payee, deposit=SOL)
+    async with open_channel_book(tmp_path / "payee.db") as book:
+        await book.add(terms, "payee", "u", nonce)
+        owed = {payee.pubkey(): 2 * MIN_PAYOUT}
+        state = sign_state(terms, nonce, owed, payer)
+        await book.accept(terms.stake, owed, state, owed)
+        closing = await book.begin_close(terms.stake)
+        with pytest.raises(ChannelError, match="closing"):
+            await book.accept(terms.stake, {payee.pubkey(): 1}, state, owed)
+        # The close lands, but the process dies before the book hears of it.
+        checked = check_state(terms, nonce, payable(closing.owed, payee.pubkey()), state)
+        await ledger.send(countersign(checked, payee))
+        before = await ledger.balance(payee.pubkey())
+        # After the restart the watcher resumes the close: the nonce moved, so it
+        # landed; nothing is sent twice.
+        done = await settle_due(book, ledger, {payee.pubkey(): payee}, margin_s=60)
+        assert done == [(str(terms.stake), "closed")]
+        assert await ledger.balance(payee.pubkey()) == before
+        assert book.get(terms.stake).status == "closed"
+
+
+async def test_a_write_that_fails_fails_every_save_in_its_batch(world, tmp_path: Path) -> None:
+    ledger, payer, payee, _ = world
+    first, nonce1 = await opened(ledger, payer, payee, deposit=SOL)
+    second, nonce2 = await opened(ledger, payer, payee, deposit=SOL)
+    path = tmp_path / "payer.db"
+    async with open_channel_book(path) as book:
+        outcomes: dict[str, object] = {}
+
+        async def add(terms, nonce, peer: str) -> None:
+            try:
+                await book.add(terms, "payer", peer, nonce)
+                outcomes[peer] = "saved"
+            except Exception as exc:
+                outcomes[peer] = exc
+
+        async with trio.open_nursery() as nursery:  # one transaction for both rows
+            nursery.start_soon(add, first, nonce1, "\ud800")  # SQLite cannot encode it
+            nursery.start_soon(add, second, nonce2, "good")
+    async with open_channel_book(path) as book:
+        on_disk = set(book.channels)
+    # Nobody is told "saved" for a row that is not on disk.
+    for terms, peer in ((first, "\ud800"), (second, "good")):
+        assert (outcomes[peer] == "saved") == (str(terms.stake) in on_disk), outcomes
+    assert outcomes["\ud800"] != "saved"

@@ -1,6 +1,7 @@
 """The rpc ledger against a `mercato localnet` in another process: one ledger that
 several processes share, spoken to over Solana's JSON-RPC."""
 
+import base64
 import time
 
 import httpx
@@ -9,6 +10,7 @@ import trio
 from solders.hash import Hash
 from solders.keypair import Keypair
 from solders.message import Message
+from solders.signature import Signature
 from solders.system_program import TransferParams, transfer
 from solders.transaction import Transaction
 
@@ -21,8 +23,10 @@ from settlement import (
     RpcLedger,
     check_state,
     countersign,
+    open_channel_book,
     read_nonce,
     refund_transaction,
+    settle_due,
     sign_state,
 )
 
@@ -75,10 +79,16 @@ async def test_the_localnet_refuses_bad_requests_and_keeps_balances_across_a_res
     start_localnet,
 ) -> None:
     localnet = start_localnet()
-    who = Keypair().pubkey()
+    owner = Keypair()
+    who = owner.pubkey()
     ledger = RpcLedger(localnet.url, "localnet", faucet=True)
     try:
         await ledger.airdrop(who, 3 * SOL)
+        one = transfer(
+            TransferParams(from_pubkey=who, to_pubkey=Keypair().pubkey(), lamports=10**6)
+        )
+        unsigned = bytes([0]) + bytes(Message([one], who))  # zero signatures
+        signed = Transaction([owner], Message([one], who), await ledger.blockhash())
         async with httpx.AsyncClient() as http:
             bad = {
                 b"not json": -32600,
@@ -90,16 +100,36 @@ async def test_the_localnet_refuses_bad_requests_and_keeps_balances_across_a_res
                 + str(who).encode()
                 + b'", 1e30]}': -32602,
                 b"[1, 2]": -32600,
+                b'{"jsonrpc":"2.0","id":5,"method":[],"params":[]}': -32601,
+                # A transaction with no signatures at all.
+                b'{"jsonrpc":"2.0","id":6,"method":"sendTransaction","params":["'
+                + base64.b64encode(unsigned)
+                + b'",{"encoding":"base64","skipPreflight":true}]}': -32602,
             }
             for body, code in bad.items():
                 answer = (await http.post(localnet.url, content=body)).json()
                 assert answer["error"]["code"] == code, (body, answer)
+            # A transaction whose signature is not its signer's, sent without preflight:
+            # refused by the runtime, and no status is recorded for that signature.
+            forged = Transaction.populate(signed.message, [Signature.new_unique()])
+            sent = {"encoding": "base64", "skipPreflight": True}
+            body = {"jsonrpc": "2.0", "id": 7, "method": "sendTransaction",
+                    "params": [base64.b64encode(bytes(forged)).decode(), sent]}  # fmt: skip
+            await http.post(localnet.url, json=body)
+            statuses = {"jsonrpc": "2.0", "id": 8, "method": "getSignatureStatuses",
+                        "params": [[str(forged.signatures[0])]]}  # fmt: skip
+            answer = (await http.post(localnet.url, json=statuses)).json()
+            assert answer["result"]["value"] == [None]
         # Sync client in a thread: the server answers 413 before reading the whole body.
         too_big = await trio.to_thread.run_sync(
             lambda: httpx.post(localnet.url, content=b"x" * (1 << 20))
         )
         assert too_big.status_code == 413
-        assert await ledger.balance(who) == 3 * SOL  # nothing changed
+        assert await ledger.balance(who) == 3 * SOL  # still up, and nothing changed
+        # A transaction sent twice (an answer lost) lands once; the second send is ok.
+        await ledger.send(signed)
+        await ledger.send(signed)
+        assert await ledger.balance(who) == 3 * SOL - 10**6 - FEE
     finally:
         await ledger.aclose()
 
@@ -110,12 +140,14 @@ async def test_the_localnet_refuses_bad_requests_and_keeps_balances_across_a_res
     again = start_localnet(localnet.directory)
     ledger = RpcLedger(again.url, "localnet", faucet=True)
     try:
-        assert await ledger.balance(who) == 3 * SOL
+        assert await ledger.balance(who) == 3 * SOL - 10**6 - FEE
     finally:
         await ledger.aclose()
 
 
-async def test_an_unreachable_ledger_is_a_clear_error_and_says_a_retry_is_safe() -> None:
+async def test_an_unreachable_ledger_is_a_clear_error_and_says_a_retry_is_safe(
+    tmp_path,
+) -> None:
     ledger = RpcLedger(CLOSED_PORT_URL, "rpc", timeout_s=1, confirm_s=0.5)
     try:
         with pytest.raises(LedgerUnreachable, match="did not answer"):
@@ -125,7 +157,12 @@ async def test_an_unreachable_ledger_is_a_clear_error_and_says_a_retry_is_safe()
         payer = Keypair()
         to_self = TransferParams(from_pubkey=payer.pubkey(), to_pubkey=payer.pubkey(), lamports=1)
         tx = Transaction([payer], Message([transfer(to_self)], payer.pubkey()), Hash.default())
+        # Nothing tells whether it landed (this ledger object never handed out that
+        # blockhash), so it is "may still land", never "expired".
         with pytest.raises(LedgerUnreachable, match="may still land"):
             await ledger.send(tx)
+        # The watcher's round survives a ledger that does not answer.
+        async with open_channel_book(tmp_path / "channels.db") as book:
+            assert await settle_due(book, ledger, {}, 3600) == []
     finally:
         await ledger.aclose()
