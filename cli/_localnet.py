@@ -6,7 +6,14 @@ from pathlib import Path
 import click
 import trio
 
-from node import LOCALNET_PORT, DataDirLocked, configure_logging, default_data_dir, serve_localnet
+from node import (
+    LOCALNET_PORT,
+    DataDirLocked,
+    MercatoError,
+    configure_logging,
+    default_data_dir,
+    serve_localnet,
+)
 
 
 @click.command("localnet")
@@ -42,7 +49,7 @@ def localnet(directory: Path | None, host: str, port: int) -> None:
     configure_logging("info")
     try:
         trio.run(partial(serve_localnet, directory, host, port, handle_signals=True))
-    except DataDirLocked as exc:
+    except (DataDirLocked, MercatoError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(

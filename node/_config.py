@@ -275,10 +275,15 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
         raise fail("settlement.rpc_url", "must be an http:// or https:// URL")
     if not 0 <= money.faucet_lamports <= 10**15 or not 1 <= money.deposit_lamports <= 10**15:
         raise fail("settlement.deposit_lamports", "must be between 1 and 10**15 (faucet 0 or more)")
-    if not 300 <= money.close_margin_s < money.channel_duration_s <= 366 * 86_400:
+    if not money.close_margin_s >= 300 or money.channel_duration_s > 366 * 86_400:
+        raise fail(
+            "settlement.close_margin_s", "must be at least 300, and a channel a year at most"
+        )
+    if money.channel_duration_s < 2 * money.close_margin_s + 600:
         raise fail(
             "settlement.channel_duration_s",
-            "must be at most a year and above close_margin_s (itself at least 300)",
+            "must be at least twice close_margin_s plus 600: tasks use a channel only while "
+            "it has more than two margins left",
         )
     if not 0.1 <= money.watch_interval_s <= 3600:
         raise fail("settlement.watch_interval_s", "must be between 0.1 and 3600")

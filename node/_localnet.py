@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 
 from settlement import MAX_RPC_BODY as MAX_BODY
-from settlement import LocalnetRpc, open_embedded_ledger
+from settlement import LedgerError, LocalnetRpc, open_embedded_ledger
 
 from ._errors import DataDirLocked
 from ._http import HttpServer, Request, Response
@@ -79,6 +79,8 @@ async def serve_localnet(
                     nursery.start_soon(_stop_on_signal, server, nursery.cancel_scope)
                 task_status.started(url)
                 await server.serve()
+            if ledger.broken:
+                raise LedgerError(ledger.broken)
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(lambda: (directory / "url").unlink(missing_ok=True))

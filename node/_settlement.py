@@ -117,12 +117,12 @@ class SettlementService:
         it cannot be paid (the deposit is too small, the wallet is empty, the
         provider changed wallets, the ledger refuses)."""
         async with self._opening_to(provider):  # one new channel per provider, not per task
-            if self.book.find("payer", provider, "opening"):
+            channel = await self._usable(provider, payee, amounts)
+            if channel is None and self.book.find("payer", provider, "opening"):
                 raise ChannelError(
                     "a channel to this provider is still opening (its transaction is not "
                     "confirmed yet): the watcher will find out; pay again shortly"
                 )
-            channel = await self._usable(provider, payee, amounts)
             if channel is None:
                 deposit = max(self.config.deposit_lamports, sum(amounts.values()))
                 channel = await self._open(provider, payee, deposit, self.config.channel_duration_s)
@@ -220,29 +220,32 @@ class SettlementService:
                 await self.ledger.rent(NONCE_ACCOUNT_SIZE),
                 blockhash,
             )  # fmt: skip
-            with trio.CancelScope(shield=True):  # once sent, the book must hear of it
-                # Until it is open, the nonce field keeps the opening's blockhash: the
-                # watcher tells from it whether the opening can still land.
-                await self.book.add(terms, "payer", provider, blockhash, "opening")
-                try:
-                    await self.ledger.send(tx)
-                except LedgerUnreachable:
-                    raise  # it may still land: the watcher will find out
-                except LedgerError as exc:
-                    if await self._landed(terms):  # a re-send of one that landed
-                        return await self._opened(terms, provider)
-                    await self.book.mark(terms.stake, "failed")
-                    if isinstance(exc, BlockhashExpired) and attempt + 1 < OPEN_ATTEMPTS:
-                        continue
-                    raise
-                return await self._opened(terms, provider)
+            # Until it is open, the nonce field keeps the opening's blockhash: the
+            # watcher tells from it whether the opening can still land. Recorded
+            # before it is sent, so a crash or a cancellation while sending loses
+            # nothing (the row stays opening, and the watcher resolves it).
+            await self.book.add(terms, "payer", provider, blockhash, "opening")
+            try:
+                await self.ledger.send(tx)
+            except LedgerUnreachable:
+                raise  # it may still land: the watcher will find out
+            except LedgerError as exc:
+                if await self._landed(terms):  # a re-send of one that landed
+                    return await self._opened(terms, provider)
+                await self.book.mark(terms.stake, "failed")
+                if isinstance(exc, BlockhashExpired) and attempt + 1 < OPEN_ATTEMPTS:
+                    continue
+                raise
+            return await self._opened(terms, provider)
         raise AssertionError("unreachable")
 
     async def _landed(self, terms: ChannelTerms) -> bool:
+        """Whether the stake account is on the ledger; LedgerUnreachable (the row
+        stays opening) if the ledger cannot say."""
         try:
             account = await self.ledger.account(terms.stake)
-        except LedgerError:
-            return False
+        except LedgerError as exc:
+            raise LedgerUnreachable(f"whether the channel opened is unknown: {exc}") from None
         return account is not None and account.owner == STAKE_PROGRAM
 
     async def _opened(self, terms: ChannelTerms, provider: str) -> Channel:

@@ -263,6 +263,7 @@ class EmbeddedLedger:
 
     async def dry_run(self, tx: Transaction) -> tuple[TransactionError | None, list[str]]:
         """Run ``tx`` without committing: (its error or None, its logs)."""
+        self._check()
         self._tick()
         result = self._svm.simulate_transaction(tx)
         if isinstance(result, FailedTransactionMetadata):
@@ -271,6 +272,7 @@ class EmbeddedLedger:
 
     def raw_account(self, pubkey: Pubkey) -> Account | None:
         """An account as the runtime holds it, sysvars included (for the localnet)."""
+        self._check()
         self._tick()
         return self._svm.get_account(pubkey)
 
@@ -280,12 +282,14 @@ class EmbeddedLedger:
         return self._blocks
 
     async def account(self, pubkey: Pubkey) -> AccountInfo | None:
+        self._check()
         account = self._svm.get_account(pubkey)
         if account is None or account.lamports == 0:
             return None
         return AccountInfo(account.lamports, bytes(account.data), account.owner)
 
     async def balance(self, pubkey: Pubkey) -> int:
+        self._check()
         return self._svm.get_balance(pubkey) or 0
 
     async def blockhash(self) -> Hash:

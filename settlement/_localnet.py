@@ -58,7 +58,6 @@ MAX_BODY = 64 * 1024
 MAX_SIGNATURES = 256  # per getSignatureStatuses, as on a cluster
 MAX_AIRDROP = 1_000 * 10**9  # lamports per request: plenty for a test network
 REMEMBERED = 100_000  # signature statuses kept (in memory: a restart forgets them)
-BLOCKHASH_LIFE = 150  # blocks, as on a cluster
 
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
@@ -138,7 +137,8 @@ class LocalnetRpc:
         return RpcResponseContext(self.ledger.block)
 
     async def _latest_blockhash(self, params: list[Any]) -> str:
-        value = RpcBlockhash(await self.ledger.blockhash(), self.ledger.block + BLOCKHASH_LIFE)
+        # The runtime takes only the latest blockhash: it is valid this block only.
+        value = RpcBlockhash(await self.ledger.blockhash(), self.ledger.block)
         return GetLatestBlockhashResp(value, self._context()).to_json()
 
     async def _blockhash_valid(self, params: list[Any]) -> str:

@@ -91,25 +91,29 @@ class RpcLedger:
         return str(signature)
 
     async def _confirmed(self, signature: Any, tx: Transaction | None) -> None:
-        """Send ``tx`` (if given) and wait for ``signature`` to be confirmed. A refusal
-        is believed only once the signature's status (history searched) says the
-        transaction never landed: a re-send of one that landed fails preflight too."""
+        """Send ``tx`` (if given) and wait for ``signature`` to be confirmed.
+
+        A preflight refusal is believed at once only while no copy was ever taken:
+        once one was, a refused re-send (its blockhash or nonce moved on because it
+        landed, or a lagging RPC) settles nothing, and the status decides."""
         deadline = trio.current_time() + self.confirm_s
-        last_error = "no answer yet"
+        last_error, taken = "no answer yet", False
         while trio.current_time() < deadline:
             if tx is not None:
                 try:
                     await self._client.send_raw_transaction(
                         bytes(tx), TxOpts(skip_confirmation=True, preflight_commitment=Confirmed)
                     )
+                    taken = True
                 except RPCException as exc:
                     err = _preflight_error(exc)
-                    if err is None:
-                        last_error = _message(exc)
-                    elif err != TransactionErrorFieldless.AlreadyProcessed:
-                        if await self._settled(signature, tx, history=True):
+                    last_error = _message(exc)
+                    if err is not None and err != TransactionErrorFieldless.AlreadyProcessed:
+                        state = await self._status(signature, tx, history=True)
+                        if state == "confirmed":
                             return
-                        raise refusal(tx, err) from None
+                        if state is None and not taken:
+                            raise refusal(tx, err) from None
                 except UNREACHABLE as exc:
                     last_error = str(exc)  # the RPC may be down: poll, then send again
             resend_at = trio.current_time() + RESEND_S
@@ -117,30 +121,34 @@ class RpcLedger:
                 if trio.current_time() >= min(resend_at, deadline):
                     break
                 await trio.sleep(delay)
-                if await self._settled(signature, tx):
+                if await self._status(signature, tx) == "confirmed":
                     return
-        if await self._settled(signature, tx, history=True):
+        state = await self._status(signature, tx, history=True)
+        if state == "confirmed":
             return
-        if tx is not None and await self.blockhash_expired(tx.message.recent_blockhash):
-            raise BlockhashExpired("the transaction was not confirmed and its blockhash expired")
+        expired = tx is not None and await self.blockhash_expired(tx.message.recent_blockhash)
+        if state is None and expired:
+            raise BlockhashExpired("the transaction never landed and its blockhash expired")
         raise LedgerUnreachable(
             f"the transaction {signature} was not confirmed within {self.confirm_s:g} s "
             f"({last_error}); it may still land: it will be retried"
         )
 
-    async def _settled(self, signature: Any, tx: Transaction | None, history: bool = False) -> bool:
-        """True once ``signature`` is confirmed; its refusal if it landed and failed;
-        False while unknown (or the RPC does not answer)."""
+    async def _status(
+        self, signature: Any, tx: Transaction | None, history: bool = False
+    ) -> str | None:
+        """ "confirmed", "landing" (seen, not yet confirmed), or None (unknown, or the
+        RPC does not answer). Its refusal if it landed and failed."""
         try:
             resp = await self._client.get_signature_statuses([signature], history)
         except (RPCException, *UNREACHABLE):
-            return False
+            return None
         status = resp.value[0]
         if status is None:
-            return False
+            return None
         if status.err is not None:
             raise refusal(tx, status.err) if tx else LedgerError(str(status.err))
-        return status.confirmation_status in CONFIRMED
+        return "confirmed" if status.confirmation_status in CONFIRMED else "landing"
 
     async def blockhash_expired(self, blockhash: Hash) -> bool | None:
         """Whether a transaction made on ``blockhash`` can no longer land; None if

@@ -37,6 +37,7 @@ log = logging.getLogger("mercato.settlement")
 
 RETRY_S = 5.0
 RETRY_MAX_S = 600.0
+FAILED_LOOK_S = 86_400.0
 OPENING_LIFE_S = 300.0  # past any blockhash's life on a cluster (about 60 to 90 s)
 
 
@@ -47,6 +48,7 @@ class WatchState:
     not_before: dict[str, float] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
     breaches: set[str] = field(default_factory=set)
+    keyless: set[str] = field(default_factory=set)
 
 
 async def settle_due(
@@ -67,15 +69,25 @@ async def settle_due(
         stake = str(channel.terms.stake)
         if trio.current_time() < watch.not_before.get(stake, 0.0):
             continue
+        key = channel.terms.payee if channel.role == "payee" else channel.terms.payer
+        if key not in keys:
+            if stake not in watch.keyless:
+                watch.keyless.add(stake)
+                log.warning(
+                    "a channel's key is not this node's wallet: it is left alone",
+                    extra={"channel": stake, "key": str(key)},
+                )
+            continue
         try:
             action = await _act(book, ledger, keys, channel, now, margin_s, watch)
-        except SettlementError as exc:
+        except Exception as exc:  # one channel's trouble must not stop the others
             failures = watch.failures[stake] = watch.failures.get(stake, 0) + 1
             delay = min(RETRY_MAX_S, RETRY_S * 2 ** (failures - 1))
             watch.not_before[stake] = trio.current_time() + delay
             log.warning(
                 "channel settlement failed; will retry",
                 extra={"channel": stake, "why": str(exc), "retry_s": delay},
+                exc_info=not isinstance(exc, SettlementError),
             )
             continue
         if action:
@@ -85,7 +97,10 @@ async def settle_due(
 
 
 def _watched(channel: Channel) -> bool:
-    # A payer's channel the payee closed still holds its rent reserve until refunded.
+    # A payer's channel the payee closed still holds its rent reserve until refunded;
+    # one marked failed is looked at once more, after its lockup.
+    if channel.status == "failed":
+        return channel.role == "payer" and time.time() < channel.terms.expires + FAILED_LOOK_S
     return channel.status in ("open", "opening", "closing") or (
         channel.role == "payer" and channel.status == "closed"
     )
@@ -104,6 +119,11 @@ async def _act(
     account = await ledger.account(terms.stake)
     if channel.status == "opening":
         return await _resolve_opening(book, ledger, channel, account)
+    if channel.status == "failed":  # in case one landed after all: its money back after T
+        if now <= terms.expires or account is None or account.owner != STAKE_PROGRAM:
+            return ""
+        await refund_channel(book, ledger, keys[terms.payer], channel)
+        return "refunded"
     if channel.role == "payee":
         if account is not None and stake not in watch.breaches:
             meta = read_stake(account.data)
@@ -135,26 +155,33 @@ async def close_channel(book: ChannelBook, ledger: Ledger, payee: Keypair, chann
     terms = channel.terms
     if channel.role == "payee" and channel.state is None:
         raise ChannelError("no payment on this channel yet: nothing to close with")
-    channel = await book.begin_close(terms.stake)
-    try:
-        if await _nonce_moved(ledger, channel):
-            signature = ""  # only the payee can move the nonce: a close of ours landed
-        else:
-            account = await ledger.account(terms.stake)
-            if account is not None:
-                check_stake(terms, read_stake(account.data), account.lamports)
-            owed = payable(channel.owed, terms.payee)
-            tx = countersign(check_state(terms, channel.nonce, owed, channel.state), payee)
-            await ledger.simulate(tx)
-            signature = await ledger.send(tx)
-    except LedgerUnreachable:
-        raise
-    except SettlementError:
-        if not await _nonce_moved(ledger, channel):
-            await book.mark(terms.stake, "open")
-            raise
-        signature = ""
-    await book.mark(terms.stake, "closed")
+    async with book.closing_lock(terms.stake):
+        channel = await book.begin_close(terms.stake)
+        try:
+            if await _nonce_moved(ledger, channel):
+                signature = ""  # only the payee can move the nonce: a close of ours landed
+            else:
+                account = await ledger.account(terms.stake)
+                if account is not None:
+                    check_stake(terms, read_stake(account.data), account.lamports)
+                owed = payable(channel.owed, terms.payee)
+                tx = countersign(check_state(terms, channel.nonce, owed, channel.state), payee)
+                await ledger.simulate(tx)
+                signature = await ledger.send(tx)
+        except LedgerUnreachable:
+            raise  # it may still land: it stays closing, and the watcher goes on
+        except SettlementError as exc:
+            if not await _nonce_moved(ledger, channel):
+                await book.mark(terms.stake, "open")
+                raise
+            # The nonce moved, yet this close failed: on a cluster a failed close
+            # still spends the nonce, and every state of the channel is void.
+            log.error(
+                "a close failed on the ledger and voided the channel's states",
+                extra={"channel": str(terms.stake), "why": str(exc), "unpaid": channel.paid},
+            )
+            signature = ""
+        await book.mark(terms.stake, "closed")
     log.info("channel closed", extra={"channel": str(terms.stake), "paid": channel.paid})
     return signature
 
@@ -172,7 +199,7 @@ async def refund_channel(
     the channel marked refunded. LockupInForce before T; the signature, or ""
     if there was nothing left to take."""
     terms = channel.terms
-    if channel.role != "payer" or channel.status not in ("open", "closed"):
+    if channel.role != "payer" or channel.status not in ("open", "closed", "failed"):
         raise ChannelError(
             f"only the payer refunds a channel (this is {channel.role}, {channel.status})"
         )
@@ -205,6 +232,8 @@ async def _resolve_opening(
         expired = time.time() - channel.updated > OPENING_LIFE_S
     if not expired:
         return ""  # it may still land
+    if await ledger.account(terms.stake) is not None:
+        return ""  # it landed just now: the next round opens it
     await book.mark(terms.stake, "failed")
     log.info("channel never opened", extra={"channel": str(terms.stake)})
     return "failed"

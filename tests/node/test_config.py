@@ -92,6 +92,10 @@ def test_the_default_file_names_every_key_there_is() -> None:
     [
         ('[settlement]\nledger = "mainnet"\n', r"settlement\.ledger"),
         ("[settlement]\nclose_margin_s = 90000\n", r"settlement\.channel_duration_s"),
+        # A channel tasks would never use: less than two margins and 10 minutes long.
+        ("[settlement]\nchannel_duration_s = 7000\n", r"settlement\.channel_duration_s"),
+        ("[settlement]\nclose_margin_s = 60\n", r"settlement\.close_margin_s"),
+        ('[settlement]\nrpc_url = "ftp://x"\n', r"settlement\.rpc_url"),
         ("[settlement]\ndeposit_lamports = 0\n", r"settlement\.deposit_lamports"),
         ("[tasks]\nverify_rate = 1.5\n", r"tasks\.verify_rate"),
         ("[tasks]\nquote_fanout = 0\n", r"tasks\.quote_fanout"),

@@ -146,7 +146,11 @@ async def test_an_opening_found_on_the_ledger_is_open_and_one_that_never_landed_
         opened_now = book.get(landed[1].stake)
         nonce = read_nonce((await ledger.account(landed[1].nonce)).data)[1]
         assert opened_now.status == "open" and opened_now.nonce == nonce
+        # The payer's own confirmation, arriving after the watcher's: no error.
+        assert await book.opened(landed[1].stake, nonce) == opened_now
         assert book.get(lost[1].stake).status == "failed"
+        # A channel whose key this node no longer holds is left alone, not a crash.
+        assert await settle_due(book, ledger, {}, margin_s=60) == []
         assert await ledger.account(lost[1].stake) is None  # it never can land now
 
 
