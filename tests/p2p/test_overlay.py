@@ -8,7 +8,7 @@ import trio
 
 from node import open_store
 from node._peers import StoreAddressBook
-from p2p import Keypair, Verdict, make_record, open_overlay
+from p2p import GossipConfig, Keypair, Verdict, make_record, open_overlay
 
 from .conftest import overlay_config, wait_until
 
@@ -58,6 +58,12 @@ async def test_twenty_nodes_form_one_overlay_that_gossips_and_looks_up(open_over
         await nodes[5].dht.provide("agent:someone/echo")
         found = await nodes[17].dht.find_providers("agent:someone/echo")
         assert nodes[5].peer_id in [p.peer_id for p in found]
+
+        # Meshes reshuffle (prune, graft) every heartbeat while they settle. Honest
+        # nodes respect each other's backoff, so over the first heartbeats none
+        # takes another for a GRAFT flood (penalties that cut a node off gossip).
+        await trio.sleep(6 * GossipConfig().heartbeat_s)  # an observation window
+        assert all(not n.gossip.graft_flood_penalties() for n in nodes)
 
 
 async def test_a_restarted_node_rejoins_from_its_address_book(
