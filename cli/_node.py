@@ -76,6 +76,13 @@ def node() -> None:
     default=None,
     help="Control API port on 127.0.0.1 (0 = any free port).",
 )
+@click.option(
+    "--role",
+    type=click.Choice(["full", "relay"]),
+    default=None,
+    help="full (the default) or relay: a slim public node for a VPS that relays for "
+    "peers behind NAT and runs no tasks, builds or wallet.",
+)
 def start(
     data_dir: Path | None,
     log_json: bool,
@@ -85,6 +92,7 @@ def start(
     no_mdns: bool,
     serve: tuple[str, ...],
     api_port: int | None,
+    role: str | None,
 ) -> None:
     """Run the node in the foreground until SIGINT/SIGTERM or `mercato node stop`.
 
@@ -98,6 +106,7 @@ def start(
         --listen /ip4/0.0.0.0/tcp/4002 \\
         --bootstrap /ip4/192.0.2.10/tcp/4001/p2p/12D3KooW...
       mercato node start --serve 8Co4tt4sbELaV8uRcbz31ojp8QdazK5MxczX8j1d5EoB/wordcount
+      mercato node start --role relay --listen /ip4/0.0.0.0/tcp/4001
     """
     datadir = resolve(data_dir)
     if not datadir.is_initialized():
@@ -118,6 +127,8 @@ def start(
         config = config.replace("p2p", mdns=False)
     if serve:
         config = config.replace("serve", agents=config.serve.agents + serve)
+    if role:
+        config = config.replace("node", role=role)
     configure_logging(config.log.level, config.log.format)
     try:
         trio.run(Node(datadir, config, handle_signals=True).run)
@@ -209,6 +220,7 @@ def status(data_dir: Path | None, as_json: bool) -> None:
         return
     rows = [
         ("status", "running"),
+        ("role", info.get("role", "full")),
         ("version", info["version"]),
         ("pid", info["pid"]),
         ("peer id", info["peer_id"]),

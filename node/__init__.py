@@ -27,6 +27,7 @@ from ._errors import KeyExists as KeyExists
 from ._errors import KeyNotFound as KeyNotFound
 from ._errors import KeyStoreError as KeyStoreError
 from ._errors import NodeError as NodeError
+from ._errors import NotServed as NotServed
 from ._errors import StoreError as StoreError
 from ._events import Event as Event
 from ._events import VerifyReport as VerifyReport
@@ -79,6 +80,7 @@ __all__ = [
     "MercatoError",
     "Node",
     "NodeError",
+    "NotServed",
     "Store",
     "StoreError",
     "VerifyReport",

@@ -37,7 +37,7 @@ from runtime import InputTooLarge, InvalidModule, Limits, LimitsError
 from settlement import ChannelError, LedgerError, LedgerUnreachable, LockupInForce
 
 from ._builds import BuildError, QuotaExceeded, UnknownBuild, check_cid
-from ._errors import KeyExists, KeyNotFound, KeyStoreError
+from ._errors import KeyExists, KeyNotFound, KeyStoreError, NotServed
 from ._http import HttpError, Request, Response
 from ._settlement import channel_info
 from ._tasklog import TaskRecord
@@ -1260,6 +1260,8 @@ class ControlAPI:
             response = await route.handler(self._node, request)
         except HttpError as exc:
             response = Response.error(exc.status, exc.code, exc.message)
+        except NotServed as exc:
+            response = Response.error(409, "not_served", str(exc))
         except Exception:
             log.exception("control API handler failed", extra={"route": label})
             response = Response.error(500, "internal", "internal error; see the daemon's log")

@@ -37,6 +37,7 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
 DHT_MODES = ("auto", "server", "client")
 LEDGERS = ("embedded", "localnet", "rpc")
+ROLES = ("full", "relay")
 DEFAULT_RPC_URL = "http://127.0.0.1:8899"  # where `mercato localnet` listens by default
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -49,6 +50,10 @@ class NodeSection:
 
     name: str = ""
     """A label for this node in logs and status; empty means none."""
+    role: str = "full"
+    """``full`` (registry, builds, runtime, wallet, tasks) or ``relay``: a slim public
+    node for a VPS (DHT server, gossip, circuit relay for peers behind NAT; no
+    runtime, no builds, no wallet)."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +272,8 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
     for agent in config.serve.agents:
         if agent.count("/") != 1 or not all(agent.split("/")):
             raise fail("serve.agents", "must be PUBLISHER/NAME entries")
+    if config.node.role not in ROLES:
+        raise fail("node.role", f"must be one of {', '.join(ROLES)}")
     money = config.settlement
     if money.ledger not in LEDGERS:
         raise fail("settlement.ledger", f"must be one of {', '.join(LEDGERS)}")
@@ -412,6 +419,9 @@ DEFAULT_CONFIG_TOML = f"""\
 [node]
 # A label for this node in logs and status.
 name = ""
+# full: registry, builds, runtime, wallet and tasks. relay: a slim public node for
+# a VPS (DHT server, gossip, circuit relay for peers behind NAT), nothing else.
+role = "full"
 
 [log]
 # debug | info | warning | error

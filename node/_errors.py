@@ -20,6 +20,10 @@ class NodeError(MercatoError):
     """An error of the daemon or its local state."""
 
 
+class NotServed(NodeError):
+    """This node does not run that service (a relay runs no tasks, builds or wallet)."""
+
+
 class ConfigError(NodeError):
     """The configuration is invalid; the message names the key and where it came from."""
 

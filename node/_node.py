@@ -44,7 +44,7 @@ from ._buildservice import BuildService
 from ._cards import CardBook
 from ._config import Config, load_config
 from ._control import LocalControl
-from ._errors import NodeError
+from ._errors import NodeError, NotServed
 from ._events import event_head
 from ._files import write_atomic
 from ._http import HttpServer
@@ -182,23 +182,19 @@ class Node:
 
     @property
     def builds(self) -> BuildService:
-        assert self._builds is not None, "node is not running"
-        return self._builds
+        return self._running(self._builds, "builds")
 
     @property
     def settlement(self) -> SettlementService:
-        assert self._settlement is not None, "node is not running"
-        return self._settlement
+        return self._running(self._settlement, "settlement")
 
     @property
     def tasks(self) -> TaskService:
-        assert self._tasks is not None, "node is not running"
-        return self._tasks
+        return self._running(self._tasks, "tasks")
 
     @property
     def runtime(self) -> WorkerPool:
-        assert self._runtime is not None, "node is not running"
-        return self._runtime
+        return self._running(self._runtime, "runtime")
 
     @property
     def api_url(self) -> str:
@@ -216,6 +212,7 @@ class Node:
         return {
             "version": __version__,
             "name": self.config.node.name,
+            "role": self.config.node.role,
             "pid": os.getpid(),
             "data_dir": str(self.datadir.root),
             "started_at": self._started_at,
@@ -266,69 +263,16 @@ class Node:
                     ) as overlay:
                         self._overlay = overlay
                         self.services.append("p2p")
-                        self._builds = BuildService(
-                            store,
-                            await store.run(
-                                BuildStore,
-                                store.db.conn,
-                                self.datadir.blobs_dir,
-                                self.config.builds.quota_mb * 1024 * 1024,
-                            ),
-                            overlay,
-                            self.config.builds,
-                            self._released_builds,
-                        )
                         self._registry = RegistryService(store, self._control, overlay)
                         async with trio.open_nursery() as registry_nursery:
                             await registry_nursery.start(self._registry.run)
                             self.services.append("registry")
-                            await registry_nursery.start(self._builds.run)
-                            self.services.append("builds")
-                            async with (
-                                open_worker_pool(
-                                    self.config.runtime.slots, self.datadir.module_cache_dir
-                                ) as runtime,
-                                contextlib.AsyncExitStack() as stack,
-                            ):
-                                self._runtime = runtime
-                                self.services.append("runtime")
-                                money = await stack.enter_async_context(
-                                    open_settlement(
-                                        self.config.settlement, self.datadir, keys, self._ledger
-                                    )
-                                )
-                                self._settlement = money
-                                await registry_nursery.start(money.run)
-                                self.services.append("settlement")
-                                cards, tasklog = CardBook(), TaskLog(store)
-                                runner = TaskRunner(
-                                    overlay,
-                                    self._registry,
-                                    self._builds,
-                                    runtime,
-                                    store,
-                                    cards,
-                                    tasklog,
-                                    self.config.runtime,
-                                    self.config.tasks,
-                                    money,
-                                )
-                                self._tasks = TaskService(
-                                    self._node_key,
-                                    overlay,
-                                    self._registry,
-                                    self._builds,
-                                    runtime,
-                                    self.config.runtime,
-                                    self.config.serve,
-                                    cards,
-                                    tasklog,
-                                    runner,
-                                    money,
-                                )
-                                await registry_nursery.start(self._tasks.run)
-                                self.services.append("tasks")
+                            if self.config.node.role == "relay":
                                 await self._serve(server, task_status)
+                            else:
+                                await self._run_full(
+                                    server, store, keys, overlay, registry_nursery, task_status
+                                )
                             registry_nursery.cancel_scope.cancel()
                 finally:
                     self._overlay = None
@@ -337,6 +281,82 @@ class Node:
         finally:
             lock.release()
         log.info("stopped")
+
+    async def _run_full(
+        self,
+        server: HttpServer,
+        store: Store,
+        keys: KeyStore,
+        overlay: Overlay,
+        nursery: trio.Nursery,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        """A full node's services after the registry: builds, runtime, settlement,
+        tasks; then the control API until the node stops."""
+        self._builds = BuildService(
+            store,
+            await store.run(
+                BuildStore,
+                store.db.conn,
+                self.datadir.blobs_dir,
+                self.config.builds.quota_mb * 1024 * 1024,
+            ),
+            overlay,
+            self.config.builds,
+            self._released_builds,
+        )
+        await nursery.start(self._builds.run)
+        self.services.append("builds")
+        async with (
+            open_worker_pool(self.config.runtime.slots, self.datadir.module_cache_dir) as runtime,
+            contextlib.AsyncExitStack() as stack,
+        ):
+            self._runtime = runtime
+            self.services.append("runtime")
+            money = await stack.enter_async_context(
+                open_settlement(self.config.settlement, self.datadir, keys, self._ledger)
+            )
+            self._settlement = money
+            await nursery.start(money.run)
+            self.services.append("settlement")
+            cards, tasklog = CardBook(), TaskLog(store)
+            runner = TaskRunner(
+                overlay,
+                self._registry,
+                self._builds,
+                runtime,
+                store,
+                cards,
+                tasklog,
+                self.config.runtime,
+                self.config.tasks,
+                money,
+            )
+            self._tasks = TaskService(
+                self._node_key,
+                overlay,
+                self._registry,
+                self._builds,
+                runtime,
+                self.config.runtime,
+                self.config.serve,
+                cards,
+                tasklog,
+                runner,
+                money,
+            )
+            await nursery.start(self._tasks.run)
+            self.services.append("tasks")
+            await self._serve(server, task_status)
+
+    def _running(self, service: T | None, name: str) -> T:
+        if service is None and self.config.node.role == "relay":
+            raise NotServed(
+                f"this node is a relay: it has no {name} (relays run no tasks, store no "
+                "builds and hold no wallet)"
+            )
+        assert service is not None, "node is not running"
+        return service
 
     def _overlay_config(self) -> OverlayConfig:
         p2p = self.config.p2p
