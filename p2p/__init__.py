@@ -43,6 +43,7 @@ from ._messages import MessageError as MessageError
 from ._overlay import Overlay as Overlay
 from ._overlay import OverlayConfig as OverlayConfig
 from ._overlay import open_overlay as open_overlay
+from ._relay import RelayConfig as RelayConfig
 from ._requests import BadResponse as BadResponse
 from ._requests import Refused as Refused
 from ._requests import RemoteError as RemoteError
@@ -68,6 +69,7 @@ __all__ = [
     "FrameError",
     "FrameTooLarge",
     "GossipConfig",
+    "RelayConfig",
     "GossipError",
     "GossipMessage",
     "HostConfig",

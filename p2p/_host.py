@@ -86,6 +86,8 @@ class HostConfig:
     listen: tuple[str, ...] = DEFAULT_LISTEN
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     dial_timeout_s: float = 10.0
+    private: bool = False
+    """Advertise only relayed addresses (behind NAT, or by choice)."""
 
 
 @dataclass
@@ -170,6 +172,15 @@ class P2PHost:
         self._conduct: dict[str, _Conduct] = {}
         self.peer_id = keypair.peer_id
         self._protocols_changed = trio.Event()
+        self._relay: Any = None  # the Relay service, once it runs
+
+    @property
+    def dial_timeout_s(self) -> float:
+        return self._config.dial_timeout_s
+
+    def use_relay(self, relay: Any) -> None:
+        """Dial ``/p2p-circuit`` addresses and advertise relayed ones through ``relay``."""
+        self._relay = relay
 
     # -- identity and addresses --------------------------------------------------
 
@@ -179,8 +190,11 @@ class P2PHost:
         return self._host
 
     def listen_addrs(self) -> list[str]:
-        """Addresses others can dial us on, each ending in /p2p/<our peer id>."""
-        return expand_unspecified([str(a) for a in self._host.get_addrs()])
+        """Addresses others can dial us on, each ending in /p2p/<our peer id>: direct
+        ones (unless private), then those through relays we hold a reservation on."""
+        direct = [] if self._config.private else [str(a) for a in self._host.get_addrs()]
+        relayed = self._relay.relayed_addrs() if self._relay else []
+        return expand_unspecified(direct) + relayed
 
     def connected_peers(self) -> list[str]:
         return sorted({str(p) for p in self._host.get_connected_peers()})
@@ -213,6 +227,8 @@ class P2PHost:
         import multiaddr as ma
         from libp2p.peer.peerinfo import info_from_p2p_addr
 
+        if "/p2p-circuit" in multiaddr:
+            return await self._connect_relayed(multiaddr)
         try:
             info = info_from_p2p_addr(ma.Multiaddr(multiaddr))
         except Exception as exc:
@@ -233,6 +249,27 @@ class P2PHost:
         except Exception as exc:
             raise DialError(f"cannot reach {multiaddr}: {exc}") from None
         return peer
+
+    async def _connect_relayed(self, multiaddr: str) -> str:
+        parts = multiaddr.split("/p2p-circuit/p2p/")
+        if len(parts) != 2 or "/p2p/" not in parts[0] or "/" in parts[1] or not parts[1]:
+            raise BadAddress(
+                f"invalid relayed address {multiaddr[:200]!r}: expected "
+                "/ip4/HOST/tcp/PORT/p2p/RELAY_ID/p2p-circuit/p2p/PEER_ID"
+            )
+        peer = parts[1]
+        if peer == self.peer_id:
+            raise BadAddress("that address is this node itself")
+        if self.is_banned(peer):
+            raise PeerBanned(f"peer {peer} is banned for misbehaving")
+        if peer in self.connected_peers():
+            return peer
+        if self._relay is None:
+            raise DialError("this node does not run the relay protocol")
+        try:
+            return await self._relay.dial(multiaddr)
+        except P2PError as exc:
+            raise DialError(str(exc)) from None
 
     async def disconnect(self, peer_id: str) -> None:
         from libp2p.peer.id import ID

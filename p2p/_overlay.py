@@ -21,6 +21,7 @@ from ._gossip import Gossip, GossipConfig, open_gossip
 from ._host import HostConfig, P2PHost, open_host
 from ._identity import Keypair
 from ._info import INFO, InfoRequest, InfoResponse
+from ._relay import Relay, RelayConfig
 from ._requests import Requests
 from ._trio_util import single_error
 
@@ -31,6 +32,7 @@ class OverlayConfig:
     gossip: GossipConfig = field(default_factory=GossipConfig)
     dht: DhtConfig = field(default_factory=DhtConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
     agent: str = "mercato"
     roles: tuple[str, ...] = ()
 
@@ -43,6 +45,7 @@ class Overlay:
     dht: Dht
     discovery: Discovery
     config: OverlayConfig
+    relay: Relay
 
     @property
     def peer_id(self) -> str:
@@ -65,7 +68,21 @@ class Overlay:
             "dht_mode": self.dht.mode,
             "mdns": self.discovery.mdns_enabled,
             "bootstrap": [s.__dict__ for s in self.discovery.bootstrap_status()],
+            "relay": self.relay.status(),
+            "reachability": self.reachability(),
         }
+
+    def reachability(self) -> str:
+        """``relayed`` (reached through relays), ``private`` (no reservation yet: only
+        peers it dials reach it), ``public`` (it advertises direct addresses; not
+        verified from outside), or ``lan-only`` (no addresses, mDNS only)."""
+        if self.relay.relayed_addrs():
+            return "relayed"
+        if self.config.host.private:
+            return "private"
+        if self.host.listen_addrs():
+            return "public"
+        return "lan-only"
 
 
 @asynccontextmanager
@@ -89,7 +106,9 @@ async def open_overlay(
             gossip = await stack.enter_async_context(open_gossip(host, config.gossip))
             dht = await stack.enter_async_context(open_dht(host, config.dht))
             discovery = Discovery(host, config.discovery, book)
+            relay = Relay(host, config.relay)
             nursery = await stack.enter_async_context(trio.open_nursery())
+            await nursery.start(relay.run)
             await nursery.start(discovery.run)
             stack.callback(nursery.cancel_scope.cancel)
-            yield Overlay(host, requests, gossip, dht, discovery, config)
+            yield Overlay(host, requests, gossip, dht, discovery, config, relay)

@@ -1,0 +1,204 @@
+"""Circuit relay v2: relaying for peers behind NAT, and being reached through relays.
+
+Every node runs the protocol's STOP side, so a peer can reach it through a
+relay on which it holds a reservation. A relay (``hop``) also runs the HOP
+side with hard limits: reservations in all, circuits per reservation, and
+per circuit its bytes (both directions) and its duration. A request over a
+limit is refused with the protocol's status code and the relay goes on
+serving the others.
+
+A node given relays (``reserve_on``) keeps a reservation on each: it dials the
+relay, reserves, advertises ``<relay addr>/p2p-circuit/p2p/<own id>`` among its
+addresses, renews every ``renew_s`` and starts over when the relay goes away.
+`P2PHost.connect` dials such addresses through the relay.
+
+py-libp2p 0.8.1 needs three workarounds here:
+- its swarm cannot dial ``/p2p-circuit`` addresses: the circuit transport
+  dials them itself, and the connection then serves every stream to that peer;
+- a dialer must not be a relay client, or each dial takes a reservation;
+- a reset Yamux stream never woke a task blocked reading it, so a circuit
+  cut by a limit held its slot for good (every later circuit for that
+  reservation was refused): `_patch_yamux_reset` wakes the reader.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ._errors import P2PError
+
+log = logging.getLogger("mercato.p2p.relay")
+RETRY_S = (1.0, 5.0, 30.0, 120.0)
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    hop: bool = False
+    """Relay for others (the relay role)."""
+    max_reservations: int = 128
+    """Peers holding a reservation at once."""
+    max_circuits: int = 8
+    """Circuits at once through one peer's reservation."""
+    circuit_bytes: int = 64 * 1024 * 1024
+    """Bytes one circuit may carry, both directions together."""
+    circuit_s: int = 600
+    """How long one circuit may last."""
+    reservation_ttl_s: int = 3600
+    reserve_on: tuple[str, ...] = ()
+    """Relays to hold a reservation on (full multiaddrs ending in /p2p/ID)."""
+    renew_s: float = 600.0
+
+
+class Relay:
+    """The node's circuit relay service (see the module docstring)."""
+
+    def __init__(self, host: Any, config: RelayConfig) -> None:
+        self._host = host  # P2PHost
+        self.config = config
+        self._protocol: Any = None
+        self._dialer: Any = None
+        self._reserved: dict[str, str] = {}  # relay addr -> our relayed addr
+        self._failures: dict[str, int] = {}  # relay addr -> failed attempts in a row
+
+    def relayed_addrs(self) -> list[str]:
+        return sorted(self._reserved.values())
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "hop": self.config.hop,
+            "reservations": sorted(self._reserved),
+            "failing": dict(self._failures),
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the protocol and keep the reservations until cancelled."""
+        from libp2p.relay.circuit_v2.config import RelayConfig as LibRelayConfig
+        from libp2p.relay.circuit_v2.config import RelayRole
+        from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+        from libp2p.relay.circuit_v2.resources import RelayLimits
+        from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+        from libp2p.tools.anyio_service import background_trio_service
+
+        _patch_yamux_reset()
+        raw = self._host.libp2p
+        limits = RelayLimits(
+            duration=self.config.circuit_s,
+            data=self.config.circuit_bytes,
+            max_circuit_conns=self.config.max_circuits,
+            max_reservations=self.config.max_reservations,
+            reservation_ttl=self.config.reservation_ttl_s,
+        )
+        self._protocol = CircuitV2Protocol(raw, limits=limits, allow_hop=self.config.hop)
+        async with background_trio_service(self._protocol):
+            await self._protocol.event_started.wait()
+            # A dialer only (not a relay client): each dial would take a reservation.
+            self._dialer = CircuitV2Transport(
+                raw, self._protocol, LibRelayConfig(roles=RelayRole.STOP)
+            )
+            self._reserver = CircuitV2Transport(
+                raw, self._protocol, LibRelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT)
+            )
+            self._host.use_relay(self)
+            async with trio.open_nursery() as nursery:
+                for addr in self.config.reserve_on:
+                    nursery.start_soon(self._keep_reservation, addr)
+                task_status.started()
+                await trio.sleep_forever()
+
+    async def dial(self, addr: str) -> str:
+        """Connect to a peer through ``/.../p2p/RELAY/p2p-circuit/p2p/PEER``; its id."""
+        import multiaddr as ma
+
+        if self._dialer is None:
+            raise P2PError("the relay service is not running")
+        peer = addr.rsplit("/p2p/", 1)[-1]
+        relay = addr.split("/p2p-circuit", 1)[0]
+        if relay.rsplit("/p2p/", 1)[-1] not in self._host.connected_peers():
+            await self._host.connect(relay)
+        try:
+            with trio.fail_after(self._host.dial_timeout_s):
+                await self._dialer.dial(ma.Multiaddr(addr))
+        except trio.TooSlowError:
+            raise P2PError(f"dialing {addr} through its relay timed out") from None
+        except Exception as exc:
+            raise P2PError(f"cannot reach {addr} through its relay: {exc}") from None
+        return peer
+
+    async def _keep_reservation(self, addr: str) -> None:
+        attempt = 0
+        relay_id = addr.rsplit("/p2p/", 1)[-1]
+        while True:
+            try:
+                await self._reserve(addr, relay_id)
+                attempt = 0
+                self._failures.pop(addr, None)
+                # Renew on time; start over at once if the relay goes away.
+                with trio.move_on_after(self.config.renew_s):
+                    for _ in iter(int, 1):  # until the relay goes, or it is time to renew
+                        if relay_id not in self._host.connected_peers():
+                            break
+                        await trio.sleep(1.0)
+                if relay_id not in self._host.connected_peers():
+                    log.info("relay lost", extra={"relay": addr})
+                    self._reserved.pop(addr, None)
+                continue
+            except (P2PError, OSError) as exc:
+                self._reserved.pop(addr, None)
+                delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]
+                attempt += 1
+                self._failures[addr] = attempt
+                log.info(
+                    "no reservation on a relay; will retry",
+                    extra={"relay": addr, "why": str(exc), "retry_s": delay},
+                )
+                await trio.sleep(delay)
+
+    async def _reserve(self, addr: str, relay_id: str) -> None:
+        from libp2p.peer.id import ID
+        from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP
+
+        await self._host.connect(addr)
+        try:
+            stream = await self._host.libp2p.new_stream(ID.from_base58(relay_id), [HOP])
+        except Exception as exc:
+            raise P2PError(f"{addr} does not relay: {exc}") from None
+        try:
+            with trio.fail_after(self._host.dial_timeout_s):
+                ok = await self._reserver._make_reservation(stream, ID.from_base58(relay_id))
+        except trio.TooSlowError:
+            raise P2PError(f"{addr} did not answer the reservation") from None
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await stream.close()
+        if not ok:
+            raise P2PError(f"{addr} refused a reservation (full, or not a relay)")
+        if addr not in self._reserved:
+            log.info("reserved on a relay", extra={"relay": addr})
+        self._reserved[addr] = f"{addr}/p2p-circuit/p2p/{self._host.peer_id}"
+
+
+_patched = False
+
+
+def _patch_yamux_reset() -> None:
+    """Wake a reader blocked on a Yamux stream when the stream is reset (see the
+    module docstring). Idempotent."""
+    global _patched
+    if _patched:
+        return
+    from libp2p.stream_muxer.yamux.yamux import Yamux
+
+    original = Yamux._finalize_stream_locked
+
+    def finalize(self: Any, stream: Any, *, fully_closed: bool) -> Any:
+        event = self.stream_events.get(stream.stream_id)
+        if fully_closed and event is not None:
+            event.set()
+        return original(self, stream, fully_closed=fully_closed)
+
+    Yamux._finalize_stream_locked = finalize
+    _patched = True
