@@ -100,10 +100,8 @@ async def test_a_relay_over_its_limits_refuses_and_keeps_serving_the_others() ->
         await dialer.host.connect(first.host.listen_addrs()[0])
         big = b"x" * (256 * 1024)
         got = b""
-        try:
+        with suppress(Exception):  # the cut shows as a reset or an early end
             got = await round_trip(dialer, first.peer_id, big)
-        except Exception:
-            pass
         assert len(got) < len(big)
         # ...and the relay goes on: the reservation holds, and a new circuit works.
         await dialer.host.disconnect(first.peer_id)
