@@ -83,6 +83,12 @@ def node() -> None:
     help="full (the default) or relay: a slim public node for a VPS that relays for "
     "peers behind NAT and runs no tasks, builds or wallet.",
 )
+@click.option(
+    "--private",
+    is_flag=True,
+    help="Behind NAT: advertise no direct address; be reached through the relays on "
+    "the bootstrap list.",
+)
 def start(
     data_dir: Path | None,
     log_json: bool,
@@ -93,6 +99,7 @@ def start(
     serve: tuple[str, ...],
     api_port: int | None,
     role: str | None,
+    private: bool,
 ) -> None:
     """Run the node in the foreground until SIGINT/SIGTERM or `mercato node stop`.
 
@@ -129,6 +136,8 @@ def start(
         config = config.replace("serve", agents=config.serve.agents + serve)
     if role:
         config = config.replace("node", role=role)
+    if private:
+        config = config.replace("p2p", private=True)
     configure_logging(config.log.level, config.log.format)
     try:
         trio.run(Node(datadir, config, handle_signals=True).run)
@@ -196,11 +205,25 @@ def _p2p_rows(p2p: dict | None) -> list[tuple[str, object]]:
         ),
         ("dht", p2p["dht_mode"]),
         ("mdns", "on" if p2p["mdns"] else "off"),
+        ("reachable", _reachable(p2p)),
     ]
     for boot in p2p["bootstrap"]:
         state = "connected" if boot["connected"] else f"unreachable ({boot['failures']} tries)"
         rows.append(("bootstrap", f"{boot['addr']} {state}"))
     return rows
+
+
+def _reachable(p2p: dict) -> str:
+    relay = p2p.get("relay") or {}
+    how = p2p.get("reachability", "?")
+    if how == "relayed":
+        return "relayed, through " + ", ".join(relay.get("reservations", []))
+    if how == "private":
+        return "private: no relay reservation yet (only peers it dials reach it)"
+    if how == "public":
+        serving = "; relaying for others" if relay.get("hop") else ""
+        return f"public (its direct addresses; not verified from outside){serving}"
+    return "LAN only (mDNS; no address to dial)"
 
 
 @node.command()

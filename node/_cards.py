@@ -16,11 +16,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import trio
+
 from p2p import (
     FrameError,
+    GossipMessage,
     Keypair,
     Message,
     MessageError,
+    Overlay,
+    Verdict,
     canonical_cbor,
     decode_canonical,
     public_key_of_peer,
@@ -124,3 +129,33 @@ class CardBook:
         self.prune(now)
         card = self._cards.get(provider)
         return card.wallet if card else ""
+
+
+def card_verdict(cards: CardBook, data: bytes, own_peer: str) -> Verdict:
+    """Gossip's verdict on a card: forward what is new and sound, drop the rest
+    (blaming the forwarder only for a forged or malformed card)."""
+    try:
+        card = AgentCard.verify(data)
+    except CardRejected:
+        return Verdict.REJECT
+    return Verdict.ACCEPT if cards.add(card) or card.provider == own_peer else Verdict.IGNORE
+
+
+class CardForwarder:
+    """A relay's part in card gossip: it checks cards and passes them on, so that
+    peers reached only through it hear each other's; it serves nothing itself."""
+
+    def __init__(self, overlay: Overlay) -> None:
+        self._overlay = overlay
+        self.cards = CardBook()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._overlay.gossip.subscribe(TOPIC, self._on_card, self._validate)
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def _validate(self, message: GossipMessage) -> Verdict:
+        return card_verdict(self.cards, message.data, self._overlay.peer_id)
+
+    async def _on_card(self, message: GossipMessage) -> None:
+        pass  # taken in the validator

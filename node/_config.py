@@ -90,6 +90,23 @@ class P2PSection:
     """Keep dialing known peers while fewer than this many are connected."""
     dht_mode: str = "auto"
     """``server``, ``client``, or ``auto``: server when the node listens."""
+    private: bool = False
+    """Behind NAT (or by choice): advertise no direct address, and be reached
+    through relays on the bootstrap list instead (a reservation on each)."""
+
+
+@dataclass(frozen=True)
+class RelaySection:
+    """``[relay]``: what a relay (``[node] role = "relay"``) grants the peers it relays for."""
+
+    max_reservations: int = 128
+    """Peers holding a reservation at once; more are refused."""
+    max_circuits: int = 8
+    """Circuits at once through one peer's reservation."""
+    circuit_mb: int = 64
+    """Megabytes one circuit may carry (both directions); then it is cut."""
+    circuit_s: int = 600
+    """Seconds one circuit may last."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +206,7 @@ class Config:
     serve: ServeSection = field(default_factory=ServeSection)
     tasks: TasksSection = field(default_factory=TasksSection)
     settlement: SettlementSection = field(default_factory=SettlementSection)
+    relay: RelaySection = field(default_factory=RelaySection)
 
     def replace(self, section: str, **values: Any) -> Config:
         """A copy with some keys of one section changed (used for CLI flags)."""
@@ -274,6 +292,11 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
             raise fail("serve.agents", "must be PUBLISHER/NAME entries")
     if config.node.role not in ROLES:
         raise fail("node.role", f"must be one of {', '.join(ROLES)}")
+    relay = config.relay
+    if not 1 <= relay.max_reservations <= 100_000 or not 1 <= relay.max_circuits <= 1024:
+        raise fail("relay.max_reservations", "must be 1 to 100,000 (max_circuits 1 to 1024)")
+    if not 1 <= relay.circuit_mb <= 100_000 or not 10 <= relay.circuit_s <= 86_400:
+        raise fail("relay.circuit_mb", "must be 1 to 100,000 (circuit_s 10 to 86,400)")
     money = config.settlement
     if money.ledger not in LEDGERS:
         raise fail("settlement.ledger", f"must be one of {', '.join(LEDGERS)}")
@@ -441,6 +464,17 @@ max_connections = 128
 target_peers = 16
 # server | client | auto (server when the node listens)
 dht_mode = "auto"
+# Behind NAT: advertise no direct address; be reached through the relays on the
+# bootstrap list (a reservation on each).
+private = false
+
+[relay]
+# What a relay ([node] role = "relay") grants: reservations in all, circuits at
+# once per reservation, and per circuit its megabytes and seconds.
+max_reservations = 128
+max_circuits = 8
+circuit_mb = 64
+circuit_s = 600
 
 [runtime]
 # Agent runs at once, each in its own worker process.

@@ -33,6 +33,7 @@ from p2p import (
     Keypair,
     Overlay,
     OverlayConfig,
+    RelayConfig,
     open_overlay,
 )
 from runtime import WorkerPool, open_worker_pool
@@ -41,7 +42,7 @@ from settlement import Ledger
 from ._api import ControlAPI
 from ._builds import BuildError, BuildStore
 from ._buildservice import BuildService
-from ._cards import CardBook
+from ._cards import CardBook, CardForwarder
 from ._config import Config, load_config
 from ._control import LocalControl
 from ._errors import NodeError, NotServed
@@ -268,6 +269,8 @@ class Node:
                             await registry_nursery.start(self._registry.run)
                             self.services.append("registry")
                             if self.config.node.role == "relay":
+                                await registry_nursery.start(CardForwarder(overlay).run)
+                                self.services.append("cards")
                                 await self._serve(server, task_status)
                             else:
                                 await self._run_full(
@@ -359,10 +362,22 @@ class Node:
         return service
 
     def _overlay_config(self) -> OverlayConfig:
-        p2p = self.config.p2p
-        mode = p2p.dht_mode if p2p.dht_mode != "auto" else ("server" if p2p.listen else "client")
+        p2p, relay = self.config.p2p, self.config.relay
+        hop = self.config.node.role == "relay"
+        public = p2p.listen and not p2p.private
+        mode = p2p.dht_mode if p2p.dht_mode != "auto" else ("server" if public else "client")
         return OverlayConfig(
-            host=HostConfig(listen=p2p.listen, max_connections=p2p.max_connections),
+            host=HostConfig(
+                listen=p2p.listen, max_connections=p2p.max_connections, private=p2p.private
+            ),
+            relay=RelayConfig(
+                hop=hop,
+                max_reservations=relay.max_reservations,
+                max_circuits=relay.max_circuits,
+                circuit_bytes=relay.circuit_mb * 1024 * 1024,
+                circuit_s=relay.circuit_s,
+                reserve_on=p2p.bootstrap if p2p.private else (),
+            ),
             dht=DhtConfig(mode=mode),
             discovery=DiscoveryConfig(
                 bootstrap=p2p.bootstrap, mdns=p2p.mdns, target_peers=p2p.target_peers

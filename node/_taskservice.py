@@ -32,7 +32,7 @@ from settlement import Channel, PaymentShort, SettlementError
 from ._builds import BuildError
 from ._buildservice import BuildService
 from ._cards import TOPIC as CARDS_TOPIC
-from ._cards import AgentCard, CardBook, CardRejected
+from ._cards import AgentCard, CardBook, card_verdict
 from ._choice import rank
 from ._config import RuntimeSection, ServeSection
 from ._registry import RegistryService
@@ -184,15 +184,7 @@ class TaskService:
                     await self._overlay.dht.provide(f"agent:{agent}")
 
     async def _validate_card(self, message: GossipMessage) -> Verdict:
-        try:
-            card = AgentCard.verify(message.data)
-        except CardRejected:
-            return Verdict.REJECT
-        return (
-            Verdict.ACCEPT
-            if self.cards.add(card) or card.provider == self._overlay.peer_id
-            else Verdict.IGNORE
-        )
+        return card_verdict(self.cards, message.data, self._overlay.peer_id)
 
     async def _on_card(self, message: GossipMessage) -> None:
         pass  # taken in the validator

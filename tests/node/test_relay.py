@@ -1,0 +1,91 @@
+"""A relay node and two full nodes behind "NAT" (on loopback: nodes that listen on no
+socket at all, so no direct dial can reach them). They find each other through the
+relay, exchange registry updates, and one runs a task on the other through it."""
+
+import json
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+import trio
+
+from node import Config, DataDir, Node, NotServed, init_data_dir
+
+from .test_tasks import EXAMPLES, LISTING, until
+
+LOOPBACK = ("/ip4/127.0.0.1/tcp/0",)
+
+
+def config(**p2p) -> Config:
+    return (
+        Config()
+        .replace("api", port=0)
+        .replace("p2p", mdns=False, target_peers=4, **p2p)
+        .replace("serve", heartbeat_s=0.5, card_ttl_s=5.0)
+    )
+
+
+async def start(stack: AsyncExitStack, nursery: trio.Nursery, root: Path, cfg: Config) -> Node:
+    datadir = DataDir(root)
+    await trio.to_thread.run_sync(init_data_dir, datadir)
+    node = Node(datadir, cfg)
+    await nursery.start(node.run)
+    stack.callback(node.request_stop)
+    return node
+
+
+@pytest.mark.slow
+async def test_private_nodes_trade_through_a_relay_that_runs_nothing_itself(
+    tmp_path: Path,
+) -> None:
+    async with AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        relay = await start(
+            stack, nursery, tmp_path / "relay", config(listen=LOOPBACK).replace("node", role="relay")
+        )
+        there = relay.overlay.host.listen_addrs()[0]
+        behind_nat = config(listen=(), private=True, bootstrap=(there,))
+        provider = await start(stack, nursery, tmp_path / "provider", behind_nat)
+        user = await start(stack, nursery, tmp_path / "user", behind_nat)
+
+        # Each reserves on the relay and advertises only its relayed address.
+        for node in (provider, user):
+
+            async def reserved(n: Node = node) -> bool:
+                return bool(n.overlay.relay.relayed_addrs())
+
+            await until(reserved, 15, "a reservation on the relay")
+            status = (await node.status())["p2p"]
+            assert status["reachability"] == "relayed"
+            assert status["listen_addrs"] == [f"{there}/p2p-circuit/p2p/{node.overlay.peer_id}"]
+        relay_status = (await relay.status())["p2p"]
+        assert relay_status["relay"]["hop"] and relay_status["reachability"] == "public"
+
+        # The provider publishes and serves an agent; its listing and card reach the user
+        # through the relay (the only peer either of them can dial).
+        listing = {**LISTING, "name": "wc"}
+        publisher = (await provider.registry.publish("default", listing))["publisher"]
+        wasm = EXAMPLES / "wordcount" / "wordcount.wasm"
+        cid = (await provider.builds.add_file(wasm)).cid
+        release = {"name": "wc", "version": "1.0.0", "cid": cid, "size": wasm.stat().st_size}
+        await provider.registry.release("default", release)
+        agent = f"{publisher}/wc"
+        provider.tasks.serve_agents((agent,))
+
+        async def ready() -> bool:
+            shown = await user.registry.show(publisher, "wc")
+            return bool(shown and shown["releases"] and user.tasks.providers(agent))
+
+        await until(ready, 30, "the listing and the provider's card at the user")
+        card = user.tasks.providers(agent)[0]
+        assert all("/p2p-circuit/" in a for a in card["addrs"])
+
+        done = await user.tasks.run_task(agent, "*", b"one two three four")
+        assert json.loads(done["output"])["words"] == 4
+        assert done["provider"] == provider.overlay.peer_id
+        # The relay ran nothing and holds no build: it has neither service.
+        with pytest.raises(NotServed):
+            relay.tasks  # noqa: B018
+        with pytest.raises(NotServed):
+            relay.builds  # noqa: B018
+        assert "tasks" not in relay.services and "runtime" not in relay.services
