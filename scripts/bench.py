@@ -24,6 +24,8 @@ Benchmarks:
   channel   off-chain payments per second, signed, checked and stored durably
             by both sides (target >= 2,000), and channel open and close
             latency on the embedded ledger and on a localnet
+  relay     a task's round trip through a relay versus direct (p50 and ratio), and
+            how many relayed connections one relay holds
   runtime   WebAssembly runs: cold and warm start of the wordcount example, in
             this process (warm < 2 ms) and through the worker processes (warm
             < 5 ms); runs per second on 2 workers (>= 500); fuel's cost
@@ -196,6 +198,12 @@ def bench_channel() -> dict[str, Any]:
     return run()
 
 
+def bench_relay() -> dict[str, Any]:
+    from benchmarks.relay import run
+
+    return run()
+
+
 def bench_runtime() -> dict[str, Any]:
     from benchmarks.runtime import run
 
@@ -214,6 +222,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "repair": bench_repair,
     "task": bench_task,
     "channel": bench_channel,
+    "relay": bench_relay,
 }
 
 
