@@ -26,7 +26,7 @@ def test_the_unit_and_the_container_run_the_same_relay_command() -> None:
     entry = re.search(r"^ENTRYPOINT (\[.+\])$", (BOOTSTRAP / "Containerfile").read_text(), re.M)
     container = json.loads(entry[1])
     at = command.index("--data-dir")
-    assert container[1:] == command[1 : at + 1] + ["/data"] + command[at + 2 :]
+    assert container[1:] == [*command[1 : at + 1], "/data", *command[at + 2 :]]
 
 
 def test_the_install_script_is_valid_bash() -> None:

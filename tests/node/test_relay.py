@@ -41,7 +41,10 @@ async def test_private_nodes_trade_through_a_relay_that_runs_nothing_itself(
     async with AsyncExitStack() as stack:
         nursery = await stack.enter_async_context(trio.open_nursery())
         relay = await start(
-            stack, nursery, tmp_path / "relay", config(listen=LOOPBACK).replace("node", role="relay")
+            stack,
+            nursery,
+            tmp_path / "relay",
+            config(listen=LOOPBACK).replace("node", role="relay"),
         )
         there = relay.overlay.host.listen_addrs()[0]
         behind_nat = config(listen=(), private=True, bootstrap=(there,))
