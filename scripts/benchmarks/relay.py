@@ -34,7 +34,7 @@ ECHO = Path(__file__).resolve().parents[2] / "runtime" / "examples" / "echo" / "
 LISTING = {"name": "echo", "kind": "agent", "title": "Echo", "summary": "Echo.", "price": 0}
 LOOPBACK = ("/ip4/127.0.0.1/tcp/0",)
 TASKS = 200
-CLIENTS = 100
+CLIENTS = 200
 
 
 def _config(**p2p: Any) -> Config:
