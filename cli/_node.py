@@ -86,8 +86,7 @@ def node() -> None:
 @click.option(
     "--private",
     is_flag=True,
-    help="Behind NAT: advertise no direct address; be reached through the relays on "
-    "the bootstrap list.",
+    help="Behind NAT: listen on no socket; be reached through the relays on the bootstrap list.",
 )
 def start(
     data_dir: Path | None,

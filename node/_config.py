@@ -91,8 +91,8 @@ class P2PSection:
     dht_mode: str = "auto"
     """``server``, ``client``, or ``auto``: server when the node listens."""
     private: bool = False
-    """Behind NAT (or by choice): advertise no direct address, and be reached
-    through relays on the bootstrap list instead (a reservation on each)."""
+    """Behind NAT (or by choice): listen on no socket (``listen`` is ignored), and
+    be reached through the relays on the bootstrap list (a reservation on each)."""
 
 
 @dataclass(frozen=True)
@@ -464,8 +464,8 @@ max_connections = 128
 target_peers = 16
 # server | client | auto (server when the node listens)
 dht_mode = "auto"
-# Behind NAT: advertise no direct address; be reached through the relays on the
-# bootstrap list (a reservation on each).
+# Behind NAT: listen on no socket (listen is ignored); be reached through the
+# relays on the bootstrap list (a reservation on each).
 private = false
 
 [relay]

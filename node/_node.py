@@ -364,12 +364,18 @@ class Node:
     def _overlay_config(self) -> OverlayConfig:
         p2p, relay = self.config.p2p, self.config.relay
         hop = self.config.node.role == "relay"
-        public = p2p.listen and not p2p.private
-        mode = p2p.dht_mode if p2p.dht_mode != "auto" else ("server" if public else "client")
+        # A private node listens on no socket: no direct dial reaches it, and no
+        # direct address leaks through identify, mDNS or the DHT.
+        listen = () if p2p.private else p2p.listen
+        mode = p2p.dht_mode if p2p.dht_mode != "auto" else ("server" if listen else "client")
+        # A reservation holds only while its peer is connected: a relay keeps room.
+        connections = (
+            max(p2p.max_connections, relay.max_reservations + p2p.target_peers)
+            if hop
+            else p2p.max_connections
+        )
         return OverlayConfig(
-            host=HostConfig(
-                listen=p2p.listen, max_connections=p2p.max_connections, private=p2p.private
-            ),
+            host=HostConfig(listen=listen, max_connections=connections, private=p2p.private),
             relay=RelayConfig(
                 hop=hop,
                 max_reservations=relay.max_reservations,

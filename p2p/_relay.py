@@ -1,18 +1,18 @@
 """Circuit relay v2: relaying for peers behind NAT, and being reached through relays.
 
-Every node runs the protocol's STOP side, so a peer can reach it through a
-relay on which it holds a reservation. A relay (``hop``) also runs the HOP
-side with hard limits: reservations in all, circuits per reservation, and
-per circuit its bytes (both directions) and its duration. A request over a
-limit is refused with the protocol's status code and the relay goes on
-serving the others.
+A relay (``hop``) runs the HOP side with hard limits: reservations in all,
+circuits per reservation, and per circuit its bytes (both directions) and its
+duration. A request over a limit is refused with the protocol's status code
+and the relay goes on serving the others. A node given relays (``reserve_on``)
+runs the STOP side, so that peers reach it through them, and keeps a
+reservation on each: it dials the relay, reserves, advertises
+``<relay addr>/p2p-circuit/p2p/<own id>`` among its addresses, renews every
+``renew_s`` and starts over when the relay goes away. Other nodes run neither
+handler; any node dials such addresses (`P2PHost.connect`) through the relay.
 
-A node given relays (``reserve_on``) keeps a reservation on each: it dials the
-relay, reserves, advertises ``<relay addr>/p2p-circuit/p2p/<own id>`` among its
-addresses, renews every ``renew_s`` and starts over when the relay goes away.
-`P2PHost.connect` dials such addresses through the relay.
-
-py-libp2p 0.8.1 needs three workarounds here:
+py-libp2p 0.8.1 needs four workarounds here:
+- it reserves for whatever peer id a RESERVE message names, so one connection
+  could fill a relay with made-up peers: the peer is always the connection's;
 - its swarm cannot dial ``/p2p-circuit`` addresses: the circuit transport
   dials them itself, and the connection then serves every stream to that peer;
 - a dialer must not be a relay client, or each dial takes a reservation;
@@ -84,6 +84,8 @@ class Relay:
         from libp2p.tools.anyio_service import background_trio_service
 
         _patch_yamux_reset()
+        # Its ERROR lines are routine (each HOP stream a client closes logs one).
+        logging.getLogger("libp2p.relay.circuit_v2").setLevel(logging.CRITICAL)
         raw = self._host.libp2p
         limits = RelayLimits(
             duration=self.config.circuit_s,
@@ -92,17 +94,23 @@ class Relay:
             max_reservations=self.config.max_reservations,
             reservation_ttl=self.config.reservation_ttl_s,
         )
-        self._protocol = CircuitV2Protocol(raw, limits=limits, allow_hop=self.config.hop)
+        self._protocol = _protocol_class(CircuitV2Protocol)(
+            raw, limits=limits, allow_hop=self.config.hop
+        )
+        # A dialer only (not a relay client): each dial would take a reservation.
+        # Dialing needs the protocol object, not its handlers.
+        self._dialer = CircuitV2Transport(raw, self._protocol, LibRelayConfig(roles=RelayRole.STOP))
+        self._reserver = CircuitV2Transport(
+            raw, self._protocol, LibRelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT)
+        )
+        self._host.use_relay(self)
+        if not (self.config.hop or self.config.reserve_on):
+            # Neither relaying nor reachable through relays: no HOP or STOP handler,
+            # so no peer can make this node relay or hold half-open circuits.
+            task_status.started()
+            await trio.sleep_forever()
         async with background_trio_service(self._protocol):
             await self._protocol.event_started.wait()
-            # A dialer only (not a relay client): each dial would take a reservation.
-            self._dialer = CircuitV2Transport(
-                raw, self._protocol, LibRelayConfig(roles=RelayRole.STOP)
-            )
-            self._reserver = CircuitV2Transport(
-                raw, self._protocol, LibRelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT)
-            )
-            self._host.use_relay(self)
             async with trio.open_nursery() as nursery:
                 for addr in self.config.reserve_on:
                     nursery.start_soon(self._keep_reservation, addr)
@@ -146,7 +154,7 @@ class Relay:
                     log.info("relay lost", extra={"relay": addr})
                     self._reserved.pop(addr, None)
                 continue
-            except (P2PError, OSError) as exc:
+            except Exception as exc:  # whatever py-libp2p raises: retry, never end the node
                 self._reserved.pop(addr, None)
                 delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]
                 attempt += 1
@@ -181,18 +189,34 @@ class Relay:
         self._reserved[addr] = f"{addr}/p2p-circuit/p2p/{self._host.peer_id}"
 
 
+def _protocol_class(base: type) -> type:
+    class _Protocol(base):  # type: ignore[misc,valid-type]
+        async def _handle_reserve(self, stream: Any, msg: Any) -> None:
+            # py-libp2p reserves for whatever peer id the message names: anyone could
+            # fill the relay with made-up peers. The reserving peer is the connection's.
+            msg.ClearField("peer")
+            await super()._handle_reserve(stream, msg)
+
+    return _Protocol
+
+
 _patched = False
 
 
 def _patch_yamux_reset() -> None:
     """Wake a reader blocked on a Yamux stream when the stream is reset (see the
-    module docstring). Idempotent."""
+    module docstring). Idempotent; skipped (with a warning) on a py-libp2p whose
+    Yamux no longer has the function."""
     global _patched
     if _patched:
         return
     from libp2p.stream_muxer.yamux.yamux import Yamux
 
-    original = Yamux._finalize_stream_locked
+    original = getattr(Yamux, "_finalize_stream_locked", None)
+    if original is None:
+        log.warning("py-libp2p changed: the Yamux reset workaround is not applied")
+        _patched = True
+        return
 
     def finalize(self: Any, stream: Any, *, fully_closed: bool) -> Any:
         event = self.stream_events.get(stream.stream_id)
