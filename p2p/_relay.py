@@ -10,12 +10,16 @@ reservation on each: it dials the relay, reserves, advertises
 ``renew_s`` and starts over when the relay goes away. Other nodes run neither
 handler; any node dials such addresses (`P2PHost.connect`) through the relay.
 
-py-libp2p 0.8.1 needs four workarounds here:
+py-libp2p 0.8.1 needs five workarounds here:
 - it reserves for whatever peer id a RESERVE message names, so one connection
   could fill a relay with made-up peers: the peer is always the connection's;
 - its swarm cannot dial ``/p2p-circuit`` addresses: the circuit transport
   dials them itself, and the connection then serves every stream to that peer;
 - a dialer must not be a relay client, or each dial takes a reservation;
+- its circuit pump let an idle circuit outlive its duration, closed another
+  circuit to the same peer when it ended, and let one source take all of a
+  destination's circuits: `_Protocol` replaces the pump and caps circuits per
+  (source, destination) pair at CIRCUITS_PER_PAIR;
 - a reset Yamux stream never woke a task blocked reading it, so a circuit
   cut by a limit held its slot for good (every later circuit for that
   reservation was refused): `_patch_yamux_reset` wakes the reader.
@@ -23,7 +27,10 @@ py-libp2p 0.8.1 needs four workarounds here:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +40,9 @@ from ._errors import P2PError
 
 log = logging.getLogger("mercato.p2p.relay")
 RETRY_S = (1.0, 5.0, 30.0, 120.0)
+CIRCUITS_PER_PAIR = 2
+MAX_READ = 64 * 1024
+WRITE_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -191,11 +201,69 @@ class Relay:
 
 def _protocol_class(base: type) -> type:
     class _Protocol(base):  # type: ignore[misc,valid-type]
+        _pairs: dict[tuple[Any, Any], int]
+
         async def _handle_reserve(self, stream: Any, msg: Any) -> None:
             # py-libp2p reserves for whatever peer id the message names: anyone could
             # fill the relay with made-up peers. The reserving peer is the connection's.
             msg.ClearField("peer")
             await super()._handle_reserve(stream, msg)
+
+        async def _handle_connect(self, stream: Any, msg: Any) -> None:
+            # One source may not take a destination's every slot: a few circuits per
+            # pair, the rest refused with the protocol's code.
+            from libp2p.peer.id import ID
+            from libp2p.relay.circuit_v2.protocol_buffer import StatusCode
+
+            pairs = self.__dict__.setdefault("_pairs", {})
+            pair = (stream.muxed_conn.peer_id, ID(msg.peer.id) if msg.HasField("peer") else None)
+            if pairs.get(pair, 0) >= CIRCUITS_PER_PAIR:
+                await self._send_status(
+                    stream, StatusCode.RESOURCE_LIMIT_EXCEEDED, "too many circuits to that peer"
+                )
+                await stream.reset()
+                return
+            pairs[pair] = pairs.get(pair, 0) + 1
+            try:
+                await super()._handle_connect(stream, msg)
+            finally:
+                pairs[pair] -= 1
+                if not pairs[pair]:
+                    del pairs[pair]
+
+        async def _relay_data(
+            self,
+            src: Any,
+            dst: Any,
+            peer_id: Any,
+            deadline: float | None = None,
+            budget: list[int] | None = None,
+        ) -> None:
+            # py-libp2p's pump checked the duration only when data flowed (an idle
+            # circuit held its slot for ever) and, on its way out, closed whichever
+            # circuit was stored last under the peer's id, another user's included.
+            # This one ends at the deadline, idle or not, and closes only its own.
+            # py-libp2p's deadline is on time.monotonic(); trio's clock has its own offset.
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            try:
+                with trio.move_on_after(max(left, 0.0)):
+                    while data := await src.read(MAX_READ):
+                        if budget is not None:
+                            if len(data) > budget[0]:
+                                break
+                            budget[0] -= len(data)
+                        with trio.fail_after(WRITE_TIMEOUT_S):
+                            await dst.write(data)
+            except Exception:
+                pass
+            finally:
+                with trio.CancelScope(shield=True):
+                    for end in (src, dst):
+                        with contextlib.suppress(Exception):
+                            await end.reset()
+                entry = self._active_relays.get(peer_id)
+                if entry is not None and (src in entry or dst in entry):
+                    del self._active_relays[peer_id]
 
     return _Protocol
 

@@ -146,3 +146,35 @@ async def test_a_peer_cannot_take_reservations_in_other_peers_names() -> None:
             open_overlay(Keypair.generate(), private_config(there))
         )
         await wait_until(lambda: honest.relay.relayed_addrs(), 10, "the honest reservation")
+
+
+async def test_circuits_end_on_their_own_and_idle_ones_at_their_deadline() -> None:
+    async with AsyncExitStack() as stack:
+        relay = await stack.enter_async_context(
+            open_overlay(Keypair.generate(), relay_config(circuit_s=3))
+        )
+        there = relay.host.listen_addrs()[0]
+        target = await stack.enter_async_context(
+            open_overlay(Keypair.generate(), private_config(there))
+        )
+        await wait_until(lambda: target.relay.relayed_addrs(), 10, "a reservation")
+        target.host.set_stream_handler(ECHO, lambda peer, stream: echo(stream))
+        plain = OverlayConfig(host=LOOPBACK, discovery=DiscoveryConfig(mdns=False))
+        first, second = [
+            await stack.enter_async_context(open_overlay(Keypair.generate(), plain))
+            for _ in range(2)
+        ]
+        address = target.host.listen_addrs()[0]
+        for user in (first, second):
+            await user.host.connect(address)
+            assert await round_trip(user, target.peer_id, b"hello") == b"hello"
+        # One user leaving ends its own circuit, not the other user's: watched over
+        # two seconds (the relay tears the circuit down at its own pace).
+        await first.host.disconnect(target.peer_id)
+        await trio.sleep(2)  # an observation window
+        assert target.peer_id in second.host.connected_peers()
+        assert await round_trip(second, target.peer_id, b"still on") == b"still on"
+        # The circuit ends at its deadline (3 s), busy or idle.
+        await wait_until(
+            lambda: target.peer_id not in second.host.connected_peers(), 10, "the idle cut"
+        )
