@@ -17,7 +17,7 @@ from settlement import (
 )
 
 from .test_registry_network import running_nodes
-from .test_tasks import EXAMPLES, LISTING, until
+from .test_tasks import EXAMPLES, LISTING, serve_an_agent, until
 
 PRICE = 10_000_000  # lamports a task
 ROYALTY_BPS = 1000  # 10 % to the creator: 1,000,000 a task, enough for a new account
@@ -128,33 +128,13 @@ async def test_paid_tasks_pay_the_provider_and_the_creator_when_the_channel_clos
         assert again["receipt"].channel != channel["stake"]
 
 
-async def serve_a_paid_agent(provider, user) -> str:
-    """The provider publishes, releases and serves a paid agent (no royalty); returns
-    it once the user's node knows the release and the provider's card."""
-    paid = {**LISTING, "name": "wc", "price": PRICE, "royalty_bps": 0}
-    publisher = (await provider.registry.publish("default", paid))["publisher"]
-    wasm = EXAMPLES / "wordcount" / "wordcount.wasm"
-    cid = (await provider.builds.add_file(wasm)).cid
-    release = {"name": "wc", "version": "1.0.0", "cid": cid, "size": wasm.stat().st_size}
-    await provider.registry.release("default", release)
-    agent = f"{publisher}/wc"
-    provider.tasks.serve_agents((agent,))
-
-    async def ready() -> bool:
-        shown = await user.registry.show(publisher, "wc")
-        return bool(shown and shown["releases"] and user.tasks.providers(agent))
-
-    await until(ready, 30, "the release and the card")
-    return agent
-
-
 @pytest.mark.slow
 async def test_a_provider_on_another_ledger_says_so_and_runs_nothing(tmp_path: Path) -> None:
     fast = {"heartbeat_s": 0.5, "card_ttl_s": 5.0}
     async with running_nodes(tmp_path, 2, serve=fast, repair_interval_s=1.0) as nodes:
         provider, user = nodes  # each on its own embedded ledger
         await user.overlay.host.connect(provider.overlay.host.listen_addrs()[0])
-        agent = await serve_a_paid_agent(provider, user)
+        agent = await serve_an_agent(provider, user, PRICE)
         with pytest.raises(NoProvider, match="not on this node's ledger"):
             await user.tasks.run_task(agent, "*", b"a b")
         assert provider.tasks.served == 0
@@ -171,7 +151,7 @@ async def test_a_provider_that_keeps_payments_is_paid_twice_at_most(tmp_path: Pa
     ):
         provider, user = nodes
         await user.overlay.host.connect(provider.overlay.host.listen_addrs()[0])
-        agent = await serve_a_paid_agent(provider, user)
+        agent = await serve_an_agent(provider, user, PRICE)
         answer = provider.tasks._answer
 
         async def keep_the_money(peer, request):

@@ -11,7 +11,7 @@ import trio
 
 from node import Config, DataDir, Node, NotServed, init_data_dir
 
-from .test_tasks import EXAMPLES, LISTING, until
+from .test_tasks import serve_an_agent, until
 
 LOOPBACK = ("/ip4/127.0.0.1/tcp/0",)
 
@@ -66,20 +66,7 @@ async def test_private_nodes_trade_through_a_relay_that_runs_nothing_itself(
 
         # The provider publishes and serves an agent; its listing and card reach the user
         # through the relay (the only peer either of them can dial).
-        listing = {**LISTING, "name": "wc"}
-        publisher = (await provider.registry.publish("default", listing))["publisher"]
-        wasm = EXAMPLES / "wordcount" / "wordcount.wasm"
-        cid = (await provider.builds.add_file(wasm)).cid
-        release = {"name": "wc", "version": "1.0.0", "cid": cid, "size": wasm.stat().st_size}
-        await provider.registry.release("default", release)
-        agent = f"{publisher}/wc"
-        provider.tasks.serve_agents((agent,))
-
-        async def ready() -> bool:
-            shown = await user.registry.show(publisher, "wc")
-            return bool(shown and shown["releases"] and user.tasks.providers(agent))
-
-        await until(ready, 30, "the listing and the provider's card at the user")
+        agent = await serve_an_agent(provider, user)
         card = user.tasks.providers(agent)[0]
         assert all("/p2p-circuit/" in a for a in card["addrs"])
 

@@ -413,3 +413,23 @@ def test_a_nonsense_load_or_latency_counts_as_the_worst() -> None:
         rank([Offer("a", price=0, reputation=0.5, latency_ms=-5.0, load=0.0), slow])[0][1].provider
         == "b"
     )
+
+
+async def serve_an_agent(provider, user, price: int = 0) -> str:
+    """The provider publishes, releases and serves the wordcount agent at ``price``
+    (no royalty); returns it once the user's node knows the release and the card."""
+    listing = {**LISTING, "name": "wc", "price": price, "royalty_bps": 0}
+    publisher = (await provider.registry.publish("default", listing))["publisher"]
+    wasm = EXAMPLES / "wordcount" / "wordcount.wasm"
+    cid = (await provider.builds.add_file(wasm)).cid
+    release = {"name": "wc", "version": "1.0.0", "cid": cid, "size": wasm.stat().st_size}
+    await provider.registry.release("default", release)
+    agent = f"{publisher}/wc"
+    provider.tasks.serve_agents((agent,))
+
+    async def ready() -> bool:
+        shown = await user.registry.show(publisher, "wc")
+        return bool(shown and shown["releases"] and user.tasks.providers(agent))
+
+    await until(ready, 30, "the release and the card")
+    return agent
