@@ -13,6 +13,7 @@ handler; any node dials such addresses (`P2PHost.connect`) through the relay.
 py-libp2p 0.8.1 needs five workarounds here:
 - it reserves for whatever peer id a RESERVE message names, so one connection
   could fill a relay with made-up peers: the peer is always the connection's;
+  and it counted peers that had gone against the limit until their TTL ended;
 - its swarm cannot dial ``/p2p-circuit`` addresses: the circuit transport
   dials them itself, and the connection then serves every stream to that peer;
 - a dialer must not be a relay client, or each dial takes a reservation;
@@ -207,6 +208,11 @@ def _protocol_class(base: type) -> type:
             # py-libp2p reserves for whatever peer id the message names: anyone could
             # fill the relay with made-up peers. The reserving peer is the connection's.
             msg.ClearField("peer")
+            # A reservation holds only while its peer is connected (the spec), but
+            # py-libp2p counted gone peers against the limit until their TTL (1 h).
+            held = self.resource_manager._reservations
+            for gone in [p for p in held if not self.resource_manager._is_peer_connected(p)]:
+                del held[gone]
             await super()._handle_reserve(stream, msg)
 
         async def _handle_connect(self, stream: Any, msg: Any) -> None:

@@ -178,3 +178,19 @@ async def test_circuits_end_on_their_own_and_idle_ones_at_their_deadline() -> No
         await wait_until(
             lambda: target.peer_id not in second.host.connected_peers(), 10, "the idle cut"
         )
+
+
+async def test_a_peer_that_leaves_frees_its_reservation() -> None:
+    async with AsyncExitStack() as stack:
+        relay = await stack.enter_async_context(
+            open_overlay(Keypair.generate(), relay_config(max_reservations=1))
+        )
+        there = relay.host.listen_addrs()[0]
+        async with open_overlay(Keypair.generate(), private_config(there)) as first:
+            await wait_until(lambda: first.relay.relayed_addrs(), 10, "the first reservation")
+        # The relay was full; the first peer has gone, so the next one gets its place
+        # (on its first retry, not after the hour the reservation would have lasted).
+        second = await stack.enter_async_context(
+            open_overlay(Keypair.generate(), private_config(there))
+        )
+        await wait_until(lambda: second.relay.relayed_addrs(), 15, "the freed reservation")
