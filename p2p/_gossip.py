@@ -21,6 +21,9 @@ measured on loopback and found unfit for a live registry):
   every message received, and with it one hop carried 1 KB messages at 1000/s
   with a 2.2 s median delay instead of 79 ms (IDONTWANT pays off only for
   messages far larger than ours);
+- a message is offered to peers outside the mesh for 5 heartbeats, not 3, so
+  that a node in a mesh the message missed still hears of it on a loaded
+  machine;
 - a node backs off from the peers its heartbeat prunes, as the spec asks of
   both sides: py-libp2p's does not, so it re-grafted them within a heartbeat
   or two, they penalised it for a GRAFT flood (about 19 times in the first 8 s
@@ -74,6 +77,9 @@ class GossipConfig:
     degree: int = 6
     degree_low: int = 4
     degree_high: int = 12
+    gossip_window: int = 5
+    """Heartbeats a message is offered (IHAVE) to peers outside the mesh: a node
+    whose mesh missed it has this many chances to hear of it."""
     max_message_bytes: int = 256 * 1024
     subscription_queue: int = 1024
     outbound_queue: int = 1024
@@ -374,6 +380,8 @@ async def open_gossip(host: P2PHost, config: GossipConfig) -> AsyncIterator[Goss
         degree_low=config.degree_low,
         degree_high=config.degree_high,
         heartbeat_interval=config.heartbeat_s,
+        gossip_window=config.gossip_window,
+        gossip_history=config.gossip_window + 1,
         spam_protection_enabled=False,
         adaptive_gossip_enabled=False,
         score_params=ScoreParams(

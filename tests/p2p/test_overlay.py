@@ -44,11 +44,23 @@ async def test_twenty_nodes_form_one_overlay_that_gossips_and_looks_up(open_over
         )
         await nodes[7].gossip.publish(TOPIC, b"hello, network")
         others = [n for n in nodes if n is not nodes[7]]
-        await wait_until(
-            lambda: all(received[n.peer_id] == [b"hello, network"] for n in others),
-            15,
-            "the message to reach all nodes",
-        )
+        try:
+            await wait_until(
+                lambda: all(received[n.peer_id] == [b"hello, network"] for n in others),
+                15,
+                "the message to reach all nodes",
+            )
+        except AssertionError as exc:  # say who missed it, and how they were connected
+            missed = {
+                n.peer_id[-6:]: {
+                    "got": received[n.peer_id],
+                    "mesh": [p[-6:] for p in n.gossip.mesh_peers(TOPIC)],
+                    "connected": len(n.host.connected_peers()),
+                }
+                for n in others
+                if received[n.peer_id] != [b"hello, network"]
+            }
+            raise AssertionError(f"{exc}; missed by {missed}") from None
 
         owner = Keypair.generate()
         await nodes[3].dht.put(make_record(owner, "card", b"from node 3", ttl_s=60))
