@@ -215,13 +215,23 @@ def _p2p_rows(p2p: dict | None) -> list[tuple[str, object]]:
 def _reachable(p2p: dict) -> str:
     relay = p2p.get("relay") or {}
     how = p2p.get("reachability", "?")
+    check = p2p.get("dialback") or {}
+    n = len(check.get("checked_by", []))
+    checked = f"{n} peer" if n == 1 else f"{n} peers"
+    seen = ", ".join(check.get("observed", [])) or "?"
     if how == "relayed":
-        return "relayed, through " + ", ".join(relay.get("reservations", []))
+        why = f"; dialed back: {check['state']}" if check.get("state") == "unreachable" else ""
+        return "relayed, through " + ", ".join(relay.get("reservations", [])) + why
     if how == "private":
         return "private: no relay reservation yet (only peers it dials reach it)"
     if how == "public":
         serving = "; relaying for others" if relay.get("hop") else ""
-        return f"public (its direct addresses; not verified from outside){serving}"
+        return f"public (dialed back by {checked} at {seen}){serving}"
+    if how == "unreachable":
+        hint = "" if relay.get("hop") else "; looking for a relay among its peers"
+        return f"unreachable: {checked} could not dial it back at {seen}{hint}"
+    if how == "unverified":
+        return "not verified yet: no peer has dialed it back"
     return "LAN only (mDNS; no address to dial)"
 
 

@@ -457,7 +457,7 @@ class TaskRunner:
         host = self._overlay.host
         if provider in host.connected_peers():
             return
-        for addr in addrs[:2]:
+        for addr in addrs[:3]:
             with contextlib.suppress(P2PError):
                 await host.connect(addr if "/p2p/" in addr else f"{addr}/p2p/{provider}")
                 return

@@ -43,6 +43,7 @@ from ._messages import MessageError as MessageError
 from ._overlay import Overlay as Overlay
 from ._overlay import OverlayConfig as OverlayConfig
 from ._overlay import open_overlay as open_overlay
+from ._reachability import ReachabilityConfig as ReachabilityConfig
 from ._relay import RelayConfig as RelayConfig
 from ._requests import BadResponse as BadResponse
 from ._requests import Refused as Refused
@@ -70,6 +71,7 @@ __all__ = [
     "FrameTooLarge",
     "GossipConfig",
     "RelayConfig",
+    "ReachabilityConfig",
     "GossipError",
     "GossipMessage",
     "HostConfig",

@@ -173,6 +173,7 @@ class P2PHost:
         self.peer_id = keypair.peer_id
         self._protocols_changed = trio.Event()
         self._relay: Any = None  # the Relay service, once it runs
+        self._via: dict[str, str] = {}  # peer -> the relayed address we last reached it by
 
     @property
     def dial_timeout_s(self) -> float:
@@ -194,19 +195,45 @@ class P2PHost:
         ones (unless private), then those through relays we hold a reservation on."""
         direct = [] if self._config.private else [str(a) for a in self._host.get_addrs()]
         relayed = self._relay.relayed_addrs() if self._relay else []
-        return expand_unspecified(direct) + relayed
+        # A node holds reservations only when direct dials do not reach it (private,
+        # or found unreachable): dialers that try the first few addresses try these.
+        return relayed + expand_unspecified(direct)
 
     def connected_peers(self) -> list[str]:
         return sorted({str(p) for p in self._host.get_connected_peers()})
 
     def peer_addrs(self, peer_id: str) -> list[str]:
-        """Known addresses of a peer (from identify or dials); [] if none."""
+        """Known addresses of a peer (the relayed one we reached it by first, then
+        those from identify or dials); [] if none."""
+        from libp2p.peer.id import ID
+
+        via = [self._via[peer_id]] if peer_id in self._via else []
+        try:
+            return via + [str(a) for a in self._host.get_peerstore().addrs(ID.from_base58(peer_id))]
+        except Exception:
+            return via
+
+    def observed_ip(self, peer_id: str) -> str | None:
+        """The IP our direct connection to a peer comes from; None when the only
+        connections are relayed (their socket is the relay's) or there is none."""
         from libp2p.peer.id import ID
 
         try:
-            return [str(a) for a in self._host.get_peerstore().addrs(ID.from_base58(peer_id))]
+            conns = self._host.get_network().connections.get(ID.from_base58(peer_id)) or []
         except Exception:
-            return []
+            return None
+        for conn in conns:
+            with suppress(Exception):
+                if any("/p2p-circuit" in str(a) for a in conn.get_transport_addresses()):
+                    continue
+                remote = conn.muxed_conn.get_remote_address()
+                if remote:
+                    return str(remote[0])
+        return None
+
+    def is_relayed(self, peer_id: str) -> bool:
+        """True when every connection to the peer goes through a relay."""
+        return peer_id in self.connected_peers() and self.observed_ip(peer_id) is None
 
     def protocols_of(self, peer_id: str) -> list[str]:
         from libp2p.peer.id import ID
@@ -267,9 +294,15 @@ class P2PHost:
         if self._relay is None:
             raise DialError("this node does not run the relay protocol")
         try:
-            return await self._relay.dial(multiaddr)
+            await self._relay.dial(multiaddr)
         except P2PError as exc:
             raise DialError(str(exc)) from None
+        # The peerstore keeps only direct addresses: remember how to reach it again.
+        self._via.pop(peer, None)
+        self._via[peer] = multiaddr
+        while len(self._via) > MAX_CONDUCT_RECORDS:
+            del self._via[next(iter(self._via))]
+        return peer
 
     async def disconnect(self, peer_id: str) -> None:
         from libp2p.peer.id import ID

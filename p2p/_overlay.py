@@ -21,6 +21,7 @@ from ._gossip import Gossip, GossipConfig, open_gossip
 from ._host import HostConfig, P2PHost, open_host
 from ._identity import Keypair
 from ._info import INFO, InfoRequest, InfoResponse
+from ._reachability import DIALBACK, DialBack, Reachability, ReachabilityConfig
 from ._relay import Relay, RelayConfig
 from ._requests import Requests
 from ._trio_util import single_error
@@ -33,6 +34,7 @@ class OverlayConfig:
     dht: DhtConfig = field(default_factory=DhtConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
+    reachability: ReachabilityConfig = field(default_factory=ReachabilityConfig)
     agent: str = "mercato"
     roles: tuple[str, ...] = ()
 
@@ -46,6 +48,7 @@ class Overlay:
     discovery: Discovery
     config: OverlayConfig
     relay: Relay
+    autonat: Reachability
 
     @property
     def peer_id(self) -> str:
@@ -70,19 +73,30 @@ class Overlay:
             "bootstrap": [s.__dict__ for s in self.discovery.bootstrap_status()],
             "relay": self.relay.status(),
             "reachability": self.reachability(),
+            "dialback": {
+                "state": self.autonat.verdict.state,
+                "checked_by": list(self.autonat.verdict.checked_by),
+                "observed": list(self.autonat.verdict.observed),
+            },
         }
 
     def reachability(self) -> str:
-        """``relayed`` (reached through relays), ``private`` (no reservation yet: only
-        peers it dials reach it), ``public`` (it advertises direct addresses; not
-        verified from outside), or ``lan-only`` (no addresses, mDNS only)."""
+        """How others reach this node:
+
+        - ``relayed``: through relays it holds a reservation on;
+        - ``private``: ``private`` set, no reservation yet (only peers it dials reach it);
+        - ``public``: peers dialed it back on its direct addresses;
+        - ``unreachable``: they could not, and it has no relay yet;
+        - ``unverified``: it has direct addresses, not checked yet;
+        - ``lan-only``: no address at all (mDNS peers dial it)."""
         if self.relay.relayed_addrs():
             return "relayed"
         if self.config.host.private:
             return "private"
-        if self.host.listen_addrs():
-            return "public"
-        return "lan-only"
+        if not self.host.listen_addrs():
+            return "lan-only"
+        state = self.autonat.verdict.state
+        return state if state in ("public", "unreachable") else "unverified"
 
 
 @asynccontextmanager
@@ -103,12 +117,22 @@ async def open_overlay(
                 return InfoResponse(config.agent, host.listen_addrs()[:32], list(config.roles))
 
             requests.serve(INFO, answer_info)
+            requests.serve(DIALBACK, DialBack(host).answer)
             gossip = await stack.enter_async_context(open_gossip(host, config.gossip))
             dht = await stack.enter_async_context(open_dht(host, config.dht))
             discovery = Discovery(host, config.discovery, book)
             relay = Relay(host, config.relay)
+            autonat = Reachability(
+                host,
+                requests,
+                relay,
+                config.reachability,
+                config.discovery.bootstrap,
+                hop=config.relay.hop,
+            )
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(relay.run)
             await nursery.start(discovery.run)
+            await nursery.start(autonat.run)
             stack.callback(nursery.cancel_scope.cancel)
-            yield Overlay(host, requests, gossip, dht, discovery, config, relay)
+            yield Overlay(host, requests, gossip, dht, discovery, config, relay, autonat)

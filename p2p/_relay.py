@@ -74,6 +74,9 @@ class Relay:
         self._dialer: Any = None
         self._reserved: dict[str, str] = {}  # relay addr -> our relayed addr
         self._failures: dict[str, int] = {}  # relay addr -> failed attempts in a row
+        self._keeping: dict[str, trio.CancelScope] = {}  # relay addr -> its keeper task
+        self._nursery: trio.Nursery | None = None
+        self._serving: trio.CancelScope | None = None
 
     def relayed_addrs(self) -> list[str]:
         return sorted(self._reserved.values())
@@ -92,7 +95,6 @@ class Relay:
         from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
         from libp2p.relay.circuit_v2.resources import RelayLimits
         from libp2p.relay.circuit_v2.transport import CircuitV2Transport
-        from libp2p.tools.anyio_service import background_trio_service
 
         _patch_yamux_reset()
         # Its ERROR lines are routine (each HOP stream a client closes logs one).
@@ -115,16 +117,44 @@ class Relay:
             raw, self._protocol, LibRelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT)
         )
         self._host.use_relay(self)
-        if not (self.config.hop or self.config.reserve_on):
-            # Neither relaying nor reachable through relays: no HOP or STOP handler,
-            # so no peer can make this node relay or hold half-open circuits.
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.config.hop or self.config.reserve_on:
+                await nursery.start(self._serve)
+            # Otherwise no HOP or STOP handler until `use_relays` asks for one, so no
+            # peer can make this node relay or hold half-open circuits.
+            self._keep(self.config.reserve_on)
             task_status.started()
             await trio.sleep_forever()
-        async with background_trio_service(self._protocol):
-            await self._protocol.event_started.wait()
-            async with trio.open_nursery() as nursery:
-                for addr in self.config.reserve_on:
-                    nursery.start_soon(self._keep_reservation, addr)
+
+    async def use_relays(self, addrs: list[str]) -> None:
+        """Hold reservations on exactly ``addrs`` from now on, besides ``reserve_on``
+        (what a node found unreachable from outside asks for); [] drops them."""
+        if self._nursery is None:
+            raise P2PError("the relay service is not running")
+        if addrs and self._serving is None:
+            await self._nursery.start(self._serve)
+        self._keep((*self.config.reserve_on, *addrs))
+
+    def _keep(self, addrs: tuple[str, ...]) -> None:
+        wanted = set(addrs)
+        for addr in [a for a in self._keeping if a not in wanted]:
+            self._keeping.pop(addr).cancel()
+            self._reserved.pop(addr, None)
+            self._failures.pop(addr, None)
+        for addr in wanted - set(self._keeping):
+            scope = trio.CancelScope()
+            self._keeping[addr] = scope
+            assert self._nursery is not None
+            self._nursery.start_soon(self._keep_reservation, addr, scope)
+
+    async def _serve(self, *, task_status: trio.TaskStatus[None]) -> None:
+        from libp2p.tools.anyio_service import background_trio_service
+
+        self._serving = trio.CancelScope()
+        with self._serving:
+            async with background_trio_service(self._protocol):
+                await self._protocol.event_started.wait()
                 task_status.started()
                 await trio.sleep_forever()
 
@@ -147,7 +177,11 @@ class Relay:
             raise P2PError(f"cannot reach {addr} through its relay: {exc}") from None
         return peer
 
-    async def _keep_reservation(self, addr: str) -> None:
+    async def _keep_reservation(self, addr: str, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._keep_reservation_forever(addr)
+
+    async def _keep_reservation_forever(self, addr: str) -> None:
         attempt = 0
         relay_id = addr.rsplit("/p2p/", 1)[-1]
         while True:

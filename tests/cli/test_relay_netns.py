@@ -3,14 +3,16 @@
 The test builds its own network (iproute2, as root): a relay namespace joined by
 a veth pair to each node's namespace, the relay's address 10.77.9.9 routed from
 both sides, and no forwarding in the relay's namespace, so node A and node B
-cannot reach each other at all except through the relay's circuits. A serves an
-agent, B finds it in its registry, and runs it. Where namespaces cannot be made
+cannot reach each other at all except through the relay's circuits. B is
+told it is private; A finds out that it is unreachable (the relay's dial-back).
+A serves an agent, B finds it in its registry, and runs it. Where namespaces cannot be made
 (not root, no `ip`), it skips and says why; tests/node/test_relay.py covers the
 same path on loopback with nodes that listen on no socket.
 """
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -111,9 +113,12 @@ def test_two_nodes_with_no_route_between_them_trade_through_a_relay(tmp_path: Pa
         alone = {"MERCATO_BUILDS_MIN_COPIES": "0"}
         publisher = json.loads(cli(ns["a"], a, "keys", "show", "default", "--json").stdout)
         agent = f"{publisher['address']}/wordcount"
-        behind = ("--private", "--listen", public, "--bootstrap", there)
-        daemon(stack, ns["a"], a, tmp_path / "a.log", *behind, "--serve", agent, env=alone)
-        daemon(stack, ns["b"], b, tmp_path / "b.log", *behind)
+        # B is told it is private. A is not: it listens on its namespace's loopback
+        # only, like a node behind NAT whose port is not forwarded, and finds out
+        # from the relay's dial-back that nobody can reach it.
+        natted = ("--listen", "/ip4/127.0.0.1/tcp/4001", "--bootstrap", there)
+        daemon(stack, ns["a"], a, tmp_path / "a.log", *natted, "--serve", agent, env=alone)
+        daemon(stack, ns["b"], b, tmp_path / "b.log", "--private", "--bootstrap", there)
 
         # A and B really cannot reach each other directly.
         blocked = subprocess.run(
@@ -130,6 +135,11 @@ def test_two_nodes_with_no_route_between_them_trade_through_a_relay(tmp_path: Pa
         wait_for(lambda: relayed(ns["a"], a) and relayed(ns["b"], b), 30, "both relayed", 0.5)
         shown = cli(ns["a"], a, "node", "status").stdout
         assert f"relayed, through {there}" in shown
+        assert "dialed back: unreachable" in shown
+        relay_shown = cli(ns["relay"], relay, "node", "status").stdout
+        # The relay checked itself with the nodes connected then, at its own IP.
+        dialed = rf"public \(dialed back by (1 peer|2 peers) at {RELAY_IP}\); relaying for others"
+        assert re.search(dialed, relay_shown), relay_shown
 
         manifest = tmp_path / "MANIFEST.toml"
         manifest.write_text(

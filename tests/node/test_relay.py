@@ -61,8 +61,12 @@ async def test_private_nodes_trade_through_a_relay_that_runs_nothing_itself(
             status = (await node.status())["p2p"]
             assert status["reachability"] == "relayed"
             assert status["listen_addrs"] == [f"{there}/p2p-circuit/p2p/{node.overlay.peer_id}"]
-        relay_status = (await relay.status())["p2p"]
-        assert relay_status["relay"]["hop"] and relay_status["reachability"] == "public"
+
+        async def verified() -> bool:  # its clients dialed its address back
+            return (await relay.status())["p2p"]["reachability"] == "public"
+
+        await until(verified, 15, "the relay found public")
+        assert (await relay.status())["p2p"]["relay"]["hop"]
 
         # The provider publishes and serves an agent; its listing and card reach the user
         # through the relay (the only peer either of them can dial).
@@ -79,3 +83,32 @@ async def test_private_nodes_trade_through_a_relay_that_runs_nothing_itself(
         with pytest.raises(NotServed):
             relay.builds  # noqa: B018
         assert "tasks" not in relay.services and "runtime" not in relay.services
+
+
+async def test_a_node_its_peers_cannot_dial_back_reserves_on_its_bootstrap_relay(
+    tmp_path: Path,
+) -> None:
+    """Not `private`: the node finds out. It listens on 127.0.0.2 but dials from
+    127.0.0.1, like a node behind NAT, so the relay's dial-back finds nothing."""
+    async with AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        hop = config(listen=LOOPBACK).replace("node", role="relay")
+        relay = await start(stack, nursery, tmp_path / "relay", hop)
+        there = relay.overlay.host.listen_addrs()[0]
+        natted = await start(
+            stack,
+            nursery,
+            tmp_path / "natted",
+            config(listen=("/ip4/127.0.0.2/tcp/0",), bootstrap=(there,)),
+        )
+
+        async def relayed() -> bool:
+            return (await natted.status())["p2p"]["reachability"] == "relayed"
+
+        await until(relayed, 15, "the node relayed after its check")
+        p2p = (await natted.status())["p2p"]
+        assert p2p["dialback"]["state"] == "unreachable"
+        assert p2p["dialback"]["observed"] == ["127.0.0.1"]
+        assert p2p["relay"]["reservations"] == [there]
+        # Its relayed address comes first: dialers try the first few.
+        assert p2p["listen_addrs"][0] == f"{there}/p2p-circuit/p2p/{natted.overlay.peer_id}"
