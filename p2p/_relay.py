@@ -38,6 +38,7 @@ from typing import Any
 import trio
 
 from ._errors import P2PError
+from ._holepunch import HolePunch
 
 log = logging.getLogger("mercato.p2p.relay")
 RETRY_S = (1.0, 5.0, 30.0, 120.0)
@@ -77,6 +78,8 @@ class Relay:
         self._keeping: dict[str, trio.CancelScope] = {}  # relay addr -> its keeper task
         self._nursery: trio.Nursery | None = None
         self._serving: trio.CancelScope | None = None
+        self.holepunch = HolePunch(host)
+        self._punching = False
 
     def relayed_addrs(self) -> list[str]:
         return sorted(self._reserved.values())
@@ -86,6 +89,8 @@ class Relay:
             "hop": self.config.hop,
             "reservations": sorted(self._reserved),
             "failing": dict(self._failures),
+            "hole_punching": self._punching,
+            "made_direct": self.holepunch.upgraded,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -129,11 +134,15 @@ class Relay:
 
     async def use_relays(self, addrs: list[str]) -> None:
         """Hold reservations on exactly ``addrs`` from now on, besides ``reserve_on``
-        (what a node found unreachable from outside asks for); [] drops them."""
+        (what a node found unreachable from outside asks for); [] drops them.
+        Such a node also tries to make its relayed connections direct (DCUtR)."""
         if self._nursery is None:
             raise P2PError("the relay service is not running")
         if addrs and self._serving is None:
             await self._nursery.start(self._serve)
+        if addrs and not self._punching:
+            self._punching = True
+            await self._nursery.start(self.holepunch.run)
         self._keep((*self.config.reserve_on, *addrs))
 
     def _keep(self, addrs: tuple[str, ...]) -> None:

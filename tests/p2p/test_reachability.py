@@ -108,3 +108,40 @@ async def test_a_relay_checks_itself_but_never_reserves() -> None:
         await relay.host.connect(peer.host.listen_addrs()[0])
         await wait_until(lambda: relay.reachability() == "unreachable", 10, "the verdict")
         assert not relay.relay.relayed_addrs()
+
+
+async def test_two_unreachable_nodes_make_their_relayed_connection_direct() -> None:
+    """DCUtR's first step on loopback: each side dials the other's direct addresses
+    (127.0.0.2 and .3 answer locally), and the relayed connection is closed."""
+    async with AsyncExitStack() as stack:
+        relay = await stack.enter_async_context(open_overlay(Keypair.generate(), relay_config()))
+        there = relay.host.listen_addrs()[0]
+        a, b = [
+            await stack.enter_async_context(
+                open_overlay(
+                    Keypair.generate(),
+                    config(HostConfig(listen=(f"/ip4/{ip}/tcp/0",)), bootstrap=(there,)),
+                )
+            )
+            for ip in ("127.0.0.2", "127.0.0.3")
+        ]
+        for node in (a, b):
+            await wait_until(lambda n=node: n.reachability() == "relayed", 15, "relayed")
+        await b.host.connect(a.host.listen_addrs()[0])
+        assert b.host.is_relayed(a.peer_id)
+        made = lambda: a.relay.status()["made_direct"] + b.relay.status()["made_direct"]  # noqa: E731
+        await wait_until(lambda: made() >= 1, 15, "a direct connection")
+        assert not b.host.is_relayed(a.peer_id)
+        await wait_until(
+            lambda: all("/p2p-circuit" not in c for c in _conn_addrs(b, a.peer_id)),
+            10,
+            "the relayed connection closed",
+        )
+        assert await b.host.ping(a.peer_id, 1)  # and the direct one carries streams
+
+
+def _conn_addrs(node, peer: str) -> list[str]:
+    from libp2p.peer.id import ID
+
+    conns = node.host.libp2p.get_network().connections.get(ID.from_base58(peer)) or []
+    return [str(x) for c in conns for x in c.get_transport_addresses()]
