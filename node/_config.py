@@ -91,8 +91,10 @@ class P2PSection:
     dht_mode: str = "auto"
     """``server``, ``client``, or ``auto``: server when the node listens."""
     private: bool = False
-    """Behind NAT (or by choice): listen on no socket (``listen`` is ignored), and
-    be reached through the relays on the bootstrap list (a reservation on each)."""
+    """Never dialed directly: listen on no socket (``listen`` is ignored), reveal
+    no address, and be reached through the relays on the bootstrap list (a
+    reservation on each). Without it, a node that peers cannot dial back uses
+    connected relays by itself."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ class RelaySection:
     """Megabytes one circuit may carry (both directions); then it is cut."""
     circuit_s: int = 600
     """Seconds one circuit may last."""
+    bandwidth_mbit: int = 0
+    """Megabits per second all circuits together may carry; 0 for no cap."""
 
 
 @dataclass(frozen=True)
@@ -297,6 +301,8 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
         raise fail("relay.max_reservations", "must be 1 to 100,000 (max_circuits 1 to 1024)")
     if not 1 <= relay.circuit_mb <= 100_000 or not 10 <= relay.circuit_s <= 86_400:
         raise fail("relay.circuit_mb", "must be 1 to 100,000 (circuit_s 10 to 86,400)")
+    if not 0 <= relay.bandwidth_mbit <= 100_000:
+        raise fail("relay.bandwidth_mbit", "must be 0 (no cap) to 100,000")
     money = config.settlement
     if money.ledger not in LEDGERS:
         raise fail("settlement.ledger", f"must be one of {', '.join(LEDGERS)}")
@@ -464,17 +470,21 @@ max_connections = 128
 target_peers = 16
 # server | client | auto (server when the node listens)
 dht_mode = "auto"
-# Behind NAT: listen on no socket (listen is ignored); be reached through the
-# relays on the bootstrap list (a reservation on each).
+# Never dialed directly: listen on no socket (listen is ignored), reveal no
+# address, be reached through the relays on the bootstrap list. Without it, a
+# node behind NAT finds out by itself (peers dial it back) and uses relays.
 private = false
 
 [relay]
 # What a relay ([node] role = "relay") grants: reservations in all, circuits at
-# once per reservation, and per circuit its megabytes and seconds.
+# once per reservation, per circuit its megabytes and seconds, and the megabits
+# per second all circuits together may carry (0: no cap; set it to what the VPS's
+# plan allows).
 max_reservations = 128
 max_circuits = 8
 circuit_mb = 64
 circuit_s = 600
+bandwidth_mbit = 0
 
 [runtime]
 # Agent runs at once, each in its own worker process.

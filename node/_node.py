@@ -382,6 +382,7 @@ class Node:
                 max_circuits=relay.max_circuits,
                 circuit_bytes=relay.circuit_mb * 1024 * 1024,
                 circuit_s=relay.circuit_s,
+                bandwidth_bytes_s=relay.bandwidth_mbit * 125_000,
                 reserve_on=p2p.bootstrap if p2p.private else (),
             ),
             dht=DhtConfig(mode=mode),

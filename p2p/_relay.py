@@ -1,9 +1,10 @@
 """Circuit relay v2: relaying for peers behind NAT, and being reached through relays.
 
 A relay (``hop``) runs the HOP side with hard limits: reservations in all,
-circuits per reservation, and per circuit its bytes (both directions) and its
-duration. A request over a limit is refused with the protocol's status code
-and the relay goes on serving the others. A node given relays (``reserve_on``)
+circuits per reservation, per circuit its bytes (both directions) and its
+duration, and a byte rate for all circuits together. A request over a limit
+is refused with the protocol's status code and the relay goes on serving the
+others. A node given relays (``reserve_on``)
 runs the STOP side, so that peers reach it through them, and keeps a
 reservation on each: it dials the relay, reserves, advertises
 ``<relay addr>/p2p-circuit/p2p/<own id>`` among its addresses, renews every
@@ -59,6 +60,8 @@ class RelayConfig:
     """Bytes one circuit may carry, both directions together."""
     circuit_s: int = 600
     """How long one circuit may last."""
+    bandwidth_bytes_s: int = 0
+    """Bytes per second all circuits together may carry (0: no cap)."""
     reservation_ttl_s: int = 3600
     reserve_on: tuple[str, ...] = ()
     """Relays to hold a reservation on (full multiaddrs ending in /p2p/ID)."""
@@ -112,9 +115,9 @@ class Relay:
             max_reservations=self.config.max_reservations,
             reservation_ttl=self.config.reservation_ttl_s,
         )
-        self._protocol = _protocol_class(CircuitV2Protocol)(
-            raw, limits=limits, allow_hop=self.config.hop
-        )
+        self._protocol = _protocol_class(
+            CircuitV2Protocol, _Bandwidth(self.config.bandwidth_bytes_s)
+        )(raw, limits=limits, allow_hop=self.config.hop)
         # A dialer only (not a relay client): each dial would take a reservation.
         # Dialing needs the protocol object, not its handlers.
         self._dialer = CircuitV2Transport(raw, self._protocol, LibRelayConfig(roles=RelayRole.STOP))
@@ -243,7 +246,27 @@ class Relay:
         self._reserved[addr] = f"{addr}/p2p-circuit/p2p/{self._host.peer_id}"
 
 
-def _protocol_class(base: type) -> type:
+class _Bandwidth:
+    """A relay-wide byte budget: each chunk is spent, and a pump that runs the
+    budget into debt sleeps it off, so all circuits together stay at the rate
+    (with one second's worth of burst)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._level = float(rate)
+        self._at = time.monotonic()
+
+    async def spend(self, n: int) -> None:
+        if not self.rate:
+            return
+        now = time.monotonic()
+        self._level = min(float(self.rate), self._level + (now - self._at) * self.rate) - n
+        self._at = now
+        if self._level < 0:
+            await trio.sleep(-self._level / self.rate)
+
+
+def _protocol_class(base: type, bandwidth: _Bandwidth) -> type:
     class _Protocol(base):  # type: ignore[misc,valid-type]
         _pairs: dict[tuple[Any, Any], int]
 
@@ -301,6 +324,7 @@ def _protocol_class(base: type) -> type:
                             if len(data) > budget[0]:
                                 break
                             budget[0] -= len(data)
+                        await bandwidth.spend(len(data))
                         with trio.fail_after(WRITE_TIMEOUT_S):
                             await dst.write(data)
             except Exception:

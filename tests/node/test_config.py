@@ -99,6 +99,9 @@ def test_the_default_file_names_every_key_there_is() -> None:
         ("[settlement]\ndeposit_lamports = 0\n", r"settlement\.deposit_lamports"),
         ("[tasks]\nverify_rate = 1.5\n", r"tasks\.verify_rate"),
         ("[tasks]\nquote_fanout = 0\n", r"tasks\.quote_fanout"),
+        ("[relay]\nbandwidth_mbit = -1\n", r"relay\.bandwidth_mbit"),
+        ("[relay]\ncircuit_s = 5\n", r"relay\.circuit_mb"),
+        ("[relay]\nmax_reservations = 0\n", r"relay\.max_reservations"),
     ],
 )
 def test_task_and_settlement_values_out_of_range_are_refused(

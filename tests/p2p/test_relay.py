@@ -196,3 +196,26 @@ async def test_a_peer_that_leaves_frees_its_reservation() -> None:
             open_overlay(Keypair.generate(), private_config(there))
         )
         await wait_until(lambda: second.relay.relayed_addrs(), 15, "the freed reservation")
+
+
+async def test_a_relay_holds_all_its_circuits_to_its_bandwidth_cap() -> None:
+    """100 KB/s with one second of burst: an echo of 100 KB crosses the relay twice
+    (200 KB), so it cannot take less than about a second. Without the cap it takes
+    milliseconds on loopback."""
+    async with AsyncExitStack() as stack:
+        relay = await stack.enter_async_context(
+            open_overlay(Keypair.generate(), relay_config(bandwidth_bytes_s=100_000))
+        )
+        there = relay.host.listen_addrs()[0]
+        target = await stack.enter_async_context(
+            open_overlay(Keypair.generate(), private_config(there))
+        )
+        await wait_until(lambda: target.relay.relayed_addrs(), 10, "a reservation")
+        target.host.set_stream_handler(ECHO, lambda peer, stream: echo(stream))
+        plain = OverlayConfig(host=LOOPBACK, discovery=DiscoveryConfig(mdns=False))
+        user = await stack.enter_async_context(open_overlay(Keypair.generate(), plain))
+        await user.host.connect(target.host.listen_addrs()[0])
+        payload = bytes(range(256)) * 400  # 100 KB
+        started = trio.current_time()
+        assert await round_trip(user, target.peer_id, payload) == payload
+        assert trio.current_time() - started >= 0.8
