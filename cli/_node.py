@@ -86,7 +86,8 @@ def node() -> None:
 @click.option(
     "--private",
     is_flag=True,
-    help="Behind NAT: listen on no socket; be reached through the relays on the bootstrap list.",
+    help="Never be dialed directly: listen on no socket and be reached only through the "
+    "relays on the bootstrap list. (Without it a node behind NAT finds out and uses relays.)",
 )
 def start(
     data_dir: Path | None,

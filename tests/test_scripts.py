@@ -1,0 +1,91 @@
+"""scripts/testnet.py and scripts/demo.py, run as a newcomer would run them."""
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def processes_under(directory: Path) -> list[str]:
+    """Command lines of running processes that name ``directory``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(directory) in cmdline and state != "Z":
+            found.append(cmdline)
+    return found
+
+
+@pytest.mark.slow
+def test_testnet_up_5_then_down_leaves_no_process_and_no_port(tmp_path: Path) -> None:
+    net = tmp_path / "net"
+    up = script("testnet.py", "--dir", str(net), "up", "5")
+    try:
+        assert up.returncode == 0, up.stderr
+        assert up.stdout.count(" api http://127.0.0.1:") == 5
+        status = json.loads(script("testnet.py", "--dir", str(net), "status", "--json").stdout)
+        assert status["ledger"]["running"]
+        assert [n["running"] for n in status["nodes"]] == [True] * 5
+        # Every node joined through node 1, which sees the other four.
+        assert status["nodes"][0]["peers"] >= 4
+        # A second `up` on a running testnet is refused and starts nothing.
+        again = script("testnet.py", "--dir", str(net), "up", "2")
+        assert again.returncode == 1 and "already runs" in again.stderr
+        assert len(processes_under(net)) == 6
+    finally:
+        down = script("testnet.py", "--dir", str(net), "down")
+    assert down.returncode == 0, down.stderr
+    assert "no process or port left" in down.stdout
+    assert processes_under(net) == []
+    ports = [n["addr"] for n in status["nodes"]] + [n["api"] for n in status["nodes"]]
+    for addr in ports:  # nothing accepts on any of them any more
+        host, port = _host_port(addr)
+        with socket.socket() as probe:
+            assert probe.connect_ex((host, port)) != 0, addr
+
+
+def _host_port(addr: str) -> tuple[str, int]:
+    if addr.startswith("http"):
+        host, port = addr.split("//", 1)[1].rsplit(":", 1)
+        return host, int(port)
+    parts = addr.strip("/").split("/")
+    return parts[1], int(parts[3])
+
+
+@pytest.mark.slow
+def test_the_demo_tells_the_whole_story_and_leaves_nothing_running(tmp_path: Path) -> None:
+    demo = script("demo.py", "--dir", str(tmp_path / "demo"), timeout=300)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    for step in (
+        "Every wallet is funded",
+        "published ",
+        "is held by: ",
+        "The user searches",
+        "paid so far on channel",
+        "closed ",
+        "royalty ",
+        "The whole story ran in",
+    ):
+        assert step in demo.stdout, step
+    assert processes_under(tmp_path / "demo") == []
