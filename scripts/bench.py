@@ -30,6 +30,12 @@ Benchmarks:
             this process (warm < 2 ms) and through the worker processes (warm
             < 5 ms); runs per second on 2 workers (>= 500); fuel's cost
 
+``python scripts/bench.py all`` runs every one of them, each in a fresh
+interpreter, and writes ``bench-results/latest.json`` (every figure, with the
+machine) and ``bench-results/latest.md`` (the table); ``--readme`` also puts the
+table in README.md. A benchmark that fails is marked FAILED in the table and
+makes the command exit 1; the others still run.
+
 Every figure comes with the machine it was measured on. No benchmark asserts a
 target: it reports, and the README and closing notes quote it.
 """
@@ -226,20 +232,129 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
 }
 
 
-def main() -> None:
+def _run_alone(name: str, timeout_s: float) -> dict[str, Any]:
+    """One benchmark in a fresh interpreter (no state shared with the others); its figures,
+    or ``{"error": ...}``."""
+    try:
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), name],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish in {timeout_s:.0f} s"}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"error": (done.stderr.strip() or "no output")[-1000:]}
+    figures = json.loads(lines[-1])
+    figures.pop("machine", None)
+    figures.pop("benchmark", None)
+    return figures
+
+
+def _figures(result: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """The numbers of a result, nested maps flattened as ``a.b``; lists and targets left out."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in result.items():
+        if key == "targets":
+            continue
+        if isinstance(value, dict):
+            rows += _figures(value, f"{prefix}{key}.")
+        elif isinstance(value, bool) or not isinstance(value, int | float | str):
+            continue
+        else:
+            rows.append((prefix + key, value))
+    return rows
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def markdown(results: dict[str, dict[str, Any]], host: dict[str, Any], when: str) -> str:
+    """The table of every figure, with its target where the benchmark states one."""
+    lines = [
+        f"Every figure from one run of `python scripts/bench.py all` ({when}) on "
+        f"{host['cpus']} cores ({host['cpu']}), {host['memory_gb']} GB, "
+        f"Python {host['python']}, {host['system']}; loopback.",
+        "",
+        "| benchmark | figure | value | target |",
+        "|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        if "error" in result:
+            lines.append(f"| `{name}` | FAILED | {result['error'][:120]!r} | |")
+            continue
+        targets = result.get("targets", {})
+        for key, value in _figures(result):
+            target = targets.get(key, "")
+            lines.append(f"| `{name}` | `{key}` | {_shown(value)} | {_shown(target)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_all(results: dict[str, dict[str, Any]], out: Path, readme: bool) -> None:
+    host = machine()
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(
+        json.dumps({"when": when, "machine": host, "results": results}, indent=2) + "\n"
+    )
+    table = markdown(results, host, when)
+    (out / "latest.md").write_text(table)
+    if readme:
+        path = Path(__file__).resolve().parents[1] / "README.md"
+        text = path.read_text()
+        start, end = "<!-- bench:all -->\n", "<!-- /bench:all -->\n"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            path.write_text(head + start + table + end + rest.split(end, 1)[1])
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("name", choices=[*BENCHMARKS, "all"])
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results"),
+        help="with `all`: where latest.json and latest.md go (default ./bench-results)",
+    )
+    parser.add_argument(
+        "--readme", action="store_true", help="with `all`: also put the table in README.md"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=1800.0, help="with `all`: seconds per benchmark"
+    )
+    parser.add_argument(
+        "--only", help="with `all`: a comma-separated subset (default: every benchmark)"
+    )
     args = parser.parse_args()
-    names = list(BENCHMARKS) if args.name == "all" else [args.name]
-    results = {}
+    if args.name != "all":
+        # One object on the last line: figures by name, and the machine.
+        print(json.dumps({"benchmark": args.name, **BENCHMARKS[args.name](), "machine": machine()}))
+        return 0
+    names = args.only.split(",") if args.only else list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        choices = ", ".join(BENCHMARKS)
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {choices}")
+    results: dict[str, dict[str, Any]] = {}
     for name in names:
-        results[name] = BENCHMARKS[name]()
-    out = results[names[0]] if len(names) == 1 else results
-    # One object on the last line: figures by name, and the machine.
-    print(json.dumps({"benchmark": args.name, **out, "machine": machine()}))
+        started = time.monotonic()
+        print(f"running {name}...", file=sys.stderr, flush=True)
+        results[name] = _run_alone(name, args.timeout)
+        state = "FAILED" if "error" in results[name] else "done"
+        print(f"  {state} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    _write_all(results, args.out, args.readme)
+    print(f"wrote {args.out / 'latest.json'} and {args.out / 'latest.md'}", file=sys.stderr)
+    print(json.dumps({"benchmark": "all", **results, "machine": machine()}))
+    return 1 if any("error" in r for r in results.values()) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -89,3 +89,19 @@ def test_the_demo_tells_the_whole_story_and_leaves_nothing_running(tmp_path: Pat
     ):
         assert step in demo.stdout, step
     assert processes_under(tmp_path / "demo") == []
+
+
+def test_bench_all_writes_every_figure_as_json_and_a_table(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = script("bench.py", "all", "--only", "startup", "--out", str(out), timeout=120)
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((out / "latest.json").read_text())
+    assert saved["machine"]["cpus"] >= 1
+    startup = saved["results"]["startup"]
+    assert 0 < startup["startup_s"] < 60 and startup["idle_rss_mb"] > 10
+    table = (out / "latest.md").read_text()
+    assert f"| `startup` | `startup_s` | {startup['startup_s']:,.3g} | 1.5 |" in table
+    assert "| `startup` | `idle_rss_mb` |" in table
+    assert f"{saved['machine']['cpus']} cores" in table
+    # The last line is the same figures, for scripts that read stdout.
+    assert json.loads(done.stdout.strip().splitlines()[-1])["startup"] == startup
