@@ -215,8 +215,11 @@ def _p2p_rows(p2p: dict | None) -> list[tuple[str, object]]:
 
 def _reachable(p2p: dict) -> str:
     relay = p2p.get("relay") or {}
-    how = p2p.get("reachability", "?")
-    check = p2p.get("dialback") or {}
+    how = _how_reached(p2p.get("reachability", "?"), relay, p2p.get("dialback") or {})
+    return how + ("; relaying for others" if relay.get("hop") else "")
+
+
+def _how_reached(how: str, relay: dict, check: dict) -> str:
     n = len(check.get("checked_by", []))
     checked = f"{n} peer" if n == 1 else f"{n} peers"
     seen = ", ".join(check.get("observed", [])) or "?"
@@ -226,8 +229,7 @@ def _reachable(p2p: dict) -> str:
     if how == "private":
         return "private: no relay reservation yet (only peers it dials reach it)"
     if how == "public":
-        serving = "; relaying for others" if relay.get("hop") else ""
-        return f"public (dialed back by {checked} at {seen}){serving}"
+        return f"public (dialed back by {checked} at {seen})"
     if how == "unreachable":
         hint = "" if relay.get("hop") else "; looking for a relay among its peers"
         return f"unreachable: {checked} could not dial it back at {seen}{hint}"
