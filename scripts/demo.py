@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from testnet import ROOT, Testnet, TestnetError
+from testnet import ROOT, Testnet, TestnetError, wait_until
 
 BUILD = ROOT / "runtime" / "examples" / "wordcount" / "wordcount.wasm"
 PRICE = 10_000_000  # lamports per task (0.01 SOL)
@@ -83,13 +83,7 @@ class Demo:
         return json.loads(self.mercato(i, *args, "--json", stdin=stdin, show=show))
 
     def wait(self, condition: Callable[[], Any], what: str) -> Any:
-        deadline = time.monotonic() + STEP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            value = condition()
-            if value:
-                return value
-            time.sleep(0.25)
-        raise StepFailed(f"timed out after {STEP_TIMEOUT_S:.0f} s waiting for {what}")
+        return wait_until(condition, STEP_TIMEOUT_S, what)
 
     def balances(self) -> dict[int, int]:
         return {i: self.json_of(i, "wallet")["balance"] for i in NAMES}

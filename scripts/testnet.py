@@ -90,7 +90,8 @@ def _owned(pid: int, marker: str) -> bool:
         return _alive(pid)
 
 
-def _wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` until it returns something truthy; TestnetError after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -175,7 +176,7 @@ class Testnet:
                 self._save(state)
             first = state.nodes[0].peer_id
             for node in state.nodes[1:]:
-                _wait_until(
+                wait_until(
                     lambda node=node: first in self._peers(node), 30, f"{node.name} to join node1"
                 )
         except BaseException:
@@ -225,7 +226,7 @@ class Testnet:
                 raise TestnetError(f"the localnet exited; see {log}")
             return url_file.read_text().strip() if url_file.exists() else ""
 
-        state.ledger_url = _wait_until(serving, START_TIMEOUT_S, "the localnet")
+        state.ledger_url = wait_until(serving, START_TIMEOUT_S, "the localnet")
 
     def _start_node(self, i: int, datadir: DataDir, state: State, args: Sequence[str]) -> NodeInfo:
         log = datadir.root / "daemon.log"
@@ -244,7 +245,7 @@ class Testnet:
             except DaemonNotRunning:
                 return None
 
-        status = _wait_until(answering, START_TIMEOUT_S, f"node{i}'s control API")
+        status = wait_until(answering, START_TIMEOUT_S, f"node{i}'s control API")
         api = json.loads(datadir.api_file.read_text())
         info.peer_id = status["peer_id"]
         info.addr = status["p2p"]["listen_addrs"][0]

@@ -9,6 +9,7 @@ from p2p import (
     DiscoveryConfig,
     HostConfig,
     Keypair,
+    Overlay,
     OverlayConfig,
     RelayConfig,
     open_overlay,
@@ -37,6 +38,26 @@ async def echo(stream) -> None:
     while data := await stream.read(65536):
         await stream.write(data)
     await stream.close()
+
+
+async def echo_behind_a_relay(stack: AsyncExitStack, **limits) -> tuple[Overlay, Overlay]:
+    """A relay with ``limits`` and a private node reserved on it that echoes ECHO."""
+    relay = await stack.enter_async_context(
+        open_overlay(Keypair.generate(), relay_config(**limits))
+    )
+    there = relay.host.listen_addrs()[0]
+    target = await stack.enter_async_context(
+        open_overlay(Keypair.generate(), private_config(there))
+    )
+    await wait_until(lambda: target.relay.relayed_addrs(), 10, "a reservation")
+    target.host.set_stream_handler(ECHO, lambda peer, stream: echo(stream))
+    return relay, target
+
+
+async def plain_node(stack: AsyncExitStack) -> Overlay:
+    """A node that runs no relay handler of its own."""
+    plain = OverlayConfig(host=LOOPBACK, discovery=DiscoveryConfig(mdns=False))
+    return await stack.enter_async_context(open_overlay(Keypair.generate(), plain))
 
 
 async def round_trip(node, peer: str, payload: bytes) -> bytes:
@@ -152,20 +173,8 @@ async def test_a_peer_cannot_take_reservations_in_other_peers_names() -> None:
 
 async def test_circuits_end_on_their_own_and_idle_ones_at_their_deadline() -> None:
     async with AsyncExitStack() as stack:
-        relay = await stack.enter_async_context(
-            open_overlay(Keypair.generate(), relay_config(circuit_s=3))
-        )
-        there = relay.host.listen_addrs()[0]
-        target = await stack.enter_async_context(
-            open_overlay(Keypair.generate(), private_config(there))
-        )
-        await wait_until(lambda: target.relay.relayed_addrs(), 10, "a reservation")
-        target.host.set_stream_handler(ECHO, lambda peer, stream: echo(stream))
-        plain = OverlayConfig(host=LOOPBACK, discovery=DiscoveryConfig(mdns=False))
-        first, second = [
-            await stack.enter_async_context(open_overlay(Keypair.generate(), plain))
-            for _ in range(2)
-        ]
+        _, target = await echo_behind_a_relay(stack, circuit_s=3)
+        first, second = [await plain_node(stack) for _ in range(2)]
         address = target.host.listen_addrs()[0]
         for user in (first, second):
             await user.host.connect(address)
@@ -203,17 +212,8 @@ async def test_a_relay_holds_all_its_circuits_to_its_bandwidth_cap() -> None:
     (200 KB), so it cannot take less than about a second. Without the cap it takes
     milliseconds on loopback."""
     async with AsyncExitStack() as stack:
-        relay = await stack.enter_async_context(
-            open_overlay(Keypair.generate(), relay_config(bandwidth_bytes_s=100_000))
-        )
-        there = relay.host.listen_addrs()[0]
-        target = await stack.enter_async_context(
-            open_overlay(Keypair.generate(), private_config(there))
-        )
-        await wait_until(lambda: target.relay.relayed_addrs(), 10, "a reservation")
-        target.host.set_stream_handler(ECHO, lambda peer, stream: echo(stream))
-        plain = OverlayConfig(host=LOOPBACK, discovery=DiscoveryConfig(mdns=False))
-        user = await stack.enter_async_context(open_overlay(Keypair.generate(), plain))
+        _, target = await echo_behind_a_relay(stack, bandwidth_bytes_s=100_000)
+        user = await plain_node(stack)
         await user.host.connect(target.host.listen_addrs()[0])
         payload = bytes(range(256)) * 400  # 100 KB
         started = trio.current_time()
