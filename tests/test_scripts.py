@@ -105,3 +105,24 @@ def test_bench_all_writes_every_figure_as_json_and_a_table(tmp_path: Path) -> No
     assert f"{saved['machine']['cpus']} cores" in table
     # The last line is the same figures, for scripts that read stdout.
     assert json.loads(done.stdout.strip().splitlines()[-1])["startup"] == startup
+
+
+@pytest.mark.slow
+def test_the_simulation_measures_every_part_and_says_what_limits_first(tmp_path: Path) -> None:
+    out = tmp_path / "sim.json"
+    done = script("simulate.py", "--quick", "--out", str(out), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == result
+    curve = result["model"]["curve"]
+    assert [row["n"] for row in curve] == [25, 50, 100]
+    for row in curve:  # every update reached every node, and lookups found their key
+        assert row["propagation_s"]["max"] > 0 and row["dht"]["found_closest"] >= 0.95
+    # Load per node grows with N (every node hears every card); hops barely do.
+    loads = [row["gossip_per_node"]["messages_in_per_s"] for row in curve]
+    assert loads[2] > 3 * loads[0]
+    assert curve[2]["dht"]["hops_mean"] <= curve[0]["dht"]["hops_mean"] + 2
+    (real,) = result["real"]
+    assert real["n"] == 8 and real["delivered"] == 1.0
+    assert result["extrapolated_10000"]["n"] == 10_000
+    assert result["limits_first"]["part"] and result["machine"]["cpus"] >= 1
