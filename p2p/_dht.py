@@ -262,8 +262,15 @@ class Dht:
         # joins. Full refreshes are lookups of their own: run them rarely and at
         # jittered times, or every node of a network refreshes at once.
         next_refresh = trio.current_time() + self._config.refresh_s * (0.5 + random.random())
+        joined = False
         while True:
             await self.add_connected_peers()
+            if not joined and self.routing_table_size():
+                # Kademlia's join: a lookup of the node's own neighbourhood through
+                # its first peers, so that it learns of others (and discovery can
+                # dial them) instead of staying a leaf of its bootstrap peer.
+                joined = True
+                await self.refresh()
             if trio.current_time() >= next_refresh:
                 await self.refresh()
                 next_refresh = trio.current_time() + self._config.refresh_s * (

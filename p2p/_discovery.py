@@ -6,8 +6,12 @@ Every second the discovery loop:
   backoff per peer (1 s doubling to 5 min); the first failure is logged as a
   warning, the retries only at debug level, and the recovery once;
 - while fewer than ``target_peers`` are connected, dials other known peers:
-  those in the address book from the last run and those mDNS found on the LAN
-  (mDNS fills py-libp2p's peerstore from zeroconf's threads; dialing is ours);
+  those in the address book from the last run, those mDNS found on the LAN
+  (mDNS fills py-libp2p's peerstore from zeroconf's threads; dialing is ours),
+  then those the node learnt of from its peers (identify, DHT answers). So a
+  node that joined through one bootstrap peer does not stay a leaf of it: a
+  leaf that the hub prunes from its gossip mesh would hear messages only by
+  the hub's occasional IHAVE;
 - every ``save_every_s``, and when it stops, saves the connected peers and
   their addresses to the `AddressBook`, so a restarted node reconnects.
 
@@ -248,6 +252,8 @@ class Discovery:
         if self._mdns is not None:
             for peer in self._mdns_peers():
                 found.setdefault(peer, self._addrs_of(peer))
+        for peer in self.host.known_peers():
+            found.setdefault(peer, self._addrs_of(peer))
         return [
             (peer, addrs)
             for peer, addrs in found.items()

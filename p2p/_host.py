@@ -213,6 +213,16 @@ class P2PHost:
         except Exception:
             return via
 
+    def known_peers(self, limit: int = 256) -> list[str]:
+        """Peers this host holds addresses for (from identify, the DHT, dials), not
+        itself; at most ``limit``."""
+        try:
+            peers = self._host.get_peerstore().peers_with_addrs()
+        except Exception:
+            return []
+        out = [str(p) for p in peers if str(p) != self.peer_id]
+        return out[:limit]
+
     def observed_ip(self, peer_id: str) -> str | None:
         """The IP our direct connection to a peer comes from; None when the only
         connections are relayed (their socket is the relay's) or there is none."""

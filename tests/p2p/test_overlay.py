@@ -32,6 +32,12 @@ def is_connected(nodes) -> bool:
 async def test_twenty_nodes_form_one_overlay_that_gossips_and_looks_up(open_overlays) -> None:
     async with open_overlays(N) as nodes:
         assert is_connected(nodes)
+        # Each joined through node 0 only; discovery dials the peers it learns of,
+        # so no node stays a leaf of node 0 (one that node 0 prunes from its mesh
+        # would hear messages only from node 0's occasional IHAVE).
+        await wait_until(
+            lambda: all(len(n.host.connected_peers()) >= 4 for n in nodes), 20, "peers beyond 0"
+        )
         received: dict[str, list[bytes]] = {n.peer_id: [] for n in nodes}
         for node in nodes:
 

@@ -3,12 +3,21 @@
 not answer, as with a NAT that has no port forwarded."""
 
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from functools import partial
 
 import pytest
 import trio
 
-from p2p import DiscoveryConfig, HostConfig, Keypair, OverlayConfig, RelayConfig, open_overlay
+from p2p import (
+    DhtConfig,
+    DiscoveryConfig,
+    HostConfig,
+    Keypair,
+    OverlayConfig,
+    RelayConfig,
+    open_overlay,
+)
 from p2p._reachability import DIALBACK, DialBackRequest
 from p2p._requests import RemoteError
 
@@ -20,6 +29,18 @@ NATTED = HostConfig(listen=("/ip4/127.0.0.2/tcp/0",))
 
 def config(host: HostConfig = LOOPBACK, bootstrap: tuple[str, ...] = ()) -> OverlayConfig:
     return OverlayConfig(host=host, discovery=DiscoveryConfig(mdns=False, bootstrap=bootstrap))
+
+
+def behind_nat(ip: str, relay: str) -> OverlayConfig:
+    """A node "behind NAT" that keeps to its relay. On loopback any address answers
+    a direct dial, so nothing may dial it directly: discovery dials no one but the
+    relay (target_peers 1), and as a DHT client it is in no one's routing table, so
+    no lookup dials it."""
+    return OverlayConfig(
+        host=HostConfig(listen=(f"/ip4/{ip}/tcp/0",)),
+        discovery=DiscoveryConfig(mdns=False, bootstrap=(relay,), target_peers=1),
+        dht=DhtConfig(mode="client"),
+    )
 
 
 async def test_peers_dial_a_listening_node_back_and_find_it_public() -> None:
@@ -41,7 +62,7 @@ async def test_a_node_nobody_can_dial_back_is_unreachable_and_reserves_on_a_rela
         relay = await stack.enter_async_context(open_overlay(Keypair.generate(), relay_config()))
         there = relay.host.listen_addrs()[0]
         natted = await stack.enter_async_context(
-            open_overlay(Keypair.generate(), config(NATTED, bootstrap=(there,)))
+            open_overlay(Keypair.generate(), behind_nat("127.0.0.2", there))
         )
         await wait_until(lambda: natted.reachability() == "relayed", 15, "a reservation")
         assert natted.autonat.verdict.state == "unreachable"
@@ -51,9 +72,12 @@ async def test_a_node_nobody_can_dial_back_is_unreachable_and_reserves_on_a_rela
         # A private node (it cannot dial 127.0.0.2's direct address: it has no
         # socket of its own to be dialed back on, but dials out as usual) reaches
         # the natted node through the relay, by the address the latter advertises.
-        other = await stack.enter_async_context(
-            open_overlay(Keypair.generate(), private_config(there))
+        private = replace(
+            private_config(there),
+            discovery=DiscoveryConfig(mdns=False, target_peers=1),
+            dht=DhtConfig(mode="client"),
         )
+        other = await stack.enter_async_context(open_overlay(Keypair.generate(), private))
         assert await other.host.connect(relayed) == natted.peer_id
         assert other.host.is_relayed(natted.peer_id)
         assert other.host.peer_addrs(natted.peer_id)[0] == relayed  # how to redial it
@@ -117,16 +141,15 @@ async def test_two_unreachable_nodes_make_their_relayed_connection_direct() -> N
         relay = await stack.enter_async_context(open_overlay(Keypair.generate(), relay_config()))
         there = relay.host.listen_addrs()[0]
         a, b = [
-            await stack.enter_async_context(
-                open_overlay(
-                    Keypair.generate(),
-                    config(HostConfig(listen=(f"/ip4/{ip}/tcp/0",)), bootstrap=(there,)),
-                )
-            )
+            await stack.enter_async_context(open_overlay(Keypair.generate(), behind_nat(ip, there)))
             for ip in ("127.0.0.2", "127.0.0.3")
         ]
         for node in (a, b):
             await wait_until(lambda n=node: n.reachability() == "relayed", 15, "relayed")
+        # On loopback every address answers, so a DHT lookup may already have
+        # connected them directly: start from a relayed connection only.
+        await b.host.disconnect(a.peer_id)
+        await wait_until(lambda: a.peer_id not in b.host.connected_peers(), 10, "no connection")
         await b.host.connect(a.host.listen_addrs()[0])
         assert b.host.is_relayed(a.peer_id)
         made = lambda: a.relay.status()["made_direct"] + b.relay.status()["made_direct"]  # noqa: E731
