@@ -19,7 +19,8 @@ rate limit.
 
 `Reachability` runs the check from the client side: it asks up to
 ``checkers`` connected peers (bootstrap peers first) once a peer that serves
-the protocol is connected, then every ``recheck_s``. The node is ``public``
+the protocol is connected, then every ``recheck_s`` (sooner, from 2 s
+doubling to ``retry_s``, while it has no answer or no relay to use). The node is ``public``
 when more than half of the answers reached it, ``unreachable`` otherwise.
 An unreachable node (not a relay itself) takes reservations on up to
 ``max_relays`` connected relays, bootstrap relays first, and advertises the
@@ -78,7 +79,8 @@ class ReachabilityConfig:
     """Peers asked in each round."""
     recheck_s: float = 600.0
     retry_s: float = 30.0
-    """After a round that got no answer, or found no relay to use."""
+    """At most this long after a round that got no answer or found no relay to use
+    (2 s after the first such round, doubling)."""
     max_relays: int = 2
     """Relays an unreachable node holds a reservation on."""
 
@@ -175,6 +177,7 @@ class Reachability:
             await trio.sleep_forever()
         while not self._checkers():  # noqa: ASYNC110 - no event for "a peer identified"
             await trio.sleep(0.5)
+        unsettled = 0
         while True:
             try:
                 await self.check()
@@ -182,7 +185,12 @@ class Reachability:
             except Exception as exc:  # a round's trouble must never end the node
                 log.warning("reachability check failed", extra={"error": repr(exc)})
                 settled = False
-            await trio.sleep(self.config.recheck_s if settled else self.config.retry_s)
+            if settled:
+                unsettled = 0
+                await trio.sleep(self.config.recheck_s)
+            else:  # no answer yet, or no relay identified yet: soon, then less often
+                unsettled += 1
+                await trio.sleep(min(self.config.retry_s, 2.0**unsettled))
 
     async def check(self) -> Verdict:
         """Ask up to ``checkers`` peers to dial back; update and return the verdict."""

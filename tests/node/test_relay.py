@@ -105,7 +105,12 @@ async def test_a_node_its_peers_cannot_dial_back_reserves_on_its_bootstrap_relay
         async def relayed() -> bool:
             return (await natted.status())["p2p"]["reachability"] == "relayed"
 
-        await until(relayed, 15, "the node relayed after its check")
+        try:
+            await until(relayed, 15, "the node relayed after its check")
+        except AssertionError as exc:  # say what it concluded, and from whom
+            p2p = (await natted.status())["p2p"]
+            seen = {k: p2p[k] for k in ("reachability", "dialback", "relay", "peers")}
+            raise AssertionError(f"{exc}; {seen}") from None
         p2p = (await natted.status())["p2p"]
         assert p2p["dialback"]["state"] == "unreachable"
         assert p2p["dialback"]["observed"] == ["127.0.0.1"]
