@@ -1,3 +1,3 @@
-from cli import main
+from mercato.cli import main
 
 main()

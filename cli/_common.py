@@ -10,8 +10,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from node import DataDir, default_data_dir
-from node import MercatoError as MercatoErrorBase
+from mercato.node import DataDir, default_data_dir
+from mercato.node import MercatoError as MercatoErrorBase
 
 F = TypeVar("F", bound=Callable[..., Any])
 

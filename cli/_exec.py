@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from node import Limits, run_build
+from mercato.node import Limits, run_build
 
 from ._common import data_dir_option, print_json, read_input, resolve
 

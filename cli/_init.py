@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from node import init_data_dir
+from mercato.node import init_data_dir
 
 from ._common import data_dir_option, resolve
 

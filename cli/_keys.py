@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from node import open_control
+from mercato.node import open_control
 
 from ._common import data_dir_option, print_json, resolve
 

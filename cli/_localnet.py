@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 import trio
 
-from node import (
+from mercato.node import (
     LOCALNET_PORT,
     DataDirLocked,
     MercatoError,

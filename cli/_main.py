@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from node import __version__
+from mercato.node import __version__
 
 from ._builds import builds
 from ._common import MercatoGroup

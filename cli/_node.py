@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import trio
 
-from node import (
+from mercato.node import (
     ControlClient,
     DaemonNotRunning,
     DataDir,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from node import ControlClient
+from mercato.node import ControlClient
 
 from ._common import data_dir_option, print_json, resolve
 

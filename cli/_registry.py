@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from node import ControlClient
+from mercato.node import ControlClient
 
 from ._common import data_dir_option, print_json, resolve
 

@@ -1,6 +1,6 @@
 """Errors of the registry::
 
-MercatoError                (p2p)
+MercatoError                (mercato)
 └── RegistryError
     ├── SchemaError         a listing or release field is wrong; names the field
     ├── VersionError        a version or version range does not parse
@@ -15,7 +15,7 @@ MercatoError                (p2p)
 
 from __future__ import annotations
 
-from p2p import MercatoError
+from mercato import MercatoError
 
 
 class RegistryError(MercatoError):

@@ -62,7 +62,7 @@ from typing import Any
 
 from pycrdt import Doc, Map
 
-from p2p import (
+from mercato.p2p import (
     FrameError,
     Keypair,
     b58decode,

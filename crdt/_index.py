@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2p import decode_canonical
+from mercato.p2p import decode_canonical
 
 from ._errors import Equivocation, QueryError, UpdateRejected
 from ._feed import MAX_SNAPSHOT_BYTES, Feed, FeedWriter, Registry, SignedUpdate, decode_state_vector

@@ -24,7 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from p2p import FrameError, Message, RequestProtocol, b58decode, canonical_cbor, decode_canonical
+from mercato.p2p import (
+    FrameError,
+    Message,
+    RequestProtocol,
+    b58decode,
+    canonical_cbor,
+    decode_canonical,
+)
 
 from ._errors import QueryError, SchemaError, UpdateRejected, VersionError
 from ._feed import MAX_SNAPSHOT_BYTES, Registry, SignedUpdate

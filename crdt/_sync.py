@@ -22,7 +22,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from p2p import Message, RequestProtocol
+from mercato.p2p import Message, RequestProtocol
 
 from ._feed import MAX_SNAPSHOT_BYTES
 

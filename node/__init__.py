@@ -7,10 +7,10 @@ client, metrics and logging. The CLI imports only what is exported here.
 May import every other mercato package except cli.
 """
 
-from p2p import MercatoError as MercatoError
-from runtime import Limits as Limits
-from runtime import Outcome as Outcome
-from runtime import RunResult as RunResult
+from mercato import MercatoError as MercatoError
+from mercato.runtime import Limits as Limits
+from mercato.runtime import Outcome as Outcome
+from mercato.runtime import RunResult as RunResult
 
 from ._client import ControlClient as ControlClient
 from ._config import Config as Config

@@ -24,7 +24,7 @@ from urllib.parse import unquote
 import trio
 from solders.pubkey import Pubkey
 
-from crdt import (
+from mercato.crdt import (
     DependencyConflict,
     ListingNotFound,
     Query,
@@ -32,9 +32,9 @@ from crdt import (
     RegistryError,
     SchemaError,
 )
-from p2p import BadAddress, P2PError, RemoteError, b58decode, public_key_of_peer
-from runtime import InputTooLarge, InvalidModule, Limits, LimitsError
-from settlement import ChannelError, LedgerError, LedgerUnreachable, LockupInForce
+from mercato.p2p import BadAddress, P2PError, RemoteError, b58decode, public_key_of_peer
+from mercato.runtime import InputTooLarge, InvalidModule, Limits, LimitsError
+from mercato.settlement import ChannelError, LedgerError, LedgerUnreachable, LockupInForce
 
 from ._builds import BuildError, QuotaExceeded, UnknownBuild, check_cid
 from ._errors import KeyExists, KeyNotFound, KeyStoreError, NotServed

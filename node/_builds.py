@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from p2p import FrameError, canonical_cbor, decode_canonical
+from mercato.p2p import FrameError, canonical_cbor, decode_canonical
 
 from ._errors import NodeError
 

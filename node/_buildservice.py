@@ -26,7 +26,7 @@ from pathlib import Path
 
 import trio
 
-from p2p import Overlay, P2PError, Refused, RemoteError, TokenBucket
+from mercato.p2p import Overlay, P2PError, Refused, RemoteError, TokenBucket
 
 from ._builds import (
     BadManifest,

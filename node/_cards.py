@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import trio
 
-from p2p import (
+from mercato.p2p import (
     FrameError,
     GossipMessage,
     Keypair,

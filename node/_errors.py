@@ -1,6 +1,6 @@
 """Errors of the daemon and its local state::
 
-MercatoError                    (p2p)
+MercatoError                    (mercato)
 └── NodeError
     ├── ConfigError             mercato.toml or a MERCATO_* variable is wrong
     ├── DataDirError            the data dir is missing, unreadable or of an unknown format
@@ -13,7 +13,7 @@ MercatoError                    (p2p)
 
 from __future__ import annotations
 
-from p2p import MercatoError
+from mercato import MercatoError
 
 
 class NodeError(MercatoError):

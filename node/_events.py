@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from p2p import canonical_cbor
+from mercato.p2p import canonical_cbor
 
 from ._store import Database
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import trio
 
-from runtime import Limits, RunResult, open_worker_pool
+from mercato.runtime import Limits, RunResult, open_worker_pool
 
 from ._paths import DataDir
 

@@ -11,7 +11,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2p import IdentityError, Keypair
+from mercato.p2p import IdentityError, Keypair
 
 from ._errors import KeyExists, KeyNotFound, KeyStoreError
 from ._files import create_exclusive

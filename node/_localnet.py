@@ -19,8 +19,8 @@ from pathlib import Path
 
 import trio
 
-from settlement import MAX_RPC_BODY as MAX_BODY
-from settlement import LedgerError, LocalnetRpc, open_embedded_ledger
+from mercato.settlement import MAX_RPC_BODY as MAX_BODY
+from mercato.settlement import LedgerError, LocalnetRpc, open_embedded_ledger
 
 from ._errors import DataDirLocked
 from ._http import HttpServer, Request, Response

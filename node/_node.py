@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from p2p import (
+from mercato.p2p import (
     DhtConfig,
     DiscoveryConfig,
     HostConfig,
@@ -36,8 +36,8 @@ from p2p import (
     RelayConfig,
     open_overlay,
 )
-from runtime import WorkerPool, open_worker_pool
-from settlement import Ledger
+from mercato.runtime import WorkerPool, open_worker_pool
+from mercato.settlement import Ledger
 
 from ._api import ControlAPI
 from ._builds import BuildError, BuildStore

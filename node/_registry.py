@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from crdt import (
+from mercato.crdt import (
     COMPACTED,
     MAX_SYNC_RESPONSE_BYTES,
     QUERY,
@@ -52,7 +52,7 @@ from crdt import (
     validate_listing,
     validate_release,
 )
-from p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, TokenBucket, Verdict
+from mercato.p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, TokenBucket, Verdict
 
 from ._control import LocalControl
 from ._store import Store

@@ -24,7 +24,7 @@ from solders.hash import Hash
 from solders.keypair import Keypair as SolanaKeypair
 from solders.pubkey import Pubkey
 
-from settlement import (
+from mercato.settlement import (
     MAX_RECIPIENTS,
     NONCE_ACCOUNT_SIZE,
     STAKE_ACCOUNT_SIZE,
@@ -360,7 +360,9 @@ async def open_settlement(
         if ledger is None and config.ledger == "embedded":
             ledger = await stack.enter_async_context(open_embedded_ledger(datadir.ledger_file))
         elif ledger is None:
-            from settlement import RpcLedger  # imported only for this ledger: see settlement
+            from mercato.settlement import (
+                RpcLedger,  # imported only for this ledger: see settlement
+            )
 
             remote = RpcLedger(config.rpc_url, config.ledger, faucet=config.ledger == "localnet")
             stack.push_async_callback(remote.aclose)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from crdt import MIGRATIONS as REGISTRY_MIGRATIONS
+from mercato.crdt import MIGRATIONS as REGISTRY_MIGRATIONS
 
 from ._builds import SCHEMA as BUILDS_SCHEMA
 from ._errors import StoreError

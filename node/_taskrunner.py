@@ -47,10 +47,10 @@ from typing import Any
 import trio
 from solders.pubkey import Pubkey
 
-from crdt import Version, VersionError, VersionRange
-from p2p import DhtError, Overlay, P2PError, Refused, RemoteError, RequestTimeout
-from runtime import SandboxError, WorkerPool
-from settlement import Channel, ChannelError, SettlementError
+from mercato.crdt import Version, VersionError, VersionRange
+from mercato.p2p import DhtError, Overlay, P2PError, Refused, RemoteError, RequestTimeout
+from mercato.runtime import SandboxError, WorkerPool
+from mercato.settlement import Channel, ChannelError, SettlementError
 
 from ._builds import BuildError
 from ._buildservice import BuildService

@@ -25,7 +25,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from p2p import (
+from mercato.p2p import (
     FrameError,
     Message,
     RequestProtocol,

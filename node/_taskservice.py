@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 from solders.pubkey import Pubkey
 
-from crdt import Version, VersionError, VersionRange
-from p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, Verdict
-from runtime import Limits, LimitsError, Outcome, SandboxError, WorkerPool
-from settlement import Channel, PaymentShort, SettlementError
+from mercato.crdt import Version, VersionError, VersionRange
+from mercato.p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, Verdict
+from mercato.runtime import Limits, LimitsError, Outcome, SandboxError, WorkerPool
+from mercato.settlement import Channel, PaymentShort, SettlementError
 
 from ._builds import BuildError
 from ._buildservice import BuildService

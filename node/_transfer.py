@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from p2p import Message, RequestProtocol
+from mercato.p2p import Message, RequestProtocol
 
 from ._builds import CHUNK_SIZE, MAX_CHUNKS
 

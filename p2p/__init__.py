@@ -1,7 +1,7 @@
 """p2p: the base every other part stands on.
 
 Owns identities (ed25519 keys, peer ids, Solana-style addresses), the canonical
-codec and signing payloads, the root of the error tree, and the libp2p overlay:
+codec and signing payloads, and the libp2p overlay:
 the host (TCP + Noise + Yamux, identify, ping), the framework for request/response
 protocols, GossipSub topics with validators, the Kademlia DHT with signed records
 and provider records, and discovery (bootstrap, mDNS, a persisted address book).
@@ -20,7 +20,6 @@ from ._dht import make_record as make_record
 from ._discovery import AddressBook as AddressBook
 from ._discovery import DiscoveryConfig as DiscoveryConfig
 from ._errors import IdentityError as IdentityError
-from ._errors import MercatoError as MercatoError
 from ._errors import P2PError as P2PError
 from ._gossip import GossipConfig as GossipConfig
 from ._gossip import GossipError as GossipError
@@ -78,7 +77,6 @@ __all__ = [
     "IdentityError",
     "InfoResponse",
     "Keypair",
-    "MercatoError",
     "Message",
     "MessageError",
     "Overlay",

@@ -1,6 +1,6 @@
 """Errors of the runtime::
 
-MercatoError                (p2p)
+MercatoError                (mercato)
 └── SandboxError
     ├── InvalidModule       not WebAssembly, no WASI ``_start``, or it imports
     │                       something the sandbox does not offer
@@ -13,7 +13,7 @@ outcome says how (ok, trap, out of fuel, ...), never in an exception.
 
 from __future__ import annotations
 
-from p2p import MercatoError
+from mercato import MercatoError
 
 
 class SandboxError(MercatoError):

@@ -1,6 +1,6 @@
 """`WorkerPool`: runs modules in worker processes, so nothing a module does can hurt the node.
 
-Each of ``slots`` slots owns at most one worker process (`runtime._worker`),
+Each of ``slots`` slots owns at most one worker process (`mercato.runtime._worker`),
 started when first needed and kept for the next run. A run takes a free slot
 (waiting for one if all are busy), sends its request and waits for the reply
 on a trio pipe, so the event loop never blocks.
@@ -38,6 +38,7 @@ log = logging.getLogger("mercato.runtime")
 
 GRACE_S = 1.0
 MAX_REPLY_BYTES = 128 * 1024 * 1024
+WORKER_MODULE = "mercato.runtime._worker"
 _ERRORS: dict[str, type[SandboxError]] = {
     "InvalidModule": InvalidModule,
     "InputTooLarge": InputTooLarge,
@@ -121,7 +122,9 @@ class WorkerPool:
         return [w.pid for w in self._all if w.process.returncode is None]
 
     async def _spawn(self) -> _Worker:
-        command = [sys.executable, "-m", "runtime._worker", str(self._cache_dir or "")]
+        # -P: the working directory is not put on sys.path, so a folder named
+        # mercato/ or runtime/ where the daemon was started is never imported.
+        command = [sys.executable, "-P", "-m", WORKER_MODULE, str(self._cache_dir or "")]
         process = await trio.lowlevel.open_process(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )

@@ -1,6 +1,6 @@
 """A worker process: runs modules in a `Sandbox` for the daemon, one request at a time.
 
-Started by `WorkerPool` as ``python -m runtime._worker [CACHE_DIR]``. Requests
+Started by `WorkerPool` as ``python -P -m mercato.runtime._worker [CACHE_DIR]``. Requests
 and replies are frames on stdin and stdout: a 4-byte big-endian length, then
 CBOR. A request is ``{"key", "path" or "wasm", "stdin", "limits", "name"}``; a
 reply ``{"result": RunResult}`` or ``{"error": kind, "message": text}``. The

@@ -60,7 +60,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for benchmarks/
 
-from node import ControlClient, DaemonNotRunning, DataDir, init_data_dir
+from mercato.node import ControlClient, DaemonNotRunning, DataDir, init_data_dir
 
 IDLE_SETTLE_S = 3.0
 
@@ -91,7 +91,7 @@ def machine() -> dict[str, Any]:
 
 def _mercato_command() -> list[str]:
     script = Path(sys.executable).with_name("mercato")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mercato.cli"]
 
 
 def _rss_mb(pid: int) -> float:

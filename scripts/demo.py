@@ -68,7 +68,7 @@ class Demo:
         if show:
             print(f"  {NAMES[i]}$ mercato {' '.join(args)}", flush=True)
         done = subprocess.run(
-            [sys.executable, "-m", "cli", *args, "--data-dir", self.datadir(i)],
+            [sys.executable, "-m", "mercato.cli", *args, "--data-dir", self.datadir(i)],
             input=stdin,
             capture_output=True,
             text=True,

@@ -73,9 +73,9 @@ FIT_UP_TO = 200  # the extension to 10,000 starts from the sizes real nodes reac
 
 def real_messages() -> dict[str, Any]:
     """Sizes and verification costs of real, signed messages, measured here."""
-    from crdt import FeedWriter, Registry, validate_listing
-    from node._cards import AgentCard
-    from p2p import Keypair
+    from mercato.crdt import FeedWriter, Registry, validate_listing
+    from mercato.node._cards import AgentCard
+    from mercato.p2p import Keypair
 
     key = Keypair.generate()
     card = AgentCard(
@@ -143,8 +143,8 @@ def _per_call(fn: Any, runs: int = 300) -> float:
 
 def _update_cost(count: int = 300) -> float:
     """Seconds to decode, verify and apply one signed registry update (in memory)."""
-    from crdt import FeedWriter, Registry, SignedUpdate, validate_listing
-    from p2p import Keypair
+    from mercato.crdt import FeedWriter, Registry, SignedUpdate, validate_listing
+    from mercato.p2p import Keypair
 
     writer = FeedWriter(Keypair.generate(), Registry())
     encoded = []
@@ -409,7 +409,7 @@ async def _real(n: int) -> dict[str, Any]:
     from benchmarks._net import median, network, percentile
     from benchmarks.dht import _local_keys
 
-    from p2p import Keypair, make_record
+    from mercato.p2p import Keypair, make_record
 
     rss0 = _rss_kb()
     topic = "mercato/sim/1"

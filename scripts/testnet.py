@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from node import ControlClient, DaemonNotRunning, DataDir  # noqa: E402
+from mercato.node import ControlClient, DaemonNotRunning, DataDir  # noqa: E402
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -63,7 +63,7 @@ class State:
 
 
 def _mercato(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli", *args]
+    return [sys.executable, "-m", "mercato.cli", *args]
 
 
 def _alive(pid: int) -> bool:

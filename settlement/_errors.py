@@ -1,6 +1,6 @@
 """Errors of settlement::
 
-MercatoError                (p2p)
+MercatoError                (mercato)
 └── SettlementError
     ├── LedgerError         the ledger refused a transaction or cannot be read
     │   ├── LockupInForce   a refund before the channel's lockup ends
@@ -13,7 +13,7 @@ MercatoError                (p2p)
 
 from __future__ import annotations
 
-from p2p import MercatoError
+from mercato import MercatoError
 
 
 class SettlementError(MercatoError):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from node import ControlClient, DaemonNotRunning, DataDir, init_data_dir
+from mercato.node import ControlClient, DaemonNotRunning, DataDir, init_data_dir
 
 START_TIMEOUT_S = 20.0
 TEST_ENV = {
@@ -34,7 +34,7 @@ def run_cli(
     """Run ``mercato ARGS`` in a fresh interpreter, as a user would (``input_text``
     on its stdin)."""
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
+        [sys.executable, "-m", "mercato.cli", *args],
         input=input_text,
         capture_output=True,
         text=True,
@@ -168,7 +168,16 @@ def start_localnet(tmp_path: Path) -> Iterator:
         url_file.unlink(missing_ok=True)  # a killed localnet leaves its last one
         with log_path.open("w") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "cli", "localnet", "--dir", str(directory), "--port", "0"],
+                [
+                    sys.executable,
+                    "-m",
+                    "mercato.cli",
+                    "localnet",
+                    "--dir",
+                    str(directory),
+                    "--port",
+                    "0",
+                ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )

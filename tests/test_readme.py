@@ -54,7 +54,7 @@ def readme_commands() -> list[list[str]]:
 def test_every_mercato_command_the_readme_shows_parses() -> None:
     """Each command as shown names real subcommands, options and arguments (the
     demo, run by tests/test_scripts.py, shows the same commands working)."""
-    from cli import main
+    from mercato.cli import main
 
     commands = readme_commands()
     assert len(commands) >= 25

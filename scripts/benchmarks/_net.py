@@ -8,7 +8,7 @@ import statistics
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from p2p import DiscoveryConfig, HostConfig, Keypair, Overlay, OverlayConfig, open_overlay
+from mercato.p2p import DiscoveryConfig, HostConfig, Keypair, Overlay, OverlayConfig, open_overlay
 
 CONFIG = OverlayConfig(
     host=HostConfig(listen=("/ip4/127.0.0.1/tcp/0",)),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from node import Config, DataDir, Node, init_data_dir
+from mercato.node import Config, DataDir, Node, init_data_dir
 
 LOOPBACK = (
     Config()

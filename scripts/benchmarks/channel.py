@@ -24,8 +24,8 @@ from typing import Any
 import trio
 from solders.keypair import Keypair
 
-from node import serve_localnet
-from settlement import (
+from mercato.node import serve_localnet
+from mercato.settlement import (
     NONCE_ACCOUNT_SIZE,
     STAKE_ACCOUNT_SIZE,
     Ledger,

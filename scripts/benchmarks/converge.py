@@ -28,9 +28,9 @@ from typing import Any
 
 import trio
 
-from crdt import SYNC, FeedWriter, RegistryStore, SignedUpdate
-from node import Database, Node
-from p2p import Keypair
+from mercato.crdt import SYNC, FeedWriter, RegistryStore, SignedUpdate
+from mercato.node import Database, Node
+from mercato.p2p import Keypair
 
 from ._nodes import running_nodes
 from .registry import _listing

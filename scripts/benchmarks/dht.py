@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from p2p import Keypair, make_record, open_overlay
+from mercato.p2p import Keypair, make_record, open_overlay
 
 from ._net import CONFIG, median, network, percentile, quiet
 

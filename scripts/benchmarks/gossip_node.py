@@ -16,7 +16,7 @@ import time
 
 import trio
 
-from p2p import DiscoveryConfig, HostConfig, Keypair, OverlayConfig, open_overlay
+from mercato.p2p import DiscoveryConfig, HostConfig, Keypair, OverlayConfig, open_overlay
 
 TOPIC = "mercato/bench/1"
 CONFIG = OverlayConfig(

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crdt import FeedWriter, Query, Registry, RegistryStore, validate_listing
-from node import Database
-from p2p import Keypair
+from mercato.crdt import FeedWriter, Query, Registry, RegistryStore, validate_listing
+from mercato.node import Database
+from mercato.p2p import Keypair
 
 WORDS = [
     "text",

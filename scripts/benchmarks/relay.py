@@ -27,8 +27,15 @@ from typing import Any
 
 import trio
 
-from node import Config, DataDir, Node, init_data_dir
-from p2p import DiscoveryConfig, HostConfig, Keypair, OverlayConfig, RelayConfig, open_overlay
+from mercato.node import Config, DataDir, Node, init_data_dir
+from mercato.p2p import (
+    DiscoveryConfig,
+    HostConfig,
+    Keypair,
+    OverlayConfig,
+    RelayConfig,
+    open_overlay,
+)
 
 ECHO = Path(__file__).resolve().parents[2] / "runtime" / "examples" / "echo" / "echo.wasm"
 LISTING = {"name": "echo", "kind": "agent", "title": "Echo", "summary": "Echo.", "price": 0}

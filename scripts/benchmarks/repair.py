@@ -18,9 +18,9 @@ from typing import Any
 
 import trio
 
-from node import Node
-from node._builds import manifest_of
-from node._buildservice import responsible
+from mercato.node import Node
+from mercato.node._builds import manifest_of
+from mercato.node._buildservice import responsible
 
 from ._nodes import LOOPBACK, running_nodes
 

@@ -23,7 +23,7 @@ from typing import Any
 import trio
 from wasmtime import Config, Engine, Linker, Module, Store, WasiConfig, wat2wasm
 
-from runtime import Limits, Sandbox, module_key, open_worker_pool
+from mercato.runtime import Limits, Sandbox, module_key, open_worker_pool
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "runtime" / "examples"
 TEXT = b"the quick brown fox jumps over the lazy dog\n" * 100

@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from settlement import open_embedded_ledger
+from mercato.settlement import open_embedded_ledger
 
 from ._nodes import running_nodes
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node import ControlClient, DaemonNotRunning, DataDir, init_data_dir
+from mercato.node import ControlClient, DaemonNotRunning, DataDir, init_data_dir
 
 SIZE = 256 * 1024 * 1024
 ENV = {
@@ -32,7 +32,7 @@ ENV = {
 
 def _start(datadir: DataDir) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "node", "start", "--data-dir", str(datadir.root)],
+        [sys.executable, "-m", "mercato.cli", "node", "start", "--data-dir", str(datadir.root)],
         env={**os.environ, **ENV},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -3,7 +3,7 @@
 import json
 import os
 
-from node import DataDir
+from mercato.node import DataDir
 
 from ..conftest import run_cli
 

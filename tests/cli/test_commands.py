@@ -3,8 +3,8 @@
 import pytest
 from click.testing import CliRunner
 
-from cli import main
-from node import __version__
+from mercato.cli import main
+from mercato.node import __version__
 
 from ..conftest import run_cli
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from node import DataDir
+from mercato.node import DataDir
 
 from ..conftest import run_cli, wait_for
 

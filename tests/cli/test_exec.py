@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from wasmtime import wat2wasm
 
-from crdt import validate_listing
+from mercato.crdt import validate_listing
 
 from ..conftest import run_cli
 

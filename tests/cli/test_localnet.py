@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from node import ControlClient, DataDir
+from mercato.node import ControlClient, DataDir
 
 from ..conftest import run_cli, wait_for
 from .test_run import WORDCOUNT

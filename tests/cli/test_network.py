@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from node import DataDir
+from mercato.node import DataDir
 
 from ..conftest import run_cli, wait_for
 

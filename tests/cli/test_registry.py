@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from node import DataDir
+from mercato.node import DataDir
 
 from ..conftest import run_cli, wait_for
 

@@ -7,7 +7,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from node import DataDir
+from mercato.node import DataDir
 
 from ..conftest import run_cli
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from node import DataDir
+from mercato.node import DataDir
 
 from ..conftest import TEST_ENV, wait_for
 from .test_run import WORDCOUNT
@@ -70,7 +70,7 @@ def build_network(stack: ExitStack) -> dict[str, str]:
 
 def cli(ns: str, datadir: DataDir, *args: str, stdin: str | None = None, env=None):
     return subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, "-m", "cli", *args,
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "mercato.cli", *args,
          "--data-dir", str(datadir.root)],
         input=stdin, capture_output=True, text=True, timeout=90,
         env={**os.environ, **TEST_ENV, **(env or {})},
@@ -80,7 +80,7 @@ def cli(ns: str, datadir: DataDir, *args: str, stdin: str | None = None, env=Non
 def daemon(stack: ExitStack, ns: str, datadir: DataDir, log: Path, *args: str, env=None):
     with log.open("w") as out:
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "cli", "node", "start",
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "mercato.cli", "node", "start",
              "--data-dir", str(datadir.root), "--no-mdns", *args],
             stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, **TEST_ENV, **(env or {})},
@@ -103,7 +103,8 @@ def test_two_nodes_with_no_route_between_them_trade_through_a_relay(tmp_path: Pa
         ns = build_network(stack)
         relay, a, b = (DataDir(tmp_path / n) for n in ("relay", "a", "b"))
         for datadir in (relay, a, b):
-            subprocess.run([sys.executable, "-m", "cli", "init", "--data-dir", str(datadir.root)],
+            subprocess.run([sys.executable, "-m", "mercato.cli", "init",
+                            "--data-dir", str(datadir.root)],
                            check=True, capture_output=True)  # fmt: skip
         public = "/ip4/0.0.0.0/tcp/4001"
         status = daemon(stack, ns["relay"], relay, tmp_path / "relay.log", "--role", "relay",

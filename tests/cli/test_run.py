@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node import DataDir
+from mercato.node import DataDir
 
 from ..conftest import run_cli, wait_for
 

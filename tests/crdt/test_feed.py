@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Map
 
-from crdt import (
+from mercato.crdt import (
     FeedWriter,
     Registry,
     SignedUpdate,
@@ -13,8 +13,8 @@ from crdt import (
     validate_listing,
     validate_release,
 )
-from crdt._feed import MAX_SNAPSHOT_BYTES, MAX_UPDATE_BYTES, SIGN_KIND, writer_client_id
-from p2p import Keypair, canonical_cbor
+from mercato.crdt._feed import MAX_SNAPSHOT_BYTES, MAX_UPDATE_BYTES, SIGN_KIND, writer_client_id
+from mercato.p2p import Keypair, canonical_cbor
 
 
 def listing(name: str, price: int = 10, **extra: object):
@@ -230,7 +230,7 @@ def test_updates_out_of_order_wait_for_their_predecessors() -> None:
 
 
 def test_state_vectors_decode_as_pycrdt_encodes_them() -> None:
-    from crdt._feed import decode_state_vector
+    from mercato.crdt._feed import decode_state_vector
 
     a, b = Doc(), Doc()
     a["m"] = Map()

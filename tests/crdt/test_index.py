@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from crdt import (
+from mercato.crdt import (
     FeedWriter,
     Query,
     QueryError,
@@ -13,8 +13,8 @@ from crdt import (
     validate_listing,
     validate_release,
 )
-from node import Database
-from p2p import Keypair
+from mercato.node import Database
+from mercato.p2p import Keypair
 
 
 def listing(name: str, **extra: object):
@@ -195,7 +195,7 @@ def journal_rows(store: RegistryStore, address: str) -> int:
 
 
 def test_a_publisher_snapshot_compacts_every_journal(tmp_path: Path) -> None:
-    from crdt._index import COMPACT_AFTER
+    from mercato.crdt._index import COMPACT_AFTER
 
     owner = Keypair.generate()
     author_db, replica_db = Database(tmp_path / "a.db"), Database(tmp_path / "r.db")
@@ -217,7 +217,7 @@ def test_a_publisher_snapshot_compacts_every_journal(tmp_path: Path) -> None:
     assert not more and len(updates) == 5
     newcomer_db = Database(tmp_path / "n.db")
     newcomer = RegistryStore(newcomer_db.conn)
-    from crdt import SignedUpdate
+    from mercato.crdt import SignedUpdate
 
     for outcome in newcomer.ingest_batch([SignedUpdate.decode(u) for u in updates]):
         assert outcome, outcome
@@ -237,7 +237,7 @@ def test_anti_entropy_sends_only_what_the_other_side_lacks(store: RegistryStore)
     feed = store.registry.feeds[owner.address]
     other = Registry()
     updates, _ = store.missing_for({}, 10**9)
-    from crdt import SignedUpdate
+    from mercato.crdt import SignedUpdate
 
     first = SignedUpdate.decode(updates[0])
     other.apply(first)
@@ -250,8 +250,8 @@ def test_anti_entropy_sends_only_what_the_other_side_lacks(store: RegistryStore)
 
 
 def _sign(keypair: Keypair, deps: bytes, state: bytes, update: bytes):
-    from crdt import SignedUpdate
-    from crdt._feed import SIGN_KIND
+    from mercato.crdt import SignedUpdate
+    from mercato.crdt._feed import SIGN_KIND
 
     body = {"publisher": keypair.public_key, "deps": deps, "state": state, "update": update}
     return SignedUpdate(**body, sig=keypair.sign(SIGN_KIND, body))
@@ -263,8 +263,8 @@ def test_a_bad_snapshot_of_the_current_state_is_refused_and_compacts_nothing(
 ) -> None:
     from pycrdt import Doc, Map
 
-    from crdt import Equivocation, UpdateRejected
-    from crdt._feed import EMPTY_STATE, writer_client_id
+    from mercato.crdt import Equivocation, UpdateRejected
+    from mercato.crdt._feed import EMPTY_STATE, writer_client_id
 
     owner = Keypair.generate()
     writer = FeedWriter(owner, Registry())
@@ -285,7 +285,7 @@ def test_a_bad_snapshot_of_the_current_state_is_refused_and_compacts_nothing(
         other = Doc(client_id=writer_client_id(owner.public_key))
         other["listings"], other["releases"] = Map(), Map()
         for i in range(5):
-            from p2p import canonical_cbor
+            from mercato.p2p import canonical_cbor
 
             other["listings"][f"x{i}"] = canonical_cbor(listing(f"x{i}").to_wire())
         update = other.get_update()
@@ -305,7 +305,7 @@ def test_a_bad_snapshot_of_the_current_state_is_refused_and_compacts_nothing(
 
 
 def test_a_failed_batch_leaves_memory_as_the_journal_is(tmp_path: Path, monkeypatch) -> None:
-    import crdt._index as index
+    import mercato.crdt._index as index
 
     owner = Keypair.generate()
     writer = FeedWriter(owner, Registry())

@@ -2,7 +2,7 @@
 
 import pytest
 
-from crdt import (
+from mercato.crdt import (
     FeedWriter,
     QueryError,
     QueryRequest,
@@ -13,7 +13,7 @@ from crdt import (
     validate_listing,
     verified_listing,
 )
-from p2p import Keypair, canonical_cbor
+from mercato.p2p import Keypair, canonical_cbor
 
 from .test_index import listing
 
@@ -75,8 +75,8 @@ def test_search_requests_are_checked_like_local_ones() -> None:
 
 
 def test_a_long_feed_comes_whole_in_pages(tmp_path) -> None:
-    from crdt import FeedCopy, RegistryStore
-    from node import Database
+    from mercato.crdt import FeedCopy, RegistryStore
+    from mercato.node import Database
 
     owner = Keypair.generate()
     writer = FeedWriter(owner, Registry())

@@ -2,7 +2,13 @@
 
 import pytest
 
-from crdt import DependencyConflict, ListingNotFound, VersionError, resolve, validate_release
+from mercato.crdt import (
+    DependencyConflict,
+    ListingNotFound,
+    VersionError,
+    resolve,
+    validate_release,
+)
 
 A, B, C = ("A" * 32 + "/a", "B" * 32 + "/b", "C" * 32 + "/c")
 
@@ -103,7 +109,7 @@ def test_a_cycle_resolves_and_a_tangle_is_bounded() -> None:
 
 
 def test_deep_and_wide_graphs_end_in_an_answer_not_a_crash() -> None:
-    from p2p import Keypair
+    from mercato.p2p import Keypair
 
     refs = [f"{Keypair.generate().address}/l{i}" for i in range(60)]
     chain = {

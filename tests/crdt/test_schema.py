@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdt import SchemaError
-from crdt._schema import validate_listing, validate_release
+from mercato.crdt import SchemaError
+from mercato.crdt._schema import validate_listing, validate_release
 
 MANIFEST = """
 name = "wordcount"

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdt import Version, VersionError, VersionRange
+from mercato.crdt import Version, VersionError, VersionRange
 
 versions = st.builds(
     Version,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from node import Database
-from node._builds import (
+from mercato.node import Database
+from mercato.node._builds import (
     CHUNK_SIZE,
     BadManifest,
     BuildError,
@@ -17,7 +17,7 @@ from node._builds import (
     QuotaExceeded,
     manifest_of,
 )
-from node._transfer import BUILD, BuildRequest, BuildResponse
+from mercato.node._transfer import BUILD, BuildRequest, BuildResponse
 
 from .test_registry_network import running_nodes
 
@@ -185,7 +185,7 @@ async def wait_until_held(nodes, cid: str, expected: set[str], within: float) ->
 
 @pytest.mark.slow
 async def test_a_release_lands_on_the_closest_peers_and_is_repaired(tmp_path: Path) -> None:
-    from node._buildservice import responsible
+    from mercato.node._buildservice import responsible
 
     source = random_file(tmp_path / "big.wasm", 50 * 1024 * 1024)
     cid = manifest_of(source).cid
@@ -224,7 +224,7 @@ async def test_a_release_lands_on_the_closest_peers_and_is_repaired(tmp_path: Pa
 
 @pytest.mark.slow
 async def test_a_peer_lying_about_its_copy_never_makes_others_drop_theirs(tmp_path: Path) -> None:
-    from node._buildservice import responsible
+    from mercato.node._buildservice import responsible
 
     async with running_nodes(tmp_path, 2, replicas=1, repair_interval_s=3600) as (honest, liar):
         await honest.overlay.host.connect(liar.overlay.host.listen_addrs()[0])

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from node import Config, ConfigError, load_config
+from mercato.node import Config, ConfigError, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -16,7 +16,7 @@ def test_missing_file_gives_the_defaults(tmp_path: Path) -> None:
 
 
 def test_the_default_config_file_that_init_writes_loads_to_the_defaults(tmp_path: Path) -> None:
-    from node._config import DEFAULT_CONFIG_TOML
+    from mercato.node._config import DEFAULT_CONFIG_TOML
 
     assert load_config(write(tmp_path, DEFAULT_CONFIG_TOML), environ={}) == Config()
 
@@ -79,7 +79,7 @@ def test_the_default_file_names_every_key_there_is() -> None:
     import dataclasses
     import tomllib
 
-    from node._config import DEFAULT_CONFIG_TOML
+    from mercato.node._config import DEFAULT_CONFIG_TOML
 
     written = tomllib.loads(DEFAULT_CONFIG_TOML)
     for section in dataclasses.fields(Config):

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from node import Config, ControlClient, ControlError, DaemonNotRunning, DataDir, Node
-from node._api import ROUTES, openapi_document
+from mercato.node import Config, ControlClient, ControlError, DaemonNotRunning, DataDir, Node
+from mercato.node._api import ROUTES, openapi_document
 
 
 def loopback_config() -> Config:

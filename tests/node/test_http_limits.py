@@ -4,7 +4,7 @@ import socket
 
 import trio
 
-from node._http import MAX_CONNECTIONS, MAX_HEADER_BYTES, HttpServer, Request, Response
+from mercato.node._http import MAX_CONNECTIONS, MAX_HEADER_BYTES, HttpServer, Request, Response
 
 
 async def answer(request: Request) -> Response:

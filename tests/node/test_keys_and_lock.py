@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from node import DataDir, DataDirLock, DataDirLocked, KeyStore, KeyStoreError, init_data_dir
+from mercato.node import DataDir, DataDirLock, DataDirLocked, KeyStore, KeyStoreError, init_data_dir
 
 
 def mode(path: Path) -> int:

@@ -7,9 +7,9 @@ import pytest
 import trio
 from solders.pubkey import Pubkey
 
-from node._tasks import TASK, NoProvider, TaskRequest
-from p2p import Refused, RemoteError
-from settlement import (
+from mercato.node._tasks import TASK, NoProvider, TaskRequest
+from mercato.p2p import Refused, RemoteError
+from mercato.settlement import (
     NONCE_ACCOUNT_SIZE,
     STAKE_ACCOUNT_SIZE,
     open_embedded_ledger,

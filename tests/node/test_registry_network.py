@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from crdt import Query
-from node import Config, DataDir, Node, init_data_dir
+from mercato.crdt import Query
+from mercato.node import Config, DataDir, Node, init_data_dir
 
 pytestmark = pytest.mark.slow
 N = 20

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from node import Config, DataDir, Node, NotServed, init_data_dir
+from mercato.node import Config, DataDir, Node, NotServed, init_data_dir
 
 from .test_tasks import serve_an_agent, until
 

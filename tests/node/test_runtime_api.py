@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from wasmtime import wat2wasm
 
-from node import ControlClient, ControlError, DataDir
+from mercato.node import ControlClient, ControlError, DataDir
 
 MODULES = Path(__file__).parents[1] / "runtime" / "modules"
 EXAMPLES = Path(__file__).parents[2] / "runtime" / "examples"

@@ -9,9 +9,9 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node import Database, StoreError, open_store
-from node._events import append_event, event_head, list_events, verify_events
-from node._store import SCHEMA_VERSION
+from mercato.node import Database, StoreError, open_store
+from mercato.node._events import append_event, event_head, list_events, verify_events
+from mercato.node._store import SCHEMA_VERSION
 
 
 def test_migrations_set_the_schema_version_and_wal(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ import pytest
 import trio
 import wasmtime
 
-from node import open_store
-from node._choice import Offer, rank
-from node._reputation import ReputationBook, save
-from node._tasks import TASK, BadReceipt, Quote, Receipt, TaskRequest, TaskResponse, digest
-from p2p import Keypair
+from mercato.node import open_store
+from mercato.node._choice import Offer, rank
+from mercato.node._reputation import ReputationBook, save
+from mercato.node._tasks import TASK, BadReceipt, Quote, Receipt, TaskRequest, TaskResponse, digest
+from mercato.p2p import Keypair
 
 from .test_registry_network import running_nodes
 
@@ -160,8 +160,8 @@ async def test_ten_nodes_three_providers_one_cheat_and_one_killed(tmp_path: Path
     wc_build = EXAMPLES / "wordcount" / "wordcount.wasm"
     slow_build = tmp_path / "slow_echo.wasm"
     slow_build.write_bytes(wasmtime.wat2wasm((MODULES / "slow_echo.wat").read_text()))
-    from node._builds import manifest_of
-    from node._buildservice import responsible
+    from mercato.node._builds import manifest_of
+    from mercato.node._buildservice import responsible
 
     fast = {"heartbeat_s": 0.5, "card_ttl_s": 5.0}
     checks = {"verify_rate": 0.0, "timeout_s": 30.0}
@@ -322,8 +322,8 @@ async def test_ten_nodes_three_providers_one_cheat_and_one_killed(tmp_path: Path
 
 @pytest.mark.slow
 async def test_bad_answers_and_bad_requests_are_typed_errors_and_recorded(tmp_path: Path) -> None:
-    from node._tasks import NoProvider, TaskRefused
-    from p2p import RemoteError
+    from mercato.node._tasks import NoProvider, TaskRefused
+    from mercato.p2p import RemoteError
 
     fast = {"heartbeat_s": 0.5, "card_ttl_s": 5.0}
     async with running_nodes(tmp_path, 3, serve=fast, repair_interval_s=1.0) as nodes:

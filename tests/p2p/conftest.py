@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 
-from p2p import DiscoveryConfig, HostConfig, Keypair, Overlay, OverlayConfig, open_overlay
+from mercato.p2p import DiscoveryConfig, HostConfig, Keypair, Overlay, OverlayConfig, open_overlay
 
 LOOPBACK = HostConfig(listen=("/ip4/127.0.0.1/tcp/0",))
 

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from p2p import DhtError, Keypair, make_record
-from p2p._dht import DhtRecord, parse_record
+from mercato.p2p import DhtError, Keypair, make_record
+from mercato.p2p._dht import DhtRecord, parse_record
 
 
 def test_a_signed_record_parses_back() -> None:

@@ -6,7 +6,7 @@ from contextlib import suppress
 import pytest
 import trio
 
-from p2p import Verdict
+from mercato.p2p import Verdict
 
 from .conftest import wait_until
 

@@ -7,7 +7,14 @@ from libp2p.crypto.ed25519 import Ed25519PublicKey
 from libp2p.peer.id import ID
 from solders.keypair import Keypair as SolanaKeypair
 
-from p2p import IdentityError, Keypair, b58decode, b58encode, signing_payload, verify_signature
+from mercato.p2p import (
+    IdentityError,
+    Keypair,
+    b58decode,
+    b58encode,
+    signing_payload,
+    verify_signature,
+)
 
 
 @given(st.binary(max_size=80))

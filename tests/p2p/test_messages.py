@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2p import InfoResponse, Message, MessageError
-from p2p._wire import decode_body, encode_body
+from mercato.p2p import InfoResponse, Message, MessageError
+from mercato.p2p._wire import decode_body, encode_body
 
 
 @dataclass(frozen=True)

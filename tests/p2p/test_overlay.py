@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from node import open_store
-from node._peers import StoreAddressBook
-from p2p import GossipConfig, Keypair, Verdict, make_record, open_overlay
+from mercato.node import open_store
+from mercato.node._peers import StoreAddressBook
+from mercato.p2p import GossipConfig, Keypair, Verdict, make_record, open_overlay
 
 from .conftest import overlay_config, wait_until
 
@@ -158,7 +158,7 @@ async def test_nodes_on_one_lan_find_each_other_by_mdns() -> None:
 
 
 async def test_a_node_that_does_not_listen_still_dials_out(open_overlays) -> None:
-    from p2p import DhtConfig, DiscoveryConfig, HostConfig, OverlayConfig
+    from mercato.p2p import DhtConfig, DiscoveryConfig, HostConfig, OverlayConfig
 
     config = OverlayConfig(
         host=HostConfig(listen=()),
@@ -175,7 +175,7 @@ async def test_a_node_that_does_not_listen_still_dials_out(open_overlays) -> Non
 async def test_a_node_restarts_at_once_on_the_same_fixed_port() -> None:
     import socket
 
-    from p2p import DiscoveryConfig, HostConfig, OverlayConfig
+    from mercato.p2p import DiscoveryConfig, HostConfig, OverlayConfig
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

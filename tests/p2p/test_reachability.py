@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 import trio
 
-from p2p import (
+from mercato.p2p import (
     DhtConfig,
     DiscoveryConfig,
     HostConfig,
@@ -18,8 +18,8 @@ from p2p import (
     RelayConfig,
     open_overlay,
 )
-from p2p._reachability import DIALBACK, DialBackRequest
-from p2p._requests import RemoteError
+from mercato.p2p._reachability import DIALBACK, DialBackRequest
+from mercato.p2p._requests import RemoteError
 
 from .conftest import LOOPBACK, wait_until
 from .test_relay import private_config, relay_config

@@ -5,7 +5,7 @@ from contextlib import AsyncExitStack
 
 import trio
 
-from p2p import (
+from mercato.p2p import (
     DiscoveryConfig,
     HostConfig,
     Keypair,

@@ -6,7 +6,7 @@ from typing import ClassVar
 import pytest
 import trio
 
-from p2p import (
+from mercato.p2p import (
     BadResponse,
     Message,
     PeerBanned,
@@ -15,7 +15,7 @@ from p2p import (
     RequestProtocol,
     RequestTimeout,
 )
-from p2p._wire import FrameReader, encode_frame, encode_uvarint
+from mercato.p2p._wire import FrameReader, encode_frame, encode_uvarint
 
 from .conftest import wait_until
 
@@ -39,7 +39,7 @@ async def echo(peer: str, request: Echo) -> Echo:
 
 async def raw_exchange(client, server_peer: str, data: bytes) -> object:
     """Send raw bytes on the echo protocol and read the framed answer."""
-    from p2p._requests import _StreamBytes
+    from mercato.p2p._requests import _StreamBytes
 
     stream = await client.host.open_stream(server_peer, ECHO.id)
     await stream.write(data)

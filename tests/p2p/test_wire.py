@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2p._wire import (
+from mercato.p2p._wire import (
     FrameError,
     FrameReader,
     FrameTooLarge,
@@ -102,7 +102,7 @@ async def test_bad_length_prefixes() -> None:
 
 
 def test_nesting_is_bounded_to_the_last_level() -> None:
-    from p2p._wire import MAX_DEPTH
+    from mercato.p2p._wire import MAX_DEPTH
 
     ok, too_deep = 0, 0
     for _ in range(MAX_DEPTH):

@@ -18,7 +18,7 @@ def example(name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def sandbox():
-    from runtime import Sandbox
+    from mercato.runtime import Sandbox
 
     box = Sandbox()
     yield box

@@ -6,7 +6,7 @@ import signal
 import pytest
 import trio
 
-from runtime import InvalidModule, Limits, Outcome, open_worker_pool
+from mercato.runtime import InvalidModule, Limits, Outcome, open_worker_pool
 
 from .conftest import example, module
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from runtime import InputTooLarge, InvalidModule, Limits, LimitsError, Outcome, Sandbox
+from mercato.runtime import InputTooLarge, InvalidModule, Limits, LimitsError, Outcome, Sandbox
 
 from .conftest import example, module
 

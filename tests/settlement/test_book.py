@@ -6,7 +6,7 @@ import pytest
 import trio
 from solders.keypair import Keypair
 
-from settlement import (
+from mercato.settlement import (
     MIN_PAYOUT,
     NONCE_ACCOUNT_SIZE,
     STAKE_ACCOUNT_SIZE,

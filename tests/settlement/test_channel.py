@@ -12,7 +12,7 @@ from solders.message import Message
 from solders.pubkey import Pubkey
 from solders.transaction import Transaction
 
-from settlement import (
+from mercato.settlement import (
     MAX_RECIPIENTS,
     MAX_TRANSACTION_BYTES,
     MIN_PAYOUT,
@@ -33,7 +33,7 @@ from settlement import (
     sign_state,
     split,
 )
-from settlement._channel import no_staker
+from mercato.settlement._channel import no_staker
 
 SOL = 1_000_000_000
 FEE = 5000  # lamports per signature

@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 from solders.keypair import Keypair
 
-from settlement import (
+from mercato.settlement import (
     check_state,
     countersign,
     open_channel_book,
@@ -31,7 +31,7 @@ PRICE = 1_000_000
 PAYEE_LOOP = """
 import sys, trio
 from solders.keypair import Keypair
-from settlement import open_channel_book, sign_state, payable
+from mercato.settlement import open_channel_book, sign_state, payable
 
 async def main(path, stake, payer_seed):
     payer = Keypair.from_seed(bytes.fromhex(payer_seed))

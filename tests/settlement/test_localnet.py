@@ -14,7 +14,7 @@ from solders.signature import Signature
 from solders.system_program import TransferParams, transfer
 from solders.transaction import Transaction
 
-from settlement import (
+from mercato.settlement import (
     NONCE_ACCOUNT_SIZE,
     STAKE_ACCOUNT_SIZE,
     LedgerError,
