@@ -40,7 +40,7 @@ def read_input(input_file: str | None) -> bytes:
     try:
         return Path(input_file).read_bytes()
     except OSError as exc:
-        raise click.BadParameter(f"cannot read {input_file}: {exc}", param_hint="--input") from None
+        raise click.BadParameter(f"cannot read {input_file}: {exc}", param_hint="--input") from exc
 
 
 def print_json(obj: Any) -> None:

@@ -50,10 +50,10 @@ def localnet(directory: Path | None, host: str, port: int) -> None:
     try:
         trio.run(partial(serve_localnet, directory, host, port, handle_signals=True))
     except (DataDirLocked, MercatoError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(
             f"the localnet failed ({host}:{port}, {directory}): {exc}"
-        ) from None
+        ) from exc
     except KeyboardInterrupt:
         pass

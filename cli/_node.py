@@ -141,8 +141,8 @@ def start(
     configure_logging(config.log.level, config.log.format)
     try:
         trio.run(Node(datadir, config, handle_signals=True).run)
-    except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C before the signal handler was installed
+        raise SystemExit(130) from exc
 
 
 def _wait_stopped(datadir: DataDir, timeout: float) -> bool:
@@ -190,6 +190,34 @@ def stop(data_dir: Path | None, timeout: float) -> None:
     if not _wait_stopped(datadir, timeout):
         raise NodeError(f"the daemon (pid {pid}) did not stop within {timeout:g} s")
     click.echo("stopped")
+
+
+@node.command("relay-files")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def relay_files(directory: Path) -> None:
+    """Write a relay host's deployment files into DIRECTORY.
+
+    The hardened systemd unit, the Containerfile and install.sh that the
+    README's "Operating a relay" walks through, as installed with mercato.
+    Existing files are never overwritten.
+
+    \b
+    Example:
+      mercato node relay-files ./relay && sudo bash ./relay/install.sh
+    """
+    from mercato.bootstrap import deploy_files
+
+    wanted = deploy_files()
+    taken = [name for name in wanted if (directory / name).exists()]
+    if taken:
+        raise NodeError(
+            f"{', '.join(taken)} already exist in {directory}; choose an empty directory"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in wanted.items():
+        (directory / name).write_bytes(data)
+        (directory / name).chmod(0o755 if name.endswith(".sh") else 0o644)
+        click.echo(str(directory / name))
 
 
 def _p2p_rows(p2p: dict | None) -> list[tuple[str, object]]:

@@ -89,12 +89,12 @@ def publish(
     """
     try:
         manifest = tomllib.loads(manifest_file.read_text())
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
         raise click.BadParameter(
             f"{manifest_file} does not exist", param_hint="MANIFEST.toml"
-        ) from None
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
-        raise click.ClickException(f"{manifest_file} is not valid TOML: {exc}") from None
+        raise click.ClickException(f"{manifest_file} is not valid TOML: {exc}") from exc
     for assignment in assignments:
         _apply_set(manifest, assignment)
     shown = ControlClient(resolve(data_dir)).publish(manifest, account)

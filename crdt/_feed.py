@@ -193,7 +193,7 @@ class SignedUpdate:
         try:
             obj = decode_canonical(data)
         except FrameError as exc:
-            raise UpdateRejected(f"not a signed update: {exc}") from None
+            raise UpdateRejected(f"not a signed update: {exc}") from exc
         if not isinstance(obj, dict) or set(obj) != {"publisher", "deps", "state", "update", "sig"}:
             raise UpdateRejected("not a signed update: wrong fields")
         if not all(isinstance(v, bytes) for v in obj.values()) or len(obj["publisher"]) != 32:
@@ -204,7 +204,7 @@ class SignedUpdate:
 
 
 def _new_doc(client_id: int | None = None) -> Doc:
-    doc = Doc(client_id=client_id)
+    doc: Doc[Map[Any]] = Doc(client_id=client_id)
     for root in ROOTS:
         doc[root] = Map()
     return doc
@@ -280,7 +280,7 @@ class Feed:
             self._shadow.apply_update(update)
         except ValueError as exc:
             self._reset_shadow()
-            raise UpdateRejected(f"the update does not decode: {exc}") from None
+            raise UpdateRejected(f"the update does not decode: {exc}") from exc
         after = self._shadow.get_state()
         problem = None
         if after != claimed:
@@ -319,7 +319,7 @@ class Feed:
                     if release.key != key:
                         raise SchemaError("version", f"{release.key!r} stored under {key!r}")
             except (FrameError, SchemaError) as exc:
-                raise UpdateRejected(f"{where}: {exc}") from None
+                raise UpdateRejected(f"{where}: {exc}") from exc
 
     def content(self, doc: Doc | None = None) -> dict[str, dict[str, bytes]]:
         """Every entry of the feed (or of ``doc``), as stored."""
@@ -391,7 +391,7 @@ class Registry:
         try:
             deps, after = signed.deps_clocks, signed.state_clocks
         except ValueError as exc:
-            raise UpdateRejected(f"malformed state vectors: {exc}") from None
+            raise UpdateRejected(f"malformed state vectors: {exc}") from exc
         if not covers(after, deps) or after == deps:
             raise UpdateRejected("its state after does not extend its state before")
         address = signed.address

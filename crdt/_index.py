@@ -267,8 +267,8 @@ def _decode_cursor(cursor: str | None) -> list[Any] | None:
         if not isinstance(publisher, str) or not isinstance(name, str):
             raise ValueError
         return value
-    except (ValueError, TypeError):
-        raise QueryError("the cursor is not one this node handed out") from None
+    except (ValueError, TypeError) as exc:
+        raise QueryError("the cursor is not one this node handed out") from exc
 
 
 def _encode_cursor(values: list[Any]) -> str:
@@ -279,7 +279,8 @@ def search(conn: sqlite3.Connection, query: Query) -> SearchPage:
     """One page of listings matching ``query``; QueryError for bad filters."""
     query.check()
     started = time.perf_counter()
-    where, args = ["l.deprecated = 0"], []
+    where = ["l.deprecated = 0"]
+    args: list[object] = []
     joins = ""
     match = _fts_query(query.text)
     if match:
@@ -324,8 +325,8 @@ def search(conn: sqlite3.Connection, query: Query) -> SearchPage:
         if "interrupted" in str(exc):
             raise QueryError(
                 "the search took too long; use longer words, fewer words or more filters"
-            ) from None
-        raise QueryError(f"cannot search for {query.text[:80]!r}: {exc}") from None
+            ) from exc
+        raise QueryError(f"cannot search for {query.text[:80]!r}: {exc}") from exc
     page = rows[: query.limit]
     cursor = None
     if len(rows) > query.limit and page:

@@ -122,7 +122,7 @@ def decode_result(data: bytes) -> dict[str, Any]:
             Version.parse(version)
         listing = validate_listing(doc)
     except (FrameError, SchemaError, VersionError, ValueError) as exc:
-        raise QueryError(f"a peer sent a malformed search result: {exc}") from None
+        raise QueryError(f"a peer sent a malformed search result: {exc}") from exc
     return {**listing.to_wire(), "publisher": publisher, "version": version}
 
 

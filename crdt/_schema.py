@@ -215,7 +215,7 @@ def validate_release(obj: Any) -> Release:
     try:
         Version.parse(version)
     except VersionError as exc:
-        raise SchemaError("version", str(exc)) from None
+        raise SchemaError("version", str(exc)) from exc
     deps = obj.get("dependencies", {})
     if not isinstance(deps, Mapping) or len(deps) > 32:
         raise SchemaError(
@@ -230,7 +230,7 @@ def validate_release(obj: Any) -> Release:
         try:
             VersionRange.parse(rng)
         except VersionError as exc:
-            raise SchemaError(f"dependencies.{ref}", str(exc)) from None
+            raise SchemaError(f"dependencies.{ref}", str(exc)) from exc
     return Release(
         name=_text(obj, "name", 1, 64, _SLUG, hint="use lowercase letters, digits and '-'"),
         version=version,

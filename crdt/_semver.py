@@ -106,9 +106,14 @@ def _partial(text: str) -> tuple[list[int | None], tuple[str, ...]]:
     return out, tuple(pre.split(".")) if pre else ()
 
 
+def _version(parts: list[int], prerelease: tuple[str, ...] = ()) -> Version:
+    major, minor, patch = parts
+    return Version(major, minor, patch, prerelease)
+
+
 def _bump(parts: list[int], at: int) -> Version:
     bumped = parts[:at] + [parts[at] + 1] + [0] * (2 - at)
-    return Version(*bumped, prerelease=("0",))  # below every release of that number
+    return _version(bumped, prerelease=("0",))  # below every release of that number
 
 
 def _expand(term: str) -> list[_Comparator]:
@@ -121,7 +126,7 @@ def _expand(term: str) -> list[_Comparator]:
     if term[0] in "^~":
         nums, pre = _partial(term[1:])
         fixed = [n if n is not None else 0 for n in nums]
-        low = _Comparator(">=", Version(*fixed, prerelease=pre))
+        low = _Comparator(">=", _version(fixed, prerelease=pre))
         known = len([n for n in nums if n is not None])
         if term[0] == "~":
             at = 1 if known >= 2 else 0
@@ -131,18 +136,18 @@ def _expand(term: str) -> list[_Comparator]:
                 at = known - 1 if known else 0
         return [low, _Comparator("<", _bump(fixed, at))]
     nums, pre = _partial(term)
+    fixed = [n if n is not None else 0 for n in nums]
     if None not in nums:
-        return [_Comparator("=", Version(*nums, prerelease=pre))]  # type: ignore[arg-type]
+        return [_Comparator("=", _version(fixed, prerelease=pre))]
     known = nums.index(None)
     if known == 0:
         return []
-    fixed = [n if n is not None else 0 for n in nums]
-    return [_Comparator(">=", Version(*fixed)), _Comparator("<", _bump(fixed, known - 1))]
+    return [_Comparator(">=", _version(fixed)), _Comparator("<", _bump(fixed, known - 1))]
 
 
 def _full(text: str) -> Version:
     nums, pre = _partial(text)
-    return Version(*[n if n is not None else 0 for n in nums], prerelease=pre)
+    return _version([n if n is not None else 0 for n in nums], prerelease=pre)
 
 
 @dataclass(frozen=True)
@@ -161,10 +166,10 @@ class VersionRange:
                 if not terms:
                     raise ValueError(text)
                 alternatives.append(tuple(c for t in terms for c in _expand(t)))
-        except (ValueError, VersionError):
+        except (ValueError, VersionError) as exc:
             raise VersionError(
                 f"{text!r} is not a version range like ^1.2.0, ~1.4, 2.x or >=1.0.0 <2.0.0"
-            ) from None
+            ) from exc
         return cls(text.strip(), tuple(alternatives))
 
     def matches(self, version: Version) -> bool:

@@ -1,8 +1,12 @@
 """node: the mercato daemon.
 
 Owns the composition of every service (`Node`), the data dir and its format,
-configuration, keys, the SQLite store, the event log, the control API and its
-client, metrics and logging. The CLI imports only what is exported here.
+configuration, keys, the SQLite store and its schema, the event log, metrics,
+logging and HTTP serving. Its domains are subpackages, each stating its job
+and what it may import: registry/ (the registry run in the daemon), builds/,
+money/ (settlement run in the daemon), tasks/, and control/ (the `NodeAPI`
+facade, the control API on FastAPI, `ControlClient`). The CLI imports only what
+is exported here.
 
 May import every other mercato package except cli.
 """
@@ -12,12 +16,8 @@ from mercato.runtime import Limits as Limits
 from mercato.runtime import Outcome as Outcome
 from mercato.runtime import RunResult as RunResult
 
-from ._client import ControlClient as ControlClient
 from ._config import Config as Config
 from ._config import load_config as load_config
-from ._control import Control as Control
-from ._control import LocalControl as LocalControl
-from ._control import open_control as open_control
 from ._errors import ConfigError as ConfigError
 from ._errors import ControlError as ControlError
 from ._errors import DaemonNotRunning as DaemonNotRunning
@@ -45,12 +45,26 @@ from ._node import Node as Node
 from ._paths import FORMAT_VERSION as FORMAT_VERSION
 from ._paths import DataDir as DataDir
 from ._paths import default_data_dir as default_data_dir
+from ._schema import MIGRATIONS as MIGRATIONS
+from ._schema import SCHEMA_VERSION as SCHEMA_VERSION
+from ._schema import node_database as node_database
+from ._schema import open_node_store as open_node_store
 from ._store import Database as Database
 from ._store import Store as Store
 from ._store import open_store as open_store
 from ._version import __version__ as __version__
+from .control import Control as Control
+from .control import ControlClient as ControlClient
+from .control import LocalControl as LocalControl
+from .control import NodeAPI as NodeAPI
+from .control import open_control as open_control
 
 __all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "NodeAPI",
+    "node_database",
+    "open_node_store",
     "Limits",
     "Outcome",
     "RunResult",

@@ -243,8 +243,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                     raise ValueError
                 return value.lower() in ("1", "true", "yes")
             return tp(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from exc
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if type(value) is not tp:
@@ -385,9 +385,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
 def _env_values(environ: Mapping[str, str]) -> dict[str, dict[str, tuple[str, str]]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,23 @@ from typing import Any
 from mercato.p2p import canonical_cbor
 
 from ._store import Database
+
+SCHEMA = """
+CREATE TABLE events (
+    seq       INTEGER PRIMARY KEY,
+    ts        TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    data      TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash      BLOB NOT NULL
+);
+CREATE INDEX events_kind ON events(kind, seq);
+CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
+CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
+"""
+"""The event log's table (node migration 1), append-only by trigger."""
 
 GENESIS = bytes(32)
 MAX_LIST = 1000
@@ -94,6 +112,25 @@ def append_event(db: Database, kind: str, data: dict[str, Any]) -> Event:
             (seq, ts, kind, text, prev, digest),
         )
     return Event(seq, ts, kind, data, prev.hex(), digest.hex())
+
+
+class EventLog:
+    """The event log of one database, telling ``on_event`` (the metrics) of each entry.
+
+    Blocking, like the functions it wraps: in the daemon, call `record` inside
+    `Store.run`, never on the trio thread.
+    """
+
+    def __init__(self, db: Database, on_event: Callable[[Event], None] | None = None) -> None:
+        self.db = db
+        self._on_event = on_event
+
+    def record(self, kind: str, data: dict[str, Any]) -> Event:
+        """Append an event; ``data`` must be JSON-serialisable."""
+        event = append_event(self.db, kind, data)
+        if self._on_event:
+            self._on_event(event)
+        return event
 
 
 def list_events(

@@ -6,12 +6,12 @@ import secrets
 from dataclasses import dataclass
 
 from ._config import DEFAULT_CONFIG_TOML
-from ._control import LocalControl
 from ._files import write_atomic
 from ._keys import DEFAULT_ACCOUNT, KeyStore, write_secret_file
 from ._lock import DataDirLock
 from ._paths import FORMAT_VERSION, DataDir
-from ._store import Database
+from ._schema import node_database
+from .control import LocalControl
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def init_data_dir(datadir: DataDir) -> InitResult:
         if not datadir.token_file.exists():
             write_secret_file(datadir.token_file, secrets.token_urlsafe(32) + "\n")
         datadir.blobs_dir.mkdir(mode=0o700, exist_ok=True)
-        db = Database(datadir.db_file)
+        db = node_database(datadir.db_file)
         try:
             control = LocalControl(datadir, db, keys)
             if keys.ensure_node_key():

@@ -44,8 +44,8 @@ def write_secret_file(path: Path, text: str) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         create_exclusive(path, text.encode(), 0o600)
-    except FileExistsError:
-        raise KeyExists(f"key file {path} already exists; refusing to overwrite it") from None
+    except FileExistsError as exc:
+        raise KeyExists(f"key file {path} already exists; refusing to overwrite it") from exc
 
 
 def loose_permissions(path: Path) -> bool:
@@ -71,7 +71,7 @@ class KeyStore:
         try:
             return Keypair.from_json(path.read_text())
         except IdentityError as exc:
-            raise KeyStoreError(f"{path}: {exc}") from None
+            raise KeyStoreError(f"{path}: {exc}") from exc
 
     def ensure_node_key(self) -> bool:
         """Create the node key if it does not exist. True if it was created."""
@@ -135,7 +135,7 @@ class KeyStore:
             path=str(path),
         )
 
-    def list(self) -> list[KeyInfo]:
+    def list_keys(self) -> list[KeyInfo]:
         return [self.info(NODE_KEY_NAME)] + [self.info(n) for n in self.account_names()]
 
     def permission_warnings(self) -> list[str]:

@@ -12,10 +12,13 @@ in flight get their answer, and every transaction answered is journaled.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -23,7 +26,7 @@ from mercato.settlement import MAX_RPC_BODY as MAX_BODY
 from mercato.settlement import LedgerError, LocalnetRpc, open_embedded_ledger
 
 from ._errors import DataDirLocked
-from ._http import HttpServer, Request, Response
+from ._server import HttpListener
 
 log = logging.getLogger("mercato.localnet")
 DEFAULT_PORT = 8899  # Solana's own JSON-RPC port
@@ -34,11 +37,11 @@ def _lock(directory: Path) -> int:
     fd = os.open(directory / "localnet.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except BlockingIOError as exc:
         os.close(fd)
         raise DataDirLocked(
             f"another localnet already serves {directory}; stop it, or use another --dir"
-        ) from None
+        ) from exc
     return fd
 
 
@@ -59,17 +62,15 @@ async def serve_localnet(
         async with open_embedded_ledger(directory / "ledger.db") as ledger:
             rpc = LocalnetRpc(ledger)
 
-            async def handle(request: Request) -> Response:
-                if request.method != "POST":
-                    return Response.error(405, "method_not_allowed", "send JSON-RPC with POST")
-                answer = await rpc.answer(request.body)
+            async def answer(body: bytes) -> bytes:
+                reply = await rpc.answer(body)
                 if ledger.broken:  # memory and journal differ: stop rather than go on
                     log.error("localnet stopping", extra={"why": ledger.broken})
                     server.close()
-                return Response(200, answer)
+                return reply
 
-            server = HttpServer(handle, host, port, max_body=MAX_BODY)
-            bound_host, bound_port = await server.bind()
+            server = HttpListener(JsonRpcApp(answer), host, port, grace_s=STOP_GRACE_S)
+            bound_host, bound_port = server.bind()
             shown = f"[{bound_host}]" if ":" in bound_host else bound_host
             url = f"http://{shown}:{bound_port}"
             await trio.to_thread.run_sync(_write_url, directory, url)
@@ -94,7 +95,53 @@ def _write_url(directory: Path, url: str) -> None:
     os.replace(partial, directory / "url")
 
 
-async def _stop_on_signal(server: HttpServer, scope: trio.CancelScope) -> None:
+class JsonRpcApp:
+    """A plain ASGI app: JSON-RPC bodies in with POST, ``answer``'s bytes out.
+
+    Bodies over MAX_BODY get 413 without being read whole; other methods 405.
+    """
+
+    def __init__(self, answer: Callable[[bytes], Awaitable[bytes]]) -> None:
+        self._answer = answer
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":  # nothing to set up or tear down
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        if scope["method"] != "POST":
+            await _reply(send, 405, _error(-32600, "send JSON-RPC with POST"))
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY:
+                await _reply(send, 413, _error(-32600, f"bodies are limited to {MAX_BODY} bytes"))
+                return
+            if not message.get("more_body", False):
+                break
+        await _reply(send, 200, await self._answer(bytes(body)))
+
+
+def _error(code: int, message: str) -> bytes:
+    return json.dumps(
+        {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
+    ).encode()
+
+
+async def _reply(send: Any, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _stop_on_signal(server: HttpListener, scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             log.info("localnet stopping")

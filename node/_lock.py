@@ -30,14 +30,14 @@ class DataDirLock:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except BlockingIOError as exc:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise DataDirLocked(
                 f"another mercato process (pid {holder}) is already using data dir "
                 f"{self._datadir.root}; if it is a daemon, stop it with `mercato node stop "
                 f"--data-dir {self._datadir.root}`, or use another --data-dir"
-            ) from None
+            ) from exc
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

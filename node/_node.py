@@ -20,9 +20,7 @@ import resource
 import secrets
 import signal
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import trio
 
@@ -39,34 +37,29 @@ from mercato.p2p import (
 from mercato.runtime import WorkerPool, open_worker_pool
 from mercato.settlement import Ledger
 
-from ._api import ControlAPI
-from ._builds import BuildError, BuildStore
-from ._buildservice import BuildService
-from ._cards import CardBook, CardForwarder
 from ._config import Config, load_config
-from ._control import LocalControl
 from ._errors import NodeError, NotServed
-from ._events import event_head
+from ._events import EventLog
 from ._files import write_atomic
-from ._http import HttpServer
 from ._keys import KeyStore
 from ._lock import DataDirLock
 from ._metrics import NodeMetrics
 from ._paths import DataDir
 from ._peers import StoreAddressBook
-from ._registry import RegistryService
-from ._settlement import SettlementService, open_settlement
-from ._store import Store, open_store
-from ._tasklog import TaskLog
-from ._taskrunner import TaskRunner
-from ._taskservice import TaskService
+from ._schema import open_node_store
+from ._server import HttpListener
+from ._store import Store
 from ._version import __version__
+from .builds import BuildService, BuildStore
+from .control import NodeAPI, build_app
+from .money import SettlementService, open_settlement
+from .registry import RegistryService
+from .tasks import CardBook, CardForwarder, TaskLog, TaskRunner, TaskService
 
-RELEASE_WAIT_S = 40.0  # within the control API's connection time
-OFFER_AGAIN_S = 2.0
 log = logging.getLogger("mercato.node")
 
 MIN_TOKEN_LENGTH = 32
+RELAY_LACKS = frozenset({"builds", "runtime", "settlement", "tasks"})
 SHUTDOWN_GRACE_S = 3.0
 """Time services get to finish what is in flight before they are cancelled."""
 T = TypeVar("T")
@@ -116,70 +109,37 @@ class Node:
         self._tasks: TaskService | None = None
         self._settlement: SettlementService | None = None
         self._node_key: Keypair | None = None
-        self._control: LocalControl | None = None
+        self._keys = KeyStore(datadir)
+        self._events: EventLog | None = None
         self._api_url = ""
         self._peer_id = ""
         self._warnings: list[str] = []
         self.services: list[str] = []
+        self.api = NodeAPI(self)
+        """Every operation of this node; the control API's routes call it."""
 
-    # -- used by the control API ------------------------------------------------
+    # -- the services, for the facade (each asserts the node runs) -------------
 
     @property
-    def control(self) -> LocalControl:
-        assert self._control is not None, "node is not running"
-        return self._control
+    def store(self) -> Store:
+        return self._running(self._store, "store")
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking control operation in the store's worker thread."""
-        assert self._store is not None, "node is not running"
-        return await self._store.run(fn, *args)
+    @property
+    def keys(self) -> KeyStore:
+        return self._keys
+
+    @property
+    def events(self) -> EventLog:
+        """The event log; `EventLog.record` blocks: call it in `store.run`."""
+        return self._running(self._events, "store")
 
     @property
     def overlay(self) -> Overlay:
-        assert self._overlay is not None, "node is not running"
-        return self._overlay
+        return self._running(self._overlay, "p2p")
 
     @property
     def registry(self) -> RegistryService:
-        assert self._registry is not None, "node is not running"
-        return self._registry
-
-    async def release_build(
-        self, account: str, fields: dict[str, Any], build: Path
-    ) -> dict[str, Any]:
-        """Store ``build``, offer it to the peers responsible for it, wait until
-        ``[builds] min_copies`` of them hold it, then bind the release to it.
-
-        BuildError if too few peers took a copy in RELEASE_WAIT_S (the build stays
-        stored and offered: run the release again later).
-        """
-        info = await self.builds.add_file(build, True)
-        wanted = self.config.builds.min_copies
-        if wanted:
-            copies: list[str] = []
-            deadline = trio.current_time() + RELEASE_WAIT_S
-            offered_at = -OFFER_AGAIN_S
-            while len(copies) < wanted and trio.current_time() < deadline:
-                if trio.current_time() - offered_at >= OFFER_AGAIN_S:
-                    await self.builds.offer(info.cid)  # again: peers may have come since
-                    offered_at = trio.current_time()
-                await trio.sleep(0.2)  # the peers fetch in their own time; ask again
-                copies = await self.builds.copies(info.cid)
-            if len(copies) < wanted:
-                raise BuildError(
-                    f"only {len(copies)} of the {wanted} peers needed hold {info.cid} after "
-                    f"{RELEASE_WAIT_S:g} s; it stays stored here and offered: run the release "
-                    "again later, or connect to more peers"
-                )
-        shown = await self.registry.release(account, {**fields, "cid": info.cid, "size": info.size})
-        self.builds.wake()
-        return shown
-
-    async def _released_builds(self) -> set[str]:
-        if self._registry is None:
-            return set()
-        cids = await self.call(self._registry.replica.release_cids)
-        return {cid for cid in cids if cid.startswith("bld-")}
+        return self._running(self._registry, "registry")
 
     @property
     def builds(self) -> BuildService:
@@ -207,25 +167,18 @@ class Node:
             log.info("stopping", extra={"reason": reason})
             self._stop.set()
 
-    async def status(self) -> dict[str, Any]:
-        seq, head = await self.call(event_head, self.control.db)
-        accounts = await self.call(self.control.keys.account_names)
-        return {
-            "version": __version__,
-            "name": self.config.node.name,
-            "role": self.config.node.role,
-            "pid": os.getpid(),
-            "data_dir": str(self.datadir.root),
-            "started_at": self._started_at,
-            "uptime_s": round(time.time() - self._started_at, 3),
-            "peer_id": self._peer_id,
-            "accounts": accounts,
-            "api": self._api_url,
-            "services": list(self.services),
-            "events": {"count": seq, "head": head},
-            "p2p": self._overlay.status() if self._overlay else None,
-            "warnings": list(self._warnings),
-        }
+    @property
+    def peer_id(self) -> str:
+        return self._peer_id
+
+    @property
+    def started_at(self) -> float:
+        """When the node became ready (Unix time); 0 before."""
+        return self._started_at
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -245,26 +198,29 @@ class Node:
         lock = DataDirLock(self.datadir)
         await trio.to_thread.run_sync(lock.acquire)
         try:
-            keys = KeyStore(self.datadir)
+            keys = self._keys
             token = await trio.to_thread.run_sync(self._load_identity, keys)
-            server = HttpServer(
-                ControlAPI(self, token).handle,
-                self.config.api.host,
-                self.config.api.port,
+            app = build_app(
+                self.api,
+                token=token,
                 max_body=self.config.api.max_body_bytes,
+                metrics=self.metrics,
             )
-            await self._bind(server)
-            async with open_store(self.datadir.db_file) as store:
+            server = HttpListener(
+                app, self.config.api.host, self.config.api.port, grace_s=SHUTDOWN_GRACE_S
+            )
+            self._bind(server)
+            async with open_node_store(self.datadir.db_file) as store:
                 self._store = store
-                self._control = LocalControl(self.datadir, store.db, keys, self.metrics.on_event)
+                self._events = EventLog(store.db, self.metrics.on_event)
                 self.services.append("store")
                 try:
                     async with open_overlay(
-                        self._node_key, self._overlay_config(), StoreAddressBook(store)
+                        self._key(), self._overlay_config(), StoreAddressBook(store)
                     ) as overlay:
                         self._overlay = overlay
                         self.services.append("p2p")
-                        self._registry = RegistryService(store, self._control, overlay)
+                        self._registry = RegistryService(store, keys, self._events, overlay)
                         async with trio.open_nursery() as registry_nursery:
                             await registry_nursery.start(self._registry.run)
                             self.services.append("registry")
@@ -287,12 +243,12 @@ class Node:
 
     async def _run_full(
         self,
-        server: HttpServer,
+        server: HttpListener,
         store: Store,
         keys: KeyStore,
         overlay: Overlay,
         nursery: trio.Nursery,
-        task_status: trio.TaskStatus[None],
+        task_status: trio.TaskStatus[str],
     ) -> None:
         """A full node's services after the registry: builds, runtime, settlement,
         tasks; then the control API until the node stops."""
@@ -325,7 +281,7 @@ class Node:
             cards, tasklog = CardBook(), TaskLog(store)
             runner = TaskRunner(
                 overlay,
-                self._registry,
+                self.registry,
                 self._builds,
                 runtime,
                 store,
@@ -336,9 +292,9 @@ class Node:
                 money,
             )
             self._tasks = TaskService(
-                self._node_key,
+                self._key(),
                 overlay,
-                self._registry,
+                self.registry,
                 self._builds,
                 runtime,
                 self.config.runtime,
@@ -352,8 +308,20 @@ class Node:
             self.services.append("tasks")
             await self._serve(server, task_status)
 
+    def _key(self) -> Keypair:
+        assert self._node_key is not None, "the node key is loaded first"
+        return self._node_key
+
+    async def _released_builds(self) -> set[str]:
+        """Every build a release binds: the builds this node may be responsible for."""
+        if self._registry is None:
+            return set()
+        cids = await self.store.run(self._registry.replica.release_cids)
+        return {cid for cid in cids if cid.startswith("bld-")}
+
     def _running(self, service: T | None, name: str) -> T:
-        if service is None and self.config.node.role == "relay":
+        """A running service; NotServed for a service a relay does not run."""
+        if service is None and self.config.node.role == "relay" and name in RELAY_LACKS:
             raise NotServed(
                 f"this node is a relay: it has no {name} (relays run no tasks, store no "
                 "builds and hold no wallet)"
@@ -410,24 +378,24 @@ class Node:
             )
         return token
 
-    async def _bind(self, server: HttpServer) -> None:
+    def _bind(self, server: HttpListener) -> None:
         host, port = self.config.api.host, self.config.api.port
         try:
-            await server.bind()
+            server.bind()
         except OSError as exc:
             raise NodeError(
                 f"cannot listen on {host}:{port} for the control API ({exc.strerror}); "
                 "another node may be using that port: choose another with --api-port "
                 "or [api] port in mercato.toml"
-            ) from None
+            ) from exc
 
     async def _record_stop(self) -> None:
         if self._started_at:
-            await self.call(self.control.record, "node.stopped", {"pid": os.getpid()})
+            await self.store.run(self.events.record, "node.stopped", {"pid": os.getpid()})
         await trio.to_thread.run_sync(self._api_file_remove)
         self.services.clear()
 
-    async def _serve(self, server: HttpServer, task_status: trio.TaskStatus[str]) -> None:
+    async def _serve(self, server: HttpListener, task_status: trio.TaskStatus[str]) -> None:
         async with trio.open_nursery() as nursery:
             signals = trio.CancelScope()
             if self._handle_signals:
@@ -436,8 +404,8 @@ class Node:
             self.services.append("control-api")
             self._api_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
             self._started_at = time.time()
-            await self.call(
-                self.control.record,
+            await self.store.run(
+                self.events.record,
                 "node.started",
                 {"pid": os.getpid(), "version": __version__, "api": self._api_url},
             )

@@ -110,10 +110,10 @@ class DataDir:
         text = self.format_file.read_text().strip()
         try:
             version = int(text)
-        except ValueError:
+        except ValueError as exc:
             raise DataDirError(
                 f"{self.format_file} holds {text[:40]!r}, not a format version number"
-            ) from None
+            ) from exc
         return version
 
     def check_format(self) -> None:

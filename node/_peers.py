@@ -9,6 +9,14 @@ from collections.abc import Sequence
 from ._store import Database, Store
 
 MAX_PEERS = 1000
+SCHEMA = """
+CREATE TABLE peers (
+    peer_id   TEXT PRIMARY KEY,
+    addrs     TEXT NOT NULL,
+    last_seen REAL NOT NULL
+);
+"""
+"""The address book's table (node migration 2), so a restarted node reconnects."""
 
 
 def _load(db: Database) -> list[tuple[str, list[str]]]:

@@ -13,67 +13,30 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
-from mercato.crdt import MIGRATIONS as REGISTRY_MIGRATIONS
-
-from ._builds import SCHEMA as BUILDS_SCHEMA
 from ._errors import StoreError
-from ._reputation import SCHEMA as REPUTATION_SCHEMA
-from ._tasklog import SCHEMA as TASKS_SCHEMA
 
 T = TypeVar("T")
 
-# Append only: never edit a released migration, add a new one.
-MIGRATIONS: tuple[str, ...] = (
-    # 1: the hash-chained event log, append-only by trigger.
-    """
-    CREATE TABLE events (
-        seq       INTEGER PRIMARY KEY,
-        ts        TEXT NOT NULL,
-        kind      TEXT NOT NULL,
-        data      TEXT NOT NULL,
-        prev_hash BLOB NOT NULL,
-        hash      BLOB NOT NULL
-    );
-    CREATE INDEX events_kind ON events(kind, seq);
-    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
-        BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
-    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
-        BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
-    """,
-    # 2: the p2p address book, so a restarted node reconnects.
-    """
-    CREATE TABLE peers (
-        peer_id   TEXT PRIMARY KEY,
-        addrs     TEXT NOT NULL,
-        last_seen REAL NOT NULL
-    );
-    """,
-    # 3: the registry's journal of signed updates and its query index (crdt/);
-    # 4: journal clocks for anti-entropy, and the index's completeness mark.
-    *REGISTRY_MIGRATIONS,
-    # 5: stored builds and the chunks of each verified so far.
-    BUILDS_SCHEMA,
-    # 6: the task log and the reputation of providers.
-    TASKS_SCHEMA + REPUTATION_SCHEMA,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
 
 class Database:
-    """A synchronous SQLite connection with the node's schema applied.
+    """A synchronous SQLite connection with ``migrations`` applied.
 
-    Not thread-safe by itself: `Store` serialises access to it.
+    ``migrations`` is append-only: migration n (from 1) brings the file to schema
+    version n. The store knows no table of its own; the composition root hands it
+    every part's (node/_schema.py). Not thread-safe by itself: `Store`
+    serialises access to it.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, migrations: Sequence[str]) -> None:
         self.path = path
+        self.migrations = tuple(migrations)
         try:
             self.conn = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=10.0
@@ -86,22 +49,22 @@ class Database:
             self.conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open the store {path}: {exc}") from None
+            raise StoreError(f"cannot open the store {path}: {exc}") from exc
 
     @property
     def schema_version(self) -> int:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
-        version = self.schema_version
-        if version > SCHEMA_VERSION:
+        version, known = self.schema_version, len(self.migrations)
+        if version > known:
             raise StoreError(
                 f"the store {self.path} has schema version {version}, newer than this "
-                f"mercato understands ({SCHEMA_VERSION}); upgrade mercato"
+                f"mercato understands ({known}); upgrade mercato"
             )
-        for number in range(version + 1, SCHEMA_VERSION + 1):
+        for number in range(version + 1, known + 1):
             with self.transaction():
-                for statement in _split_sql(MIGRATIONS[number - 1]):
+                for statement in _split_sql(self.migrations[number - 1]):
                     self.conn.execute(statement)
                 self.conn.execute(f"PRAGMA user_version={number}")
 
@@ -157,13 +120,13 @@ class Store:
 
 
 @asynccontextmanager
-async def open_store(path: Path) -> AsyncIterator[Store]:
+async def open_store(path: Path, migrations: Sequence[str]) -> AsyncIterator[Store]:
     """Open (creating and migrating as needed) the store at ``path``.
 
     Raises StoreError if the file is not a database or is of a newer schema.
     The connection is closed on exit, even when the block is cancelled.
     """
-    db = await trio.to_thread.run_sync(Database, path)
+    db = await trio.to_thread.run_sync(Database, path, migrations)
     try:
         yield Store(db)
     finally:

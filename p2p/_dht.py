@@ -96,7 +96,7 @@ def parse_record(key: str, value: bytes, now: float | None = None) -> DhtRecord:
     try:
         obj = decode_body(value)
     except FrameError as exc:
-        raise DhtError(f"record is not canonical CBOR: {exc}") from None
+        raise DhtError(f"record is not canonical CBOR: {exc}") from exc
     fields = {
         "key": str,
         "data": bytes,
@@ -129,12 +129,12 @@ def parse_record(key: str, value: bytes, now: float | None = None) -> DhtRecord:
 def _validator() -> Any:
     from libp2p.records.validator import Validator
 
-    class SignedRecordValidator(Validator):  # type: ignore[misc]
+    class SignedRecordValidator(Validator):
         def validate(self, key: str, value: bytes) -> None:
             try:
                 parse_record(key, value)
             except DhtError as exc:
-                raise ValueError(str(exc)) from None
+                raise ValueError(str(exc)) from exc
 
         def select(self, key: str, values: list[bytes]) -> int:
             best, best_rank = 0, (-1, -1)
@@ -190,7 +190,7 @@ class Dht:
         try:
             await self._kad.put_value(record.key, record.encode())
         except Exception as exc:
-            raise DhtError(f"could not store {record.key}: {exc}") from None
+            raise DhtError(f"could not store {record.key}: {exc}") from exc
 
     async def get(self, publisher_address: str, name: str) -> DhtRecord | None:
         """The newest valid record, or None if no peer has one."""
@@ -198,10 +198,10 @@ class Dht:
         try:
             b58decode(publisher_address)
             value = await self._kad.get_value(key)
-        except ValueError:
-            raise DhtError(f"invalid publisher address {publisher_address!r}") from None
+        except ValueError as exc:
+            raise DhtError(f"invalid publisher address {publisher_address!r}") from exc
         except Exception as exc:
-            raise DhtError(f"lookup of {key} failed: {exc}") from None
+            raise DhtError(f"lookup of {key} failed: {exc}") from exc
         if value is None:
             return None
         try:
@@ -214,7 +214,7 @@ class Dht:
         try:
             ok = await self._kad.provide(provider_key(key))
         except Exception as exc:
-            raise DhtError(f"could not announce {key}: {exc}") from None
+            raise DhtError(f"could not announce {key}: {exc}") from exc
         if not ok:
             raise DhtError(f"no peer accepted the provider record for {key}")
 
@@ -223,7 +223,7 @@ class Dht:
         try:
             found = await self._kad.find_providers(provider_key(key), count)
         except Exception as exc:
-            raise DhtError(f"provider lookup for {key} failed: {exc}") from None
+            raise DhtError(f"provider lookup for {key} failed: {exc}") from exc
         out: dict[str, Provider] = {}
         for info in found:
             peer = str(info.peer_id)

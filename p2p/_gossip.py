@@ -120,7 +120,7 @@ class _Ignored(Exception):
 def _make_router_class() -> type:
     from libp2p.pubsub.gossipsub import GossipSub
 
-    class _BackoffGossipSub(GossipSub):  # type: ignore[misc]
+    class _BackoffGossipSub(GossipSub):
         """GossipSub whose heartbeat backs off from the peers it prunes, as the
         spec says both sides must. py-libp2p 0.8 does not, so a node re-grafted a
         peer that had just been pruned, that peer took it for a GRAFT flood and
@@ -140,7 +140,7 @@ def _make_pubsub_class() -> type:
     from libp2p.exceptions import ValidationError
     from libp2p.pubsub.pubsub import Pubsub
 
-    class _VerdictPubsub(Pubsub):  # type: ignore[misc]
+    class _VerdictPubsub(Pubsub):
         """Pubsub with accept / ignore / reject validation, and guards against peers
         that would crash it or stall it (see the module docstring)."""
 
@@ -346,6 +346,7 @@ def _bound_pending(pubsub: Any, gossip: Gossip) -> None:
             return spawn(fn, *args, **kwargs)
         peer = str(args[0])
         if not gossip._admit(peer):
+            assert gossip._nursery is not None, "gossip is not running"
             gossip._nursery.start_soon(gossip._blame, peer, "too many messages at once")
             return None
 
@@ -371,9 +372,11 @@ async def open_gossip(host: P2PHost, config: GossipConfig) -> AsyncIterator[Goss
 
     # py-libp2p reads both queue sizes from its module globals: the subscription
     # queue when subscribing, the per-peer outbound queue (a default argument,
-    # so the class reference itself is replaced) when a peer joins.
+    # so the class reference itself is replaced) when a peer joins. The class
+    # becomes a partial, which its declared type does not allow: patched untyped.
     pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = config.subscription_queue
-    pubsub_module.RpcQueue = functools.partial(RpcQueue, max_size=config.outbound_queue)
+    patched: Any = pubsub_module
+    patched.RpcQueue = functools.partial(RpcQueue, max_size=config.outbound_queue)
     router = _make_router_class()(
         protocols=[PROTOCOL_ID_V11, PROTOCOL_ID],
         degree=config.degree,

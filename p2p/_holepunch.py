@@ -58,7 +58,7 @@ class HolePunch:
 
 
 def _protocol_class(base: type, owner: HolePunch) -> type:
-    class _Protocol(base):  # type: ignore[misc,valid-type]
+    class _Protocol(base):
         def _decode_observed_addrs(self, addr_bytes: list[bytes]) -> list[Any]:
             addrs = super()._decode_observed_addrs(addr_bytes)
             tcp = [a for a in addrs if "/tcp/" in str(a) and "/p2p-circuit" not in str(a)]

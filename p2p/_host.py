@@ -159,7 +159,7 @@ def _check_port_free(listen: tuple[str, ...]) -> None:
                     raise P2PError(
                         f"cannot listen on {addr}: {exc.strerror}; another node may be using "
                         "that port: choose another with --listen or [p2p] listen"
-                    ) from None
+                    ) from exc
 
 
 class P2PHost:
@@ -281,10 +281,10 @@ class P2PHost:
         try:
             with trio.fail_after(self._config.dial_timeout_s):
                 await self._host.connect(info)
-        except trio.TooSlowError:
-            raise DialError(f"dialing {multiaddr} timed out") from None
+        except trio.TooSlowError as exc:
+            raise DialError(f"dialing {multiaddr} timed out") from exc
         except Exception as exc:
-            raise DialError(f"cannot reach {multiaddr}: {exc}") from None
+            raise DialError(f"cannot reach {multiaddr}: {exc}") from exc
         return peer
 
     async def _connect_relayed(self, multiaddr: str) -> str:
@@ -306,7 +306,7 @@ class P2PHost:
         try:
             await self._relay.dial(multiaddr)
         except P2PError as exc:
-            raise DialError(str(exc)) from None
+            raise DialError(str(exc)) from exc
         # The peerstore keeps only direct addresses: remember how to reach it again.
         self._via.pop(peer, None)
         self._via[peer] = multiaddr
@@ -329,7 +329,7 @@ class P2PHost:
         try:
             stream = await self._host.new_stream(ID.from_base58(peer_id), [PING_ID])
         except Exception as exc:
-            raise DialError(f"cannot open a ping stream to {peer_id}: {exc}") from None
+            raise DialError(f"cannot open a ping stream to {peer_id}: {exc}") from exc
         rtts = []
         try:
             for _ in range(count):
@@ -337,10 +337,10 @@ class P2PHost:
                 with trio.fail_after(self._config.dial_timeout_s):
                     await perform_ping_roundtrip(stream)
                 rtts.append((time.perf_counter() - started) * 1000)
-        except trio.TooSlowError:
-            raise DialError(f"ping to {peer_id} timed out") from None
+        except trio.TooSlowError as exc:
+            raise DialError(f"ping to {peer_id} timed out") from exc
         except Exception as exc:
-            raise DialError(f"ping to {peer_id} failed: {exc}") from None
+            raise DialError(f"ping to {peer_id} failed: {exc}") from exc
         finally:
             with suppress(Exception):
                 await stream.close()
@@ -355,10 +355,10 @@ class P2PHost:
         try:
             with trio.fail_after(self._config.dial_timeout_s):
                 return await self._host.new_stream(ID.from_base58(peer_id), [protocol_id])
-        except trio.TooSlowError:
-            raise DialError(f"opening {protocol_id} to {peer_id} timed out") from None
+        except trio.TooSlowError as exc:
+            raise DialError(f"opening {protocol_id} to {peer_id} timed out") from exc
         except Exception as exc:
-            raise DialError(f"cannot open {protocol_id} to {peer_id}: {exc}") from None
+            raise DialError(f"cannot open {protocol_id} to {peer_id}: {exc}") from exc
 
     # -- serving ---------------------------------------------------------------
 
@@ -597,7 +597,7 @@ async def open_host(keypair: Keypair, config: HostConfig) -> AsyncIterator[P2PHo
     try:
         listen = [ma.Multiaddr(a) for a in config.listen]
     except Exception as exc:
-        raise P2PError(f"invalid listen address in {config.listen}: {exc}") from None
+        raise P2PError(f"invalid listen address in {config.listen}: {exc}") from exc
     _check_port_free(config.listen)
     raw = _new_libp2p_host(keypair, config)
     host = P2PHost(raw, keypair, config)

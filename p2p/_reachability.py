@@ -108,8 +108,8 @@ class DialBack:
             raise Refused("relayed", "you reach this node through a relay; ask a direct peer")
         try:
             self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            raise Refused("busy", "too many dial-backs at once; retry later") from None
+        except trio.WouldBlock as exc:
+            raise Refused("busy", "too many dial-backs at once; retry later") from exc
         try:
             ports = sorted({p for p in request.ports if 0 < p < 65536})
             reached = [port for port in ports if await _answers(ip, port)]

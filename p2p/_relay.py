@@ -183,10 +183,10 @@ class Relay:
         try:
             with trio.fail_after(self._host.dial_timeout_s):
                 await self._dialer.dial(ma.Multiaddr(addr))
-        except trio.TooSlowError:
-            raise P2PError(f"dialing {addr} through its relay timed out") from None
+        except trio.TooSlowError as exc:
+            raise P2PError(f"dialing {addr} through its relay timed out") from exc
         except Exception as exc:
-            raise P2PError(f"cannot reach {addr} through its relay: {exc}") from None
+            raise P2PError(f"cannot reach {addr} through its relay: {exc}") from exc
         return peer
 
     async def _keep_reservation(self, addr: str, scope: trio.CancelScope) -> None:
@@ -230,12 +230,12 @@ class Relay:
         try:
             stream = await self._host.libp2p.new_stream(ID.from_base58(relay_id), [HOP])
         except Exception as exc:
-            raise P2PError(f"{addr} does not relay: {exc}") from None
+            raise P2PError(f"{addr} does not relay: {exc}") from exc
         try:
             with trio.fail_after(self._host.dial_timeout_s):
                 ok = await self._reserver._make_reservation(stream, ID.from_base58(relay_id))
-        except trio.TooSlowError:
-            raise P2PError(f"{addr} did not answer the reservation") from None
+        except trio.TooSlowError as exc:
+            raise P2PError(f"{addr} did not answer the reservation") from exc
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await stream.close()
@@ -267,7 +267,7 @@ class _Bandwidth:
 
 
 def _protocol_class(base: type, bandwidth: _Bandwidth) -> type:
-    class _Protocol(base):  # type: ignore[misc,valid-type]
+    class _Protocol(base):
         _pairs: dict[tuple[Any, Any], int]
 
         async def _handle_reserve(self, stream: Any, msg: Any) -> None:
@@ -365,5 +365,6 @@ def _patch_yamux_reset() -> None:
             event.set()
         return original(self, stream, fully_closed=fully_closed)
 
-    Yamux._finalize_stream_locked = finalize
+    patched: Any = Yamux  # a method replaced at run time, which mypy rightly refuses
+    patched._finalize_stream_locked = finalize
     _patched = True

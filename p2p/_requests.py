@@ -282,7 +282,7 @@ class Requests:
             failure = await self._failure(peer_id, protocol, exc, timeout)
             if failure is exc:
                 raise
-            raise failure from None
+            raise failure from exc
         return await self._parse_response(peer_id, protocol, raw)
 
     async def _failure(
@@ -322,7 +322,7 @@ class Requests:
         except MessageError as exc:
             self._stats.failed += 1
             await self._host.penalize(peer_id, PENALTY_MALFORMED, f"{protocol.id}: bad response")
-            raise BadResponse(f"{protocol.id}: bad response from {peer_id}: {exc}") from None
+            raise BadResponse(f"{protocol.id}: bad response from {peer_id}: {exc}") from exc
 
 
 async def _answer(

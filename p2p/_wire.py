@@ -105,7 +105,7 @@ def decode_body(body: bytes) -> Any:
     except FrameError:
         raise
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
-        raise FrameError(f"not valid CBOR: {exc}") from None
+        raise FrameError(f"not valid CBOR: {exc}") from exc
     _check_plain(value)
     if canonical_cbor(value) != body:
         raise FrameError("CBOR is not in canonical form (or has trailing bytes)")

@@ -69,7 +69,7 @@ class _Worker:
                 raise WorkerDied(f"a reply of {size} bytes")
             reply = cbor2.loads(await self._read(size))
         except (trio.BrokenResourceError, trio.ClosedResourceError, cbor2.CBORDecodeError) as exc:
-            raise WorkerDied(str(exc)) from None
+            raise WorkerDied(str(exc)) from exc
         if not isinstance(reply, dict):
             raise WorkerDied("a reply that is not a map")
         return reply

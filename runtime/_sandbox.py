@@ -39,6 +39,7 @@ from wasmtime import (
     Config,
     Engine,
     ExitTrap,
+    Func,
     FuncType,
     InstancePre,
     Linker,
@@ -167,7 +168,7 @@ class Sandbox:
         try:
             return Module(self.engine, wasm)
         except WasmtimeError as exc:
-            raise InvalidModule(f"not a valid WebAssembly module: {_first_line(exc)}") from None
+            raise InvalidModule(f"not a valid WebAssembly module: {_first_line(exc)}") from exc
 
     def _link(self, module: Module) -> InstancePre:
         for item in module.imports:
@@ -184,7 +185,7 @@ class Sandbox:
         try:
             return self._linker.instantiate_pre(module)
         except WasmtimeError as exc:
-            raise InvalidModule(f"it cannot be linked: {_first_line(exc)}") from None
+            raise InvalidModule(f"it cannot be linked: {_first_line(exc)}") from exc
 
     # -- runs ------------------------------------------------------------------
 
@@ -259,7 +260,9 @@ class Sandbox:
 
         try:
             instance = ready.instantiate(store)
-            instance.exports(store)["_start"](store)
+            start = instance.exports(store)["_start"]
+            assert isinstance(start, Func)  # load() checked that _start is a function
+            start(store)
         except ExitTrap as exc:
             if exc.code == 0:
                 return Outcome.OK, "", 0, peak()

@@ -74,7 +74,7 @@ FIT_UP_TO = 200  # the extension to 10,000 starts from the sizes real nodes reac
 def real_messages() -> dict[str, Any]:
     """Sizes and verification costs of real, signed messages, measured here."""
     from mercato.crdt import FeedWriter, Registry, validate_listing
-    from mercato.node._cards import AgentCard
+    from mercato.node.tasks._cards import AgentCard
     from mercato.p2p import Keypair
 
     key = Keypair.generate()

@@ -116,12 +116,13 @@ class ChannelTerms:
             keys = [Pubkey.from_string(str(obj[k])) for k in ("payer", "payee", "stake", "nonce")]
             deposit, expires = obj["deposit"], obj["expires"]
         except (KeyError, TypeError, ValueError) as exc:
-            raise ChannelError(f"malformed channel terms: {exc}") from None
+            raise ChannelError(f"malformed channel terms: {exc}") from exc
         if type(deposit) is not int or type(expires) is not int or deposit <= 0 or expires <= 0:
             raise ChannelError("a channel's deposit and expiry are whole numbers above 0")
         if len(set(keys)) != 4:
             raise ChannelError("a channel's payer, payee, stake and nonce are four accounts")
-        return cls(*keys, deposit, expires)
+        payer, payee, stake, nonce = keys
+        return cls(payer, payee, stake, nonce, deposit, expires)
 
 
 def open_transaction(
@@ -208,8 +209,8 @@ def check_state(
         raise ChannelError("the state is larger than a Solana transaction")
     try:
         tx = Transaction.from_bytes(state)
-    except Exception:
-        raise ChannelError("the state is not a Solana transaction") from None
+    except Exception as exc:
+        raise ChannelError("the state is not a Solana transaction") from exc
     expected = state_message(terms, nonce_value, payouts)
     if tx.message != expected:
         raise ChannelError("the state does not pay what was agreed (amounts, accounts or nonce)")
@@ -229,8 +230,8 @@ def countersign(checked: Transaction, payee: Keypair) -> Transaction:
     tx = Transaction.populate(checked.message, list(checked.signatures))
     try:
         tx.partial_sign([payee], tx.message.recent_blockhash)
-    except Exception:
-        raise ChannelError("this key is not the payee of that state") from None
+    except Exception as exc:
+        raise ChannelError("this key is not the payee of that state") from exc
     if Signature.default() in tx.signatures:
         raise ChannelError("the state needs a signature this node cannot give")
     return tx

@@ -64,6 +64,8 @@ CREATE TABLE IF NOT EXISTS accounts (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+# One account for the journal: its pubkey, and its columns after pubkey (None: delete it).
+_JournalRow = tuple[str, tuple[int, bytes, str, int, int] | None]
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ class EmbeddedLedger:
     async def _journal(self, pubkeys: list[Pubkey]) -> None:
         """Write what these accounts hold now. Shielded: once the ledger in memory has
         changed, the journal must follow, or a restart would undo it."""
-        rows = []
+        rows: list[_JournalRow] = []
         for pubkey in pubkeys:
             account = self._svm.get_account(pubkey)
             if account is not None and (account.executable or account.owner in RUNTIME_OWNERS):
@@ -211,9 +213,9 @@ class EmbeddedLedger:
             except sqlite3.Error as exc:
                 # Memory and disk now differ: refuse everything until a restart.
                 self._broken = f"the ledger's journal could not be written ({exc}): restart it"
-                raise LedgerError(self._broken) from None
+                raise LedgerError(self._broken) from exc
 
-    def _write(self, rows: list[tuple[str, tuple | None]], blocks: int, clock: int) -> None:
+    def _write(self, rows: list[_JournalRow], blocks: int, clock: int) -> None:
         with self._db:
             self._db.execute("BEGIN")
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('blocks', ?)", (blocks,))

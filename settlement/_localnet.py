@@ -22,7 +22,7 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import trio
 from solders.hash import Hash
@@ -67,6 +67,15 @@ PREFLIGHT_FAILED = -32002
 # Errors of transactions that were executed and charged their fee: they landed.
 COMMITTED_ERRORS = (TransactionErrorInstructionError, TransactionErrorInsufficientFundsForRent)
 log = logging.getLogger("mercato.localnet")
+# solders 0.29's stubs give these two __init__(value), but they take (value, context)
+# at run time, like the other responses with a context: typed here as they are.
+_is_blockhash_valid_resp = cast(
+    "Callable[[bool, RpcResponseContext], IsBlockhashValidResp]", IsBlockhashValidResp
+)
+_simulate_transaction_resp = cast(
+    "Callable[[RpcSimulateTransactionResult, RpcResponseContext], SimulateTransactionResp]",
+    SimulateTransactionResp,
+)
 
 
 class _Refused(Exception):
@@ -106,8 +115,8 @@ class LocalnetRpc:
                 raise _Refused(INVALID_REQUEST, f"requests are limited to {MAX_BODY} bytes")
             try:
                 request = json.loads(body)
-            except (ValueError, RecursionError):
-                raise _Refused(INVALID_REQUEST, "the body is not JSON") from None
+            except (ValueError, RecursionError) as exc:
+                raise _Refused(INVALID_REQUEST, "the body is not JSON") from exc
             if not isinstance(request, dict):
                 raise _Refused(INVALID_REQUEST, "one JSON-RPC request object per call")
             request_id = request.get("id")
@@ -145,7 +154,7 @@ class LocalnetRpc:
         wanted = _hash(_param(params, 0, str, "blockhash"))
         # Only the latest blockhash is valid: the runtime takes no other.
         valid = wanted == await self.ledger.blockhash()
-        return IsBlockhashValidResp(valid, self._context()).to_json()
+        return _is_blockhash_valid_resp(valid, self._context()).to_json()
 
     async def _send(self, params: list[Any]) -> str:
         tx = _transaction(params)
@@ -175,7 +184,7 @@ class LocalnetRpc:
         async with self._lock:  # never the state of a transaction not yet journaled
             err, logs = await self.ledger.dry_run(tx)
         result = RpcSimulateTransactionResult(err, logs, None, None, None)
-        return SimulateTransactionResp(result, self._context()).to_json()
+        return _simulate_transaction_resp(result, self._context()).to_json()
 
     async def _account(self, params: list[Any]) -> str:
         pubkey = _pubkey(_param(params, 0, str, "pubkey"))
@@ -216,8 +225,8 @@ class LocalnetRpc:
             raise _Refused(INVALID_PARAMS, f"at most {MAX_SIGNATURES} signatures per call")
         try:
             signatures = [Signature.from_string(s) for s in raw]
-        except (TypeError, ValueError):
-            raise _Refused(INVALID_PARAMS, "signatures must be base58 signatures") from None
+        except (TypeError, ValueError) as exc:
+            raise _Refused(INVALID_PARAMS, "signatures must be base58 signatures") from exc
         statuses = [self._statuses.get(s) for s in signatures]
         return GetSignatureStatusesResp(statuses, self._context()).to_json()
 
@@ -260,15 +269,15 @@ def _options(params: list[Any]) -> dict[str, Any]:
 def _pubkey(text: str) -> Pubkey:
     try:
         return Pubkey.from_string(text)
-    except ValueError:
-        raise _Refused(INVALID_PARAMS, "not a base58 public key") from None
+    except ValueError as exc:
+        raise _Refused(INVALID_PARAMS, "not a base58 public key") from exc
 
 
 def _hash(text: str) -> Hash:
     try:
         return Hash.from_string(text)
-    except ValueError:
-        raise _Refused(INVALID_PARAMS, "not a base58 blockhash") from None
+    except ValueError as exc:
+        raise _Refused(INVALID_PARAMS, "not a base58 blockhash") from exc
 
 
 def _transaction(params: list[Any]) -> Transaction:
@@ -278,10 +287,10 @@ def _transaction(params: list[Any]) -> Transaction:
     try:
         tx = Transaction.from_bytes(base64.b64decode(encoded, validate=True))
         tx.sanitize()
-    except (binascii.Error, ValueError):
-        raise _Refused(INVALID_PARAMS, "not a base64 legacy transaction") from None
-    except Exception:  # solders' sanitize error has no common base to name
-        raise _Refused(INVALID_PARAMS, "the transaction is malformed") from None
+    except (binascii.Error, ValueError) as exc:
+        raise _Refused(INVALID_PARAMS, "not a base64 legacy transaction") from exc
+    except Exception as exc:  # solders' sanitize error has no common base to name
+        raise _Refused(INVALID_PARAMS, "the transaction is malformed") from exc
     if not tx.signatures or len(tx.signatures) != tx.message.header.num_required_signatures:
         raise _Refused(INVALID_PARAMS, "the transaction's signatures do not match its message")
     return tx

@@ -72,11 +72,11 @@ class RpcLedger:
         except RPCException as exc:
             raise LedgerError(
                 f"the ledger at {self.url} refused {method}: {_message(exc)}"
-            ) from None
+            ) from exc
         except UNREACHABLE as exc:
             raise LedgerUnreachable(
                 f"the ledger at {self.url} did not answer ({exc}); is it running and reachable?"
-            ) from None
+            ) from exc
 
     async def airdrop(self, pubkey: Pubkey, lamports: int) -> str:
         if not self.faucet:
@@ -113,7 +113,7 @@ class RpcLedger:
                         if state == "confirmed":
                             return
                         if state is None and not taken:
-                            raise refusal(tx, err) from None
+                            raise refusal(tx, err) from exc
                 except UNREACHABLE as exc:
                     last_error = str(exc)  # the RPC may be down: poll, then send again
             resend_at = trio.current_time() + RESEND_S

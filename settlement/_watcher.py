@@ -164,6 +164,8 @@ async def close_channel(book: ChannelBook, ledger: Ledger, payee: Keypair, chann
                 account = await ledger.account(terms.stake)
                 if account is not None:
                     check_stake(terms, read_stake(account.data), account.lamports)
+                if channel.state is None:  # checked above: a state is never taken back
+                    raise ChannelError("no payment on this channel yet: nothing to close with")
                 owed = payable(channel.owed, terms.payee)
                 tx = countersign(check_state(terms, channel.nonce, owed, channel.state), payee)
                 await ledger.simulate(tx)

@@ -16,7 +16,16 @@ import pytest
 
 from mercato.node import ControlClient, DaemonNotRunning, DataDir, init_data_dir
 
-START_TIMEOUT_S = 20.0
+TIME_FACTOR = float(os.environ.get("MERCATO_TEST_TIME_FACTOR", "1"))
+"""Scales every time budget of the suite: set it above 1 on a slow or loaded machine."""
+
+
+def budget(seconds: float) -> float:
+    """A time budget in seconds, scaled by MERCATO_TEST_TIME_FACTOR."""
+    return seconds * TIME_FACTOR
+
+
+START_TIMEOUT_S = budget(20.0)
 TEST_ENV = {
     # Loopback only, any free ports, no mDNS: tests must not touch the LAN.
     "MERCATO_API_PORT": "0",
@@ -103,15 +112,20 @@ def start_daemon(tmp_path: Path) -> Iterator:
     started: list[Daemon] = []
 
     def start(
-        datadir: DataDir, *extra: str, env: dict[str, str] | None = None, wait: bool = True
+        datadir: DataDir,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        command: list[str] | None = None,
+        cwd: Path | None = None,
     ) -> Daemon:
+        """``command`` replaces ``python -m mercato.cli`` (the console script, say),
+        ``cwd`` the working directory."""
         log_path = tmp_path / f"daemon-{len(started)}.log"
         with log_path.open("w") as log_file:
             proc = subprocess.Popen(
                 [
-                    sys.executable,
-                    "-m",
-                    "cli",
+                    *(command or [sys.executable, "-m", "mercato.cli"]),
                     "node",
                     "start",
                     "--data-dir",
@@ -122,6 +136,7 @@ def start_daemon(tmp_path: Path) -> Iterator:
                 stderr=subprocess.STDOUT,
                 text=True,
                 env={**os.environ, **TEST_ENV, **(env or {})},
+                cwd=cwd,
             )
         daemon = Daemon(datadir, proc, log_path)
         started.append(daemon)

@@ -2,6 +2,7 @@
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ ALLOWED = {
     "settlement": set(),
     "bootstrap": set(),  # deployment files only
     "node": {"p2p", "crdt", "runtime", "settlement"},
-    "cli": {"node"},
+    "cli": {"node", "bootstrap"},
 }
 SOURCE_DIRS = [*PACKAGES, "tests", "scripts"]
 
@@ -93,3 +94,71 @@ def test_exports_resolve_and_packages_say_what_they_own(package: str) -> None:
     assert module.__doc__ and len(module.__doc__.strip()) > 40
     for name in module.__all__:
         assert hasattr(module, name), f"mercato.{package}.__all__ names missing {name}"
+
+
+# Inside node/: its domains are subpackages; what each may import of the others.
+NODE_PARTS = {
+    "registry": set(),
+    "builds": set(),
+    "money": set(),
+    "tasks": {"builds", "registry", "money"},
+    "control": {"builds", "registry", "money", "tasks"},
+}
+NODE_COMPOSITION = {"__init__.py", "_node.py", "_schema.py", "_init.py"}
+"""The composition root and the offline entry points: they may import every part."""
+
+
+def node_part_imports() -> list[tuple[Path, str, str]]:
+    """(file, the node part it is in or "core", the module it imports, relative to
+    node/) for every relative import between node's modules."""
+    found = []
+    node_root = ROOT / "node"
+    for path in _python_files("node"):
+        rel = path.relative_to(node_root)
+        package = list(rel.parts[:-1])  # the file's package, below node/
+        part = package[0] if package else "core"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.level == 0:
+                continue
+            base = package[: len(package) - (node.level - 1)]
+            if node.module:
+                found.append((path, part, ".".join([*base, *node.module.split(".")])))
+            else:
+                found += [(path, part, ".".join([*base, a.name])) for a in node.names]
+    return found
+
+
+def test_node_parts_import_each_other_one_way_and_only_by_their_surface() -> None:
+    checked = node_part_imports()
+    bad = []
+    for path, part, module in checked:
+        head = module.split(".")[0]
+        if (
+            head not in NODE_PARTS
+            or head == part
+            or (path.name in NODE_COMPOSITION and part == "core")
+        ):
+            continue
+        allowed = NODE_PARTS.get(part, set())
+        if head not in allowed:
+            bad.append(f"{path.relative_to(ROOT)} ({part}) imports node.{module}")
+        elif any(p.startswith("_") for p in module.split(".")[1:]):
+            bad.append(f"{path.relative_to(ROOT)} imports node.{module}, not its surface")
+    assert not bad
+    assert any(part == "tasks" and m.startswith("builds") for _, part, m in checked)
+
+
+def test_the_error_tree_drawn_on_mercato_error_names_every_exported_error() -> None:
+    import mercato
+
+    drawing = mercato.MercatoError.__doc__ or ""
+    modules = [f"mercato.{p}" for p in PACKAGES] + [f"mercato.node.{part}" for part in NODE_PARTS]
+    missing = set()
+    for name in modules:
+        module = importlib.import_module(name)
+        for export in getattr(module, "__all__", []):
+            value = getattr(module, export)
+            is_error = isinstance(value, type) and issubclass(value, mercato.MercatoError)
+            if is_error and not re.search(rf"\b{value.__name__}\b", drawing):
+                missing.add(f"{name}.{export}")
+    assert not missing

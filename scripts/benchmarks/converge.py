@@ -29,7 +29,7 @@ from typing import Any
 import trio
 
 from mercato.crdt import SYNC, FeedWriter, RegistryStore, SignedUpdate
-from mercato.node import Database, Node
+from mercato.node import Node, node_database
 from mercato.p2p import Keypair
 
 from ._nodes import running_nodes
@@ -43,7 +43,7 @@ def _published(listings: int) -> tuple[list[bytes], int]:
     """What the publishers' nodes hold after writing ``listings``: compacted journals."""
     root = Path(tempfile.mkdtemp(prefix="mercato-converge-author-"))
     try:
-        db = Database(root / "node.db")
+        db = node_database(root / "node.db")
         author = RegistryStore(db.conn)
         writers = [FeedWriter(Keypair.generate(), author.registry) for _ in range(PUBLISHERS)]
         rng = random.Random(11)
@@ -65,7 +65,7 @@ def _sync_bytes(nodes: list[Node]) -> int:
 
 
 async def _states(node: Node) -> dict[str, bytes]:
-    return await node.call(node.registry.replica.states)
+    return await node.store.run(node.registry.replica.states)
 
 
 async def _run(root: Path, listings: int) -> dict[str, Any]:
@@ -75,7 +75,7 @@ async def _run(root: Path, listings: int) -> dict[str, Any]:
         left, right = nodes[: NODES // 2], nodes[NODES // 2 :]
         decoded = [SignedUpdate.decode(u) for u in updates]
         for node in left:
-            outcomes = await node.call(node.registry.replica.ingest_batch, decoded)
+            outcomes = await node.store.run(node.registry.replica.ingest_batch, decoded)
             assert all(isinstance(o, list) for o in outcomes), "seeding failed"
         for side in (left, right):
             for node in side[1:]:

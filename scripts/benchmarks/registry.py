@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mercato.crdt import FeedWriter, Query, Registry, RegistryStore, validate_listing
-from mercato.node import Database
+from mercato.node import Database, node_database
 from mercato.p2p import Keypair
 
 WORDS = [
@@ -81,7 +81,7 @@ def _updates(count: int, publishers: int, seed: int = 5) -> list:
 
 def _fresh_store() -> tuple[Database, RegistryStore, Path]:
     root = Path(tempfile.mkdtemp(prefix="mercato-registry-"))
-    db = Database(root / "node.db")
+    db = node_database(root / "node.db")
     return db, RegistryStore(db.conn), root
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import trio
 
 from mercato.node import Node
-from mercato.node._builds import manifest_of
-from mercato.node._buildservice import responsible
+from mercato.node.builds._service import responsible
+from mercato.node.builds._store import manifest_of
 
 from ._nodes import LOOPBACK, running_nodes
 
@@ -31,7 +31,7 @@ SIZE = 10 * 1024 * 1024
 async def _held(nodes: list[Node], cid: str) -> set[str]:
     out = set()
     for node in nodes:
-        info = await node.call(node.builds.builds.info, cid)
+        info = await node.store.run(node.builds.builds.info, cid)
         if info is not None and info.complete:
             out.add(node.overlay.peer_id)
     return out
@@ -57,7 +57,7 @@ async def _run(root: Path) -> dict[str, Any]:
         creator = next(n for n in nodes if n.overlay.peer_id not in closest)
         listing = {"name": "bench", "kind": "agent", "title": "Bench", "summary": "x."}
         await creator.registry.publish("default", {**listing, "price": 0, "royalty_bps": 0})
-        await creator.release_build("default", {"name": "bench", "version": "1.0.0"}, source)
+        await creator.api.registry.release("default", {"name": "bench", "version": "1.0.0"}, source)
         duty = responsible(cid, [n.overlay.peer_id for n in nodes], 3)
         with trio.fail_after(120):
             await _until_held(nodes, cid, set(duty))

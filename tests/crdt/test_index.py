@@ -13,7 +13,7 @@ from mercato.crdt import (
     validate_listing,
     validate_release,
 )
-from mercato.node import Database
+from mercato.node import node_database
 from mercato.p2p import Keypair
 
 
@@ -31,7 +31,7 @@ def listing(name: str, **extra: object):
 
 @pytest.fixture
 def store(tmp_path: Path):
-    db = Database(tmp_path / "node.db")  # the node's real store, migrations and all
+    db = node_database(tmp_path / "node.db")  # the node's real store, migrations and all
     yield RegistryStore(db.conn)
     db.close()
 
@@ -107,10 +107,10 @@ def test_deprecated_listings_leave_search(store: RegistryStore) -> None:
 
 def test_restart_keeps_the_registry_and_the_index(tmp_path: Path) -> None:
     owner = Keypair.generate()
-    db = Database(tmp_path / "node.db")
+    db = node_database(tmp_path / "node.db")
     publish(RegistryStore(db.conn), owner, listing("keeper", summary="Stays after restart."))
     db.close()
-    again = Database(tmp_path / "node.db")
+    again = node_database(tmp_path / "node.db")
     store = RegistryStore(again.conn)
     assert names(store.search(Query(text="restart"))) == ["keeper"]
     assert store.registry.feeds[owner.address].listing("keeper") is not None
@@ -171,20 +171,20 @@ def test_an_absurd_price_filter_is_a_clear_error(store: RegistryStore) -> None:
 
 def test_restart_after_a_clean_close_keeps_the_index_and_its_order(tmp_path: Path) -> None:
     writer = FeedWriter(Keypair.generate(), Registry())
-    db = Database(tmp_path / "node.db")
+    db = node_database(tmp_path / "node.db")
     first = RegistryStore(db.conn)
     for name in ("older", "newer"):
         first.ingest(writer.put_listing(listing(name)))
     before = names(first.search(Query(sort="newest")))
     first.close()
     db.close()
-    again = Database(tmp_path / "node.db")
+    again = node_database(tmp_path / "node.db")
     store = RegistryStore(again.conn)
     assert names(store.search(Query(sort="newest"))) == before == ["newer", "older"]
     # Not closed (a crash): the next start rebuilds the index, keeping the order.
     store.ingest(writer.put_listing(listing("newest")))
     again.close()
-    crashed = Database(tmp_path / "node.db")
+    crashed = node_database(tmp_path / "node.db")
     rebuilt = RegistryStore(crashed.conn)
     assert names(rebuilt.search(Query(sort="newest"))) == ["newest", "newer", "older"]
     crashed.close()
@@ -198,7 +198,7 @@ def test_a_publisher_snapshot_compacts_every_journal(tmp_path: Path) -> None:
     from mercato.crdt._index import COMPACT_AFTER
 
     owner = Keypair.generate()
-    author_db, replica_db = Database(tmp_path / "a.db"), Database(tmp_path / "r.db")
+    author_db, replica_db = node_database(tmp_path / "a.db"), node_database(tmp_path / "r.db")
     author, replica = RegistryStore(author_db.conn), RegistryStore(replica_db.conn)
     writer = FeedWriter(owner, author.registry)
     snapshots = []
@@ -215,7 +215,7 @@ def test_a_publisher_snapshot_compacts_every_journal(tmp_path: Path) -> None:
     # A newcomer asking for everything gets the snapshot and what followed it, nothing more.
     updates, more = replica.missing_for({}, 10**9)
     assert not more and len(updates) == 5
-    newcomer_db = Database(tmp_path / "n.db")
+    newcomer_db = node_database(tmp_path / "n.db")
     newcomer = RegistryStore(newcomer_db.conn)
     from mercato.crdt import SignedUpdate
 
@@ -224,7 +224,7 @@ def test_a_publisher_snapshot_compacts_every_journal(tmp_path: Path) -> None:
     assert newcomer.registry.feeds[owner.address].content() == writer.feed.content()
     # And the compacted journal reloads to the same feed.
     replica_db.close()
-    reopened = Database(tmp_path / "r.db")
+    reopened = node_database(tmp_path / "r.db")
     again = RegistryStore(reopened.conn)
     assert again.registry.feeds[owner.address].content() == writer.feed.content()
     for db in (author_db, newcomer_db, reopened):
@@ -268,7 +268,7 @@ def test_a_bad_snapshot_of_the_current_state_is_refused_and_compacts_nothing(
 
     owner = Keypair.generate()
     writer = FeedWriter(owner, Registry())
-    db = Database(tmp_path / "node.db")
+    db = node_database(tmp_path / "node.db")
     store = RegistryStore(db.conn)
     for i in range(5):
         store.ingest(writer.put_listing(listing(f"l{i}")))
@@ -296,7 +296,7 @@ def test_a_bad_snapshot_of_the_current_state_is_refused_and_compacts_nothing(
     assert store.journal_size(owner.address) == 5
     store.close()
     db.close()
-    again = Database(tmp_path / "node.db")
+    again = node_database(tmp_path / "node.db")
     reopened = RegistryStore(again.conn)
     assert sorted(reopened.registry.feeds[owner.address].listing_names()) == [
         f"l{i}" for i in range(5)
@@ -309,7 +309,7 @@ def test_a_failed_batch_leaves_memory_as_the_journal_is(tmp_path: Path, monkeypa
 
     owner = Keypair.generate()
     writer = FeedWriter(owner, Registry())
-    db = Database(tmp_path / "node.db")
+    db = node_database(tmp_path / "node.db")
     store = RegistryStore(db.conn)
     store.ingest(writer.put_listing(listing("a")))
     late = writer.put_listing(listing("b"))
@@ -332,13 +332,13 @@ def test_a_failed_batch_leaves_memory_as_the_journal_is(tmp_path: Path, monkeypa
 
 def test_a_write_after_close_makes_the_next_start_rebuild_the_index(tmp_path: Path) -> None:
     writer = FeedWriter(Keypair.generate(), Registry())
-    db = Database(tmp_path / "node.db")
+    db = node_database(tmp_path / "node.db")
     store = RegistryStore(db.conn)
     store.ingest(writer.put_listing(listing("early")))
     store.close()
     store.ingest(writer.put_listing(listing("late")))  # gossip still running at shutdown
     db.close()
-    again = Database(tmp_path / "node.db")
+    again = node_database(tmp_path / "node.db")
     assert sorted(names(RegistryStore(again.conn).search(Query()))) == ["early", "late"]
     again.close()
 

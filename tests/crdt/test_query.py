@@ -76,11 +76,11 @@ def test_search_requests_are_checked_like_local_ones() -> None:
 
 def test_a_long_feed_comes_whole_in_pages(tmp_path) -> None:
     from mercato.crdt import FeedCopy, RegistryStore
-    from mercato.node import Database
+    from mercato.node import node_database
 
     owner = Keypair.generate()
     writer = FeedWriter(owner, Registry())
-    db = Database(tmp_path / "node.db")
+    db = node_database(tmp_path / "node.db")
     store = RegistryStore(db.conn)
     for i in range(20):
         store.ingest(writer.put_listing(listing(f"agent-{i}")))

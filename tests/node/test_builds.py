@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from mercato.node import Database
-from mercato.node._builds import (
+from mercato.node import Database, node_database
+from mercato.node.builds._store import (
     CHUNK_SIZE,
     BadManifest,
     BuildError,
@@ -17,7 +17,7 @@ from mercato.node._builds import (
     QuotaExceeded,
     manifest_of,
 )
-from mercato.node._transfer import BUILD, BuildRequest, BuildResponse
+from mercato.node.builds._transfer import BUILD, BuildRequest, BuildResponse
 
 from .test_registry_network import running_nodes
 
@@ -27,20 +27,20 @@ def random_file(path: Path, size: int) -> Path:
     return path
 
 
-def open_store(tmp_path: Path, quota: int = 1 << 30) -> tuple[Database, BuildStore]:
-    db = Database(tmp_path / "node.db")
+def open_node_store(tmp_path: Path, quota: int = 1 << 30) -> tuple[Database, BuildStore]:
+    db = node_database(tmp_path / "node.db")
     return db, BuildStore(db.conn, tmp_path / "blobs", quota)
 
 
 def test_a_build_is_stored_by_content_and_kept_across_restarts(tmp_path: Path) -> None:
     source = random_file(tmp_path / "agent.wasm", 3 * CHUNK_SIZE + 123)
-    db, store = open_store(tmp_path)
+    db, store = open_node_store(tmp_path)
     info = store.add_file(source)
     assert info.cid == manifest_of(source).cid and info.complete and info.pinned
     assert store.add_file(source).cid == info.cid  # the same bytes, the same build
     assert b"".join(store.read_chunks(info.cid, 0, 4)) == source.read_bytes()
     db.close()
-    db, again = open_store(tmp_path)
+    db, again = open_node_store(tmp_path)
     assert again.info(info.cid) == info
     assert again.gc() == [] and again.info(info.cid) is not None  # pinned: kept
     again.pin(info.cid, False)
@@ -52,7 +52,7 @@ def test_a_build_is_stored_by_content_and_kept_across_restarts(tmp_path: Path) -
 def test_only_matching_bytes_are_stored_or_served(tmp_path: Path) -> None:
     source = random_file(tmp_path / "agent.wasm", 2 * CHUNK_SIZE)
     manifest = manifest_of(source)
-    db, store = open_store(tmp_path)
+    db, store = open_node_store(tmp_path)
     store.begin(manifest)
     data = source.read_bytes()
     good, bad = data[:CHUNK_SIZE], b"\0" * CHUNK_SIZE
@@ -84,10 +84,10 @@ def test_manifests_are_checked_against_their_id(tmp_path: Path) -> None:
 
 
 def test_the_quota_is_a_clear_error_and_changes_nothing(tmp_path: Path) -> None:
-    db, store = open_store(tmp_path, quota=CHUNK_SIZE)
+    db, store = open_node_store(tmp_path, quota=CHUNK_SIZE)
     with pytest.raises(QuotaExceeded, match="quota"):
         store.add_file(random_file(tmp_path / "big.wasm", 2 * CHUNK_SIZE))
-    assert store.list() == [] and list((tmp_path / "blobs").iterdir()) == []
+    assert store.list_builds() == [] and list((tmp_path / "blobs").iterdir()) == []
     db.close()
 
 
@@ -96,7 +96,7 @@ async def test_a_fetch_completes_from_honest_peers_past_a_corrupt_one(tmp_path: 
     source = random_file(tmp_path / "agent.wasm", 12 * CHUNK_SIZE + 5)
     async with running_nodes(tmp_path, 4) as (user, honest1, honest2, liar):
         for holder in (honest1, honest2, liar):
-            await holder.call(holder.builds.builds.add_file, source)
+            await holder.store.run(holder.builds.builds.add_file, source)
         cid = manifest_of(source).cid
 
         async def corrupt(peer: str, request: BuildRequest) -> BuildResponse:
@@ -113,13 +113,13 @@ async def test_a_fetch_completes_from_honest_peers_past_a_corrupt_one(tmp_path: 
         with pytest.raises(BuildError, match="no provider"):
             await user.builds.fetch(cid, [peers[2]])
         assert user.builds.fetches[cid].bad == {peers[2]}
-        assert len(await user.call(user.builds.builds.missing, cid)) == 13
+        assert len(await user.store.run(user.builds.builds.missing, cid)) == 13
         # With honest peers too: the fetch completes, the liar is not asked again.
         served = liar.overlay.requests.statistics().bytes_out[BUILD.id]
         info = await user.builds.fetch(cid, peers)
         assert info.complete
         assert (
-            b"".join(await user.call(user.builds.builds.read_chunks, cid, 0, info.chunks))
+            b"".join(await user.store.run(user.builds.builds.read_chunks, cid, 0, info.chunks))
             == source.read_bytes()
         )
         assert liar.overlay.requests.statistics().bytes_out[BUILD.id] == served
@@ -129,7 +129,7 @@ async def test_a_fetch_completes_from_honest_peers_past_a_corrupt_one(tmp_path: 
 async def test_an_interrupted_fetch_resumes_instead_of_starting_over(tmp_path: Path) -> None:
     source = random_file(tmp_path / "agent.wasm", 24 * CHUNK_SIZE)
     async with running_nodes(tmp_path, 2) as (user, holder):
-        await holder.call(holder.builds.builds.add_file, source)
+        await holder.store.run(holder.builds.builds.add_file, source)
         cid = manifest_of(source).cid
         peer = await user.overlay.host.connect(holder.overlay.host.listen_addrs()[0])
         with trio.move_on_after(30) as scope:
@@ -142,7 +142,7 @@ async def test_an_interrupted_fetch_resumes_instead_of_starting_over(tmp_path: P
                         break
                     await trio.sleep(0.005)
         assert not scope.cancelled_caught
-        left = len(await user.call(user.builds.builds.missing, cid))
+        left = len(await user.store.run(user.builds.builds.missing, cid))
         assert 0 < left < 24
         served = holder.overlay.requests.statistics().bytes_out[BUILD.id]
         info = await user.builds.fetch(cid, [peer])
@@ -169,7 +169,7 @@ async def connect_all(nodes) -> None:
 async def holders(nodes, cid: str) -> set[str]:
     out = set()
     for node in nodes:
-        info = await node.call(node.builds.builds.info, cid)
+        info = await node.store.run(node.builds.builds.info, cid)
         if info is not None and info.complete:
             out.add(node.overlay.peer_id)
     return out
@@ -185,7 +185,7 @@ async def wait_until_held(nodes, cid: str, expected: set[str], within: float) ->
 
 @pytest.mark.slow
 async def test_a_release_lands_on_the_closest_peers_and_is_repaired(tmp_path: Path) -> None:
-    from mercato.node._buildservice import responsible
+    from mercato.node.builds._service import responsible
 
     source = random_file(tmp_path / "big.wasm", 50 * 1024 * 1024)
     cid = manifest_of(source).cid
@@ -204,8 +204,10 @@ async def test_a_release_lands_on_the_closest_peers_and_is_repaired(tmp_path: Pa
                 "royalty_bps": 0,
             },
         )
-        shown = await creator.release_build("default", {"name": "big", "version": "1.0.0"}, source)
-        assert shown["releases"][0]["cid"] == cid
+        shown = await creator.api.registry.release(
+            "default", {"name": "big", "version": "1.0.0"}, source
+        )
+        assert shown.model_dump()["releases"][0]["cid"] == cid
         everyone = [n.overlay.peer_id for n in nodes]
         duty = responsible(cid, everyone, 3)
         await wait_until_held(nodes, cid, set(duty), within=60)
@@ -219,12 +221,12 @@ async def test_a_release_lands_on_the_closest_peers_and_is_repaired(tmp_path: Pa
         await wait_until_held(alive, cid, set(new_duty), within=30)
         for node in alive:  # every copy is the build, byte for byte
             if node.overlay.peer_id in new_duty:
-                assert not await node.call(node.builds.builds.verify, cid)
+                assert not await node.store.run(node.builds.builds.verify, cid)
 
 
 @pytest.mark.slow
 async def test_a_peer_lying_about_its_copy_never_makes_others_drop_theirs(tmp_path: Path) -> None:
-    from mercato.node._buildservice import responsible
+    from mercato.node.builds._service import responsible
 
     async with running_nodes(tmp_path, 2, replicas=1, repair_interval_s=3600) as (honest, liar):
         await honest.overlay.host.connect(liar.overlay.host.listen_addrs()[0])
@@ -234,7 +236,7 @@ async def test_a_peer_lying_about_its_copy_never_makes_others_drop_theirs(tmp_pa
             if responsible(manifest_of(source).cid, peers, 1) == [liar.overlay.peer_id]:
                 break
         cid = manifest_of(source).cid
-        await honest.call(honest.builds.builds.add_file, source, False)  # unpinned
+        await honest.store.run(honest.builds.builds.add_file, source, False)  # unpinned
 
         async def lie(peer: str, request: BuildRequest) -> BuildResponse:
             if request.op == "have":
@@ -247,7 +249,7 @@ async def test_a_peer_lying_about_its_copy_never_makes_others_drop_theirs(tmp_pa
         honest.builds._last_released = {cid}
         done = await honest.builds.repair_once()
         assert done["dropped"] == []
-        assert (await honest.call(honest.builds.builds.info, cid)).complete
+        assert (await honest.store.run(honest.builds.builds.info, cid)).complete
         assert await honest.builds.copies(cid) == []
 
 
@@ -256,12 +258,12 @@ async def test_a_build_removed_mid_fetch_ends_the_fetch_not_the_node(tmp_path: P
     source = random_file(tmp_path / "agent.wasm", 40 * CHUNK_SIZE)
     cid = manifest_of(source).cid
     async with running_nodes(tmp_path, 2, repair_interval_s=3600) as (user, holder):
-        await holder.call(holder.builds.builds.add_file, source)
+        await holder.store.run(holder.builds.builds.add_file, source)
         peer = await user.overlay.host.connect(holder.overlay.host.listen_addrs()[0])
         state = user.builds.start_fetch(cid, [peer], False)
         await until(lambda: state.done > 0, 20)
-        await user.call(user.builds.builds.remove, cid)
+        await user.store.run(user.builds.builds.remove, cid)
         await until(lambda: state.finished, 20)
         assert state.error
-        assert (await user.call(user.builds.builds.info, cid)) is None
+        assert (await user.store.run(user.builds.builds.info, cid)) is None
         assert user.overlay.host.connected_peers()  # the node runs on

@@ -7,7 +7,7 @@ import pytest
 import trio
 from solders.pubkey import Pubkey
 
-from mercato.node._tasks import TASK, NoProvider, TaskRequest
+from mercato.node.tasks._messages import TASK, NoProvider, TaskRequest
 from mercato.p2p import Refused, RemoteError
 from mercato.settlement import (
     NONCE_ACCOUNT_SIZE,
@@ -40,7 +40,7 @@ async def test_paid_tasks_pay_the_provider_and_the_creator_when_the_channel_clos
         paid = {**LISTING, "name": "wc", "price": PRICE, "royalty_bps": ROYALTY_BPS}
         publisher = (await creator.registry.publish("default", paid))["publisher"]
         wasm = EXAMPLES / "wordcount" / "wordcount.wasm"
-        await creator.release_build("default", {"name": "wc", "version": "1.0.0"}, wasm)
+        await creator.api.registry.release("default", {"name": "wc", "version": "1.0.0"}, wasm)
         agent = f"{publisher}/wc"
         provider.tasks.serve_agents((agent,))
 

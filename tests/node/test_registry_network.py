@@ -61,7 +61,7 @@ async def running_nodes(
 async def wait_converged(nodes: list[Node], within: float) -> None:
     with trio.fail_after(within):
         while True:
-            states = [await n.call(n.registry.replica.states) for n in nodes]
+            states = [await n.store.run(n.registry.replica.states) for n in nodes]
             if all(s == states[0] for s in states) and len(states[0]) == 10:  # 10 publishers
                 return
             await trio.sleep(0.2)
@@ -99,4 +99,6 @@ async def test_an_empty_node_catches_up_by_anti_entropy_alone(tmp_path: Path) ->
                 if len(page["results"]) == 3:
                     break
                 await trio.sleep(0.1)
-        assert await c.call(c.registry.replica.states) == await a.call(a.registry.replica.states)
+        assert await c.store.run(c.registry.replica.states) == await a.store.run(
+            a.registry.replica.states
+        )

@@ -58,15 +58,15 @@ async def test_private_nodes_trade_through_a_relay_that_runs_nothing_itself(
                 return bool(n.overlay.relay.relayed_addrs())
 
             await until(reserved, 15, "a reservation on the relay")
-            status = (await node.status())["p2p"]
+            status = (await node.api.node.status()).p2p
             assert status["reachability"] == "relayed"
             assert status["listen_addrs"] == [f"{there}/p2p-circuit/p2p/{node.overlay.peer_id}"]
 
         async def verified() -> bool:  # its clients dialed its address back
-            return (await relay.status())["p2p"]["reachability"] == "public"
+            return (await relay.api.node.status()).p2p["reachability"] == "public"
 
         await until(verified, 15, "the relay found public")
-        assert (await relay.status())["p2p"]["relay"]["hop"]
+        assert (await relay.api.node.status()).p2p["relay"]["hop"]
 
         # The provider publishes and serves an agent; its listing and card reach the user
         # through the relay (the only peer either of them can dial).
@@ -103,15 +103,15 @@ async def test_a_node_its_peers_cannot_dial_back_reserves_on_its_bootstrap_relay
         )
 
         async def relayed() -> bool:
-            return (await natted.status())["p2p"]["reachability"] == "relayed"
+            return (await natted.api.node.status()).p2p["reachability"] == "relayed"
 
         try:
             await until(relayed, 15, "the node relayed after its check")
         except AssertionError as exc:  # say what it concluded, and from whom
-            p2p = (await natted.status())["p2p"]
+            p2p = (await natted.api.node.status()).p2p
             seen = {k: p2p[k] for k in ("reachability", "dialback", "relay", "peers")}
             raise AssertionError(f"{exc}; {seen}") from None
-        p2p = (await natted.status())["p2p"]
+        p2p = (await natted.api.node.status()).p2p
         assert p2p["dialback"]["state"] == "unreachable"
         assert p2p["dialback"]["observed"] == ["127.0.0.1"]
         assert p2p["relay"]["reservations"] == [there]

@@ -9,17 +9,16 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mercato.node import Database, StoreError, open_store
+from mercato.node import SCHEMA_VERSION, Database, StoreError, node_database, open_node_store
 from mercato.node._events import append_event, event_head, list_events, verify_events
-from mercato.node._store import SCHEMA_VERSION
 
 
 def test_migrations_set_the_schema_version_and_wal(tmp_path: Path) -> None:
-    db = Database(tmp_path / "node.db")
+    db = node_database(tmp_path / "node.db")
     assert db.schema_version == SCHEMA_VERSION
     assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
-    again = Database(tmp_path / "node.db")  # reopening migrates nothing twice
+    again = node_database(tmp_path / "node.db")  # reopening migrates nothing twice
     assert again.schema_version == SCHEMA_VERSION
     again.close()
 
@@ -30,19 +29,19 @@ def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     conn.close()
     with pytest.raises(StoreError, match="upgrade mercato"):
-        Database(path)
+        node_database(path)
 
 
 def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "node.db"
     path.write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreError, match="cannot open"):
-        Database(path)
+        node_database(path)
 
 
 async def test_store_calls_run_off_the_trio_thread(tmp_path: Path) -> None:
     loop_thread = threading.get_ident()
-    async with open_store(tmp_path / "node.db") as store:
+    async with open_node_store(tmp_path / "node.db") as store:
         ran_in = await store.run(threading.get_ident)
         event = await store.run(append_event, store.db, "test.thing", {"n": 1})
     assert ran_in != loop_thread
@@ -52,7 +51,7 @@ async def test_store_calls_run_off_the_trio_thread(tmp_path: Path) -> None:
 async def test_appends_from_many_tasks_are_serialised_into_one_chain(tmp_path: Path) -> None:
     # Without the store's one-at-a-time limiter, these would interleave
     # transactions on one connection and fail.
-    async with open_store(tmp_path / "node.db") as store:
+    async with open_node_store(tmp_path / "node.db") as store:
         async with trio.open_nursery() as nursery:
             for i in range(40):
                 nursery.start_soon(store.run, append_event, store.db, "test.n", {"i": i})
@@ -62,7 +61,7 @@ async def test_appends_from_many_tasks_are_serialised_into_one_chain(tmp_path: P
 
 @pytest.fixture
 def log_db(tmp_path: Path):
-    db = Database(tmp_path / "node.db")
+    db = node_database(tmp_path / "node.db")
     for i in range(5):
         append_event(db, "test.n", {"i": i, "text": "é"})
     yield db
@@ -129,7 +128,7 @@ def test_a_rewritten_chain_link_is_named(log_db: Database) -> None:
 def test_any_change_to_any_entry_is_detected(
     tmp_path_factory, seq: int, column: str, suffix: str
 ) -> None:
-    db = Database(tmp_path_factory.mktemp("h") / "node.db")
+    db = node_database(tmp_path_factory.mktemp("h") / "node.db")
     for i in range(5):
         append_event(db, "test.n", {"i": i})
     if column == "data":

@@ -10,10 +10,18 @@ import pytest
 import trio
 import wasmtime
 
-from mercato.node import open_store
-from mercato.node._choice import Offer, rank
-from mercato.node._reputation import ReputationBook, save
-from mercato.node._tasks import TASK, BadReceipt, Quote, Receipt, TaskRequest, TaskResponse, digest
+from mercato.node import open_node_store
+from mercato.node.tasks._choice import Offer, rank
+from mercato.node.tasks._messages import (
+    TASK,
+    BadReceipt,
+    Quote,
+    Receipt,
+    TaskRequest,
+    TaskResponse,
+    digest,
+)
+from mercato.node.tasks._reputation import ReputationBook, save
 from mercato.p2p import Keypair
 
 from .test_registry_network import running_nodes
@@ -100,14 +108,14 @@ async def test_reputation_falls_on_wrong_results_decays_and_is_kept(tmp_path: Pa
     later = book.get("cheat", now=time.time() + 3600)  # one half-life on
     assert later.bad == pytest.approx(book.get("cheat").bad / 2, rel=0.01)
     assert later.score > book.score("cheat")  # the past fades
-    async with open_store(tmp_path / "node.db") as store:
+    async with open_node_store(tmp_path / "node.db") as store:
 
         def write() -> None:
             with store.db.transaction() as conn:
                 save(conn, [book.get("honest"), book.get("cheat")])
 
         await store.run(write)
-    async with open_store(tmp_path / "node.db") as store:
+    async with open_node_store(tmp_path / "node.db") as store:
         again = ReputationBook(half_life_s=3600)
         await store.run(again.load, store.db)
     assert again.get("cheat").wrong == 1 and again.get("honest").ok == 3
@@ -136,7 +144,7 @@ async def until(condition, within: float, what: str) -> None:
 
 
 async def _tasks_of(node) -> list[dict]:
-    return [{"task": r.id} for r in await node.tasks.tasklog.list(1000, "user")]
+    return [{"task": r.id} for r in await node.tasks.tasklog.recent(1000, "user")]
 
 
 def lie_with_a_valid_signature(liar) -> None:
@@ -160,8 +168,8 @@ async def test_ten_nodes_three_providers_one_cheat_and_one_killed(tmp_path: Path
     wc_build = EXAMPLES / "wordcount" / "wordcount.wasm"
     slow_build = tmp_path / "slow_echo.wasm"
     slow_build.write_bytes(wasmtime.wat2wasm((MODULES / "slow_echo.wat").read_text()))
-    from mercato.node._builds import manifest_of
-    from mercato.node._buildservice import responsible
+    from mercato.node.builds._service import responsible
+    from mercato.node.builds._store import manifest_of
 
     fast = {"heartbeat_s": 0.5, "card_ttl_s": 5.0}
     checks = {"verify_rate": 0.0, "timeout_s": 30.0}
@@ -188,8 +196,10 @@ async def test_ten_nodes_three_providers_one_cheat_and_one_killed(tmp_path: Path
         await creator.registry.publish(
             "default", {**LISTING, "name": "slow", "limits": slow_limits}
         )
-        await creator.release_build("default", {"name": "wc", "version": "1.0.0"}, wc_build)
-        await creator.release_build("default", {"name": "slow", "version": "1.0.0"}, slow_build)
+        await creator.api.registry.release("default", {"name": "wc", "version": "1.0.0"}, wc_build)
+        await creator.api.registry.release(
+            "default", {"name": "slow", "version": "1.0.0"}, slow_build
+        )
         wc, slow = f"{publisher}/wc", f"{publisher}/slow"
         for provider in providers[:2]:  # the third joins later, as a cheat
             provider.tasks.serve_agents((wc, slow))
@@ -322,7 +332,7 @@ async def test_ten_nodes_three_providers_one_cheat_and_one_killed(tmp_path: Path
 
 @pytest.mark.slow
 async def test_bad_answers_and_bad_requests_are_typed_errors_and_recorded(tmp_path: Path) -> None:
-    from mercato.node._tasks import NoProvider, TaskRefused
+    from mercato.node.tasks._messages import NoProvider, TaskRefused
     from mercato.p2p import RemoteError
 
     fast = {"heartbeat_s": 0.5, "card_ttl_s": 5.0}
@@ -336,7 +346,7 @@ async def test_bad_answers_and_bad_requests_are_typed_errors_and_recorded(tmp_pa
         await user.registry.publish("default", small)
         wasm = EXAMPLES / "wordcount" / "wordcount.wasm"
         for name in ("wc", "small"):
-            await user.release_build("default", {"name": name, "version": "1.0.0"}, wasm)
+            await user.api.registry.release("default", {"name": name, "version": "1.0.0"}, wasm)
         wc, small_agent = f"{publisher}/wc", f"{publisher}/small"
         for provider in (honest, bad):
             provider.tasks.serve_agents((wc, small_agent))
@@ -365,7 +375,7 @@ async def test_bad_answers_and_bad_requests_are_typed_errors_and_recorded(tmp_pa
             answer_badly(forge)
             with pytest.raises(NoProvider, match=says):
                 await user.tasks.run_task(wc, "*", b"a b c", bad_id)
-            (record,) = [r for r in await user.tasks.tasklog.list(10) if r.status == "failed"][:1]
+            (record,) = [r for r in await user.tasks.tasklog.recent(10) if r.status == "failed"][:1]
             assert record.provider == bad_id and says in record.attempts[0]["error"]
         assert user.tasks.runner.reputation.get(bad_id).bad_receipt == 2
         # Unpinned, the user goes to the honest provider.

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from mercato.node import open_store
+from mercato.node import open_node_store
 from mercato.node._peers import StoreAddressBook
 from mercato.p2p import GossipConfig, Keypair, Verdict, make_record, open_overlay
 
@@ -88,7 +88,7 @@ async def test_a_restarted_node_rejoins_from_its_address_book(
     open_overlays, tmp_path: Path
 ) -> None:
     key = Keypair.generate()
-    async with open_overlays(3) as others, open_store(tmp_path / "node.db") as store:
+    async with open_overlays(3) as others, open_node_store(tmp_path / "node.db") as store:
         book = StoreAddressBook(store)
         async with open_overlay(key, overlay_config(save_every_s=3600), book) as node:
             for other in others:

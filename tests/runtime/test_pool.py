@@ -2,11 +2,14 @@
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import trio
 
 from mercato.runtime import InvalidModule, Limits, Outcome, open_worker_pool
+from mercato.runtime._pool import WORKER_MODULE
 
 from .conftest import example, module
 
@@ -87,3 +90,18 @@ async def test_runaway_runs_never_block_the_event_loop() -> None:
             await trio.sleep(0.01)
             worst = max(worst, trio.current_time() - before - 0.01)
         assert worst < 0.1
+
+
+def test_a_worker_process_loads_neither_libp2p_nor_pynacl() -> None:
+    """The worker starts as the pool starts it; -X importtime lists every module it
+    imported before it saw its stdin close."""
+    command = [sys.executable, "-P", "-X", "importtime", "-m", WORKER_MODULE, ""]
+    done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in done.stderr.decode().splitlines()
+        if line.startswith("import time:")
+    }
+    assert "mercato.runtime._sandbox" in imported  # the listing is real
+    heavy = {m for m in imported if m.split(".")[0] in {"libp2p", "nacl", "solders", "pycrdt"}}
+    assert not heavy, sorted(heavy)

@@ -50,10 +50,10 @@ from mercato.settlement import (
     split,
 )
 
-from ._config import SettlementSection
-from ._keys import KeyStore
-from ._paths import DataDir
-from ._tasks import BadReceipt, Payment
+from .._config import SettlementSection
+from .._keys import KeyStore
+from .._paths import DataDir
+from ._payment import Payment
 
 log = logging.getLogger("mercato.settlement")
 STAKE_PROGRAM = Pubkey.from_string("Stake11111111111111111111111111111111111111")
@@ -245,7 +245,7 @@ class SettlementService:
         try:
             account = await self.ledger.account(terms.stake)
         except LedgerError as exc:
-            raise LedgerUnreachable(f"whether the channel opened is unknown: {exc}") from None
+            raise LedgerUnreachable(f"whether the channel opened is unknown: {exc}") from exc
         return account is not None and account.owner == STAKE_PROGRAM
 
     async def _opened(self, terms: ChannelTerms, provider: str) -> Channel:
@@ -269,8 +269,8 @@ class SettlementService:
         try:
             paid = Payment.decode(payment)
             claimed = {Pubkey.from_string(k): v for k, v in paid.owed.items()}
-        except (BadReceipt, ValueError) as exc:
-            raise ChannelError(f"the payment is malformed: {exc}") from None
+        except (ChannelError, ValueError) as exc:
+            raise ChannelError(f"the payment is malformed: {exc}") from exc
         terms = ChannelTerms.from_wire(paid.terms)
         if terms.payee != self.wallet.pubkey():
             raise ChannelError("that channel pays another wallet than this node's")
@@ -287,7 +287,7 @@ class SettlementService:
             authority, value = read_nonce(nonce.data)
             meta = read_stake(stake.data)
         except LedgerError as exc:
-            raise ChannelError(f"that channel's accounts are not a channel's: {exc}") from None
+            raise ChannelError(f"that channel's accounts are not a channel's: {exc}") from exc
         check_channel(terms, stake.lamports, meta, authority, await self.ledger.now())
         amounts = task_amounts(price, royalty_bps, terms.payee, creator, terms.payer)
         async with self._adding:

@@ -69,7 +69,7 @@ class AgentCard(Message):
             card = cls.from_wire(body)
             key = public_key_of_peer(card.provider)
         except (FrameError, MessageError, KeyError, TypeError, ValueError) as exc:
-            raise CardRejected(f"not an agent card: {exc}") from None
+            raise CardRejected(f"not an agent card: {exc}") from exc
         if len(card.prices) != len(card.agents) or any(p < 0 for p in card.prices):
             raise CardRejected("a card names a price (>= 0) for each agent")
         if not isinstance(sig, bytes) or not verify_signature(key, CARD_KIND, body, sig):

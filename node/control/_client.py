@@ -1,4 +1,10 @@
-"""`ControlClient`: the control API over HTTP, with the same methods as `LocalControl`.
+"""`ControlClient`: the control API over HTTP, for the CLI and scripts.
+
+Each method sends one route's request, and so runs one `NodeAPI` operation in
+the daemon; it returns the route's response as JSON (the shape of its model in
+``_models.py``) and raises `ControlError` with the answer's status and code. The
+methods that need no daemon (keys, events) have the same names and results as
+`LocalControl`'s, so the CLI need not care which one `open_control` gave it.
 
 It finds the daemon through ``<data dir>/api.json`` and authenticates with
 ``<data dir>/api.token``. Blocking (stdlib http.client): meant for the CLI and
@@ -12,8 +18,8 @@ import json
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from ._errors import ControlError, DaemonNotRunning
-from ._paths import DataDir
+from .._errors import ControlError, DaemonNotRunning
+from .._paths import DataDir
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -36,8 +42,8 @@ class ControlClient:
         try:
             info = json.loads(self.datadir.api_file.read_text())
             return str(info["host"]), int(info["port"]), str(info["instance"])
-        except (OSError, ValueError, KeyError, TypeError):
-            raise self._not_running() from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise self._not_running() from exc
 
     def _check_instance(self, expected: str) -> None:
         """Make sure the daemon that wrote api.json is the one answering, before sending the token.
@@ -49,8 +55,8 @@ class ControlClient:
             return
         try:
             answer = self.request("GET", "/v1/health", auth=False)
-        except ControlError:
-            raise self._not_running() from None
+        except ControlError as exc:
+            raise self._not_running() from exc
         if not isinstance(answer, dict) or answer.get("instance") != expected:
             raise self._not_running() from None
         self._verified = expected
@@ -61,7 +67,7 @@ class ControlClient:
         except OSError as exc:
             raise ControlError(
                 f"cannot read the API token {self.datadir.token_file}: {exc.strerror}"
-            ) from None
+            ) from exc
 
     def request(
         self, method: str, path: str, body: Any = None, *, auth: bool = True, raw: bool = False
@@ -84,16 +90,16 @@ class ControlClient:
             conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()
             data = response.read()
-        except ConnectionRefusedError:
-            raise self._not_running() from None
-        except TimeoutError:
+        except ConnectionRefusedError as exc:
+            raise self._not_running() from exc
+        except TimeoutError as exc:
             raise ControlError(
                 f"the daemon at {host}:{port} did not answer within {self.timeout:g} s"
-            ) from None
+            ) from exc
         except (OSError, http.client.HTTPException) as exc:
             raise ControlError(
                 f"the daemon at {host}:{port} did not answer properly: {exc}"
-            ) from None
+            ) from exc
         finally:
             conn.close()
         if response.status >= 400:
@@ -116,6 +122,9 @@ class ControlClient:
     def check(self) -> None:
         """DaemonNotRunning unless the daemon that wrote api.json is the one answering."""
         self._check_instance(self._address()[2])
+
+    def node(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/node")
 
     def status(self) -> dict[str, Any]:
         return self.request("GET", "/v1/status")

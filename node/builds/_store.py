@@ -22,7 +22,7 @@ import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import Any
 
 from mercato.p2p import FrameError, canonical_cbor, decode_canonical
 
-from ._errors import NodeError
+from .._errors import NodeError
 
 CHUNK_SIZE = 1024 * 1024
 MAX_BUILD_BYTES = 4 * 1024 * 1024 * 1024
@@ -94,7 +94,7 @@ class Manifest:
         try:
             obj = decode_canonical(data)
         except FrameError as exc:
-            raise BadManifest(f"the manifest does not decode: {exc}") from None
+            raise BadManifest(f"the manifest does not decode: {exc}") from exc
         if not isinstance(obj, dict) or set(obj) != {"v", "size", "chunk_size", "chunks"}:
             raise BadManifest("the manifest has the wrong fields")
         size, chunk_size, chunks = obj["size"], obj["chunk_size"], obj["chunks"]
@@ -184,7 +184,7 @@ class BuildStore:
             yield
         except sqlite3.Error as exc:
             self.path(cid).unlink(missing_ok=True)
-            raise QuotaExceeded(f"cannot record {cid}: {exc}") from None
+            raise QuotaExceeded(f"cannot record {cid}: {exc}") from exc
 
     def path(self, cid: str) -> Path:
         return self.root / check_cid(cid)
@@ -201,7 +201,7 @@ class BuildStore:
             return None
         return BuildInfo(cid, row[0], row[1], row[3], bool(row[2]))
 
-    def list(self) -> list[BuildInfo]:
+    def list_builds(self) -> list[BuildInfo]:
         cids = [r[0] for r in self.conn.execute("SELECT cid FROM builds ORDER BY added")]
         return [info for cid in cids if (info := self.info(cid)) is not None]
 
@@ -245,7 +245,7 @@ class BuildStore:
             with open(self.path(cid), "wb") as f:
                 f.truncate(manifest.size)  # sparse: chunks land at their offsets
         except OSError as exc:
-            raise QuotaExceeded(f"cannot make room for {cid}: {exc}") from None
+            raise QuotaExceeded(f"cannot make room for {cid}: {exc}") from exc
         with self._recorded(cid), self._transaction():
             self.conn.execute(
                 "INSERT INTO builds(cid, size, chunks, manifest, pinned, added) "
@@ -268,7 +268,8 @@ class BuildStore:
         QuotaExceeded and records nothing of this call.
         """
         manifest = self.manifest(cid)
-        good, bad = {}, []
+        good: dict[int, bytes] = {}
+        bad: list[int] = []
         for index, data in chunks.items():
             ok = (
                 0 <= index < len(manifest.chunks)
@@ -285,7 +286,7 @@ class BuildStore:
                     f.flush()
                     os.fsync(f.fileno())
             except OSError as exc:
-                raise QuotaExceeded(f"cannot write {cid}: {exc}") from None
+                raise QuotaExceeded(f"cannot write {cid}: {exc}") from exc
             try:
                 with self._transaction():
                     self.conn.executemany(
@@ -293,7 +294,7 @@ class BuildStore:
                         [(cid, i) for i in good],
                     )
             except sqlite3.Error as exc:  # the bytes are there; only the record failed
-                raise QuotaExceeded(f"cannot record chunks of {cid}: {exc}") from None
+                raise QuotaExceeded(f"cannot record chunks of {cid}: {exc}") from exc
         return bad
 
     def add_file(self, source: Path, pinned: bool = True) -> BuildInfo:
@@ -304,14 +305,14 @@ class BuildStore:
         try:
             manifest = manifest_of(source)
         except OSError as exc:
-            raise BuildError(f"cannot read {source}: {exc.strerror or exc}") from None
+            raise BuildError(f"cannot read {source}: {exc.strerror or exc}") from exc
         info = self.begin(manifest, pinned)
         if info.complete:
             return info
         with source.open("rb") as f:
             index = 0
             while True:
-                batch = {}
+                batch: dict[int, bytes] = {}
                 while len(batch) < 16 and (chunk := f.read(manifest.chunk_size)):
                     batch[index] = chunk
                     index += 1
@@ -392,7 +393,7 @@ class BuildStore:
             self.conn.execute("DELETE FROM builds WHERE cid = ?", (cid,))
         self.path(cid).unlink(missing_ok=True)
 
-    def gc(self, keep: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    def gc(self, keep: Set[str] = frozenset()) -> list[str]:
         """Remove every build that is neither pinned nor in ``keep``; return their CIDs."""
         doomed = [
             r[0]

@@ -52,17 +52,15 @@ from mercato.p2p import DhtError, Overlay, P2PError, Refused, RemoteError, Reque
 from mercato.runtime import SandboxError, WorkerPool
 from mercato.settlement import Channel, ChannelError, SettlementError
 
-from ._builds import BuildError
-from ._buildservice import BuildService
+from .._config import RuntimeSection, TasksSection
+from .._store import Store
+from ..builds import BuildError, BuildService
+from ..money import SettlementService, task_amounts
+from ..registry import RegistryService
 from ._cards import CardBook
 from ._choice import Offer, rank
-from ._config import RuntimeSection, TasksSection
-from ._registry import RegistryService
-from ._reputation import ReputationBook
-from ._settlement import SettlementService, task_amounts
-from ._store import Store
-from ._tasklog import TaskLog, TaskRecord
-from ._tasks import (
+from ._log import TaskLog, TaskRecord
+from ._messages import (
     TASK,
     BadReceipt,
     NoProvider,
@@ -73,7 +71,8 @@ from ._tasks import (
     UnknownAgent,
     digest,
 )
-from ._taskservice import run_limits
+from ._reputation import ReputationBook
+from ._service import run_limits
 
 log = logging.getLogger("mercato.tasks")
 
@@ -250,7 +249,7 @@ class TaskRunner:
         try:
             wanted = VersionRange.parse(version)
         except VersionError as exc:
-            raise TaskRefused(str(exc)) from None
+            raise TaskRefused(str(exc)) from exc
         listing = await self._registry.show(publisher, name)
         if listing is None or listing.get("deprecated"):
             if pinned is None:
@@ -266,7 +265,7 @@ class TaskRunner:
         try:
             run_limits(listing, stdin, self._caps)
         except Refused as exc:
-            raise TaskRefused(exc.message) from None
+            raise TaskRefused(exc.message) from exc
         price = int(listing["price"])
         if cap is not None and price > cap:
             raise TaskRefused(f"{agent} costs {price} lamports a task, over --max-price {cap}")
@@ -333,6 +332,7 @@ class TaskRunner:
 
     async def _quotes_for(self, task: _Task) -> list[_Offered]:
         """Valid quotes from untried candidates, best first (empty when none is left)."""
+        names: list[tuple[str, list[str]]]
         if task.pinned is not None:
             names = [] if task.pinned in task.tried else [(task.pinned, [])]
         else:
@@ -440,8 +440,8 @@ class TaskRunner:
         try:
             if not VersionRange.parse(task.version).matches(Version.parse(quote.version)):
                 raise BadReceipt(f"the quote offers {quote.version}, outside {task.version}")
-        except VersionError:
-            raise BadReceipt("the quote's version is not semver") from None
+        except VersionError as exc:
+            raise BadReceipt("the quote's version is not semver") from exc
         # The build must be the one this node's registry binds to that release.
         publisher, _, name = task.agent.partition("/")
         shown = await self._registry.show(publisher, name)
@@ -569,8 +569,8 @@ class TaskRunner:
         try:
             payee = Pubkey.from_string(quote.payee)
             creator = Pubkey.from_string(quote.creator)
-        except ValueError:
-            raise ChannelError("the quote names no wallet to pay") from None
+        except ValueError as exc:
+            raise ChannelError("the quote names no wallet to pay") from exc
         me = self._money.wallet.pubkey()
         amounts = task_amounts(quote.price, quote.royalty_bps, payee, creator, me)
         payment, channel, relied = await self._money.pay_for(quote.provider, payee, amounts)

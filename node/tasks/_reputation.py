@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import sqlite3
 
-    from ._store import Database
+    from .._store import Database
 
 SCHEMA = """
 CREATE TABLE reputation (

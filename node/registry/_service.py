@@ -54,8 +54,9 @@ from mercato.crdt import (
 )
 from mercato.p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, TokenBucket, Verdict
 
-from ._control import LocalControl
-from ._store import Store
+from .._events import EventLog
+from .._keys import KeyStore
+from .._store import Store
 
 log = logging.getLogger("mercato.registry")
 
@@ -75,9 +76,10 @@ QUERY_BYTES_BURST = 8 * 1024 * 1024
 
 
 class RegistryService:
-    def __init__(self, store: Store, control: LocalControl, overlay: Overlay) -> None:
+    def __init__(self, store: Store, keys: KeyStore, events: EventLog, overlay: Overlay) -> None:
         self._store = store
-        self._control = control
+        self._keys = keys
+        self._events = events
         self._overlay = overlay
         self._replica: RegistryStore | None = None
         self._synced: dict[str, float] = {}  # peer -> when we last pulled from it
@@ -165,13 +167,13 @@ class RegistryService:
         return await self._write(account, name, "registry.deprecated", lambda w: w.deprecate(name))
 
     async def _write(self, account: str, name: str, event: str, write: Any) -> dict[str, Any]:
-        keypair: Keypair = await self._store.run(self._control.keys.account, account)
+        keypair: Keypair = await self._store.run(self._keys.account, account)
 
         def apply() -> tuple[list[SignedUpdate], dict[str, Any]]:
             writer = FeedWriter(keypair, self.replica.registry)
             signed = write(writer)
             self.replica.commit_own(signed, name)
-            self._control.record(event, {"publisher": keypair.address, "name": name})
+            self._events.record(event, {"publisher": keypair.address, "name": name})
             snapshot = self.replica.compact_own(writer)
             spread = [signed] if snapshot is None else [signed, snapshot]
             return spread, self.replica.show(keypair.address, name) or {}
@@ -246,8 +248,8 @@ class RegistryService:
             raise Refused("busy", "you asked for too much of this node's registry; slow down")
         try:
             self._query_slots.acquire_nowait()
-        except trio.WouldBlock:
-            raise Refused("busy", "too many remote queries at once; retry later") from None
+        except trio.WouldBlock as exc:
+            raise Refused("busy", "too many remote queries at once; retry later") from exc
         try:
             response = await self._query(request)
         finally:
@@ -268,7 +270,7 @@ class RegistryService:
             query = request.query()
             page = await self._store.run(self.replica.search, query, SEARCH_BUDGET_S)
         except QueryError as exc:
-            raise Refused("bad_request", str(exc)) from None
+            raise Refused("bad_request", str(exc)) from exc
         results = [encode_query_result(doc) for doc in page.results]
         return QueryResponse(results=results, cursor=page.cursor)
 

@@ -29,16 +29,15 @@ from mercato.p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, Verd
 from mercato.runtime import Limits, LimitsError, Outcome, SandboxError, WorkerPool
 from mercato.settlement import Channel, PaymentShort, SettlementError
 
-from ._builds import BuildError
-from ._buildservice import BuildService
+from .._config import RuntimeSection, ServeSection
+from ..builds import BuildError, BuildService
+from ..money import SettlementService
+from ..registry import RegistryService
 from ._cards import TOPIC as CARDS_TOPIC
 from ._cards import AgentCard, CardBook, card_verdict
 from ._choice import rank
-from ._config import RuntimeSection, ServeSection
-from ._registry import RegistryService
-from ._settlement import SettlementService
-from ._tasklog import TaskLog, TaskRecord
-from ._tasks import (
+from ._log import TaskLog, TaskRecord
+from ._messages import (
     MAX_TASK_OUTPUT,
     TASK,
     BadReceipt,
@@ -50,7 +49,7 @@ from ._tasks import (
 )
 
 if TYPE_CHECKING:
-    from ._taskrunner import TaskRunner
+    from ._runner import TaskRunner
 
 log = logging.getLogger("mercato.tasks")
 
@@ -80,7 +79,7 @@ def run_limits(listing: dict[str, Any], stdin: bytes, caps: RuntimeSection) -> L
             ),
         ).check()
     except LimitsError as exc:
-        raise Refused("bad_listing", str(exc)) from None
+        raise Refused("bad_listing", str(exc)) from exc
     if len(stdin) > limits.max_input_bytes:
         raise Refused(
             "input_too_large",
@@ -204,7 +203,7 @@ class TaskService:
         try:
             wanted_range = VersionRange.parse(wanted)
         except VersionError as exc:
-            raise Refused("bad_request", str(exc)) from None
+            raise Refused("bad_request", str(exc)) from exc
         for release in shown["releases"]:  # newest first
             if wanted_range.matches(Version.parse(release["version"])):
                 return shown, release
@@ -217,7 +216,7 @@ class TaskService:
                 with trio.fail_after(FETCH_TIMEOUT_S):
                     await self._builds.fetch(cid, await self._builds.copies(cid))
             except (BuildError, P2PError, trio.TooSlowError) as exc:
-                raise Refused("unavailable", f"cannot get the build {cid}: {exc}") from None
+                raise Refused("unavailable", f"cannot get the build {cid}: {exc}") from exc
         return self._builds.builds.path(cid)
 
     async def _answer(self, peer: str, request: TaskRequest) -> TaskResponse:
@@ -266,7 +265,7 @@ class TaskService:
         try:
             quote = Quote.verify(request.quote)
         except BadReceipt as exc:
-            raise Refused("bad_quote", str(exc)) from None
+            raise Refused("bad_quote", str(exc)) from exc
         if quote.provider != self._overlay.peer_id or quote.user != peer:
             raise Refused("bad_quote", "that quote is not from this node for you")
         if quote.agent != request.agent or quote.version != request.version:
@@ -312,7 +311,7 @@ class TaskService:
                     path, request.input, limits, key=quote.cid, name=listing["name"]
                 )
             except SandboxError as exc:
-                raise Refused("cannot_run", str(exc)) from None
+                raise Refused("cannot_run", str(exc)) from exc
         if result.outcome is Outcome.CRASHED:  # this node's fault, not the agent's
             raise Refused("crashed", "the sandbox worker died: try another provider")
         previous = self._expected_ms.get(quote.cid, result.usage.wall_ms)
@@ -361,9 +360,9 @@ class TaskService:
                 peer, request.payment, quote.price, quote.royalty_bps, creator
             )
         except PaymentShort as exc:
-            raise Refused("payment_short", str(exc)) from None
+            raise Refused("payment_short", str(exc)) from exc
         except SettlementError as exc:
-            raise Refused("bad_payment", str(exc)) from None
+            raise Refused("bad_payment", str(exc)) from exc
 
     # -- user ----------------------------------------------------------------------
 

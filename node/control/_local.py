@@ -13,12 +13,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from ._errors import DaemonNotRunning, DataDirLocked
-from ._events import Event, append_event, list_events, verify_events
-from ._keys import KeyStore
-from ._lock import DataDirLock
-from ._paths import DataDir
-from ._store import Database
+from .._errors import DaemonNotRunning, DataDirLocked
+from .._events import Event, EventLog, list_events, verify_events
+from .._keys import KeyStore
+from .._lock import DataDirLock
+from .._paths import DataDir
+from .._schema import node_database
+from .._store import Database
 
 
 class Control(Protocol):
@@ -46,17 +47,14 @@ class LocalControl:
         self.datadir = datadir
         self.db = db
         self.keys = keys
-        self._on_event = on_event
+        self.log = EventLog(db, on_event)
 
     def record(self, kind: str, data: dict[str, Any]) -> Event:
         """Append an event to the log (and tell the metrics)."""
-        event = append_event(self.db, kind, data)
-        if self._on_event:
-            self._on_event(event)
-        return event
+        return self.log.record(kind, data)
 
     def keys_list(self) -> list[dict[str, Any]]:
-        return [k.to_dict() for k in self.keys.list()]
+        return [k.to_dict() for k in self.keys.list_keys()]
 
     def keys_new(self, name: str) -> dict[str, Any]:
         info = self.keys.create_account(name)
@@ -99,12 +97,12 @@ def open_control(datadir: DataDir) -> Iterator[Control]:
     lock = DataDirLock(datadir)
     try:
         lock.acquire()
-    except DataDirLocked:
+    except DataDirLocked as exc:
         raise DataDirLocked(
             f"a daemon holds data dir {datadir.root} but its control API does not answer; "
             "if it is starting, try again in a moment"
-        ) from None
-    db = Database(datadir.db_file)
+        ) from exc
+    db = node_database(datadir.db_file)
     try:
         yield LocalControl(datadir, db, KeyStore(datadir))
     finally:

@@ -35,7 +35,7 @@ from mercato.p2p import (
     verify_signature,
 )
 
-from ._errors import NodeError
+from .._errors import NodeError
 
 MAX_TASK_INPUT = 8 * 1024 * 1024
 MAX_TASK_OUTPUT = 8 * 1024 * 1024
@@ -107,8 +107,8 @@ def _verified(kind: str, data: bytes, what: str) -> dict[str, Any]:
         obj = decode_canonical(data)
         body, sig = obj["body"], obj["sig"]
         key = public_key_of_peer(body["provider"])
-    except (FrameError, KeyError, TypeError, ValueError):
-        raise BadReceipt(f"the {what} does not decode") from None
+    except (FrameError, KeyError, TypeError, ValueError) as exc:
+        raise BadReceipt(f"the {what} does not decode") from exc
     if not isinstance(sig, bytes) or not verify_signature(key, kind, body, sig):
         raise BadReceipt(f"the {what} is not signed by {str(body['provider'])[:64]}")
     return body
@@ -133,14 +133,15 @@ def _typed(cls: type, body: dict[str, Any], what: str) -> Any:
             value = body[name] = float(value)
         if type(value) is not want:
             raise BadReceipt(f"the {what}'s {name} is not a {want.__name__}")
-        if want in (bytes, str) and len(value) > _MAX_FIELD:
+        # type(value) is want, so these test want too (and tell mypy what value is).
+        if isinstance(value, (bytes, str)) and len(value) > _MAX_FIELD:
             raise BadReceipt(f"the {what}'s {name} is too long")
-        if want in (int, float) and not (0 <= value < 2**63):  # also refuses NaN
+        if isinstance(value, (int, float)) and not (0 <= value < 2**63):  # also refuses NaN
             raise BadReceipt(f"the {what}'s {name} is out of range")
     try:
         return cls(**body)
-    except TypeError:
-        raise BadReceipt(f"the {what} lacks fields") from None
+    except TypeError as exc:
+        raise BadReceipt(f"the {what} lacks fields") from exc
 
 
 @dataclass(frozen=True)
@@ -220,37 +221,6 @@ class Receipt:
             raise BadReceipt("the receipt names another input")
         if self.output_hash != digest(output):
             raise BadReceipt("the output does not match the receipt's hash")
-
-
-@dataclass(frozen=True)
-class Payment:
-    """What a paid run carries in ``payment``: the channel's terms (so a provider
-    that has not seen the channel can check it on the ledger) and the payer's
-    new state, which pays everything owed so far plus this task."""
-
-    terms: dict[str, Any]
-    owed: dict[str, int]  # the payer's account of everything owed, per recipient
-    state: bytes
-
-    def encode(self) -> bytes:
-        return canonical_cbor({"v": 1, "terms": self.terms, "owed": self.owed, "state": self.state})
-
-    @classmethod
-    def decode(cls, data: bytes) -> Payment:
-        try:
-            obj = decode_canonical(data)
-            terms, owed, state = obj["terms"], obj["owed"], obj["state"]
-        except (FrameError, KeyError, TypeError, ValueError):
-            raise BadReceipt("the payment does not decode") from None
-        if obj.get("v") != 1 or not isinstance(terms, dict) or not isinstance(state, bytes):
-            raise BadReceipt("the payment is not a version 1 payment")
-        if (
-            not isinstance(owed, dict)
-            or len(owed) > 16
-            or not all(isinstance(k, str) and type(v) is int for k, v in owed.items())
-        ):
-            raise BadReceipt("the payment's owed amounts are malformed")
-        return cls(terms, owed, state)
 
 
 def digest(data: bytes) -> bytes:

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from mercato.p2p import Message, RequestProtocol
 
-from ._builds import CHUNK_SIZE, MAX_CHUNKS
+from ._store import CHUNK_SIZE, MAX_CHUNKS
 
 MAX_BATCH = 4
 MAX_MANIFEST_BYTES = 34 * MAX_CHUNKS + 1024

@@ -23,7 +23,7 @@ from ._reputation import Standing, save
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from ._store import Database, Store
+    from .._store import Database, Store
 
 SCHEMA = """
 CREATE TABLE tasks (
@@ -146,7 +146,8 @@ class TaskLog:
         finally:
             batch.done.set()
 
-    async def list(self, limit: int, role: str | None = None) -> list[TaskRecord]:
+    async def recent(self, limit: int, role: str | None = None) -> list[TaskRecord]:
+        """The last ``limit`` tasks (of ``role``, if given), newest first."""
         return await self._store.run(_select, self._store.db, limit, role)
 
     async def get(self, task_id: str) -> list[TaskRecord]:

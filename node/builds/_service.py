@@ -28,7 +28,9 @@ import trio
 
 from mercato.p2p import Overlay, P2PError, Refused, RemoteError, TokenBucket
 
-from ._builds import (
+from .._config import BuildsSection
+from .._store import Store
+from ._store import (
     BadManifest,
     BuildError,
     BuildInfo,
@@ -38,8 +40,6 @@ from ._builds import (
     check_cid,
     manifest_of,
 )
-from ._config import BuildsSection
-from ._store import Store
 from ._transfer import BUILD, MAX_BATCH, OPS, BuildRequest, BuildResponse
 
 log = logging.getLogger("mercato.builds")
@@ -53,6 +53,8 @@ OFFERS_PER_S = 0.5
 OFFER_BURST = 4.0
 USE_KEEP_S = 600.0  # a build a task ran stays this long though this node is not its keeper
 PEER_CHECK_S = 0.5  # how often the repair loop looks whether peers came or went
+COPIES_WAIT_S = 40.0  # how long a release waits for its build to reach its peers
+OFFER_AGAIN_S = 2.0
 
 Progress = Callable[[int, int], None]
 """Called with (bytes stored, build size) as chunks arrive."""
@@ -193,7 +195,7 @@ class BuildService:
         their responsible peers hold them. Returns what it did, by action."""
         done: dict[str, list[str]] = {"fetching": [], "dropped": [], "announced": []}
         me, peers = self._overlay.peer_id, self.live_peers()
-        held = {info.cid: info for info in await self._store.run(self.builds.list)}
+        held = {info.cid: info for info in await self._store.run(self.builds.list_builds)}
         released = await self._released() if self._released is not None else set()
         self._last_released = released
         for cid in sorted(released | set(held)):
@@ -324,7 +326,7 @@ class BuildService:
         try:
             manifest = await trio.to_thread.run_sync(manifest_of, source)
         except OSError as exc:
-            raise BuildError(f"cannot read {source}: {exc.strerror or exc}") from None
+            raise BuildError(f"cannot read {source}: {exc.strerror or exc}") from exc
         existed = await self._store.run(self.builds.info, manifest.cid) is not None
         info = await self._store.run(self.builds.begin, manifest, pinned)
         if info.complete:
@@ -344,7 +346,8 @@ class BuildService:
                 with trio.CancelScope(shield=True):
                     await self._store.run(self.builds.remove, manifest.cid)
             raise
-        return await self._store.run(self.builds.info, manifest.cid) or info
+        stored = await self._store.run(self.builds.info, manifest.cid)
+        return stored or info
 
     async def offer(self, cid: str) -> list[str]:
         """Tell the peers responsible for ``cid`` that this node holds it; return them."""
@@ -359,6 +362,32 @@ class BuildService:
             except P2PError as exc:
                 log.debug("offer refused", extra={"peer": peer, "why": str(exc)})
         return offered
+
+    async def wait_for_copies(
+        self, cid: str, wanted: int, timeout_s: float = COPIES_WAIT_S
+    ) -> list[str]:
+        """Offer ``cid`` to the peers responsible for it (again every few seconds, as
+        peers may have come) until ``wanted`` of them hold it; return those peers.
+
+        BuildError if fewer hold it after ``timeout_s``: the build stays stored
+        and offered. Cancelling stops the wait; nothing is undone.
+        """
+        copies: list[str] = []
+        deadline = trio.current_time() + timeout_s
+        offered_at = -OFFER_AGAIN_S
+        while len(copies) < wanted and trio.current_time() < deadline:
+            if trio.current_time() - offered_at >= OFFER_AGAIN_S:
+                await self.offer(cid)
+                offered_at = trio.current_time()
+            await trio.sleep(0.2)  # the peers fetch in their own time; ask again
+            copies = await self.copies(cid)
+        if len(copies) < wanted:
+            raise BuildError(
+                f"only {len(copies)} of the {wanted} peers needed hold {cid} after "
+                f"{timeout_s:g} s; it stays stored here and offered: run the release "
+                "again later, or connect to more peers"
+            )
+        return copies
 
     def start_fetch(self, cid: str, providers: list[str] | None, pinned: bool) -> FetchState:
         """Fetch in the background (see `fetch`); its progress is in the returned state."""
@@ -397,11 +426,11 @@ class BuildService:
             if request.op == "offer":
                 await self._take_offer(peer, request.cid)
                 return BuildResponse()
-        except UnknownBuild:
-            raise Refused("unknown_build", "this node does not have that build") from None
+        except UnknownBuild as exc:
+            raise Refused("unknown_build", "this node does not have that build") from exc
         except BuildError as exc:
             code = "bad_range" if "outside" in str(exc) else "missing"
-            raise Refused(code, str(exc)) from None
+            raise Refused(code, str(exc)) from exc
         raise Refused("bad_request", f"op must be one of {', '.join(OPS)}, not {request.op!r}")
 
     # -- fetching ----------------------------------------------------------------
@@ -446,7 +475,8 @@ class BuildService:
             if not missing:
                 if state.pin:  # asked for by this fetch, or by one that joined it
                     await self._store.run(self.builds.pin, cid)
-                return await self._store.run(self.builds.info, cid) or info
+                stored = await self._store.run(self.builds.info, cid)
+                return stored or info
             usable = [
                 p for p in providers if p not in state.bad and failures.get(p, 0) < MAX_FAILURES
             ]
@@ -519,7 +549,7 @@ class BuildService:
                     for _ in range(PER_PROVIDER):
                         nursery.start_soon(worker, peer)
         except* BuildError as group:  # removed mid-fetch, disk full: the fetch stops
-            raise group.exceptions[0] from None
+            raise group.exceptions[0] from group
 
     async def _recover(self, peer: str, failures: int) -> None:
         """Back off, and dial the peer again if the connection is gone (py-libp2p may

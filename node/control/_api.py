@@ -1,0 +1,492 @@
+"""`NodeAPI`: every operation of a running node, in one typed facade.
+
+The HTTP routes (``_routes.py``), and whatever else drives a node in process,
+call these methods; `ControlClient` calls the same operations over HTTP. The
+facade holds the rules of each operation (what a valid peer, price or range is,
+which service answers); the services hold the domain. Sub-APIs per domain:
+``node``, ``registry``, ``builds``, ``runtime``, ``tasks``, ``money``.
+
+Errors: a refusal of the facade's own is a `ControlError` carrying its HTTP
+status and code; an error of a service is raised as it is, and
+``_errors.ERRORS`` maps it to a status and a code. Nothing here blocks the trio
+loop: SQLite and the event log go through the store's thread, and encoding
+large outputs through a worker thread. Cancellation propagates; what a
+service has stored before it is cancelled stays stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+from solders.pubkey import Pubkey
+
+from mercato.crdt import Query, QueryError
+from mercato.p2p import BadAddress, P2PError, RemoteError, b58decode, public_key_of_peer
+from mercato.runtime import Limits
+
+from .._errors import ControlError
+from .._events import event_head, list_events, verify_events
+from .._version import __version__
+from ..builds import check_cid
+from ..money import channel_info
+from ..tasks import BadReceipt, Receipt, TaskRecord
+from . import _models as m
+
+if TYPE_CHECKING:
+    from .._node import Node
+
+MAX_WAITING_RUNS = 8  # runs queued for a slot before `runtime.run` answers busy
+MAX_AIRDROP_LAMPORTS = 1_000 * 10**9
+
+
+def refuse(status: int, code: str, message: str) -> ControlError:
+    """A refusal of the facade's own, with the status and code the API answers."""
+    return ControlError(message, status=status, code=code)
+
+
+def decode_base64(value: str, name: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise refuse(400, "bad_body", f"{name!r} must be base64 text") from exc
+
+
+def _lamports(value: int, name: str, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise refuse(400, "bad_body", f"{name} must be a whole number from {low} to {high}")
+    return value
+
+
+def _agent(agent: str) -> str:
+    if agent.count("/") != 1 or len(agent) > 120:
+        raise refuse(400, "bad_agent", "agent is PUBLISHER/NAME")
+    return agent
+
+
+async def _remote(call: Any) -> Any:
+    """A remote query's failures: the peer's fault or unreachable is 502."""
+    try:
+        return await call
+    except QueryError as exc:
+        raise refuse(502, "bad_answer", str(exc)) from exc
+    except RemoteError as exc:
+        raise refuse(502, "refused", f"the peer refused ({exc.code}): {exc.message}") from exc
+    except P2PError as exc:
+        raise refuse(502, "unreachable", f"the peer did not answer: {exc}") from exc
+
+
+class _Part:
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def reach(self, peer: str) -> str:
+        """A peer id from a peer id or a full multiaddr (dialing the latter)."""
+        try:
+            if peer.startswith("/"):
+                return await self._node.overlay.host.connect(peer)
+            if len(b58decode(peer)) < 20:
+                raise ValueError(peer)
+        except (ValueError, BadAddress) as exc:
+            raise refuse(
+                400,
+                "bad_peer",
+                f"{peer[:100]!r} is neither a peer id nor a multiaddr "
+                "like /ip4/HOST/tcp/PORT/p2p/PEER_ID",
+            ) from exc
+        except P2PError as exc:
+            raise refuse(502, "unreachable", str(exc)) from exc
+        return peer
+
+    async def record(self, kind: str, data: dict[str, Any]) -> None:
+        """Append to the event log, in the store's thread."""
+        await self._node.store.run(self._node.events.record, kind, data)
+
+
+class NodeOps(_Part):
+    """The node itself: identity, status, keys, the event log, peers."""
+
+    def health(self) -> m.Health:
+        return m.Health(status="ok", version=__version__, instance=self._node.instance)
+
+    def info(self) -> m.NodeInfo:
+        node = self._node
+        return m.NodeInfo(
+            version=__version__,
+            name=node.config.node.name,
+            role=node.config.node.role,
+            peer_id=node.peer_id,
+            instance=node.instance,
+            api=node.api_url,
+            uptime_s=round(time.time() - node.started_at, 3),
+        )
+
+    async def status(self) -> m.Status:
+        node = self._node
+        seq, head = await node.store.run(event_head, node.store.db)
+        accounts = await node.store.run(node.keys.account_names)
+        return m.Status(
+            version=__version__,
+            name=node.config.node.name,
+            role=node.config.node.role,
+            pid=os.getpid(),
+            data_dir=str(node.datadir.root),
+            started_at=node.started_at,
+            uptime_s=round(time.time() - node.started_at, 3),
+            peer_id=node.peer_id,
+            accounts=accounts,
+            api=node.api_url,
+            services=list(node.services),
+            events=m.EventCount(count=seq, head=head),
+            p2p=node.overlay.status() if node.services and "p2p" in node.services else None,
+            warnings=list(node.warnings),
+        )
+
+    def shutdown(self) -> m.Stopping:
+        self._node.request_stop("control API")
+        return m.Stopping(status="stopping")
+
+    async def keys_list(self) -> m.Keys:
+        keys = await self._node.store.run(self._node.keys.list_keys)
+        return m.Keys(keys=[m.Key.model_validate(k.to_dict()) for k in keys])
+
+    async def keys_new(self, name: str) -> m.Key:
+        info = await self._node.store.run(self._node.keys.create_account, name)
+        await self.record("key.created", {"name": name, "kind": "account", "address": info.address})
+        return m.Key.model_validate(info.to_dict())
+
+    async def keys_show(self, name: str) -> m.Key:
+        info = await self._node.store.run(self._node.keys.info, name)
+        return m.Key.model_validate(info.to_dict())
+
+    async def events(self, after: int = 0, limit: int = 100, kind: str | None = None) -> m.Events:
+        if not 0 <= after <= 2**62 or not 1 <= limit <= 1000:
+            raise refuse(400, "bad_query", "after is 0 or more and limit from 1 to 1000")
+        found = await self._node.store.run(list_events, self._node.store.db, after, limit, kind)
+        return m.Events(
+            events=[m.Event(**e.to_dict()) for e in found],
+            next=found[-1].seq if found else after,
+        )
+
+    async def events_verify(self) -> m.EventsCheck:
+        report = await self._node.store.run(verify_events, self._node.store.db)
+        return m.EventsCheck(**report.to_dict())
+
+    def peers(self) -> m.Peers:
+        host = self._node.overlay.host
+        return m.Peers(
+            peers=[
+                m.Peer(peer_id=p, addrs=host.peer_addrs(p), protocols=host.protocols_of(p))
+                for p in host.connected_peers()
+            ],
+            banned=host.banned_peers(),
+        )
+
+    async def connect(self, peer: str) -> m.Connected:
+        if not peer.startswith("/"):
+            raise refuse(
+                400, "bad_peer", "connect needs a multiaddr: /ip4/HOST/tcp/PORT/p2p/PEER_ID"
+            )
+        return m.Connected(peer_id=await self.reach(peer))
+
+    async def ping(self, peer: str) -> m.Pong:
+        peer_id = await self.reach(peer)
+        try:
+            rtts = await self._node.overlay.host.ping(peer_id, count=3)
+        except P2PError as exc:
+            raise refuse(502, "unreachable", str(exc)) from exc
+        return m.Pong(peer_id=peer_id, rtt_ms=[round(r, 3) for r in rtts])
+
+    async def metrics(self) -> str:
+        text = await trio.to_thread.run_sync(self._node.metrics.render)  # reads /proc
+        return text.decode()
+
+
+class RegistryOps(_Part):
+    """The marketplace registry: publish, release, search, show, resolve."""
+
+    async def publish(self, account: str, listing: dict[str, Any]) -> m.Listing:
+        return m.Listing(**await self._node.registry.publish(account, listing))
+
+    async def release(
+        self, account: str, release: dict[str, Any], build: Path | None = None
+    ) -> m.Listing:
+        """Bind ``name@version``: to the cid in ``release``, or to ``build``, a file
+        that is first stored and spread to the peers responsible for it (``[builds]
+        min_copies`` of them must hold it; BuildError otherwise, the build stays
+        stored and offered)."""
+        if build is None:
+            return m.Listing(**await self._node.registry.release(account, release))
+        if not build.is_absolute():
+            raise refuse(400, "bad_body", '"build" is the absolute path of the build file')
+        builds = self._node.builds
+        info = await builds.add_file(build, True)
+        if wanted := self._node.config.builds.min_copies:
+            await builds.wait_for_copies(info.cid, wanted)
+        bound = {**release, "cid": info.cid, "size": info.size}
+        shown = await self._node.registry.release(account, bound)
+        builds.wake()
+        return m.Listing(**shown)
+
+    async def deprecate(self, account: str, name: str) -> m.Listing:
+        return m.Listing(**await self._node.registry.deprecate(account, name))
+
+    async def search(self, query: Query, peer: str | None = None) -> m.SearchPage:
+        """Search this node's registry, or ``peer``'s (a peer id or a multiaddr)."""
+        query.check()
+        if peer is not None:
+            reached = await self.reach(peer)
+            return m.SearchPage(**await _remote(self._node.registry.remote_search(reached, query)))
+        return m.SearchPage(**await self._node.registry.search(query))
+
+    async def show(self, publisher: str, name: str, peer: str | None = None) -> m.Listing:
+        if peer is not None:
+            reached = await self.reach(peer)
+            found = await _remote(self._node.registry.remote_show(reached, publisher, name))
+            where = "on that peer"
+        else:
+            found = await self._node.registry.show(publisher, name)
+            where = "on this node"
+        if found is None:
+            raise refuse(404, "no_such_listing", f"no such listing {where}")
+        return m.Listing(**found)
+
+    async def resolve(self, ref: str, range_text: str = "*") -> m.Resolution:
+        if ref.count("/") != 1 or len(ref) > 200:
+            raise refuse(400, "bad_query", "ref must be PUBLISHER/NAME")
+        return m.Resolution(**await self._node.registry.resolve(ref, range_text))
+
+
+class RuntimeOps(_Part):
+    """One-off runs of a module in the sandbox."""
+
+    async def run(self, wasm: bytes, stdin: bytes, limits: dict[str, Any]) -> m.RunOutcome:
+        node = self._node
+        checked = Limits.from_wire(limits)
+        caps = node.config.runtime
+        if checked.memory_mb > caps.max_memory_mb:
+            raise refuse(
+                400, "bad_limits", f"memory_mb is capped at {caps.max_memory_mb} on this node"
+            )
+        if checked.timeout_s > caps.max_timeout_s:
+            raise refuse(
+                400, "bad_limits", f"timeout_s is capped at {caps.max_timeout_s:g} on this node"
+            )
+        if node.runtime.waiting >= MAX_WAITING_RUNS:
+            raise refuse(503, "busy", "every runtime slot is busy and runs are queued; retry later")
+        started = time.perf_counter()
+        result = await node.runtime.run(wasm, stdin, checked)
+        node.metrics.runtime_runs.labels(outcome=result.outcome.value).inc()
+        node.metrics.runtime_seconds.observe(time.perf_counter() - started)
+
+        def encode() -> m.RunOutcome:  # outputs may be megabytes: off the event loop
+            wire = result.to_wire()
+            wire["output"] = base64.b64encode(result.output).decode()
+            wire["stderr"] = base64.b64encode(result.stderr).decode()
+            return m.RunOutcome(**wire)
+
+        return await trio.to_thread.run_sync(encode)
+
+
+class BuildOps(_Part):
+    """Builds stored on this node, and fetches from peers."""
+
+    async def stored(self) -> m.Builds:
+        store = self._node.builds.builds
+        infos = await self._node.store.run(store.list_builds)
+        used = await self._node.store.run(store.used_bytes)
+        return m.Builds(
+            builds=[m.Build(**i.to_dict()) for i in infos],
+            used_bytes=used,
+            quota_bytes=store.quota_bytes,
+        )
+
+    async def add(self, path: Path, pin: bool = True) -> m.Build:
+        if not path.is_absolute():
+            raise refuse(400, "bad_body", 'expected {"path": "/absolute/path/to/build.wasm"}')
+        info = await self._node.builds.add_file(path, pin)
+        await self.record("builds.added", {"cid": info.cid, "size": info.size})
+        return m.Build(**info.to_dict())
+
+    async def fetch(self, cid: str, peers: list[str] | None = None, pin: bool = False) -> m.Fetch:
+        """Start fetching ``cid`` in the background; its progress is in `progress`."""
+        reached = [await self.reach(p) for p in peers] if peers is not None else None
+        state = self._node.builds.start_fetch(cid, reached, pin)
+        return m.Fetch.model_validate(state.to_dict())
+
+    async def progress(self, cid: str) -> m.BuildProgress:
+        check_cid(cid)
+        state = self._node.builds.fetches.get(cid)
+        info = await self._node.store.run(self._node.builds.builds.info, cid)
+        if state is None and info is None:
+            raise refuse(404, "no_such_build", f"no build {cid} here and no fetch of it")
+        return m.BuildProgress(
+            fetch=m.Fetch.model_validate(state.to_dict()) if state else None,
+            build=m.Build(**info.to_dict()) if info else None,
+        )
+
+    async def pin(self, cid: str, pinned: bool = True) -> m.Pinned:
+        check_cid(cid)
+        await self._node.store.run(self._node.builds.builds.pin, cid, pinned)
+        return m.Pinned(cid=cid, pinned=pinned)
+
+    async def verify(self, cid: str) -> m.Verified:
+        check_cid(cid)
+        bad = await self._node.store.run(self._node.builds.builds.verify, cid)
+        return m.Verified(cid=cid, damaged_chunks=bad)
+
+    async def gc(self) -> m.Collected:
+        builds = self._node.builds
+        removed = await self._node.store.run(builds.builds.gc, builds.keep())
+        return m.Collected(removed=removed)
+
+
+def _receipt_json(receipt: Receipt) -> dict[str, Any]:
+    return {
+        key: (value.hex() if isinstance(value, bytes) else value)
+        for key, value in receipt.body().items()
+    }
+
+
+def _task_side(record: TaskRecord, full: bool) -> m.TaskSide:
+    out = dataclasses.asdict(record)
+    signed = out.pop("receipt")
+    if full and signed is not None:
+        try:  # checked again: the file could have been tampered with
+            out["receipt"] = _receipt_json(Receipt.verify(signed))
+        except BadReceipt as exc:
+            out["receipt_error"] = str(exc)
+        out["receipt_signed"] = base64.b64encode(signed).decode()
+    return m.TaskSide(**out)
+
+
+class TaskOps(_Part):
+    """Running agents on providers, and the task log."""
+
+    def providers(self, agent: str) -> m.Providers:
+        return m.Providers(agent=agent, providers=self._node.tasks.providers(_agent(agent)))
+
+    async def run(
+        self,
+        agent: str,
+        version: str,
+        stdin: bytes,
+        provider: str | None = None,
+        max_price: int | None = None,
+    ) -> m.TaskDone:
+        """Run ``agent`` on the best provider that quotes (or ``provider``), paying
+        through a channel when it has a price; the output and receipt are verified."""
+        _agent(agent)
+        if max_price is not None and not 0 <= max_price <= 10**15:
+            raise refuse(400, "bad_body", "max_price is a whole number of lamports, 0 or more")
+        chosen = await self.reach(provider) if provider is not None else None
+        done = await self._node.tasks.run_task(agent, version, stdin, chosen, max_price)
+        await self.record(
+            "task.completed", {"agent": agent, "provider": done["provider"], "task": done["task"]}
+        )
+        return m.TaskDone(
+            task=done["task"],
+            output=base64.b64encode(done["output"]).decode(),
+            provider=done["provider"],
+            receipt=_receipt_json(done["receipt"]),
+            verified=done["verified"],
+            attempts=done["attempts"],
+        )
+
+    async def recent(self, limit: int = 50, role: str | None = None) -> m.Tasks:
+        if role not in (None, "user", "provider"):
+            raise refuse(400, "bad_query", "role is user or provider")
+        if not 1 <= limit <= 10_000:
+            raise refuse(400, "bad_query", "limit is from 1 to 10000")
+        records = await self._node.tasks.tasklog.recent(limit, role)
+        return m.Tasks(tasks=[_task_side(r, full=False) for r in records])
+
+    async def show(self, task_id: str) -> m.Task:
+        task_id = task_id.lower()
+        if len(task_id) != 32 or any(c not in "0123456789abcdef" for c in task_id):
+            raise refuse(400, "bad_task", "a task id is 32 hex digits (see `mercato tasks ls`)")
+        records = await self._node.tasks.tasklog.get(task_id)
+        if not records:
+            raise refuse(404, "unknown_task", f"this node has no task {task_id}")
+        return m.Task(task=task_id, sides=[_task_side(r, True) for r in records])
+
+
+class MoneyOps(_Part):
+    """The wallet and payment channels."""
+
+    async def wallet(self) -> m.Wallet:
+        return m.Wallet(**await self._node.settlement.wallet_info())
+
+    async def airdrop(self, lamports: int) -> m.Airdropped:
+        _lamports(lamports, "lamports", 1, MAX_AIRDROP_LAMPORTS)
+        signature = await self._node.settlement.airdrop(lamports)
+        wallet = await self._node.settlement.wallet_info()
+        return m.Airdropped(signature=str(signature), **wallet)
+
+    def channels(self) -> m.Channels:
+        return m.Channels(channels=[m.Channel(**c) for c in self._node.settlement.channels()])
+
+    def _stake(self, stake: str) -> str:
+        if stake not in self._node.settlement.book.channels:
+            raise refuse(404, "no_such_channel", f"no channel {stake} in this node's book")
+        return stake
+
+    def channel(self, stake: str) -> m.Channel:
+        book = self._node.settlement.book
+        return m.Channel(**channel_info(book.get(self._stake(stake))))
+
+    async def open(
+        self, peer: str, deposit_lamports: int, duration_s: int, payee: str | None = None
+    ) -> m.Channel:
+        """Open a channel to ``peer`` paying ``payee`` (default: its agent card's wallet)."""
+        try:
+            public_key_of_peer(peer)
+        except Exception as exc:  # whatever a string that is no peer id makes it raise
+            raise refuse(400, "bad_body", "peer must be a peer id (12D3KooW...)") from exc
+        deposit = _lamports(deposit_lamports, "deposit_lamports", 1, 10**15)
+        duration = _lamports(duration_s, "duration_s", 600, 366 * 86_400)
+        advertised = self._node.tasks.cards.wallet_of(peer)
+        payee = payee or advertised
+        if advertised and payee != advertised:
+            raise refuse(
+                409, "bad_channel", f"{peer}'s agent card names wallet {advertised}, not {payee}"
+            )
+        if not payee:
+            raise refuse(
+                404,
+                "no_wallet",
+                f"{peer} has no live agent card naming its wallet: give its address as payee",
+            )
+        try:
+            payee_key = Pubkey.from_string(payee)
+        except (TypeError, ValueError) as exc:
+            raise refuse(400, "bad_body", "payee must be a base58 Solana address") from exc
+        money = self._node.settlement
+        channel = await money.open_channel(peer, payee_key, deposit, duration)
+        return m.Channel(**channel_info(channel))
+
+    async def close(self, stake: str) -> m.Settled:
+        channel, signature = await self._node.settlement.close_channel(self._stake(stake))
+        return m.Settled(**channel_info(channel), signature=str(signature))
+
+    async def refund(self, stake: str) -> m.Settled:
+        channel, signature = await self._node.settlement.refund_channel(self._stake(stake))
+        return m.Settled(**channel_info(channel), signature=str(signature))
+
+
+class NodeAPI:
+    """Every operation of a running node; see the module docstring."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = NodeOps(node)
+        self.registry = RegistryOps(node)
+        self.builds = BuildOps(node)
+        self.runtime = RuntimeOps(node)
+        self.tasks = TaskOps(node)
+        self.money = MoneyOps(node)

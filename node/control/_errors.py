@@ -1,0 +1,61 @@
+"""The one table from errors to answers: (HTTP status, error code).
+
+Looked up along the error's class hierarchy, most specific first, so a new
+subclass answers like its parent until it gets a row of its own. A
+`ControlError` raised by the facade carries its own status and code. Anything
+not in the table is a bug: 500 ``internal``, logged with its traceback.
+"""
+
+from __future__ import annotations
+
+from mercato.crdt import (
+    DependencyConflict,
+    ListingNotFound,
+    QueryError,
+    RegistryError,
+    SchemaError,
+)
+from mercato.p2p import P2PError, RemoteError
+from mercato.runtime import InputTooLarge, InvalidModule, LimitsError
+from mercato.settlement import ChannelError, LedgerError, LedgerUnreachable, LockupInForce
+
+from .._errors import ControlError, KeyExists, KeyNotFound, KeyStoreError, NotServed
+from ..builds import BuildError, QuotaExceeded, UnknownBuild
+from ..tasks import TaskError, TaskRefused, UnknownAgent
+
+ERRORS: dict[type[Exception], tuple[int, str]] = {
+    KeyExists: (409, "key_exists"),
+    KeyNotFound: (404, "no_such_key"),
+    KeyStoreError: (400, "bad_key"),
+    SchemaError: (400, "invalid_listing"),
+    ListingNotFound: (404, "no_such_listing"),
+    DependencyConflict: (409, "conflict"),
+    QueryError: (400, "bad_query"),
+    RegistryError: (400, "bad_request"),
+    UnknownBuild: (404, "no_such_build"),
+    QuotaExceeded: (507, "no_space"),
+    BuildError: (400, "bad_build"),
+    InvalidModule: (400, "invalid_module"),
+    InputTooLarge: (400, "input_too_large"),
+    LimitsError: (400, "bad_limits"),
+    UnknownAgent: (404, "unknown_agent"),
+    TaskRefused: (400, "task_refused"),
+    TaskError: (502, "task_failed"),
+    LockupInForce: (409, "lockup_in_force"),
+    LedgerUnreachable: (503, "ledger_unreachable"),
+    LedgerError: (502, "ledger_refused"),
+    ChannelError: (409, "bad_channel"),
+    NotServed: (409, "not_served"),
+    RemoteError: (502, "refused"),
+    P2PError: (502, "unreachable"),
+}
+
+
+def answer_for(exc: Exception) -> tuple[int, str] | None:
+    """(status, code) for an error, or None if it is not one the API expects."""
+    if isinstance(exc, ControlError):
+        return exc.status, exc.code
+    for cls in type(exc).__mro__:
+        if cls in ERRORS:
+            return ERRORS[cls]
+    return None

@@ -1,0 +1,370 @@
+"""The control API's bodies: every request and response is one of these models.
+
+Requests refuse unknown fields and wrong types (400, naming the field).
+Responses describe what the routes return; where the content belongs to
+another part (a listing's fields, the overlay's status), the model says so and
+carries it as an object. FastAPI builds the OpenAPI document from these, so the
+document cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_PATH_CHARS = 4096
+MAX_PEER_CHARS = 512
+
+
+class Request(BaseModel):
+    """A request body: unknown fields are refused, types are checked strictly."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Response(BaseModel):
+    """A response body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OpenResponse(BaseModel):
+    """A response whose fields beyond those listed belong to another part."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# -- errors ------------------------------------------------------------------
+
+
+class ErrorDetail(Response):
+    code: str = Field(description="machine-readable, e.g. bad_body, no_such_key")
+    message: str = Field(description="what went wrong and what to do, for a person")
+
+
+class ErrorBody(Response):
+    error: ErrorDetail
+
+
+# -- node --------------------------------------------------------------------
+
+
+class Health(Response):
+    status: Literal["ok"]
+    version: str
+    instance: str = Field(description="random per daemon run: tells a stale api.json")
+
+
+class NodeInfo(Response):
+    version: str
+    name: str
+    role: str
+    peer_id: str
+    instance: str
+    api: str
+    uptime_s: float
+
+
+class EventCount(Response):
+    count: int
+    head: str | None
+
+
+class Status(Response):
+    version: str
+    name: str
+    role: str
+    pid: int
+    data_dir: str
+    started_at: float
+    uptime_s: float
+    peer_id: str
+    accounts: list[str]
+    api: str
+    services: list[str]
+    events: EventCount
+    p2p: dict[str, Any] | None = Field(description="the overlay: addresses, peers, reachability")
+    warnings: list[str]
+
+
+class Stopping(Response):
+    status: Literal["stopping"]
+
+
+class KeyName(Request):
+    name: str = Field(max_length=64, description="an account name: a-z, 0-9, _ and -")
+
+
+class Key(Response):
+    name: str
+    kind: Literal["node", "account"]
+    public_key: str = Field(description="hex")
+    address: str = Field(description="base58 (a Solana address)")
+    peer_id: str | None
+    path: str
+
+
+class Keys(Response):
+    keys: list[Key]
+
+
+class Event(Response):
+    seq: int
+    ts: str
+    kind: str
+    data: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class Events(Response):
+    events: list[Event]
+    next: int = Field(description="pass as `after` for the next page")
+
+
+class EventsCheck(Response):
+    ok: bool
+    checked: int
+    head: str | None
+    first_bad: int | None = None
+    reason: str | None = None
+
+
+class PeerArg(Request):
+    peer: str = Field(
+        min_length=1,
+        max_length=MAX_PEER_CHARS,
+        description="a peer id, or a multiaddr /ip4/HOST/tcp/PORT/p2p/PEER_ID",
+    )
+
+
+class Peer(Response):
+    peer_id: str
+    addrs: list[str]
+    protocols: list[str]
+
+
+class Peers(Response):
+    peers: list[Peer]
+    banned: list[str]
+
+
+class Connected(Response):
+    peer_id: str
+
+
+class Pong(Response):
+    peer_id: str
+    rtt_ms: list[float]
+
+
+# -- registry ----------------------------------------------------------------
+
+
+class PublishBody(Request):
+    account: str = Field("default", max_length=64)
+    listing: dict[str, Any] = Field(description="the listing's fields (see the README)")
+
+
+class ReleaseBody(Request):
+    account: str = Field("default", max_length=64)
+    release: dict[str, Any] = Field(description="name, version, and cid/size or dependencies")
+    build: str | None = Field(
+        None,
+        max_length=MAX_PATH_CHARS,
+        description="the absolute path of a build file: stored, spread to its peers, bound",
+    )
+
+
+class DeprecateBody(Request):
+    account: str = Field("default", max_length=64)
+    name: str = Field(max_length=200)
+
+
+class Listing(OpenResponse):
+    """A listing as the registry shows it: its fields, publisher and releases."""
+
+
+class SearchPage(Response):
+    results: list[dict[str, Any]]
+    cursor: str | None = Field(description="pass back for the next page; null at the end")
+    took_ms: float
+    peer: str | None = Field(None, description="the peer that answered, when one was asked")
+
+
+class Resolution(OpenResponse):
+    """Releases in range, and a plan with every dependency resolved."""
+
+
+# -- runtime -----------------------------------------------------------------
+
+
+class RunBody(Request):
+    wasm: str = Field(description="the module, base64")
+    input: str = Field("", description="stdin, base64")
+    limits: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fuel, timeout_s, memory_mb, max_input_bytes, max_output_bytes, table_elements",
+    )
+
+
+class RunOutcome(OpenResponse):
+    outcome: str
+    output: str = Field(description="stdout, base64")
+    stderr: str = Field(description="stderr, base64")
+    usage: dict[str, Any]
+
+
+# -- builds ------------------------------------------------------------------
+
+
+class Build(Response):
+    cid: str
+    size: int
+    chunks: int
+    have: int
+    complete: bool
+    pinned: bool
+
+
+class Builds(Response):
+    builds: list[Build]
+    used_bytes: int
+    quota_bytes: int
+
+
+class AddBody(Request):
+    path: str = Field(max_length=MAX_PATH_CHARS, description="absolute path of the file")
+    pin: bool = True
+
+
+class FetchBody(Request):
+    cid: str = Field(max_length=200)
+    peers: list[str] | None = Field(None, max_length=16, description="peer ids or multiaddrs")
+    pin: bool = False
+
+
+class Fetch(Response):
+    cid: str
+    size: int
+    done: int
+    providers: int
+    corrupt_providers: int
+    finished: bool
+    error: str | None
+
+
+class BuildProgress(Response):
+    fetch: Fetch | None
+    build: Build | None
+
+
+class Pinned(Response):
+    cid: str
+    pinned: bool
+
+
+class Verified(Response):
+    cid: str
+    damaged_chunks: list[int]
+
+
+class Collected(Response):
+    removed: list[str]
+
+
+# -- tasks -------------------------------------------------------------------
+
+
+class Providers(Response):
+    agent: str
+    providers: list[dict[str, Any]]
+
+
+class TaskBody(Request):
+    agent: str = Field(max_length=120, description="PUBLISHER/NAME")
+    version: str = Field("*", max_length=64, description="a semver range such as ^1.0.0")
+    input: str = Field("", description="base64")
+    provider: str | None = Field(None, max_length=MAX_PEER_CHARS)
+    max_price: int | None = Field(
+        None, ge=0, le=10**15, description="lamports a task at most (default: the listing's)"
+    )
+
+
+class TaskDone(Response):
+    task: str
+    output: str = Field(description="base64")
+    provider: str
+    receipt: dict[str, Any]
+    verified: str
+    attempts: list[dict[str, Any]] = Field(
+        description="providers tried before, and why they failed"
+    )
+
+
+class TaskSide(OpenResponse):
+    """One side of a task as this node's task log holds it."""
+
+    id: str
+    role: str
+    agent: str
+    status: str
+
+
+class Tasks(Response):
+    tasks: list[TaskSide]
+
+
+class Task(Response):
+    task: str
+    sides: list[TaskSide]
+
+
+# -- money -------------------------------------------------------------------
+
+
+class Wallet(Response):
+    address: str
+    ledger: str
+    balance: int
+    now: int
+
+
+class AirdropBody(Request):
+    lamports: int
+
+
+class Airdropped(Wallet):
+    signature: str
+
+
+class Channel(Response):
+    payer: str
+    payee: str
+    stake: str
+    nonce: str
+    deposit: int
+    expires: int
+    role: str
+    peer: str
+    status: str
+    paid: int
+    left: int
+    owed: dict[str, int]
+    settled: dict[str, int]
+
+
+class Channels(Response):
+    channels: list[Channel]
+
+
+class OpenBody(Request):
+    peer: str = Field(max_length=MAX_PEER_CHARS, description="the payee's peer id")
+    deposit_lamports: int
+    duration_s: int
+    payee: str | None = Field(None, max_length=64, description="else its agent card's wallet")
+
+
+class Settled(Channel):
+    signature: str

@@ -1,0 +1,40 @@
+"""What a paid task carries: the `Payment` field of ``/mercato/task/1.0.0``'s run op."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mercato.p2p import FrameError, canonical_cbor, decode_canonical
+from mercato.settlement import ChannelError
+
+
+@dataclass(frozen=True)
+class Payment:
+    """What a paid run carries in ``payment``: the channel's terms (so a provider
+    that has not seen the channel can check it on the ledger) and the payer's
+    new state, which pays everything owed so far plus this task."""
+
+    terms: dict[str, Any]
+    owed: dict[str, int]  # the payer's account of everything owed, per recipient
+    state: bytes
+
+    def encode(self) -> bytes:
+        return canonical_cbor({"v": 1, "terms": self.terms, "owed": self.owed, "state": self.state})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Payment:
+        try:
+            obj = decode_canonical(data)
+            terms, owed, state = obj["terms"], obj["owed"], obj["state"]
+        except (FrameError, KeyError, TypeError, ValueError) as exc:
+            raise ChannelError("the payment does not decode") from exc
+        if obj.get("v") != 1 or not isinstance(terms, dict) or not isinstance(state, bytes):
+            raise ChannelError("the payment is not a version 1 payment")
+        if (
+            not isinstance(owed, dict)
+            or len(owed) > 16
+            or not all(isinstance(k, str) and type(v) is int for k, v in owed.items())
+        ):
+            raise ChannelError("the payment's owed amounts are malformed")
+        return cls(terms, owed, state)

@@ -1,0 +1,51 @@
+"""tasks: running agents for others and having others run them, paid per task.
+
+``_messages.py`` defines ``/mercato/task/1.0.0`` (a quote op and a run op), the
+signed `Quote` and the signed `Receipt`; ``_cards.py`` the signed agent cards
+of ``mercato/cards/1``. `TaskService` is the provider's side (quotes, runs,
+cards and heartbeats); `TaskRunner` the user's (candidates, quotes, choice,
+retries, second opinions); ``_choice.py`` holds the one scoring formula,
+``_reputation.py`` each provider's decaying standing, and `TaskLog` the task
+log, written by group commit together with the reputation a task changed.
+
+Imports node's core modules, the builds, registry and money subpackages,
+mercato.runtime, mercato.crdt, mercato.settlement and mercato.p2p; never control.
+"""
+
+from ._cards import AgentCard as AgentCard
+from ._cards import CardBook as CardBook
+from ._cards import CardForwarder as CardForwarder
+from ._log import SCHEMA as _LOG_SCHEMA
+from ._log import TaskLog as TaskLog
+from ._log import TaskRecord as TaskRecord
+from ._messages import BadReceipt as BadReceipt
+from ._messages import NoProvider as NoProvider
+from ._messages import Quote as Quote
+from ._messages import Receipt as Receipt
+from ._messages import TaskError as TaskError
+from ._messages import TaskRefused as TaskRefused
+from ._messages import UnknownAgent as UnknownAgent
+from ._reputation import SCHEMA as _REPUTATION_SCHEMA
+from ._runner import TaskRunner as TaskRunner
+from ._service import TaskService as TaskService
+
+SCHEMA = _LOG_SCHEMA + _REPUTATION_SCHEMA
+"""The task log and the reputation of providers (node migration 6)."""
+
+__all__ = [
+    "SCHEMA",
+    "AgentCard",
+    "BadReceipt",
+    "CardBook",
+    "CardForwarder",
+    "NoProvider",
+    "Quote",
+    "Receipt",
+    "TaskError",
+    "TaskLog",
+    "TaskRecord",
+    "TaskRefused",
+    "TaskRunner",
+    "TaskService",
+    "UnknownAgent",
+]

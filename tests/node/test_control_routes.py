@@ -1,0 +1,190 @@
+"""Every control API route, driven over HTTP in one scenario on two real nodes.
+
+Two checks come out of it: each route answers success with the status its
+OpenAPI document names (read back from the node's own request metrics), and
+what `ControlClient` gets over HTTP is what the `NodeAPI` facade returns in
+process.
+"""
+
+import base64
+import http.client
+import json
+import re
+from pathlib import Path
+
+import pytest
+import trio
+from solders.pubkey import Pubkey
+
+from mercato.node import ControlClient, ControlError, Node
+from mercato.settlement import open_embedded_ledger
+
+from ..conftest import budget
+from .test_registry_network import running_nodes
+from .test_tasks import EXAMPLES, LISTING, until
+
+PRICE = 10_000_000
+NOT_EXERCISED = {
+    ("POST", "/v1/channels/{stake}/refund"): "succeeds only after the lockup, a day away",
+    ("POST", "/v1/shutdown"): "checked on its own at the end: it stops the node",
+}
+METRIC = re.compile(r'^mercato_api_requests_total\{route="([^"]+)",status="(\d+)"\} (\S+)$', re.M)
+
+
+def documented(client: ControlClient) -> dict[tuple[str, str], int]:
+    """(METHOD, path) -> the one success status the OpenAPI document names."""
+    doc = client.request("GET", "/openapi.json", auth=False)
+    out = {}
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            (ok,) = [int(code) for code in op["responses"] if code.startswith("2")]
+            out[(method.upper(), path)] = ok
+    return out
+
+
+def observed(client: ControlClient) -> dict[str, set[int]]:
+    """Route path -> the success statuses the node answered with."""
+    seen: dict[str, set[int]] = {}
+    for route, status, count in METRIC.findall(client.metrics()):
+        if status.startswith("2") and float(count) > 0:
+            seen.setdefault(route.replace(":path}", "}"), set()).add(int(status))
+    return seen
+
+
+def drive(creator: ControlClient, user: ControlClient, there: str, wasm: Path) -> str:
+    """The scenario, blocking, over HTTP. Returns the user's channel."""
+    for client in (creator, user):
+        client.health()
+        client.node()
+        client.status()
+        client.events_verify()
+        client.metrics()
+    user.keys_new("alice")
+    user.keys_show("alice")
+    user.keys_list()
+    user.events(0, 10)
+    user.connect(there)
+    user.peers()
+    user.ping(creator.status()["peer_id"])
+    listing = {**LISTING, "name": "wc", "price": PRICE, "royalty_bps": 1000}
+    publisher = creator.publish(listing)["publisher"]
+    creator.release({"name": "wc", "version": "1.0.0"}, build=str(wasm))
+    creator.publish({**LISTING, "name": "old"})
+    creator.deprecate("old")
+    return publisher
+
+
+@pytest.mark.slow
+async def test_every_route_answers_as_documented_and_http_matches_the_facade(
+    tmp_path: Path,
+) -> None:
+    fast = {"heartbeat_s": 0.5, "card_ttl_s": 5.0}
+    async with (
+        open_embedded_ledger(tmp_path / "ledger.db") as ledger,
+        running_nodes(tmp_path, 2, serve=fast, ledger=ledger) as (creator, user),
+    ):
+        a, b = ControlClient(creator.datadir, timeout=60), ControlClient(user.datadir, timeout=60)
+        there = creator.overlay.host.listen_addrs()[0]
+        wasm = EXAMPLES / "wordcount" / "wordcount.wasm"
+        publisher = await trio.to_thread.run_sync(drive, a, b, there, wasm)
+        agent = f"{publisher}/wc"
+        creator.tasks.serve_agents((agent,))
+        await until(lambda: _ready(user, agent), budget(30), "the release and the card")
+        await trio.to_thread.run_sync(_use, b, agent, publisher, wasm, creator)
+        await _close_on_the_payee(a, b)
+
+        # The facade in process and the client over HTTP give the same answers.
+        same = [
+            (user.api.node.keys_list(), b.keys_list, "keys"),  # the client gives the list
+            (user.api.registry.show(publisher, "wc"), lambda: b.show(publisher, "wc"), None),
+            (user.api.builds.stored(), b.builds, None),
+            (user.api.tasks.recent(), b.tasks, None),
+            (user.api.money.wallet(), b.wallet, None),
+            (user.api.node.events(0, 1000), lambda: b.events(0, 1000), None),
+        ]
+        for in_process, over_http, field in same:
+            local = (await in_process).model_dump(mode="json")
+            remote = await trio.to_thread.run_sync(over_http)
+            assert (local[field] if field else local) == remote
+        assert user.api.money.channels().model_dump(mode="json") == await trio.to_thread.run_sync(
+            b.channels
+        )
+
+        docs = await trio.to_thread.run_sync(documented, b)
+        seen: dict[str, set[int]] = {}
+        for client in (a, b):
+            for route, statuses in (await trio.to_thread.run_sync(observed, client)).items():
+                seen.setdefault(route, set()).update(statuses)
+        for (method, path), ok in docs.items():
+            if (method, path) in NOT_EXERCISED:
+                continue
+            assert ok in seen.get(path, set()), f"{method} {path}: never answered {ok}"
+        assert "unmatched" not in seen  # every success came from a route
+        for path, statuses in seen.items():
+            if path in ("/openapi.json", "/docs"):  # the document itself, and Swagger UI
+                continue
+            promised = {ok for (_, p), ok in docs.items() if p == path}
+            assert statuses <= promised, f"{path} answered {statuses}, documents {promised}"
+
+        # Shutdown answers 202, as documented, then the node stops.
+        assert docs[("POST", "/v1/shutdown")] == 202
+        assert await trio.to_thread.run_sync(_raw_status, b, "POST", "/v1/shutdown") == 202
+
+
+async def _ready(user: Node, agent: str) -> bool:
+    publisher, name = agent.split("/")
+    shown = await user.registry.show(publisher, name)
+    return bool(shown and shown["releases"] and user.tasks.providers(agent))
+
+
+def _use(b: ControlClient, agent: str, publisher: str, wasm: Path, creator: Node) -> None:
+    b.search(text="agent")
+    b.show(publisher, "wc")
+    b.resolve(agent, "^1")
+    b.providers(agent)
+    done = b.run_task(agent, "*", b"one two three")
+    assert json.loads(base64.b64decode(done["output"]))["words"] == 3
+    b.task(done["task"])
+    b.tasks()
+    b.wallet()
+    b.airdrop(10**9)
+    b.channels()
+    cid = b.build_add(str(wasm))["cid"]
+    for action in ("unpin", "pin", "verify"):
+        b.build_action(cid, action)
+    b.build(cid)
+    b.builds()
+    b.builds_gc()
+    other = "bld-" + "0" * 64
+    b.build_fetch(other)
+    answer = b.request(
+        "POST",
+        "/v1/runtime/run",
+        {"wasm": base64.b64encode(wasm.read_bytes()).decode(), "input": "YSBi"},
+    )
+    assert answer["outcome"] == "ok"
+    payee = creator.settlement.address
+    b.channel_open(creator.overlay.peer_id, 10**8, 86_400, payee)
+
+
+async def _close_on_the_payee(a: ControlClient, b: ControlClient) -> None:
+    channels = (await trio.to_thread.run_sync(b.channels))["channels"]
+    mine = {c["stake"] for c in channels}
+    await trio.to_thread.run_sync(b.channel, next(iter(mine)))
+    paid = next(c for c in channels if c["paid"] > 0)
+    closed = await trio.to_thread.run_sync(a.channel_close, paid["stake"])
+    assert closed["signature"] and Pubkey.from_string(closed["payee"])
+    with pytest.raises(ControlError) as early:  # the payer cannot refund before T
+        await trio.to_thread.run_sync(b.channel_refund, paid["stake"])
+    assert early.value.status in (409, 502)
+
+
+def _raw_status(client: ControlClient, method: str, path: str) -> int:
+    info = json.loads(client.datadir.api_file.read_text())
+    token = client.datadir.token_file.read_text().strip()
+    conn = http.client.HTTPConnection(info["host"], info["port"], timeout=10)
+    try:
+        conn.request(method, path, headers={"Authorization": f"Bearer {token}"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
