@@ -51,6 +51,7 @@ class MercatoError(Exception):
         │   ├── SchemaError             a listing field is wrong; names the field
         │   ├── UpdateRejected          a signed update is forged, oversized or invalid
         │   │   └── Equivocation        its publisher signed two histories
+        │   ├── ReleaseExists           name@version is bound already, forever
         │   ├── QueryError              a search's filters make no sense
         │   ├── DependencyConflict      no releases satisfy every range
         │   └── ListingNotFound         not in this node's registry
@@ -67,6 +68,7 @@ class MercatoError(Exception):
         │       └── PaymentShort        sound, but it does not cover the task
         └── NodeError                   mercato.node
             ├── NotServed               this node does not run that service
+            ├── FileUnreadable          a file is unreadable, too large or malformed
             ├── ConfigError             mercato.toml or a MERCATO_* variable is wrong
             ├── DataDirError            the data dir cannot be used
             │   └── DataDirLocked       another daemon holds it

@@ -7,11 +7,12 @@ from typing import Any
 
 import click
 
-from mercato.node import ControlClient
+from mercato.node import ControlClient, read_toml
 
 from ._common import data_dir_option, print_json, resolve
 
 ACCOUNT_HELP = "Account key that signs (see `mercato keys list`)."
+MAX_MANIFEST_BYTES = 256 * 1024  # a manifest is a few kB; its description at most 20,000 characters
 PEER_HELP = "Ask this peer (multiaddr, or the id of a connected peer) instead of this node."
 
 
@@ -88,13 +89,11 @@ def publish(
       mercato publish MANIFEST.toml --set price=2000 --set 'tags=["text"]'
     """
     try:
-        manifest = tomllib.loads(manifest_file.read_text())
+        manifest = read_toml(manifest_file, limit=MAX_MANIFEST_BYTES)
     except FileNotFoundError as exc:
         raise click.BadParameter(
             f"{manifest_file} does not exist", param_hint="MANIFEST.toml"
         ) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise click.ClickException(f"{manifest_file} is not valid TOML: {exc}") from exc
     for assignment in assignments:
         _apply_set(manifest, assignment)
     shown = ControlClient(resolve(data_dir)).publish(manifest, account)

@@ -15,6 +15,7 @@ from ._errors import Equivocation as Equivocation
 from ._errors import ListingNotFound as ListingNotFound
 from ._errors import QueryError as QueryError
 from ._errors import RegistryError as RegistryError
+from ._errors import ReleaseExists as ReleaseExists
 from ._errors import SchemaError as SchemaError
 from ._errors import UpdateRejected as UpdateRejected
 from ._errors import VersionError as VersionError
@@ -53,6 +54,7 @@ __all__ = [
     "COMPACTED",
     "DependencyConflict",
     "Equivocation",
+    "ReleaseExists",
     "ListingNotFound",
     "Feed",
     "FeedWriter",

@@ -9,6 +9,7 @@ MercatoError                (mercato)
     │   └── Equivocation    its publisher signed two different histories (the
     │                       relaying peer is not to blame)
     ├── QueryError          a search has filters that make no sense
+    ├── ReleaseExists       name@version is bound already: releases never change
     ├── DependencyConflict  no set of releases satisfies every version range
     └── ListingNotFound     the listing asked for is not in this node's registry
 """
@@ -42,6 +43,19 @@ class UpdateRejected(RegistryError):
 class Equivocation(UpdateRejected):
     """A validly signed update contradicts what the feed already holds: its publisher
     signed two different histories. Refused, but whoever relayed it is not to blame."""
+
+
+class ReleaseExists(RegistryError):
+    """``name@version`` is released already, bound to another build: a release is
+    bound once, forever. ``same`` is True when the binding asked for is the one
+    that exists (nothing to do)."""
+
+    def __init__(self, key: str, cid: str, same: bool) -> None:
+        super().__init__(
+            f"{key} is already released, bound to {cid}; a released version is never "
+            "rebound: release the new build as a new version"
+        )
+        self.key, self.cid, self.same = key, cid, same
 
 
 class DependencyConflict(RegistryError):

@@ -72,7 +72,7 @@ from mercato.p2p import (
     verify_signature,
 )
 
-from ._errors import Equivocation, SchemaError, UpdateRejected
+from ._errors import Equivocation, ReleaseExists, SchemaError, UpdateRejected
 from ._schema import Listing, Release, validate_listing, validate_release
 
 MAX_UPDATE_BYTES = 256 * 1024
@@ -219,7 +219,7 @@ class Feed:
         self.doc = _new_doc(self.client_id)
         self.clocks: dict[int, int] = {}
         """The feed's state vector, decoded; kept in step with ``doc``."""
-        self._changes: list[tuple[str, str, str, Any]] = []
+        self._changes: list[tuple[str, str, str, Any, Any]] = []
         self._shadow = self._watched(_new_doc())
 
     def _watched(self, shadow: Doc) -> Doc:
@@ -230,7 +230,15 @@ class Feed:
             # One parameter only: pycrdt passes the transaction to two-parameter callbacks.
             def record(event: Any) -> None:
                 for key, change in event.keys.items():
-                    self._changes.append((root, key, change["action"], change.get("newValue")))
+                    self._changes.append(
+                        (
+                            root,
+                            key,
+                            change["action"],
+                            change.get("newValue"),
+                            change.get("oldValue"),
+                        )
+                    )
 
             return record
 
@@ -272,7 +280,7 @@ class Feed:
         """Everything this replica has that a replica at ``state`` lacks."""
         return self.doc.get_update(state) if state else self.doc.get_update()
 
-    def _vet(self, update: bytes, claimed: bytes) -> list[tuple[str, str, str, Any]]:
+    def _vet(self, update: bytes, claimed: bytes) -> list[tuple[str, str, str, Any, Any]]:
         """Apply to the shadow and check its shape (gate 3); return its changes."""
         self._changes = []
         before = self._shadow.get_state()
@@ -301,8 +309,14 @@ class Feed:
         shadow.apply_update(self.doc.get_update())
         self._shadow = self._watched(shadow)
 
-    def _check(self, changes: list[tuple[str, str, str, Any]]) -> None:
-        for root, key, action, value in changes:
+    def _check(self, changes: list[tuple[str, str, str, Any, Any]]) -> None:
+        for root, key, action, value, old in changes:
+            if root == "releases" and action != "add" and old is not None and value != old:
+                # A release is bound once: its publisher signed another binding.
+                raise Equivocation(
+                    f"it {'unbinds' if action == 'delete' else 'rebinds'} release "
+                    f"{key[:80]!r}, which is bound already: releases never change"
+                )
             if action == "delete":
                 continue
             where = f"{root[:-1]} {key[:80]!r}"
@@ -354,7 +368,7 @@ class Feed:
             raise
         self.doc.apply_update(update)
         self.clocks = decode_state_vector(claimed)  # == the doc's state, checked in _vet
-        return sorted({f"{root}/{key}" for root, key, _, _ in changes})
+        return sorted({f"{root}/{key}" for root, key, *_ in changes})
 
 
 class Registry:
@@ -464,9 +478,14 @@ class FeedWriter:
         return self._write(lambda doc: doc["listings"].__setitem__(listing.name, _entry(listing)))
 
     def put_release(self, release: Release) -> SignedUpdate:
+        """ReleaseExists if ``name@version`` is bound already (to anything)."""
         validate_release(release.to_wire())
         if release.name not in self._feed.doc["listings"]:
             raise SchemaError("name", f"publish the listing {release.name!r} before releasing it")
+        bound = self._feed.doc["releases"].get(release.key)
+        if bound is not None:
+            current = validate_release(decode_canonical(bytes(bound)))
+            raise ReleaseExists(release.key, current.cid, same=current == release)
         return self._write(lambda doc: doc["releases"].__setitem__(release.key, _entry(release)))
 
     def deprecate(self, name: str) -> SignedUpdate:

@@ -48,6 +48,11 @@ _LICENSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+() -]{0,63}")
 _LINK = re.compile(r"https?://[^\s]{1,240}")
 _CID = re.compile(r"[A-Za-z0-9:_-]{8,128}")
 _PUBLISHER = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,44}")
+# Control characters (C0 but newline and tab, DEL, C1) and the bidirectional
+# overrides: stored, they would reach every peer's terminal and move its cursor,
+# recolour it or reorder what it shows.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_LINE_BREAK = re.compile(r"[\n\t]")
 LIMIT_BOUNDS = {
     "fuel": (1, 10**13),
     "memory_mb": (1, 4096),
@@ -111,6 +116,7 @@ def _text(
     pattern: re.Pattern | None = None,
     default: str | None = None,
     hint: str = "",
+    multiline: bool = False,
 ) -> str:
     value = obj.get(key, default)
     if value is None:
@@ -119,6 +125,10 @@ def _text(
         raise SchemaError(key, f"must be text, got {type(value).__name__}")
     if not low <= len(value) <= high:
         raise SchemaError(key, f"must be {low} to {high} characters long, got {len(value)}")
+    bad = _CONTROL.search(value) or (None if multiline else _LINE_BREAK.search(value))
+    if bad:
+        where = f"at character {bad.start() + 1}"
+        raise SchemaError(key, f"holds a control character ({bad.group()!r}, {where}); remove it")
     if pattern is not None and value and not pattern.fullmatch(value):
         raise SchemaError(key, f"{value[:40]!r} is not allowed: {hint}")
     return value
@@ -196,7 +206,7 @@ def validate_listing(obj: Any) -> Listing:
         summary=_text(obj, "summary", 1, 280),
         price=_whole(obj, "price", 0, MAX_PRICE, " lamports"),
         royalty_bps=_whole(obj, "royalty_bps", 0, 10_000, " basis points"),
-        description=_text(obj, "description", 0, 20_000, default=""),
+        description=_text(obj, "description", 0, 20_000, default="", multiline=True),
         tags=_items(obj, "tags", 16, _SLUG, "tags are lowercase slugs"),
         capabilities=_items(obj, "capabilities", 32, _CAPABILITY, "like text.stats or image-gen"),
         license=_text(obj, "license", 0, 64, _LICENSE, default="", hint="an SPDX id such as MIT"),

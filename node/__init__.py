@@ -23,6 +23,7 @@ from ._errors import ControlError as ControlError
 from ._errors import DaemonNotRunning as DaemonNotRunning
 from ._errors import DataDirError as DataDirError
 from ._errors import DataDirLocked as DataDirLocked
+from ._errors import FileUnreadable as FileUnreadable
 from ._errors import KeyExists as KeyExists
 from ._errors import KeyNotFound as KeyNotFound
 from ._errors import KeyStoreError as KeyStoreError
@@ -32,6 +33,7 @@ from ._errors import StoreError as StoreError
 from ._events import Event as Event
 from ._events import VerifyReport as VerifyReport
 from ._exec import run_build as run_build
+from ._files import read_toml as read_toml
 from ._init import InitResult as InitResult
 from ._init import init_data_dir as init_data_dir
 from ._keys import KeyInfo as KeyInfo
@@ -65,6 +67,8 @@ __all__ = [
     "NodeAPI",
     "node_database",
     "open_node_store",
+    "FileUnreadable",
+    "read_toml",
     "Limits",
     "Outcome",
     "RunResult",

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
+from ._files import read_toml
 
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 7311
@@ -380,14 +380,9 @@ def _looks_like_multiaddr(addr: str, need_peer: bool) -> bool:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        return read_toml(path, error=ConfigError)
     except FileNotFoundError:
         return {}
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
 def _env_values(environ: Mapping[str, str]) -> dict[str, dict[str, tuple[str, str]]]:

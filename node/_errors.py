@@ -2,6 +2,7 @@
 
 MercatoError                    (mercato)
 └── NodeError
+    ├── FileUnreadable          a file to read is unreadable, too large or malformed
     ├── ConfigError             mercato.toml or a MERCATO_* variable is wrong
     ├── DataDirError            the data dir is missing, unreadable or of an unknown format
     │   └── DataDirLocked       another daemon holds the data dir
@@ -22,6 +23,11 @@ class NodeError(MercatoError):
 
 class NotServed(NodeError):
     """This node does not run that service (a relay runs no tasks, builds or wallet)."""
+
+
+class FileUnreadable(NodeError):
+    """A file mercato reads (a manifest, say) cannot be read, is too large, is not
+    UTF-8 or is malformed; the message names it."""
 
 
 class ConfigError(NodeError):

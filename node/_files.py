@@ -1,4 +1,6 @@
-"""Crash-safe file writes: a file either has its old content or its new one, never half.
+"""Files: crash-safe writes, and bounded reads of the TOML files people write.
+
+A write leaves a file with either its old content or its new one, never half.
 
 Each write goes to a uniquely named temporary file in the same directory, is
 fsynced, then renamed (or hard-linked, to refuse overwriting) into place, and
@@ -9,7 +11,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import tomllib
 from pathlib import Path
+from typing import Any
+
+from ._errors import FileUnreadable, NodeError
+
+MAX_TOML_BYTES = 1024 * 1024
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -50,3 +58,33 @@ def create_exclusive(path: Path, data: bytes, mode: int = 0o600) -> None:
     finally:
         tmp.unlink()
     _fsync_dir(path.parent)
+
+
+def read_toml(
+    path: Path, *, limit: int = MAX_TOML_BYTES, error: type[NodeError] = FileUnreadable
+) -> dict[str, Any]:
+    """A TOML file, read at most ``limit`` bytes of it (so /dev/zero fails at once).
+
+    FileNotFoundError if it does not exist; ``error``, naming the file and what
+    is wrong with it, if it cannot be read, is too large, is not UTF-8 or is not
+    TOML (deep nesting included).
+    """
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise error(f"{path} is over {limit} bytes: is it the right file?")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path} is not UTF-8 text (byte {exc.start + 1}): save it as UTF-8") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path} is not valid TOML: {exc}") from exc
+    except RecursionError as exc:
+        raise error(f"{path} nests too deeply to be read") from exc

@@ -24,6 +24,9 @@ DEFAULT_ACCOUNT = "default"
 _ACCOUNT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 
+MAX_KEY_FILE_BYTES = 64 * 1024  # a key file is a few hundred bytes
+
+
 @dataclass(frozen=True)
 class KeyInfo:
     """What may be shown about a key: never its secret."""
@@ -69,9 +72,15 @@ class KeyStore:
                 extra={"path": str(path)},
             )
         try:
-            return Keypair.from_json(path.read_text())
+            return Keypair.from_json(path.read_bytes()[:MAX_KEY_FILE_BYTES].decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise KeyStoreError(
+                f"{path} is not a key file (not UTF-8 text): restore it from your backup"
+            ) from exc
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read {path}: {exc.strerror}") from exc
         except IdentityError as exc:
-            raise KeyStoreError(f"{path}: {exc}") from exc
+            raise KeyStoreError(f"{path}: {exc}; restore it from your backup") from exc
 
     def ensure_node_key(self) -> bool:
         """Create the node key if it does not exist. True if it was created."""

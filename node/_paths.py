@@ -107,10 +107,13 @@ class DataDir:
                 f"{self.root} is not a mercato data dir (no format-version file); "
                 f"run `mercato init --data-dir {self.root}` to create one"
             )
-        text = self.format_file.read_text().strip()
         try:
+            text = self.format_file.read_bytes()[:64].decode("ascii").strip()
             version = int(text)
-        except ValueError as exc:
+        except OSError as exc:
+            raise DataDirError(f"cannot read {self.format_file}: {exc.strerror}") from exc
+        except (UnicodeDecodeError, ValueError) as exc:
+            text = self.format_file.read_bytes()[:40].decode("ascii", "replace")
             raise DataDirError(
                 f"{self.format_file} holds {text[:40]!r}, not a format version number"
             ) from exc

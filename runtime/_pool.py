@@ -39,6 +39,7 @@ log = logging.getLogger("mercato.runtime")
 GRACE_S = 1.0
 MAX_REPLY_BYTES = 128 * 1024 * 1024
 WORKER_MODULE = "mercato.runtime._worker"
+CHECK_TIMEOUT_S = 30.0  # to compile and link one module
 _ERRORS: dict[str, type[SandboxError]] = {
     "InvalidModule": InvalidModule,
     "InputTooLarge": InputTooLarge,
@@ -160,6 +161,51 @@ class WorkerPool:
             return await self._run_on(await self._take_worker(), request, limits)
         finally:
             self._free.release()
+
+    async def check(
+        self, wasm: Source | Path, *, key: str | None = None, timeout_s: float = CHECK_TIMEOUT_S
+    ) -> None:
+        """Compile and link a module in a worker, as a run would, and run nothing:
+        InvalidModule if it is not a module this sandbox can run (not WebAssembly,
+        no ``_start``, imports beyond WASI, over the engine's limits). The compiled
+        module lands in the cache, so its first run starts warm."""
+        request: dict[str, Any] = {"op": "check", "stdin": b"", "limits": {}}
+        if isinstance(wasm, Path):
+            request["path"] = str(wasm)
+            request["key"] = key or module_key(await trio.to_thread.run_sync(wasm.read_bytes))
+        else:
+            data = wasm() if callable(wasm) else wasm
+            request["wasm"] = data
+            request["key"] = key or module_key(data)
+        await self._free.acquire()
+        try:
+            reply = await self._call_on(await self._take_worker(), request, timeout_s)
+        finally:
+            self._free.release()
+        if reply is None:
+            raise InvalidModule(f"the sandbox could not compile it within {timeout_s:g} s")
+        if "error" in reply:
+            raise _ERRORS.get(str(reply["error"]), SandboxError)(str(reply.get("message", "")))
+
+    async def _call_on(
+        self, worker: _Worker, request: dict[str, Any], timeout_s: float
+    ) -> dict[str, Any] | None:
+        """One request on a worker; None if it did not answer in time or died (the
+        worker is then stopped)."""
+        healthy = False
+        try:
+            with trio.move_on_after(timeout_s):
+                reply: dict[str, Any] = await worker.call(request)
+                healthy = True
+        except WorkerDied:
+            return None
+        finally:
+            if healthy:
+                self._idle.append(worker)
+            else:
+                self._all.discard(worker)
+                await worker.stop()
+        return reply if healthy else None
 
     async def _take_worker(self) -> _Worker:
         """An idle worker that is still alive, or a new one."""

@@ -48,6 +48,9 @@ def _serve(sandbox: Sandbox, request: dict[str, Any]) -> dict[str, Any]:
         return bytes(request["wasm"]) if "wasm" in request else Path(request["path"]).read_bytes()
 
     try:
+        if request.get("op") == "check":  # compile and link only (WorkerPool.check)
+            sandbox.prepare(source, key=request["key"])
+            return {"checked": True}
         result = sandbox.run(
             source,
             bytes(request["stdin"]),

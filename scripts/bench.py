@@ -26,6 +26,9 @@ Benchmarks:
             latency on the embedded ledger and on a localnet
   relay     a task's round trip through a relay versus direct (p50 and ratio), and
             how many relayed connections one relay holds
+  sybil     a paid task through the one real provider while 20 fake free cards
+            (fresh keys, dead addresses) crowd it: seconds to the first
+            (< 5), share of the next 20 through the real one (1.0)
   api       the control API under 16 concurrent clients, a real daemon process:
             GET /v1/node with a new connection per request, as the CLI does,
             p50/p99 (p50 < 3 ms) and requests per second (>= 1000); the same
@@ -214,6 +217,12 @@ def bench_relay() -> dict[str, Any]:
     return run()
 
 
+def bench_sybil() -> dict[str, Any]:
+    from benchmarks.sybil import run
+
+    return run()
+
+
 def bench_api() -> dict[str, Any]:
     from benchmarks.api import run
 
@@ -237,6 +246,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "transfer": bench_transfer,
     "repair": bench_repair,
     "task": bench_task,
+    "sybil": bench_sybil,
     "channel": bench_channel,
     "relay": bench_relay,
     "api": bench_api,

@@ -124,10 +124,7 @@ class EmbeddedLedger:
 
     def __init__(self, path: Path) -> None:
         self._svm = LiteSVM()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = _open_journal(path, "the embedded ledger's journal")
         self._limiter = trio.CapacityLimiter(1)
         self._broken = ""
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
@@ -332,3 +329,23 @@ async def open_embedded_ledger(path: Path) -> AsyncIterator[EmbeddedLedger]:
         yield ledger
     finally:
         ledger.close()
+
+
+def _open_journal(path: Path, what: str) -> sqlite3.Connection:
+    """The SQLite file at ``path`` with its schema; a file that is not one is an
+    error naming it (never a traceback)."""
+    try:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot open {what} {path}: {exc}") from exc
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise LedgerError(
+            f"{path} ({what}) is not a readable database ({exc}): restore it from a "
+            "backup, or move it away to start empty (what it recorded is then lost)"
+        ) from exc
+    return db

@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 import trio
 from solders.pubkey import Pubkey
 
-from mercato.crdt import Query, QueryError
+from mercato.crdt import Query, QueryError, ReleaseExists
 from mercato.p2p import BadAddress, P2PError, RemoteError, b58decode, public_key_of_peer
-from mercato.runtime import Limits
+from mercato.runtime import InvalidModule, Limits
 
 from .._errors import ControlError
 from .._events import event_head, list_events, verify_events
 from .._version import __version__
-from ..builds import check_cid
+from ..builds import BuildError, check_cid
 from ..money import channel_info
 from ..tasks import BadReceipt, Receipt, TaskRecord
 from . import _models as m
@@ -217,20 +217,29 @@ class RegistryOps(_Part):
     async def release(
         self, account: str, release: dict[str, Any], build: Path | None = None
     ) -> m.Listing:
-        """Bind ``name@version``: to the cid in ``release``, or to ``build``, a file
-        that is first stored and spread to the peers responsible for it (``[builds]
-        min_copies`` of them must hold it; BuildError otherwise, the build stays
-        stored and offered)."""
+        """Bind ``name@version``, once and for all: to the cid in ``release``, or to
+        ``build``, a file that must compile in the sandbox, and is then stored and
+        spread to the peers responsible for it (``[builds] min_copies`` of them
+        must hold it; BuildError otherwise, the build stays stored and offered).
+        ReleaseExists if ``name@version`` is bound to another build already."""
         if build is None:
             return m.Listing(**await self._node.registry.release(account, release))
         if not build.is_absolute():
             raise refuse(400, "bad_body", '"build" is the absolute path of the build file')
+        try:
+            await self._node.runtime.check(build)
+        except InvalidModule as exc:
+            raise BuildError(f"{build} cannot be released: {exc}") from exc
         builds = self._node.builds
         info = await builds.add_file(build, True)
+        name, version = str(release.get("name", "")), str(release.get("version", ""))
+        bound = await self._node.registry.bound_cid(account, name, version)
+        if bound is not None and bound != info.cid:
+            raise ReleaseExists(f"{name}@{version}", bound, same=False)
         if wanted := self._node.config.builds.min_copies:
             await builds.wait_for_copies(info.cid, wanted)
-        bound = {**release, "cid": info.cid, "size": info.size}
-        shown = await self._node.registry.release(account, bound)
+        binding = {**release, "cid": info.cid, "size": info.size}
+        shown = await self._node.registry.release(account, binding)
         builds.wake()
         return m.Listing(**shown)
 

@@ -13,6 +13,7 @@ from mercato.crdt import (
     ListingNotFound,
     QueryError,
     RegistryError,
+    ReleaseExists,
     SchemaError,
 )
 from mercato.p2p import P2PError, RemoteError
@@ -30,6 +31,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     SchemaError: (400, "invalid_listing"),
     ListingNotFound: (404, "no_such_listing"),
     DependencyConflict: (409, "conflict"),
+    ReleaseExists: (409, "release_exists"),
     QueryError: (400, "bad_query"),
     RegistryError: (400, "bad_request"),
     UnknownBuild: (404, "no_such_build"),

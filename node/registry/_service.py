@@ -42,6 +42,7 @@ from mercato.crdt import (
     QueryRequest,
     QueryResponse,
     RegistryStore,
+    ReleaseExists,
     SignedUpdate,
     SyncRequest,
     SyncResponse,
@@ -158,10 +159,34 @@ class RegistryService:
         )
 
     async def release(self, account: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Bind ``name@version`` once. ReleaseExists if it is bound to another build;
+        the same binding again changes nothing and returns the listing."""
         release = validate_release(fields)
-        return await self._write(
-            account, release.name, "registry.released", lambda w: w.put_release(release)
-        )
+        try:
+            return await self._write(
+                account, release.name, "registry.released", lambda w: w.put_release(release)
+            )
+        except ReleaseExists as exc:
+            if not exc.same:
+                raise
+            keypair: Keypair = await self._store.run(self._keys.account, account)
+            return await self.show(keypair.address, release.name) or {}
+
+    async def bound_cid(self, account: str, name: str, version: str) -> str | None:
+        """The build ``name@version`` of ``account``'s feed is bound to, if released."""
+        keypair: Keypair = await self._store.run(self._keys.account, account)
+
+        def look() -> str | None:
+            feed = self.replica.registry.feeds.get(keypair.address)
+            found = feed.releases().get(f"{name}@{version}") if feed else None
+            return found.cid if found else None
+
+        return await self._store.run(look)
+
+    def _equivocated(self, publisher: str, why: str) -> None:
+        """Record a publisher's equivocation (blocking: in the store's thread)."""
+        log.warning("a publisher equivocated", extra={"publisher": publisher, "why": why})
+        self._events.record("registry.equivocation", {"publisher": publisher, "why": why[:200]})
 
     async def deprecate(self, account: str, name: str) -> dict[str, Any]:
         return await self._write(account, name, "registry.deprecated", lambda w: w.deprecate(name))
@@ -316,6 +341,9 @@ class RegistryService:
                 except UpdateRejected:
                     bad += 1
             outcomes = self.replica.ingest_batch(updates)
+            for update, outcome in zip(updates, outcomes, strict=True):
+                if isinstance(outcome, Equivocation):
+                    self._equivocated(update.address, str(outcome))
             # An equivocating publisher is not the serving peer's fault.
             bad += sum(
                 isinstance(o, UpdateRejected) and not isinstance(o, Equivocation) for o in outcomes
@@ -355,7 +383,7 @@ class RegistryService:
             signed = SignedUpdate.decode(message.data)
             outcome = await self._store.run(self.replica.ingest, signed)
         except Equivocation as exc:
-            log.warning("registry update refused", extra={"why": str(exc)})
+            await self._store.run(self._equivocated, signed.address, str(exc))
             return Verdict.IGNORE  # the publisher's doing, not the forwarder's
         except UpdateRejected as exc:
             log.debug(

@@ -6,10 +6,16 @@ on failure. With ``p`` its price, ``P`` the highest price among the candidates,
 ``q`` its load (runs running or waiting on it, as it says, plus this node's own
 tasks in flight to it):
 
-    score = 0.35 * (1 - p / P)            cheaper is better   (1 when all are free)
+    score = 0.35 * (1 - p / P) * k        cheaper is better   (1 when all are free)
           + 0.35 * r                      trusted is better
           + 0.20 * 1 / (1 + l / 100)      faster is better    (halves at 100 ms)
           + 0.10 * 1 / (1 + q)            idle is better
+
+with ``k`` 1 for a provider that has run a task for this node and 0 for one
+that has not: anyone can sign a card with a fresh key and any price, so a
+price earns nothing until it comes with a task done (a free card cannot
+outrank a proven provider by price alone; it still gets its turn when the
+proven ones fail, or among strangers on reputation, latency and load).
 
 Ties go to the lower peer id, so a choice is reproducible. Before quotes the
 same score runs on what the cards say (their price and load, and the latency
@@ -35,6 +41,8 @@ class Offer:
     reputation: float
     latency_ms: float | None
     load: float
+    proven: bool = True
+    """It has run a task for this node: only then does its price count."""
 
 
 def _sane(value: float, worst: float) -> float:
@@ -44,6 +52,7 @@ def _sane(value: float, worst: float) -> float:
 
 def score(offer: Offer, highest_price: int) -> float:
     price = 1.0 - offer.price / highest_price if highest_price > 0 else 1.0
+    price = price if offer.proven else 0.0
     latency = UNKNOWN_LATENCY_MS if offer.latency_ms is None else offer.latency_ms
     return (
         WEIGHTS["price"] * price

@@ -81,6 +81,7 @@ QUOTE_TIMEOUT_S = 10.0  # past the deadline, how long the first quote may take
 PENALTY_BAD_RECEIPT = 50.0
 PENALTY_WRONG = 60.0  # two wrong outputs and this node bans the provider
 FETCH_TIMEOUT_S = 60.0
+SECOND_OPINION_QUOTES_S = 2.0  # to find a second provider before checking here instead
 DETERMINISTIC = frozenset(("ok", "trap", "out_of_fuel"))  # same on every honest node
 # Refusals that blame nobody (a payment refused is most likely this node's doing:
 # another ledger, an empty wallet).
@@ -133,6 +134,7 @@ class _Task:
     changed: set[str] = field(default_factory=set)  # providers whose standing changed
     requoted: set[str] = field(default_factory=set)
     truth: tuple[str, bytes] | None = None  # settled by this node's own runs
+    runs: int = 0  # providers asked to run it (not those that only failed to quote)
 
     def fail(self, provider: str, error: str) -> None:
         self.tried.add(provider)
@@ -272,7 +274,11 @@ class TaskRunner:
         return listing
 
     async def _first_good(self, task: _Task, task_id: bytes) -> tuple[_Answer, str]:
-        while len(task.tried) < self._config.max_attempts:
+        """Quote rounds, each over every untried candidate (see `_gather`), and a run
+        on the best quote, until a run comes back good, ``max_attempts`` providers
+        have run it, or ``timeout_s`` has passed without one."""
+        deadline = trio.current_time() + self._config.timeout_s
+        while task.runs < self._config.max_attempts and trio.current_time() < deadline:
             quotes = await self._quotes_for(task)
             if not quotes:
                 break
@@ -327,12 +333,23 @@ class TaskRunner:
         standing = self.reputation.get(provider)
         latency = standing.latency_ms if standing.latency_ms is not None else quoted_ms
         return Offer(
-            provider, price, standing.score, latency, load + self._inflight.get(provider, 0)
+            provider,
+            price,
+            standing.score,
+            latency,
+            load + self._inflight.get(provider, 0),
+            proven=standing.ok > 0,
         )
 
-    async def _quotes_for(self, task: _Task) -> list[_Offered]:
-        """Valid quotes from untried candidates, best first (empty when none is left)."""
+    async def _quotes_for(self, task: _Task, reachable_only: bool = False) -> list[_Offered]:
+        """Valid quotes from untried candidates, best first (empty when none is left).
+
+        Candidates this node is connected to now are asked first: a card costs
+        nothing to make up, and its addresses may lead nowhere; a connection
+        proves at least that someone is there. ``reachable_only`` asks no one else.
+        """
         names: list[tuple[str, list[str]]]
+        first = 1
         if task.pinned is not None:
             names = [] if task.pinned in task.tried else [(task.pinned, [])]
         else:
@@ -343,12 +360,16 @@ class TaskRunner:
             ]
             ranked = rank([self._offer(c["provider"], c["price"], c["load"]) for c in candidates])
             addrs = {c["provider"]: c["addrs"] for c in candidates}
-            names = [
-                (o.provider, addrs[o.provider]) for _, o in ranked[: self._config.quote_fanout]
+            connected = set(self._overlay.host.connected_peers())
+            near = [(o.provider, addrs[o.provider]) for _, o in ranked if o.provider in connected]
+            far = [
+                (o.provider, addrs[o.provider]) for _, o in ranked if o.provider not in connected
             ]
+            names = near if reachable_only else near + far
+            first = min(len(near), self._config.quote_fanout) or self._config.quote_fanout
         quotes: list[_Offered] = []
         if names:
-            await self._gather(names, task, quotes)
+            await self._gather(names, task, quotes, first)
         offers = {o.quote.provider: o for o in quotes}
         ranked = rank(
             [
@@ -360,32 +381,49 @@ class TaskRunner:
         return [offers[o.provider] for _, o in ranked]
 
     async def _gather(
-        self, names: list[tuple[str, list[str]]], task: _Task, quotes: list[_Offered]
+        self, names: list[tuple[str, list[str]]], task: _Task, quotes: list[_Offered], first: int
     ) -> None:
-        """Ask for quotes at once; stop at the deadline if any came, else at the first."""
-        remaining = len(names)
-        got = trio.Event()
+        """Ask the first ``first`` of ``names`` for quotes at once. Each time
+        ``quote_deadline_s`` passes with no quote, or everyone asked has answered
+        without one, ask twice as many more: candidates that cannot be reached
+        (dead, or cards made up to take the first places) cost a task seconds, not
+        their number of rounds. Stop at a deadline once a quote came, or when
+        everyone has answered."""
+        pending = list(names)
+        batch = max(first, 1)
+        asking = 0
+        # Set when everyone asked so far has answered / when a first quote came (or
+        # everyone answered); new ones each round, read by every ask when it ends.
+        events = {"all": trio.Event(), "first": trio.Event()}
+
+        async def ask(provider: str, addrs: list[str]) -> None:
+            nonlocal asking
+            try:
+                await self._quote(provider, addrs, task, quotes)
+            finally:
+                asking -= 1
+                if not asking:
+                    events["all"].set()
+                if quotes or not asking:
+                    events["first"].set()
+
         async with trio.open_nursery() as nursery:
-
-            async def ask(provider: str, addrs: list[str]) -> None:
-                nonlocal remaining
-                try:
-                    await self._quote(provider, addrs, task, quotes)
-                finally:
-                    if quotes:
-                        got.set()
-                    remaining -= 1
-                    if not remaining:  # everyone answered: no need to wait for the deadline
-                        nursery.cancel_scope.cancel()
-
-            async def cutoff() -> None:
-                await trio.sleep(self._config.quote_deadline_s)
-                await got.wait()  # a slow network still gets its first quote
-                nursery.cancel_scope.cancel()
-
-            for provider, addrs in names:
-                nursery.start_soon(ask, provider, addrs)
-            nursery.start_soon(cutoff)
+            while True:
+                events = {"all": trio.Event(), "first": trio.Event()}
+                for provider, addrs in pending[:batch]:
+                    asking += 1
+                    nursery.start_soon(ask, provider, addrs)
+                pending, batch = pending[batch:], max(batch * 2, self._config.quote_fanout)
+                with trio.move_on_after(self._config.quote_deadline_s):
+                    await events["all"].wait()
+                if quotes:
+                    break  # at the deadline, or when all answered: choose among them
+                if not pending:
+                    if asking:
+                        await events["first"].wait()  # a slow network still gets its first
+                    break
+                # nobody quoted yet and candidates are left: ask more of them
+            nursery.cancel_scope.cancel()
 
     async def _quote(
         self, provider: str, addrs: list[str], task: _Task, out: list[_Offered]
@@ -492,6 +530,7 @@ class TaskRunner:
     async def _run_once(self, offered: _Offered, task_id: bytes, task: _Task) -> _Answer | None:
         quote = offered.quote
         provider = quote.provider
+        task.runs += 1
         try:
             payment, channel, amounts, relied = await self._payment(quote, task)
         except SettlementError as exc:  # this node cannot pay: not the provider's fault
@@ -648,7 +687,12 @@ class TaskRunner:
             task.agent, task.version, task.stdin, None, task.cap, task.listing,
             tried=set(task.tried) | {answer.provider}, changed=task.changed,
         )  # fmt: skip
-        for offered in await self._quotes_for(others):
+        quotes: list[_Offered] = []
+        # Only a check: from a provider this node is connected to, quoting soon;
+        # else this node's own runs settle it.
+        with trio.move_on_after(SECOND_OPINION_QUOTES_S):
+            quotes = await self._quotes_for(others, reachable_only=True)
+        for offered in quotes:
             if offered.quote.version != answer.quote.version:
                 continue
             second = await self._attempt(offered, secrets.token_bytes(16), others)

@@ -2,6 +2,7 @@
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,30 @@ def test_any_peer_answers_searches_and_shows_verified_listings(tmp_path, start_d
     assert conflict.returncode == 1 and "no release of" in conflict.stderr
     unknown = cli(one, "resolve", f"{publisher}/nothing")
     assert unknown.returncode == 1 and "not a listing this node knows" in unknown.stderr
+
+
+def test_a_released_version_is_never_rebound_and_a_build_must_be_webassembly(
+    tmp_path, datadir: DataDir, start_daemon
+) -> None:
+    start_daemon(datadir, env={"MERCATO_BUILDS_MIN_COPIES": "0"})
+    manifest = tmp_path / "MANIFEST.toml"
+    manifest.write_text(MANIFEST)
+    published = cli(datadir, "publish", str(manifest), "--json")
+    ref = f"{json.loads(published.stdout)['publisher']}/wordcount"
+    examples = Path(__file__).parents[2] / "runtime" / "examples"
+    wordcount = examples / "wordcount" / "wordcount.wasm"
+    first = cli(datadir, "release", "wordcount", "1.0.0", "--build", str(wordcount))
+    assert first.returncode == 0, first.stderr
+    shown = json.loads(cli(datadir, "show", ref, "--json").stdout)
+    (bound,) = [r["cid"] for r in shown["releases"]]
+    again = cli(datadir, "release", "wordcount", "1.0.0", "--build", str(wordcount))
+    assert again.returncode == 0, again.stderr  # the same binding: nothing changes
+    echo = examples / "echo" / "echo.wasm"
+    rebind = cli(datadir, "release", "wordcount", "1.0.0", "--build", str(echo))
+    assert rebind.returncode == 1
+    assert "already released" in rebind.stderr and bound in rebind.stderr
+    readme = Path(__file__).parents[2] / "README.md"
+    not_wasm = cli(datadir, "release", "wordcount", "1.1.0", "--build", str(readme))
+    assert not_wasm.returncode == 1 and "not a WebAssembly module" in not_wasm.stderr
+    shown = json.loads(cli(datadir, "show", ref, "--json").stdout)
+    assert [(r["version"], r["cid"]) for r in shown["releases"]] == [("1.0.0", bound)]

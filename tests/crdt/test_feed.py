@@ -6,8 +6,11 @@ from hypothesis import strategies as st
 from pycrdt import Doc, Map
 
 from mercato.crdt import (
+    Equivocation,
     FeedWriter,
     Registry,
+    ReleaseExists,
+    SchemaError,
     SignedUpdate,
     UpdateRejected,
     validate_listing,
@@ -321,3 +324,52 @@ def test_replicas_converge_whatever_the_order_duplication_or_loss(
     expected = snapshot(author)
     for registry in registries:
         assert snapshot(registry) == expected
+
+
+def _rebind(writer: FeedWriter, key: str, value: object) -> SignedUpdate:
+    """What a publisher's own code could sign if it skipped FeedWriter's check."""
+    return writer._write(lambda doc: doc["releases"].__setitem__(key, value))
+
+
+def test_a_release_is_bound_once_by_its_writer_and_by_every_replica() -> None:
+    author, replica = Registry(), Registry()
+    writer = FeedWriter(Keypair.generate(), author)
+    first = release("echo", "1.0.0")
+    for update in (writer.put_listing(listing("echo")), writer.put_release(first)):
+        replica.apply(SignedUpdate.decode(update.encode()))
+    other = validate_release({**first.to_wire(), "cid": "b3-" + "b" * 20})
+    with pytest.raises(ReleaseExists) as refused:
+        writer.put_release(other)
+    assert not refused.value.same and first.cid in str(refused.value)
+    with pytest.raises(ReleaseExists) as again:
+        writer.put_release(first)
+    assert again.value.same  # the same binding: nothing to write
+    rebound = _rebind(writer, first.key, canonical_cbor(other.to_wire()))
+    with pytest.raises(Equivocation, match="rebinds release"):
+        replica.apply(SignedUpdate.decode(rebound.encode()))
+    assert replica.feeds[writer.feed.address].releases()[first.key].cid == first.cid
+    fresh, holder = FeedWriter(Keypair.generate(), Registry()), Registry()
+    for update in (fresh.put_listing(listing("echo")), fresh.put_release(first)):
+        holder.apply(SignedUpdate.decode(update.encode()))
+
+    def unbind_and_list(doc: Doc) -> None:  # a deletion alone does not even move the clock
+        doc["releases"].pop(first.key)
+        doc["listings"]["other"] = canonical_cbor(listing("other").to_wire())
+
+    unbound = fresh._write(unbind_and_list)
+    with pytest.raises(Equivocation, match="unbinds release"):
+        holder.apply(SignedUpdate.decode(unbound.encode()))
+    assert holder.feeds[fresh.feed.address].releases()[first.key].cid == first.cid
+
+
+def test_text_fields_refuse_control_characters_in_writers_and_replicas() -> None:
+    for field, text in (("title", "red \x1b[31mtext"), ("summary", "two\nlines"),
+                        ("title", "right\u202eto left"), ("description", "bell\x07")):  # fmt: skip
+        with pytest.raises(SchemaError, match=field):
+            listing("echo", **{field: text})
+    assert listing("echo", description="two\nparagraphs\tand a tab").description
+    writer = FeedWriter(Keypair.generate(), Registry())
+    forged = {**listing("echo").to_wire(), "title": "\x1b]0;owned\x07"}
+    signed = writer._write(lambda doc: doc["listings"].__setitem__("echo", canonical_cbor(forged)))
+    with pytest.raises(UpdateRejected, match="control character"):
+        Registry().apply(SignedUpdate.decode(signed.encode()))

@@ -16,6 +16,7 @@ from mercato.settlement import (
     settle_due,
 )
 
+from ..conftest import budget
 from .test_registry_network import running_nodes
 from .test_tasks import EXAMPLES, LISTING, serve_an_agent, until
 
@@ -170,3 +171,53 @@ async def test_a_provider_that_keeps_payments_is_paid_twice_at_most(tmp_path: Pa
         (channel,) = user.settlement.channels()
         assert channel["paid"] == 2 * PRICE  # then it stopped paying
         assert user.tasks.runner.reputation.get(pid).failed >= 1
+
+
+async def publish_fake_cards(attacker, agent: str, count: int) -> set[str]:
+    """``count`` agent cards for ``agent``, each signed by a fresh key, price 0, at
+    addresses where nothing listens, gossiped by ``attacker`` as any peer can."""
+    import time as clock
+
+    from mercato.node.tasks._cards import TOPIC, AgentCard
+    from mercato.p2p import Keypair
+
+    fakes = set()
+    for i in range(count):
+        key = Keypair.generate()
+        card = AgentCard(
+            provider=key.peer_id, seq=1, expires=clock.time() + 300, agents=[agent],
+            prices=[0], load=0.0, addrs=[f"/ip4/127.0.0.1/tcp/{9 + i}/p2p/{key.peer_id}"],
+        )  # fmt: skip
+        await attacker.overlay.gossip.publish(TOPIC, card.sign(key))
+        fakes.add(key.peer_id)
+    return fakes
+
+
+@pytest.mark.slow
+async def test_twenty_fake_free_cards_do_not_keep_a_paid_task_from_the_real_provider(
+    tmp_path: Path,
+) -> None:
+    fast = {"heartbeat_s": 0.5, "card_ttl_s": 30.0}
+    async with (
+        open_embedded_ledger(tmp_path / "shared-ledger.db") as ledger,
+        running_nodes(tmp_path, 3, serve=fast, ledger=ledger) as (provider, user, attacker),
+    ):
+        for a, b in ((user, provider), (user, attacker), (provider, attacker)):
+            await a.overlay.host.connect(b.overlay.host.listen_addrs()[0])
+        agent = await serve_an_agent(provider, user, price=PRICE)
+        await attacker.overlay.gossip.wait_for_mesh(user.overlay.peer_id, "mercato/cards/1")
+        fakes = await publish_fake_cards(attacker, agent, 20)
+        await until(
+            lambda: _knows(user, agent, fakes), budget(20), "the fake cards at the user's node"
+        )
+        for i in range(3):
+            done = await user.tasks.run_task(agent, "*", b"one two %d" % i)
+            assert done["provider"] == provider.overlay.peer_id
+            assert json.loads(done["output"])["words"] == 3
+            # What failed on the way were fakes that could not even quote.
+            assert {a["provider"] for a in done["attempts"]} <= fakes
+        assert provider.tasks.served == 3
+
+
+async def _knows(user, agent: str, fakes: set[str]) -> bool:
+    return fakes <= {c["provider"] for c in user.tasks.providers(agent)}
