@@ -160,6 +160,10 @@ class SignedUpdate:
         except ValueError:
             return 0
 
+    def verified(self) -> bool:
+        """Whether the publisher's signature holds for exactly these fields."""
+        return verify_signature(self.publisher, SIGN_KIND, self.body(), self.sig)
+
     def body(self) -> dict[str, bytes]:
         return {
             "publisher": self.publisher,
@@ -389,8 +393,12 @@ class Registry:
             return len(self._pending.get(address, {}))
         return sum(len(q) for q in self._pending.values())
 
-    def apply(self, signed: SignedUpdate) -> list[tuple[SignedUpdate, list[str]]] | None:
+    def apply(
+        self, signed: SignedUpdate, verified: bool = False
+    ) -> list[tuple[SignedUpdate, list[str]]] | None:
         """Apply a signed update (see the module docstring); UpdateRejected says why not.
+
+        ``verified``: its signature was checked just now (`SignedUpdate.verified`).
 
         Returns None if the update must wait for earlier ones (it is kept in
         memory, bounded, and neither stored nor relayed meanwhile); otherwise
@@ -400,7 +408,7 @@ class Registry:
         bound = MAX_SNAPSHOT_BYTES if signed.is_snapshot else MAX_UPDATE_BYTES
         if len(signed.update) > bound:
             raise UpdateRejected(f"update of {len(signed.update)} bytes is over {bound}")
-        if not verify_signature(signed.publisher, SIGN_KIND, signed.body(), signed.sig):
+        if not verified and not signed.verified():
             raise UpdateRejected(f"signature of {signed.address} does not verify")
         try:
             deps, after = signed.deps_clocks, signed.state_clocks

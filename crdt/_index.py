@@ -154,21 +154,45 @@ def journal_append(conn: sqlite3.Connection, signed: SignedUpdate) -> bool:
     return cur.rowcount == 1
 
 
-def journal_load(conn: sqlite3.Connection) -> list[SignedUpdate]:
-    """Every journaled update, each feed's in its writer's order."""
-    updates = []
+@dataclass(frozen=True)
+class DamagedUpdate:
+    """A journaled update that no longer verifies (a damaged disk, an edited file)."""
+
+    publisher: str
+    clock: int
+    why: str
+
+    def describe(self) -> str:
+        return (
+            f"the registry journal's update of {self.publisher} at clock {self.clock} is "
+            f"damaged ({self.why}): it was removed, and is fetched again from peers"
+        )
+
+
+def journal_load(conn: sqlite3.Connection) -> tuple[list[SignedUpdate], list[DamagedUpdate]]:
+    """Every journaled update, each feed's in its writer's order, and the entries
+    that do not decode or verify any more; those are deleted (so that a sound copy
+    from a peer can take their place) and returned, never dropped unsaid."""
+    updates, damaged = [], []
     with transaction(conn):
-        for sig, body, clock in conn.execute(
-            "SELECT sig, body, clock FROM registry_updates"
+        for sig, publisher, body, clock in conn.execute(
+            "SELECT sig, publisher, body, clock FROM registry_updates"
         ).fetchall():
-            signed = SignedUpdate.decode(bytes(body))
+            try:
+                signed = SignedUpdate.decode(bytes(body))
+                if not signed.verified():
+                    raise UpdateRejected("its signature does not verify")
+            except UpdateRejected as exc:
+                damaged.append(DamagedUpdate(str(publisher), int(clock), str(exc)))
+                conn.execute("DELETE FROM registry_updates WHERE sig = ?", (sig,))
+                continue
             if clock < 0:  # journaled before clocks were recorded
                 conn.execute(
                     "UPDATE registry_updates SET clock = ? WHERE sig = ?", (signed.clock, sig)
                 )
             updates.append(signed)
     updates.sort(key=lambda u: (u.publisher, u.clock))
-    return updates
+    return updates, damaged
 
 
 # -- index -----------------------------------------------------------------------
@@ -372,13 +396,20 @@ class RegistryStore:
         self._closed = False
         self._too_large: dict[str, int] = {}  # feed -> journal size when it was too big
         self._cids: set[str] | None = None  # release_cids, once computed
+        self.damaged: list[DamagedUpdate] = []
+        """Journal entries found damaged when it was loaded (reported, fetched again)."""
         self._load()
 
     def _load(self, trust_index: bool = True) -> None:
         replayed = True
-        for signed in journal_load(self.conn):
+        updates, damaged = journal_load(self.conn)
+        for entry in damaged:
+            log.error(entry.describe(), extra={"publisher": entry.publisher, "clock": entry.clock})
+        self.damaged += damaged
+        replayed = not damaged
+        for signed in updates:
             try:
-                if self.registry.apply(signed) is None:
+                if self.registry.apply(signed, verified=True) is None:
                     replayed = False  # its predecessors are missing from the journal
             except (UpdateRejected, ValueError):
                 replayed = False  # verified when stored; only a newer schema would refuse it

@@ -59,6 +59,7 @@ message of an RPC (at a cost that grows with the number of tasks), so one RPC
 of 20,000 tiny messages would stall the node for a minute."""
 RPC_OVERHEAD_BYTES = 64 * 1024
 PENALTY_FLOOD = 2.0  # per message over the origin's rate, when the origin sends it itself
+PENALTY_GATED = 10.0  # per message of a peer scored below py-libp2p's publish threshold
 
 
 class Verdict(enum.Enum):
@@ -155,6 +156,8 @@ def _make_pubsub_class() -> type:
             await super().validate_msg(msg_forwarder, msg)
 
         async def push_msg(self, msg_forwarder: Any, msg: Any) -> None:
+            if await self._gated(msg_forwarder, msg):
+                return
             # One copy of a message at a time: a peer repeating a message in one RPC
             # must not get it validated and delivered once per copy.
             message_id = bytes(msg.from_id) + bytes(msg.seqno)
@@ -169,6 +172,22 @@ def _make_pubsub_class() -> type:
                 await self.gossip._blame(str(msg_forwarder), f"malformed message: {exc!r}")
             finally:
                 self.gossip._in_flight.discard(message_id)
+
+        async def _gated(self, msg_forwarder: Any, msg: Any) -> bool:
+            """True if py-libp2p's score gate will drop this message unseen. A peer
+            scored that low got there by sending invalid messages; what the gate
+            drops, no validator sees, so it is counted here (else the flooder's
+            penalties would stop short of a ban and decay)."""
+            scorer = getattr(self.router, "scorer", None)
+            forwarder = str(msg_forwarder)
+            if scorer is None or forwarder == self.gossip._host.peer_id:
+                return False
+            if self._is_msg_seen(msg) or scorer.allow_publish(msg_forwarder, list(msg.topicIDs)):
+                return False
+            await self.gossip._host.penalize(
+                forwarder, PENALTY_GATED, "gossip from a peer below the score gate"
+            )
+            return True
 
     return _VerdictPubsub
 

@@ -8,9 +8,12 @@ versioned id (``/mercato/<name>/<semver>``)::
                        frame({"err": {"code": ..., "message": ...}})
 
 Frames are varint-length-prefixed canonical CBOR (see _wire.py), bounded by
-the protocol's ``max_request_bytes`` / ``max_response_bytes``; the server gives
-the client ``timeout_s`` to send its request, the client gives the server
-``timeout_s`` for the whole exchange. The explicit response frame matters:
+the protocol's ``max_request_bytes`` / ``max_response_bytes``. The server
+gives a stream FIRST_BYTE_S to start its request and then time for its size
+at MIN_REQUEST_RATE (never more than ``timeout_s``): a stream that sends
+nothing holds a slot for seconds, not for a long protocol's ``timeout_s``, and
+costs its peer PENALTY_IDLE (a handful and it is banned). The client gives the
+server ``timeout_s`` for the whole exchange. The explicit response frame matters:
 py-libp2p reports a reset stream as a clean end of stream to a reader.
 
 A peer that sends a malformed, oversized or late request gets an error
@@ -56,8 +59,12 @@ PENALTY_MALFORMED = 25.0
 PENALTY_OVERSIZED = 50.0
 PENALTY_SLOW = 10.0
 PENALTY_FLOOD = 1.0
+PENALTY_IDLE = 25.0  # four or five idle streams within a minute and a peer is banned
 MAX_CONCURRENT_PER_PROTOCOL = 64
 MAX_CONCURRENT_PER_PEER = 8
+FIRST_BYTE_S = 5.0
+MIN_REQUEST_RATE = 256 * 1024  # bytes per second, once a request has started
+READ_GRACE_S = 2.0  # the least time a started request gets to arrive whole
 _ERROR_TEXT = 512
 
 
@@ -103,17 +110,32 @@ class RequestProtocol(Generic[Req, Resp]):
     """Requests each peer may make of this protocol per second (bursts of twice that)."""
 
 
-class _StreamBytes:
-    """Adapts a libp2p stream to FrameReader: end of stream reads as b""."""
+class _IdleStream(Exception):
+    """The stream sent nothing within its first-byte deadline."""
 
-    def __init__(self, stream: Any) -> None:
+
+class _StreamBytes:
+    """Adapts a libp2p stream to FrameReader: end of stream reads as b"".
+
+    With ``first_byte_s``, the first read must bring something within that
+    many seconds (`_IdleStream` otherwise)."""
+
+    def __init__(self, stream: Any, first_byte_s: float | None = None) -> None:
         self._stream = stream
+        self._first_byte_s = first_byte_s
 
     async def read(self, n: int) -> bytes:
         from libp2p.network.stream.exceptions import StreamEOF
 
         try:
-            return await self._stream.read(n)
+            if self._first_byte_s is None:
+                return await self._stream.read(n)
+            with trio.move_on_after(self._first_byte_s) as waited:
+                data: bytes = await self._stream.read(n)
+            if waited.cancelled_caught:
+                raise _IdleStream
+            self._first_byte_s = None
+            return data
         except StreamEOF:
             return b""
 
@@ -183,9 +205,7 @@ class Requests:
                 await self._serve_one(protocol, handler, peer, stream)
             finally:
                 slots.release()
-                self._active[peer] -= 1
-                if not self._active[peer]:
-                    del self._active[peer]
+                _decrement(self._active, peer)
 
         self._host.set_stream_handler(protocol.id, on_stream)
 
@@ -196,9 +216,12 @@ class Requests:
         peer: str,
         stream: Any,
     ) -> None:
+        # The first byte's deadline comes first, so an idle stream is told apart.
+        sending_s = max(READ_GRACE_S, protocol.max_request_bytes / MIN_REQUEST_RATE)
+        reading_s = min(protocol.timeout_s, FIRST_BYTE_S + sending_s)
         try:
-            reader = FrameReader(_StreamBytes(stream))
-            with trio.fail_after(protocol.timeout_s):
+            reader = FrameReader(_StreamBytes(stream, first_byte_s=FIRST_BYTE_S))
+            with trio.fail_after(reading_s):
                 raw = await reader.read(protocol.max_request_bytes)
             self._stats.count(protocol.id, received=reader.bytes_read)
             request = protocol.request.from_wire(raw)
@@ -208,6 +231,10 @@ class Requests:
         except (FrameError, MessageError, EOFError) as exc:
             reason = str(exc) or "stream ended before a request"
             await self._reject(peer, stream, protocol, PENALTY_MALFORMED, "bad_request", reason)
+            return
+        except _IdleStream:
+            why = f"nothing sent within {FIRST_BYTE_S:g} s"
+            await self._reject(peer, stream, protocol, PENALTY_IDLE, "idle", why)
             return
         except trio.TooSlowError:
             await self._reject(peer, stream, protocol, PENALTY_SLOW, "timeout", "request too slow")
@@ -323,6 +350,15 @@ class Requests:
             self._stats.failed += 1
             await self._host.penalize(peer_id, PENALTY_MALFORMED, f"{protocol.id}: bad response")
             raise BadResponse(f"{protocol.id}: bad response from {peer_id}: {exc}") from exc
+
+
+K = TypeVar("K")
+
+
+def _decrement(counts: dict[K, int], key: K) -> None:
+    counts[key] -= 1
+    if not counts[key]:
+        del counts[key]
 
 
 async def _answer(

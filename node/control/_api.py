@@ -131,6 +131,7 @@ class NodeOps(_Part):
         node = self._node
         seq, head = await node.store.run(event_head, node.store.db)
         accounts = await node.store.run(node.keys.account_names)
+        registry_warnings = node.registry.warnings() if "registry" in node.services else []
         return m.Status(
             version=__version__,
             name=node.config.node.name,
@@ -145,7 +146,7 @@ class NodeOps(_Part):
             services=list(node.services),
             events=m.EventCount(count=seq, head=head),
             p2p=node.overlay.status() if node.services and "p2p" in node.services else None,
-            warnings=list(node.warnings),
+            warnings=node.warnings + registry_warnings,
         )
 
     def shutdown(self) -> m.Stopping:

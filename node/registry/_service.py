@@ -94,6 +94,9 @@ class RegistryService:
         Runs until cancelled.
         """
         self._replica = await self._store.run(RegistryStore, self._store.db.conn)
+        for entry in self._replica.damaged:  # logged by the replica; kept on record here
+            data = {"publisher": entry.publisher, "clock": entry.clock, "why": entry.why[:200]}
+            await self._store.run(self._events.record, "registry.damaged", data)
         await self._overlay.gossip.subscribe(TOPIC, self._on_message, self._validate)
         self._overlay.requests.serve(SYNC, self._answer_sync)
         self._overlay.requests.serve(QUERY, self._answer_query)
@@ -149,6 +152,10 @@ class RegistryService:
     def replica(self) -> RegistryStore:
         assert self._replica is not None, "registry is not running"
         return self._replica
+
+    def warnings(self) -> list[str]:
+        """What `mercato node status` should tell the operator about the registry."""
+        return [entry.describe() for entry in self._replica.damaged] if self._replica else []
 
     # -- local writes ----------------------------------------------------------
 

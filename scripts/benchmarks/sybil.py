@@ -42,11 +42,11 @@ async def _serve(provider: Any, user: Any) -> str:
     await provider.registry.release("default", release)
     agent = f"{shown['publisher']}/wc"
     provider.tasks.serve_agents((agent,))
-    with trio.fail_after(30):
-        while not (
-            ((await user.registry.show(shown["publisher"], "wc")) or {}).get("releases")
-            and user.tasks.providers(agent)
-        ):
+    with trio.fail_after(30):  # polled: no event says the registry and cards have it
+        for _ in iter(int, 1):
+            known = (await user.registry.show(shown["publisher"], "wc")) or {}
+            if known.get("releases") and user.tasks.providers(agent):
+                break
             await trio.sleep(0.05)
     return agent
 
@@ -61,8 +61,10 @@ async def _fake_cards(attacker: Any, user: Any, agent: str, count: int) -> None:
         )  # fmt: skip
         await attacker.overlay.gossip.publish(TOPIC, card.sign(key))
         fakes.add(key.peer_id)
-    with trio.fail_after(30):
-        while not fakes <= {c["provider"] for c in user.tasks.providers(agent)}:
+    with trio.fail_after(30):  # polled, as above
+        for _ in iter(int, 1):
+            if fakes <= {c["provider"] for c in user.tasks.providers(agent)}:
+                break
             await trio.sleep(0.05)
 
 

@@ -366,3 +366,45 @@ def test_release_cids_follow_the_registry(store: RegistryStore) -> None:
     assert store.release_cids() == {"bld-" + "1" * 64}
     store.ingest(release("1.1.0", "bld-" + "2" * 64))  # arrives after the first computation
     assert store.release_cids() == {"bld-" + "1" * 64, "bld-" + "2" * 64}
+
+
+def test_a_damaged_journal_entry_is_reported_removed_and_fetched_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mercato.crdt import SignedUpdate
+
+    owner = Keypair.generate()
+    author_db, peer_db = node_database(tmp_path / "a.db"), node_database(tmp_path / "p.db")
+    author, peer = RegistryStore(author_db.conn), RegistryStore(peer_db.conn)
+    writer = FeedWriter(owner, author.registry)
+    for i in range(5):
+        update = writer.put_listing(listing(f"agent-{i}"))
+        author.commit_own(update, f"agent-{i}")
+        assert peer.ingest(update)
+    author.close()
+    # One flipped byte in the body of the third update, as a bad disk would leave it.
+    sig, body = author_db.conn.execute(
+        "SELECT sig, body FROM registry_updates WHERE clock = ("
+        "  SELECT clock FROM registry_updates ORDER BY clock LIMIT 1 OFFSET 2)"
+    ).fetchone()
+    flipped = bytearray(body)
+    flipped[-40] ^= 0x01
+    author_db.conn.execute("UPDATE registry_updates SET body = ? WHERE sig = ?", (flipped, sig))
+    author_db.close()
+
+    reopened = node_database(tmp_path / "a.db")
+    with caplog.at_level("ERROR", logger="mercato.registry"):
+        again = RegistryStore(reopened.conn)
+    (damaged,) = again.damaged
+    assert damaged.publisher == owner.address
+    assert f"update of {owner.address} at clock {damaged.clock} is damaged" in caplog.text
+    assert len(again.registry.feeds[owner.address].listing_names()) < 5  # not silently whole
+    # Anti-entropy brings back what the journal lost, from a peer that has it.
+    lacking = {owner.address: again.registry.feeds[owner.address].state()}
+    updates, _ = peer.missing_for(lacking, 10**9)
+    again.ingest_batch([SignedUpdate.decode(u) for u in updates])
+    assert sorted(again.registry.feeds[owner.address].listing_names()) == [
+        f"agent-{i}" for i in range(5)
+    ]
+    reopened.close()
+    peer_db.close()

@@ -21,6 +21,28 @@ from mercato.node.builds._transfer import BUILD, BuildRequest, BuildResponse
 
 from .test_registry_network import running_nodes
 
+WORDCOUNT = Path(__file__).parents[2] / "runtime" / "examples" / "wordcount" / "wordcount.wasm"
+
+
+def _leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def padded_wasm(path: Path, size: int) -> Path:
+    """A real, runnable module (the wordcount example) grown to about ``size`` bytes
+    by a custom section of random bytes: a big build that still compiles."""
+    module = WORDCOUNT.read_bytes()
+    name = b"padding"
+    payload = os.urandom(max(0, size - len(module) - 16))
+    body = _leb128(len(name)) + name + payload
+    path.write_bytes(module + b"\x00" + _leb128(len(body)) + body)
+    return path
+
 
 def random_file(path: Path, size: int) -> Path:
     path.write_bytes(os.urandom(size))
@@ -187,7 +209,7 @@ async def wait_until_held(nodes, cid: str, expected: set[str], within: float) ->
 async def test_a_release_lands_on_the_closest_peers_and_is_repaired(tmp_path: Path) -> None:
     from mercato.node.builds._service import responsible
 
-    source = random_file(tmp_path / "big.wasm", 50 * 1024 * 1024)
+    source = padded_wasm(tmp_path / "big.wasm", 50 * 1024 * 1024)
     cid = manifest_of(source).cid
     async with running_nodes(tmp_path, 10, repair_interval_s=1.0) as nodes:
         await connect_all(nodes)

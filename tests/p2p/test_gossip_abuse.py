@@ -135,3 +135,31 @@ async def test_a_message_repeated_in_one_rpc_is_delivered_once(open_overlays) ->
 
 async def _nothing(message) -> None:
     pass
+
+
+async def test_a_peer_that_keeps_sending_invalid_gossip_is_banned(open_overlays) -> None:
+    """Its first invalid messages are rejected by the validator; once py-libp2p's
+    score gate drops the rest unseen, those count too, until the ban."""
+    async with open_overlays(3) as (victim, attacker, good):
+
+        async def refuse_bad(message) -> Verdict:
+            return Verdict.REJECT if message.data.startswith(b"bad") else Verdict.ACCEPT
+
+        await victim.gossip.subscribe(TOPIC, _nothing, refuse_bad)
+        await attacker.gossip.subscribe(TOPIC, _nothing)
+        await attacker.gossip.wait_for_mesh(victim.peer_id, TOPIC)
+
+        async def accept_anything(forwarder, raw) -> Verdict:
+            return Verdict.ACCEPT  # a malicious peer skips its own checks
+
+        attacker.gossip._validate = accept_anything
+        sent = 0
+        with trio.move_on_after(30):
+            while not victim.host.is_banned(attacker.peer_id):
+                await attacker.gossip._pubsub.publish([TOPIC], b"bad %d" % sent)
+                sent += 1
+                await trio.sleep(0.02)  # paced, so no origin rate limit is what bans it
+        assert victim.host.is_banned(attacker.peer_id), f"not banned after {sent} messages"
+        assert victim.gossip.statistics()[TOPIC].rejected >= 1
+        assert not victim.host.is_banned(good.peer_id)
+        await still_serving(victim, good)

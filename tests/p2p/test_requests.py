@@ -132,3 +132,35 @@ async def test_a_silent_server_times_out_and_a_lying_one_is_caught(open_overlays
             await client.requests.request(server.peer_id, silent_proto, Echo("x"))
         with pytest.raises(BadResponse, match="text"):
             await client.requests.request(server.peer_id, liar_proto, Echo("x"))
+
+
+LONG = RequestProtocol("/mercato/test-long/1.0.0", Echo, Echo, max_request_bytes=256, timeout_s=120)
+
+
+async def test_idle_streams_cost_seconds_not_the_protocol_timeout_and_get_their_peer_banned(
+    open_overlays, monkeypatch
+) -> None:
+    import mercato.p2p._requests as requests_module
+    from mercato.p2p._requests import _StreamBytes
+
+    monkeypatch.setattr(requests_module, "FIRST_BYTE_S", 1.0)
+    async with open_overlays(3) as (server, attacker, honest):
+        server.requests.serve(LONG, echo)
+        idle_answers = []
+
+        async def hold_idle() -> None:
+            stream = await attacker.host.open_stream(server.peer_id, LONG.id)
+            answer = await FrameReader(_StreamBytes(stream)).read(1 << 16)  # sends nothing
+            idle_answers.append(answer)
+
+        with trio.fail_after(10):  # the protocol would have waited 120 s for each
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(hold_idle)
+                # Meanwhile an honest peer is served.
+                assert await honest.requests.request(server.peer_id, LONG, Echo("hi")) == Echo("HI")
+        assert [a["err"]["code"] for a in idle_answers] == ["idle"] * 4
+        with trio.fail_after(10):
+            await hold_idle()  # the fifth idle stream: over 100 points in a minute
+        await wait_until(lambda: server.host.is_banned(attacker.peer_id), 5, "the ban")
+        assert not server.host.is_banned(honest.peer_id)
