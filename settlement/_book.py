@@ -39,6 +39,7 @@ from solders.pubkey import Pubkey
 
 from ._channel import MIN_PAYOUT, ChannelTerms, check_state, sign_state
 from ._errors import ChannelError, LedgerError, PaymentShort
+from ._sqlite import open_durable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS channels (
@@ -97,7 +98,7 @@ class ChannelBook:
     """Channels on disk and in memory (see the module docstring)."""
 
     def __init__(self, path: Path) -> None:
-        self._db = _open_journal(path, "the channel book")
+        self._db = open_durable(path, SCHEMA, "the channel book", ChannelError)
         self._limiter = trio.CapacityLimiter(1)
         self._writing = trio.Lock()
         self._batch = _Batch()
@@ -354,23 +355,3 @@ async def open_channel_book(path: Path) -> AsyncIterator[ChannelBook]:
         yield book
     finally:
         book.close()
-
-
-def _open_journal(path: Path, what: str) -> sqlite3.Connection:
-    """The SQLite file at ``path`` with its schema; a file that is not one is an
-    error naming it (never a traceback)."""
-    try:
-        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise ChannelError(f"cannot open {what} {path}: {exc}") from exc
-    try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(SCHEMA)
-    except sqlite3.DatabaseError as exc:
-        db.close()
-        raise ChannelError(
-            f"{path} ({what}) is not a readable database ({exc}): restore it from a "
-            "backup, or move it away to start empty (what it recorded is then lost)"
-        ) from exc
-    return db

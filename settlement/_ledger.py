@@ -37,6 +37,7 @@ from solders.transaction_status import TransactionErrorFieldless, TransactionErr
 
 from ._errors import BlockhashExpired, LedgerError, LockupInForce
 from ._programs import STAKE_PROGRAM
+from ._sqlite import open_durable
 
 TransactionError = TransactionErrorType
 
@@ -124,7 +125,7 @@ class EmbeddedLedger:
 
     def __init__(self, path: Path) -> None:
         self._svm = LiteSVM()
-        self._db = _open_journal(path, "the embedded ledger's journal")
+        self._db = open_durable(path, SCHEMA, "the embedded ledger's journal", LedgerError)
         self._limiter = trio.CapacityLimiter(1)
         self._broken = ""
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
@@ -329,23 +330,3 @@ async def open_embedded_ledger(path: Path) -> AsyncIterator[EmbeddedLedger]:
         yield ledger
     finally:
         ledger.close()
-
-
-def _open_journal(path: Path, what: str) -> sqlite3.Connection:
-    """The SQLite file at ``path`` with its schema; a file that is not one is an
-    error naming it (never a traceback)."""
-    try:
-        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise LedgerError(f"cannot open {what} {path}: {exc}") from exc
-    try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(SCHEMA)
-    except sqlite3.DatabaseError as exc:
-        db.close()
-        raise LedgerError(
-            f"{path} ({what}) is not a readable database ({exc}): restore it from a "
-            "backup, or move it away to start empty (what it recorded is then lost)"
-        ) from exc
-    return db
