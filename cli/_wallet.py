@@ -74,6 +74,15 @@ def wallet(ctx: click.Context, data_dir: Path | None, as_json: bool) -> None:
         print_json(info)
         return
     click.echo(f"{info['address']}  {_sol(info['balance'])}  on {info['ledger']}")
+    held = info.get("held") or {}
+    if held.get("due") or held.get("sending"):
+        waiting = held["due"] + held["sending"]
+        click.echo(
+            f"holding {waiting} lamports of royalties for {len(held['recipients'])} creator(s): "
+            "forwarded once their accounts exist or the amount reaches the rent-exempt minimum"
+        )
+    if held.get("paid"):
+        click.echo(f"royalties forwarded so far: {held['paid']} lamports")
 
 
 @wallet.command("address")

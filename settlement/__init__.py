@@ -7,7 +7,8 @@ transactions. `_programs` encodes the native programs it is built from;
 ledger, `_rpc` the ledger behind any Solana JSON-RPC URL, `_localnet` the
 JSON-RPC answers of an embedded ledger shared by processes on one machine;
 `_book` keeps each channel's amounts and latest state on disk, durable before
-acknowledged; `_watcher` closes channels before T and refunds after.
+acknowledged; `_watcher` closes channels before T and refunds after;
+`_forward` pays on the royalties a close left with the payee for creators.
 Errors (`_errors`) are rooted in `SettlementError`.
 
 May import p2p; must not import node, crdt or runtime.
@@ -17,8 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from ._book import Channel as Channel
 from ._book import ChannelBook as ChannelBook
+from ._book import Held as Held
+from ._book import held as held
 from ._book import open_channel_book as open_channel_book
 from ._book import payable as payable
+from ._book import payable_v1 as payable_v1
 from ._channel import (
     MAX_RECIPIENTS as MAX_RECIPIENTS,
 )
@@ -65,6 +69,7 @@ from ._errors import LedgerUnreachable as LedgerUnreachable
 from ._errors import LockupInForce as LockupInForce
 from ._errors import PaymentShort as PaymentShort
 from ._errors import SettlementError as SettlementError
+from ._forward import forward_held as forward_held
 from ._ledger import AccountInfo as AccountInfo
 from ._ledger import EmbeddedLedger as EmbeddedLedger
 from ._ledger import Ledger as Ledger
@@ -96,6 +101,7 @@ __all__ = [
     "ChannelError",
     "ChannelTerms",
     "EmbeddedLedger",
+    "Held",
     "Ledger",
     "LedgerError",
     "LocalnetRpc",
@@ -111,10 +117,13 @@ __all__ = [
     "check_state",
     "close_channel",
     "countersign",
+    "forward_held",
+    "held",
     "open_channel_book",
     "open_embedded_ledger",
     "open_transaction",
     "payable",
+    "payable_v1",
     "read_nonce",
     "read_stake",
     "refund_channel",

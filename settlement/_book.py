@@ -6,8 +6,13 @@ of it tasks have used (``settled``: receipts on the payer's side, tasks served
 on the payee's). The difference is credit: a task that was paid for but did not
 run (refused, timed out) leaves its price as credit, and the next task on the
 channel uses it instead of paying again, so a payer loses at most the price of
-the tasks in flight. A payout under MIN_PAYOUT to anyone but the payee waits in
-``owed`` until it reaches the minimum (a new account could not receive it).
+the tasks in flight.
+
+A royalty owed under MIN_PAYOUT (a new account could not receive it) rides in the
+state as part of the payee's payout. When the channel closes the payee's book
+records it as *held* for that creator, in the same transaction that marks the
+channel closed, and `_forward` pays it on: at once if the creator's account
+exists, or once what is held for it reaches MIN_PAYOUT. Nothing owed is dropped.
 
     payer:  book.pay(stake, amounts, payer_key)     -> the state to send (new if
                                                        the credit does not cover it)
@@ -15,6 +20,8 @@ the tasks in flight. A payout under MIN_PAYOUT to anyone but the payee waits in
     payee:  book.accept(stake, amounts, state, owed) the latest state is kept; the
                                                        task runs if its credit covers it
             book.unsettle(stake, amounts)           the task could not run after all
+            book.closed(stake, held)                its close landed; royalties held
+            book.due() / sending() / forwarded()    what `_forward` pays on, and when
 
 Every change is stored durably (SQLite, synchronous=FULL, in a worker thread)
 before the call returns, so a state is never acknowledged, and work never
@@ -37,7 +44,7 @@ from solders.hash import Hash
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from ._channel import MIN_PAYOUT, ChannelTerms, check_state, sign_state
+from ._channel import MIN_PAYOUT, ChannelTerms, check_recipients, check_state, sign_state
 from ._errors import ChannelError, LedgerError, PaymentShort
 from ._sqlite import open_durable
 
@@ -54,7 +61,19 @@ CREATE TABLE IF NOT EXISTS channels (
     status   TEXT NOT NULL,
     updated  REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS held (
+    stake     TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    payee     TEXT NOT NULL,
+    amount    INTEGER NOT NULL,
+    status    TEXT NOT NULL,
+    signature TEXT,
+    forward   BLOB,
+    PRIMARY KEY (stake, recipient)
+);
 """
+# held: due (waiting for the ledger to take it), sending (its forward, signed and
+# kept in `forward`, may have landed: the ledger decides), paid.
 STATUSES = ("opening", "open", "closing", "closed", "refunded", "failed")
 # opening: recorded before its opening transaction is sent (a crash cannot lose a
 # deposit), its nonce field holding that transaction's blockhash until it is open;
@@ -88,9 +107,39 @@ class Channel:
         return self.terms.deposit - self.paid
 
 
+@dataclass(frozen=True)
+class Held:
+    """A royalty the payee received for a creator at a close, and its forward."""
+
+    stake: str
+    recipient: Pubkey
+    payee: Pubkey
+    amount: int
+    status: str  # due, sending, paid
+    signature: str | None = None
+    forward: bytes | None = None  # the signed forward while it is sending
+
+
 def payable(owed: dict[Pubkey, int], payee: Pubkey) -> dict[Pubkey, int]:
-    """The payouts a state carries for ``owed``: all of it, but amounts under
-    MIN_PAYOUT to anyone but the payee wait."""
+    """The payouts a state carries for ``owed``: each recipient its amount, but an
+    amount under MIN_PAYOUT to anyone else than the payee goes to the payee, which
+    holds it for them (`held`): a new account could not receive it."""
+    payouts: dict[Pubkey, int] = {}
+    for recipient, amount in owed.items():
+        if amount:
+            to = recipient if recipient == payee or amount >= MIN_PAYOUT else payee
+            payouts[to] = payouts.get(to, 0) + amount
+    return payouts
+
+
+def held(owed: dict[Pubkey, int], payee: Pubkey) -> dict[Pubkey, int]:
+    """What the payee receives for others in a state for ``owed`` (see `payable`)."""
+    return {k: v for k, v in owed.items() if k != payee and 0 < v < MIN_PAYOUT}
+
+
+def payable_v1(owed: dict[Pubkey, int], payee: Pubkey) -> dict[Pubkey, int]:
+    """The payouts of states signed before version 2 payments, which left amounts
+    under MIN_PAYOUT out: a channel opened then still closes with its last one."""
     return {k: v for k, v in owed.items() if v and (k == payee or v >= MIN_PAYOUT)}
 
 
@@ -105,6 +154,14 @@ class ChannelBook:
         self._locks: dict[str, trio.Lock] = {}
         self._close_locks: dict[str, trio.Lock] = {}
         self.channels: dict[str, Channel] = {}
+        self.held: dict[tuple[str, Pubkey], Held] = {}
+        for stake, recipient, payee, amount, status, signature, forward in self._db.execute(
+            "SELECT * FROM held"
+        ):
+            key = Pubkey.from_string(recipient)
+            self.held[stake, key] = Held(
+                stake, key, Pubkey.from_string(payee), amount, status, signature, forward
+            )
         for row in self._db.execute("SELECT * FROM channels"):
             stake, role, peer, terms, nonce, owed, settled, state, status, updated = row
             self.channels[stake] = Channel(
@@ -177,6 +234,7 @@ class ChannelBook:
             if not short and channel.state is not None:
                 return channel, channel.state, used
             owed = _added(channel.owed, short)
+            check_recipients(channel.terms, owed)
             state = sign_state(
                 channel.terms, channel.nonce, payable(owed, channel.terms.payee), payer
             )
@@ -222,6 +280,7 @@ class ChannelBook:
                 claimed = _added(channel.owed, amounts)
             if any(type(v) is not int or v < 0 for v in claimed.values()):
                 raise ChannelError("the payment's amounts are not amounts")
+            check_recipients(channel.terms, claimed)
             newer = all(claimed.get(r, 0) >= v for r, v in channel.owed.items())
             if newer and claimed != channel.owed:
                 payouts = payable(claimed, channel.terms.payee)
@@ -259,6 +318,56 @@ class ChannelBook:
             await self._save(channel)
             return channel
 
+    async def closed(self, stake: Pubkey, held: dict[Pubkey, int]) -> Channel:
+        """The payee's close landed: the channel is closed and what its state paid
+        the payee for others (``held``) is recorded as due to them, together."""
+        async with self._lock(stake):
+            channel = replace(self.get(stake), status="closed")
+            rows = [
+                Held(str(stake), r, channel.terms.payee, v, "due")
+                for r, v in held.items()
+                if (str(stake), r) not in self.held
+            ]
+            await self._save(channel, rows)
+            return channel
+
+    def due(self, payee: Pubkey) -> list[Held]:
+        """Royalties ``payee`` holds for others and has not forwarded yet."""
+        return [h for h in self.held.values() if h.payee == payee and h.status == "due"]
+
+    def sending_now(self) -> dict[str, list[Held]]:
+        """Forwards sent (or about to be) whose outcome is not recorded yet, by signature."""
+        pending: dict[str, list[Held]] = {}
+        for h in self.held.values():
+            if h.status == "sending" and h.signature:
+                pending.setdefault(h.signature, []).append(h)
+        return pending
+
+    async def sending(self, rows: list[Held], signature: str, forward: bytes) -> None:
+        """``forward`` pays ``rows``: stored before it is sent, so a crash cannot
+        send it twice (the ledger tells later whether it landed)."""
+        await self._save_held(
+            [replace(h, status="sending", signature=signature, forward=forward) for h in rows]
+        )
+
+    async def forwarded(self, signature: str) -> None:
+        """The forward ``signature`` landed: its royalties are paid."""
+        rows = self.sending_now().get(signature, [])
+        await self._save_held([replace(h, status="paid", forward=None) for h in rows])
+
+    async def unsend(self, signature: str) -> None:
+        """The forward ``signature`` never landed and never will: due again."""
+        rows = self.sending_now().get(signature, [])
+        await self._save_held(
+            [replace(h, status="due", signature=None, forward=None) for h in rows]
+        )
+
+    async def _save_held(self, rows: list[Held]) -> None:
+        with trio.CancelScope(shield=True):
+            await self._commit([_held_statement(h) for h in rows])
+        for h in rows:
+            self.held[h.stake, h.recipient] = h
+
     def _open(self, stake: Pubkey, role: str) -> Channel:
         channel = self.get(stake)
         if channel.role != role:
@@ -276,9 +385,9 @@ class ChannelBook:
     def _lock(self, stake: Pubkey) -> trio.Lock:
         return self._locks.setdefault(str(stake), trio.Lock())
 
-    async def _save(self, channel: Channel) -> None:
-        """Durable before it returns; shielded, so a cancelled caller cannot leave the
-        memory and the disk apart."""
+    async def _save(self, channel: Channel, held: list[Held] | None = None) -> None:
+        """Durable before it returns (with ``held``, in one transaction); shielded, so
+        a cancelled caller cannot leave the memory and the disk apart."""
         channel = replace(channel, updated=time.time())
         row = (
             str(channel.terms.stake),
@@ -292,16 +401,19 @@ class ChannelBook:
             channel.status,
             channel.updated,
         )
+        statements = [(_CHANNEL_ROW, row), *(_held_statement(h) for h in held or ())]
         with trio.CancelScope(shield=True):
-            await self._commit(row)
+            await self._commit(statements)
         self.channels[str(channel.terms.stake)] = channel
+        for h in held or ():
+            self.held[h.stake, h.recipient] = h
 
-    async def _commit(self, row: tuple[object, ...]) -> None:
+    async def _commit(self, statements: list[_Statement]) -> None:
         """Group commit: rows saved while a write is in flight go together in the next
         transaction (one fsync for all), each caller returning once its row is on
         disk. The first caller of a batch writes it."""
         batch = self._batch
-        batch.rows.append(row)
+        batch.rows.append(statements)
         if batch.leader:
             await batch.done.wait()
         else:
@@ -319,17 +431,28 @@ class ChannelBook:
         if batch.error:
             raise LedgerError(batch.error)
 
-    def _write(self, rows: list[tuple[object, ...]]) -> None:
+    def _write(self, rows: list[list[_Statement]]) -> None:
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO channels VALUES (?,?,?,?,?,?,?,?,?,?)", rows
-            )
+            for statements in rows:
+                for sql, params in statements:
+                    self._db.execute(sql, params)
+
+
+_Statement = tuple[str, tuple[object, ...]]
+_CHANNEL_ROW = "INSERT OR REPLACE INTO channels VALUES (?,?,?,?,?,?,?,?,?,?)"
+
+
+def _held_statement(h: Held) -> _Statement:
+    return (
+        "INSERT OR REPLACE INTO held VALUES (?,?,?,?,?,?,?)",
+        (h.stake, str(h.recipient), str(h.payee), h.amount, h.status, h.signature, h.forward),
+    )
 
 
 @dataclass
 class _Batch:
-    rows: list[tuple[object, ...]] = field(default_factory=list)
+    rows: list[list[_Statement]] = field(default_factory=list)
     leader: bool = False
     done: trio.Event = field(default_factory=trio.Event)
     error: str = ""

@@ -17,7 +17,9 @@ The state leaves the stake account's rent reserve (and any lamports someone
 sent it) in place for the payer to take after T: a state that had to empty the
 account exactly could be blocked by anyone sending it one lamport. Each payout
 is 0 or at least MIN_PAYOUT (what a new account needs to exist), and the
-return to the payer is left out below it, so no state fails on rent.
+return to the payer is left out below it, so no state fails on rent. A smaller
+amount owed to a creator is paid to the payee instead, which holds it and
+forwards it once the ledger can take it (see `_book.payable` and `_forward`).
 
 What each side must still watch (the payee bears it; it is bounded by how much
 it serves before it closes):
@@ -164,9 +166,8 @@ def state_message(terms: ChannelTerms, nonce_value: Hash, payouts: dict[Pubkey, 
         raise ChannelError(f"payouts of {total} lamports exceed the deposit of {terms.deposit}")
     if len(payouts) > MAX_RECIPIENTS:
         raise ChannelError(f"a state pays at most {MAX_RECIPIENTS} recipients")
+    check_recipients(terms, payouts)
     for recipient, amount in payouts.items():
-        if recipient in (terms.payer, terms.stake, terms.nonce) or recipient in RESERVED:
-            raise ChannelError(f"{recipient} cannot be paid from a channel")
         if 0 < amount < MIN_PAYOUT and recipient != terms.payee:  # the payee exists: it pays fees
             raise ChannelError(
                 f"a payout to {recipient} is {amount} lamports; below {MIN_PAYOUT} it must wait"
@@ -186,6 +187,15 @@ def state_message(terms: ChannelTerms, nonce_value: Hash, payouts: dict[Pubkey, 
             )
         )
     return Message.new_with_blockhash(instructions, terms.payee, nonce_value)
+
+
+def check_recipients(terms: ChannelTerms, owed: dict[Pubkey, int]) -> None:
+    """ChannelError if anyone in ``owed`` is an account a channel cannot pay (its
+    own accounts, the payer, programs and sysvars): checked for every amount owed,
+    the ones the payee holds and forwards included."""
+    for recipient in owed:
+        if recipient in (terms.payer, terms.stake, terms.nonce) or recipient in RESERVED:
+            raise ChannelError(f"{recipient} cannot be paid from a channel")
 
 
 def sign_state(

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS accounts (
     rent_epoch INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS landed (signature TEXT PRIMARY KEY);
 """
 # One account for the journal: its pubkey, and its columns after pubkey (None: delete it).
 _JournalRow = tuple[str, tuple[int, bytes, str, int, int] | None]
@@ -114,6 +115,11 @@ class Ledger(Protocol):
 
     async def now(self) -> int:
         """The ledger's clock, unix seconds: what lockups are measured against."""
+        ...
+
+    async def landed(self, signature: str) -> bool | None:
+        """Whether the transaction ``signature`` landed and succeeded (False: it
+        failed, or this ledger knows it never landed; None: it cannot tell yet)."""
         ...
 
 
@@ -180,9 +186,10 @@ class EmbeddedLedger:
         if self._broken:
             raise LedgerError(self._broken)
 
-    async def _journal(self, pubkeys: list[Pubkey]) -> None:
-        """Write what these accounts hold now. Shielded: once the ledger in memory has
-        changed, the journal must follow, or a restart would undo it."""
+    async def _journal(self, pubkeys: list[Pubkey], signature: str = "") -> None:
+        """Write what these accounts hold now (and the ``signature`` that landed).
+        Shielded: once the ledger in memory has changed, the journal must follow,
+        or a restart would undo it."""
         rows: list[_JournalRow] = []
         for pubkey in pubkeys:
             account = self._svm.get_account(pubkey)
@@ -206,16 +213,18 @@ class EmbeddedLedger:
         with trio.CancelScope(shield=True):
             try:
                 await trio.to_thread.run_sync(
-                    self._write, rows, self._blocks, self._clock, limiter=self._limiter
+                    self._write, rows, self._blocks, self._clock, signature, limiter=self._limiter
                 )
             except sqlite3.Error as exc:
                 # Memory and disk now differ: refuse everything until a restart.
                 self._broken = f"the ledger's journal could not be written ({exc}): restart it"
                 raise LedgerError(self._broken) from exc
 
-    def _write(self, rows: list[_JournalRow], blocks: int, clock: int) -> None:
+    def _write(self, rows: list[_JournalRow], blocks: int, clock: int, signature: str) -> None:
         with self._db:
             self._db.execute("BEGIN")
+            if signature:
+                self._db.execute("INSERT OR IGNORE INTO landed VALUES (?)", (signature,))
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('blocks', ?)", (blocks,))
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (clock,))
             for pubkey, values in rows:
@@ -233,7 +242,7 @@ class EmbeddedLedger:
         if isinstance(result, FailedTransactionMetadata):
             raise LedgerError(f"the faucet failed: {result.err()}")
         self._expire()  # else the same grant twice would be "already processed"
-        await self._journal([pubkey])
+        await self._journal([pubkey], str(result.signature()))
         return str(result.signature())
 
     async def send(self, tx: Transaction) -> str:
@@ -258,7 +267,7 @@ class EmbeddedLedger:
             return result.err(), list(result.meta().logs())
         # Each transaction is its own block: a nonce made in one can be used in the next.
         self._expire()
-        await self._journal(list(tx.message.account_keys))
+        await self._journal(list(tx.message.account_keys), str(tx.signatures[0]))
         return None, list(result.logs())
 
     async def dry_run(self, tx: Transaction) -> tuple[TransactionError | None, list[str]]:
@@ -305,6 +314,15 @@ class EmbeddedLedger:
     async def now(self) -> int:
         self._tick()
         return self._clock
+
+    async def landed(self, signature: str) -> bool:
+        # Journaled with the accounts it changed: what a restart keeps, it knows.
+        self._check()
+        return await trio.to_thread.run_sync(self._landed, signature, limiter=self._limiter)
+
+    def _landed(self, signature: str) -> bool:
+        query = "SELECT 1 FROM landed WHERE signature = ?"
+        return self._db.execute(query, (signature,)).fetchone() is not None
 
 
 def refusal(tx: Transaction, err: TransactionError) -> LedgerError:

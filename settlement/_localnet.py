@@ -228,6 +228,12 @@ class LocalnetRpc:
         except (TypeError, ValueError) as exc:
             raise _Refused(INVALID_PARAMS, "signatures must be base58 signatures") from exc
         statuses = [self._statuses.get(s) for s in signatures]
+        for i, signature in enumerate(signatures):
+            # Forgotten (a restart, or long ago): the journal keeps every success.
+            if statuses[i] is None and await self.ledger.landed(str(signature)):
+                statuses[i] = TransactionStatus(
+                    0, None, None, None, TransactionConfirmationStatus.Finalized
+                )
         return GetSignatureStatusesResp(statuses, self._context()).to_json()
 
     async def _slot(self, params: list[Any]) -> str:

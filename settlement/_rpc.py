@@ -27,6 +27,7 @@ from solders.errors import SerdeJSONError
 from solders.hash import Hash
 from solders.pubkey import Pubkey
 from solders.rpc.errors import SendTransactionPreflightFailureMessage
+from solders.signature import Signature
 from solders.sysvar import CLOCK
 from solders.transaction import Transaction, VersionedTransaction
 from solders.transaction_status import (
@@ -160,6 +161,13 @@ class RpcLedger:
             return (await self._client.get_block_height()).value > last_valid
         except (RPCException, *UNREACHABLE):
             return None
+
+    async def landed(self, signature: str) -> bool | None:
+        try:
+            state = await self._status(Signature.from_string(signature), None, history=True)
+        except LedgerError:
+            return False  # it landed and failed: nothing it did stayed
+        return True if state == "confirmed" else None
 
     async def simulate(self, tx: Transaction) -> None:
         versioned = VersionedTransaction.from_legacy(tx)

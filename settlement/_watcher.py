@@ -9,7 +9,8 @@ Each round looks at every open channel in the book, against the ledger's clock:
   unclosed deposit, or the rent reserve a close left), mark it refunded;
 - a lockup the payee moved is reported (a breach of the channel's terms);
 - payer, an opening that was sent but never confirmed (a crash, an outage):
-  open if the ledger has it, failed once OPENING_LIFE_S passed without it.
+  open if the ledger has it, failed once OPENING_LIFE_S passed without it;
+- payee, royalties its closes received for creators: forwarded (`_forward`).
 
 A failure is logged and retried in a later round, each channel backing off
 from RETRY_S doubling to RETRY_MAX_S. `settle_due` is one round; `run_watcher`
@@ -26,10 +27,12 @@ from dataclasses import dataclass, field
 import trio
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
+from solders.transaction import Transaction
 
-from ._book import Channel, ChannelBook, payable
+from ._book import Channel, ChannelBook, held, payable, payable_v1
 from ._channel import check_stake, check_state, countersign, refund_transaction
 from ._errors import ChannelError, LedgerError, LedgerUnreachable, SettlementError
+from ._forward import forward_held
 from ._ledger import AccountInfo, Ledger
 from ._programs import STAKE_PROGRAM, read_nonce, read_stake
 
@@ -58,7 +61,8 @@ async def settle_due(
     margin_s: int,
     watch: WatchState | None = None,
 ) -> list[tuple[str, str]]:
-    """One round; returns (channel, what was done) for each channel acted on."""
+    """One round; returns (channel, what was done) for each channel acted on, then
+    (creator, "forwarded") for each creator paid the royalties this node held."""
     watch = watch or WatchState()
     try:
         now, done = await ledger.now(), []
@@ -93,6 +97,13 @@ async def settle_due(
         if action:
             watch.failures.pop(stake, None)
             done.append((stake, action))
+    for wallet in keys.values():
+        try:
+            paid = await forward_held(book, ledger, wallet)
+            done.extend((str(r), "forwarded") for r in paid)
+        except SettlementError as exc:
+            log.warning("royalties held could not be forwarded; will retry",
+                        extra={"why": str(exc)})  # fmt: skip
     return done
 
 
@@ -157,6 +168,9 @@ async def close_channel(book: ChannelBook, ledger: Ledger, payee: Keypair, chann
         raise ChannelError("no payment on this channel yet: nothing to close with")
     async with book.closing_lock(terms.stake):
         channel = await book.begin_close(terms.stake)
+        if channel.state is None:  # checked above: a state is never taken back
+            raise ChannelError("no payment on this channel yet: nothing to close with")
+        tx, holding = _closing(channel, payee)
         try:
             if await _nonce_moved(ledger, channel):
                 signature = ""  # only the payee can move the nonce: a close of ours landed
@@ -164,10 +178,6 @@ async def close_channel(book: ChannelBook, ledger: Ledger, payee: Keypair, chann
                 account = await ledger.account(terms.stake)
                 if account is not None:
                     check_stake(terms, read_stake(account.data), account.lamports)
-                if channel.state is None:  # checked above: a state is never taken back
-                    raise ChannelError("no payment on this channel yet: nothing to close with")
-                owed = payable(channel.owed, terms.payee)
-                tx = countersign(check_state(terms, channel.nonce, owed, channel.state), payee)
                 await ledger.simulate(tx)
                 signature = await ledger.send(tx)
         except LedgerUnreachable:
@@ -182,10 +192,25 @@ async def close_channel(book: ChannelBook, ledger: Ledger, payee: Keypair, chann
                 "a close failed on the ledger and voided the channel's states",
                 extra={"channel": str(terms.stake), "why": str(exc), "unpaid": channel.paid},
             )
-            signature = ""
-        await book.mark(terms.stake, "closed")
+            await book.mark(terms.stake, "failed")
+            return ""
+        await book.closed(terms.stake, holding)
     log.info("channel closed", extra={"channel": str(terms.stake), "paid": channel.paid})
     return signature
+
+
+def _closing(channel: Channel, payee: Keypair) -> tuple[Transaction, dict[Pubkey, int]]:
+    """The countersigned close of ``channel``'s latest state, and the royalties it
+    pays the payee to hold for others. A state signed before version 2 payments
+    held nothing (it left small royalties out)."""
+    terms, state = channel.terms, channel.state or b""
+    try:
+        checked = check_state(terms, channel.nonce, payable(channel.owed, terms.payee), state)
+        holding = held(channel.owed, terms.payee)
+    except ChannelError:
+        checked = check_state(terms, channel.nonce, payable_v1(channel.owed, terms.payee), state)
+        holding = {}
+    return countersign(checked, payee), holding
 
 
 async def _nonce_moved(ledger: Ledger, channel: Channel) -> bool:

@@ -324,11 +324,21 @@ class Task(Response):
 # -- money -------------------------------------------------------------------
 
 
+class Held(Response):
+    """Royalties this node's closes received for creators, and their forwarding."""
+
+    due: int = Field(description="lamports waiting until the ledger can take them")
+    sending: int = Field(description="lamports in a forward not yet confirmed")
+    paid: int = Field(description="lamports forwarded so far")
+    recipients: dict[str, int] = Field(description="what is still held, per creator")
+
+
 class Wallet(Response):
     address: str
     ledger: str
     balance: int
     now: int
+    held: Held
 
 
 class AirdropBody(Request):

@@ -36,9 +36,11 @@ from mercato.settlement import (
     Ledger,
     LedgerError,
     LedgerUnreachable,
+    SettlementError,
     check_channel,
     check_state,
     close_channel,
+    forward_held,
     open_channel_book,
     open_embedded_ledger,
     open_transaction,
@@ -189,9 +191,15 @@ class SettlementService:
             return await self._open(peer, payee, deposit, duration_s)
 
     async def close_channel(self, stake: str) -> tuple[Channel, str]:
-        """Close a channel this node is paid on, now, with its latest state."""
+        """Close a channel this node is paid on, now, with its latest state; the
+        royalties it held for creators are forwarded at once where the ledger
+        takes them (the watcher retries the rest)."""
         channel = self.book.get(stake)
         signature = await close_channel(self.book, self.ledger, self.wallet, channel)
+        try:
+            await forward_held(self.book, self.ledger, self.wallet)
+        except SettlementError as exc:
+            log.warning("royalties held could not be forwarded yet", extra={"why": str(exc)})
         return self.book.get(stake), signature
 
     async def refund_channel(self, stake: str) -> tuple[Channel, str]:
@@ -314,7 +322,19 @@ class SettlementService:
             "ledger": self.ledger.name,
             "balance": await self.ledger.balance(self.wallet.pubkey()),
             "now": await self.ledger.now(),
+            "held": self.held_info(),
         }
+
+    def held_info(self) -> dict[str, Any]:
+        """Royalties this node holds for creators: due (waiting until the ledger can
+        take them), sending, and forwarded so far, in lamports."""
+        totals = {"due": 0, "sending": 0, "paid": 0}
+        due: dict[str, int] = {}
+        for h in self.book.held.values():
+            totals[h.status] = totals.get(h.status, 0) + h.amount
+            if h.status != "paid":
+                due[str(h.recipient)] = due.get(str(h.recipient), 0) + h.amount
+        return {**totals, "recipients": due}
 
     def channels(self) -> list[dict[str, Any]]:
         return [

@@ -42,12 +42,20 @@ async def test_paid_tasks_pay_the_provider_and_the_creator_when_the_channel_clos
         publisher = (await creator.registry.publish("default", paid))["publisher"]
         wasm = EXAMPLES / "wordcount" / "wordcount.wasm"
         await creator.api.registry.release("default", {"name": "wc", "version": "1.0.0"}, wasm)
-        agent = f"{publisher}/wc"
-        provider.tasks.serve_agents((agent,))
+        # The README's example price: 1,000 lamports, 500 bps (50 lamports a task).
+        cheap = {**LISTING, "name": "wc-cheap", "price": 1000, "royalty_bps": 500}
+        await creator.registry.publish("default", cheap)
+        await creator.api.registry.release(
+            "default", {"name": "wc-cheap", "version": "1.0.0"}, wasm
+        )
+        agent, cheap_agent = f"{publisher}/wc", f"{publisher}/wc-cheap"
+        provider.tasks.serve_agents((agent, cheap_agent))
 
         async def ready() -> bool:
-            shown = [await n.registry.show(publisher, "wc") for n in (provider, user)]
-            return all(s and s["releases"] for s in shown) and bool(user.tasks.providers(agent))
+            shown = [await n.registry.show(publisher, a) for n in (provider, user)
+                     for a in ("wc", "wc-cheap")]  # fmt: skip
+            cards = all(user.tasks.providers(a) for a in (agent, cheap_agent))
+            return all(s and s["releases"] for s in shown) and cards
 
         await until(ready, 30, "the release and the provider's card")
         wallets = {n: Pubkey.from_string(n.settlement.address) for n in (creator, provider, user)}
@@ -124,9 +132,20 @@ async def test_paid_tasks_pay_the_provider_and_the_creator_when_the_channel_clos
         # two accounts' rent; the rest of its deposit came back at the close.
         rent = await ledger.rent(STAKE_ACCOUNT_SIZE) + await ledger.rent(NONCE_ACCOUNT_SIZE)
         assert before[user] - after[user] == 9 * PRICE + 3 * FEE + rent
-        # A closed channel takes no more payments: the next task opens a new one.
-        again = await user.tasks.run_task(agent, "*", b"one more")
+        # A closed channel takes no more payments: the next task opens a new one. At
+        # the README's price the royalty is far below what a new account needs: the
+        # provider holds it and forwards it right after its close, to the lamport.
+        for i in range(3):
+            again = await user.tasks.run_task(cheap_agent, "*", b"one more %d" % i)
         assert again["receipt"].channel != channel["stake"]
+        before = {n: await ledger.balance(k) for n, k in wallets.items()}
+        closed, _ = await money.close_channel(again["receipt"].channel)
+        assert closed.status == "closed"
+        after = {n: await ledger.balance(k) for n, k in wallets.items()}
+        assert after[creator] - before[creator] == 3 * 50
+        assert after[provider] - before[provider] == 3 * 950 - 3 * FEE  # close and forward
+        held_now = (await money.wallet_info())["held"]
+        assert held_now == {"due": 0, "sending": 0, "paid": 150, "recipients": {}}
 
 
 @pytest.mark.slow

@@ -1,10 +1,14 @@
 """The channel book and the watcher, on the real runtime (LiteSVM)."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import trio
+from solders import system_program as sp
 from solders.keypair import Keypair
+from solders.message import Message
+from solders.transaction import Transaction
 
 from mercato.settlement import (
     MIN_PAYOUT,
@@ -13,10 +17,12 @@ from mercato.settlement import (
     ChannelError,
     check_state,
     countersign,
+    held,
     open_channel_book,
     open_embedded_ledger,
     open_transaction,
     payable,
+    payable_v1,
     read_nonce,
     settle_due,
     sign_state,
@@ -203,3 +209,114 @@ async def test_a_write_that_fails_fails_every_save_in_its_batch(world, tmp_path:
     for terms, peer in ((first, "\ud800"), (second, "good")):
         assert (outcomes[peer] == "saved") == (str(terms.stake) in on_disk), outcomes
     assert outcomes["\ud800"] != "saved"
+
+
+async def paid_tasks(payers, payees, terms, payer, amounts, tasks: int):
+    for _ in range(tasks):
+        paying, state, _ = await payers.pay(terms.stake, amounts, payer)
+        await payees.accept(terms.stake, amounts, state, paying.owed)
+        await payers.settle(terms.stake, amounts)
+
+
+async def test_a_royalty_too_small_for_a_new_account_reaches_its_creator_after_the_close(
+    world, tmp_path: Path
+) -> None:
+    """The README's example price: 1,000 lamports a task, 500 bps to the creator."""
+    ledger, payer, payee, creator = world
+    newcomer = Keypair()  # a second creator, with no account on the ledger yet
+    await ledger.airdrop(creator.pubkey(), SOL)  # the first one's wallet exists
+    terms, nonce = await opened(ledger, payer, payee, deposit=SOL)
+    keys = {payee.pubkey(): payee}
+    async with (
+        open_channel_book(tmp_path / "payer.db") as payers,
+        open_channel_book(tmp_path / "payee.db") as payees,
+    ):
+        await payers.add(terms, "payer", "the-provider", nonce)
+        await payees.add(terms, "payee", "the-user", nonce)
+        share, royalty = split(1000, 500)
+        assert (share, royalty) == (950, 50)
+        for who in (creator, newcomer):
+            amounts = {payee.pubkey(): share, who.pubkey(): royalty}
+            await paid_tasks(payers, payees, terms, payer, amounts, 20)
+        before = {k: await ledger.balance(k.pubkey()) for k in (payee, creator, newcomer)}
+        await ledger.set_time(terms.expires - 300)
+        done = await settle_due(payees, ledger, keys, margin_s=600)
+        assert done == [(str(terms.stake), "closed"), (str(creator.pubkey()), "forwarded")]
+        after = {k: await ledger.balance(k.pubkey()) for k in (payee, creator, newcomer)}
+        assert after[creator] - before[creator] == 20 * royalty  # exactly what it was owed
+        # The provider received its share and the newcomer's royalty, which it holds,
+        # and paid the close (two signatures) and the forward (one).
+        assert after[payee] - before[payee] == 40 * share + 20 * royalty - 3 * FEE
+        assert after[newcomer] == 0
+        held_now = payees.due(payee.pubkey())
+        assert [(h.recipient, h.amount) for h in held_now] == [(newcomer.pubkey(), 1000)]
+    # Still held after a restart; forwarded once the newcomer's account exists.
+    async with open_channel_book(tmp_path / "payee.db") as payees:
+        assert await settle_due(payees, ledger, keys, margin_s=600) == []
+        await ledger.airdrop(newcomer.pubkey(), MIN_PAYOUT)
+        done = await settle_due(payees, ledger, keys, margin_s=600)
+        assert done == [(str(newcomer.pubkey()), "forwarded")]
+        assert await ledger.balance(newcomer.pubkey()) == MIN_PAYOUT + 20 * royalty
+        assert payees.due(payee.pubkey()) == []
+        assert await settle_due(payees, ledger, keys, margin_s=600) == []  # never twice
+
+
+async def test_a_forward_cut_short_by_a_crash_is_paid_exactly_once(world, tmp_path: Path) -> None:
+    ledger, payer, payee, creator = world
+    await ledger.airdrop(creator.pubkey(), SOL)
+    keys = {payee.pubkey(): payee}
+    for landed_before_crash in (False, True):
+        terms, nonce = await opened(ledger, payer, payee, deposit=SOL)
+        path = tmp_path / f"payee-{landed_before_crash}.db"
+        async with (
+            open_channel_book(tmp_path / f"payer-{landed_before_crash}.db") as payers,
+            open_channel_book(path) as payees,
+        ):
+            await payers.add(terms, "payer", "p", nonce)
+            await payees.add(terms, "payee", "u", nonce)
+            amounts = {payee.pubkey(): 900, creator.pubkey(): 100}
+            await paid_tasks(payers, payees, terms, payer, amounts, 3)
+            channel = await payees.begin_close(terms.stake)
+            await ledger.send(
+                countersign(
+                    check_state(terms, nonce, payable(channel.owed, payee.pubkey()), channel.state),
+                    payee,
+                )
+            )
+            await payees.closed(terms.stake, held(channel.owed, payee.pubkey()))
+            # The forward is stored as sending; the process dies before or after it lands.
+            rows = payees.due(payee.pubkey())
+            blockhash = await ledger.blockhash()
+            transfer = sp.transfer(
+                {"from_pubkey": payee.pubkey(), "to_pubkey": creator.pubkey(), "lamports": 300}
+            )
+            message = Message.new_with_blockhash([transfer], payee.pubkey(), blockhash)
+            forward = Transaction([payee], message, blockhash)
+            await payees.sending(rows, str(forward.signatures[0]), bytes(forward))
+            if landed_before_crash:
+                await ledger.send(forward)
+        before = await ledger.balance(creator.pubkey())
+        async with open_channel_book(path) as payees:  # the restart
+            done = await settle_due(payees, ledger, keys, margin_s=600)
+            assert done == [(str(creator.pubkey()), "forwarded")]
+            assert await settle_due(payees, ledger, keys, margin_s=600) == []
+            assert {h.status for h in payees.held.values()} == {"paid"}
+        paid_now = 0 if landed_before_crash else 300
+        assert await ledger.balance(creator.pubkey()) == before + paid_now
+
+
+async def test_a_state_signed_before_version_2_still_closes(world, tmp_path: Path) -> None:
+    ledger, payer, payee, creator = world
+    terms, nonce = await opened(ledger, payer, payee, deposit=SOL)
+    async with open_channel_book(tmp_path / "payee.db") as payees:
+        channel = await payees.add(terms, "payee", "u", nonce)
+        owed = {payee.pubkey(): 9000, creator.pubkey(): 1000}
+        old = sign_state(terms, nonce, payable_v1(owed, payee.pubkey()), payer)  # no royalty
+        await payees._save(replace(channel, owed=owed, settled=owed, state=old))
+    async with open_channel_book(tmp_path / "payee.db") as payees:  # the upgraded node
+        before = await ledger.balance(payee.pubkey())
+        await ledger.set_time(terms.expires - 10)
+        done = await settle_due(payees, ledger, {payee.pubkey(): payee}, margin_s=600)
+        assert done == [(str(terms.stake), "closed")]
+        assert await ledger.balance(payee.pubkey()) == before + 9000 - 2 * FEE
+        assert payees.held == {}  # that state paid it nothing to hold
