@@ -4,7 +4,7 @@ Owns signed per-publisher pycrdt feeds (one document per publisher, written only
 through updates its account key signed), the listing and release schema, and
 semantic versions and ranges; the journal and query index on SQLite
 (`RegistryStore`); dependency resolution; and the messages of the registry's
-two protocols, anti-entropy (``/mercato/sync/2.0.0``) and remote queries
+two protocols, anti-entropy (``/mercato/sync/3.0.0``) and remote queries
 (``/mercato/query/1.0.0``).
 
 May import p2p; must not import node, runtime or settlement.
@@ -23,8 +23,10 @@ from ._feed import Feed as Feed
 from ._feed import FeedWriter as FeedWriter
 from ._feed import Registry as Registry
 from ._feed import SignedUpdate as SignedUpdate
+from ._feed import better as better_history
 from ._index import COMPACTED as COMPACTED
 from ._index import MIGRATIONS as MIGRATIONS
+from ._index import Fork as Fork
 from ._index import Query as Query
 from ._index import RegistryStore as RegistryStore
 from ._index import SearchPage as SearchPage
@@ -43,6 +45,7 @@ from ._schema import validate_listing as validate_listing
 from ._schema import validate_release as validate_release
 from ._semver import Version as Version
 from ._semver import VersionRange as VersionRange
+from ._sync import MAX_FORKS as MAX_SYNC_FORKS
 from ._sync import MAX_RESPONSE_BYTES as MAX_SYNC_RESPONSE_BYTES
 from ._sync import SYNC as SYNC
 from ._sync import SyncRequest as SyncRequest
@@ -57,8 +60,11 @@ __all__ = [
     "ReleaseExists",
     "ListingNotFound",
     "Feed",
+    "Fork",
+    "better_history",
     "FeedWriter",
     "Listing",
+    "MAX_SYNC_FORKS",
     "MAX_SYNC_RESPONSE_BYTES",
     "MIGRATIONS",
     "QUERY",

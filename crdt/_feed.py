@@ -49,6 +49,14 @@ Snapshots may be larger (MAX_SNAPSHOT_BYTES) and travel by anti-entropy.
 
 Applying is idempotent and commutative: replicas that receive the same signed
 updates, in any order and with duplicates, hold identical feeds.
+
+A publisher that signs two updates on the same state (two devices, a key
+restored from a backup that writes before it has synced) forks its feed: Yrs
+gives both the same ids, so replicas can hold different content under equal
+state vectors. `content_hash` tells them apart (anti-entropy compares it),
+an update written on a state the feed has moved past is an `Equivocation`,
+and `better` is the one deterministic choice between two histories: the one
+further along its writer's sequence, then the lower content hash.
 """
 
 from __future__ import annotations
@@ -225,6 +233,7 @@ class Feed:
         """The feed's state vector, decoded; kept in step with ``doc``."""
         self._changes: list[tuple[str, str, str, Any, Any]] = []
         self._shadow = self._watched(_new_doc())
+        self._content_hash: bytes | None = None
 
     def _watched(self, shadow: Doc) -> Doc:
         """Record every change of the shadow's maps into ``_changes`` (subscribed once:
@@ -339,6 +348,22 @@ class Feed:
             except (FrameError, SchemaError) as exc:
                 raise UpdateRejected(f"{where}: {exc}") from exc
 
+    @property
+    def clock(self) -> int:
+        """How far into its writer's sequence the feed is."""
+        return self.clocks.get(self.client_id, 0)
+
+    def content_hash(self) -> bytes:
+        """SHA-256 of every entry (cached until the feed changes): equal state
+        vectors with different content hashes are a fork."""
+        if self._content_hash is None:
+            self._content_hash = hashlib.sha256(canonical_cbor(self.content())).digest()
+        return self._content_hash
+
+    def changed(self) -> None:
+        """The document changed: forget what was computed from it."""
+        self._content_hash = None
+
     def content(self, doc: Doc | None = None) -> dict[str, dict[str, bytes]]:
         """Every entry of the feed (or of ``doc``), as stored."""
         doc = self.doc if doc is None else doc
@@ -371,6 +396,7 @@ class Feed:
             self._reset_shadow()
             raise
         self.doc.apply_update(update)
+        self.changed()
         self.clocks = decode_state_vector(claimed)  # == the doc's state, checked in _vet
         return sorted({f"{root}/{key}" for root, key, *_ in changes})
 
@@ -422,11 +448,20 @@ class Registry:
             return []  # a duplicate, or older than what we have
         if have != deps and deps:  # a snapshot (no deps) applies on any earlier state
             if covers(have, deps):
-                raise UpdateRejected("it was written on a state this feed has already moved past")
+                # Signed (checked above) on a state this feed moved past another way.
+                raise Equivocation(
+                    "it was written on a state this feed has already moved past: its "
+                    "publisher signed two different histories"
+                )
             self._wait(address, deps, signed)
             return None
         applied = [(signed, self._apply_now(address, signed))]
         return applied + self._release_waiting(address)
+
+    def forget_pending(self, address: str) -> None:
+        """Drop the updates of ``address`` waiting for earlier ones (its feed was
+        replaced by another history)."""
+        self._pending.pop(address, None)
 
     def _state(self, address: str) -> dict[int, int]:
         feed = self.feeds.get(address)
@@ -520,6 +555,7 @@ class FeedWriter:
         before = doc.get_state()
         change(doc)
         update = doc.get_update(before)
+        self._feed.changed()
         self._feed._reset_shadow()
         after = doc.get_state()
         self._feed.clocks = decode_state_vector(after)
@@ -530,6 +566,13 @@ class FeedWriter:
             "update": update,
         }
         return SignedUpdate(**body, sig=self._keypair.sign(SIGN_KIND, body))
+
+
+def better(a: Feed, b: Feed) -> bool:
+    """Whether history ``a`` wins over ``b``, the same publisher's feed as another
+    replica holds it: further along the writer's sequence, then the lower content
+    hash. Every replica that sees both makes the same choice."""
+    return (a.clock, b.content_hash()) > (b.clock, a.content_hash())
 
 
 def _entry(value: Listing | Release) -> bytes:

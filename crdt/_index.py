@@ -24,12 +24,20 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mercato.p2p import decode_canonical
 
 from ._errors import Equivocation, QueryError, UpdateRejected
-from ._feed import MAX_SNAPSHOT_BYTES, Feed, FeedWriter, Registry, SignedUpdate, decode_state_vector
+from ._feed import (
+    MAX_SNAPSHOT_BYTES,
+    Feed,
+    FeedWriter,
+    Registry,
+    SignedUpdate,
+    better,
+    decode_state_vector,
+)
 from ._resolve import Resolution, resolve
 from ._schema import MAX_PRICE, Release, validate_release
 from ._semver import Version
@@ -193,6 +201,60 @@ def journal_load(conn: sqlite3.Connection) -> tuple[list[SignedUpdate], list[Dam
             updates.append(signed)
     updates.sort(key=lambda u: (u.publisher, u.clock))
     return updates, damaged
+
+
+@dataclass(frozen=True)
+class Fork:
+    """How a replica settled its copy of a feed against a peer's (`adopt`)."""
+
+    publisher: str
+    kept: str  # "ours" or "theirs"
+    ours_clock: int
+    theirs_clock: int
+    proven: bool  # the two histories diverge: the publisher signed both
+    lost: dict[str, dict[str, bytes]]  # entries of the losing history the winner lacks
+
+
+class FeedCopyLike(Protocol):
+    publisher: str
+    applied: list[SignedUpdate]
+
+    @property
+    def feed(self) -> Feed | None: ...
+
+    @property
+    def whole(self) -> bool: ...
+
+
+def _lost(winner: Feed, loser: Feed | None) -> dict[str, dict[str, bytes]]:
+    if loser is None:
+        return {}
+    kept = winner.content()
+    return {
+        root: {k: v for k, v in entries.items() if k not in kept[root]}
+        for root, entries in loser.content().items()
+    }
+
+
+def _diverged(updates: list[SignedUpdate] | None, winner: Feed, loser: Feed) -> bool:
+    """Whether the loser is *not* simply an earlier state of the winner: equal
+    clocks (with other content, or `adopt` would not be here), or the winner's
+    history passes through the loser's state with other content. When the
+    winner's updates are not at hand (it is ours) or a snapshot jumps over that
+    state, nothing is proven."""
+    if winner.clock == loser.clock:
+        return True
+    if updates is None:
+        return False
+    replay = Registry()
+    for signed in updates:
+        if signed.clock > loser.clock:  # it jumps over the loser's state
+            return not signed.is_snapshot
+        replay.apply(signed, verified=True)
+        feed = replay.feeds[signed.address]
+        if feed.clock == loser.clock:
+            return feed.content_hash() != loser.content_hash()
+    return False
 
 
 # -- index -----------------------------------------------------------------------
@@ -637,6 +699,75 @@ class RegistryStore:
     def states(self) -> dict[str, bytes]:
         """Every feed's state vector: what anti-entropy compares."""
         return {address: feed.state() for address, feed in self.registry.feeds.items()}
+
+    def heads(self) -> dict[str, tuple[bytes, bytes]]:
+        """Every feed's state vector and content hash: what anti-entropy compares."""
+        return {a: (f.state(), f.content_hash()) for a, f in self.registry.feeds.items()}
+
+    def forked_with(self, theirs: dict[str, tuple[bytes, bytes]]) -> list[str]:
+        """Feeds another replica holds at the same state as this one, with other
+        content: the same publisher signed two histories."""
+        feeds = self.registry.feeds
+        return [
+            address
+            for address, (state, content) in theirs.items()
+            if (feed := feeds.get(address)) is not None
+            and feed.state() == state
+            and feed.content_hash() != content
+        ]
+
+    def adopt(self, copy: FeedCopyLike) -> Fork | None:
+        """Settle this replica's feed of ``copy.publisher`` against a peer's whole
+        copy of it (verified update by update): the `better` history is kept, the
+        other replaced, journal and index together. Returns what happened, or None
+        if the two agree or the copy is not whole.
+
+        A fork is blamed on the publisher only when it is proven: the two diverge
+        at a state both passed through (one is not simply further along)."""
+        theirs, address = copy.feed, copy.publisher
+        if theirs is None or not copy.whole:
+            return None
+        ours = self.registry.feeds.get(address)
+        if ours is not None and (ours.state(), ours.content_hash()) == (
+            theirs.state(),
+            theirs.content_hash(),
+        ):
+            return None
+        if ours is None or better(theirs, ours):
+            winner, loser, kept = theirs, ours, "theirs"
+        else:
+            winner, loser, kept = ours, theirs, "ours"
+        fork = Fork(
+            address,
+            kept,
+            ours.clock if ours else 0,
+            theirs.clock,
+            proven=loser is not None
+            and _diverged(copy.applied if kept == "theirs" else None, winner, loser),
+            lost=_lost(winner, loser),
+        )
+        if kept == "theirs":
+            self._replace(address, theirs, copy.applied, ours)
+        return fork
+
+    def _replace(
+        self, address: str, feed: Feed, updates: list[SignedUpdate], old: Feed | None
+    ) -> None:
+        try:
+            with transaction(self.conn):
+                self._reopen_index()
+                self.conn.execute("DELETE FROM registry_updates WHERE publisher = ?", (address,))
+                for signed in updates:
+                    journal_append(self.conn, signed)
+        except BaseException:
+            self._reload()
+            raise
+        self.registry.feeds[address] = feed
+        self.registry.forget_pending(address)
+        now = time.time()
+        names = set(feed.listing_names()) | set(old.listing_names() if old else ())
+        self._dirty.update({(address, name): now for name in names})
+        self._cids = None
 
     def missing_for(
         self, theirs: dict[str, bytes], max_bytes: int, only: str | None = None

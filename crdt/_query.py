@@ -1,6 +1,6 @@
 """``/mercato/query/1.0.0``: ask another peer's registry, so a user can query from anywhere.
 
-Two operations, one request each::
+Three operations, one request each::
 
     asker -> QueryRequest(op="search", text, filters, sort, limit, cursor)
     peer  -> QueryResponse(results=[listing, ...], cursor)
@@ -8,6 +8,10 @@ Two operations, one request each::
     asker -> QueryRequest(op="show", publisher, name, since=b"")
     peer  -> QueryResponse(updates=[signed update, ...], more)
     asker -> QueryRequest(op="show", ..., since=<its state after those>)   while more
+
+    asker -> QueryRequest(op="feed", publisher, since=b"")   the whole feed, paged as
+    peer  -> QueryResponse(updates=[...], more)               show is: a fork is settled
+                                                              by comparing histories
 
 Search results are the peer's word: each is checked against the schema (a
 peer cannot make the asker print garbage) but nothing proves the publisher
@@ -34,13 +38,13 @@ from mercato.p2p import (
 )
 
 from ._errors import QueryError, SchemaError, UpdateRejected, VersionError
-from ._feed import MAX_SNAPSHOT_BYTES, Registry, SignedUpdate
+from ._feed import MAX_SNAPSHOT_BYTES, Feed, Registry, SignedUpdate
 from ._index import MAX_LIMIT, Query, describe
 from ._schema import _PUBLISHER, MAX_PRICE, validate_listing
 from ._semver import Version
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
-OPS = ("search", "show")
+OPS = ("search", "show", "feed")
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,9 @@ class FeedCopy:
     def __init__(self, publisher: str) -> None:
         self.publisher = publisher
         self._registry = Registry()
+        self.applied: list[SignedUpdate] = []
+        """The updates that make up the copy, in the order they were applied."""
+        self.refused = 0
 
     def add(self, updates: list[bytes]) -> None:
         """Verify and apply ``updates`` as on ingest; skip those that are not the
@@ -140,9 +147,20 @@ class FeedCopy:
             try:
                 signed = SignedUpdate.decode(data)
                 if signed.address == self.publisher:
-                    self._registry.apply(signed)
+                    done = self._registry.apply(signed)
+                    self.applied += [update for update, _ in done or ()]
             except UpdateRejected:
-                continue
+                self.refused += 1
+
+    @property
+    def feed(self) -> Feed | None:
+        """The copy as a feed, if it holds anything."""
+        return self._registry.feeds.get(self.publisher)
+
+    @property
+    def whole(self) -> bool:
+        """Whether every update received was applied (none refused, none waiting)."""
+        return not self.refused and not self._registry.pending(self.publisher)
 
     def state(self) -> bytes:
         feed = self._registry.feeds.get(self.publisher)

@@ -6,11 +6,20 @@
 - Received updates are checked in the topic's validator: a signed update that
   the replica refuses is rejected (and its forwarder penalised by gossip), one
   it accepts is applied and journaled before gossip passes it on.
-- Anti-entropy (``/mercato/sync/2.0.0``): the service pulls what it lacks from
+- Anti-entropy (``/mercato/sync/3.0.0``): the service pulls what it lacks from
   each peer when it connects and every ``SYNC_INTERVAL_S`` after, and answers
   the same request from others. Updates arrive as their publishers signed
   them and are verified like any other; a peer that serves invalid ones is
   penalised.
+- Forks: a feed a peer holds at our state with other content, or whose
+  updates we refused as an equivocation, is settled by fetching the peer's
+  whole copy and keeping the better history (`better_history`); a proven fork
+  is recorded against its publisher (``registry.fork``). When the history lost
+  was one of this node's own accounts', the entries only it had are written
+  again on top of the one kept.
+- Before the first write of an account in a run, its feed is fetched from
+  connected peers: a key restored from a backup writes on the network's
+  history, not on a stale one.
 - Remote queries (``/mercato/query/1.0.0``): the service answers searches and
   lookups from other peers out of its replica, and asks other peers on the
   user's behalf (`remote_search`, `remote_show`).
@@ -22,6 +31,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -31,18 +41,21 @@ import trio
 
 from mercato.crdt import (
     COMPACTED,
+    MAX_SYNC_FORKS,
     MAX_SYNC_RESPONSE_BYTES,
     QUERY,
     SYNC,
     Equivocation,
     FeedCopy,
     FeedWriter,
+    Fork,
     Query,
     QueryError,
     QueryRequest,
     QueryResponse,
     RegistryStore,
     ReleaseExists,
+    SchemaError,
     SignedUpdate,
     SyncRequest,
     SyncResponse,
@@ -53,7 +66,16 @@ from mercato.crdt import (
     validate_listing,
     validate_release,
 )
-from mercato.p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, TokenBucket, Verdict
+from mercato.p2p import (
+    GossipMessage,
+    Keypair,
+    Overlay,
+    P2PError,
+    Refused,
+    TokenBucket,
+    Verdict,
+    decode_canonical,
+)
 
 from .._events import EventLog
 from .._keys import KeyStore
@@ -70,6 +92,9 @@ SYNC_DEADLINE_S = 60.0  # for one pull, all its pages
 MIN_PULL_GAP_S = 1.0  # between two pulls from one peer, however often it nudges
 MAX_QUERY_RESPONSE_BYTES = 4 * 1024 * 1024
 MAX_SHOW_PAGES = 8
+MAX_FORK_CHECKS = 4  # feeds settled per pull: each is a whole feed's fetch
+CATCH_UP_S = 5.0  # before an account's first write: how long its feed is looked for
+CATCH_UP_PEERS = 3
 MAX_REMOTE_QUERIES = 2  # at once: each holds the store's one thread
 SEARCH_BUDGET_S = 0.25  # database time for one remote search
 QUERY_BYTES_PER_S = 2 * 1024 * 1024  # answers to one peer
@@ -87,6 +112,8 @@ class RegistryService:
         self._wakeup = trio.Event()
         self._query_slots = trio.Semaphore(MAX_REMOTE_QUERIES)
         self._query_bytes: dict[str, TokenBucket] = {}
+        self._caught_up: set[str] = set()  # accounts whose feed was fetched this run
+        self._catching_up = trio.Lock()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the journal, rebuild the index, join the topic, then keep peers in sync.
@@ -198,8 +225,12 @@ class RegistryService:
     async def deprecate(self, account: str, name: str) -> dict[str, Any]:
         return await self._write(account, name, "registry.deprecated", lambda w: w.deprecate(name))
 
-    async def _write(self, account: str, name: str, event: str, write: Any) -> dict[str, Any]:
+    async def _write(
+        self, account: str, name: str, event: str, write: Any, catch_up: bool = True
+    ) -> dict[str, Any]:
         keypair: Keypair = await self._store.run(self._keys.account, account)
+        if catch_up:
+            await self._catch_up(keypair.address)
 
         def apply() -> tuple[list[SignedUpdate], dict[str, Any]]:
             writer = FeedWriter(keypair, self.replica.registry)
@@ -290,9 +321,9 @@ class RegistryService:
         return response
 
     async def _query(self, request: QueryRequest) -> QueryResponse:
-        if request.op == "show":
-            if not request.publisher or not request.name:
-                raise Refused("bad_request", "show needs a publisher and a name")
+        if request.op in ("show", "feed"):
+            if not request.publisher or (request.op == "show" and not request.name):
+                raise Refused("bad_request", f"{request.op} needs a publisher and a name")
             theirs = {request.publisher: request.since}
             updates, more = await self._store.run(
                 self.replica.missing_for, theirs, MAX_QUERY_RESPONSE_BYTES, request.publisher
@@ -315,15 +346,19 @@ class RegistryService:
         our states again after it had them, or says there is more but sends
         nothing new, breaks the protocol: it is penalised and the pull ends.
         """
-        applied = 0
+        applied, suspects = 0, set()
         with trio.move_on_after(SYNC_DEADLINE_S):
-            states = await self._store.run(self.replica.states)
-            request = SyncRequest(sync_digest(states))
+            heads = await self._store.run(self.replica.heads)
+            request = SyncRequest(sync_digest(heads))
             answer = await self._overlay.requests.request(peer, SYNC, request)
             for _ in range(MAX_SYNC_ROUNDS):
                 if answer.equal:
                     break
-                news = await self._ingest_from(peer, answer.updates) if answer.updates else 0
+                suspects.update(answer.forks)
+                news = 0
+                if answer.updates:
+                    news, equivocated = await self._ingest_from(peer, answer.updates)
+                    suspects.update(equivocated)
                 applied += news
                 if request.with_states and (answer.need_states or (answer.more and not news)):
                     await self._overlay.host.penalize(
@@ -332,16 +367,106 @@ class RegistryService:
                     break
                 if not (answer.need_states or answer.more):
                     break
-                states = await self._store.run(self.replica.states)
+                heads = await self._store.run(self.replica.heads)
                 request = SyncRequest(
-                    sync_digest(states), list(states), list(states.values()), with_states=True
+                    sync_digest(heads),
+                    list(heads),
+                    [state for state, _ in heads.values()],
+                    [content for _, content in heads.values()],
+                    with_states=True,
                 )
                 answer = await self._overlay.requests.request(peer, SYNC, request)
+            for publisher in sorted(suspects)[:MAX_FORK_CHECKS]:
+                fork = await self.settle_feed(peer, publisher)
+                applied += fork is not None and fork.kept == "theirs"
         return applied
 
-    async def _ingest_from(self, peer: str, encoded: list[bytes]) -> int:
-        def ingest() -> tuple[int, int]:
-            updates, bad = [], 0
+    async def settle_feed(self, peer: str, publisher: str) -> Fork | None:
+        """Fetch ``peer``'s whole copy of ``publisher``'s feed and keep the better of
+        it and ours (see the module docstring). Returns what happened, or None if
+        the two agree or the copy could not be had whole."""
+        copy = FeedCopy(publisher)
+        more, pages = True, 0
+        while more and pages < MAX_SHOW_PAGES:
+            request = QueryRequest(op="feed", publisher=publisher, since=copy.state())
+            answer = await self._overlay.requests.request(peer, QUERY, request)
+            await trio.to_thread.run_sync(copy.add, answer.updates)
+            more, pages = answer.more and bool(answer.updates), pages + 1
+        if more:
+            return None
+        fork = await self._store.run(self.replica.adopt, copy)
+        if fork is None:
+            return None
+        if fork.proven:
+            await self._store.run(self._forked, fork, peer)
+        if fork.kept == "theirs" and any(fork.lost.values()):
+            await self._write_again(fork)
+        return fork
+
+    def _forked(self, fork: Fork, peer: str) -> None:
+        """Record a publisher's fork (blocking: in the store's thread)."""
+        data = {
+            "publisher": fork.publisher,
+            "kept": fork.kept,
+            "ours_clock": fork.ours_clock,
+            "theirs_clock": fork.theirs_clock,
+            "peer": peer,
+        }
+        log.warning("a publisher's feed forked; one history kept", extra=data)
+        self._events.record("registry.fork", data)
+
+    async def _write_again(self, fork: Fork) -> None:
+        """The history kept lacks entries this node's own account wrote in the one
+        lost: write them again on top (releases bound in the kept one stay)."""
+        keys = await self._store.run(self._keys.list_keys)
+        names = {k.address: k.name for k in keys if k.kind == "account"}
+        account = names.get(fork.publisher)
+        if account is None:
+            return
+        listings, releases = fork.lost.get("listings", {}), fork.lost.get("releases", {})
+        for data in listings.values():
+            listing = validate_listing(decode_canonical(data))
+            await self._write(
+                account, listing.name, "registry.published",
+                lambda w, listing=listing: w.put_listing(listing), catch_up=False,
+            )  # fmt: skip
+        for data in releases.values():
+            release = validate_release(decode_canonical(data))
+            with contextlib.suppress(ReleaseExists, SchemaError):  # bound, or its listing gone
+                await self._write(
+                    account, release.name, "registry.released",
+                    lambda w, release=release: w.put_release(release), catch_up=False,
+                )  # fmt: skip
+        log.info(
+            "entries of the history lost were written again",
+            extra={"publisher": fork.publisher, "listings": len(listings),
+                   "releases": len(releases)},
+        )  # fmt: skip
+
+    async def _catch_up(self, address: str) -> None:
+        """Before an account's first write in this run: fetch its feed from a few
+        connected peers and settle it (a key restored from a backup must not sign
+        on a stale history). Bounded by CATCH_UP_S; with no peer, nothing to do."""
+        async with self._catching_up:
+            if address in self._caught_up:
+                return
+            # Not filtered by protocol: a peer that has just connected may not be
+            # identified yet, and it is the one most likely to hold the feed.
+            peers = self._overlay.host.connected_peers()[:CATCH_UP_PEERS]
+            with trio.move_on_after(CATCH_UP_S):
+                for peer in peers:
+                    try:
+                        await self.settle_feed(peer, address)
+                    except P2PError as exc:
+                        log.debug("a peer's copy of a feed was not had", extra={"why": str(exc)})
+            self._caught_up.add(address)
+
+    async def _ingest_from(self, peer: str, encoded: list[bytes]) -> tuple[int, set[str]]:
+        """Ingest updates a peer served; (how many were news, the publishers whose
+        updates were equivocations: their feeds need settling)."""
+
+        def ingest() -> tuple[int, int, set[str]]:
+            updates, bad, equivocated = [], 0, set()
             for data in encoded:
                 try:
                     updates.append(SignedUpdate.decode(data))
@@ -351,35 +476,44 @@ class RegistryService:
             for update, outcome in zip(updates, outcomes, strict=True):
                 if isinstance(outcome, Equivocation):
                     self._equivocated(update.address, str(outcome))
+                    equivocated.add(update.address)
             # An equivocating publisher is not the serving peer's fault.
             bad += sum(
                 isinstance(o, UpdateRejected) and not isinstance(o, Equivocation) for o in outcomes
             )
             news = sum(isinstance(o, list) and bool(o) and o != [COMPACTED] for o in outcomes)
-            return news, bad
+            return news, bad, equivocated
 
-        applied, bad = await self._store.run(ingest)
+        applied, bad, equivocated = await self._store.run(ingest)
         if bad:
             await self._overlay.host.penalize(
                 peer, PENALTY_BAD_SYNC, f"{bad} invalid updates in sync"
             )
-        return applied
+        return applied, equivocated
 
     async def _answer_sync(self, peer: str, request: SyncRequest) -> SyncResponse:
-        states = await self._store.run(self.replica.states)
-        if request.digest == sync_digest(states):
+        heads = await self._store.run(self.replica.heads)
+        if request.digest == sync_digest(heads):
             return SyncResponse(equal=True)
         if not request.with_states:
             self._make_due([peer])  # it may have what we lack: pull from it soon
         if not request.with_states:
             return SyncResponse(need_states=True)
-        if len(request.publishers) != len(request.states):
-            raise Refused("bad_request", "publishers and states differ in length")
+        if not len(request.publishers) == len(request.states) == len(request.contents):
+            raise Refused("bad_request", "publishers, states and contents differ in length")
         theirs = dict(zip(request.publishers, request.states, strict=True))
-        updates, more = await self._store.run(
-            self.replica.missing_for, theirs, MAX_SYNC_RESPONSE_BYTES
-        )
-        return SyncResponse(updates=updates, more=more)
+        contents = dict(zip(request.publishers, request.contents, strict=True))
+
+        def answer() -> SyncResponse:
+            updates, more = self.replica.missing_for(theirs, MAX_SYNC_RESPONSE_BYTES)
+            forks = self.replica.forked_with(
+                {a: (theirs[a], contents[a]) for a in request.publishers}
+            )
+            if forks:
+                self._make_due([peer])  # its history may be the better one
+            return SyncResponse(updates=updates, more=more, forks=forks[:MAX_SYNC_FORKS])
+
+        return await self._store.run(answer)
 
     # -- gossip ----------------------------------------------------------------
 
@@ -391,6 +525,7 @@ class RegistryService:
             outcome = await self._store.run(self.replica.ingest, signed)
         except Equivocation as exc:
             await self._store.run(self._equivocated, signed.address, str(exc))
+            self._make_due([message.forwarder])  # a sync with it settles the fork
             return Verdict.IGNORE  # the publisher's doing, not the forwarder's
         except UpdateRejected as exc:
             log.debug(

@@ -11,7 +11,7 @@ nothing. Then one link joins the two sides.
 Figures:
 - converge_s: from the link until every node holds the same state of every feed;
 - bytes_ratio: bytes of anti-entropy exchanged during that time (every request
-  and response of /mercato/sync/2.0.0, counted where received) over the size of
+  and response of /mercato/sync/3.0.0, counted where received) over the size of
   the signed updates the right side lacked, times the 10 nodes that lacked them;
 - index_s: after converging, the time one right node then takes to bring its
   search index up to date (it runs before the first search).
@@ -96,7 +96,7 @@ async def _run(root: Path, listings: int) -> dict[str, Any]:
         exchanged = _sync_bytes(nodes) - bytes_before
 
         started = time.perf_counter()
-        indexed = await right[0].call(right[0].registry.replica.flush_index)
+        indexed = await right[0].store.run(right[0].registry.replica.flush_index)
         index_s = time.perf_counter() - started
     return {
         "nodes": NODES,
