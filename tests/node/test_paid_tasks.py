@@ -192,9 +192,10 @@ async def test_a_provider_that_keeps_payments_is_paid_twice_at_most(tmp_path: Pa
         assert user.tasks.runner.reputation.get(pid).failed >= 1
 
 
-async def publish_fake_cards(attacker, agent: str, count: int) -> set[str]:
+async def publish_fake_cards(attacker, agent: str, count: int, before: str = "") -> set[str]:
     """``count`` agent cards for ``agent``, each signed by a fresh key, price 0, at
-    addresses where nothing listens, gossiped by ``attacker`` as any peer can."""
+    addresses where nothing listens, gossiped by ``attacker`` as any peer can.
+    ``before``: peer ids that sort before it (a tie in the ranking goes to them)."""
     import time as clock
 
     from mercato.node.tasks._cards import TOPIC, AgentCard
@@ -203,6 +204,8 @@ async def publish_fake_cards(attacker, agent: str, count: int) -> set[str]:
     fakes = set()
     for i in range(count):
         key = Keypair.generate()
+        while before and key.peer_id >= before:
+            key = Keypair.generate()
         card = AgentCard(
             provider=key.peer_id, seq=1, expires=clock.time() + 300, agents=[agent],
             prices=[0], load=0.0, addrs=[f"/ip4/127.0.0.1/tcp/{9 + i}/p2p/{key.peer_id}"],
@@ -240,3 +243,35 @@ async def test_twenty_fake_free_cards_do_not_keep_a_paid_task_from_the_real_prov
 
 async def _knows(user, agent: str, fakes: set[str]) -> bool:
     return fakes <= {c["provider"] for c in user.tasks.providers(agent)}
+
+
+@pytest.mark.slow
+async def test_cards_that_lead_nowhere_are_asked_after_the_provider_that_answered(
+    tmp_path: Path,
+) -> None:
+    """The user is not connected to the provider: its card and twenty fakes look
+    alike. The fakes tried and found dead sink below the untried ones, and the next
+    task goes to the real provider first."""
+    fast = {"heartbeat_s": 0.5, "card_ttl_s": 30.0}
+    async with running_nodes(tmp_path, 3, serve=fast) as (provider, user, attacker):
+        for a, b in ((user, attacker), (provider, attacker)):
+            await a.overlay.host.connect(b.overlay.host.listen_addrs()[0])
+        agent = await serve_an_agent(provider, user)  # its card reaches the user by gossip
+        await attacker.overlay.gossip.wait_for_mesh(user.overlay.peer_id, "mercato/cards/1")
+        real = provider.overlay.peer_id
+        fakes = await publish_fake_cards(attacker, agent, 20, before=real)  # asked first
+        await until(lambda: _knows(user, agent, fakes), budget(20), "the fake cards")
+        first = await user.tasks.run_task(agent, "*", b"one two")
+        assert first["provider"] == real
+        tried = {a["provider"] for a in first["attempts"]}
+        assert tried and tried <= fakes
+        ranked = [c["provider"] for c in user.tasks.providers(agent)]
+        assert ranked[0] == real
+        # Every fake found dead ranks below every fake not tried yet.
+        assert {p for p in ranked[len(ranked) - len(tried) :]} == tried
+        # Connections drop; the next task asks the provider in its first round (the
+        # quote_fanout best, asked at once), whatever the first task went through.
+        await user.overlay.host.disconnect(real)
+        second = await user.tasks.run_task(agent, "*", b"three four")
+        assert second["provider"] == real
+        assert len(second["attempts"]) < user.config.tasks.quote_fanout
