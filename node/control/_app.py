@@ -55,9 +55,15 @@ def error_body(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+async def _send_error(
+    send: Send, status: int, code: str, message: str, close: bool = False
+) -> None:
+    """``close``: the connection ends after it (a body was left unread: the next
+    bytes on it are not a request)."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -151,10 +157,12 @@ class Guard:
         except _TooLarge:
             await self._drain(receive)
             message = f"request bodies are limited to {self._max_body} bytes"
-            await _send_error(send, 413, "body_too_large", message)
+            await _send_error(send, 413, "body_too_large", message, close=True)
             return
         except trio.TooSlowError:
-            await _send_error(send, 408, "timeout", "the request body took too long to arrive")
+            await _send_error(
+                send, 408, "timeout", "the request body took too long to arrive", close=True
+            )
             return
         replayed = False
 

@@ -456,10 +456,24 @@ class RegistryService:
             with trio.move_on_after(CATCH_UP_S):
                 for peer in peers:
                     try:
-                        await self.settle_feed(peer, address)
+                        await self._pull_feed(peer, address)
                     except P2PError as exc:
                         log.debug("a peer's copy of a feed was not had", extra={"why": str(exc)})
             self._caught_up.add(address)
+
+    async def _pull_feed(self, peer: str, address: str) -> None:
+        """What ``peer`` has of one feed beyond ours, ingested as anti-entropy would;
+        the whole feed settled if it turns out to be another history."""
+        for _ in range(MAX_SHOW_PAGES):
+            state = (await self._store.run(self.replica.heads)).get(address, (b"", b""))[0]
+            request = QueryRequest(op="feed", publisher=address, since=state)
+            answer = await self._overlay.requests.request(peer, QUERY, request)
+            news, equivocated = await self._ingest_from(peer, answer.updates)
+            if equivocated:
+                await self.settle_feed(peer, address)
+                return
+            if not (answer.more and news):
+                return
 
     async def _ingest_from(self, peer: str, encoded: list[bytes]) -> tuple[int, set[str]]:
         """Ingest updates a peer served; (how many were news, the publishers whose
