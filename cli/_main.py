@@ -13,6 +13,7 @@ from ._exec import exec_command
 from ._init import init
 from ._keys import keys
 from ._localnet import localnet
+from ._mcp import mcp
 from ._node import node
 from ._peers import peers, ping
 from ._registry import deprecate, publish, release, resolve_command, search, show
@@ -54,5 +55,6 @@ main.add_command(tasks)
 main.add_command(wallet)
 main.add_command(channel)
 main.add_command(localnet)
+main.add_command(mcp)
 for command in (publish, release, deprecate, search, show, resolve_command, exec_command):
     main.add_command(command)

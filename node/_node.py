@@ -52,6 +52,7 @@ from ._store import Store
 from ._version import __version__
 from .builds import BuildService, BuildStore
 from .control import NodeAPI, build_app
+from .mcp import AppBackend, McpEndpoint, build_server
 from .money import SettlementService, open_settlement
 from .registry import RegistryService
 from .tasks import CardBook, CardForwarder, TaskLog, TaskRunner, TaskService
@@ -112,6 +113,7 @@ class Node:
         self._keys = KeyStore(datadir)
         self._events: EventLog | None = None
         self._api_url = ""
+        self._mcp: McpEndpoint | None = None
         self._peer_id = ""
         self._warnings: list[str] = []
         self.services: list[str] = []
@@ -206,6 +208,8 @@ class Node:
                 max_body=self.config.api.max_body_bytes,
                 metrics=self.metrics,
             )
+            self._mcp = McpEndpoint(build_server(AppBackend(app, token)), self.config.api.host)
+            app.mcp = self._mcp
             server = HttpListener(
                 app, self.config.api.host, self.config.api.port, grace_s=SHUTDOWN_GRACE_S
             )
@@ -400,6 +404,8 @@ class Node:
             signals = trio.CancelScope()
             if self._handle_signals:
                 nursery.start_soon(self._watch_signals, signals)
+            assert self._mcp is not None, "set in run"
+            await nursery.start(self._mcp.run)
             host, port = await nursery.start(server.serve)
             self.services.append("control-api")
             self._api_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

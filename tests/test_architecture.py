@@ -103,6 +103,7 @@ NODE_PARTS = {
     "money": set(),
     "tasks": {"builds", "registry", "money"},
     "control": {"builds", "registry", "money", "tasks"},
+    "mcp": {"control"},
 }
 NODE_COMPOSITION = {"__init__.py", "_node.py", "_schema.py", "_init.py"}
 """The composition root and the offline entry points: they may import every part."""

@@ -86,6 +86,8 @@ class Guard:
         body_timeout: float = BODY_TIMEOUT_S,
     ) -> None:
         self.app = app
+        self.mcp: ASGIApp | None = None
+        """What answers ``/mcp`` (the MCP server), once the node has set it."""
         self._token = token.encode()
         self._max_body = max_body
         self._metrics = metrics
@@ -173,6 +175,9 @@ class Guard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # http.disconnect, when the client goes
 
+        if self.mcp is not None and scope["path"] == "/mcp":
+            await self.mcp(scope, replay, send)
+            return
         await self.app(scope, replay, send)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
@@ -250,7 +255,7 @@ async def _internal(request: Request, exc: Exception) -> JSONResponse:
     return error_body(500, "internal", "internal error; see the daemon's log")
 
 
-def build_app(api: NodeAPI, *, token: str, max_body: int, metrics: NodeMetrics) -> ASGIApp:
+def build_app(api: NodeAPI, *, token: str, max_body: int, metrics: NodeMetrics) -> Guard:
     """The control API for one node: FastAPI routes under the guard."""
     app = FastAPI(
         title="mercato control API",

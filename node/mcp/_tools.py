@@ -1,0 +1,314 @@
+"""The MCP server: mercato's tools and resources for AI agents.
+
+One `MCPServer` (the official SDK) whose tools send control API requests
+through a `Backend`, so they are the same over stdio and over ``/mcp``. Every
+refusal of the node (a listing that does not exist, a price over the caller's
+maximum, the spending policy) comes back as a tool error whose message says
+what to do; nothing a caller sends crashes the server.
+
+A run above the node's ``[spending] approve_above`` is confirmed by the human
+through MCP elicitation (agent, provider, price) before anything is paid; a
+decline or no answer charges nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from pydantic import BaseModel, Field
+
+from .._errors import ControlError, DaemonNotRunning
+from .._version import __version__
+from ._backend import Backend
+
+INSTRUCTIONS = """\
+mercato is a peer-to-peer marketplace of AI agents (WASM builds run by providers in
+sandboxes) and models. Find a capability with search_listings, look at a listing with
+show_listing and at who serves it with list_providers, ask for a price with quote,
+then run_agent: it pays the provider through a payment channel (lamports, on Solana)
+and returns the output with a receipt id (get_task shows the receipt). Prices are in
+lamports (1 SOL = 1,000,000,000). The node's owner sets spending limits; runs above
+a threshold need the human's confirmation, which this server asks for."""
+
+MAX_INPUT_BYTES = 8 * 1024 * 1024
+_TASK_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class Confirm(BaseModel):
+    """What the human answers when a run needs confirmation."""
+
+    confirm: bool = Field(description="Pay this price and run the agent?")
+
+
+def build_server(backend: Backend, name: str = "mercato") -> MCPServer:
+    """The MCP server over ``backend``: every tool and resource registered."""
+    server: MCPServer = MCPServer(
+        name=name,
+        title="mercato",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        log_level="WARNING",
+    )
+    call = _caller(backend)
+
+    @server.tool(annotations=_read_only())
+    async def search_listings(
+        text: str = "",
+        kind: str | None = None,
+        capability: str | None = None,
+        tag: str | None = None,
+        max_price: int | None = None,
+        sort: str = "relevance",
+        cursor: str | None = None,
+        limit: int = 20,
+    ) -> dict[str, Any]:
+        """Search the marketplace for agents and models. `text` matches words (each a
+        prefix) in names, titles, summaries and tags; `kind` is "agent" or "model";
+        `capability` and `tag` filter exactly; `max_price` in lamports per run; `sort`
+        is relevance, price or newest; pass the returned `cursor` for the next page.
+        Each result names its publisher and name: use them with show_listing and
+        `PUBLISHER/NAME` as the agent of quote and run_agent."""
+        query = {
+            "text": text, "kind": kind, "capability": capability, "tag": tag,
+            "max_price": max_price, "sort": sort, "cursor": cursor, "limit": limit,
+        }  # fmt: skip
+        params = urlencode({k: v for k, v in query.items() if v not in (None, "")})
+        return await call("GET", f"/v1/registry/search?{params}")
+
+    @server.tool(annotations=_read_only())
+    async def show_listing(publisher: str, name: str) -> dict[str, Any]:
+        """One listing in full: description, price per run (lamports), royalty,
+        resource limits, and every release (version and build id), newest first."""
+        return await call("GET", _listing_path(publisher, name))
+
+    @server.tool(annotations=_read_only())
+    async def list_providers(agent: str) -> dict[str, Any]:
+        """The providers serving `agent` (PUBLISHER/NAME) that this node knows, best
+        first: each with its price (lamports), load, this node's reputation of it
+        (0 to 1, 0.5 for a stranger) and the score it is ranked by."""
+        return await call("GET", f"/v1/providers?{urlencode({'agent': agent})}")
+
+    @server.tool(annotations=_read_only())
+    async def quote(agent: str, version: str = "*", input_size: int = 0) -> dict[str, Any]:
+        """Ask the providers of `agent` (PUBLISHER/NAME) for a price for one run on an
+        input of `input_size` bytes, and return the best quote: provider, price in
+        lamports, expected time, and whether the node's owner must confirm it."""
+        body = {"agent": agent, "version": version, "input_size": input_size}
+        return await call("POST", "/v1/tasks/quote", body)
+
+    @server.tool()
+    async def run_agent(
+        agent: str,
+        ctx: Context,
+        input_text: str | None = None,
+        input_base64: str | None = None,
+        version: str = "*",
+        max_price: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Run `agent` (PUBLISHER/NAME) once on the best provider and pay for it.
+        Give the input as `input_text` (UTF-8) or `input_base64` (bytes). `max_price`
+        caps what one run may cost (lamports). Pass an `idempotency_key` (any unique
+        string) to retry safely: a retry with the same key returns the first result
+        and never pays twice. Returns the output (as text when it is UTF-8, and as
+        base64), the provider, the price paid and the task id of the receipt
+        (get_task, or the resource mercato://task/{id})."""
+        stdin = _input(input_text, input_base64)
+        body: dict[str, Any] = {
+            "agent": agent,
+            "version": version,
+            "input": base64.b64encode(stdin).decode(),
+        }
+        if max_price is not None:
+            body["max_price"] = max_price
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        offer = await call(
+            "POST", "/v1/tasks/quote", {"agent": agent, "version": version,
+                                        "input_size": len(stdin)},
+        )  # fmt: skip
+        if max_price is not None and offer["price"] > max_price:
+            raise ToolError(
+                f"the best quote for {agent} is {offer['price']} lamports, above your "
+                f"max_price of {max_price}: raise max_price or choose another agent"
+            )
+        if offer.get("needs_approval"):
+            await _confirm(ctx, agent, offer)
+            body.update(provider=offer["provider"], max_price=offer["price"], approved=True)
+        done = await call("POST", "/v1/tasks/run", body)
+        return _done(done)
+
+    @server.tool(annotations=_read_only())
+    async def list_tasks(limit: int = 20, role: str | None = None) -> dict[str, Any]:
+        """Recent tasks, newest first: `role` "user" (runs this node paid for) or
+        "provider" (runs it served), or both."""
+        query = {"limit": limit, **({"role": role} if role else {})}
+        return await call("GET", f"/v1/tasks?{urlencode(query)}")
+
+    @server.tool(annotations=_read_only())
+    async def get_task(task_id: str) -> dict[str, Any]:
+        """One task: its signed receipt (agent, build, input and output hashes, fuel,
+        time, price, channel) and whether this node verified it."""
+        return await call("GET", _task_path(task_id))
+
+    @server.tool(annotations=_read_only())
+    async def wallet() -> dict[str, Any]:
+        """This node's wallet: Solana address, balance (lamports), its payment
+        channels (deposit, what is paid, what is left, and `expires`: until when the
+        deposit is locked, unix seconds), and today's spending against the limits."""
+        money = await call("GET", "/v1/wallet")
+        channels = await call("GET", "/v1/channels")
+        try:
+            spending = await call("GET", "/v1/spending")
+        except ToolError:
+            spending = None
+        return {**money, "channels": channels["channels"], "spending": spending}
+
+    @server.tool()
+    async def publish_listing(manifest: dict[str, Any], account: str = "default") -> dict[str, Any]:
+        """Create or update a listing, signed by the node's `account` key. `manifest`
+        has the fields of MANIFEST.toml: name, kind ("agent" or "model"), title,
+        summary, description, tags, capabilities, price (lamports per run),
+        royalty_bps (0-10000), limits. A wrong field is refused, naming it."""
+        return await call("POST", "/v1/registry/publish", {"account": account, "listing": manifest})
+
+    @server.tool()
+    async def release_build(
+        name: str,
+        version: str,
+        build_path: str | None = None,
+        cid: str | None = None,
+        size: int | None = None,
+        account: str = "default",
+    ) -> dict[str, Any]:
+        """Release `version` (semver) of listing `name`: bind it, once and for all, to
+        a build. Give `build_path` (the absolute path of a .wasm file on the node's
+        machine: it is checked in the sandbox, stored and offered to peers) or `cid`
+        and `size` of a build already stored."""
+        if (build_path is None) == (cid is None):
+            raise ToolError("give either build_path (a .wasm file) or cid (a stored build)")
+        release: dict[str, Any] = {"name": name, "version": version}
+        body: dict[str, Any] = {"account": account, "release": release}
+        if build_path is not None:
+            body["build"] = build_path
+        else:
+            release.update(cid=cid, size=size)
+        return await call("POST", "/v1/registry/release", body)
+
+    @server.tool()
+    async def deprecate_listing(name: str, account: str = "default") -> dict[str, Any]:
+        """Mark listing `name` deprecated: it leaves search results; releases stay."""
+        return await call("POST", "/v1/registry/deprecate", {"account": account, "name": name})
+
+    @server.resource(
+        "mercato://listing/{publisher}/{name}",
+        name="listing",
+        description="A listing with its releases, as JSON",
+        mime_type="application/json",
+    )
+    async def listing_resource(publisher: str, name: str) -> dict[str, Any]:
+        return await _read(call, _listing_path(publisher, name))
+
+    @server.resource(
+        "mercato://task/{task_id}",
+        name="task",
+        description="A task's receipt and its verification, as JSON",
+        mime_type="application/json",
+    )
+    async def task_resource(task_id: str) -> dict[str, Any]:
+        return await _read(call, _task_path(task_id))
+
+    return server
+
+
+def _caller(backend: Backend) -> Any:
+    async def call(method: str, path: str, body: Any = None) -> Any:
+        try:
+            return await backend.request(method, path, body)
+        except DaemonNotRunning as exc:
+            raise ToolError(str(exc)) from exc
+        except ControlError as exc:
+            raise ToolError(f"{exc.code}: {exc}" if exc.code else str(exc)) from exc
+
+    return call
+
+
+async def _read(call: Any, path: str) -> dict[str, Any]:
+    try:
+        found: dict[str, Any] = await call("GET", path)
+    except ToolError as exc:
+        raise ResourceError(str(exc)) from exc
+    return found
+
+
+async def _confirm(ctx: Context, agent: str, offer: dict[str, Any]) -> None:
+    """Ask the human; ToolError (nothing paid) unless they accept."""
+    message = (
+        f"Run {agent} on provider {offer['provider']} for {offer['price']} lamports "
+        f"({offer['price'] / 1e9:.9f} SOL)? This is above the node's approve_above limit."
+    )
+    try:
+        answer = await ctx.elicit(message, Confirm)
+    except Exception as exc:  # a client that cannot elicit: no answer is a no
+        raise ToolError(
+            f"this run costs {offer['price']} lamports, above the node's approve_above "
+            f"limit, and the client could not ask the user ({exc}); nothing was charged"
+        ) from exc
+    data = getattr(answer, "data", None)
+    if answer.action != "accept" or not (data is not None and data.confirm):
+        raise ToolError(f"the user did not confirm the run ({answer.action}); nothing was charged")
+
+
+def _input(text: str | None, b64: str | None) -> bytes:
+    if text is not None and b64 is not None:
+        raise ToolError("give the input as input_text or input_base64, not both")
+    if b64 is not None:
+        try:
+            data = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ToolError("input_base64 is not valid base64") from exc
+    else:
+        data = (text or "").encode()
+    if len(data) > MAX_INPUT_BYTES:
+        raise ToolError(f"the input is {len(data)} bytes; at most {MAX_INPUT_BYTES} are sent")
+    return data
+
+
+def _done(done: dict[str, Any]) -> dict[str, Any]:
+    output = base64.b64decode(done["output"])
+    try:
+        text: str | None = output.decode()
+    except UnicodeDecodeError:
+        text = None
+    receipt = done.get("receipt") or {}
+    return {
+        "task": done["task"],
+        "provider": done["provider"],
+        "price": receipt.get("price", 0),
+        "output_text": text,
+        "output_base64": done["output"],
+        "verified": done.get("verified"),
+        "receipt": receipt,
+    }
+
+
+def _listing_path(publisher: str, name: str) -> str:
+    return f"/v1/registry/listings/{quote(publisher, safe='')}/{quote(name, safe='')}"
+
+
+def _task_path(task_id: str) -> str:
+    if not _TASK_ID.fullmatch(task_id.lower()):
+        raise ToolError("a task id is 32 hex digits, as run_agent and list_tasks return it")
+    return f"/v1/tasks/{task_id.lower()}"
+
+
+def _read_only() -> Any:
+    from mcp.types import ToolAnnotations
+
+    return ToolAnnotations(read_only_hint=True)
