@@ -86,7 +86,8 @@ class MercatoError(Exception):
                 ├── BadReceipt          a receipt or quote does not verify
                 ├── UnknownAgent        no such agent, or no release in range
                 ├── TaskRefused         the provider refused the task
-                └── NoProvider          no provider could run it
+                ├── NoProvider          no provider could run it
+                └── KeyReused           an idempotency key came with another request
 
     `tests/test_architecture.py` checks that this drawing names every error
     class the packages export.

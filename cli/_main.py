@@ -17,7 +17,7 @@ from ._mcp import mcp
 from ._node import node
 from ._peers import peers, ping
 from ._registry import deprecate, publish, release, resolve_command, search, show
-from ._run import providers, run, tasks
+from ._run import providers, run, spending, tasks
 from ._wallet import channel, wallet
 
 
@@ -52,6 +52,7 @@ main.add_command(builds)
 main.add_command(run)
 main.add_command(providers)
 main.add_command(tasks)
+main.add_command(spending)
 main.add_command(wallet)
 main.add_command(channel)
 main.add_command(localnet)

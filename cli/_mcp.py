@@ -26,9 +26,11 @@ def mcp(data_dir: Path | None) -> None:
     daemon's control API.
 
     \b
-    Example (a desktop client's configuration):
+    Example:
+      mercato mcp --data-dir ~/.local/share/mercato
+      # in a desktop client's configuration:
       {"mcpServers": {"mercato": {"command": "mercato",
-                                  "args": ["mcp", "--data-dir", "/home/me/.mercato"]}}}
+                                  "args": ["mcp", "--data-dir", "/home/me/.local/share/mercato"]}}}
     """
     from mercato.node.mcp import DaemonBackend, build_server
 

@@ -5,12 +5,13 @@ import datetime
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from mercato.node import ControlClient
+from mercato.node import ControlClient, ControlError
 
-from ._common import data_dir_option, print_json, read_input, resolve
+from ._common import data_dir_option, fail, print_json, read_input, resolve
 
 
 @click.command("run")
@@ -30,6 +31,18 @@ from ._common import data_dir_option, print_json, read_input, resolve
     metavar="LAMPORTS",
     help="Pay at most this per task (default: the listing's price).",
 )
+@click.option(
+    "--yes",
+    "confirmed",
+    is_flag=True,
+    help="Confirm a run above [spending] approve_above without asking on the terminal.",
+)
+@click.option(
+    "--idempotency-key",
+    metavar="KEY",
+    help="A retry with the same key returns the first run's result: it never runs or pays "
+    "twice (1 to 128 characters of A-Z a-z 0-9 . _ : -).",
+)
 @click.option("--receipt", "show_receipt", is_flag=True, help="Print the signed receipt too.")
 @click.option("--json", "as_json", is_flag=True, help="Print output and receipt as JSON.")
 def run(
@@ -39,6 +52,8 @@ def run(
     provider: str | None,
     output_file: Path | None,
     max_price: int | None,
+    confirmed: bool,
+    idempotency_key: str | None,
     show_receipt: bool,
     as_json: bool,
 ) -> None:
@@ -51,17 +66,38 @@ def run(
     that fails is replaced by the next. A paid agent is paid through a payment
     channel to the provider, opened on the first payment.
 
+    Runs obey the node's [spending] limits. A run that may cost more than
+    approve_above is quoted first and asked about on the terminal (agent,
+    provider, price); without a terminal it needs --yes. It then runs on that
+    provider at that price.
+
     \b
     Example:
       echo "count these words" | mercato run 8Co4.../wordcount --input -
       mercato run 8Co4.../wordcount@^1.0 --input notes.txt --provider 12D3KooW... --receipt
+      mercato run 8Co4.../wordcount --input notes.txt --yes --idempotency-key notes-2024-06-01
     """
     agent, _, version = ref.partition("@")
     if agent.count("/") != 1 or not all(agent.split("/")):
         raise click.BadParameter(f"{ref!r}: expected PUBLISHER/NAME[@VERSION]")
     stdin = read_input(input_file)
     client = ControlClient(resolve(data_dir), timeout=600)
-    done = client.run_task(agent, version or "*", stdin, provider, max_price)
+    version = version or "*"
+    key = idempotency_key
+    try:
+        done = client.run_task(agent, version, stdin, provider, max_price, idempotency_key=key)
+    except ControlError as exc:
+        if exc.code != "approval_needed":
+            raise
+        quote = client.quote(agent, version, len(stdin), provider)
+        if max_price is not None and quote["price"] > max_price:
+            fail(f"the best quote asks {quote['price']} lamports, over --max-price {max_price}")
+        if quote["needs_approval"] and not confirmed:
+            _confirm(agent, quote)
+        done = client.run_task(
+            agent, version, stdin, quote["provider"], quote["price"],
+            approved=True, idempotency_key=key,
+        )  # fmt: skip
     output = base64.b64decode(done["output"])
     if as_json:
         print_json({**done, "output": output.decode(errors="replace")})
@@ -77,6 +113,57 @@ def run(
     if done["receipt"]["outcome"] != "ok":
         click.echo(f"the run ended as {done['receipt']['outcome']}", err=True)
         sys.exit(1)
+
+
+def _confirm(agent: str, quote: dict[str, Any]) -> None:
+    """Ask on the terminal (not stdin, which may carry the input) to pay the quote."""
+    question = (
+        f"Run {agent}@{quote['version']} on {quote['provider']} for {quote['price']} "
+        "lamports? [y/N] "
+    )
+    try:
+        with open("/dev/tty", "r+") as tty:  # the terminal, not stdin
+            tty.write(question)
+            tty.flush()
+            answer = tty.readline().strip().lower()
+    except OSError:
+        fail(
+            f"this run costs {quote['price']} lamports, above [spending] approve_above, and "
+            "there is no terminal to confirm it on: run again with --yes"
+        )
+    if answer not in ("y", "yes"):
+        fail("not confirmed: nothing was run or paid")
+
+
+@click.command("spending")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def spending(data_dir: Path | None, as_json: bool) -> None:
+    """Show what this node's tasks paid today (UTC) and its [spending] limits.
+
+    Spent is what the tasks of today paid; reserved, what runs in flight may
+    still pay; left, what the daily limit leaves (it resets at 00:00 UTC).
+
+    \b
+    Example:
+      mercato spending
+      mercato spending --json
+    """
+    shown = ControlClient(resolve(data_dir)).spending()
+    if as_json:
+        print_json(shown)
+        return
+
+    def limit(value: int | None) -> str:
+        return "no limit" if value is None else f"{value} lamports"
+
+    click.echo(f"day            {shown['day']} (UTC)")
+    click.echo(f"spent today    {shown['spent_today']} lamports")
+    click.echo(f"reserved       {shown['reserved']} lamports (runs in flight)")
+    click.echo(f"left today     {limit(shown['left_today'])}")
+    click.echo(f"max per task   {limit(shown['max_per_task'])}")
+    click.echo(f"max per day    {limit(shown['max_per_day'])}")
+    click.echo(f"approve above  {limit(shown['approve_above'])}")
 
 
 @click.command("providers")

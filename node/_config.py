@@ -42,6 +42,7 @@ DEFAULT_RPC_URL = "http://127.0.0.1:8899"  # where `mercato localnet` listens by
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 ENV_PREFIX = "MERCATO_"
+MAX_LAMPORTS = 10**15
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,19 @@ class TasksSection:
 
 
 @dataclass(frozen=True)
+class SpendingSection:
+    """``[spending]``: what this node may pay for the tasks it asks others to run,
+    in lamports; None (the key left out) is no limit."""
+
+    max_per_task: int | None = None
+    """The most one task may cost; a run asking more (``max_price``) is refused."""
+    max_per_day: int | None = None
+    """The most the tasks of one UTC day may cost together (resets at 00:00 UTC)."""
+    approve_above: int | None = None
+    """A run that may cost more needs a human's confirmation (``approved``)."""
+
+
+@dataclass(frozen=True)
 class SettlementSection:
     """``[settlement]``: payment channels and the ledger they live on."""
 
@@ -209,6 +223,7 @@ class Config:
     builds: BuildsSection = field(default_factory=BuildsSection)
     serve: ServeSection = field(default_factory=ServeSection)
     tasks: TasksSection = field(default_factory=TasksSection)
+    spending: SpendingSection = field(default_factory=SpendingSection)
     settlement: SettlementSection = field(default_factory=SettlementSection)
     relay: RelaySection = field(default_factory=RelaySection)
 
@@ -230,6 +245,10 @@ def _sections() -> dict[str, type]:
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against ``tp``; strings from the environment are parsed."""
+    if tp == int | None:  # a limit: "none" or "" from the environment is no limit
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return None
+        return _coerce(value, int, where)
     if tp == tuple[str, ...]:
         if isinstance(value, str):  # environment: comma-separated
             return tuple(v.strip() for v in value.split(",") if v.strip())
@@ -338,6 +357,11 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
         raise fail("tasks.verify_rate", "must be between 0 and 1")
     if not 0.01 <= tasks.reputation_half_life_h <= 10_000:
         raise fail("tasks.reputation_half_life_h", "must be between 0.01 and 10000")
+    for key in ("max_per_task", "max_per_day", "approve_above"):
+        limit = getattr(config.spending, key)
+        if limit is not None and not 0 <= limit <= MAX_LAMPORTS:
+            rule = f"must be a whole number of lamports from 0 to {MAX_LAMPORTS}"
+            raise fail(f"spending.{key}", rule)
     if config.builds.quota_mb < 1:
         raise fail("builds.quota_mb", "must be at least 1")
     if not 1 <= config.builds.replicas <= 20:
@@ -517,6 +541,15 @@ verify_first = 2
 verify_rate = 0.05
 # Old experience with a provider counts half after this many hours.
 reputation_half_life_h = 24.0
+
+[spending]
+# Limits on what this node pays for the tasks it runs on others, in lamports;
+# a key left out is no limit. The most one task may cost; the most the tasks of
+# one UTC day may cost together; and above what price a run needs a human's
+# confirmation (`mercato run` asks on the terminal, or takes --yes).
+# max_per_task = 10000000
+# max_per_day = 100000000
+# approve_above = 5000000
 
 [settlement]
 # embedded: the Solana runtime inside this node, private to it (no cluster needed).

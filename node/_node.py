@@ -428,6 +428,7 @@ class Node:
             await self._stop.wait()
             # Stop taking work, let what is in flight finish, then cancel the rest.
             server.close()
+            self._mcp.close()
             signals.cancel()
             nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
 

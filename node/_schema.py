@@ -18,6 +18,7 @@ from ._peers import SCHEMA as PEERS_SCHEMA
 from ._store import Database, Store, open_store
 from .builds import SCHEMA as BUILDS_SCHEMA
 from .tasks import SCHEMA as TASKS_SCHEMA
+from .tasks import SPENDING_SCHEMA
 
 MIGRATIONS: tuple[str, ...] = (
     EVENTS_SCHEMA,  # 1: the hash-chained event log
@@ -27,6 +28,7 @@ MIGRATIONS: tuple[str, ...] = (
     *REGISTRY_MIGRATIONS,
     BUILDS_SCHEMA,  # 5: stored builds and the chunks of each verified so far
     TASKS_SCHEMA,  # 6: the task log and the reputation of providers
+    SPENDING_SCHEMA,  # 7: what tasks paid, and runs' results by idempotency key
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -229,6 +229,12 @@ def bench_api() -> dict[str, Any]:
     return run()
 
 
+def bench_mcp() -> dict[str, Any]:
+    from benchmarks.mcp import run
+
+    return run()
+
+
 def bench_runtime() -> dict[str, Any]:
     from benchmarks.runtime import run
 
@@ -250,6 +256,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "channel": bench_channel,
     "relay": bench_relay,
     "api": bench_api,
+    "mcp": bench_mcp,
 }
 
 

@@ -19,7 +19,11 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import datetime
+import hashlib
+import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +40,7 @@ from .._events import event_head, list_events, verify_events
 from .._version import __version__
 from ..builds import BuildError, check_cid
 from ..money import channel_info
-from ..tasks import BadReceipt, Receipt, TaskRecord
+from ..tasks import BadReceipt, Budget, Receipt, TaskRecord
 from . import _models as m
 
 if TYPE_CHECKING:
@@ -376,8 +380,30 @@ def _task_side(record: TaskRecord, full: bool) -> m.TaskSide:
     return m.TaskSide(**out)
 
 
+def _request_hash(
+    agent: str, version: str, stdin: bytes, provider: str | None, max_price: int | None
+) -> str:
+    """What an idempotency key stands for: the run's arguments, canonically hashed."""
+    asked = {
+        "agent": agent,
+        "version": version,
+        "input": hashlib.sha256(stdin).hexdigest(),
+        "provider": provider,
+        "max_price": max_price,
+    }
+    return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+
+
 class TaskOps(_Part):
-    """Running agents on providers, and the task log."""
+    """Running agents on providers, and the task log.
+
+    Runs obey ``[spending]``: the price a run may pay (its cap) is the least of
+    ``max_price``, ``max_per_task``, what is left today under ``max_per_day``
+    (today's payments and the caps of the runs in flight counted), and, unless
+    the run is ``approved``, ``approve_above``. A run that cannot fit is refused
+    403: ``over_task_limit``, ``daily_limit`` or ``approval_needed``. Free runs
+    are never refused by them.
+    """
 
     def providers(self, agent: str) -> m.Providers:
         return m.Providers(agent=agent, providers=self._node.tasks.providers(_agent(agent)))
@@ -389,14 +415,53 @@ class TaskOps(_Part):
         stdin: bytes,
         provider: str | None = None,
         max_price: int | None = None,
+        approved: bool = False,
+        idempotency_key: str | None = None,
     ) -> m.TaskDone:
         """Run ``agent`` on the best provider that quotes (or ``provider``), paying
-        through a channel when it has a price; the output and receipt are verified."""
+        through a channel when it has a price; the output and receipt are verified.
+
+        ``approved``: a human confirmed this run (it may cost more than
+        ``approve_above``). ``idempotency_key``: a retry with the same key and
+        arguments within 24 h returns the first run's result (waiting for it if it
+        still runs) and never runs or pays again; with other arguments it is
+        refused 409 ``idempotency_conflict``. A run that failed is not kept."""
         _agent(agent)
         if max_price is not None and not 0 <= max_price <= 10**15:
             raise refuse(400, "bad_body", "max_price is a whole number of lamports, 0 or more")
+        if idempotency_key is None:
+            return await self._run(agent, version, stdin, provider, max_price, approved)
+        if not re.fullmatch(m.IDEMPOTENCY_KEY, idempotency_key):
+            raise refuse(
+                400, "bad_body", "idempotency_key is 1 to 128 characters of A-Z a-z 0-9 . _ : -"
+            )
+        request = await trio.to_thread.run_sync(  # the input may be megabytes
+            _request_hash, agent, version, stdin, provider, max_price
+        )
+
+        async def first() -> str:
+            done = await self._run(agent, version, stdin, provider, max_price, approved)
+            return done.model_dump_json()
+
+        kept = await self._node.tasks.run_keys.once(idempotency_key, request, first)
+        return m.TaskDone.model_validate_json(kept)
+
+    async def _run(
+        self,
+        agent: str,
+        version: str,
+        stdin: bytes,
+        provider: str | None,
+        max_price: int | None,
+        approved: bool,
+    ) -> m.TaskDone:
         chosen = await self.reach(provider) if provider is not None else None
-        done = await self._node.tasks.run_task(agent, version, stdin, chosen, max_price)
+        tasks = self._node.tasks
+        cap, budget = await self._admit(agent, max_price, approved)
+        try:
+            done = await tasks.run_task(agent, version, stdin, chosen, cap, budget)
+        finally:
+            tasks.spending.release(budget)
         await self.record(
             "task.completed", {"agent": agent, "provider": done["provider"], "task": done["task"]}
         )
@@ -407,6 +472,99 @@ class TaskOps(_Part):
             receipt=_receipt_json(done["receipt"]),
             verified=done["verified"],
             attempts=done["attempts"],
+        )
+
+    async def _admit(
+        self, agent: str, max_price: int | None, approved: bool
+    ) -> tuple[int | None, Budget]:
+        """The cap a run may pay and its budget, reserved against the day's limit
+        (`release` it when the run ends); refuse a run the limits do not allow."""
+        limits = self._node.config.spending
+        publisher, _, name = agent.partition("/")
+        listing = await self._node.registry.show(publisher, name)
+        listed = int(listing["price"]) if listing and not listing.get("deprecated") else None
+        # What the run may pay without limits: max_price, else the listed price
+        # (else nothing: the runner pays nothing for a listing it does not know).
+        asked = max_price if max_price is not None else (listed or 0)
+        what = f"max_price {asked}" if max_price is not None else f"{agent} costs {asked}"
+        if limits.max_per_task is not None and asked > limits.max_per_task:
+            raise refuse(
+                403,
+                "over_task_limit",
+                f"{what} lamports, over this node's limit of {limits.max_per_task} lamports "
+                "a task ([spending] max_per_task)",
+            )
+        if not approved and limits.approve_above is not None and asked > limits.approve_above:
+            raise refuse(
+                403,
+                "approval_needed",
+                f"{what} lamports: a human must confirm runs above {limits.approve_above} "
+                "lamports ([spending] approve_above). Get a quote (POST /v1/tasks/quote), ask "
+                "your user, then run again with approved=true, the quote's provider and "
+                "max_price set to its price",
+            )
+        spending = self._node.tasks.spending
+        if limits.max_per_day is None or asked == 0:  # free runs are never refused
+            return max_price, Budget(None)
+        async with spending.lock:  # read what is spent and reserved, and reserve, at once
+            spent, reserved = await spending.totals(time.time())
+            left = max(limits.max_per_day - spent - reserved, 0)
+            if left == 0 or (listed is not None and listed > left):
+                costs = f"{agent} costs {listed} lamports a task; " if listed else ""
+                raise refuse(
+                    403,
+                    "daily_limit",
+                    f"{costs}{left} lamports left today; the limit is {limits.max_per_day} "
+                    "(resets at 00:00 UTC)",
+                )
+            budget = Budget(min(asked, left))
+            spending.hold(budget)
+        return budget.limit, budget
+
+    async def quote(
+        self, agent: str, version: str = "*", input_size: int = 0, provider: str | None = None
+    ) -> m.TaskQuote:
+        """The best quote a run of ``agent`` would take now, asked as a run asks (a
+        run soon after reuses it), and whether running it needs a human's approval."""
+        _agent(agent)
+        if type(input_size) is not int or not 0 <= input_size <= 2**40:
+            raise refuse(400, "bad_body", "input_size is a whole number of bytes, 0 or more")
+        chosen = await self.reach(provider) if provider is not None else None
+        quote = await self._node.tasks.best_quote(agent, version, input_size, chosen)
+        limits = self._node.config.spending
+        shown = await self.spending()
+        return m.TaskQuote(
+            agent=quote.agent,
+            version=quote.version,
+            cid=quote.cid,
+            provider=quote.provider,
+            price=quote.price,
+            expected_ms=quote.expected_ms,
+            load=quote.load,
+            creator=quote.creator,
+            royalty_bps=quote.royalty_bps,
+            expires=quote.expires,
+            needs_approval=limits.approve_above is not None and quote.price > limits.approve_above,
+            left_today=shown.left_today,
+        )
+
+    async def spending(self) -> m.Spending:
+        """What this node's tasks paid today (UTC), what runs in flight may still
+        pay, what is left under the daily limit, and the limits."""
+        limits = self._node.config.spending
+        spending = self._node.tasks.spending
+        now = time.time()
+        async with spending.lock:
+            spent, reserved = await spending.totals(now)
+        left = None if limits.max_per_day is None else max(limits.max_per_day - spent - reserved, 0)
+        return m.Spending(
+            day=datetime.datetime.fromtimestamp(now, datetime.UTC).date().isoformat(),
+            spent_today=spent,
+            reserved=reserved,
+            left_today=left,
+            max_per_task=limits.max_per_task,
+            max_per_day=limits.max_per_day,
+            approve_above=limits.approve_above,
         )
 
     async def recent(self, limit: int = 50, role: str | None = None) -> m.Tasks:

@@ -216,6 +216,9 @@ class ControlClient:
         stdin: bytes,
         provider: str | None = None,
         max_price: int | None = None,
+        *,
+        approved: bool = False,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         import base64
 
@@ -228,7 +231,22 @@ class ControlClient:
             body["provider"] = provider
         if max_price is not None:
             body["max_price"] = max_price
+        if approved:
+            body["approved"] = True
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
         return self.request("POST", "/v1/tasks/run", body)
+
+    def quote(
+        self, agent: str, version: str = "*", input_size: int = 0, provider: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"agent": agent, "version": version, "input_size": input_size}
+        if provider:
+            body["provider"] = provider
+        return self.request("POST", "/v1/tasks/quote", body)
+
+    def spending(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/spending")
 
     def tasks(self, limit: int = 50, role: str | None = None) -> dict[str, Any]:
         query = {"limit": limit, **({"role": role} if role else {})}

@@ -22,7 +22,7 @@ from mercato.settlement import ChannelError, LedgerError, LedgerUnreachable, Loc
 
 from .._errors import ControlError, KeyExists, KeyNotFound, KeyStoreError, NotServed
 from ..builds import BuildError, QuotaExceeded, UnknownBuild
-from ..tasks import TaskError, TaskRefused, UnknownAgent
+from ..tasks import KeyReused, TaskError, TaskRefused, UnknownAgent
 
 ERRORS: dict[type[Exception], tuple[int, str]] = {
     KeyExists: (409, "key_exists"),
@@ -42,6 +42,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     LimitsError: (400, "bad_limits"),
     UnknownAgent: (404, "unknown_agent"),
     TaskRefused: (400, "task_refused"),
+    KeyReused: (409, "idempotency_conflict"),
     TaskError: (502, "task_failed"),
     LockupInForce: (409, "lockup_in_force"),
     LedgerUnreachable: (503, "ledger_unreachable"),

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_PATH_CHARS = 4096
 MAX_PEER_CHARS = 512
+IDEMPOTENCY_KEY = r"^[A-Za-z0-9._:-]{1,128}$"
 
 
 class Request(BaseModel):
@@ -290,6 +291,56 @@ class TaskBody(Request):
     max_price: int | None = Field(
         None, ge=0, le=10**15, description="lamports a task at most (default: the listing's)"
     )
+    approved: bool = Field(
+        False, description="a human confirmed this run, above [spending] approve_above"
+    )
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=IDEMPOTENCY_KEY,
+        description="a retry with this key returns the first run's result, never runs again"
+        " (24 h); also the Idempotency-Key header",
+    )
+
+
+class QuoteBody(Request):
+    agent: str = Field(max_length=120, description="PUBLISHER/NAME")
+    version: str = Field("*", max_length=64, description="a semver range such as ^1.0.0")
+    input_size: int = Field(0, ge=0, le=2**40, description="bytes of the input to run")
+    provider: str | None = Field(None, max_length=MAX_PEER_CHARS)
+
+
+class TaskQuote(Response):
+    """The best quote a run would take now, and what this node's spending limits say."""
+
+    agent: str
+    version: str
+    cid: str
+    provider: str
+    price: int = Field(description="lamports")
+    expected_ms: int
+    load: float
+    creator: str
+    royalty_bps: int
+    expires: float = Field(description="unix time; the provider honours it until then")
+    needs_approval: bool = Field(
+        description="the price is over [spending] approve_above: run with approved=true "
+        "once a human confirmed it"
+    )
+    left_today: int | None = Field(description="lamports left under max_per_day, or null")
+
+
+class Spending(Response):
+    """What this node's tasks paid today (UTC), and its [spending] limits."""
+
+    day: str = Field(description="YYYY-MM-DD, UTC")
+    spent_today: int = Field(description="lamports the tasks of today paid")
+    reserved: int = Field(description="lamports the runs in flight may still pay")
+    left_today: int | None = Field(description="lamports left under max_per_day, or null")
+    max_per_task: int | None
+    max_per_day: int | None
+    approve_above: int | None
 
 
 class TaskDone(Response):

@@ -24,12 +24,18 @@ class McpEndpoint:
         # own address, on any port.
         self._app = server.streamable_http_app(streamable_http_path=PATH, host=host)
         self._manager = server.session_manager
+        self._scope = trio.CancelScope()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self._app(scope, receive, send)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep sessions until cancelled (the daemon stopping)."""
-        async with self._manager.run():
-            task_status.started()
-            await trio.sleep_forever()
+        """Keep sessions until `close` (or cancelled)."""
+        with self._scope:
+            async with self._manager.run():
+                task_status.started()
+                await trio.sleep_forever()
+
+    def close(self) -> None:
+        """End every session now: the daemon is stopping, and must not wait on them."""
+        self._scope.cancel()

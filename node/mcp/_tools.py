@@ -11,15 +11,19 @@ through MCP elicitation (agent, provider, price) before anything is paid; a
 decline or no answer charges nothing.
 """
 
-from __future__ import annotations
-
 import base64
 import binascii
 import re
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import (
+    AcceptedElicitation,
+    Elicit,
+    ElicitationResult,
+    MCPServer,
+    Resolve,
+)
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from pydantic import BaseModel, Field
 
@@ -102,10 +106,35 @@ def build_server(backend: Backend, name: str = "mercato") -> MCPServer:
         body = {"agent": agent, "version": version, "input_size": input_size}
         return await call("POST", "/v1/tasks/quote", body)
 
+    async def approval(
+        agent: str,
+        version: str = "*",
+        input_text: str | None = None,
+        input_base64: str | None = None,
+        max_price: int | None = None,
+    ) -> Any:
+        """The best quote; a question for the human when it needs their approval.
+        (Run before the tool, and again on a retry round of newer protocols.)"""
+        size = len(_input(input_text, input_base64))
+        body = {"agent": agent, "version": version, "input_size": size}
+        offer: dict[str, Any] = await call("POST", "/v1/tasks/quote", body)
+        if max_price is not None and offer["price"] > max_price:
+            raise ToolError(
+                f"the best quote for {agent} is {offer['price']} lamports, above your "
+                f"max_price of {max_price}: raise max_price or choose another agent"
+            )
+        if not offer.get("needs_approval"):
+            return offer
+        return Elicit(
+            f"Run {agent} on provider {offer['provider']} for {offer['price']} lamports "
+            f"({offer['price'] / 1e9:.9f} SOL)? It is above the node's approve_above limit.",
+            Confirm,
+        )
+
     @server.tool()
     async def run_agent(
         agent: str,
-        ctx: Context,
+        answer: Annotated[ElicitationResult[Any], Resolve(approval)],
         input_text: str | None = None,
         input_base64: str | None = None,
         version: str = "*",
@@ -116,7 +145,8 @@ def build_server(backend: Backend, name: str = "mercato") -> MCPServer:
         Give the input as `input_text` (UTF-8) or `input_base64` (bytes). `max_price`
         caps what one run may cost (lamports). Pass an `idempotency_key` (any unique
         string) to retry safely: a retry with the same key returns the first result
-        and never pays twice. Returns the output (as text when it is UTF-8, and as
+        and never pays twice. A price above the owner's approve_above limit is put to
+        the user first. Returns the output (as text when it is UTF-8, and as
         base64), the provider, the price paid and the task id of the receipt
         (get_task, or the resource mercato://task/{id})."""
         stdin = _input(input_text, input_base64)
@@ -129,17 +159,18 @@ def build_server(backend: Backend, name: str = "mercato") -> MCPServer:
             body["max_price"] = max_price
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
-        offer = await call(
-            "POST", "/v1/tasks/quote", {"agent": agent, "version": version,
-                                        "input_size": len(stdin)},
-        )  # fmt: skip
-        if max_price is not None and offer["price"] > max_price:
+        if not isinstance(answer, AcceptedElicitation):
             raise ToolError(
-                f"the best quote for {agent} is {offer['price']} lamports, above your "
-                f"max_price of {max_price}: raise max_price or choose another agent"
+                f"the user did not confirm the run ({answer.action}); nothing was charged"
             )
-        if offer.get("needs_approval"):
-            await _confirm(ctx, agent, offer)
+        if isinstance(answer.data, Confirm):
+            if not answer.data.confirm:
+                raise ToolError("the user did not confirm the run; nothing was charged")
+            # Confirmed: the quote the user saw (the node keeps it for a while).
+            offer = await call(
+                "POST", "/v1/tasks/quote",
+                {"agent": agent, "version": version, "input_size": len(stdin)},
+            )  # fmt: skip
             body.update(provider=offer["provider"], max_price=offer["price"], approved=True)
         done = await call("POST", "/v1/tasks/run", body)
         return _done(done)
@@ -245,24 +276,6 @@ async def _read(call: Any, path: str) -> dict[str, Any]:
     except ToolError as exc:
         raise ResourceError(str(exc)) from exc
     return found
-
-
-async def _confirm(ctx: Context, agent: str, offer: dict[str, Any]) -> None:
-    """Ask the human; ToolError (nothing paid) unless they accept."""
-    message = (
-        f"Run {agent} on provider {offer['provider']} for {offer['price']} lamports "
-        f"({offer['price'] / 1e9:.9f} SOL)? This is above the node's approve_above limit."
-    )
-    try:
-        answer = await ctx.elicit(message, Confirm)
-    except Exception as exc:  # a client that cannot elicit: no answer is a no
-        raise ToolError(
-            f"this run costs {offer['price']} lamports, above the node's approve_above "
-            f"limit, and the client could not ask the user ({exc}); nothing was charged"
-        ) from exc
-    data = getattr(answer, "data", None)
-    if answer.action != "accept" or not (data is not None and data.confirm):
-        raise ToolError(f"the user did not confirm the run ({answer.action}); nothing was charged")
 
 
 def _input(text: str | None, b64: str | None) -> bytes:

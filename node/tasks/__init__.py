@@ -7,6 +7,9 @@ cards and heartbeats); `TaskRunner` the user's (candidates, quotes, choice,
 retries, second opinions); ``_choice.py`` holds the one scoring formula,
 ``_reputation.py`` each provider's decaying standing, and `TaskLog` the task
 log, written by group commit together with the reputation a task changed.
+`SpendLog` records what this node's tasks paid, by UTC day, and the `Budget`
+of each run in flight; `RunKeys` keeps the result of runs asked with an
+idempotency key, so that a retry never runs or pays again.
 
 Imports node's core modules, the builds, registry and money subpackages,
 mercato.runtime, mercato.crdt, mercato.settlement and mercato.p2p; never control.
@@ -15,10 +18,13 @@ mercato.runtime, mercato.crdt, mercato.settlement and mercato.p2p; never control
 from ._cards import AgentCard as AgentCard
 from ._cards import CardBook as CardBook
 from ._cards import CardForwarder as CardForwarder
+from ._idempotency import SCHEMA as _KEYS_SCHEMA
+from ._idempotency import RunKeys as RunKeys
 from ._log import SCHEMA as _LOG_SCHEMA
 from ._log import TaskLog as TaskLog
 from ._log import TaskRecord as TaskRecord
 from ._messages import BadReceipt as BadReceipt
+from ._messages import KeyReused as KeyReused
 from ._messages import NoProvider as NoProvider
 from ._messages import Quote as Quote
 from ._messages import Receipt as Receipt
@@ -28,19 +34,30 @@ from ._messages import UnknownAgent as UnknownAgent
 from ._reputation import SCHEMA as _REPUTATION_SCHEMA
 from ._runner import TaskRunner as TaskRunner
 from ._service import TaskService as TaskService
+from ._spending import SCHEMA as _SPENDING_SCHEMA
+from ._spending import Budget as Budget
+from ._spending import SpendLog as SpendLog
+from ._spending import day_start as day_start
 
 SCHEMA = _LOG_SCHEMA + _REPUTATION_SCHEMA
 """The task log and the reputation of providers (node migration 6)."""
+SPENDING_SCHEMA = _SPENDING_SCHEMA + _KEYS_SCHEMA
+"""What tasks paid, and the results of runs by idempotency key (node migration 7)."""
 
 __all__ = [
     "SCHEMA",
+    "SPENDING_SCHEMA",
     "AgentCard",
     "BadReceipt",
+    "Budget",
     "CardBook",
     "CardForwarder",
+    "KeyReused",
     "NoProvider",
     "Quote",
     "Receipt",
+    "RunKeys",
+    "SpendLog",
     "TaskError",
     "TaskLog",
     "TaskRecord",
@@ -48,4 +65,5 @@ __all__ = [
     "TaskRunner",
     "TaskService",
     "UnknownAgent",
+    "day_start",
 ]

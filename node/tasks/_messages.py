@@ -64,6 +64,10 @@ class NoProvider(TaskError):
     """No provider could run the task; the message lists what each said."""
 
 
+class KeyReused(TaskError):
+    """An idempotency key came back with another request than it was first used for."""
+
+
 @dataclass(frozen=True)
 class TaskRequest(Message):
     TYPE: ClassVar[str] = "task.request"

@@ -59,6 +59,7 @@ from ..money import SettlementService, task_amounts
 from ..registry import RegistryService
 from ._cards import CardBook
 from ._choice import Offer, rank
+from ._idempotency import RunKeys
 from ._log import TaskLog, TaskRecord
 from ._messages import (
     TASK,
@@ -73,6 +74,7 @@ from ._messages import (
 )
 from ._reputation import ReputationBook
 from ._service import run_limits
+from ._spending import Budget, SpendLog
 
 log = logging.getLogger("mercato.tasks")
 
@@ -88,6 +90,7 @@ DETERMINISTIC = frozenset(("ok", "trap", "out_of_fuel"))  # same on every honest
 NO_FAULT = frozenset(("payment_required", "bad_payment", "busy", "quote_expired", "quote_stale"))
 FORFEIT_COOLDOWN_S = 3600.0  # a provider that kept two payments lately is not paid again
 REQUOTE = frozenset(("quote_expired", "quote_stale"))
+MAX_QUOTED_PRICE = 10**15
 
 
 class _Unusable(Exception):
@@ -135,6 +138,12 @@ class _Task:
     requoted: set[str] = field(default_factory=set)
     truth: tuple[str, bytes] | None = None  # settled by this node's own runs
     runs: int = 0  # providers asked to run it (not those that only failed to quote)
+    budget: Budget = field(default_factory=lambda: Budget(None))  # shared with second opinions
+    size: int | None = None  # the input's size, when only quoting (no input)
+
+    @property
+    def input_size(self) -> int:
+        return len(self.stdin) if self.size is None else self.size
 
     def fail(self, provider: str, error: str) -> None:
         self.tried.add(provider)
@@ -166,6 +175,8 @@ class TaskRunner:
         self._config = config
         self._money = money
         self.reputation = ReputationBook(config.reputation_half_life_h * 3600)
+        self.spending = SpendLog(store)
+        self.run_keys = RunKeys(store)
         self._quotes: dict[tuple[str, str, str], _Offered] = {}
         self._inflight: dict[str, int] = {}
         # provider -> (when it last kept a payment, how many times lately)
@@ -183,13 +194,15 @@ class TaskRunner:
         stdin: bytes,
         provider: str | None = None,
         max_price: int | None = None,
+        budget: Budget | None = None,
     ) -> dict[str, Any]:
         """Run ``agent`` and return ``{task, output, receipt, provider, verified,
-        attempts}``. Raises UnknownAgent, TaskRefused or NoProvider."""
+        attempts}``; ``budget`` bounds what it pays in all (second opinions too).
+        Raises UnknownAgent, TaskRefused or NoProvider."""
         listing = await self._listing(agent, version, stdin, max_price, pinned=provider)
         # Without a cap, pay no more than the creator lists (nothing, for an unknown listing).
         cap = max_price if max_price is not None else int((listing or {}).get("price", 0))
-        task = _Task(agent, version, stdin, provider, cap, listing)
+        task = _Task(agent, version, stdin, provider, cap, listing, budget=budget or Budget(None))
         first_id = secrets.token_bytes(16)
         started = time.time()
         answer: _Answer | None = None
@@ -288,16 +301,36 @@ class TaskRunner:
             verified = await self._verify(answer, task)
             if verified is not None:
                 return verified
+        raise self._none_ran(task)
+
+    def _none_ran(self, task: _Task, did: str = "ran") -> NoProvider:
         if not task.failures:
             prices = [c["price"] for c in self._cards.candidates(task.agent)]
             if prices and min(prices) > task.cap:
-                raise NoProvider(
+                return NoProvider(
                     f"every provider of {task.agent} asks more than {task.cap} lamports (the "
                     f"cheapest, {min(prices)}): raise --max-price"
                 )
-            raise NoProvider(f"no provider of {task.agent} is known: none has sent an agent card")
+            return NoProvider(f"no provider of {task.agent} is known: none has sent an agent card")
         said = "; ".join(f"{f['provider'][:16]}…: {f['error']}" for f in task.failures[:4])
-        raise NoProvider(f"no provider ran {task.agent}: {said}")
+        return NoProvider(f"no provider {did} {task.agent}: {said}")
+
+    async def best_quote(
+        self, agent: str, version: str, input_size: int, provider: str | None = None
+    ) -> Quote:
+        """The quote a run would take now (the best, asked as a run asks), for a
+        caller to show before it runs. The quote is kept for QUOTE_REUSE_S, so a run
+        right after uses it. Raises UnknownAgent, TaskRefused or NoProvider."""
+        listing = await self._listing(agent, version, b"", None, pinned=provider)
+        # A pinned provider of a listing unknown here: show its price, whatever it is.
+        cap = int(listing["price"]) if listing is not None else MAX_QUOTED_PRICE
+        task = _Task(agent, version, b"", provider, cap, listing, size=input_size)
+        # A quote that lies counts against its provider here, in memory; it is
+        # stored with the next task that changes that provider's standing.
+        quotes = await self._quotes_for(task)
+        if not quotes:
+            raise self._none_ran(task, "quoted")
+        return quotes[0].quote
 
     # -- candidates and quotes ---------------------------------------------------
 
@@ -439,7 +472,7 @@ class TaskRunner:
             try:
                 await self._reach(provider, addrs)
                 request = TaskRequest(op="quote", agent=task.agent, version=task.version,
-                                      input_size=len(task.stdin))  # fmt: skip
+                                      input_size=task.input_size)  # fmt: skip
                 asked = trio.current_time()
                 response = await self._overlay.requests.request(provider, TASK, request)
                 rtt_ms = (trio.current_time() - asked) * 1000
@@ -520,6 +553,13 @@ class TaskRunner:
         if count >= 2 and time.monotonic() - when < FORFEIT_COOLDOWN_S:
             task.fail(provider, "it kept payments without serving: not paying it for now")
             return None
+        if not task.budget.allows(offered.quote.price):
+            task.fail(
+                provider,
+                f"it asks {offered.quote.price} lamports; this run may pay {task.budget.left} "
+                "more today ([spending] max_per_day)",
+            )
+            return None
         async with self._money.paying(provider):
             if trio.current_time() - offered.received > QUOTE_REUSE_S:  # aged in the queue
                 self._quotes.pop((provider, task.agent, task.version), None)
@@ -563,6 +603,7 @@ class TaskRunner:
                 # whose answer never came back, or it kept a payment and refused. The
                 # credit is spent; pay anew once, and count it against the provider.
                 await self._money.settle(channel, relied)
+                await self._spent(sum(relied.values()), provider, task_id, task)
                 when, count = self._forfeits.get(provider, (0.0, 0))
                 recent = time.monotonic() - when < FORFEIT_COOLDOWN_S
                 self._forfeits[provider] = (time.monotonic(), count + 1 if recent else 1)
@@ -587,9 +628,17 @@ class TaskRunner:
             return None
         if channel is not None:  # used, no longer credit
             await self._money.settle(channel, amounts)
+            await self._spent(sum(amounts.values()), provider, task_id, task)
             self._forfeits.pop(provider, None)
         rtt_ms = (time.perf_counter() - started) * 1000
         return _Answer(provider, quote, response.output, receipt, response.receipt, rtt_ms)
+
+    async def _spent(self, lamports: int, provider: str, task_id: bytes, task: _Task) -> None:
+        """Count a price as paid today; a failed write is logged (the task goes on)."""
+        try:
+            await self.spending.record(lamports, provider, task_id.hex(), task.budget)
+        except Exception as exc:
+            log.warning("could not record a payment: %s", exc, extra={"task": task_id.hex()})
 
     async def _payment(
         self, quote: Quote, task: _Task
@@ -686,6 +735,7 @@ class TaskRunner:
         others = _Task(
             task.agent, task.version, task.stdin, None, task.cap, task.listing,
             tried=set(task.tried) | {answer.provider}, changed=task.changed,
+            budget=task.budget,
         )  # fmt: skip
         quotes: list[_Offered] = []
         # Only a check: from a provider this node is connected to, quoting soon;

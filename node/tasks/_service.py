@@ -49,7 +49,9 @@ from ._messages import (
 )
 
 if TYPE_CHECKING:
+    from ._idempotency import RunKeys
     from ._runner import TaskRunner
+    from ._spending import Budget, SpendLog
 
 log = logging.getLogger("mercato.tasks")
 
@@ -373,9 +375,26 @@ class TaskService:
         stdin: bytes,
         provider: str | None = None,
         max_price: int | None = None,
+        budget: Budget | None = None,
     ) -> dict[str, Any]:
         """Run ``agent`` on another peer (see `TaskRunner.run`)."""
-        return await self.runner.run(agent, version, stdin, provider, max_price)
+        return await self.runner.run(agent, version, stdin, provider, max_price, budget)
+
+    async def best_quote(
+        self, agent: str, version: str, input_size: int, provider: str | None = None
+    ) -> Quote:
+        """The quote a run of ``agent`` would take now (see `TaskRunner.best_quote`)."""
+        return await self.runner.best_quote(agent, version, input_size, provider)
+
+    @property
+    def spending(self) -> SpendLog:
+        """What this node's tasks paid, and the budgets of runs in flight."""
+        return self.runner.spending
+
+    @property
+    def run_keys(self) -> RunKeys:
+        """Results of runs asked with an idempotency key."""
+        return self.runner.run_keys
 
     def providers(self, agent: str) -> list[dict[str, Any]]:
         """Live candidates for ``agent`` with this node's view of each: reputation

@@ -1,5 +1,6 @@
 """The user's journey through real daemons: publish, release a build, find a provider, run."""
 
+import datetime
 import json
 import textwrap
 from pathlib import Path
@@ -110,3 +111,25 @@ def test_publish_release_and_run_on_a_provider(tmp_path, start_daemon) -> None:
     assert json.loads(out.read_text())["words"] == 3
     table = cli(creator, "tasks", "ls").stdout
     assert receipt["task"] in table and len(table.splitlines()) == 4  # four runs
+
+
+def test_cli_spending_shows_the_limits_and_today(tmp_path: Path, start_daemon) -> None:
+    datadir = DataDir(tmp_path / "data")
+    start_daemon(datadir, env={"MERCATO_SPENDING_MAX_PER_DAY": "5000"})
+    args = ("spending", "--data-dir", str(datadir.root))
+    before = datetime.datetime.now(datetime.UTC).date().isoformat()
+    shown = json.loads(run_cli(*args, "--json").stdout)
+    after = datetime.datetime.now(datetime.UTC).date().isoformat()
+    assert shown["day"] in (before, after)  # midnight may pass in between
+    assert shown == {
+        "day": shown["day"],
+        "spent_today": 0,
+        "reserved": 0,
+        "left_today": 5000,
+        "max_per_task": None,
+        "max_per_day": 5000,
+        "approve_above": None,
+    }
+    text = run_cli(*args).stdout
+    assert "left today     5000 lamports" in text and "approve above  no limit" in text
+    assert "Example" in run_cli("spending", "--help").stdout

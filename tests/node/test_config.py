@@ -83,8 +83,13 @@ def test_the_default_file_names_every_key_there_is() -> None:
 
     written = tomllib.loads(DEFAULT_CONFIG_TOML)
     for section in dataclasses.fields(Config):
-        keys = {f.name for f in dataclasses.fields(getattr(Config(), section.name))}
+        fields = dataclasses.fields(getattr(Config(), section.name))
+        # TOML has no null: a key whose default is None (no limit) is shown commented.
+        keys = {f.name for f in fields if f.default is not None}
         assert set(written.get(section.name, {})) == keys, section.name
+        for f in fields:
+            if f.default is None:
+                assert f"\n# {f.name} = " in DEFAULT_CONFIG_TOML, f.name
 
 
 @pytest.mark.parametrize(
@@ -102,6 +107,9 @@ def test_the_default_file_names_every_key_there_is() -> None:
         ("[relay]\nbandwidth_mbit = -1\n", r"relay\.bandwidth_mbit"),
         ("[relay]\ncircuit_s = 5\n", r"relay\.circuit_mb"),
         ("[relay]\nmax_reservations = 0\n", r"relay\.max_reservations"),
+        ("[spending]\nmax_per_day = -1\n", r"spending\.max_per_day"),
+        ("[spending]\nmax_per_task = 1.5\n", r"max_per_task"),
+        ('[spending]\napprove_above = "lots"\n', r"approve_above"),
     ],
 )
 def test_task_and_settlement_values_out_of_range_are_refused(
@@ -109,3 +117,15 @@ def test_task_and_settlement_values_out_of_range_are_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=key):
         load_config(write(tmp_path, text), environ={})
+
+
+def test_spending_limits_are_none_unless_set_and_the_environment_can_unset_them(
+    tmp_path: Path,
+) -> None:
+    assert Config().spending.max_per_day is None
+    path = write(tmp_path, "[spending]\nmax_per_day = 5000\napprove_above = 0\n")
+    config = load_config(path, environ={"MERCATO_SPENDING_MAX_PER_TASK": "700"})
+    assert (config.spending.max_per_task, config.spending.max_per_day) == (700, 5000)
+    assert config.spending.approve_above == 0
+    unset = load_config(path, environ={"MERCATO_SPENDING_MAX_PER_DAY": "none"})
+    assert unset.spending.max_per_day is None

@@ -142,7 +142,14 @@ def _use(b: ControlClient, agent: str, publisher: str, wasm: Path, creator: Node
     b.show(publisher, "wc")
     b.resolve(agent, "^1")
     b.providers(agent)
-    done = b.run_task(agent, "*", b"one two three")
+    quote = b.quote(agent, "^1", 13)
+    assert quote["price"] == PRICE and not quote["needs_approval"]
+    done = b.run_task(agent, "*", b"one two three", idempotency_key="route-test")
+    assert b.run_task(agent, "*", b"one two three", idempotency_key="route-test") == done
+    assert b.spending()["spent_today"] == PRICE
+    body = {"agent": agent, "input": base64.b64encode(b"one two three").decode()}
+    again = _post_with_key(b, "/v1/tasks/run", body, "route-test")
+    assert again["task"] == done["task"]  # the key in the header is the same key
     assert json.loads(base64.b64decode(done["output"]))["words"] == 3
     b.task(done["task"])
     b.tasks()
@@ -177,6 +184,24 @@ async def _close_on_the_payee(a: ControlClient, b: ControlClient) -> None:
     with pytest.raises(ControlError) as early:  # the payer cannot refund before T
         await trio.to_thread.run_sync(b.channel_refund, paid["stake"])
     assert early.value.status in (409, 502)
+
+
+def _post_with_key(client: ControlClient, path: str, body: dict, key: str) -> dict:
+    info = json.loads(client.datadir.api_file.read_text())
+    token = client.datadir.token_file.read_text().strip()
+    conn = http.client.HTTPConnection(info["host"], info["port"], timeout=60)
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        "Idempotency-Key": key,
+    }
+    try:
+        conn.request("POST", path, body=json.dumps(body), headers=headers)
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        return json.loads(response.read())
+    finally:
+        conn.close()
 
 
 def _raw_status(client: ControlClient, method: str, path: str) -> int:

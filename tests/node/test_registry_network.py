@@ -32,10 +32,12 @@ async def running_nodes(
     serve: dict | None = None,
     tasks: dict | None = None,
     ledger: object | None = None,
+    spending: dict | None = None,
     **builds: object,
 ) -> AsyncIterator[list[Node]]:
-    """``n`` nodes in this process on loopback; ``builds``, ``serve`` and ``tasks``
-    override keys of those sections; ``ledger`` (one embedded ledger) is shared."""
+    """``n`` nodes in this process on loopback; ``builds``, ``serve``, ``tasks`` and
+    ``spending`` override keys of those sections; ``ledger`` (one embedded ledger)
+    is shared."""
     config = (
         Config()
         .replace("api", port=0)
@@ -43,6 +45,7 @@ async def running_nodes(
         .replace("builds", **builds)
         .replace("serve", **(serve or {}))
         .replace("tasks", **(tasks or {}))
+        .replace("spending", **(spending or {}))
     )
     async with AsyncExitStack() as stack:
         nursery = await stack.enter_async_context(trio.open_nursery())

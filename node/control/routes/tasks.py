@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
 
 from .. import _models as m
-from .._api import decode_base64
+from .._api import decode_base64, refuse
 from ._common import API, errors
 
 router = APIRouter(tags=["tasks"])
@@ -28,13 +28,46 @@ async def providers(
 @router.post(
     "/v1/tasks/run",
     response_model=m.TaskDone,
-    responses=errors(404, 409, 502, body=True),
+    responses=errors(403, 404, 409, 502, body=True),
     summary="Run an agent on the best provider that quotes (or the one given), retrying "
-    "on failure; the receipt and output are verified here.",
+    "on failure; the receipt and output are verified here. Within [spending] limits; "
+    "with an idempotency key (body or Idempotency-Key header) a retry never runs twice.",
 )
-async def run(api: API, body: m.TaskBody) -> m.TaskDone:
+async def run(
+    api: API,
+    body: m.TaskBody,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", max_length=128, pattern=m.IDEMPOTENCY_KEY)
+    ] = None,
+) -> m.TaskDone:
     stdin = decode_base64(body.input, "input")
-    return await api.tasks.run(body.agent, body.version, stdin, body.provider, body.max_price)
+    key = body.idempotency_key or idempotency_key
+    if body.idempotency_key and idempotency_key and body.idempotency_key != idempotency_key:
+        raise refuse(400, "bad_body", "idempotency_key and the Idempotency-Key header differ")
+    return await api.tasks.run(
+        body.agent, body.version, stdin, body.provider, body.max_price, body.approved, key
+    )
+
+
+@router.post(
+    "/v1/tasks/quote",
+    response_model=m.TaskQuote,
+    responses=errors(404, 502, body=True),
+    summary="The best quote a run would take now, and whether it needs a human's approval "
+    "([spending] approve_above).",
+)
+async def quote(api: API, body: m.QuoteBody) -> m.TaskQuote:
+    return await api.tasks.quote(body.agent, body.version, body.input_size, body.provider)
+
+
+@router.get(
+    "/v1/spending",
+    response_model=m.Spending,
+    responses=errors(),
+    summary="What this node's tasks paid today (UTC), what is left, and its [spending] limits.",
+)
+async def spending(api: API) -> m.Spending:
+    return await api.tasks.spending()
 
 
 @router.get(
