@@ -3,7 +3,6 @@
 import json
 import re
 import socket
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -18,15 +17,6 @@ def loopback_config() -> Config:
     return (
         Config().replace("api", port=0).replace("p2p", listen=("/ip4/127.0.0.1/tcp/0",), mdns=False)
     )
-
-
-@pytest.fixture
-async def node(initialized: DataDir) -> AsyncIterator[Node]:
-    running = Node(initialized, loopback_config())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(running.run)
-        yield running
-        running.request_stop()
 
 
 async def call(fn, *args):

@@ -17,7 +17,6 @@ from mcp.client.streamable_http import streamable_http_client
 from mercato.node import DataDir, Node, init_data_dir
 
 from ..conftest import budget
-from .test_control_api import loopback_config
 
 TOOLS = {
     "search_listings", "show_listing", "list_providers", "quote", "run_agent", "list_tasks",
@@ -46,15 +45,6 @@ def stdio_params(datadir: DataDir) -> StdioServerParameters:
 
 def text_of(result) -> str:
     return " ".join(getattr(c, "text", "") for c in result.content)
-
-
-@pytest.fixture
-async def node(initialized: DataDir) -> AsyncIterator[Node]:
-    running = Node(initialized, loopback_config())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(running.run)
-        yield running
-        running.request_stop()
 
 
 async def test_mcp_over_http_serves_every_tool_and_refuses_bad_input(node: Node) -> None:
