@@ -596,6 +596,18 @@ class RegistryStore:
         journal_append(self.conn, snapshot)
         return True
 
+    def counts(self) -> dict[str, int]:
+        """How many listings (live and deprecated) and publishers this replica holds."""
+        listings, deprecated, publishers = self.conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(deprecated), 0), COUNT(DISTINCT publisher)"
+            " FROM registry_listings"
+        ).fetchone()
+        return {
+            "listings": int(listings) - int(deprecated),
+            "deprecated": int(deprecated),
+            "publishers": int(publishers),
+        }
+
     def journal_size(self, publisher: str) -> int:
         """How many updates of ``publisher``'s feed are journaled."""
         (count,) = self.conn.execute(

@@ -34,6 +34,7 @@ from ._files import read_toml
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 7311
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_UPLOAD_MB = 64
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
 DHT_MODES = ("auto", "server", "client")
 LEDGERS = ("embedded", "localnet", "rpc")
@@ -74,6 +75,8 @@ class ApiSection:
     port: int = DEFAULT_API_PORT
     """0 picks a free port; the daemon writes the one it got to api.json."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
+    """The web app's build uploads; larger ones are refused before they are stored."""
 
 
 @dataclass(frozen=True)
@@ -308,6 +311,8 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
         raise fail("api.port", "must be between 0 and 65535")
     if config.api.max_body_bytes < 1024:
         raise fail("api.max_body_bytes", "must be at least 1024")
+    if not 1 <= config.api.max_upload_mb <= 4096:
+        raise fail("api.max_upload_mb", "must be between 1 and 4096")
     if not 0.1 <= config.serve.heartbeat_s < config.serve.card_ttl_s <= 600:
         raise fail("serve.heartbeat_s", "must be at least 0.1 and below serve.card_ttl_s (<= 600)")
     for agent in config.serve.agents:
@@ -574,4 +579,6 @@ host = "{DEFAULT_API_HOST}"
 port = {DEFAULT_API_PORT}
 # Larger request bodies are refused with 413.
 max_body_bytes = {DEFAULT_MAX_BODY_BYTES}
+# Builds uploaded in the web app (`mercato ui`) up to this size, in MiB.
+max_upload_mb = {DEFAULT_MAX_UPLOAD_MB}
 """

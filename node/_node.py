@@ -53,6 +53,7 @@ from ._version import __version__
 from .builds import BuildService, BuildStore
 from .control import NodeAPI, build_app
 from .mcp import AppBackend, McpEndpoint, build_server
+from .web import WebApp
 from .money import SettlementService, open_settlement
 from .registry import RegistryService
 from .tasks import CardBook, CardForwarder, TaskLog, TaskRunner, TaskService
@@ -114,6 +115,8 @@ class Node:
         self._events: EventLog | None = None
         self._api_url = ""
         self._mcp: McpEndpoint | None = None
+        self.web: WebApp | None = None
+        """The web app (`mercato ui`), once the node runs."""
         self._peer_id = ""
         self._warnings: list[str] = []
         self.services: list[str] = []
@@ -210,6 +213,9 @@ class Node:
             )
             self._mcp = McpEndpoint(build_server(AppBackend(app, token)), self.config.api.host)
             app.mcp = self._mcp
+            self.web = WebApp(self.api, max_upload=self.config.api.max_upload_mb * 1024 * 1024)
+            app.web = self.web
+            app.web_max_body = max(self.config.api.max_upload_mb * 1024 * 1024, app.web_max_body)
             server = HttpListener(
                 app, self.config.api.host, self.config.api.port, grace_s=SHUTDOWN_GRACE_S
             )
@@ -406,6 +412,8 @@ class Node:
                 nursery.start_soon(self._watch_signals, signals)
             assert self._mcp is not None, "set in run"
             await nursery.start(self._mcp.run)
+            assert self.web is not None, "set in run"
+            await nursery.start(self.web.run)
             host, port = await nursery.start(server.serve)
             self.services.append("control-api")
             self._api_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -429,6 +437,7 @@ class Node:
             # Stop taking work, let what is in flight finish, then cancel the rest.
             server.close()
             self._mcp.close()
+            self.web.close()
             signals.cancel()
             nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
 

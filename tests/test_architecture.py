@@ -104,6 +104,7 @@ NODE_PARTS = {
     "tasks": {"builds", "registry", "money"},
     "control": {"builds", "registry", "money", "tasks"},
     "mcp": {"control"},
+    "web": {"control"},
 }
 NODE_COMPOSITION = {"__init__.py", "_node.py", "_schema.py", "_init.py"}
 """The composition root and the offline entry points: they may import every part."""

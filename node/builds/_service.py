@@ -364,13 +364,18 @@ class BuildService:
         return offered
 
     async def wait_for_copies(
-        self, cid: str, wanted: int, timeout_s: float = COPIES_WAIT_S
+        self,
+        cid: str,
+        wanted: int,
+        timeout_s: float = COPIES_WAIT_S,
+        on_copies: Callable[[int], None] | None = None,
     ) -> list[str]:
         """Offer ``cid`` to the peers responsible for it (again every few seconds, as
         peers may have come) until ``wanted`` of them hold it; return those peers.
 
         BuildError if fewer hold it after ``timeout_s``: the build stays stored
-        and offered. Cancelling stops the wait; nothing is undone.
+        and offered. Cancelling stops the wait; nothing is undone. ``on_copies``
+        hears each new count of peers holding it.
         """
         copies: list[str] = []
         deadline = trio.current_time() + timeout_s
@@ -380,7 +385,9 @@ class BuildService:
                 await self.offer(cid)
                 offered_at = trio.current_time()
             await trio.sleep(0.2)  # the peers fetch in their own time; ask again
-            copies = await self.copies(cid)
+            before, copies = len(copies), await self.copies(cid)
+            if on_copies is not None and len(copies) != before:
+                on_copies(len(copies))
         if len(copies) < wanted:
             raise BuildError(
                 f"only {len(copies)} of the {wanted} peers needed hold {cid} after "

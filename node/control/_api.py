@@ -26,6 +26,7 @@ import os
 import re
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -157,6 +158,14 @@ class NodeOps(_Part):
         self._node.request_stop("control API")
         return m.Stopping(status="stopping")
 
+    def ui_login(self) -> m.UiLogin:
+        """A one-time link that signs a browser in to the web app."""
+        web = self._node.web
+        if web is None or not self._node.api_url:
+            raise refuse(503, "starting", "the node is still starting; try again in a moment")
+        url = f"{self._node.api_url}/login?code={web.login_code()}"
+        return m.UiLogin(url=url, expires_in_s=int(web.link_ttl_s))
+
     async def keys_list(self) -> m.Keys:
         keys = await self._node.store.run(self._node.keys.list_keys)
         return m.Keys(keys=[m.Key.model_validate(k.to_dict()) for k in keys])
@@ -220,36 +229,53 @@ class RegistryOps(_Part):
         return m.Listing(**await self._node.registry.publish(account, listing))
 
     async def release(
-        self, account: str, release: dict[str, Any], build: Path | None = None
+        self,
+        account: str,
+        release: dict[str, Any],
+        build: Path | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> m.Listing:
         """Bind ``name@version``, once and for all: to the cid in ``release``, or to
         ``build``, a file that must compile in the sandbox, and is then stored and
         spread to the peers responsible for it (``[builds] min_copies`` of them
         must hold it; BuildError otherwise, the build stays stored and offered).
-        ReleaseExists if ``name@version`` is bound to another build already."""
+        ReleaseExists if ``name@version`` is bound to another build already.
+        ``progress`` hears each step, for a person watching."""
+        say = progress or (lambda _text: None)
         if build is None:
             return m.Listing(**await self._node.registry.release(account, release))
         if not build.is_absolute():
             raise refuse(400, "bad_body", '"build" is the absolute path of the build file')
+        say("checking that the build compiles in the sandbox")
         try:
             await self._node.runtime.check(build)
         except InvalidModule as exc:
             raise BuildError(f"{build} cannot be released: {exc}") from exc
         builds = self._node.builds
         info = await builds.add_file(build, True)
+        say(f"stored as {info.cid} ({info.size} bytes)")
         name, version = str(release.get("name", "")), str(release.get("version", ""))
         bound = await self._node.registry.bound_cid(account, name, version)
         if bound is not None and bound != info.cid:
             raise ReleaseExists(f"{name}@{version}", bound, same=False)
         if wanted := self._node.config.builds.min_copies:
-            await builds.wait_for_copies(info.cid, wanted)
+            say(f"spreading copies to the peers responsible for it: {wanted} needed")
+            held = await builds.wait_for_copies(
+                info.cid, wanted, on_copies=lambda n: say(f"{n} of {wanted} copies held")
+            )
+            say(f"held by {len(held)} peers")
         binding = {**release, "cid": info.cid, "size": info.size}
         shown = await self._node.registry.release(account, binding)
+        say(f"released {name}@{version}")
         builds.wake()
         return m.Listing(**shown)
 
     async def deprecate(self, account: str, name: str) -> m.Listing:
         return m.Listing(**await self._node.registry.deprecate(account, name))
+
+    async def counts(self) -> dict[str, int]:
+        """How many listings and publishers this node's registry holds."""
+        return await self._node.registry.counts()
 
     async def search(self, query: Query, peer: str | None = None) -> m.SearchPage:
         """Search this node's registry, or ``peer``'s (a peer id or a multiaddr)."""

@@ -88,6 +88,9 @@ class Guard:
         self.app = app
         self.mcp: ASGIApp | None = None
         """What answers ``/mcp`` (the MCP server), once the node has set it."""
+        self.web: ASGIApp | None = None
+        """What answers every path outside the API (the web app), once set."""
+        self.web_max_body = max_body
         self._token = token.encode()
         self._max_body = max_body
         self._metrics = metrics
@@ -124,6 +127,8 @@ class Guard:
         finally:
             route = getattr(scope.get("route"), "path", None)
             label = route or (scope["path"] if scope["path"] in OPEN_PATHS else "unmatched")
+            if route is None and self.web is not None and _is_web(scope["path"]):
+                label = "web"
             elapsed = time.perf_counter() - started
             self._metrics.api_requests.labels(route=label, status=str(status["code"])).inc()
             self._metrics.api_seconds.labels(route=label).observe(elapsed)
@@ -144,7 +149,8 @@ class Guard:
             message = f"request line and headers are limited to {MAX_HEAD_BYTES} bytes"
             await _send_error(send, 431, "headers_too_large", message)
             return
-        if scope["path"] not in OPEN_PATHS and not self._authorized(scope):
+        web = self.web is not None and _is_web(scope["path"])
+        if not web and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
             await _send_error(
                 send,
                 401,
@@ -154,11 +160,12 @@ class Guard:
             )
             return
         try:
+            limit = self.web_max_body if web else self._max_body
             with trio.fail_after(self._body_timeout):
-                body = await self._read_body(scope, receive)
+                body = await self._read_body(scope, receive, limit)
         except _TooLarge:
             await self._drain(receive)
-            message = f"request bodies are limited to {self._max_body} bytes"
+            message = f"request bodies are limited to {limit} bytes"
             await _send_error(send, 413, "body_too_large", message, close=True)
             return
         except trio.TooSlowError:
@@ -178,11 +185,15 @@ class Guard:
         if self.mcp is not None and scope["path"] == "/mcp":
             await self.mcp(scope, replay, send)
             return
+        if web:
+            assert self.web is not None
+            await self.web(scope, replay, send)
+            return
         await self.app(scope, replay, send)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+    async def _read_body(self, scope: Scope, receive: Receive, limit: int) -> bytes:
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self._max_body:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
                 raise _TooLarge
         chunks: list[bytes] = []
         size = 0
@@ -192,7 +203,7 @@ class Guard:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self._max_body:
+            if size > limit:
                 raise _TooLarge
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -208,6 +219,15 @@ class Guard:
                 if message["type"] != "http.request" or not message.get("more_body"):
                     return
                 seen += len(message.get("body", b""))
+
+
+API_PREFIXES = ("/v1/", "/docs/")
+API_PATHS = frozenset({"/v1", "/mcp", "/docs", "/openapi.json"})
+
+
+def _is_web(path: str) -> bool:
+    """Everything outside the API is the web app's: ``/``, its pages, its files."""
+    return path not in API_PATHS and not path.startswith(API_PREFIXES)
 
 
 def _field(loc: tuple[Any, ...]) -> str:

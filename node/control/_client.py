@@ -245,6 +245,9 @@ class ControlClient:
             body["provider"] = provider
         return self.request("POST", "/v1/tasks/quote", body)
 
+    def ui_login(self) -> dict[str, Any]:
+        return self.request("POST", "/v1/ui/login")
+
     def spending(self) -> dict[str, Any]:
         return self.request("GET", "/v1/spending")
 

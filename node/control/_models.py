@@ -132,6 +132,11 @@ class EventsCheck(Response):
     reason: str | None = None
 
 
+class UiLogin(Response):
+    url: str = Field(description="open it in a browser; it works once")
+    expires_in_s: int
+
+
 class PeerArg(Request):
     peer: str = Field(
         min_length=1,

@@ -255,6 +255,9 @@ class RegistryService:
         page = await self._store.run(self.replica.search, query)
         return {"results": page.results, "cursor": page.cursor, "took_ms": page.took_ms}
 
+    async def counts(self) -> dict[str, int]:
+        return await self._store.run(self.replica.counts)
+
     async def show(self, publisher: str, name: str) -> dict[str, Any] | None:
         return await self._store.run(self.replica.show, publisher, name)
 

@@ -34,6 +34,16 @@ async def status(api: API) -> m.Status:
 
 
 @router.post(
+    "/v1/ui/login",
+    response_model=m.UiLogin,
+    responses=errors(503),
+    summary="A one-time link that signs a browser in to the node's web app (`mercato ui`).",
+)
+async def ui_login(api: API) -> m.UiLogin:
+    return api.node.ui_login()
+
+
+@router.post(
     "/v1/shutdown",
     status_code=202,
     response_model=m.Stopping,

@@ -1,0 +1,5 @@
+"""Publish: placeholder."""
+
+from __future__ import annotations
+
+PAGES = ()

@@ -1,0 +1,5 @@
+"""Run: placeholder."""
+
+from __future__ import annotations
+
+PAGES = ()

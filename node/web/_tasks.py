@@ -1,0 +1,18 @@
+"""Tasks page (placeholder: being written)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from ._app import Web
+
+
+async def page(web: Web, request: Request) -> Response:
+    return web.render(request, "error.html", title="Tasks", message="coming")
+
+
+PAGES = (("/tasks", page, ["GET"]),)
