@@ -18,6 +18,7 @@ from ._node import node
 from ._peers import peers, ping
 from ._registry import deprecate, publish, release, resolve_command, search, show
 from ._run import providers, run, spending, tasks
+from ._ui import ui
 from ._wallet import channel, wallet
 
 
@@ -57,5 +58,6 @@ main.add_command(wallet)
 main.add_command(channel)
 main.add_command(localnet)
 main.add_command(mcp)
+main.add_command(ui)
 for command in (publish, release, deprecate, search, show, resolve_command, exec_command):
     main.add_command(command)

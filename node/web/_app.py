@@ -84,6 +84,8 @@ class Web:
         self.max_upload = max_upload
         self.sessions = Sessions()
         self.jobs = Jobs()
+        self.state: dict[str, Any] = {}
+        """What pages keep between requests (a run waiting for its confirmation)."""
         self.closing = trio.Event()
         """Set when the daemon stops: live streams end."""
         self.env = jinja2.Environment(
@@ -242,9 +244,7 @@ class WebApp:
             return self.web.render(request, "login.html", code=401, title="Sign in")
         session = self.web.sessions.get(cookie)
         if session is None:
-            return self.web.render(
-                request, "login.html", code=403, title="Sign in", stale=True
-            )
+            return self.web.render(request, "login.html", code=403, title="Sign in", stale=True)
         request.scope["mercato.session"] = session
         if request.method not in ("GET", "HEAD"):
             origin = request.headers.get("origin")

@@ -52,11 +52,11 @@ def size(n: Any) -> str:
         return "-"
     if n < 1024:
         return f"{n} B"
-    value = float(n)
-    for unit in ("KB", "MB", "GB"):
-        value /= 1024
+    value, unit = float(n), "B"
+    for bigger in ("KB", "MB", "GB"):
         if value < 1024:
             break
+        value, unit = value / 1024, bigger
     return f"{value:.1f} {unit}"
 
 

@@ -91,6 +91,7 @@ async def listing(web: Web, request: Request) -> Response:
         listing=shown,
         agent=agent,
         providers=providers,
+        published=request.query_params.get("published") == "1",
     )
 
 
