@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import trio
 from solders.pubkey import Pubkey
@@ -39,7 +40,7 @@ from mercato.runtime import InvalidModule, Limits
 from .._errors import ControlError
 from .._events import event_head, list_events, verify_events
 from .._version import __version__
-from ..builds import BuildError, check_cid
+from ..builds import BuildError, check_cid, responsible
 from ..money import channel_info
 from ..tasks import BadReceipt, Budget, Receipt, TaskRecord
 from . import _models as m
@@ -221,6 +222,21 @@ class NodeOps(_Part):
         text = await trio.to_thread.run_sync(self._node.metrics.render)  # reads /proc
         return text.decode()
 
+    def config_text(self) -> str:
+        """The effective configuration as mercato.toml text, for people; an RPC URL
+        shows only its scheme, host and port (providers put API keys in the rest)."""
+        lines: list[str] = []
+        for section, values in self._node.config.to_dict().items():
+            lines.append(f"[{section}]")
+            for key, value in values.items():
+                if section == "settlement" and key == "rpc_url":
+                    url = urlsplit(value)
+                    value = f"{url.scheme}://{url.hostname}" + (f":{url.port}" if url.port else "")
+                shown = f"# {key}: not set" if value is None else f"{key} = {json.dumps(value)}"
+                lines.append(shown)
+            lines.append("")
+        return "\n".join(lines)
+
 
 class RegistryOps(_Part):
     """The marketplace registry: publish, release, search, show, resolve."""
@@ -385,6 +401,18 @@ class BuildOps(_Part):
         builds = self._node.builds
         removed = await self._node.store.run(builds.builds.gc, builds.keep())
         return m.Collected(removed=removed)
+
+    async def responsible(self) -> list[str]:
+        """The released builds this node keeps for the network: it is among the
+        ``[builds] replicas`` live peers closest to each."""
+        node, builds = self._node, self._node.builds
+        released = await node.store.run(node.registry.replica.release_cids)
+        peers, replicas = builds.live_peers(), builds.config.replicas
+        return sorted(
+            cid
+            for cid in released
+            if cid.startswith("bld-") and node.peer_id in responsible(cid, peers, replicas)
+        )
 
 
 def _receipt_json(receipt: Receipt) -> dict[str, Any]:

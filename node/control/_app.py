@@ -49,6 +49,7 @@ BODY_TIMEOUT_S = 30.0
 MAX_HEAD_BYTES = 16 * 1024
 _DRAIN_LIMIT = 8  # times max_body read and dropped after a 413, so the client sees it
 _DRAIN_S = 1.0
+API_PREFIXES = ("/v1/", "/docs/")
 
 
 def error_body(status: int, code: str, message: str) -> JSONResponse:
@@ -84,6 +85,7 @@ class Guard:
         max_body: int,
         metrics: NodeMetrics,
         body_timeout: float = BODY_TIMEOUT_S,
+        api_paths: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.mcp: ASGIApp | None = None
@@ -91,10 +93,20 @@ class Guard:
         self.web: ASGIApp | None = None
         """What answers every path outside the API (the web app), once set."""
         self.web_max_body = max_body
+        self.api_paths = frozenset({"/v1", "/mcp", "/openapi.json", "/docs", *api_paths})
+        """Paths the API answers outside ``/v1/`` (``/metrics``): never the web app's."""
         self._token = token.encode()
         self._max_body = max_body
         self._metrics = metrics
         self._body_timeout = body_timeout
+
+    def _is_web(self, path: str) -> bool:
+        """Everything outside the API is the web app's: ``/``, its pages, its files."""
+        return (
+            self.web is not None
+            and path not in self.api_paths
+            and not path.startswith(API_PREFIXES)
+        )
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
@@ -127,7 +139,7 @@ class Guard:
         finally:
             route = getattr(scope.get("route"), "path", None)
             label = route or (scope["path"] if scope["path"] in OPEN_PATHS else "unmatched")
-            if route is None and self.web is not None and _is_web(scope["path"]):
+            if route is None and self._is_web(scope["path"]):
                 label = "web"
             elapsed = time.perf_counter() - started
             self._metrics.api_requests.labels(route=label, status=str(status["code"])).inc()
@@ -149,7 +161,7 @@ class Guard:
             message = f"request line and headers are limited to {MAX_HEAD_BYTES} bytes"
             await _send_error(send, 431, "headers_too_large", message)
             return
-        web = self.web is not None and _is_web(scope["path"])
+        web = self._is_web(scope["path"])
         if not web and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
             await _send_error(
                 send,
@@ -221,15 +233,6 @@ class Guard:
                 seen += len(message.get("body", b""))
 
 
-API_PREFIXES = ("/v1/", "/docs/")
-API_PATHS = frozenset({"/v1", "/mcp", "/docs", "/openapi.json"})
-
-
-def _is_web(path: str) -> bool:
-    """Everything outside the API is the web app's: ``/``, its pages, its files."""
-    return path not in API_PATHS and not path.startswith(API_PREFIXES)
-
-
 def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc[1:]) or str(loc[0])
 
@@ -293,7 +296,8 @@ def build_app(api: NodeAPI, *, token: str, max_body: int, metrics: NodeMetrics) 
     app.add_exception_handler(MercatoError, _mercato_error)
     app.add_exception_handler(Exception, _internal)  # answers 500, then re-raises
     _document_security(app)
-    return Guard(app, token=token, max_body=max_body, metrics=metrics)
+    paths = frozenset(getattr(r, "path", "") for router in ROUTERS for r in router.routes)
+    return Guard(app, token=token, max_body=max_body, metrics=metrics, api_paths=paths)
 
 
 def _serve_docs(app: FastAPI) -> None:

@@ -59,6 +59,7 @@ def drive(creator: ControlClient, user: ControlClient, there: str, wasm: Path) -
         client.status()
         client.events_verify()
         client.metrics()
+        client.ui_login()
     user.keys_new("alice")
     user.keys_show("alice")
     user.keys_list()

@@ -61,7 +61,15 @@
       xhr.setRequestHeader("X-CSRF-Token", csrf());
       if (bar) { bar.hidden = false; bar.value = 0; }
       xhr.upload.onprogress = (p) => { if (bar && p.lengthComputable) bar.value = p.loaded / p.total; };
+      const problem = form.querySelector("[data-upload-error]");
       xhr.onload = () => {
+        if (xhr.status === 413 && problem) {
+          if (bar) bar.hidden = true;
+          problem.textContent = "The file is larger than this node accepts " +
+            "([api] max_upload_mb in mercato.toml); nothing was stored.";
+          problem.hidden = false;
+          return;
+        }
         if (xhr.responseURL && xhr.responseURL !== window.location.href && xhr.status < 400) {
           window.location.assign(xhr.responseURL);
         } else {
