@@ -235,6 +235,12 @@ def bench_mcp() -> dict[str, Any]:
     return run()
 
 
+def bench_web() -> dict[str, Any]:
+    from benchmarks.web import run
+
+    return run()
+
+
 def bench_runtime() -> dict[str, Any]:
     from benchmarks.runtime import run
 
@@ -257,6 +263,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "relay": bench_relay,
     "api": bench_api,
     "mcp": bench_mcp,
+    "web": bench_web,
 }
 
 
