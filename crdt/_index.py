@@ -598,6 +598,7 @@ class RegistryStore:
 
     def counts(self) -> dict[str, int]:
         """How many listings (live and deprecated) and publishers this replica holds."""
+        self.flush_index()  # as a search does: count every acknowledged update
         listings, deprecated, publishers = self.conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(deprecated), 0), COUNT(DISTINCT publisher)"
             " FROM registry_listings"

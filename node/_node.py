@@ -53,10 +53,10 @@ from ._version import __version__
 from .builds import BuildService, BuildStore
 from .control import NodeAPI, build_app
 from .mcp import AppBackend, McpEndpoint, build_server
-from .web import WebApp
 from .money import SettlementService, open_settlement
 from .registry import RegistryService
 from .tasks import CardBook, CardForwarder, TaskLog, TaskRunner, TaskService
+from .web import WebApp
 
 log = logging.getLogger("mercato.node")
 

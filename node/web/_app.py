@@ -53,7 +53,9 @@ SECURITY_HEADERS = {
     "content-security-policy": CSP,
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
-    "referrer-policy": "no-referrer",
+    # same-origin: a form post carries its real Origin (no-referrer sends "null");
+    # no other site ever sees a page address (a sign-in link holds its code).
+    "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
 

@@ -60,4 +60,25 @@ def size(n: Any) -> str:
     return f"{value:.1f} {unit}"
 
 
-FILTERS = {"sol": sol, "when": when, "duration": duration, "ms": ms, "size": size}
+VERIFIED = {
+    "receipt": "the provider's signed receipt checks out",
+    "cross-checked": "a second provider gave the same output",
+    "local": "this node ran it too and got the same output",
+    "unverified": "no second opinion could settle it: not verified",
+    "": "nothing ran",
+}
+
+
+def verified(how: Any) -> str:
+    """How a task's answer was checked, for a person."""
+    return VERIFIED.get(how, str(how)) if isinstance(how, str) else "-"
+
+
+FILTERS = {
+    "sol": sol,
+    "when": when,
+    "duration": duration,
+    "ms": ms,
+    "size": size,
+    "verified": verified,
+}
