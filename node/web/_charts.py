@@ -99,15 +99,19 @@ def _top(points: list[tuple[str, float]]) -> float:
     return highest if highest > 0 else 1.0
 
 
+def _plot(points: list[tuple[str, float]], fmt: Format) -> tuple[float, float, float, list[str]]:
+    """The scale's top, the plot's height, the width of one point's slot, and the axes."""
+    top = _top(points)
+    slot = (WIDTH - LEFT - RIGHT) / len(points)
+    return top, HEIGHT - TOP - BOTTOM, slot, _axes(points, fmt, top)
+
+
 def bar_chart(title: str, series: Series, fmt: Format = _number) -> Markup:
     """Bars of ``series`` (oldest first), each with a tooltip ``label: value``."""
     points = _points(series)
     if not points:
         return _frame(title, points, fmt, _empty())
-    top = _top(points)
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    slot = plot_w / len(points)
-    body = _axes(points, fmt, top)
+    top, plot_h, slot, body = _plot(points, fmt)
     width = min(slot * 0.7, MAX_BAR)
     for i, (label, value) in enumerate(points):
         h = plot_h * value / top
@@ -125,10 +129,7 @@ def line_chart(title: str, series: Series, fmt: Format = _number) -> Markup:
     points = _points(series)
     if not points:
         return _frame(title, points, fmt, _empty())
-    top = _top(points)
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    slot = plot_w / len(points)
-    body = _axes(points, fmt, top)
+    top, plot_h, slot, body = _plot(points, fmt)
     xy = [
         (LEFT + slot * (i + 0.5), TOP + plot_h - plot_h * value / top)
         for i, (_, value) in enumerate(points)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from mercato import MercatoError
@@ -156,26 +157,26 @@ async def _refused(web: Web, request: Request, what: str, exc: MercatoError) -> 
     )
 
 
-async def close(web: Web, request: Request) -> Response:
+async def _on_channel(
+    web: Web, request: Request, act: Callable[[str], Awaitable[Any]], what: str, done: str
+) -> Response:
+    """Close or refund the channel the form names; back to the wallet either way."""
     stake = _field(await web.form(request), "stake", 64)
     if not STAKE.fullmatch(stake):
         return await _page(web, request, code=400, error="That is not a channel's address.")
     try:
-        await web.api.money.close(stake)
+        await act(stake)
     except MercatoError as exc:
-        return await _refused(web, request, "The channel could not be closed", exc)
-    return redirect("/wallet?done=closed")
+        return await _refused(web, request, f"The channel could not be {what}", exc)
+    return redirect(f"/wallet?done={done}")
+
+
+async def close(web: Web, request: Request) -> Response:
+    return await _on_channel(web, request, web.api.money.close, "closed", "closed")
 
 
 async def refund(web: Web, request: Request) -> Response:
-    stake = _field(await web.form(request), "stake", 64)
-    if not STAKE.fullmatch(stake):
-        return await _page(web, request, code=400, error="That is not a channel's address.")
-    try:
-        await web.api.money.refund(stake)
-    except MercatoError as exc:
-        return await _refused(web, request, "The channel could not be refunded", exc)
-    return redirect("/wallet?done=refunded")
+    return await _on_channel(web, request, web.api.money.refund, "refunded", "refunded")
 
 
 async def airdrop(web: Web, request: Request) -> Response:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import trio
 
 from mercato.node import ControlClient, Node
 
@@ -295,3 +296,30 @@ async def test_a_paid_run_from_the_browser_shows_price_output_and_receipt(tmp_pa
             assert len((await user.api.tasks.recent(role="user")).tasks) == 1
         finally:
             client.close()
+
+
+def _first_event(client: httpx.Client, url: str, kind: str, within: float) -> str:
+    with client.stream("GET", url, timeout=within) as events:
+        assert events.headers["content-type"].startswith("text/event-stream")
+        for line in events.iter_lines():
+            if line.startswith("data: ") and f" · {kind} · " in (
+                text := json.loads(line[6:])["text"]
+            ):
+                return text
+    raise AssertionError(f"the stream ended without a {kind} event")
+
+
+async def test_the_network_page_streams_new_events_as_they_happen(
+    node: Node, browser: httpx.Client
+) -> None:
+    head = (await node.api.node.status()).events.count
+    url = f"{node.api_url}/stream/events?after={head}"
+    async with trio.open_nursery() as nursery:
+        seen: list[str] = []
+
+        async def watch() -> None:
+            seen.append(await call(_first_event, browser, url, "key.created", 30))
+
+        nursery.start_soon(watch)
+        await node.api.node.keys_new("carol")  # recorded after `head`: the stream has it
+    assert '"name": "carol"' in seen[0]
