@@ -29,16 +29,22 @@ from mercato.node import (
     type=click.IntRange(0, 65535),
     default=LOCALNET_PORT,
     show_default=True,
-    help="Port to listen on (0 picks a free one; the URL is written to DIR/url).",
+    help=(
+        "Port of the JSON-RPC; subscriptions (WebSocket) are on the next one, as on a "
+        "cluster. 0 picks a free pair; the URLs are written to DIR/url and DIR/ws_url."
+    ),
 )
 def localnet(directory: Path | None, host: str, port: int) -> None:
-    """Serve one Solana ledger over JSON-RPC for the nodes on this machine.
+    """Serve one Solana ledger for the nodes, wallets and dapps on this machine.
 
-    It is the embedded ledger (the Solana runtime, LiteSVM) that several node
-    processes share, so that they can pay each other: give each node
-    `[settlement] ledger = "localnet"` (and `rpc_url` if not the default
-    http://127.0.0.1:8899). Its faucet funds their wallets. Balances and
-    channels survive a restart. It runs in the foreground until Ctrl-C.
+    It is the Solana runtime (LiteSVM) behind Solana's JSON-RPC and WebSocket
+    APIs, so stock clients (web3.js, spl-token, kit, solana-py) work against it
+    unchanged, and several node processes share it to pay each other: give each
+    node `[settlement] ledger = "localnet"` (and `rpc_url` if not the default
+    http://127.0.0.1:8899). Slots advance every 400 ms; blockhashes stay valid
+    for 150 slots. Its faucet funds the nodes' wallets (and `requestAirdrop`).
+    Balances, channels and transaction history survive a restart. It runs in
+    the foreground until Ctrl-C.
 
     \b
     Example:

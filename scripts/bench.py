@@ -36,6 +36,9 @@ Benchmarks:
   runtime   WebAssembly runs: cold and warm start of the wordcount example, in
             this process (warm < 2 ms) and through the worker processes (warm
             < 5 ms); runs per second on 2 workers (>= 500); fuel's cost
+  localnet  a real `mercato localnet` and one Solana client: SOL transfers confirmed
+            per second (target >= 500), each sent after its signatureSubscribe,
+            and send-to-confirmed p50 (target < 450 ms with 400 ms slots)
 
 ``python scripts/bench.py all`` runs every one of them, each in a fresh
 interpreter, and writes ``bench-results/latest.json`` (every figure, with the
@@ -241,6 +244,12 @@ def bench_web() -> dict[str, Any]:
     return run()
 
 
+def bench_localnet() -> dict[str, Any]:
+    from benchmarks.localnet import run
+
+    return run()
+
+
 def bench_runtime() -> dict[str, Any]:
     from benchmarks.runtime import run
 
@@ -264,6 +273,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "api": bench_api,
     "mcp": bench_mcp,
     "web": bench_web,
+    "localnet": bench_localnet,
 }
 
 

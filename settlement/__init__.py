@@ -4,8 +4,11 @@ A channel (`_channel`) is a stake account with a lockup and the payee as
 custodian plus a durable nonce owned by the payee; its states are payer-signed
 transactions. `_programs` encodes the native programs it is built from;
 `_ledger` holds the ledger interface and the embedded (in-process LiteSVM)
-ledger, `_rpc` the ledger behind any Solana JSON-RPC URL, `_localnet` the
-JSON-RPC answers of an embedded ledger shared by processes on one machine;
+ledger, `_rpc` the ledger behind any Solana JSON-RPC URL. The localnet, one
+ledger that processes on one machine share: `_cluster` keeps slots on a clock,
+a blockhash window and the history as a cluster does, `_localnet` answers its
+JSON-RPC (with `_rpc_reads`, the read-only methods), `_pubsub` its WebSocket
+subscriptions;
 `_book` keeps each channel's amounts and latest state on disk, durable before
 acknowledged; `_watcher` closes channels before T and refunds after;
 `_forward` pays on the royalties a close left with the payee for creators.
@@ -62,6 +65,8 @@ from ._channel import (
 from ._channel import (
     state_message as state_message,
 )
+from ._cluster import ClusterLedger as ClusterLedger
+from ._cluster import open_cluster_ledger as open_cluster_ledger
 from ._errors import BlockhashExpired as BlockhashExpired
 from ._errors import ChannelError as ChannelError
 from ._errors import LedgerError as LedgerError
@@ -81,6 +86,9 @@ from ._programs import STAKE_ACCOUNT_SIZE as STAKE_ACCOUNT_SIZE
 from ._programs import StakeMeta as StakeMeta
 from ._programs import read_nonce as read_nonce
 from ._programs import read_stake as read_stake
+from ._pubsub import Limits as PubSubLimits
+from ._pubsub import PubSubHub as PubSubHub
+from ._pubsub import Session as PubSubSession
 from ._watcher import WatchState as WatchState
 from ._watcher import close_channel as close_channel
 from ._watcher import refund_channel as refund_channel
@@ -104,10 +112,14 @@ __all__ = [
     "Held",
     "Ledger",
     "LedgerError",
+    "ClusterLedger",
     "LocalnetRpc",
     "LedgerUnreachable",
     "LockupInForce",
     "PaymentShort",
+    "PubSubHub",
+    "PubSubLimits",
+    "PubSubSession",
     "RpcLedger",
     "SettlementError",
     "WatchState",
@@ -120,6 +132,7 @@ __all__ = [
     "forward_held",
     "held",
     "open_channel_book",
+    "open_cluster_ledger",
     "open_embedded_ledger",
     "open_transaction",
     "payable",

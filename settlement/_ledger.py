@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +68,8 @@ CREATE TABLE IF NOT EXISTS landed (signature TEXT PRIMARY KEY);
 """
 # One account for the journal: its pubkey, and its columns after pubkey (None: delete it).
 _JournalRow = tuple[str, tuple[int, bytes, str, int, int] | None]
+History = Callable[[sqlite3.Connection], None]
+"""More rows for the journal's transaction (the localnet's transaction history)."""
 
 
 @dataclass(frozen=True)
@@ -139,8 +141,9 @@ class EmbeddedLedger:
         self._blocks = meta.get("blocks", 0)
         # LiteSVM's blockhashes are the same sequence in every process: move past every
         # one used before, or a nonce made in one of them could not be used again.
-        for _ in range(self._blocks + 1):
+        for block in range(1, self._blocks + 2):
             self._svm.expire_blockhash()
+            self._made(block)
         self._blocks += 1
         self._restore_clock()
         for row in self._db.execute("SELECT * FROM accounts"):
@@ -176,6 +179,11 @@ class EmbeddedLedger:
     def _expire(self) -> None:
         self._svm.expire_blockhash()
         self._blocks += 1
+        self._made(self._blocks)
+
+    def _made(self, block: int) -> None:
+        """Block ``block`` begins, with LiteSVM's latest blockhash (a hook: the
+        localnet's ledger keeps a window of them)."""
 
     @property
     def broken(self) -> str:
@@ -186,7 +194,9 @@ class EmbeddedLedger:
         if self._broken:
             raise LedgerError(self._broken)
 
-    async def _journal(self, pubkeys: list[Pubkey], signature: str = "") -> None:
+    async def _journal(
+        self, pubkeys: list[Pubkey], signature: str = "", history: History | None = None
+    ) -> None:
         """Write what these accounts hold now (and the ``signature`` that landed).
         Shielded: once the ledger in memory has changed, the journal must follow,
         or a restart would undo it."""
@@ -213,18 +223,33 @@ class EmbeddedLedger:
         with trio.CancelScope(shield=True):
             try:
                 await trio.to_thread.run_sync(
-                    self._write, rows, self._blocks, self._clock, signature, limiter=self._limiter
+                    self._write,
+                    rows,
+                    self._blocks,
+                    self._clock,
+                    signature,
+                    history,
+                    limiter=self._limiter,
                 )
             except sqlite3.Error as exc:
                 # Memory and disk now differ: refuse everything until a restart.
                 self._broken = f"the ledger's journal could not be written ({exc}): restart it"
                 raise LedgerError(self._broken) from exc
 
-    def _write(self, rows: list[_JournalRow], blocks: int, clock: int, signature: str) -> None:
+    def _write(
+        self,
+        rows: list[_JournalRow],
+        blocks: int,
+        clock: int,
+        signature: str,
+        history: History | None = None,
+    ) -> None:
         with self._db:
             self._db.execute("BEGIN")
             if signature:
                 self._db.execute("INSERT OR IGNORE INTO landed VALUES (?)", (signature,))
+            if history is not None:
+                history(self._db)
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('blocks', ?)", (blocks,))
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (clock,))
             for pubkey, values in rows:

@@ -91,7 +91,9 @@ async def test_the_localnet_refuses_bad_requests_and_keeps_balances_across_a_res
         signed = Transaction([owner], Message([one], who), await ledger.blockhash())
         async with httpx.AsyncClient() as http:
             bad = {
-                b"not json": -32600,
+                b"not json": -32700,  # parse error
+                b'{"id":1,"method":"getSlot","params":[]}': -32600,  # no "jsonrpc": "2.0"
+                b"[]": -32600,  # an empty batch
                 b'{"jsonrpc":"2.0","id":1,"method":"nope","params":[]}': -32601,
                 b'{"jsonrpc":"2.0","id":2,"method":"getBalance","params":["xyz"]}': -32602,
                 b'{"jsonrpc":"2.0","id":3,"method":"sendTransaction","params":["AAAA",'
@@ -99,7 +101,6 @@ async def test_the_localnet_refuses_bad_requests_and_keeps_balances_across_a_res
                 b'{"jsonrpc":"2.0","id":4,"method":"requestAirdrop","params":["'
                 + str(who).encode()
                 + b'", 1e30]}': -32602,
-                b"[1, 2]": -32600,
                 b'{"jsonrpc":"2.0","id":5,"method":[],"params":[]}': -32601,
                 # A transaction with no signatures at all.
                 b'{"jsonrpc":"2.0","id":6,"method":"sendTransaction","params":["'
@@ -109,6 +110,11 @@ async def test_the_localnet_refuses_bad_requests_and_keeps_balances_across_a_res
             for body, code in bad.items():
                 answer = (await http.post(localnet.url, content=body)).json()
                 assert answer["error"]["code"] == code, (body, answer)
+            # A batch answers each of its requests, in order, the bad ones with errors.
+            batch = b'[1, {"jsonrpc":"2.0","id":9,"method":"getSlot","params":[]}]'
+            answers = (await http.post(localnet.url, content=batch)).json()
+            assert answers[0]["error"]["code"] == -32600
+            assert answers[1]["id"] == 9 and isinstance(answers[1]["result"], int)
             # A transaction whose signature is not its signer's, sent without preflight:
             # refused by the runtime, and no status is recorded for that signature.
             forged = Transaction.populate(signed.message, [Signature.new_unique()])
