@@ -205,3 +205,23 @@ async def test_batches_answer_each_request_in_order(tmp_path: Path) -> None:
         assert answers[2]["error"]["code"] == -32602
         too_many = json.dumps([batch[0]] * 101).encode()
         assert json.loads(await rpc.answer(too_many))["error"]["code"] == -32600
+
+
+async def test_oversized_and_forged_transactions_get_the_clusters_errors(tmp_path: Path) -> None:
+    async with open_cluster_ledger(tmp_path / "ledger.db") as ledger:
+        rpc = LocalnetRpc(ledger)
+        payer, to = await funded(rpc), Keypair().pubkey()
+        blockhash, _ = await latest(rpc)
+        big = base64.b64encode(b"\1" * 1300).decode()
+        answer = await call(rpc, "sendTransaction", big, {"encoding": "base64"})
+        assert answer["error"]["code"] == -32602
+        assert "too large" in answer["error"]["message"]
+        signed = pay(payer, to, SOL, blockhash)
+        forged = Transaction.populate(signed.message, [Keypair().sign_message(b"x")])
+        refused = await send(rpc, forged)
+        assert refused["error"] == {
+            "code": -32003,
+            "message": "Transaction signature verification failure",
+        }
+        assert (await result(rpc, "getBalance", str(to)))["value"] == 0
+        assert await result(rpc, "getTransactionCount") == 0
