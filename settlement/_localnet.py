@@ -56,6 +56,7 @@ from solders.transaction_status import (
     TransactionStatus,
 )
 
+from . import _jsonrpc as jsonrpc
 from ._cluster import (
     MAX_SIGNATURES_PAGE,
     SLOT_S,
@@ -73,11 +74,11 @@ MAX_SIGNATURES = 256  # per getSignatureStatuses, as on a cluster
 MAX_AIRDROP = 1_000 * 10**9  # lamports per request: plenty for a test network
 REMEMBERED = 100_000  # signature statuses kept (in memory: a restart forgets them)
 
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL = -32603
+PARSE_ERROR = jsonrpc.PARSE_ERROR
+INVALID_REQUEST = jsonrpc.INVALID_REQUEST
+METHOD_NOT_FOUND = jsonrpc.METHOD_NOT_FOUND
+INVALID_PARAMS = jsonrpc.INVALID_PARAMS
+INTERNAL = jsonrpc.INTERNAL
 PREFLIGHT_FAILED = -32002
 SIGNATURE_FAILED = -32003
 BLOCK_NOT_AVAILABLE = -32004
@@ -95,10 +96,7 @@ _is_blockhash_valid_resp = cast(
 )
 
 
-class _Refused(Exception):
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.data = code, message, data
+_Refused = jsonrpc.Refused
 
 
 class LocalnetRpc:
@@ -161,21 +159,8 @@ class LocalnetRpc:
     async def _one(self, request: Any) -> bytes:
         request_id: Any = None
         try:
-            if not isinstance(request, dict):
-                raise _Refused(INVALID_REQUEST, "Invalid request")
-            request_id = request.get("id")
-            if not isinstance(request_id, int | str | None) or isinstance(request_id, bool):
-                request_id = None
-                raise _Refused(INVALID_REQUEST, "id must be a number or a string")
-            if request.get("jsonrpc") != "2.0":
-                raise _Refused(INVALID_REQUEST, 'Invalid request: "jsonrpc" must be "2.0"')
-            name = request.get("method")
-            method = self._methods.get(name) if isinstance(name, str) else None
-            if method is None:
-                raise _Refused(METHOD_NOT_FOUND, "Method not found")
-            params = request.get("params", [])
-            if not isinstance(params, list):
-                raise _Refused(INVALID_PARAMS, "Invalid params: params must be an array")
+            request_id = jsonrpc.request_id(request)
+            method, params = jsonrpc.method_and_params(request, self._methods)
             result = await method(params)
         except _Refused as exc:
             return _error(request_id, exc.code, exc.message, exc.data)

@@ -36,13 +36,15 @@ import trio
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
+from . import _jsonrpc as jsonrpc
+
 Answer = Callable[[bytes], Awaitable[bytes]]
 
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL = -32603
+PARSE_ERROR = jsonrpc.PARSE_ERROR
+INVALID_REQUEST = jsonrpc.INVALID_REQUEST
+METHOD_NOT_FOUND = jsonrpc.METHOD_NOT_FOUND
+INVALID_PARAMS = jsonrpc.INVALID_PARAMS
+INTERNAL = jsonrpc.INTERNAL
 
 GOING_AWAY = 1001  # the localnet stops
 TOO_SLOW = 1008  # the client does not read its notifications
@@ -82,10 +84,7 @@ class Limits:
     max_frame: int = 64 * 1024
 
 
-class _Refused(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
+_Refused = jsonrpc.Refused
 
 
 @dataclass(eq=False)
@@ -182,23 +181,8 @@ class PubSubHub:
     async def _dispatch(self, session: Session, request: Any) -> bytes:
         request_id: Any = None
         try:
-            if not isinstance(request, dict):
-                raise _Refused(INVALID_REQUEST, "Invalid request")
-            request_id = request.get("id")
-            if not isinstance(request_id, int | str | None) or isinstance(request_id, bool):
-                request_id = None
-                raise _Refused(INVALID_REQUEST, "Invalid request: id must be a number or a string")
-            if request.get("jsonrpc", "2.0") != "2.0":
-                raise _Refused(INVALID_REQUEST, 'Invalid request: "jsonrpc" must be "2.0"')
-            name = request.get("method")
-            method = self._methods.get(name) if isinstance(name, str) else None
-            if method is None:
-                raise _Refused(METHOD_NOT_FOUND, "Method not found")
-            params = request.get("params", [])
-            if params is None:
-                params = []
-            if not isinstance(params, list):
-                raise _Refused(INVALID_PARAMS, "Invalid params: params must be an array")
+            request_id = jsonrpc.request_id(request)
+            method, params = jsonrpc.method_and_params(request, self._methods)
             result = await method(session, params)
         except _Refused as exc:
             return _error(request_id, exc.code, exc.message)
