@@ -253,7 +253,14 @@ async def test_cards_that_lead_nowhere_are_asked_after_the_provider_that_answere
     alike. The fakes tried and found dead sink below the untried ones, and the next
     task goes to the real provider first."""
     fast = {"heartbeat_s": 0.5, "card_ttl_s": 30.0}
-    async with running_nodes(tmp_path, 3, serve=fast) as (provider, user, attacker):
+    # Each round of quotes waits until all it asked have answered (the fakes fail
+    # fast), so a slow machine cannot let the real quote overtake the first fakes.
+    patient = {"quote_deadline_s": min(budget(30), 60)}
+    async with running_nodes(tmp_path, 3, serve=fast, tasks=patient) as (
+        provider,
+        user,
+        attacker,
+    ):
         for a, b in ((user, attacker), (provider, attacker)):
             await a.overlay.host.connect(b.overlay.host.listen_addrs()[0])
         agent = await serve_an_agent(provider, user)  # its card reaches the user by gossip
