@@ -64,8 +64,9 @@ class MercatoError(Exception):
         │   │   ├── LockupInForce       a refund before the lockup ends
         │   │   ├── BlockhashExpired    build the transaction again
         │   │   └── LedgerUnreachable   no answer or confirmation: it may still land
-        │   └── ChannelError            a channel state does not hold up
-        │       └── PaymentShort        sound, but it does not cover the task
+        │   ├── ChannelError            a channel state does not hold up
+        │   │   └── PaymentShort        sound, but it does not cover the task
+        │   └── LicenceError            a licence token or purchase does not hold up
         └── NodeError                   mercato.node
             ├── NotServed               this node does not run that service
             ├── FileUnreadable          a file is unreadable, too large or malformed
@@ -78,6 +79,13 @@ class MercatoError(Exception):
             ├── StoreError              the SQLite store cannot be opened or migrated
             ├── ControlError            the control API refused or could not be reached
             │   └── DaemonNotRunning    no daemon answers for the data dir
+            ├── CommerceError           mercato.node.commerce
+            │   ├── BadSignedObject     an offer, licence use or refund request is forged
+            │   ├── LicenceRequired     the listing runs only under a licence
+            │   ├── LicenceRefused      the licence shown does not hold up on the ledger
+            │   ├── UnknownLicence      no licence of that mint here
+            │   ├── NoSeller            the creator's node cannot be reached
+            │   └── SaleRefused         the creator's node said no
             ├── BuildError              mercato.node.builds
             │   ├── UnknownBuild        no such build here
             │   ├── BadManifest         a build manifest does not hold up
@@ -87,7 +95,8 @@ class MercatoError(Exception):
                 ├── UnknownAgent        no such agent, or no release in range
                 ├── TaskRefused         the provider refused the task
                 ├── NoProvider          no provider could run it
-                └── KeyReused           an idempotency key came with another request
+                ├── KeyReused           an idempotency key came with another request
+                └── NoProof             a receipt cannot be proven on the ledger (yet)
 
     `tests/test_architecture.py` checks that this drawing names every error
     class the packages export.

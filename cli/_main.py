@@ -7,6 +7,7 @@ import click
 from mercato.node import __version__
 
 from ._builds import builds
+from ._commerce import buy, licences, refund, sales
 from ._common import MercatoGroup
 from ._events import events
 from ._exec import exec_command
@@ -56,6 +57,8 @@ main.add_command(tasks)
 main.add_command(spending)
 main.add_command(wallet)
 main.add_command(channel)
+for command in (buy, licences, refund, sales):
+    main.add_command(command)
 main.add_command(localnet)
 main.add_command(mcp)
 main.add_command(ui)

@@ -9,6 +9,7 @@ import click
 
 from mercato.node import ControlClient, read_toml
 
+from ._commerce import sol, table
 from ._common import data_dir_option, print_json, resolve
 
 ACCOUNT_HELP = "Account key that signs (see `mercato keys list`)."
@@ -55,6 +56,36 @@ def _print_listing(shown: dict[str, Any]) -> None:
         click.echo("  DEPRECATED")
     for release in shown.get("releases", []):
         click.echo(f"  {release['version']:<12} {release['cid']}  {release['size']} bytes")
+    if shown.get("plans"):
+        _print_plans(shown)
+
+
+def _print_plans(shown: dict[str, Any]) -> None:
+    """The listing's plans, and how to buy one."""
+    ref = f"{shown['publisher']}/{shown['name']}"
+    click.echo("  plans (runs need a licence or subscription of one):")
+    rows = []
+    for name, p in sorted(shown["plans"].items()):
+        period = f"{p['period_days']} d" if p.get("period_days") else "-"
+        refunds = f"{p['refund_days']} d" if p.get("refund_days") else "none"
+        rows.append(
+            (
+                f"    {name}", p["kind"], sol(p["price"]), p["versions"], period,
+                f"{p['run_price']} lamports", refunds, "yes" if p.get("transferable") else "no",
+            )
+        )  # fmt: skip
+    headers = (
+        "    PLAN",
+        "KIND",
+        "PRICE",
+        "VERSIONS",
+        "PERIOD",
+        "RUN PRICE",
+        "REFUNDS",
+        "TRANSFERABLE",
+    )
+    table(headers, rows)
+    click.echo(f"  buy one with: mercato buy {ref} --plan NAME")
 
 
 @click.command()
@@ -238,8 +269,10 @@ def search(
     for item in page["results"]:
         version = item.get("version") or "-"
         where = f"{item['publisher'][:8]}…/{item['name']}"
-        price = f"{item['price']} lamports"
-        click.echo(f"{where:<34} {version:<10} {price:>18}  {item['summary'][:60]}")
+        price = f"{item['price']} lamports" + ("*" if item.get("plans") else " ")
+        click.echo(f"{where:<34} {version:<10} {price:>19}  {item['summary'][:60]}")
+    if any(item.get("plans") for item in page["results"]):
+        click.echo("* sold by plan: runs need a licence or subscription (see `mercato show`)")
     if page.get("cursor"):
         click.echo(f"more: --cursor {page['cursor']}")
 
@@ -289,7 +322,14 @@ def resolve_command(data_dir: Path | None, ref: str, range_text: str, as_json: b
     if as_json:
         print_json(resolution)
         return
+    if resolution.get("licence_required"):
+        click.echo(f"note: {resolution['licence_required']}", err=True)
+    if resolution.get("licence"):
+        click.echo(f"under the licence {resolution['licence']}:")
     click.echo(f"{ref} {range_text}: {', '.join(resolution['candidates'])}")
+    if upgrade := resolution.get("upgrade"):
+        plans = ", ".join(f"{p['name']} ({p['price']} lamports)" for p in upgrade["plans"])
+        click.echo(f"upgrade available: {upgrade['version']} with {plans}", err=True)
     for dep, chosen in resolution["plan"].items():
         click.echo(f"  {dep}@{chosen['version']}  {chosen['cid']}  {chosen['size']} bytes")
 

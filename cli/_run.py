@@ -11,7 +11,10 @@ import click
 
 from mercato.node import ControlClient, ControlError
 
+from ._commerce import sol
 from ._common import data_dir_option, fail, print_json, read_input, resolve
+
+PROOF_TIMEOUT_S = 60.0  # reads the ledger's history
 
 
 @click.command("run")
@@ -99,6 +102,8 @@ def run(
             approved=True, idempotency_key=key,
         )  # fmt: skip
     output = base64.b64decode(done["output"])
+    if done.get("upgrade"):
+        _tell_upgrade(agent, done["upgrade"])
     if as_json:
         print_json({**done, "output": output.decode(errors="replace")})
         return
@@ -113,6 +118,17 @@ def run(
     if done["receipt"]["outcome"] != "ok":
         click.echo(f"the run ended as {done['receipt']['outcome']}", err=True)
         sys.exit(1)
+
+
+def _tell_upgrade(agent: str, upgrade: dict[str, Any]) -> None:
+    """On stderr: a newer release than the licence used covers, and what buys it."""
+    offers = " or ".join(f"{p['name']} ({sol(p['price'])})" for p in upgrade["plans"])
+    if not offers:
+        click.echo(f"upgrade available: {upgrade['version']} (no plan sells it yet)", err=True)
+        return
+    click.echo(f"upgrade available: {upgrade['version']} with plan {offers}", err=True)
+    first = upgrade["plans"][0]["name"]
+    click.echo(f"  buy it with: mercato buy {agent} --plan {first}", err=True)
 
 
 def _confirm(agent: str, quote: dict[str, Any]) -> None:
@@ -205,6 +221,7 @@ def tasks() -> None:
     Example:
       mercato tasks ls
       mercato tasks show 5f0c9a...
+      mercato tasks prove 5f0c9a...
     """
 
 
@@ -246,3 +263,46 @@ def tasks_show(data_dir: Path | None, task_id: str) -> None:
       mercato tasks show 5f0c9a3e1b7d4c2a9e8f6d5c4b3a2910
     """
     print_json(ControlClient(resolve(data_dir)).task(task_id))
+
+
+@tasks.command("prove")
+@data_dir_option
+@click.argument("task_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def tasks_prove(data_dir: Path | None, task_id: str, as_json: bool) -> None:
+    """Prove that a paid task's receipt is settled on the ledger, by its channel's close.
+
+    Every channel state this node signs commits, in a memo, to the receipts it
+    verified on that channel (their count and Merkle root); the provider closes
+    the channel with the latest. This finds the closing transaction on the
+    ledger, reads the commitment in its memo, and checks the receipt's Merkle
+    path against it. It works once the channel is closed, on a ledger that keeps
+    history (localnet or a cluster). Exit code 1 unless verified.
+
+    \b
+    Example:
+      mercato tasks prove 5f0c9a3e1b7d4c2a9e8f6d5c4b3a2910
+      mercato tasks prove 5f0c9a3e1b7d4c2a9e8f6d5c4b3a2910 --json
+    """
+    proof = ControlClient(resolve(data_dir), PROOF_TIMEOUT_S).task_proof(task_id)
+    if as_json:
+        print_json(proof)
+    else:
+        when = "-"
+        if proof["block_time"] is not None:
+            moment = datetime.datetime.fromtimestamp(proof["block_time"], datetime.UTC)
+            when = moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+        click.echo(f"task       {proof['task']}")
+        click.echo(f"channel    {proof['channel']}")
+        click.echo(f"closed by  {proof['signature']}")
+        click.echo(f"           slot {proof['slot']}, {when}")
+        click.echo(f"commits    {proof['count']} receipts, root {proof['root']}")
+        click.echo(f"receipt    {proof['index'] + 1} of them, leaf {proof['leaf']}")
+        for i, sibling in enumerate(proof["path"]):
+            click.echo(f"{'path' if i == 0 else '':<11}{sibling}")
+        if proof["verified"]:
+            click.echo("verified   yes: the path leads from the receipt to the close's root")
+        else:
+            click.echo(f"verified   no: {proof['reason']}")
+    if not proof["verified"]:
+        sys.exit(1)

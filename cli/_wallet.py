@@ -200,6 +200,7 @@ def channel_show(channel_id: str, data_dir: Path | None, as_json: bool) -> None:
     for recipient, owed in shown["owed"].items():
         used = shown["settled"].get(recipient, 0)
         click.echo(f"  owed {owed} to {recipient} (used by tasks: {used})")
+    click.echo(f"  the latest state commits to {shown.get('receipts', 0)} task receipts")
 
 
 @channel.command("open")

@@ -40,6 +40,7 @@ from ._query import verified_listing as verified_listing
 from ._resolve import Resolution as Resolution
 from ._resolve import resolve as resolve
 from ._schema import Listing as Listing
+from ._schema import Plan as Plan
 from ._schema import Release as Release
 from ._schema import validate_listing as validate_listing
 from ._schema import validate_release as validate_release
@@ -64,6 +65,7 @@ __all__ = [
     "better_history",
     "FeedWriter",
     "Listing",
+    "Plan",
     "MAX_SYNC_FORKS",
     "MAX_SYNC_RESPONSE_BYTES",
     "MIGRATIONS",

@@ -14,12 +14,24 @@ A creator writes a listing in ``MANIFEST.toml``::
     license = "MIT"
     links = ["https://example.org/wordcount"]
 
+    [plans.pro]                     # optional: sell licences or subscriptions
+    kind = "licence"                # licence (once) | subscription (per period)
+    price = 50_000_000              # lamports to the creator, once or per period
+    versions = "^1"                 # the releases it covers (default "*")
+    period_days = 30                # subscription: the length of one period
+    run_price = 1000                # per run on top, for the provider (default: price)
+    refund_days = 14                # refunds within this many days (default 0: none)
+    transferable = false            # the licence token may change hands (default no)
+
     [limits]                        # what one run may use
     fuel = 1_000_000_000
     memory_mb = 64
     timeout_s = 10
     max_input_bytes = 1048576
     max_output_bytes = 1048576
+
+A listing with plans runs only for holders of a licence or subscription of
+one of them, at the plan's ``run_price`` per run.
 
 A release binds ``name@version`` to a build: a content id and a size, plus
 optional dependencies on other listings (``"publisher/name" = "^1.2.0"``).
@@ -41,12 +53,15 @@ from ._errors import SchemaError, VersionError
 from ._semver import Version, VersionRange
 
 KINDS = ("agent", "model")
+PLAN_KINDS = ("licence", "subscription")
+MAX_PLANS = 8
 MAX_PRICE = 10**15  # lamports; stays exact wherever numbers become doubles
 _SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
 _CAPABILITY = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _LICENSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+() -]{0,63}")
 _LINK = re.compile(r"https?://[^\s]{1,240}")
 _CID = re.compile(r"[A-Za-z0-9:_-]{8,128}")
+_PLAN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
 _PUBLISHER = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,44}")
 # Control characters (C0 but newline and tab, DEL, C1) and the bidirectional
 # overrides: stored, they would reach every peer's terminal and move its cursor,
@@ -70,6 +85,27 @@ DEFAULT_LIMITS = {
 
 
 @dataclass(frozen=True)
+class Plan:
+    """A way to buy a listing other than per run: a licence token on the ledger."""
+
+    kind: str  # licence | subscription
+    price: int  # lamports to the creator, once (licence) or per period (subscription)
+    versions: str = "*"
+    period_days: int = 0  # subscription only
+    run_price: int = 0  # per run on top of the plan, for the provider
+    refund_days: int = 0
+    transferable: bool = False
+
+    @property
+    def period_s(self) -> int:
+        return self.period_days * 86_400
+
+    def covers(self, version: str) -> bool:
+        """Whether this plan's version range holds ``version``."""
+        return VersionRange.parse(self.versions).matches(Version.parse(version))
+
+
+@dataclass(frozen=True)
 class Listing:
     name: str
     kind: str
@@ -84,9 +120,12 @@ class Listing:
     links: tuple[str, ...] = ()
     limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     deprecated: bool = False
+    plans: dict[str, Plan] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         out = asdict(self)
+        if not self.plans:  # listings without plans keep the form they always had
+            del out["plans"]
         for key in ("tags", "capabilities", "links"):
             out[key] = list(out[key])
         return out
@@ -213,7 +252,67 @@ def validate_listing(obj: Any) -> Listing:
         links=_items(obj, "links", 8, _LINK, "links are http(s) URLs"),
         limits=_limits(obj),
         deprecated=deprecated,
+        plans=_plans(obj, _whole(obj, "price", 0, MAX_PRICE, " lamports")),
     )
+
+
+def _plans(obj: Mapping[str, Any], run_price: int) -> dict[str, Plan]:
+    value = obj.get("plans", {})
+    if not isinstance(value, Mapping):
+        raise SchemaError("plans", "must be a table of plans, like [plans.pro]")
+    if len(value) > MAX_PLANS:
+        raise SchemaError("plans", f"may hold at most {MAX_PLANS} plans, got {len(value)}")
+    plans = {}
+    for name, plan in value.items():
+        if not isinstance(name, str) or not _PLAN.fullmatch(name):
+            raise SchemaError(
+                f"plans.{str(name)[:40]}", "a plan's name is a slug of up to 32 characters"
+            )
+        plans[name] = _plan(f"plans.{name}", plan, run_price)
+    return plans
+
+
+def _plan(where: str, obj: Any, run_price: int) -> Plan:
+    if not isinstance(obj, Mapping):
+        raise SchemaError(where, "must be a table: kind, price, versions, ...")
+    try:
+        _no_unknown(obj, set(Plan.__dataclass_fields__), "plan")
+        kind = _text(obj, "kind", 1, 16)
+        if kind not in PLAN_KINDS:
+            raise SchemaError("kind", f"must be one of {', '.join(PLAN_KINDS)}, got {kind!r}")
+        versions = _text(obj, "versions", 1, 32, default="*")
+        try:
+            VersionRange.parse(versions)
+        except VersionError as exc:
+            raise SchemaError("versions", str(exc)) from exc
+        low_period = 1 if kind == "subscription" else 0
+        period = obj.get("period_days", 0 if kind == "licence" else None)
+        if period is None:
+            raise SchemaError("period_days", "is required for a subscription (days, 1-3660)")
+        if kind == "licence" and period not in (0, None):
+            raise SchemaError("period_days", "is for subscriptions; a licence does not expire")
+        transferable = obj.get("transferable", False)
+        if type(transferable) is not bool:
+            raise SchemaError("transferable", "must be true or false")
+        return Plan(
+            kind=kind,
+            price=_whole(obj, "price", 0, MAX_PRICE, " lamports"),
+            versions=versions,
+            period_days=_whole({"period_days": period}, "period_days", low_period, 3660, " days"),
+            run_price=_whole(
+                {"run_price": obj.get("run_price", run_price)},
+                "run_price",
+                0,
+                MAX_PRICE,
+                " lamports",
+            ),
+            refund_days=_whole(
+                {"refund_days": obj.get("refund_days", 0)}, "refund_days", 0, 365, " days"
+            ),
+            transferable=transferable,
+        )
+    except SchemaError as exc:
+        raise SchemaError(f"{where}.{exc.field}", exc.why) from exc
 
 
 def validate_release(obj: Any) -> Release:

@@ -2,7 +2,7 @@
 
 Start order (stop order is the reverse): data dir lock, keys, store and event
 log, metrics, p2p overlay, registry, builds, runtime worker pool, settlement
-(ledger, channel book, watcher), tasks, control API.
+(ledger, channel book, watcher), commerce (sales, licences), tasks, control API.
 
 Stopping: SIGINT/SIGTERM (when ``handle_signals``), ``POST /v1/shutdown`` or
 `Node.request_stop` all end `Node.run` cleanly: services are cancelled (each
@@ -51,6 +51,7 @@ from ._server import HttpListener
 from ._store import Store
 from ._version import __version__
 from .builds import BuildService, BuildStore
+from .commerce import CommerceService
 from .control import NodeAPI, build_app
 from .mcp import AppBackend, McpEndpoint, build_server
 from .money import SettlementService, open_settlement
@@ -61,7 +62,7 @@ from .web import WebApp
 log = logging.getLogger("mercato.node")
 
 MIN_TOKEN_LENGTH = 32
-RELAY_LACKS = frozenset({"builds", "runtime", "settlement", "tasks"})
+RELAY_LACKS = frozenset({"builds", "runtime", "settlement", "commerce", "tasks"})
 SHUTDOWN_GRACE_S = 3.0
 """Time services get to finish what is in flight before they are cancelled."""
 T = TypeVar("T")
@@ -110,6 +111,7 @@ class Node:
         self._builds: BuildService | None = None
         self._tasks: TaskService | None = None
         self._settlement: SettlementService | None = None
+        self._commerce: CommerceService | None = None
         self._node_key: Keypair | None = None
         self._keys = KeyStore(datadir)
         self._events: EventLog | None = None
@@ -153,6 +155,10 @@ class Node:
     @property
     def settlement(self) -> SettlementService:
         return self._running(self._settlement, "settlement")
+
+    @property
+    def commerce(self) -> CommerceService:
+        return self._running(self._commerce, "commerce")
 
     @property
     def tasks(self) -> TaskService:
@@ -288,6 +294,10 @@ class Node:
             self._settlement = money
             await nursery.start(money.run)
             self.services.append("settlement")
+            commerce = CommerceService(store, keys, self.events, overlay, self.registry, money)
+            self._commerce = commerce
+            await nursery.start(commerce.run)
+            self.services.append("commerce")
             cards, tasklog = CardBook(), TaskLog(store)
             runner = TaskRunner(
                 overlay,
@@ -300,6 +310,7 @@ class Node:
                 self.config.runtime,
                 self.config.tasks,
                 money,
+                commerce.held,
             )
             self._tasks = TaskService(
                 self._key(),
@@ -313,6 +324,7 @@ class Node:
                 tasklog,
                 runner,
                 money,
+                commerce.entitlements,
             )
             await nursery.start(self._tasks.run)
             self.services.append("tasks")

@@ -17,6 +17,7 @@ from ._events import SCHEMA as EVENTS_SCHEMA
 from ._peers import SCHEMA as PEERS_SCHEMA
 from ._store import Database, Store, open_store
 from .builds import SCHEMA as BUILDS_SCHEMA
+from .commerce import SCHEMA as COMMERCE_SCHEMA
 from .tasks import SCHEMA as TASKS_SCHEMA
 from .tasks import SPENDING_SCHEMA
 
@@ -29,6 +30,7 @@ MIGRATIONS: tuple[str, ...] = (
     BUILDS_SCHEMA,  # 5: stored builds and the chunks of each verified so far
     TASKS_SCHEMA,  # 6: the task log and the reputation of providers
     SPENDING_SCHEMA,  # 7: what tasks paid, and runs' results by idempotency key
+    COMMERCE_SCHEMA,  # 8: licences bought and sold
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

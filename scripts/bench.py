@@ -39,6 +39,9 @@ Benchmarks:
   localnet  a real `mercato localnet` and one Solana client: SOL transfers confirmed
             per second (target >= 500), each sent after its signatureSubscribe,
             and send-to-confirmed p50 (target < 450 ms with 400 ms slots)
+  commerce  a licence bought on a real `mercato localnet`, buy to confirmed (p50
+            target < 100 ms), and what the provider's cached licence check
+            adds to a task's round trip (target < 1 ms)
 
 ``python scripts/bench.py all`` runs every one of them, each in a fresh
 interpreter, and writes ``bench-results/latest.json`` (every figure, with the
@@ -250,6 +253,12 @@ def bench_localnet() -> dict[str, Any]:
     return run()
 
 
+def bench_commerce() -> dict[str, Any]:
+    from benchmarks.commerce import run
+
+    return run()
+
+
 def bench_runtime() -> dict[str, Any]:
     from benchmarks.runtime import run
 
@@ -274,6 +283,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "mcp": bench_mcp,
     "web": bench_web,
     "localnet": bench_localnet,
+    "commerce": bench_commerce,
 }
 
 

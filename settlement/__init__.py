@@ -12,6 +12,12 @@ subscriptions;
 `_book` keeps each channel's amounts and latest state on disk, durable before
 acknowledged; `_watcher` closes channels before T and refunds after;
 `_forward` pays on the royalties a close left with the payee for creators.
+`_licence` sells licences and subscriptions as Token-2022 tokens, minted in the
+transaction that pays the creator (`_token2022` encodes their instructions).
+`_receipts`: every state carries, in a memo, the payer's commitment to the
+task receipts it verified on the channel (a Merkle root and their count), so
+a close names the receipts it settles; it also finds a channel's close in a
+ledger's history, where a receipt's Merkle path is checked against it.
 Errors (`_errors`) are rooted in `SettlementError`.
 
 May import p2p; must not import node, crdt or runtime.
@@ -65,20 +71,39 @@ from ._channel import (
 from ._channel import (
     state_message as state_message,
 )
+from ._channel import (
+    state_receipts as state_receipts,
+)
 from ._cluster import ClusterLedger as ClusterLedger
 from ._cluster import open_cluster_ledger as open_cluster_ledger
 from ._errors import BlockhashExpired as BlockhashExpired
 from ._errors import ChannelError as ChannelError
 from ._errors import LedgerError as LedgerError
 from ._errors import LedgerUnreachable as LedgerUnreachable
+from ._errors import LicenceError as LicenceError
 from ._errors import LockupInForce as LockupInForce
 from ._errors import PaymentShort as PaymentShort
 from ._errors import SettlementError as SettlementError
 from ._forward import forward_held as forward_held
 from ._ledger import AccountInfo as AccountInfo
 from ._ledger import EmbeddedLedger as EmbeddedLedger
+from ._ledger import LandedTransaction as LandedTransaction
 from ._ledger import Ledger as Ledger
 from ._ledger import open_embedded_ledger as open_embedded_ledger
+from ._licence import TOKEN_2022 as TOKEN_2022
+from ._licence import Licence as Licence
+from ._licence import LicenceTerms as LicenceTerms
+from ._licence import check_licence as check_licence
+from ._licence import check_purchase as check_purchase
+from ._licence import cosign_purchase as cosign_purchase
+from ._licence import licence_account as licence_account
+from ._licence import licence_mint as licence_mint
+from ._licence import mint_size as mint_size
+from ._licence import new_seed as new_seed
+from ._licence import purchase_message as purchase_message
+from ._licence import purchase_transaction as purchase_transaction
+from ._licence import read_licence as read_licence
+from ._licence import revoke_transaction as revoke_transaction
 from ._localnet import MAX_BODY as MAX_RPC_BODY
 from ._localnet import LocalnetRpc as LocalnetRpc
 from ._programs import NONCE_ACCOUNT_SIZE as NONCE_ACCOUNT_SIZE
@@ -89,6 +114,17 @@ from ._programs import read_stake as read_stake
 from ._pubsub import Limits as PubSubLimits
 from ._pubsub import PubSubHub as PubSubHub
 from ._pubsub import Session as PubSubSession
+from ._receipts import EMPTY_ROOT as EMPTY_ROOT
+from ._receipts import MEMO_PROGRAM as MEMO_PROGRAM
+from ._receipts import Close as Close
+from ._receipts import Frontier as Frontier
+from ._receipts import find_close as find_close
+from ._receipts import merkle_path as merkle_path
+from ._receipts import merkle_root as merkle_root
+from ._receipts import parse_receipts_memo as parse_receipts_memo
+from ._receipts import receipt_leaf as receipt_leaf
+from ._receipts import receipts_memo as receipts_memo
+from ._receipts import verify_path as verify_path
 from ._watcher import WatchState as WatchState
 from ._watcher import close_channel as close_channel
 from ._watcher import refund_channel as refund_channel
@@ -96,11 +132,25 @@ from ._watcher import run_watcher as run_watcher
 from ._watcher import settle_due as settle_due
 
 __all__ = [
+    "EMPTY_ROOT",
+    "MEMO_PROGRAM",
+    "Close",
+    "Frontier",
+    "LandedTransaction",
+    "find_close",
+    "merkle_path",
+    "merkle_root",
+    "parse_receipts_memo",
+    "receipt_leaf",
+    "receipts_memo",
+    "state_receipts",
+    "verify_path",
     "MAX_RECIPIENTS",
     "MAX_TRANSACTION_BYTES",
     "MIN_PAYOUT",
     "NONCE_ACCOUNT_SIZE",
     "STAKE_ACCOUNT_SIZE",
+    "TOKEN_2022",
     "MAX_RPC_BODY",
     "AccountInfo",
     "BlockhashExpired",
@@ -115,6 +165,9 @@ __all__ = [
     "ClusterLedger",
     "LocalnetRpc",
     "LedgerUnreachable",
+    "Licence",
+    "LicenceError",
+    "LicenceTerms",
     "LockupInForce",
     "PaymentShort",
     "PubSubHub",
@@ -125,22 +178,33 @@ __all__ = [
     "WatchState",
     "StakeMeta",
     "check_channel",
+    "check_licence",
+    "check_purchase",
     "check_stake",
     "check_state",
     "close_channel",
+    "cosign_purchase",
     "countersign",
     "forward_held",
     "held",
+    "licence_account",
+    "licence_mint",
+    "mint_size",
+    "new_seed",
     "open_channel_book",
     "open_cluster_ledger",
     "open_embedded_ledger",
     "open_transaction",
     "payable",
     "payable_v1",
+    "purchase_message",
+    "purchase_transaction",
+    "read_licence",
     "read_nonce",
     "read_stake",
     "refund_channel",
     "refund_transaction",
+    "revoke_transaction",
     "run_watcher",
     "settle_due",
     "sign_state",

@@ -16,12 +16,22 @@ exists, or once what is held for it reaches MIN_PAYOUT. Nothing owed is dropped.
 
     payer:  book.pay(stake, amounts, payer_key)     -> the state to send (new if
                                                        the credit does not cover it)
-            book.settle(stake, amounts)             on a good receipt
+            book.settle(stake, amounts, receipt)    on a good receipt, kept as a leaf
+            book.acknowledge(stake, payer_key)      -> the same payouts re-signed with
+                                                       the receipts since (or None)
     payee:  book.accept(stake, amounts, state, owed) the latest state is kept; the
                                                        task runs if its credit covers it
+            book.take_ack(stake, owed, state)       the same payouts, more receipts
             book.unsettle(stake, amounts)           the task could not run after all
             book.closed(stake, held)                its close landed; royalties held
             book.due() / sending() / forwarded()    what `_forward` pays on, and when
+
+Receipts (`_receipts`): every state the payer signs carries, in a memo, its
+commitment to the receipts of that channel it has verified so far (their count
+and Merkle root), so the close names the receipts it settles. The payer keeps
+the leaves in order (``receipts`` table, written with the settle that counts
+the task) and in memory only the `Frontier` of each channel. A state's count
+never goes back: the payee refuses one that would.
 
 Every change is stored durably (SQLite, synchronous=FULL, in a worker thread)
 before the call returns, so a state is never acknowledged, and work never
@@ -35,7 +45,7 @@ import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -44,8 +54,16 @@ from solders.hash import Hash
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from ._channel import MIN_PAYOUT, ChannelTerms, check_recipients, check_state, sign_state
+from ._channel import (
+    MIN_PAYOUT,
+    ChannelTerms,
+    check_recipients,
+    check_state,
+    sign_state,
+    state_receipts,
+)
 from ._errors import ChannelError, LedgerError, PaymentShort
+from ._receipts import Commitment, Frontier, receipt_leaf
 from ._sqlite import open_durable
 
 SCHEMA = """
@@ -70,6 +88,13 @@ CREATE TABLE IF NOT EXISTS held (
     signature TEXT,
     forward   BLOB,
     PRIMARY KEY (stake, recipient)
+);
+CREATE TABLE IF NOT EXISTS receipts (
+    stake      TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    cumulative INTEGER NOT NULL,
+    leaf       BLOB NOT NULL,
+    PRIMARY KEY (stake, seq)
 );
 """
 # held: due (waiting for the ledger to take it), sending (its forward, signed and
@@ -101,6 +126,11 @@ class Channel:
     @property
     def paid(self) -> int:
         return sum(self.owed.values())
+
+    @property
+    def receipts(self) -> Commitment | None:
+        """The receipts commitment of the latest state (None: it carries none)."""
+        return state_receipts(self.state) if self.state is not None else None
 
     @property
     def left(self) -> int:
@@ -155,6 +185,9 @@ class ChannelBook:
         self._close_locks: dict[str, trio.Lock] = {}
         self.channels: dict[str, Channel] = {}
         self.held: dict[tuple[str, Pubkey], Held] = {}
+        self.receipts: dict[str, Frontier] = {}  # the payer's, per channel
+        for stake, leaf in self._db.execute("SELECT stake, leaf FROM receipts ORDER BY stake, seq"):
+            self.receipts.setdefault(stake, Frontier()).append(leaf)
         for stake, recipient, payee, amount, status, signature, forward in self._db.execute(
             "SELECT * FROM held"
         ):
@@ -231,24 +264,68 @@ class ChannelBook:
             used = {r: v for r, v in used.items() if v > 0}
             short = {r: a - used.get(r, 0) for r, a in amounts.items()}
             short = {r: v for r, v in short.items() if v > 0}
-            if not short and channel.state is not None:
+            receipts = self.commitment(stake)
+            if not short and channel.state is not None and channel.receipts == receipts:
                 return channel, channel.state, used
-            owed = _added(channel.owed, short)
-            check_recipients(channel.terms, owed)
-            state = sign_state(
-                channel.terms, channel.nonce, payable(owed, channel.terms.payee), payer
-            )
-            channel = replace(channel, owed=owed, state=state)
-            await self._save(channel)
-            return channel, state, used
+            channel = await self._signed(channel, _added(channel.owed, short), receipts, payer)
+            return channel, channel.state or b"", used
 
-    async def settle(self, stake: Pubkey, amounts: dict[Pubkey, int]) -> Channel:
-        """Count ``amounts`` as used: by a task with a good receipt (payer), or by a
-        task about to run (payee, inside `accept`)."""
+    async def acknowledge(self, stake: Pubkey, payer: Keypair) -> Channel | None:
+        """The payer's side, after a good receipt: its latest payouts signed again
+        with the receipts verified since (stored before it returns), for the payee
+        to keep instead; None if the latest state commits to them all already."""
+        async with self._lock(stake):
+            channel = self._open(stake, "payer")
+            receipts = self.commitment(stake)
+            if channel.state is None or channel.receipts == receipts:
+                return None
+            return await self._signed(channel, channel.owed, receipts, payer)
+
+    async def _signed(
+        self, channel: Channel, owed: dict[Pubkey, int], receipts: Commitment, payer: Keypair
+    ) -> Channel:
+        check_recipients(channel.terms, owed)
+        payouts = payable(owed, channel.terms.payee)
+        state = sign_state(channel.terms, channel.nonce, payouts, payer, receipts=receipts)
+        channel = replace(channel, owed=owed, state=state)
+        await self._save(channel)
+        return channel
+
+    def commitment(self, stake: Pubkey | str) -> Commitment:
+        """The payer's commitment to the receipts it verified on a channel."""
+        return self.receipts.get(str(stake), Frontier()).commitment()
+
+    async def leaves(self, stake: Pubkey | str) -> list[bytes]:
+        """The leaves of the receipts the payer verified on a channel, in order."""
+        return await trio.to_thread.run_sync(self._leaves, str(stake), limiter=self._limiter)
+
+    def _leaves(self, stake: str) -> list[bytes]:
+        rows = self._db.execute("SELECT leaf FROM receipts WHERE stake = ? ORDER BY seq", (stake,))
+        return [leaf for (leaf,) in rows]
+
+    async def settle(
+        self,
+        stake: Pubkey,
+        amounts: dict[Pubkey, int],
+        receipt: bytes | None = None,
+        cumulative: int = 0,
+    ) -> Channel:
+        """Count ``amounts`` as used: by a task with a good ``receipt`` (payer; the
+        signed receipt's leaf is kept with it, next in the channel's order, and
+        ``cumulative`` is what it says was paid so far), or by a task about to run
+        (payee, inside `accept`)."""
         async with self._lock(stake):
             channel = self.get(stake)
             channel = replace(channel, settled=_added(channel.settled, amounts))
-            await self._save(channel)
+            if receipt is None:
+                await self._save(channel)
+                return channel
+            leaf = receipt_leaf(receipt)
+            frontier = self.receipts.get(str(stake), Frontier())
+            row = (str(stake), frontier.count, cumulative, leaf)
+            await self._save(channel, rows=[(_RECEIPT_ROW, row)])
+            frontier.append(leaf)
+            self.receipts[str(stake)] = frontier
             return channel
 
     async def unsettle(self, stake: Pubkey, amounts: dict[Pubkey, int]) -> Channel:
@@ -284,14 +361,35 @@ class ChannelBook:
             newer = all(claimed.get(r, 0) >= v for r, v in channel.owed.items())
             if newer and claimed != channel.owed:
                 payouts = payable(claimed, channel.terms.payee)
+                receipts = _not_back(channel, state)
                 # One signature check (about 50 us) costs less than a thread hop.
-                check_state(channel.terms, channel.nonce, payouts, state)
+                check_state(channel.terms, channel.nonce, payouts, state, receipts=receipts)
                 channel = replace(channel, owed=dict(claimed), state=state)
             elif not newer and not all(channel.owed.get(r, 0) >= v for r, v in claimed.items()):
                 raise ChannelError("the payment's amounts contradict the state held")
+            elif claimed == channel.owed and state != channel.state and channel.state:
+                # The payouts held, with more receipts: an acknowledgement that did
+                # not arrive. Kept if it checks out; the payment stands either way.
+                with suppress(ChannelError):
+                    channel = _acked(channel, state)
             if any(channel.credit(r) < a for r, a in amounts.items()):
                 raise PaymentShort("the payment does not cover this task: send a new state")
             channel = replace(channel, settled=_added(channel.settled, amounts))
+            await self._save(channel)
+            return channel
+
+    async def take_ack(self, stake: Pubkey, claimed: dict[Pubkey, int], state: bytes) -> Channel:
+        """The payee's side of an acknowledgement: ``state`` pays exactly what the
+        latest state held pays (``claimed`` owed) and commits to more receipts; it
+        is kept as the latest state. ChannelError, with nothing stored, otherwise."""
+        async with self._lock(stake):
+            channel = self._open(stake, "payee")
+            if claimed != channel.owed or channel.state is None:
+                raise ChannelError(
+                    "the acknowledgement pays other amounts than the latest state this "
+                    "node holds: the next payment carries the receipts instead"
+                )
+            channel = _acked(channel, state)
             await self._save(channel)
             return channel
 
@@ -385,9 +483,14 @@ class ChannelBook:
     def _lock(self, stake: Pubkey) -> trio.Lock:
         return self._locks.setdefault(str(stake), trio.Lock())
 
-    async def _save(self, channel: Channel, held: list[Held] | None = None) -> None:
-        """Durable before it returns (with ``held``, in one transaction); shielded, so
-        a cancelled caller cannot leave the memory and the disk apart."""
+    async def _save(
+        self,
+        channel: Channel,
+        held: list[Held] | None = None,
+        rows: list[_Statement] | None = None,
+    ) -> None:
+        """Durable before it returns (with ``held`` and ``rows``, in one transaction);
+        shielded, so a cancelled caller cannot leave the memory and the disk apart."""
         channel = replace(channel, updated=time.time())
         row = (
             str(channel.terms.stake),
@@ -401,7 +504,11 @@ class ChannelBook:
             channel.status,
             channel.updated,
         )
-        statements = [(_CHANNEL_ROW, row), *(_held_statement(h) for h in held or ())]
+        statements = [
+            (_CHANNEL_ROW, row),
+            *(_held_statement(h) for h in held or ()),
+            *(rows or ()),
+        ]
         with trio.CancelScope(shield=True):
             await self._commit(statements)
         self.channels[str(channel.terms.stake)] = channel
@@ -441,6 +548,32 @@ class ChannelBook:
 
 _Statement = tuple[str, tuple[object, ...]]
 _CHANNEL_ROW = "INSERT OR REPLACE INTO channels VALUES (?,?,?,?,?,?,?,?,?,?)"
+_RECEIPT_ROW = "INSERT OR REPLACE INTO receipts VALUES (?,?,?,?)"
+
+
+def _not_back(channel: Channel, state: bytes) -> Commitment | None:
+    """The receipts commitment ``state`` claims, if it does not go back on the one
+    the latest state held (the payer's word: any count not lower is taken)."""
+    claimed, held = state_receipts(state), channel.receipts
+    if held is not None and (claimed is None or claimed[0] < held[0]):
+        count = "none" if claimed is None else claimed[0]
+        raise ChannelError(
+            f"the state commits to {count} receipts, fewer than the {held[0]} the latest state held"
+        )
+    return claimed
+
+
+def _acked(channel: Channel, state: bytes) -> Channel:
+    """``channel`` with ``state`` as its latest: the same payouts, signed by the
+    payer, committing to more receipts than the state held. ChannelError if not."""
+    claimed, held = state_receipts(state), channel.receipts
+    if claimed is None or claimed[0] <= (held[0] if held else 0):
+        raise ChannelError(
+            "the acknowledgement commits to no more receipts than the latest state held"
+        )
+    payouts = payable(channel.owed, channel.terms.payee)
+    check_state(channel.terms, channel.nonce, payouts, state, receipts=claimed)
+    return replace(channel, state=state)
 
 
 def _held_statement(h: Held) -> _Statement:

@@ -39,8 +39,10 @@ it serves before it closes):
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from dataclasses import dataclass
+from typing import Literal
 
 from solders import system_program as sp
 from solders import sysvar
@@ -60,6 +62,7 @@ from ._programs import (
     stake_initialize,
     stake_withdraw,
 )
+from ._receipts import Commitment, memo_instruction, message_receipts
 
 MAX_TRANSACTION_BYTES = 1232  # Solana's packet limit
 MAX_RECIPIENTS = 8  # payee and creators in one state: stays well under the limit
@@ -83,6 +86,14 @@ RESERVED = frozenset(
         sysvar.SLOT_HASHES,
     )
 )
+
+
+class _Claimed(enum.Enum):
+    CLAIMED = "claimed"
+
+
+CLAIMED = _Claimed.CLAIMED
+"""`check_state`'s default: the receipts commitment the state itself carries."""
 
 
 def no_staker(stake: Pubkey) -> Pubkey:
@@ -159,8 +170,16 @@ def open_transaction(
     return tx, terms
 
 
-def state_message(terms: ChannelTerms, nonce_value: Hash, payouts: dict[Pubkey, int]) -> Message:
-    """The message of the state paying ``payouts`` (cumulative lamports per recipient)."""
+def state_message(
+    terms: ChannelTerms,
+    nonce_value: Hash,
+    payouts: dict[Pubkey, int],
+    *,
+    receipts: Commitment | None = None,
+) -> Message:
+    """The message of the state paying ``payouts`` (cumulative lamports per recipient),
+    with a memo of the payer's ``receipts`` commitment (`_receipts`) last; None: no
+    memo (states signed before receipts were committed)."""
     total = sum(payouts.values())
     if any(v < 0 for v in payouts.values()) or total > terms.deposit:
         raise ChannelError(f"payouts of {total} lamports exceed the deposit of {terms.deposit}")
@@ -186,6 +205,11 @@ def state_message(terms: ChannelTerms, nonce_value: Hash, payouts: dict[Pubkey, 
                 terms.stake, terms.payer, terms.payer, terms.deposit - total, terms.payee
             )
         )
+    if receipts is not None:
+        try:
+            instructions.append(memo_instruction(receipts))
+        except ValueError as exc:
+            raise ChannelError(str(exc)) from exc
     return Message.new_with_blockhash(instructions, terms.payee, nonce_value)
 
 
@@ -199,29 +223,39 @@ def check_recipients(terms: ChannelTerms, owed: dict[Pubkey, int]) -> None:
 
 
 def sign_state(
-    terms: ChannelTerms, nonce_value: Hash, payouts: dict[Pubkey, int], payer: Keypair
+    terms: ChannelTerms,
+    nonce_value: Hash,
+    payouts: dict[Pubkey, int],
+    payer: Keypair,
+    *,
+    receipts: Commitment | None = None,
 ) -> bytes:
-    """The payer's half-signed state: the channel update it sends with a payment."""
+    """The payer's half-signed state: the channel update it sends with a payment,
+    committing to the ``receipts`` it has verified on the channel so far."""
     if payer.pubkey() != terms.payer:
         raise ChannelError("only the channel's payer signs its states")
-    message = state_message(terms, nonce_value, payouts)
+    message = state_message(terms, nonce_value, payouts, receipts=receipts)
     tx = Transaction.new_unsigned(message)
     tx.partial_sign([payer], message.recent_blockhash)
     return bytes(tx)
 
 
 def check_state(
-    terms: ChannelTerms, nonce_value: Hash, payouts: dict[Pubkey, int], state: bytes
+    terms: ChannelTerms,
+    nonce_value: Hash,
+    payouts: dict[Pubkey, int],
+    state: bytes,
+    *,
+    receipts: Commitment | Literal[_Claimed.CLAIMED] | None = CLAIMED,
 ) -> Transaction:
     """The payee's check of a state: exactly the transaction it expects for these
-    payouts, with a valid payer signature. ChannelError otherwise."""
-    if len(state) > MAX_TRANSACTION_BYTES:
-        raise ChannelError("the state is larger than a Solana transaction")
-    try:
-        tx = Transaction.from_bytes(state)
-    except Exception as exc:
-        raise ChannelError("the state is not a Solana transaction") from exc
-    expected = state_message(terms, nonce_value, payouts)
+    payouts and this ``receipts`` commitment (by default the one the state claims,
+    which `state_receipts` reads; None: no memo), with a valid payer signature.
+    ChannelError otherwise."""
+    tx = _decoded(state)
+    if receipts is CLAIMED:
+        receipts = message_receipts(tx.message)
+    expected = state_message(terms, nonce_value, payouts, receipts=receipts)
     if tx.message != expected:
         raise ChannelError("the state does not pay what was agreed (amounts, accounts or nonce)")
     signers = list(expected.account_keys[: expected.header.num_required_signatures])
@@ -233,6 +267,21 @@ def check_state(
     # Rebuilt from what was checked: nothing else the sender put in the bytes survives.
     canonical = [payer_signature if k == terms.payer else Signature.default() for k in signers]
     return Transaction.populate(expected, canonical)
+
+
+def _decoded(state: bytes) -> Transaction:
+    if len(state) > MAX_TRANSACTION_BYTES:
+        raise ChannelError("the state is larger than a Solana transaction")
+    try:
+        return Transaction.from_bytes(state)
+    except Exception as exc:
+        raise ChannelError("the state is not a Solana transaction") from exc
+
+
+def state_receipts(state: bytes) -> Commitment | None:
+    """The receipts commitment a state claims (not checked: `check_state` does
+    that), None if it carries none. ChannelError if its memo is not one."""
+    return message_receipts(_decoded(state).message)
 
 
 def countersign(checked: Transaction, payee: Keypair) -> Transaction:

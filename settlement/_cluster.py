@@ -14,7 +14,8 @@ cluster does, so stock Solana clients work against it unchanged.
 - **History**: each transaction that landed (its fee charged, succeeded or
   not) is journaled with the accounts it changed, in the same SQLite
   transaction: wire bytes, slot, time, error, fee, logs, balances before and
-  after, compute units. `transaction` and `signatures_for` read it back.
+  after, compute units. `transaction` and `signatures_for` read it back
+  (`history` and `landed_transaction` too: the `Ledger` interface's reads).
 
 Not a cluster: one node, no votes, no forks; every commitment level is the same.
 """
@@ -42,7 +43,8 @@ from solders.transaction_status import (
     TransactionStatus,
 )
 
-from ._ledger import EmbeddedLedger, TransactionError
+from ._errors import LedgerError
+from ._ledger import HISTORY_LIMIT, EmbeddedLedger, LandedTransaction, TransactionError
 
 WINDOW = 150  # blockhashes a transaction may use, as on a cluster
 SLOT_S = 0.4
@@ -382,6 +384,21 @@ class ClusterLedger(EmbeddedLedger):
             }
             for sig, slot, when, meta in rows
         ]
+
+    async def history(self, address: Pubkey, limit: int = HISTORY_LIMIT) -> list[str]:
+        rows = await self.signatures_for(str(address), limit, None, None)
+        return [row["signature"] for row in rows]
+
+    async def landed_transaction(self, signature: str) -> LandedTransaction | None:
+        found = await self.transaction(signature)
+        if found is None:
+            return None
+        try:
+            tx = VersionedTransaction.from_bytes(found["tx"])
+        except ValueError as exc:
+            raise LedgerError(f"the history's copy of {signature} does not decode") from exc
+        succeeded = found["meta"]["err"] is None
+        return LandedTransaction(signature, found["slot"], found["block_time"], tx, succeeded)
 
     async def block_at(self, slot: int) -> dict[str, Any] | None:
         """Slot ``slot``'s blockhash, time and transactions (signature order); None if unknown."""

@@ -6,9 +6,11 @@ MercatoError                (mercato)
     │   ├── LockupInForce   a refund before the channel's lockup ends
     │   ├── BlockhashExpired  the transaction must be built again (new blockhash)
     │   └── LedgerUnreachable  no answer, or no confirmation: it may still land
-    └── ChannelError        a channel state that does not hold up (amounts,
-        │                   signatures, accounts): it is refused, nothing stored
-        └── PaymentShort    sound, but it does not cover this task
+    ├── ChannelError        a channel state that does not hold up (amounts,
+    │   │                   signatures, accounts): it is refused, nothing stored
+    │   └── PaymentShort    sound, but it does not cover this task
+    └── LicenceError        a licence's terms, purchase or token that does not
+                            hold up: it is refused
 """
 
 from __future__ import annotations
@@ -45,3 +47,8 @@ class ChannelError(SettlementError):
 class PaymentShort(ChannelError):
     """The payment is sound but its credit does not cover the task (the payer counted
     a price as unused that the payee had used): pay again."""
+
+
+class LicenceError(SettlementError):
+    """A licence's terms, its purchase transaction or its token on the ledger do not
+    hold up; the message says what."""

@@ -1,7 +1,9 @@
 """Ledgers: where channels open, close and refund. One interface, several adapters.
 
 `Ledger` is what settlement needs of Solana: send a transaction, read an
-account, a balance, a blockhash, the rent-exempt minimum, the ledger's clock.
+account, a balance, a blockhash, the rent-exempt minimum, the ledger's clock,
+and the history of an account (a receipt's proof finds its channel's close
+there; the embedded ledger keeps no history).
 `EmbeddedLedger` is the real SVM with the native programs, in this process
 (solders' LiteSVM): the default, so a fresh machine needs no cluster. It is
 private to its process, so it serves one node alone (and tests within one
@@ -31,7 +33,7 @@ from solders.account import Account
 from solders.hash import Hash
 from solders.litesvm import LiteSVM
 from solders.pubkey import Pubkey
-from solders.transaction import Transaction
+from solders.transaction import Transaction, VersionedTransaction
 from solders.transaction_metadata import FailedTransactionMetadata
 from solders.transaction_status import TransactionErrorFieldless, TransactionErrorType
 
@@ -67,6 +69,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS landed (signature TEXT PRIMARY KEY);
 """
 # One account for the journal: its pubkey, and its columns after pubkey (None: delete it).
+HISTORY_LIMIT = 1000  # transactions of one account a history read goes back at most
+NO_HISTORY = (
+    "the embedded ledger keeps no transaction history, and a receipt's proof reads the "
+    'close from it: trade on a ledger that does ([settlement] ledger = "localnet", served '
+    'by `mercato localnet`, or "rpc" on a cluster)'
+)
 _JournalRow = tuple[str, tuple[int, bytes, str, int, int] | None]
 History = Callable[[sqlite3.Connection], None]
 """More rows for the journal's transaction (the localnet's transaction history)."""
@@ -77,6 +85,17 @@ class AccountInfo:
     lamports: int
     data: bytes
     owner: Pubkey
+
+
+@dataclass(frozen=True)
+class LandedTransaction:
+    """A transaction the ledger took (its fee charged), as its history keeps it."""
+
+    signature: str
+    slot: int
+    block_time: int | None
+    transaction: VersionedTransaction
+    succeeded: bool
 
 
 class Ledger(Protocol):
@@ -122,6 +141,16 @@ class Ledger(Protocol):
     async def landed(self, signature: str) -> bool | None:
         """Whether the transaction ``signature`` landed and succeeded (False: it
         failed, or this ledger knows it never landed; None: it cannot tell yet)."""
+        ...
+
+    async def history(self, address: Pubkey, limit: int = HISTORY_LIMIT) -> list[str]:
+        """Signatures of the transactions that named ``address``, newest first (at
+        most ``limit``). LedgerError if this ledger keeps no history."""
+        ...
+
+    async def landed_transaction(self, signature: str) -> LandedTransaction | None:
+        """The transaction ``signature`` as the history keeps it; None if it has not
+        landed. LedgerError if this ledger keeps no history."""
         ...
 
 
@@ -348,6 +377,12 @@ class EmbeddedLedger:
     def _landed(self, signature: str) -> bool:
         query = "SELECT 1 FROM landed WHERE signature = ?"
         return self._db.execute(query, (signature,)).fetchone() is not None
+
+    async def history(self, address: Pubkey, limit: int = HISTORY_LIMIT) -> list[str]:
+        raise LedgerError(NO_HISTORY)
+
+    async def landed_transaction(self, signature: str) -> LandedTransaction | None:
+        raise LedgerError(NO_HISTORY)
 
 
 def refusal(tx: Transaction, err: TransactionError) -> LedgerError:

@@ -10,6 +10,8 @@ transaction may still land; a transaction whose blockhash expired is
 BlockhashExpired and can be built again.
 
 ``now`` reads the Clock sysvar, the time lockups are measured against.
+``history`` pages through getSignaturesForAddress, ``landed_transaction`` is
+getTransaction (base64, version 0 allowed).
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ from solders.transaction_status import (
 )
 
 from ._errors import BlockhashExpired, LedgerError, LedgerUnreachable
-from ._ledger import AccountInfo, refusal
+from ._ledger import HISTORY_LIMIT, AccountInfo, LandedTransaction, refusal
 
 RESEND_S = 2.0
 POLL_S = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)  # then every 0.5 s
 REMEMBERED_BLOCKHASHES = 64
+SIGNATURES_PAGE = 1000  # the most getSignaturesForAddress gives at once
 # No answer, or not one a Solana RPC gives (a proxy's page, a wrong port).
 UNREACHABLE = (SolanaRpcException, SerdeJSONError, OSError, ValueError)
 CONFIRMED = (TransactionConfirmationStatus.Confirmed, TransactionConfirmationStatus.Finalized)
@@ -193,6 +196,37 @@ class RpcLedger:
 
     async def rent(self, size: int) -> int:
         return int((await self._call("get_minimum_balance_for_rent_exemption", size)).value)
+
+    async def history(self, address: Pubkey, limit: int = HISTORY_LIMIT) -> list[str]:
+        found: list[str] = []
+        before: Signature | None = None
+        while len(found) < limit:
+            asked = min(SIGNATURES_PAGE, limit - len(found))
+            page = (
+                await self._call("get_signatures_for_address", address, before, None, asked)
+            ).value
+            found += [str(row.signature) for row in page]
+            if len(page) < asked:
+                break
+            before = page[-1].signature
+        return found
+
+    async def landed_transaction(self, signature: str) -> LandedTransaction | None:
+        value = (
+            await self._call(
+                "get_transaction",
+                Signature.from_string(signature),
+                "base64",
+                max_supported_transaction_version=0,
+            )
+        ).value
+        if value is None:
+            return None
+        tx, meta = value.transaction.transaction, value.transaction.meta
+        if not isinstance(tx, VersionedTransaction):
+            raise LedgerError(f"the ledger at {self.url} sent {signature} in another encoding")
+        succeeded = meta is not None and meta.err is None
+        return LandedTransaction(signature, value.slot, value.block_time, tx, succeeded)
 
     async def now(self) -> int:
         clock = await self.account(CLOCK)

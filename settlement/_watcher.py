@@ -30,7 +30,7 @@ from solders.pubkey import Pubkey
 from solders.transaction import Transaction
 
 from ._book import Channel, ChannelBook, held, payable, payable_v1
-from ._channel import check_stake, check_state, countersign, refund_transaction
+from ._channel import check_stake, check_state, countersign, refund_transaction, state_receipts
 from ._errors import ChannelError, LedgerError, LedgerUnreachable, SettlementError
 from ._forward import forward_held
 from ._ledger import AccountInfo, Ledger
@@ -204,11 +204,14 @@ def _closing(channel: Channel, payee: Keypair) -> tuple[Transaction, dict[Pubkey
     pays the payee to hold for others. A state signed before version 2 payments
     held nothing (it left small royalties out)."""
     terms, state = channel.terms, channel.state or b""
+    receipts = state_receipts(state)  # the payer's commitment, memo and all
     try:
-        checked = check_state(terms, channel.nonce, payable(channel.owed, terms.payee), state)
+        payouts = payable(channel.owed, terms.payee)
+        checked = check_state(terms, channel.nonce, payouts, state, receipts=receipts)
         holding = held(channel.owed, terms.payee)
     except ChannelError:
-        checked = check_state(terms, channel.nonce, payable_v1(channel.owed, terms.payee), state)
+        payouts = payable_v1(channel.owed, terms.payee)
+        checked = check_state(terms, channel.nonce, payouts, state, receipts=receipts)
         holding = {}
     return countersign(checked, payee), holding
 

@@ -101,8 +101,9 @@ NODE_PARTS = {
     "registry": set(),
     "builds": set(),
     "money": set(),
-    "tasks": {"builds", "registry", "money"},
-    "control": {"builds", "registry", "money", "tasks"},
+    "commerce": {"registry", "money"},
+    "tasks": {"builds", "registry", "money", "commerce"},
+    "control": {"builds", "registry", "money", "commerce", "tasks"},
     "mcp": {"control"},
     "web": {"control"},
 }

@@ -1,8 +1,8 @@
 """control: the node's control surface, for the CLI, scripts and agents.
 
 `NodeAPI` is the one typed facade of every operation of a running node, with a
-sub-API per domain (node, registry, builds, runtime, tasks, money). The HTTP
-control API (`build_app`: FastAPI routes, one router per area, behind a guard
+sub-API per domain (node, registry, builds, runtime, tasks, money, commerce).
+The HTTP control API (`build_app`: FastAPI routes, one router per area, behind a guard
 for the token and body limits) calls it; its bodies are the pydantic models of
 ``_models.py`` and its errors map to (status, code) in the one table of
 ``_errors.py``. `ControlClient` calls the same operations over HTTP, blocking,

@@ -4,7 +4,8 @@ The HTTP routes (``_routes.py``), and whatever else drives a node in process,
 call these methods; `ControlClient` calls the same operations over HTTP. The
 facade holds the rules of each operation (what a valid peer, price or range is,
 which service answers); the services hold the domain. Sub-APIs per domain:
-``node``, ``registry``, ``builds``, ``runtime``, ``tasks``, ``money``.
+``node``, ``registry``, ``builds``, ``runtime``, ``tasks``, ``money``,
+``commerce``.
 
 Errors: a refusal of the facade's own is a `ControlError` carrying its HTTP
 status and code; an error of a service is raised as it is, and
@@ -41,8 +42,9 @@ from .._errors import ControlError
 from .._events import event_head, list_events, verify_events
 from .._version import __version__
 from ..builds import BuildError, check_cid, responsible
+from ..commerce import LicenceRequired
 from ..money import channel_info
-from ..tasks import BadReceipt, Budget, Receipt, TaskRecord
+from ..tasks import BadReceipt, Budget, Receipt, TaskRecord, prove_receipt
 from . import _models as m
 
 if TYPE_CHECKING:
@@ -316,7 +318,22 @@ class RegistryOps(_Part):
     async def resolve(self, ref: str, range_text: str = "*") -> m.Resolution:
         if ref.count("/") != 1 or len(ref) > 200:
             raise refuse(400, "bad_query", "ref must be PUBLISHER/NAME")
-        return m.Resolution(**await self._node.registry.resolve(ref, range_text))
+        publisher, _, name = ref.partition("/")
+        listing = await self._node.registry.show(publisher, name)
+        if not listing or not listing.get("plans"):
+            return m.Resolution(**await self._node.registry.resolve(ref, range_text))
+        # Sold by plan: the newest release in range that a licence held here covers.
+        try:
+            licence, version, upgrade = await self._node.tasks.runner.licence_for(
+                ref, range_text, listing
+            )
+        except LicenceRequired as exc:
+            found = await self._node.registry.resolve(ref, range_text)
+            return m.Resolution(**found, licence="", licence_required=str(exc))
+        found = await self._node.registry.resolve(ref, version)
+        mint = licence.mint if licence else ""
+        shown = m.Upgrade(**upgrade) if upgrade else None
+        return m.Resolution(**{**found, "range": range_text}, licence=mint, upgrade=shown)
 
 
 class RuntimeOps(_Part):
@@ -526,6 +543,8 @@ class TaskOps(_Part):
             receipt=_receipt_json(done["receipt"]),
             verified=done["verified"],
             attempts=done["attempts"],
+            licence=done.get("licence") or "",
+            upgrade=_upgrade(done.get("upgrade")),
         )
 
     async def _admit(
@@ -630,13 +649,38 @@ class TaskOps(_Part):
         return m.Tasks(tasks=[_task_side(r, full=False) for r in records])
 
     async def show(self, task_id: str) -> m.Task:
+        task_id = await self._known(task_id)
+        records = await self._node.tasks.tasklog.get(task_id)
+        return m.Task(task=task_id, sides=[_task_side(r, True) for r in records])
+
+    async def prove(self, task_id: str) -> m.Proof:
+        """That the receipt of a paid task this node ran is settled by its channel's
+        close: the closing transaction on the ledger, the receipts commitment in its
+        memo, and the receipt's Merkle path, checked here against it (``verified``;
+        ``reason`` says why not). 409 ``no_proof`` while there is nothing to check it
+        against (a free task, a channel still open); the embedded ledger keeps no
+        history to find the close in."""
+        task_id = await self._known(task_id)
+        tasks = self._node.tasks
+        return m.Proof(**await prove_receipt(tasks.tasklog, self._node.settlement, task_id))
+
+    async def _known(self, task_id: str) -> str:
+        """A task id of this node's task log, in lower case; refused 400 or 404."""
         task_id = task_id.lower()
         if len(task_id) != 32 or any(c not in "0123456789abcdef" for c in task_id):
             raise refuse(400, "bad_task", "a task id is 32 hex digits (see `mercato tasks ls`)")
-        records = await self._node.tasks.tasklog.get(task_id)
-        if not records:
+        if not await self._node.tasks.tasklog.get(task_id):
             raise refuse(404, "unknown_task", f"this node has no task {task_id}")
-        return m.Task(task=task_id, sides=[_task_side(r, True) for r in records])
+        return task_id
+
+
+def _upgrade(found: dict[str, Any] | None) -> m.Upgrade | None:
+    """The runner's word on a newer release the licence used does not cover."""
+    if not found:
+        return None
+    keys = ("name", "kind", "price", "versions")
+    plans = [m.UpgradePlan(**{k: p[k] for k in keys}) for p in found.get("plans", [])]
+    return m.Upgrade(version=found["version"], plans=plans)
 
 
 class MoneyOps(_Part):
@@ -702,6 +746,97 @@ class MoneyOps(_Part):
         return m.Settled(**channel_info(channel), signature=str(signature))
 
 
+_LISTING_REF = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,44}/[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
+_MINT = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,44}")
+
+
+class CommerceOps(_Part):
+    """Licences and subscriptions: buying and refunding them, and what this node sold.
+
+    A purchase or refund is made with the creator's node, which must be online;
+    the facade checks the arguments' form, `CommerceService` everything else."""
+
+    async def buy(self, agent: str, plan: str, approved: bool = False) -> m.Licence:
+        """Buy ``plan`` of ``agent`` (PUBLISHER/NAME); the licence once it is on the
+        ledger. The ``[spending]`` policy holds as for runs: a price above
+        ``approve_above`` needs ``approved`` (a human confirmed it), and the price
+        counts against ``max_per_day``."""
+        if not _LISTING_REF.fullmatch(agent):
+            raise refuse(
+                400, "bad_agent", "agent is PUBLISHER/NAME: a base58 address, '/', a listing's name"
+            )
+        if not re.fullmatch(m.PLAN_NAME, plan):
+            raise refuse(
+                400,
+                "bad_plan",
+                "plan is a plan's name: up to 32 of a-z, 0-9 and '-' (`mercato show` lists them)",
+            )
+        price = await self._plan_price(agent, plan)
+        limits = self._node.config.spending
+        if not approved and limits.approve_above is not None and price > limits.approve_above:
+            raise refuse(
+                403,
+                "approval_needed",
+                f"the plan {plan} costs {price} lamports: a human must confirm purchases above "
+                f"{limits.approve_above} lamports ([spending] approve_above); ask your user, "
+                "then buy again with approved=true",
+            )
+        spending = self._node.tasks.spending
+        budget = Budget(None)
+        if limits.max_per_day is not None and price:
+            async with spending.lock:  # read what is spent and reserved, and reserve, at once
+                spent, reserved = await spending.totals(time.time())
+                left = max(limits.max_per_day - spent - reserved, 0)
+                if price > left:
+                    raise refuse(
+                        403,
+                        "daily_limit",
+                        f"the plan {plan} costs {price} lamports; {left} lamports left today; "
+                        f"the limit is {limits.max_per_day} (resets at 00:00 UTC)",
+                    )
+                budget = Budget(price)
+                spending.hold(budget)
+        try:
+            row = await self._node.commerce.buy(agent, plan)
+            publisher = agent.partition("/")[0]
+            await spending.record(row.price, publisher, f"licence:{row.mint}", budget)
+        finally:
+            spending.release(budget)
+        return m.Licence(**row.view())
+
+    async def _plan_price(self, agent: str, plan: str) -> int:
+        publisher, _, name = agent.partition("/")
+        listing = await self._node.registry.show(publisher, name)
+        plans = (listing or {}).get("plans") or {}
+        return int(plans[plan]["price"]) if plan in plans else 0  # unknown: the service says
+
+    async def licences(self) -> m.Licences:
+        """The licences and subscriptions this node's wallet bought, newest first."""
+        await self._node.commerce.settle_pending()
+        rows = await self._node.commerce.held.all()
+        return m.Licences(licences=[m.Licence(**r.view()) for r in rows])
+
+    async def refund(self, mint: str) -> m.Licence:
+        """Ask the creator's node to refund the licence ``mint``, within its refund window."""
+        if not _MINT.fullmatch(mint):
+            raise refuse(
+                400,
+                "bad_mint",
+                "a licence is named by its mint, a base58 address (`mercato licences`)",
+            )
+        row = await self._node.commerce.refund(mint)
+        return m.Licence(**row.view())
+
+    async def sales(self) -> m.Sales:
+        """The licences this node's creators sold, newest first, and totals per plan."""
+        sold = self._node.commerce.sold
+        rows, totals = await sold.all(), await sold.totals()
+        return m.Sales(
+            sales=[m.Licence(**r.view()) for r in rows],
+            totals=[m.SaleTotal(**t) for t in totals],
+        )
+
+
 class NodeAPI:
     """Every operation of a running node; see the module docstring."""
 
@@ -712,3 +847,4 @@ class NodeAPI:
         self.runtime = RuntimeOps(node)
         self.tasks = TaskOps(node)
         self.money = MoneyOps(node)
+        self.commerce = CommerceOps(node)

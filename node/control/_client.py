@@ -258,6 +258,9 @@ class ControlClient:
     def task(self, task_id: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/tasks/{quote(task_id, safe='')}")
 
+    def task_proof(self, task_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/tasks/{quote(task_id, safe='')}/proof")
+
     def providers(self, agent: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/providers?{urlencode({'agent': agent})}")
 
@@ -284,6 +287,19 @@ class ControlClient:
 
     def channel_refund(self, stake: str) -> dict[str, Any]:
         return self.request("POST", f"/v1/channels/{quote(stake, safe='')}/refund")
+
+    def buy(self, agent: str, plan: str, approved: bool = False) -> dict[str, Any]:
+        body = {"agent": agent, "plan": plan, "approved": approved}
+        return self.request("POST", "/v1/licences", body)
+
+    def licences(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/licences")
+
+    def refund(self, mint: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/licences/{quote(mint, safe='')}/refund")
+
+    def sales(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/sales")
 
     def metrics(self) -> str:
         return self.request("GET", "/metrics", raw=True)

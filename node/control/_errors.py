@@ -22,7 +22,16 @@ from mercato.settlement import ChannelError, LedgerError, LedgerUnreachable, Loc
 
 from .._errors import ControlError, KeyExists, KeyNotFound, KeyStoreError, NotServed
 from ..builds import BuildError, QuotaExceeded, UnknownBuild
-from ..tasks import KeyReused, TaskError, TaskRefused, UnknownAgent
+from ..commerce import (
+    BadSignedObject,
+    CommerceError,
+    LicenceRefused,
+    LicenceRequired,
+    NoSeller,
+    SaleRefused,
+    UnknownLicence,
+)
+from ..tasks import KeyReused, NoProof, TaskError, TaskRefused, UnknownAgent
 
 ERRORS: dict[type[Exception], tuple[int, str]] = {
     KeyExists: (409, "key_exists"),
@@ -40,9 +49,17 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     InvalidModule: (400, "invalid_module"),
     InputTooLarge: (400, "input_too_large"),
     LimitsError: (400, "bad_limits"),
+    LicenceRequired: (403, "licence_required"),
+    LicenceRefused: (403, "licence_refused"),
+    UnknownLicence: (404, "no_such_licence"),
+    NoSeller: (503, "seller_offline"),
+    SaleRefused: (409, "sale_refused"),
+    BadSignedObject: (400, "bad_request"),
+    CommerceError: (400, "commerce"),
     UnknownAgent: (404, "unknown_agent"),
     TaskRefused: (400, "task_refused"),
     KeyReused: (409, "idempotency_conflict"),
+    NoProof: (409, "no_proof"),
     TaskError: (502, "task_failed"),
     LockupInForce: (409, "lockup_in_force"),
     LedgerUnreachable: (503, "ledger_unreachable"),

@@ -200,7 +200,13 @@ class SearchPage(Response):
 
 
 class Resolution(OpenResponse):
-    """Releases in range, and a plan with every dependency resolved."""
+    """Releases in range, and a plan with every dependency resolved. For a listing
+    sold by plan: the licence held here that the newest covered release runs
+    under, a newer release that needs another plan, or why none is held."""
+
+    licence: str = ""
+    licence_required: str = ""
+    upgrade: Upgrade | None = None
 
 
 # -- runtime -----------------------------------------------------------------
@@ -348,6 +354,20 @@ class Spending(Response):
     approve_above: int | None
 
 
+class UpgradePlan(Response):
+    name: str
+    kind: str
+    price: int = Field(description="lamports")
+    versions: str
+
+
+class Upgrade(Response):
+    """A newer release than the licence used covers, and the plans that cover it."""
+
+    version: str
+    plans: list[UpgradePlan]
+
+
 class TaskDone(Response):
     task: str
     output: str = Field(description="base64")
@@ -356,6 +376,10 @@ class TaskDone(Response):
     verified: str
     attempts: list[dict[str, Any]] = Field(
         description="providers tried before, and why they failed"
+    )
+    licence: str = Field("", description="the mint of the licence the run used, or empty")
+    upgrade: Upgrade | None = Field(
+        None, description="a newer release this node's licence does not cover, and its plans"
     )
 
 
@@ -375,6 +399,23 @@ class Tasks(Response):
 class Task(Response):
     task: str
     sides: list[TaskSide]
+
+
+class Proof(Response):
+    """A paid task's receipt checked against its channel's close on the ledger."""
+
+    task: str
+    channel: str = Field(description="the channel's stake account")
+    signature: str = Field(description="the closing transaction")
+    slot: int
+    block_time: int | None
+    root: str = Field(description="the Merkle root the close's memo commits to (hex)")
+    count: int = Field(description="how many receipts that root is over")
+    index: int = Field(description="the receipt's place among them, from 0")
+    leaf: str = Field(description="sha256 of b'mercato/receipt-leaf/v1\\0' + the signed receipt")
+    path: list[str] = Field(description="sibling hashes from the leaf up to the root (hex)")
+    verified: bool
+    reason: str = Field("", description="why it is not verified")
 
 
 # -- money -------------------------------------------------------------------
@@ -419,6 +460,7 @@ class Channel(Response):
     left: int
     owed: dict[str, int]
     settled: dict[str, int]
+    receipts: int = Field(0, description="task receipts the latest state commits to")
 
 
 class Channels(Response):
@@ -434,3 +476,52 @@ class OpenBody(Request):
 
 class Settled(Channel):
     signature: str
+
+
+# -- commerce ----------------------------------------------------------------
+
+PLAN_NAME = r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$"
+
+
+class BuyBody(Request):
+    agent: str = Field(max_length=120, description="PUBLISHER/NAME")
+    plan: str = Field(max_length=32, description="the plan's name, as the listing shows it")
+    approved: bool = Field(
+        False, description="a human confirmed this purchase, above [spending] approve_above"
+    )
+
+
+class Licence(Response):
+    """A licence or subscription bought (``party``: its creator) or sold (its buyer)."""
+
+    mint: str = Field(description="the licence token's mint: its id on the ledger")
+    agent: str = Field(description="PUBLISHER/NAME")
+    plan: str
+    kind: Literal["licence", "subscription"]
+    versions: str = Field(description="the releases it covers, a semver range")
+    expires: int = Field(description="unix seconds; 0: never (a licence)")
+    refund_until: int = Field(description="unix seconds; 0: no refunds")
+    price: int = Field(description="lamports paid to the creator")
+    party: str = Field(description="the creator (a licence held) or the buyer (one sold)")
+    signature: str = Field(description="the purchase transaction's signature")
+    time: float = Field(description="unix seconds, when it was bought")
+    refunded: str = Field(description="the refund's transaction signature, or empty")
+    pending: int = Field(0, description="1 while its purchase is sent and not yet on the ledger")
+    state: Literal["pending", "active", "expired", "refunded"]
+
+
+class Licences(Response):
+    licences: list[Licence]
+
+
+class SaleTotal(Response):
+    agent: str
+    plan: str
+    sales: int
+    lamports: int = Field(description="earned, refunds deducted")
+    refunds: int
+
+
+class Sales(Response):
+    sales: list[Licence] = Field(description="newest first")
+    totals: list[SaleTotal] = Field(description="per listing and plan")

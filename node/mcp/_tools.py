@@ -38,7 +38,9 @@ show_listing and at who serves it with list_providers, ask for a price with quot
 then run_agent: it pays the provider through a payment channel (lamports, on Solana)
 and returns the output with a receipt id (get_task shows the receipt). Prices are in
 lamports (1 SOL = 1,000,000,000). The node's owner sets spending limits; runs above
-a threshold need the human's confirmation, which this server asks for."""
+a threshold need the human's confirmation, which this server asks for. A listing with
+`plans` runs only under a licence or subscription: buy_licence buys one from its
+creator's node, list_licences shows those held, and runs use them on their own."""
 
 MAX_INPUT_BYTES = 8 * 1024 * 1024
 _TASK_ID = re.compile(r"[0-9a-f]{32}")
@@ -88,7 +90,8 @@ def build_server(backend: Backend, name: str = "mercato") -> MCPServer:
     @server.tool(annotations=_read_only())
     async def show_listing(publisher: str, name: str) -> dict[str, Any]:
         """One listing in full: description, price per run (lamports), royalty,
-        resource limits, and every release (version and build id), newest first."""
+        resource limits, every release (version and build id), newest first, and its
+        `plans` when it runs only under a licence or subscription (buy_licence)."""
         return await call("GET", _listing_path(publisher, name))
 
     @server.tool(annotations=_read_only())
@@ -148,7 +151,9 @@ def build_server(backend: Backend, name: str = "mercato") -> MCPServer:
         and never pays twice. A price above the owner's approve_above limit is put to
         the user first. Returns the output (as text when it is UTF-8, and as
         base64), the provider, the price paid and the task id of the receipt
-        (get_task, or the resource mercato://task/{id})."""
+        (get_task, or the resource mercato://task/{id}); for a listing sold by plan,
+        the licence used and `upgrade`, a newer release it does not cover and the
+        plans that do."""
         stdin = _input(input_text, input_base64)
         body: dict[str, Any] = {
             "agent": agent,
@@ -201,12 +206,78 @@ def build_server(backend: Backend, name: str = "mercato") -> MCPServer:
             spending = None
         return {**money, "channels": channels["channels"], "spending": spending}
 
+    async def purchase_approval(agent: str, plan: str) -> Any:
+        """A question for the human when the plan's price needs their approval."""
+        publisher, _, name = agent.partition("/")
+        try:
+            listing = await call("GET", _listing_path(publisher, name))
+        except ToolError:  # a bad or unknown listing: the purchase itself says what is wrong
+            return {"price": 0}
+        price = int(((listing.get("plans") or {}).get(plan) or {}).get("price", 0))
+        limits = await call("GET", "/v1/spending")
+        above = limits.get("approve_above")
+        if above is None or price <= above:
+            return {"price": price}
+        return Elicit(
+            f"Buy the plan {plan} of {agent} for {price} lamports ({price / 1e9:.9f} SOL)? "
+            "It is above the node's approve_above limit.",
+            Confirm,
+        )
+
+    @server.tool()
+    async def buy_licence(
+        agent: str,
+        plan: str,
+        answer: Annotated[ElicitationResult[Any], Resolve(purchase_approval)],
+    ) -> dict[str, Any]:
+        """Buy `plan` (a licence or subscription, as show_listing's `plans` name it) of
+        `agent` (PUBLISHER/NAME) from its creator's node, which must be online. It pays
+        the plan's price (lamports) from this node's wallet to the creator, once for a
+        licence or per period for a subscription: ask the user before buying. Returns
+        the licence: its mint (its id), the versions it covers, when it expires (0:
+        never) and until when it can be refunded (0: no refunds). Runs of the agent
+        then use it without further steps. A price above the owner's approve_above limit
+        is put to the user first."""
+        body: dict[str, Any] = {"agent": agent, "plan": plan}
+        if not isinstance(answer, AcceptedElicitation):
+            raise ToolError(
+                f"the user did not confirm the purchase ({answer.action}); nothing was paid"
+            )
+        if isinstance(answer.data, Confirm):
+            if not answer.data.confirm:
+                raise ToolError("the user did not confirm the purchase; nothing was paid")
+            body["approved"] = True
+        return await call("POST", "/v1/licences", body)
+
+    @server.tool(annotations=_read_only())
+    async def list_licences() -> dict[str, Any]:
+        """The licences and subscriptions this node bought, newest first: agent, plan,
+        versions covered, state (active, expired or refunded), `expires` and
+        `refund_until` (unix seconds, 0: never / no refunds) and the mint."""
+        return await call("GET", "/v1/licences")
+
+    @server.tool()
+    async def refund_licence(mint: str) -> dict[str, Any]:
+        """Ask the creator's node to refund the licence `mint` (from list_licences)
+        within its refund window: the price comes back to this node's wallet and the
+        licence stops working. The creator's node must be online."""
+        return await call("POST", _refund_path(mint))
+
+    @server.tool(annotations=_read_only())
+    async def list_sales() -> dict[str, Any]:
+        """What this node's creators sold: every licence sold (newest first: buyer,
+        plan, price, state) and totals per listing and plan (sales, refunds, lamports
+        earned with refunds deducted)."""
+        return await call("GET", "/v1/sales")
+
     @server.tool()
     async def publish_listing(manifest: dict[str, Any], account: str = "default") -> dict[str, Any]:
         """Create or update a listing, signed by the node's `account` key. `manifest`
         has the fields of MANIFEST.toml: name, kind ("agent" or "model"), title,
         summary, description, tags, capabilities, price (lamports per run),
-        royalty_bps (0-10000), limits. A wrong field is refused, naming it."""
+        royalty_bps (0-10000), limits, and optional plans (licences or subscriptions:
+        {"pro": {"kind": "licence", "price": lamports, "versions": "^1", ...}}). A wrong
+        field is refused, naming it."""
         return await call("POST", "/v1/registry/publish", {"account": account, "listing": manifest})
 
     @server.tool()
@@ -308,11 +379,17 @@ def _done(done: dict[str, Any]) -> dict[str, Any]:
         "output_base64": done["output"],
         "verified": done.get("verified"),
         "receipt": receipt,
+        "licence": done.get("licence", ""),
+        "upgrade": done.get("upgrade"),
     }
 
 
 def _listing_path(publisher: str, name: str) -> str:
     return f"/v1/registry/listings/{quote(publisher, safe='')}/{quote(name, safe='')}"
+
+
+def _refund_path(mint: str) -> str:
+    return f"/v1/licences/{quote(mint, safe='')}/refund"
 
 
 def _task_path(task_id: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 from mercato.p2p import FrameError, canonical_cbor, decode_canonical
 from mercato.settlement import ChannelError
 
-VERSION = 2
+VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,14 @@ class Payment:
     Version 2: a royalty owed under MIN_PAYOUT is paid to the provider in the
     state, which holds it for the creator and forwards it after the close
     (version 1 states left it out, and a close dropped it). The two cannot be
-    mixed on a channel, so a version 1 payment is refused with that reason."""
+    mixed on a channel, so a version 1 payment is refused with that reason.
+
+    Version 3: the state carries, in a memo, the payer's commitment to the
+    receipts it verified on the channel so far (`mercato.settlement` receipts);
+    a provider of version 2 would refuse such a state as one that does not pay
+    what was agreed, so the version says it first. The acknowledgement of a
+    receipt (the ``ack`` op) carries a `Payment` too: the same amounts, more
+    receipts."""
 
     terms: dict[str, Any]
     owed: dict[str, int]  # the payer's account of everything owed, per recipient

@@ -50,6 +50,7 @@ from mercato.settlement import (
     refund_channel,
     run_watcher,
     split,
+    state_receipts,
 )
 
 from .._config import SettlementSection
@@ -141,9 +142,49 @@ class SettlementService:
         price is known to be credit before the next task pays."""
         return self._paying.setdefault(provider, trio.Lock())
 
-    async def settle(self, channel: Channel, amounts: dict[Pubkey, int]) -> Channel:
-        """A good receipt: these amounts are used, no longer credit."""
-        return await self.book.settle(channel.terms.stake, amounts)
+    async def settle(
+        self,
+        channel: Channel,
+        amounts: dict[Pubkey, int],
+        receipt: bytes | None = None,
+        cumulative: int = 0,
+    ) -> Channel:
+        """A good receipt: these amounts are used, no longer credit, and the signed
+        ``receipt`` is the channel's next one (the next state commits to it)."""
+        return await self.book.settle(channel.terms.stake, amounts, receipt, cumulative)
+
+    async def acknowledgement(self, stake: Pubkey) -> bytes | None:
+        """The payer's side, after a good receipt: the encoded `Payment` that tells
+        the payee about it (the latest amounts, signed again with the receipts
+        since), stored first; None if the latest state says it all already. Call
+        it inside `paying`, so that states reach the provider in order."""
+        channel = await self.book.acknowledge(stake, self.wallet)
+        if channel is None or channel.state is None:
+            return None
+        owed = {str(k): v for k, v in channel.owed.items()}
+        return Payment(channel.terms.to_wire(), owed, channel.state).encode()
+
+    async def accept_ack(self, user: str, payment: bytes) -> Channel:
+        """The payee's side of an acknowledgement: kept as the latest state if it pays
+        exactly what the latest state held pays and commits to more receipts.
+        ChannelError, with nothing stored, otherwise."""
+        try:
+            paid = Payment.decode(payment)
+            claimed = {Pubkey.from_string(k): v for k, v in paid.owed.items()}
+            terms = ChannelTerms.from_wire(paid.terms)
+        except (ChannelError, ValueError) as exc:
+            raise ChannelError(f"the acknowledgement is malformed: {exc}") from exc
+        known = self.book.channels.get(str(terms.stake))
+        if known is None or known.role != "payee" or known.peer != user or known.terms != terms:
+            raise ChannelError(
+                f"this node is paid on no channel {terms.stake} by you: nothing to acknowledge"
+            )
+        channel = await self.book.take_ack(terms.stake, claimed, paid.state)
+        log.debug(
+            "receipts acknowledged",
+            extra={"channel": str(terms.stake), "receipts": (channel.receipts or (0,))[0]},
+        )
+        return channel
 
     async def _usable(
         self, provider: str, payee: Pubkey, amounts: dict[Pubkey, int]
@@ -282,6 +323,8 @@ class SettlementService:
         terms = ChannelTerms.from_wire(paid.terms)
         if terms.payee != self.wallet.pubkey():
             raise ChannelError("that channel pays another wallet than this node's")
+        if state_receipts(paid.state) is None:
+            raise ChannelError("the state carries no receipts commitment (a memo): see `Payment`")
         stake = await self.ledger.account(terms.stake)
         nonce = await self.ledger.account(terms.nonce)
         if stake is None or nonce is None:
@@ -353,6 +396,7 @@ def channel_info(c: Channel) -> dict[str, Any]:
         "left": c.left,
         "owed": {str(k): v for k, v in c.owed.items()},
         "settled": {str(k): v for k, v in c.settled.items()},
+        "receipts": (c.receipts or (0,))[0],  # how many receipts the latest state commits to
     }
 
 

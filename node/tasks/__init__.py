@@ -1,6 +1,6 @@
 """tasks: running agents for others and having others run them, paid per task.
 
-``_messages.py`` defines ``/mercato/task/1.0.0`` (a quote op and a run op), the
+``_messages.py`` defines ``/mercato/task/1.0.0`` (quote, run and ack ops), the
 signed `Quote` and the signed `Receipt`; ``_cards.py`` the signed agent cards
 of ``mercato/cards/1``. `TaskService` is the provider's side (quotes, runs,
 cards and heartbeats); `TaskRunner` the user's (candidates, quotes, choice,
@@ -9,7 +9,8 @@ retries, second opinions); ``_choice.py`` holds the one scoring formula,
 log, written by group commit together with the reputation a task changed.
 `SpendLog` records what this node's tasks paid, by UTC day, and the `Budget`
 of each run in flight; `RunKeys` keeps the result of runs asked with an
-idempotency key, so that a retry never runs or pays again.
+idempotency key, so that a retry never runs or pays again. `prove_receipt`
+checks a paid task's receipt against the close of its channel on the ledger.
 
 Imports node's core modules, the builds, registry and money subpackages,
 mercato.runtime, mercato.crdt, mercato.settlement and mercato.p2p; never control.
@@ -31,6 +32,8 @@ from ._messages import Receipt as Receipt
 from ._messages import TaskError as TaskError
 from ._messages import TaskRefused as TaskRefused
 from ._messages import UnknownAgent as UnknownAgent
+from ._proof import NoProof as NoProof
+from ._proof import prove as prove_receipt
 from ._reputation import SCHEMA as _REPUTATION_SCHEMA
 from ._runner import TaskRunner as TaskRunner
 from ._service import TaskService as TaskService
@@ -53,6 +56,7 @@ __all__ = [
     "CardBook",
     "CardForwarder",
     "KeyReused",
+    "NoProof",
     "NoProvider",
     "Quote",
     "Receipt",
@@ -66,4 +70,5 @@ __all__ = [
     "TaskService",
     "UnknownAgent",
     "day_start",
+    "prove_receipt",
 ]

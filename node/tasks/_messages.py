@@ -5,6 +5,8 @@
                                           load, release, and until when it holds
     user     -> TaskRequest(op="run", task, quote, input, max_price, payment)
     provider -> TaskResponse(output, receipt)
+    user     -> TaskRequest(op="ack", agent, task, payment)    after a paid run's
+    provider -> TaskResponse()                                  receipt checked out
 
 The quote is signed by the provider (kind ``task-quote``) and carried back with
 the run, so the provider keeps no state between the two and can check that the
@@ -13,9 +15,24 @@ The provider resolves the release, fetches the build if it lacks it, runs it in
 its sandbox under the listing's limits, and signs a `Receipt` (kind
 ``task-receipt``). The user's node checks the signature against the provider's
 peer id, and that the receipt names this task, this quote, this input and
-exactly this output. Paid tasks need settlement (a later issue): until then a
-provider runs free listings only; the messages already carry ``max_price``,
-``payment``, and the receipt ``channel`` and ``cumulative``.
+exactly this output. A paid run carries ``payment`` (a `money.Payment`: the
+channel's terms and a new payer-signed state), and its receipt names the
+channel and the amount served on it so far (``cumulative``).
+
+Each state commits, in a memo, to the receipts of that channel the user's node
+has verified so far (their count and Merkle root; `mercato.settlement`). A
+receipt arrives after the state that paid for it, so once the user's node has
+checked it, it acknowledges it: an ``ack`` carries the same payouts signed
+again with the commitment that includes it (``task`` names the run, for the
+logs; ``agent`` is not checked against what the provider serves). It is sent
+in the background, in order with the user's other states to that provider,
+and never delays the run's answer; one that fails is logged, and the next
+payment carries the commitment anyway. The provider keeps it as the channel's
+latest state if it pays exactly what the latest state held pays and commits to
+more receipts, and answers with an empty response; anything else (an unknown
+channel, other amounts, no more receipts) is refused with ``bad_ack`` and
+changes nothing. The state the provider closes with therefore names the
+receipts it settles (``mercato tasks prove``).
 """
 
 from __future__ import annotations
@@ -71,7 +88,7 @@ class KeyReused(TaskError):
 @dataclass(frozen=True)
 class TaskRequest(Message):
     TYPE: ClassVar[str] = "task.request"
-    op: str = field(metadata={"max_len": 8})  # "quote" or "run"
+    op: str = field(metadata={"max_len": 8})  # "quote", "run" or "ack"
     agent: str = field(metadata={"max_len": 120})
     version: str = field(default="*", metadata={"max_len": 64})
     input_size: int = field(default=0, metadata={"min": 0, "max": MAX_TASK_INPUT})
@@ -80,6 +97,7 @@ class TaskRequest(Message):
     input: bytes = field(default=b"", metadata={"max_len": MAX_TASK_INPUT})
     max_price: int = field(default=0, metadata={"min": 0, "max": 10**15})
     payment: bytes = field(default=b"", metadata={"max_len": MAX_SIGNED})  # settlement
+    licence: bytes = field(default=b"", metadata={"max_len": MAX_SIGNED})  # a LicenceUse
 
 
 @dataclass(frozen=True)
@@ -165,6 +183,7 @@ class Quote:
     payee: str = ""  # the provider's Solana address, for a paid task
     creator: str = ""  # who gets the royalty, and how much: both sides pay by these
     royalty_bps: int = 0
+    licence: str = ""  # the licence's mint, for a listing sold by plan
 
     def sign(self, keypair: Any) -> bytes:
         return _signed(QUOTE_KIND, asdict(self), keypair)

@@ -5,7 +5,10 @@
 1. This node's registry must know the listing (unless a provider is pinned);
    an input over the listing's limit or a price over the cap is refused before
    any peer is asked. A paid task carries a new channel state (`_settlement`),
-   and its receipt must name that channel and the amount paid on it.
+   and its receipt must name that channel and the amount paid on it. A good
+   receipt is kept in the channel book and acknowledged to the provider in the
+   background (`send_acks`: the same payouts, committing to it), never delaying
+   the answer.
 2. Candidates come from live agent cards (and, when no card names the agent,
    from DHT provider records), without banned peers and those over the cap.
 3. The best few by `_choice.rank` (price, reputation, latency, load) are asked
@@ -55,6 +58,14 @@ from mercato.settlement import Channel, ChannelError, SettlementError
 from .._config import RuntimeSection, TasksSection
 from .._store import Store
 from ..builds import BuildError, BuildService
+from ..commerce import (
+    LicenceBook,
+    LicenceRequired,
+    LicenceRow,
+    LicenceUse,
+    lowest_run_price,
+    plans_text,
+)
 from ..money import SettlementService, task_amounts
 from ..registry import RegistryService
 from ._cards import CardBook
@@ -87,10 +98,15 @@ SECOND_OPINION_QUOTES_S = 2.0  # to find a second provider before checking here 
 DETERMINISTIC = frozenset(("ok", "trap", "out_of_fuel"))  # same on every honest node
 # Refusals that blame nobody (a payment refused is most likely this node's doing:
 # another ledger, an empty wallet).
-NO_FAULT = frozenset(("payment_required", "bad_payment", "busy", "quote_expired", "quote_stale"))
+NO_FAULT = frozenset(
+    ("payment_required", "bad_payment", "busy", "quote_expired", "quote_stale")
+) | {"licence_required", "licence_refused", "not_covered"}  # the user's licence, not a fault
 FORFEIT_COOLDOWN_S = 3600.0  # a provider that kept two payments lately is not paid again
 REQUOTE = frozenset(("quote_expired", "quote_stale"))
 MAX_QUOTED_PRICE = 10**15
+ACK_QUEUE = 256  # acknowledgements waiting to be sent; past it, the next payment carries them
+ACK_CONCURRENCY = 4  # sent at once (each in order with the states to its provider)
+ACK_TIMEOUT_S = 10.0
 
 
 class _Unusable(Exception):
@@ -139,6 +155,7 @@ class _Task:
     truth: tuple[str, bytes] | None = None  # settled by this node's own runs
     runs: int = 0  # providers asked to run it (not those that only failed to quote)
     budget: Budget = field(default_factory=lambda: Budget(None))  # shared with second opinions
+    licence: LicenceRow | None = None  # the licence it runs under (a listing sold by plan)
     size: int | None = None  # the input's size, when only quoting (no input)
 
     @property
@@ -163,8 +180,12 @@ class TaskRunner:
         caps: RuntimeSection,
         config: TasksSection,
         money: SettlementService,
+        licences: LicenceBook | None = None,
     ) -> None:
+        """``licences`` are this node's, for listings sold by plan."""
         self._overlay = overlay
+        self._licences = licences
+        self._uses: dict[tuple[str, str], bytes] = {}  # (mint, provider) -> signed LicenceUse
         self._registry = registry
         self._builds = builds
         self._runtime = runtime
@@ -181,6 +202,10 @@ class TaskRunner:
         self._inflight: dict[str, int] = {}
         # provider -> (when it last kept a payment, how many times lately)
         self._forfeits: dict[str, tuple[float, int]] = {}
+        # (provider, channel, agent, task) of good receipts, for `send_acks`
+        self._acks, self._acks_out = trio.open_memory_channel[tuple[str, str, str, bytes]](
+            ACK_QUEUE
+        )
 
     async def load(self) -> None:
         await self._store.run(self.reputation.load, self._store.db)
@@ -200,9 +225,11 @@ class TaskRunner:
         attempts}``; ``budget`` bounds what it pays in all (second opinions too).
         Raises UnknownAgent, TaskRefused or NoProvider."""
         listing = await self._listing(agent, version, stdin, max_price, pinned=provider)
+        licence, version, upgrade = await self.licence_for(agent, version, listing)
         # Without a cap, pay no more than the creator lists (nothing, for an unknown listing).
-        cap = max_price if max_price is not None else int((listing or {}).get("price", 0))
+        cap = max_price if max_price is not None else self._listed_price(listing, licence)
         task = _Task(agent, version, stdin, provider, cap, listing, budget=budget or Budget(None))
+        task.licence = licence
         first_id = secrets.token_bytes(16)
         started = time.time()
         answer: _Answer | None = None
@@ -224,7 +251,70 @@ class TaskRunner:
             "provider": answer.provider,
             "verified": verified,
             "attempts": task.failures,
+            "licence": licence.mint if licence else "",
+            "upgrade": upgrade,
         }
+
+    @staticmethod
+    def _listed_price(listing: dict[str, Any] | None, licence: LicenceRow | None) -> int:
+        if listing is None:
+            return 0
+        plan = (listing.get("plans") or {}).get(licence.plan) if licence else None
+        return int(plan["run_price"]) if plan else lowest_run_price(listing)
+
+    async def licence_for(
+        self, agent: str, version: str, listing: dict[str, Any] | None
+    ) -> tuple[LicenceRow | None, str, dict[str, Any] | None]:
+        """For a listing sold by plan: the licence to run under, the newest release
+        in ``version`` it covers, and the upgrade on offer when a newer release in
+        range needs another plan. LicenceRequired if no licence covers any."""
+        plans = (listing or {}).get("plans") or {}
+        if listing is None or not plans:
+            return None, version, None
+        wanted = VersionRange.parse(version)
+        releases = [
+            r["version"] for r in listing["releases"] if wanted.matches(Version.parse(r["version"]))
+        ]
+        held = await self._licences.usable(agent) if self._licences is not None else []
+        for i, release in enumerate(releases):  # newest first
+            v = Version.parse(release)
+            for row in held:
+                if VersionRange.parse(row.versions).matches(v):
+                    return row, release, (self._upgrade(plans, releases[0]) if i else None)
+        covering = {
+            n: p
+            for n, p in plans.items()
+            if VersionRange.parse(p["versions"]).matches(Version.parse(releases[0]))
+        }
+        raise LicenceRequired(
+            f"{agent} runs only under a licence or subscription, and this node holds none "
+            f"that covers {releases[0]}; " + plans_text(agent, covering or plans)
+        )
+
+    @staticmethod
+    def _upgrade(plans: dict[str, Any], newest: str) -> dict[str, Any]:
+        v = Version.parse(newest)
+        return {
+            "version": newest,
+            "plans": [
+                {"name": n, "kind": p["kind"], "price": p["price"], "versions": p["versions"]}
+                for n, p in sorted(plans.items())
+                if VersionRange.parse(p["versions"]).matches(v)
+            ],
+        }
+
+    def _use(self, task: _Task, provider: str) -> bytes:
+        """The signed word that ``provider`` may run ``task`` under its licence."""
+        if task.licence is None:
+            return b""
+        key = (task.licence.mint, provider)
+        if key not in self._uses:
+            wallet = self._money.wallet
+            use = LicenceUse(
+                task.licence.mint, str(wallet.pubkey()), provider, self._overlay.peer_id
+            )
+            self._uses[key] = use.sign(wallet)
+        return self._uses[key]
 
     async def _record(
         self,
@@ -281,7 +371,7 @@ class TaskRunner:
             run_limits(listing, stdin, self._caps)
         except Refused as exc:
             raise TaskRefused(exc.message) from exc
-        price = int(listing["price"])
+        price = lowest_run_price(listing)
         if cap is not None and price > cap:
             raise TaskRefused(f"{agent} costs {price} lamports a task, over --max-price {cap}")
         return listing
@@ -322,9 +412,11 @@ class TaskRunner:
         caller to show before it runs. The quote is kept for QUOTE_REUSE_S, so a run
         right after uses it. Raises UnknownAgent, TaskRefused or NoProvider."""
         listing = await self._listing(agent, version, b"", None, pinned=provider)
+        licence, version, _ = await self.licence_for(agent, version, listing)
         # A pinned provider of a listing unknown here: show its price, whatever it is.
-        cap = int(listing["price"]) if listing is not None else MAX_QUOTED_PRICE
+        cap = self._listed_price(listing, licence) if listing is not None else MAX_QUOTED_PRICE
         task = _Task(agent, version, b"", provider, cap, listing, size=input_size)
+        task.licence = licence
         # A quote that lies counts against its provider here, in memory; it is
         # stored with the next task that changes that provider's standing.
         quotes = await self._quotes_for(task)
@@ -472,7 +564,8 @@ class TaskRunner:
             try:
                 await self._reach(provider, addrs)
                 request = TaskRequest(op="quote", agent=task.agent, version=task.version,
-                                      input_size=task.input_size)  # fmt: skip
+                                      input_size=task.input_size,
+                                      licence=self._use(task, provider))  # fmt: skip
                 asked = trio.current_time()
                 response = await self._overlay.requests.request(provider, TASK, request)
                 rtt_ms = (trio.current_time() - asked) * 1000
@@ -579,7 +672,7 @@ class TaskRunner:
         request = TaskRequest(
             op="run", agent=quote.agent, version=quote.version, input_size=len(task.stdin),
             task=task_id, quote=offered.signed, input=task.stdin, max_price=task.cap,
-            payment=payment,
+            payment=payment, licence=self._use(task, provider),
         )  # fmt: skip
         self._inflight[provider] = self._inflight.get(provider, 0) + 1
         started = time.perf_counter()
@@ -626,12 +719,60 @@ class TaskRunner:
         if receipt.outcome == "crashed":  # the provider's sandbox failed, not the agent
             await self._judge(provider, "failed", "its sandbox crashed", task)
             return None
-        if channel is not None:  # used, no longer credit
-            await self._money.settle(channel, amounts)
+        if channel is not None:  # used, no longer credit; the receipt is the channel's next
+            await self._money.settle(channel, amounts, response.receipt, receipt.cumulative)
             await self._spent(sum(amounts.values()), provider, task_id, task)
             self._forfeits.pop(provider, None)
+            self._acknowledge(provider, str(channel.terms.stake), quote.agent, task_id)
         rtt_ms = (time.perf_counter() - started) * 1000
         return _Answer(provider, quote, response.output, receipt, response.receipt, rtt_ms)
+
+    def _acknowledge(self, provider: str, stake: str, agent: str, task_id: bytes) -> None:
+        """Queue the acknowledgement of a good receipt (see `send_acks`)."""
+        try:
+            self._acks.send_nowait((provider, stake, agent, task_id))
+        except trio.WouldBlock:
+            log.warning(
+                "too many receipts wait to be acknowledged: the next payment to the "
+                "provider carries this one",
+                extra={"peer": provider, "channel": stake, "task": task_id.hex()},
+            )
+
+    async def send_acks(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Acknowledge good receipts until cancelled: for each, the channel's latest
+        payouts signed again, committing to every receipt verified on it so far,
+        sent as an ``ack`` (ACK_CONCURRENCY at once)."""
+        slots = trio.Semaphore(ACK_CONCURRENCY)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async for provider, stake, agent, task_id in self._acks_out:
+                await slots.acquire()
+                nursery.start_soon(self._send_ack, provider, stake, agent, task_id, slots)
+
+    async def _send_ack(
+        self, provider: str, stake: str, agent: str, task_id: bytes, slots: trio.Semaphore
+    ) -> None:
+        """One acknowledgement, in order with the other states to ``provider`` (its
+        paying lock); nothing is sent if a later payment committed to it already.
+        A failure is logged: the next payment's state carries the commitment."""
+        try:
+            async with self._money.paying(provider):
+                payment = await self._money.acknowledgement(Pubkey.from_string(stake))
+                if payment is None:
+                    return
+                request = TaskRequest(op="ack", agent=agent, task=task_id, payment=payment)
+                await self._overlay.requests.request(
+                    provider, TASK, request, timeout_s=ACK_TIMEOUT_S
+                )
+        except (SettlementError, P2PError) as exc:
+            log.warning(
+                "a receipt's acknowledgement failed: the next payment to the provider carries it",
+                extra={"peer": provider, "channel": stake, "task": task_id.hex(), "why": str(exc)},
+            )
+        finally:
+            slots.release()
 
     async def _spent(self, lamports: int, provider: str, task_id: bytes, task: _Task) -> None:
         """Count a price as paid today; a failed write is logged (the task goes on)."""

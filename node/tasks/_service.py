@@ -5,7 +5,9 @@ and load, signed; a run must carry this node's own unexpired quote for the
 asking peer. The release comes from this node's registry, the build from its
 store (fetched from the peers that hold it if it is not here), the run from its
 sandbox under the listing's limits capped by ``[runtime]``; the answer carries
-the output and a signed `Receipt`, and the task goes into the task log.
+the output and a signed `Receipt`, and the task goes into the task log. An
+``ack`` (a user's acknowledgement of receipts) is kept as its channel's latest
+state when it pays what that state pays and commits to more receipts.
 
 Cards: when this node serves agents it publishes its card every heartbeat (and
 at once when what it serves changes); it keeps every other provider's live
@@ -31,6 +33,15 @@ from mercato.settlement import Channel, PaymentShort, SettlementError
 
 from .._config import RuntimeSection, ServeSection
 from ..builds import BuildError, BuildService
+from ..commerce import (
+    CommerceError,
+    Entitled,
+    Entitlements,
+    LicenceRequired,
+    lowest_run_price,
+    plans_text,
+    run_price,
+)
 from ..money import SettlementService
 from ..registry import RegistryService
 from ._cards import TOPIC as CARDS_TOPIC
@@ -104,8 +115,12 @@ class TaskService:
         tasklog: TaskLog,
         runner: TaskRunner,
         money: SettlementService,
+        entitlements: Entitlements | None = None,
     ) -> None:
+        """``entitlements`` checks licences for listings sold by plan; without it,
+        this node serves none of them."""
         self._key = node_key
+        self._entitlements = entitlements
         self._overlay = overlay
         self._registry = registry
         self._builds = builds
@@ -127,6 +142,7 @@ class TaskService:
         await self.runner.load()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.tasklog.run)
+            await nursery.start(self.runner.send_acks)
             self._overlay.requests.serve(TASK, self._answer)
             await self._overlay.gossip.subscribe(CARDS_TOPIC, self._on_card, self._validate_card)
             task_status.started()
@@ -156,7 +172,7 @@ class TaskService:
             shown = await self._registry.show(publisher, name)
             if shown is not None and not shown.get("deprecated") and shown["releases"]:
                 agents.append(agent)
-                prices.append(int(shown["price"]))
+                prices.append(lowest_run_price(shown))
         return agents, prices
 
     async def _heartbeat(
@@ -197,7 +213,11 @@ class TaskService:
 
     # -- provider ----------------------------------------------------------------
 
-    async def _release(self, agent: str, wanted: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def _release(
+        self, agent: str, wanted: str, licence: bytes = b"", peer: str = ""
+    ) -> tuple[dict[str, Any], dict[str, Any], Entitled | None]:
+        """The listing, its newest release in ``wanted`` (and covered by the licence
+        shown, for a listing sold by plan), and that licence."""
         publisher, _, name = agent.partition("/")
         shown = await self._registry.show(publisher, name) if publisher and name else None
         if shown is None or shown.get("deprecated"):
@@ -206,10 +226,38 @@ class TaskService:
             wanted_range = VersionRange.parse(wanted)
         except VersionError as exc:
             raise Refused("bad_request", str(exc)) from exc
-        for release in shown["releases"]:  # newest first
-            if wanted_range.matches(Version.parse(release["version"])):
-                return shown, release
-        raise Refused("unknown_agent", f"no release of {agent} matches {wanted}")
+        entitled = await self._entitled(shown, licence, peer)
+        releases = [
+            r for r in shown["releases"] if wanted_range.matches(Version.parse(r["version"]))
+        ]
+        if not releases:  # newest first
+            raise Refused("unknown_agent", f"no release of {agent} matches {wanted}")
+        if entitled is None:
+            return shown, releases[0], None
+        for release in releases:
+            if entitled.covers(release["version"]):
+                return shown, release, entitled
+        raise Refused(
+            "not_covered",
+            f"the licence covers {entitled.licence.versions} of {agent}, and no release in "
+            f"{wanted} is in it: " + plans_text(agent, shown.get("plans") or {}),
+        )
+
+    async def _entitled(
+        self, listing: dict[str, Any], licence: bytes, peer: str
+    ) -> Entitled | None:
+        """The licence a task runs under (None for a listing without plans); Refused
+        without one that holds on the ledger."""
+        if not listing.get("plans"):
+            return None
+        if self._entitlements is None:
+            raise Refused("licence_refused", "this node cannot check licences")
+        try:
+            return await self._entitlements.check(listing, licence, peer)
+        except LicenceRequired as exc:
+            raise Refused("licence_required", str(exc)) from exc
+        except CommerceError as exc:
+            raise Refused("licence_refused", str(exc)) from exc
 
     async def _build_path(self, cid: str) -> Any:
         info = await self._builds.info(cid)
@@ -222,16 +270,31 @@ class TaskService:
         return self._builds.builds.path(cid)
 
     async def _answer(self, peer: str, request: TaskRequest) -> TaskResponse:
+        if request.op == "ack":  # about a channel, whatever this node serves now
+            return await self._ack(peer, request)
         if request.agent not in self._serving.agents:
             raise Refused("not_served", "this node does not serve that agent")
         if request.op == "quote":
             return await self._quote(peer, request)
         if request.op == "run":
             return await self._run(peer, request)
-        raise Refused("bad_request", f"unknown op {request.op!r}: quote or run")
+        raise Refused("bad_request", f"unknown op {request.op!r}: quote, run or ack")
+
+    async def _ack(self, peer: str, request: TaskRequest) -> TaskResponse:
+        """A user's acknowledgement of a receipt: the channel's latest payouts signed
+        again, committing to more receipts; stored as the channel's latest state."""
+        if not request.payment:
+            raise Refused("bad_ack", "an acknowledgement carries the channel's state")
+        try:
+            await self._money.accept_ack(peer, request.payment)
+        except SettlementError as exc:
+            raise Refused("bad_ack", str(exc)) from exc
+        return TaskResponse()
 
     async def _quote(self, peer: str, request: TaskRequest) -> TaskResponse:
-        listing, release = await self._release(request.agent, request.version)
+        listing, release, entitled = await self._release(
+            request.agent, request.version, request.licence, peer
+        )
         run_limits(listing, b"", self._caps)  # a listing this node cannot run: refuse now
         declared = (listing.get("limits") or {}).get("max_input_bytes", Limits.max_input_bytes)
         if request.input_size > declared:
@@ -245,20 +308,22 @@ class TaskService:
         if info is None or not info.complete:
             expected += FETCH_EXPECTED_MS
         queued = self._runtime.waiting / max(self._runtime.slots, 1)
+        price = run_price(listing, entitled)
         quote = Quote(
             quote=secrets.token_bytes(16),
             agent=request.agent,
             version=release["version"],
             cid=cid,
-            price=int(listing["price"]),
+            price=price,
             expected_ms=int(expected * (1 + queued)),
             load=float(self._runtime.busy + self._runtime.waiting),
             expires=time.time() + QUOTE_TTL_S,
             provider=self._overlay.peer_id,
             user=peer,
-            payee=self._money.address if int(listing["price"]) > 0 else "",
+            payee=self._money.address if price > 0 else "",
             creator=listing["publisher"],
             royalty_bps=int(listing["royalty_bps"]),
+            licence=str(entitled.licence.mint) if entitled else "",
         )
         return TaskResponse(quote=quote.sign(self._key))
 
@@ -280,8 +345,15 @@ class TaskService:
 
     async def _run(self, peer: str, request: TaskRequest) -> TaskResponse:
         quote = self._accepted(peer, request)
-        listing, release = await self._release(request.agent, quote.version)
-        if release["cid"] != quote.cid:
+        listing, release, entitled = await self._release(
+            request.agent, quote.version, request.licence, peer
+        )
+        mint = str(entitled.licence.mint) if entitled else ""
+        if release["cid"] != quote.cid or mint != quote.licence:
+            raise Refused(
+                "quote_stale", "the release or licence changed since the quote: ask again"
+            )
+        if run_price(listing, entitled) != quote.price:
             raise Refused("quote_stale", "the release changed since the quote: ask again")
         if len(request.task) != 16:
             raise Refused("bad_request", "a task id is 16 bytes")

@@ -1,18 +1,26 @@
 """Marketplace: search with filters, sorts and pages; one listing with its
-releases, dependencies and the providers serving it."""
+plans, releases, dependencies and the providers serving it. Buying a plan is a
+POST form (CSRF-checked) that starts a background job, since the creator's
+node and the ledger both take a while."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
+from mercato import MercatoError
 from mercato.crdt import Query, QueryError
+
+from ._app import redirect
 
 if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
     from ._app import Web
+    from ._jobs import Job
 
+PLAN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
 PAGE_SIZE = 20
 KINDS = ("agent", "model")
 SORTS = (("relevance", "Best match"), ("price", "Lowest price"), ("newest", "Newest"))
@@ -84,6 +92,11 @@ async def listing(web: Web, request: Request) -> Response:
     shown = (await web.api.registry.show(publisher, name)).model_dump()
     agent = f"{publisher}/{name}"
     providers = web.api.tasks.providers(agent).providers
+    plans = shown.get("plans") or {}
+    held: list[dict[str, Any]] = []
+    mine = False
+    if plans:
+        held, mine = await _buyer(web, agent, publisher)
     return web.render(
         request,
         "listing.html",
@@ -91,11 +104,49 @@ async def listing(web: Web, request: Request) -> Response:
         listing=shown,
         agent=agent,
         providers=providers,
+        plans=sorted(plans.items()),
+        held=held,
+        can_buy=bool(plans) and not mine and not shown.get("deprecated"),
         published=request.query_params.get("published") == "1",
     )
+
+
+async def _buyer(web: Web, agent: str, publisher: str) -> tuple[list[dict[str, Any]], bool]:
+    """This node's licences of ``agent``, and whether its wallet is the creator's
+    (it cannot buy from itself). A node without a wallet (a relay) holds none."""
+    try:
+        held = [x.model_dump() for x in (await web.api.commerce.licences()).licences]
+        address = (await web.api.money.wallet()).address
+    except MercatoError:
+        return [], True
+    return [x for x in held if x["agent"] == agent], address == publisher
+
+
+async def buy(web: Web, request: Request) -> Response:
+    publisher = request.path_params["publisher"]
+    name = request.path_params["name"]
+    form = await web.form(request)
+    plan = form.get("plan", "")
+    if not isinstance(plan, str) or not PLAN.fullmatch(plan):
+        return web.render(
+            request, "error.html", code=400, title="Buy", message="That is not a plan's name."
+        )
+    agent = f"{publisher}/{name}"
+    page = f"/market/{publisher}/{name}"
+
+    async def work(job: Job) -> dict[str, Any]:
+        job.result["listing"] = page  # for the way back, should it fail
+        job.step(f"asking the creator's node of {agent} for plan {plan}")
+        bought = await web.api.commerce.buy(agent, plan, approved=True)  # the Buy button
+        job.step(f"on the ledger: licence {bought.mint}")
+        return {**bought.model_dump(), "listing": page}
+
+    job = web.jobs.start("buy", f"Buy {plan} of {name}", work)
+    return redirect(f"/jobs/{job.id}")
 
 
 PAGES = (
     ("/market", market, ["GET"]),
     ("/market/{publisher}/{name}", listing, ["GET"]),
+    ("/market/{publisher}/{name}/buy", buy, ["POST"]),
 )

@@ -161,6 +161,8 @@ async def start(web: Web, request: Request) -> Response:
             "verified": done.verified,
             "attempts": done.attempts,
             "price": draft.price,
+            "agent": draft.agent,
+            "upgrade": done.upgrade.model_dump() if done.upgrade else None,
         }
 
     job = web.jobs.start("run", f"Run {draft.agent}", work)

@@ -1,6 +1,7 @@
 """Wallet: the balance, royalties held for creators, the payment channels with
-their lockups, and what this node earned (per listing, per day, and settled on
-the ledger). Closing, refunding and airdropping are POST forms (CSRF-checked)
+their lockups, the licences and subscriptions this node bought and what its
+creators sold of them, and what this node earned (per listing, per day, and
+settled on the ledger). Closing, refunding and airdropping are POST forms (CSRF-checked)
 that come back here with a flash message; a refusal shows this page again with
 the error, and nothing changed."""
 
@@ -67,6 +68,7 @@ async def _page(
     for c in channels:
         c["time_left"] = c["expires"] - now
     earnings = await _earnings(web, channels, info["address"] if info else "")
+    licences = await _licences(web)
     return web.render(
         request,
         "wallet.html",
@@ -82,7 +84,19 @@ async def _page(
         values=values or {"lamports": "1000000000"},
         max_airdrop=MAX_AIRDROP_LAMPORTS,
         **earnings,
+        **licences,
     )
+
+
+async def _licences(web: Web) -> dict[str, Any]:
+    """The licences this node bought, and what its creators sold per plan."""
+    commerce = web.api.commerce
+    try:
+        held = [x.model_dump() for x in (await commerce.licences()).licences]
+        totals = [t.model_dump() for t in (await commerce.sales()).totals]
+    except MercatoError:  # a node without a wallet (a relay) buys and sells nothing
+        held, totals = [], []
+    return {"licences": held, "sale_totals": totals}
 
 
 async def _earnings(web: Web, channels: list[dict[str, Any]], address: str) -> dict[str, Any]:

@@ -47,6 +47,7 @@ async def test_status_answers_with_the_node_identity(node: Node) -> None:
         "builds",
         "runtime",
         "settlement",
+        "commerce",
         "tasks",
         "control-api",
     ]

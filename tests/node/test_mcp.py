@@ -21,6 +21,7 @@ from ..conftest import budget
 TOOLS = {
     "search_listings", "show_listing", "list_providers", "quote", "run_agent", "list_tasks",
     "get_task", "wallet", "publish_listing", "release_build", "deprecate_listing",
+    "buy_licence", "list_licences", "refund_licence", "list_sales",
 }  # fmt: skip
 
 
@@ -94,6 +95,32 @@ async def test_mcp_over_http_serves_every_tool_and_refuses_bad_input(node: Node)
         unknown = await client.call_tool("no_such_tool", {})
         assert unknown.is_error
         assert (await client.call_tool("list_tasks", {})).structured_content["tasks"] == []
+
+
+async def test_the_licence_tools_list_and_refuse_with_errors_a_model_can_act_on(
+    node: Node,
+) -> None:
+    async with http_client(node) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        for name in ("buy_licence", "refund_licence"):
+            assert not (tools[name].annotations and tools[name].annotations.read_only_hint)
+        for name in ("list_licences", "list_sales"):
+            assert tools[name].annotations.read_only_hint
+        assert "ask the user" in tools["buy_licence"].description
+        held = await client.call_tool("list_licences", {})
+        assert not held.is_error and held.structured_content == {"licences": []}
+        sold = await client.call_tool("list_sales", {})
+        assert sold.structured_content == {"sales": [], "totals": []}
+        publisher = "8Co4tt4sbELaV8uRcbz31ojp8QdazK5MxczX8j1d5EoB"
+        refusals = {
+            ("buy_licence", (("agent", "nope"), ("plan", "pro"))): "bad_agent",
+            ("buy_licence", (("agent", f"{publisher}/wc"), ("plan", "pro"))): "no listing",
+            ("refund_licence", (("mint", "xyz"),)): "bad_mint",
+            ("refund_licence", (("mint", publisher),)): "no_such_licence",
+        }
+        for (tool, args), words in refusals.items():
+            result = await client.call_tool(tool, dict(args))
+            assert result.is_error and words in text_of(result), (tool, text_of(result))
 
 
 async def test_mcp_without_the_token_gets_401(node: Node) -> None:

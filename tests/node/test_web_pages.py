@@ -269,3 +269,87 @@ async def test_a_channel_shows_its_lockup_and_a_close_button_naming_it(node: Nod
         assert "The channel could not be closed" in answer.text
         assert balance_of(answer.text) == balance_of(page.text)
     assert node.api.money.channel(str(stake)).status == "open"
+
+
+PLANS = {
+    "pro": {"kind": "licence", "price": 50_000_000, "versions": "^1", "refund_days": 14},
+    "monthly": {"kind": "subscription", "price": 10_000_000, "period_days": 30},
+}
+
+
+async def test_a_listing_sold_by_plan_shows_its_plans_and_a_buy_button_per_plan(
+    node: Node,
+) -> None:
+    from .test_web import _job_when_done
+
+    await node.api.node.keys_new("alice")  # another creator than this node's wallet
+    shown = await node.api.registry.publish(
+        "alice", {**LISTING, "name": "pro", "royalty_bps": 0, "plans": PLANS}
+    )
+    page_path = f"/market/{shown.model_dump()['publisher']}/pro"
+    with closing(await call(signed_in, node)) as client:
+        page = await call(client.get, node.api_url + page_path)
+        assert page.status_code == 200, page.text[:500]
+        plans = page.text.split('id="plans"')[1].split("</table>")[0]
+        for words in ("0.05 SOL", "^1", "never expires", "within 14 days", "0.01 SOL per period",
+                      "30 days", "subscription", "none"):  # fmt: skip
+            assert words in plans, words
+        for plan in ("pro", "monthly"):
+            assert f'name="plan" value="{plan}"' in plans
+        assert plans.count(f'action="{page_path}/buy"') == 2
+        bad = {"_csrf": csrf_of(page.text), "plan": "Not A Plan"}
+        refused = await call(lambda: client.post(node.api_url + page_path + "/buy", data=bad))
+        assert refused.status_code == 400
+        forged = await call(
+            lambda: client.post(node.api_url + page_path + "/buy", data={"plan": "pro"})
+        )
+        assert forged.status_code == 403
+        # The creator's node is not reachable (it is this one, which never sells to
+        # itself over the network): the job fails and says so; nothing is bought.
+        form = {"_csrf": csrf_of(page.text), "plan": "pro"}
+        started = await call(lambda: client.post(node.api_url + page_path + "/buy", data=form))
+        assert started.status_code == 303 and started.headers["location"].startswith("/jobs/")
+        done = await call(_job_when_done, client, node.api_url + started.headers["location"], 60)
+        assert '<p class="error" role="alert">' in done and "cannot be reached" in done
+        assert f'href="{page_path}"' in done
+    assert (await node.api.commerce.licences()).licences == []
+
+
+async def test_the_own_listings_plans_show_without_a_buy_button(node: Node) -> None:
+    shown = await node.api.registry.publish(
+        "default", {**LISTING, "name": "mine", "royalty_bps": 0, "plans": PLANS}
+    )
+    with closing(await call(signed_in, node)) as client:
+        page = await call(
+            client.get, node.api_url + f"/market/{shown.model_dump()['publisher']}/mine"
+        )
+        assert page.status_code == 200 and 'id="plans"' in page.text
+        assert "/buy" not in page.text
+
+
+async def test_the_wallet_lists_licences_held_and_sales_totals(node: Node) -> None:
+    from mercato.node.commerce import LicenceRow
+
+    now = time.time()
+    creator, buyer = str(Pubkey.new_unique()), str(Pubkey.new_unique())
+    with closing(await call(signed_in, node)) as client:
+        empty = await call(client.get, node.api_url + "/wallet")
+        assert "<h2>Licences</h2>" in empty.text and "No licence yet" in empty.text
+        assert 'id="sales"' not in empty.text
+        held = LicenceRow(
+            str(Pubkey.new_unique()), f"{creator}/wc", "monthly", "subscription", "*",
+            int(now) + 30 * 86_400, 0, 10_000_000, creator, "sig", now,
+        )  # fmt: skip
+        await node.commerce.held.add(held)
+        sold = LicenceRow(
+            str(Pubkey.new_unique()), f"{creator}/wc", "pro", "licence", "^1", 0, 0,
+            50_000_000, buyer, "sig", now,
+        )  # fmt: skip
+        await node.commerce.sold.add(sold)
+        page = await call(client.get, node.api_url + "/wallet")
+        licences = page.text.split('id="licences"')[1].split("</table>")[0]
+        assert held.mint in licences and "active" in licences and "monthly" in licences
+        expiry = datetime.datetime.fromtimestamp(held.expires, tz=datetime.UTC)
+        assert expiry.strftime("%Y-%m-%d %H:%M:%S UTC") in licences
+        sales = page.text.split('id="sales"')[1].split("</table>")[0]
+        assert "0.05 SOL" in sales and ">1<" in sales

@@ -3,7 +3,7 @@ of one `NodeAPI` operation (parse, call, return). No rules live here."""
 
 from fastapi import APIRouter
 
-from . import builds, money, registry, runtime, tasks
+from . import builds, commerce, money, registry, runtime, tasks
 from . import node as node_routes
 
 ROUTERS: tuple[APIRouter, ...] = (
@@ -13,6 +13,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     builds.router,
     tasks.router,
     money.router,
+    commerce.router,
 )
 
 __all__ = ["ROUTERS"]

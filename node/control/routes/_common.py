@@ -12,7 +12,8 @@ from .._api import NodeAPI
 REASONS = {
     400: "Bad request: the message names the field or value",
     401: "Missing or wrong API token",
-    403: "Refused by this node's [spending] limits: over_task_limit, daily_limit, approval_needed",
+    403: "Refused by this node's [spending] limits (over_task_limit, daily_limit, "
+    "approval_needed), or a licence is needed (licence_required, licence_refused)",
     404: "Not found",
     409: "Conflicts with the node's state",
     413: "Request body too large",

@@ -92,3 +92,14 @@ async def tasks_list(
 )
 async def show(api: API, task_id: str) -> m.Task:
     return await api.tasks.show(task_id)
+
+
+@router.get(
+    "/v1/tasks/{task_id}/proof",
+    response_model=m.Proof,
+    responses=errors(400, 404, 409, 502, 503),
+    summary="A paid task's receipt checked against its channel's close on the ledger: the "
+    "closing transaction, the receipts root in its memo and the receipt's Merkle path.",
+)
+async def prove(api: API, task_id: str) -> m.Proof:
+    return await api.tasks.prove(task_id)
