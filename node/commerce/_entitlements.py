@@ -66,7 +66,7 @@ class Entitlements:
     def __init__(self, ledger: Ledger, me: str) -> None:
         self._ledger = ledger
         self._me = me
-        self._cache: dict[tuple[bytes, str], tuple[float, Entitled]] = {}
+        self._cache: dict[tuple[bytes, str, str], tuple[float, Entitled]] = {}
 
     def forget(self, mint: str) -> None:
         """Drop cached answers for ``mint`` (its creator's node just refunded it)."""
@@ -85,7 +85,7 @@ class Entitlements:
                 f"{agent} runs only under a licence or subscription; " + plans_text(agent, plans)
             )
         now = time.time()
-        cached = self._cache.get((use, agent))
+        cached = self._cache.get((use, agent, user))
         if cached is not None and cached[0] > trio.current_time():
             expires = cached[1].licence.expires
             if not expires or expires > now:
@@ -93,7 +93,7 @@ class Entitlements:
         entitled = await self._read(listing, agent, plans, use, user, now)
         if len(self._cache) >= MAX_CACHED:
             self._cache.clear()
-        self._cache[(use, agent)] = (trio.current_time() + CACHE_S, entitled)
+        self._cache[(use, agent, user)] = (trio.current_time() + CACHE_S, entitled)
         return entitled
 
     async def _read(

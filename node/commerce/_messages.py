@@ -4,8 +4,9 @@
     creator -> SaleResponse(offer)        the terms it sells at now, signed by the
                                           creator's account key, good for OFFER_TTL_S
     buyer   -> SaleRequest(op="buy", offer, transaction)
-                                          the purchase, signed by the buyer and by
-                                          the licence's new mint
+                                          the purchase, signed by the buyer (the
+                                          mint's address derives from the creator's
+                                          key and a seed the buyer picked)
     creator -> SaleResponse(signature)    co-signed, and landed on the ledger
     buyer   -> SaleRequest(op="refund", refund)
                                           a refund request signed by the buyer's key
@@ -32,7 +33,7 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 
 from mercato.p2p import FrameError, Message, RequestProtocol, canonical_cbor, decode_canonical
-from mercato.settlement import MAX_TRANSACTION_BYTES, LicenceTerms
+from mercato.settlement import MAX_TRANSACTION_BYTES, LicenceError, LicenceTerms
 
 from ._errors import BadSignedObject
 
@@ -121,8 +122,8 @@ class Offer:
         try:
             terms = LicenceTerms.from_wire(body["terms"])
             until = body["until"]
-        except (KeyError, TypeError) as exc:
-            raise BadSignedObject("the offer lacks its terms") from exc
+        except (KeyError, TypeError, LicenceError) as exc:
+            raise BadSignedObject(f"the offer's terms do not hold up: {exc}") from exc
         if type(until) is not int or str(terms.creator) != body["creator"]:
             raise BadSignedObject("the offer's expiry or creator is malformed")
         return cls(terms, until)

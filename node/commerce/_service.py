@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import trio
+from solders.hash import Hash
 from solders.keypair import Keypair as SolanaKeypair
 from solders.pubkey import Pubkey
 from solders.transaction import Transaction
@@ -64,7 +65,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mercato.commerce")
 ANNOUNCE_EVERY_S = 600.0
 ANNOUNCE_RETRY_S = 1.0
-FEE_ALLOWANCE = 20_000  # lamports: the purchase's fee (three signatures), with room
+OFFER_SKEW_S = 600  # how far the creator's clock may be behind this node's
+FEE_ALLOWANCE = 20_000  # lamports: the purchase's fee (two signatures), with room
 
 
 def _buyer_of(req: SaleRequest) -> Pubkey:
@@ -228,15 +230,16 @@ class CommerceService:
                 f"the purchase would fail on the ledger ({exc}): the buyer's wallet may "
                 "lack the price, the rent and the fee",
             ) from exc
-        row = _row(terms, mint, str(terms.buyer), str(tx.signatures[0]))
-        await self.sold.add(row)
+        row = _row(terms, mint, str(terms.buyer), tx)
+        await self.sold.add(dataclasses.replace(row, pending=1))
         try:
             signature = await self._money.ledger.send(tx)
-        except LedgerUnreachable as exc:  # it may still land: the row stays
+        except LedgerUnreachable as exc:  # it may still land: the row stays pending
             raise Refused("ledger_unreachable", f"the purchase may still land: {exc}") from exc
         except LedgerError as exc:
             await self.sold.remove(mint)
             raise Refused("ledger_refused", f"the ledger refused the purchase: {exc}") from exc
+        await self.sold.landed(mint, row.signature)
         await self._record("commerce.sold", row)
         log.info("licence sold", extra={"agent": terms.listing, "plan": terms.plan, "mint": mint})
         return signature
@@ -258,6 +261,16 @@ class CommerceService:
         if time.time() > sale.refund_until:
             ended = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(sale.refund_until))
             raise Refused("refund_window_over", f"the refund window ended on {ended}")
+        if sale.pending:
+            raise Refused("not_landed", "that sale is not on the ledger yet: ask again later")
+        # A renewal runs from the moment it is bought: refunding the period before it
+        # would leave the buyer both periods for one price. Newest period first.
+        latest = await self.sold.latest_expiry(sale.agent, sale.plan, sale.party)
+        if sale.kind == "subscription" and latest > sale.expires:
+            raise Refused(
+                "refund_newest_first",
+                "a later period of this subscription was bought: refund that one first",
+            )
         creator = await self._account_key(sale.agent.partition("/")[0])
         if creator is None:
             raise Refused("not_seller", "this node no longer holds the creator's key")
@@ -279,11 +292,15 @@ class CommerceService:
         if licence.amount < 1:
             raise Refused("cannot_refund", "the buyer no longer holds the licence")
         tx = revoke_transaction(licence, creator, sale.price, await ledger.blockhash())
+        signature = str(tx.signatures[0])
+        await self.sold.refunded(sale.mint, signature)  # before it can land
         try:
-            signature = await ledger.send(tx)
+            await ledger.send(tx)
+        except LedgerUnreachable as exc:  # it may still land: providers read the ledger
+            raise Refused("ledger_unreachable", f"the refund may still land: {exc}") from exc
         except LedgerError as exc:
+            await self.sold.refunded(sale.mint, "")
             raise Refused("ledger_refused", f"the ledger refused the refund: {exc}") from exc
-        await self.sold.refunded(sale.mint, signature)
         self.entitlements.forget(sale.mint)
         await self._record("commerce.refunded", sale)
         log.info("licence refunded", extra={"agent": sale.agent, "mint": sale.mint})
@@ -291,9 +308,10 @@ class CommerceService:
 
     # -- the buyer's side ----------------------------------------------------------
 
-    async def buy(self, agent: str, plan: str) -> LicenceRow:
-        """Buy ``plan`` of ``agent`` from its creator's node; the licence once it is
-        on the ledger. SaleRefused, NoSeller or CommerceError say why not."""
+    async def buy(self, agent: str, plan: str, max_price: int | None = None) -> LicenceRow:
+        """Buy ``plan`` of ``agent`` from its creator's node, for at most ``max_price``
+        lamports; the licence once it is on the ledger. SaleRefused, NoSeller or
+        CommerceError say why not."""
         publisher, _, name = agent.partition("/")
         listing = await self._registry.show(publisher, name) if publisher and name else None
         if listing is None:
@@ -309,7 +327,10 @@ class CommerceService:
             raise CommerceError(
                 "this node's wallet is the listing's creator: it cannot buy from itself"
             )
-        await self._can_afford(int(plans[plan]["price"]))
+        price = int(plans[plan]["price"])
+        if max_price is not None and price > max_price:
+            raise CommerceError(f"the plan {plan} now costs {price} lamports, over {max_price}")
+        await self._can_afford(price)
         peer, offer_bytes, offer = await self._offer_from(publisher, agent, plan, plans[plan])
         seed = new_seed()
         mint = licence_mint(offer.terms.creator, seed)
@@ -317,22 +338,21 @@ class CommerceService:
         rent = await ledger.rent(mint_size(offer.terms))
         tx = purchase_transaction(offer.terms, wallet, seed, rent, await ledger.blockhash())
         req = SaleRequest(op="buy", offer=offer_bytes, transaction=tx)
-        own = str(Transaction.from_bytes(tx).signatures[0])  # the fee payer's: the buyer's
-        row = _row(offer.terms, str(mint), publisher, own)
+        row = _row(offer.terms, str(mint), publisher, Transaction.from_bytes(tx))
         await self.held.add(dataclasses.replace(row, pending=1))  # before it can land
         self._buying.add(row.mint)
         try:
             await self._overlay.requests.request(peer, SALE, req)
         except RemoteError as exc:
-            if exc.code != "ledger_unreachable":  # refused before it was sent
-                await self.held.remove(row.mint)
+            # Whoever answered may have passed the purchase on all the same: only the
+            # ledger says whether it landed.
+            if not await self._settle_one(row):
                 raise SaleRefused(exc.code, f"the creator's node refused: {exc.message}") from exc
-            await self._landed_anyway(row, exc)
         except P2PError as exc:
             await self._landed_anyway(row, exc)
         finally:
             self._buying.discard(row.mint)
-        await self.held.landed(row.mint, own)
+        await self.held.landed(row.mint, row.signature)
         await self._record("commerce.bought", row)
         return row
 
@@ -366,13 +386,13 @@ class CommerceService:
 
     async def _settle_one(self, row: LicenceRow) -> bool:
         """True once ``row``'s purchase is on the ledger (then recorded as held);
-        the row goes if the ledger says it never landed."""
+        the row goes once its blockhash expired without it."""
         ledger = self._money.ledger
         try:
             if await ledger.account(Pubkey.from_string(row.mint)) is not None:
                 await self.held.landed(row.mint, row.signature)
                 return True
-            if await ledger.landed(row.signature) is False:
+            if await ledger.blockhash_expired(Hash.from_string(row.blockhash)) is True:
                 await self.held.remove(row.mint)
         except LedgerError as exc:
             log.info("a pending purchase stays pending", extra={"mint": row.mint, "why": str(exc)})
@@ -381,32 +401,29 @@ class CommerceService:
     async def _offer_from(
         self, publisher: str, agent: str, plan: str, listed: dict[str, Any]
     ) -> tuple[str, bytes, Offer]:
-        """The creator's node and its offer, checked against the listing as this node
-        knows it (price, versions, buyer)."""
+        """The creator's node and its offer, checked against the plan as this node
+        knows it. Every node announced as the seller is tried (a record in the DHT
+        proves nothing); SaleRefused with the first refusal if none offers."""
         me = str(self._money.wallet.pubkey())
         req = SaleRequest(op="offer", agent=agent, plan=plan, buyer=me)
         errors: list[str] = []
+        refusal: RemoteError | None = None
         for peer in await self._seller_peers(publisher):
             try:
                 answer = await self._overlay.requests.request(peer, SALE, req)
                 offer = Offer.verify(answer.offer)
+                _check_offer(offer.terms, agent, plan, me, publisher, listed)
             except RemoteError as exc:
-                if exc.code in ("no_such_plan", "unknown_agent", "bad_request"):
-                    raise SaleRefused(
-                        exc.code, f"the creator's node refused: {exc.message}"
-                    ) from exc
+                refusal = refusal or exc
                 errors.append(f"{peer[:16]}…: {exc}")
                 continue
-            except (P2PError, BadSignedObject) as exc:
+            except (P2PError, CommerceError) as exc:
                 errors.append(f"{peer[:16]}…: {exc}")
-                continue
-            t = offer.terms
-            wanted = (agent, plan, me, publisher, int(listed["price"]), listed["versions"])
-            if (t.listing, t.plan, str(t.buyer), str(t.creator), t.price, t.versions) != wanted:
-                errors.append(f"{peer[:16]}…: its offer differs from the listing")
                 continue
             self._sellers[publisher] = peer
             return peer, answer.offer, offer
+        if refusal is not None:
+            raise SaleRefused(refusal.code, f"the creator's node refused: {refusal.message}")
         why = "; ".join(errors) or "no node announces itself as its seller"
         raise NoSeller(
             f"the creator's node for {agent} cannot be reached ({why}). Only it can issue a "
@@ -442,11 +459,13 @@ class CommerceService:
         ask = RefundAsk(mint, str(wallet.pubkey()), int(time.time())).sign(wallet)
         req = SaleRequest(op="refund", refund=ask)
         errors: list[str] = []
+        refusal: RemoteError | None = None
         for peer in await self._seller_peers(row.party):
             try:
                 answer = await self._overlay.requests.request(peer, SALE, req)
             except RemoteError as exc:
-                raise SaleRefused(exc.code, f"the creator's node refused: {exc.message}") from exc
+                refusal = refusal or exc  # perhaps not the creator's node: ask the next
+                continue
             except P2PError as exc:
                 errors.append(str(exc))
                 continue
@@ -455,6 +474,8 @@ class CommerceService:
             refreshed = await self.held.get(mint)
             assert refreshed is not None, "the row was there a moment ago"
             return refreshed
+        if refusal is not None:
+            raise SaleRefused(refusal.code, f"the creator's node refused: {refusal.message}")
         raise NoSeller(
             f"the creator's node cannot be reached ({'; '.join(errors) or 'none announced'}); "
             "only it can refund: try again when it is online"
@@ -465,9 +486,32 @@ class CommerceService:
         await self._store.run(self._events.record, kind, data)
 
 
-def _row(terms: LicenceTerms, mint: str, party: str, signature: str) -> LicenceRow:
+def _check_offer(
+    t: LicenceTerms, agent: str, plan: str, me: str, publisher: str, listed: dict[str, Any]
+) -> None:
+    """CommerceError unless the offer sells exactly the plan this node's registry
+    shows: price, versions, transferability, period and refund window."""
+    wanted = (agent, plan, me, publisher, int(listed["price"]), listed["versions"])
+    if (t.listing, t.plan, str(t.buyer), str(t.creator), t.price, t.versions) != wanted:
+        raise CommerceError("its offer differs from the listing (price, versions or parties)")
+    if t.transferable != bool(listed["transferable"]):
+        raise CommerceError("its offer differs from the plan on transferability")
+    now = time.time()
+    if listed["kind"] == "licence" and t.expires != 0:
+        raise CommerceError("its offer of a licence expires")
+    period = int(listed["period_days"]) * 86_400
+    if listed["kind"] == "subscription" and t.expires < now + period - OFFER_SKEW_S:
+        raise CommerceError("its offer of a subscription is shorter than the plan's period")
+    refunds = int(listed["refund_days"]) * 86_400
+    if refunds and t.refund_until < now + refunds - OFFER_SKEW_S:
+        raise CommerceError("its offer's refund window is shorter than the plan's")
+
+
+def _row(terms: LicenceTerms, mint: str, party: str, tx: Transaction) -> LicenceRow:
+    """The row of a purchase; its signature is the fee payer's, the buyer's."""
     kind = "subscription" if terms.expires else "licence"
     return LicenceRow(
         mint, terms.listing, terms.plan, kind, terms.versions, terms.expires,
-        terms.refund_until, terms.price, party, signature, time.time(),
+        terms.refund_until, terms.price, party, str(tx.signatures[0]), time.time(),
+        blockhash=str(tx.message.recent_blockhash),
     )  # fmt: skip

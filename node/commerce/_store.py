@@ -31,7 +31,8 @@ CREATE TABLE licences_held (
     signature    TEXT NOT NULL,
     time         REAL NOT NULL,
     refunded     TEXT NOT NULL,
-    pending      INTEGER NOT NULL
+    pending      INTEGER NOT NULL,
+    blockhash    TEXT NOT NULL
 );
 CREATE INDEX licences_held_agent ON licences_held(agent, expires);
 CREATE TABLE licences_sold (
@@ -47,7 +48,8 @@ CREATE TABLE licences_sold (
     signature    TEXT NOT NULL,
     time         REAL NOT NULL,
     refunded     TEXT NOT NULL,
-    pending      INTEGER NOT NULL
+    pending      INTEGER NOT NULL,
+    blockhash    TEXT NOT NULL
 );
 CREATE INDEX licences_sold_agent ON licences_sold(agent, plan);
 CREATE INDEX licences_sold_buyer ON licences_sold(party, agent, plan);
@@ -58,7 +60,8 @@ CREATE INDEX licences_sold_buyer ON licences_sold(party, agent, plan);
 class LicenceRow:
     """One licence bought or sold. ``party`` is the creator (bought) or the buyer
     (sold); ``refunded`` the refund's transaction signature, "" if none;
-    ``pending`` 1 while its purchase was sent and not yet seen on the ledger."""
+    ``pending`` 1 while its purchase was sent and not yet seen on the ledger, and
+    ``blockhash`` the purchase's: once the ledger expires it, it cannot land."""
 
     mint: str
     agent: str
@@ -73,6 +76,7 @@ class LicenceRow:
     time: float
     refunded: str = ""
     pending: int = 0
+    blockhash: str = ""
 
     def state(self, now: float | None = None) -> str:
         """pending, active, expired or refunded (as this node last saw it)."""
@@ -85,7 +89,8 @@ class LicenceRow:
         return "active"
 
     def view(self) -> dict[str, Any]:
-        return {**asdict(self), "state": self.state()}
+        shown = {k: v for k, v in asdict(self).items() if k != "blockhash"}
+        return {**shown, "state": self.state()}
 
 
 _COLUMNS = ", ".join(f.name for f in fields(LicenceRow))
@@ -99,7 +104,8 @@ class _Book:
         self._store = store
 
     async def add(self, row: LicenceRow) -> None:
-        """Record ``row``; durable on return. False if its mint is already there."""
+        """Record ``row``; durable on return. sqlite3.IntegrityError if its mint is
+        there already."""
 
         def write() -> None:
             with self._store.db.transaction() as conn:
@@ -134,6 +140,8 @@ class _Book:
         return await self._select("WHERE pending = 1", ())
 
     async def refunded(self, mint: str, signature: str) -> None:
+        """Record ``mint`` as refunded by ``signature`` ("" undoes it)."""
+
         def write() -> None:
             with self._store.db.transaction() as conn:
                 conn.execute(
@@ -183,7 +191,7 @@ class SalesBook(_Book):
         def read() -> int:
             row = self._store.db.conn.execute(
                 "SELECT MAX(expires) FROM licences_sold "
-                "WHERE party = ? AND agent = ? AND plan = ? AND refunded = ''",
+                "WHERE party = ? AND agent = ? AND plan = ? AND refunded = '' AND pending = 0",
                 (buyer, agent, plan),
             ).fetchone()
             return int(row[0] or 0)
@@ -191,14 +199,15 @@ class SalesBook(_Book):
         return await self._store.run(read)
 
     async def totals(self) -> list[dict[str, Any]]:
-        """Per listing and plan: sales, lamports earned (refunds deducted), refunds."""
+        """Per listing and plan: sales, lamports earned (refunds deducted), refunds;
+        sales not yet seen on the ledger are left out."""
 
         def read() -> list[dict[str, Any]]:
             rows = self._store.db.conn.execute(
                 "SELECT agent, plan, COUNT(*), "
                 "SUM(CASE WHEN refunded = '' THEN price ELSE 0 END), "
                 "SUM(CASE WHEN refunded = '' THEN 0 ELSE 1 END) "
-                "FROM licences_sold GROUP BY agent, plan ORDER BY agent, plan"
+                "FROM licences_sold WHERE pending = 0 GROUP BY agent, plan ORDER BY agent, plan"
             ).fetchall()
             keys = ("agent", "plan", "sales", "lamports", "refunds")
             return [dict(zip(keys, r, strict=True)) for r in rows]

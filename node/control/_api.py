@@ -797,7 +797,7 @@ class CommerceOps(_Part):
                 budget = Budget(price)
                 spending.hold(budget)
         try:
-            row = await self._node.commerce.buy(agent, plan)
+            row = await self._node.commerce.buy(agent, plan, max_price=price)
             publisher = agent.partition("/")[0]
             await spending.record(row.price, publisher, f"licence:{row.mint}", budget)
         finally:

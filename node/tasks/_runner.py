@@ -275,6 +275,8 @@ class TaskRunner:
         releases = [
             r["version"] for r in listing["releases"] if wanted.matches(Version.parse(r["version"]))
         ]
+        if not releases:  # nothing in range: the caller says so in its own words
+            return None, version, None
         held = await self._licences.usable(agent) if self._licences is not None else []
         for i, release in enumerate(releases):  # newest first
             v = Version.parse(release)

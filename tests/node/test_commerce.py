@@ -45,6 +45,7 @@ PLANS = {
     "pro": {"kind": "licence", "price": PRO, "versions": "^1", "run_price": 0, "refund_days": 14},
     "pro2": {"kind": "licence", "price": PRO2, "versions": "^2", "run_price": 0},
     "monthly": {"kind": "subscription", "price": MONTHLY, "period_days": 30, "run_price": 0},
+    "weekly": {"kind": "subscription", "price": MONTHLY, "period_days": 7, "refund_days": 7},
 }
 
 
@@ -144,6 +145,7 @@ async def test_a_licence_is_bought_enforced_upgraded_and_refunded(
             "plans": [
                 {"name": "monthly", "kind": "subscription", "price": MONTHLY, "versions": "*"},
                 {"name": "pro2", "kind": "licence", "price": PRO2, "versions": "^2"},
+                {"name": "weekly", "kind": "subscription", "price": MONTHLY, "versions": "*"},
             ],
         }
         resolved = (await user.api.registry.resolve(agent, "*")).model_dump()
@@ -208,17 +210,20 @@ async def test_a_licence_is_bought_enforced_upgraded_and_refunded(
             purchase_transaction(terms, user.settlement.wallet, unsent_seed, rent,
                                  await ledger.blockhash())
         )  # fmt: skip
-        for mint_text, tx_signature in (
-            (landed_mint, str(Transaction.from_bytes(replay_tx).signatures[0])),
-            (str(licence_mint(terms.creator, unsent_seed)), str(unsent.signatures[0])),
+        unsent_mint = str(licence_mint(terms.creator, unsent_seed))
+        for mint_text, tx in (
+            (landed_mint, Transaction.from_bytes(replay_tx)),
+            (unsent_mint, unsent),
         ):
             await user.commerce.held.add(
-                LicenceRow(mint_text, agent, "pro", "licence", "^1", 0, 0, PRO,
-                           publisher, tx_signature, time.time(), "", 1)
+                LicenceRow(mint_text, agent, "pro", "licence", "^1", 0, 0, PRO, publisher,
+                           str(tx.signatures[0]), time.time(), "", 1,
+                           str(tx.message.recent_blockhash))
             )  # fmt: skip
         listed = (await user.api.commerce.licences()).licences
         settled = {x.mint: x.state for x in listed}
-        assert settled[landed_mint] == "active" and len(settled) == 2  # + the first bought
+        # Its blockhash still holds: the unsent one may land yet.
+        assert (settled[landed_mint], settled[unsent_mint]) == ("active", "pending")
         with pytest.raises(RemoteError) as no_plan:
             await user.overlay.requests.request(
                 seller,
@@ -248,6 +253,8 @@ async def test_a_licence_is_bought_enforced_upgraded_and_refunded(
         assert abs(sub.expires - (time.time() + 30 * DAY)) < 120
         renewed = await user.commerce.buy(agent, "monthly")
         assert renewed.expires == sub.expires + 30 * DAY
+        listed = (await user.api.commerce.licences()).licences
+        assert unsent_mint not in {x.mint for x in listed}  # its blockhash expired unsent
         sub_use = _use(user, provider, sub.mint)
         assert (await _quote(user, provider, agent, sub_use)).version == "2.0.0"
         monkeypatch.setattr(entitlements_module, "time", Shifted(31))
@@ -284,6 +291,15 @@ async def test_a_licence_is_bought_enforced_upgraded_and_refunded(
         with pytest.raises(SaleRefused) as twice:
             await user.commerce.refund(sub.mint)
         assert twice.value.code == "no_refunds"
+        # A renewed subscription is refunded newest period first: the older one
+        # refunded alone would leave the renewal running from now for one price.
+        week1 = await user.commerce.buy(agent, "weekly")
+        week2 = await user.commerce.buy(agent, "weekly")
+        with pytest.raises(SaleRefused) as order:
+            await user.commerce.refund(week1.mint)
+        assert order.value.code == "refund_newest_first"
+        await user.commerce.refund(week2.mint)
+        assert (await user.commerce.refund(week1.mint)).state() == "refunded"
         second = await user.commerce.buy(agent, "pro")
         for module in (service_module, messages_module):  # both nodes, 15 days on
             monkeypatch.setattr(module, "time", Shifted(15))
