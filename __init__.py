@@ -66,7 +66,8 @@ class MercatoError(Exception):
         │   │   └── LedgerUnreachable   no answer or confirmation: it may still land
         │   ├── ChannelError            a channel state does not hold up
         │   │   └── PaymentShort        sound, but it does not cover the task
-        │   └── LicenceError            a licence token or purchase does not hold up
+        │   ├── LicenceError            a licence token or purchase does not hold up
+        │   └── PaymentInvalid          an x402 payment is not exactly what was required
         └── NodeError                   mercato.node
             ├── NotServed               this node does not run that service
             ├── FileUnreadable          a file is unreadable, too large or malformed
@@ -79,6 +80,7 @@ class MercatoError(Exception):
             ├── StoreError              the SQLite store cannot be opened or migrated
             ├── ControlError            the control API refused or could not be reached
             │   └── DaemonNotRunning    no daemon answers for the data dir
+            ├── GatewayRefused          mercato.node.gateway: an x402 call refused
             ├── CommerceError           mercato.node.commerce
             │   ├── BadSignedObject     an offer, licence use or refund request is forged
             │   ├── LicenceRequired     the listing runs only under a licence

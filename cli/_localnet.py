@@ -42,7 +42,8 @@ def localnet(directory: Path | None, host: str, port: int) -> None:
     unchanged, and several node processes share it to pay each other: give each
     node `[settlement] ledger = "localnet"` (and `rpc_url` if not the default
     http://127.0.0.1:8899). Slots advance every 400 ms; blockhashes stay valid
-    for 150 slots. Its faucet funds the nodes' wallets (and `requestAirdrop`).
+    for 150 slots. Its faucet funds the nodes' wallets (and `requestAirdrop`),
+    with 1,000 tokens of its test SPL mint (for x402) each time.
     Balances, channels and transaction history survive a restart. It runs in
     the foreground until Ctrl-C.
 

@@ -84,6 +84,14 @@ def node() -> None:
     "peers behind NAT and runs no tasks, builds or wallet.",
 )
 @click.option(
+    "--gateway",
+    "gateway",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve the x402 gateway here, e.g. 0.0.0.0:8402: anyone pays for one run of the "
+    "agents this node serves over plain HTTP ([gateway] listen; off by default).",
+)
+@click.option(
     "--private",
     is_flag=True,
     help="Never be dialed directly: listen on no socket and be reached only through the "
@@ -99,6 +107,7 @@ def start(
     serve: tuple[str, ...],
     api_port: int | None,
     role: str | None,
+    gateway: str | None,
     private: bool,
 ) -> None:
     """Run the node in the foreground until SIGINT/SIGTERM or `mercato node stop`.
@@ -114,6 +123,7 @@ def start(
         --bootstrap /ip4/192.0.2.10/tcp/4001/p2p/12D3KooW...
       mercato node start --serve 8Co4tt4sbELaV8uRcbz31ojp8QdazK5MxczX8j1d5EoB/wordcount
       mercato node start --role relay --listen /ip4/0.0.0.0/tcp/4001
+      mercato node start --serve PUBLISHER/NAME --gateway 0.0.0.0:8402
     """
     datadir = resolve(data_dir)
     if not datadir.is_initialized():
@@ -138,6 +148,8 @@ def start(
         config = config.replace("node", role=role)
     if private:
         config = config.replace("p2p", private=True)
+    if gateway is not None:
+        config = config.replace("gateway", listen=gateway)
     configure_logging(config.log.level, config.log.format)
     try:
         trio.run(Node(datadir, config, handle_signals=True).run)

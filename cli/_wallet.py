@@ -49,17 +49,27 @@ def _sol(lamports: int) -> str:
     return f"{lamports} lamports ({lamports / LAMPORTS_PER_SOL:g} SOL)"
 
 
+def _tokens(amount: int, decimals: int) -> str:
+    """Base units as tokens: ``1500000`` at 6 decimals is ``1.5 tokens``."""
+    text = f"{Decimal(amount).scaleb(-decimals):f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} tokens ({amount} base units)"
+
+
 @click.group("wallet", invoke_without_command=True)
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def wallet(ctx: click.Context, data_dir: Path | None, as_json: bool) -> None:
-    """This node's wallet: its Solana address, balance and ledger.
+    """This node's wallet: its Solana address, balance and ledger, and its SPL
+    token balances (the local ledger's test mint, and `[gateway] asset`).
 
     The wallet is the `[settlement] account` key. On the embedded ledger (the
     default) the money exists on this node only; on a localnet, on that
     localnet only. Both credit an empty wallet at start so that a node can pay
-    at once; `airdrop` asks for more.
+    at once, with 1,000 tokens of their test mint for x402; `airdrop` asks for
+    more (and 1,000 more tokens).
 
     \b
     Example:
@@ -74,6 +84,8 @@ def wallet(ctx: click.Context, data_dir: Path | None, as_json: bool) -> None:
         print_json(info)
         return
     click.echo(f"{info['address']}  {_sol(info['balance'])}  on {info['ledger']}")
+    for token in info.get("tokens") or []:
+        click.echo(f"  {_tokens(token['amount'], token['decimals'])} of mint {token['mint']}")
     held = info.get("held") or {}
     if held.get("due") or held.get("sending"):
         waiting = held["due"] + held["sending"]

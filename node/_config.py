@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 ENV_PREFIX = "MERCATO_"
 MAX_LAMPORTS = 10**15
+_BASE58_KEY = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,44}")
+_HOSTNAME = re.compile(r"[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*")
+_CAIP2 = re.compile(r"[-a-z0-9]{3,8}:[-_a-zA-Z0-9]{1,32}")
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,39 @@ class SettlementSection:
 
 
 @dataclass(frozen=True)
+class GatewaySection:
+    """``[gateway]``: the public x402 gateway, where anyone with an HTTP client and a
+    Solana wallet pays for one run of an agent this node serves (off by default).
+
+    Example::
+
+        [gateway]
+        listen = "0.0.0.0:8402"
+        asset = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"  # USDC on mainnet
+        units_per_lamport = 0.0002  # a 1,000,000-lamport listing asks 200 base units
+    """
+
+    listen: str = ""
+    """HOST:PORT to serve on (``0.0.0.0:8402``); empty is off."""
+    asset: str = ""
+    """The SPL token mint a run is paid in. Empty on a local ledger (embedded or
+    localnet) means its test mint; required on a cluster."""
+    network: str = ""
+    """The ledger's CAIP-2 id as x402 names it; empty means mainnet's
+    (``solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp``) when ``[settlement] rpc_url`` is
+    mainnet's, else devnet's (``solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1``)."""
+    units_per_lamport: float = 1.0
+    """A run's x402 price, in the asset's base units, is the listing's price in
+    lamports times this, rounded up."""
+    rate_per_min: int = 600
+    """Requests one client IP may make a minute (a burst of as many, then steady)."""
+    max_body_mb: int = 8
+    """The largest input a request may carry; larger is refused (413)."""
+    max_timeout_s: int = 60
+    """The ``maxTimeoutSeconds`` of the payment requirements."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the daemon reads from configuration."""
 
@@ -229,6 +266,7 @@ class Config:
     spending: SpendingSection = field(default_factory=SpendingSection)
     settlement: SettlementSection = field(default_factory=SettlementSection)
     relay: RelaySection = field(default_factory=RelaySection)
+    gateway: GatewaySection = field(default_factory=GatewaySection)
 
     def replace(self, section: str, **values: Any) -> Config:
         """A copy with some keys of one section changed (used for CLI flags)."""
@@ -347,6 +385,7 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
         )
     if not 0.1 <= money.watch_interval_s <= 3600:
         raise fail("settlement.watch_interval_s", "must be between 0.1 and 3600")
+    _validate_gateway(config, fail)
     tasks = config.tasks
     if not 1 <= tasks.quote_fanout <= 16:
         raise fail("tasks.quote_fanout", "must be between 1 and 16")
@@ -396,6 +435,48 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
                         else "/ip4/0.0.0.0/tcp/4001"
                     )
                 )
+
+
+def split_host_port(value: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::]:8402`` for IPv6) as (host, port); None if it is not one."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(host):
+            return None
+    return host, int(port)
+
+
+def _validate_gateway(config: Config, fail: Callable[[str, str], ConfigError]) -> None:
+    gateway = config.gateway
+    if gateway.listen and split_host_port(gateway.listen) is None:
+        raise fail("gateway.listen", 'must be HOST:PORT, such as "0.0.0.0:8402" (or empty: off)')
+    if gateway.listen and config.node.role == "relay":
+        raise fail("gateway.listen", "must be empty on a relay (a relay runs no agents)")
+    if gateway.asset and not _BASE58_KEY.fullmatch(gateway.asset):
+        raise fail("gateway.asset", "must be an SPL token mint's address (base58)")
+    if gateway.listen and not gateway.asset and config.settlement.ledger == "rpc":
+        raise fail(
+            "gateway.asset",
+            "must name the SPL token mint runs are paid in on a cluster (USDC is "
+            "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v on mainnet); only a local "
+            "ledger has a test mint",
+        )
+    if gateway.network and not _CAIP2.fullmatch(gateway.network):
+        raise fail("gateway.network", 'must be a CAIP-2 id such as "solana:EtWTRABZ..." or empty')
+    if not 0 < gateway.units_per_lamport <= 1e9:
+        raise fail("gateway.units_per_lamport", "must be above 0 and at most 1e9")
+    if not 1 <= gateway.rate_per_min <= 1_000_000:
+        raise fail("gateway.rate_per_min", "must be between 1 and 1,000,000")
+    if not 1 <= gateway.max_body_mb <= 1024:
+        raise fail("gateway.max_body_mb", "must be between 1 and 1024")
+    if not 5 <= gateway.max_timeout_s <= 3600:
+        raise fail("gateway.max_timeout_s", "must be between 5 and 3600")
 
 
 def _looks_like_multiaddr(addr: str, need_peer: bool) -> bool:
@@ -572,6 +653,22 @@ channel_duration_s = 86400
 # Close channels this long before their lockup ends; look every watch_interval_s.
 close_margin_s = 3600
 watch_interval_s = 10.0
+
+[gateway]
+# The public x402 gateway: anyone with an HTTP client and a Solana wallet pays for
+# one run of an agent this node serves (see the README). Off while listen is empty.
+listen = ""
+# The SPL token mint runs are paid in; empty on a local ledger means its test mint.
+asset = ""
+# The ledger's CAIP-2 id; empty: mainnet's when rpc_url is mainnet's, else devnet's.
+network = ""
+# A run's price in the asset's base units: the listing's lamports times this, rounded up.
+units_per_lamport = 1.0
+# Requests per minute from one client IP; the largest input, in MiB; the
+# payment requirements' maxTimeoutSeconds.
+rate_per_min = 600
+max_body_mb = 8
+max_timeout_s = 60
 
 [api]
 # The control API listens on loopback only. Port 0 picks a free port.

@@ -5,6 +5,11 @@ ledger = "localnet"``. Its directory holds the ledger's journal (``ledger.db``,
 so a restart keeps every balance and channel), a lock (one localnet per
 directory) and ``url``, the address it serves, for scripts to read.
 
+It has the test SPL mint (``mercato.settlement.TEST_MINT``, 6 decimals, made
+at the first start), and its faucet (requestAirdrop) grants 1,000 of its
+tokens to the recipient's associated token account with the lamports, at the
+faucet's cost: x402 buyers and gateways pay and are paid in it.
+
 Solana's PubSub (WebSocket subscriptions: signatureSubscribe, accountSubscribe,
 ...) is served on the HTTP port + 1, as on a cluster (clients derive it so):
 ``ws://HOST:PORT+1``, written to ``ws_url``. With port 0 the HTTP port is one
@@ -30,7 +35,13 @@ from typing import Any
 import trio
 
 from mercato.settlement import MAX_RPC_BODY as MAX_BODY
-from mercato.settlement import LedgerError, LocalnetRpc, PubSubHub, open_cluster_ledger
+from mercato.settlement import (
+    LedgerError,
+    LocalnetRpc,
+    PubSubHub,
+    ensure_test_mint,
+    open_cluster_ledger,
+)
 
 from ._errors import DataDirLocked
 from ._localnet_ws import Listener, PubSubApp, WsListener
@@ -69,6 +80,7 @@ async def serve_localnet(
     fd = _lock(directory)
     try:
         async with open_cluster_ledger(directory / "ledger.db") as ledger:
+            await ensure_test_mint(ledger)  # so its faucet grants test tokens too
             rpc = LocalnetRpc(ledger)
             hub = PubSubHub(rpc.answer)  # subscriptions read through the JSON-RPC
 

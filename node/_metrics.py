@@ -63,6 +63,19 @@ class NodeMetrics:
             registry=self.registry,
         )
 
+        self.gateway_requests = Counter(
+            "mercato_gateway_requests_total",
+            "x402 gateway answers by route and status (402: payment required or refused).",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.gateway_settled = Counter(
+            "mercato_gateway_settled_base_units_total",
+            "What settled x402 payments paid, in their asset's base units.",
+            ["asset"],
+            registry=self.registry,
+        )
+
     def on_event(self, event: Event) -> None:
         self.events.labels(kind=event.kind).inc()
 

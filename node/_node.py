@@ -2,7 +2,8 @@
 
 Start order (stop order is the reverse): data dir lock, keys, store and event
 log, metrics, p2p overlay, registry, builds, runtime worker pool, settlement
-(ledger, channel book, watcher), commerce (sales, licences), tasks, control API.
+(ledger, channel book, watcher), commerce (sales, licences), tasks, the x402
+gateway (when ``[gateway] listen`` is set), control API.
 
 Stopping: SIGINT/SIGTERM (when ``handle_signals``), ``POST /v1/shutdown`` or
 `Node.request_stop` all end `Node.run` cleanly: services are cancelled (each
@@ -53,6 +54,7 @@ from ._version import __version__
 from .builds import BuildService, BuildStore
 from .commerce import CommerceService
 from .control import NodeAPI, build_app
+from .gateway import Gateway, GatewayService
 from .mcp import AppBackend, McpEndpoint, build_server
 from .money import SettlementService, open_settlement
 from .registry import RegistryService
@@ -117,6 +119,9 @@ class Node:
         self._events: EventLog | None = None
         self._api_url = ""
         self._mcp: McpEndpoint | None = None
+        self._gateway: Gateway | None = None
+        self.gateway: GatewayService | None = None
+        """The x402 gateway's service, when ``[gateway] listen`` is set and the node runs."""
         self.web: WebApp | None = None
         """The web app (`mercato ui`), once the node runs."""
         self._peer_id = ""
@@ -172,6 +177,11 @@ class Node:
     def api_url(self) -> str:
         return self._api_url
 
+    @property
+    def gateway_url(self) -> str:
+        """The x402 gateway's URL once it serves ("" when it is off)."""
+        return self._gateway.url if self._gateway is not None else ""
+
     def request_stop(self, reason: str = "request") -> None:
         """Ask `run` to stop; returns at once. Safe to call more than once."""
         if not self._stop.is_set():
@@ -226,6 +236,9 @@ class Node:
                 app, self.config.api.host, self.config.api.port, grace_s=SHUTDOWN_GRACE_S
             )
             self._bind(server)
+            if self.config.gateway.listen:  # never on a relay (the configuration says so)
+                self._gateway = Gateway(self.config.gateway, self.metrics)
+                self._bind_gateway(self._gateway)
             async with open_node_store(self.datadir.db_file) as store:
                 self._store = store
                 self._events = EventLog(store.db, self.metrics.on_event)
@@ -328,6 +341,17 @@ class Node:
             )
             await nursery.start(self._tasks.run)
             self.services.append("tasks")
+            if self._gateway is not None:
+                self.gateway = GatewayService(
+                    self.config.gateway,
+                    self.config.settlement,
+                    self._tasks,
+                    money,
+                    store,
+                    self.events,
+                    self.metrics,
+                )
+                self._gateway.attach(self.gateway)
             await self._serve(server, task_status)
 
     def _key(self) -> Keypair:
@@ -411,6 +435,16 @@ class Node:
                 "or [api] port in mercato.toml"
             ) from exc
 
+    def _bind_gateway(self, gateway: Gateway) -> None:
+        try:
+            gateway.bind()
+        except OSError as exc:
+            raise NodeError(
+                f"cannot listen on {self.config.gateway.listen} for the x402 gateway "
+                f"({exc.strerror}): choose another address with --gateway or [gateway] "
+                "listen in mercato.toml"
+            ) from exc
+
     async def _record_stop(self) -> None:
         if self._started_at:
             await self.store.run(self.events.record, "node.stopped", {"pid": os.getpid()})
@@ -426,6 +460,9 @@ class Node:
             await nursery.start(self._mcp.run)
             assert self.web is not None, "set in run"
             await nursery.start(self.web.run)
+            if self._gateway is not None:
+                await nursery.start(self._gateway.run)
+                self.services.append("gateway")
             host, port = await nursery.start(server.serve)
             self.services.append("control-api")
             self._api_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -440,6 +477,7 @@ class Node:
                 "ready",
                 extra={
                     "api": self._api_url,
+                    **({"gateway": self.gateway_url} if self.gateway_url else {}),
                     "peer_id": self._peer_id,
                     "data_dir": str(self.datadir.root),
                 },
@@ -448,6 +486,8 @@ class Node:
             await self._stop.wait()
             # Stop taking work, let what is in flight finish, then cancel the rest.
             server.close()
+            if self._gateway is not None:
+                self._gateway.close()
             self._mcp.close()
             self.web.close()
             signals.cancel()

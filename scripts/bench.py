@@ -42,6 +42,10 @@ Benchmarks:
   commerce  a licence bought on a real `mercato localnet`, buy to confirmed (p50
             target < 100 ms), and what the provider's cached licence check
             adds to a task's round trip (target < 1 ms)
+  x402      a node's x402 gateway on a real `mercato localnet`, paid by a wallet
+            with no node: one paid call (402, payment, run, settlement; p50
+            target < 100 ms), as the official client makes it and by that client
+            itself, and calls without payment answered 402 per second (>= 1000)
 
 ``python scripts/bench.py all`` runs every one of them, each in a fresh
 interpreter, and writes ``bench-results/latest.json`` (every figure, with the
@@ -259,6 +263,12 @@ def bench_commerce() -> dict[str, Any]:
     return run()
 
 
+def bench_x402() -> dict[str, Any]:
+    from benchmarks.x402 import run
+
+    return run()
+
+
 def bench_runtime() -> dict[str, Any]:
     from benchmarks.runtime import run
 
@@ -284,6 +294,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "web": bench_web,
     "localnet": bench_localnet,
     "commerce": bench_commerce,
+    "x402": bench_x402,
 }
 
 

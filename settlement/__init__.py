@@ -14,6 +14,11 @@ acknowledged; `_watcher` closes channels before T and refunds after;
 `_forward` pays on the royalties a close left with the payee for creators.
 `_licence` sells licences and subscriptions as Token-2022 tokens, minted in the
 transaction that pays the creator (`_token2022` encodes their instructions).
+`_spl` encodes the instructions both token programs share and reads mints and
+token accounts; `_testmint` is the SPL token of local ledgers, the same on
+every one, which their faucets grant with the lamports; `_x402` checks an x402
+`exact` payment (a buyer's partially signed TransferChecked, the node its fee
+payer) as the official facilitator does, and co-signs it.
 `_receipts`: every state carries, in a memo, the payer's commitment to the
 task receipts it verified on the channel (a Merkle root and their count), so
 a close names the receipts it settles; it also finds a channel's close in a
@@ -82,6 +87,7 @@ from ._errors import LedgerError as LedgerError
 from ._errors import LedgerUnreachable as LedgerUnreachable
 from ._errors import LicenceError as LicenceError
 from ._errors import LockupInForce as LockupInForce
+from ._errors import PaymentInvalid as PaymentInvalid
 from ._errors import PaymentShort as PaymentShort
 from ._errors import SettlementError as SettlementError
 from ._forward import forward_held as forward_held
@@ -125,11 +131,33 @@ from ._receipts import parse_receipts_memo as parse_receipts_memo
 from ._receipts import receipt_leaf as receipt_leaf
 from ._receipts import receipts_memo as receipts_memo
 from ._receipts import verify_path as verify_path
+from ._spl import TOKEN_PROGRAM as TOKEN_PROGRAM
+from ._spl import MintInfo as MintInfo
+from ._spl import TokenAccount as TokenAccount
+from ._spl import TokenBalance as TokenBalance
+from ._spl import associated_token_address as associated_token_address
+from ._spl import create_ata_idempotent as create_ata_idempotent
+from ._spl import mint_to_checked as mint_to_checked
+from ._spl import read_mint as read_mint
+from ._spl import read_token_account as read_token_account
+from ._spl import token_balance as token_balance
+from ._spl import transfer_checked as transfer_checked
+from ._testmint import TEST_MINT as TEST_MINT
+from ._testmint import TEST_MINT_AUTHORITY as TEST_MINT_AUTHORITY
+from ._testmint import TEST_MINT_DECIMALS as TEST_MINT_DECIMALS
+from ._testmint import TOKEN_AIRDROP as TOKEN_AIRDROP
+from ._testmint import ensure_test_mint as ensure_test_mint
+from ._testmint import fund_tokens as fund_tokens
 from ._watcher import WatchState as WatchState
 from ._watcher import close_channel as close_channel
 from ._watcher import refund_channel as refund_channel
 from ._watcher import run_watcher as run_watcher
 from ._watcher import settle_due as settle_due
+from ._x402 import CheckedPayment as CheckedPayment
+from ._x402 import ExactRequirements as ExactRequirements
+from ._x402 import InvalidReason as InvalidReason
+from ._x402 import check_exact_payment as check_exact_payment
+from ._x402 import cosign_payment as cosign_payment
 
 __all__ = [
     "EMPTY_ROOT",
@@ -210,6 +238,29 @@ __all__ = [
     "sign_state",
     "split",
     "state_message",
+    "TOKEN_PROGRAM",
+    "MintInfo",
+    "TokenAccount",
+    "TokenBalance",
+    "associated_token_address",
+    "create_ata_idempotent",
+    "mint_to_checked",
+    "read_mint",
+    "read_token_account",
+    "token_balance",
+    "transfer_checked",
+    "TEST_MINT",
+    "TEST_MINT_AUTHORITY",
+    "TEST_MINT_DECIMALS",
+    "TOKEN_AIRDROP",
+    "ensure_test_mint",
+    "fund_tokens",
+    "CheckedPayment",
+    "ExactRequirements",
+    "InvalidReason",
+    "PaymentInvalid",
+    "check_exact_payment",
+    "cosign_payment",
 ]
 
 

@@ -53,6 +53,7 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 from solders.transaction import Transaction
 
+from ._cosign import cosign
 from ._errors import ChannelError
 from ._programs import (
     STAKE_ACCOUNT_SIZE,
@@ -286,14 +287,7 @@ def state_receipts(state: bytes) -> Commitment | None:
 
 def countersign(checked: Transaction, payee: Keypair) -> Transaction:
     """The payee's signature on a state `check_state` returned: ready to submit."""
-    tx = Transaction.populate(checked.message, list(checked.signatures))
-    try:
-        tx.partial_sign([payee], tx.message.recent_blockhash)
-    except Exception as exc:
-        raise ChannelError("this key is not the payee of that state") from exc
-    if Signature.default() in tx.signatures:
-        raise ChannelError("the state needs a signature this node cannot give")
-    return tx
+    return cosign(checked, payee, ChannelError, "payee", "state")
 
 
 def refund_transaction(

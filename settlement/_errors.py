@@ -9,8 +9,11 @@ MercatoError                (mercato)
     ├── ChannelError        a channel state that does not hold up (amounts,
     │   │                   signatures, accounts): it is refused, nothing stored
     │   └── PaymentShort    sound, but it does not cover this task
-    └── LicenceError        a licence's terms, purchase or token that does not
-                            hold up: it is refused
+    ├── LicenceError        a licence's terms, purchase or token that does not
+    │                       hold up: it is refused
+    └── PaymentInvalid      an x402 payment (a partially signed transfer) that
+                            is not exactly what was required; ``.reason`` is
+                            x402's invalidReason
 """
 
 from __future__ import annotations
@@ -52,3 +55,13 @@ class PaymentShort(ChannelError):
 class LicenceError(SettlementError):
     """A licence's terms, its purchase transaction or its token on the ledger do not
     hold up; the message says what."""
+
+
+class PaymentInvalid(SettlementError):
+    """An x402 `exact` payment that is not exactly the transfer required: the
+    message says what, ``reason`` is the official facilitator's ``invalidReason``
+    for it (``invalid_exact_svm_payload_amount_mismatch``, ...)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -39,9 +39,20 @@ from solders.transaction_status import TransactionErrorFieldless, TransactionErr
 
 from ._errors import BlockhashExpired, LedgerError, LockupInForce
 from ._programs import STAKE_PROGRAM
+from ._spl import TOKEN_PROGRAM, associated_token_address
 from ._sqlite import open_durable
+from ._testmint import (
+    AUTHORITY_FLOOR,
+    AUTHORITY_TOP_UP,
+    TEST_MINT,
+    TEST_MINT_AUTHORITY,
+    TOKEN_AIRDROP,
+    grant_transaction,
+)
 
 TransactionError = TransactionErrorType
+AnyTransaction = Transaction | VersionedTransaction
+"""Legacy or version 0: every ledger takes both."""
 
 LOCKUP_IN_FORCE = 1  # the stake program's StakeError::LockupInForce
 # Accounts the runtime owns: never journaled, never restored over the real ones.
@@ -109,11 +120,11 @@ class Ledger(Protocol):
         """New lamports for ``pubkey``, on a ledger with a faucet; LedgerError otherwise."""
         ...
 
-    async def send(self, tx: Transaction) -> str:
+    async def send(self, tx: AnyTransaction) -> str:
         """Submit; the signature once it is final. LedgerError (LockupInForce) if refused."""
         ...
 
-    async def simulate(self, tx: Transaction) -> None:
+    async def simulate(self, tx: AnyTransaction) -> None:
         """Run without committing; LedgerError (LockupInForce) if it would fail. A
         close is simulated first: a failed durable-nonce transaction still spends
         the nonce on a real cluster."""
@@ -290,27 +301,51 @@ class EmbeddedLedger:
                     )
 
     async def airdrop(self, pubkey: Pubkey, lamports: int) -> str:
-        """The embedded ledger's faucet: new lamports for ``pubkey``; the signature."""
+        """The embedded ledger's faucet: new lamports for ``pubkey``, and test tokens
+        where this ledger has the test mint (`_testmint`); the signature."""
         self._check()
         result = self._svm.airdrop(pubkey, lamports)
         if isinstance(result, FailedTransactionMetadata):
             raise LedgerError(f"the faucet failed: {result.err()}")
         self._expire()  # else the same grant twice would be "already processed"
-        await self._journal([pubkey], str(result.signature()))
+        granted, failed = self._grant_test_tokens(pubkey)
+        await self._journal([pubkey, *granted], str(result.signature()))
+        if failed:
+            raise LedgerError(f"the faucet sent the lamports but not the test tokens: {failed}")
         return str(result.signature())
 
-    async def send(self, tx: Transaction) -> str:
+    def _grant_test_tokens(self, owner: Pubkey) -> tuple[list[Pubkey], str]:
+        """`TOKEN_AIRDROP` of the test mint to ``owner``, if this ledger has the
+        mint; the mint authority pays the fee and the account's rent, and the
+        faucet tops the authority up. Like a faucet's lamports, the grant is no
+        transaction of the history. The accounts it changed, and why it failed ("")."""
+        authority = TEST_MINT_AUTHORITY.pubkey()
+        mint = self._svm.get_account(TEST_MINT)
+        if mint is None or mint.owner != TOKEN_PROGRAM or owner == authority:
+            return [], ""
+        if (self._svm.get_balance(authority) or 0) < AUTHORITY_FLOOR:
+            topped = self._svm.airdrop(authority, AUTHORITY_TOP_UP)
+            if isinstance(topped, FailedTransactionMetadata):
+                return [], str(topped.err())
+        tx = grant_transaction(owner, TOKEN_AIRDROP, self._svm.latest_blockhash())
+        result = self._svm.send_transaction(tx)
+        changed = [authority, associated_token_address(owner, TEST_MINT), TEST_MINT]
+        if isinstance(result, FailedTransactionMetadata):
+            return [authority], str(result.err())
+        return changed, ""
+
+    async def send(self, tx: AnyTransaction) -> str:
         err, _ = await self.execute(tx)
         if err is not None:
             raise refusal(tx, err)
         return str(tx.signatures[0])
 
-    async def simulate(self, tx: Transaction) -> None:
+    async def simulate(self, tx: AnyTransaction) -> None:
         err, _ = await self.dry_run(tx)
         if err is not None:
             raise refusal(tx, err)
 
-    async def execute(self, tx: Transaction) -> tuple[TransactionError | None, list[str]]:
+    async def execute(self, tx: AnyTransaction) -> tuple[TransactionError | None, list[str]]:
         """Run and commit ``tx``: (its error or None, its logs). A transaction that
         fails after its checks still pays its fee, as on a cluster."""
         self._check()
@@ -324,7 +359,7 @@ class EmbeddedLedger:
         await self._journal(list(tx.message.account_keys), str(tx.signatures[0]))
         return None, list(result.logs())
 
-    async def dry_run(self, tx: Transaction) -> tuple[TransactionError | None, list[str]]:
+    async def dry_run(self, tx: AnyTransaction) -> tuple[TransactionError | None, list[str]]:
         """Run ``tx`` without committing: (its error or None, its logs)."""
         self._check()
         self._tick()
@@ -385,7 +420,7 @@ class EmbeddedLedger:
         raise LedgerError(NO_HISTORY)
 
 
-def refusal(tx: Transaction, err: TransactionError) -> LedgerError:
+def refusal(tx: AnyTransaction, err: TransactionError) -> LedgerError:
     """The error to raise for a transaction the ledger refused with ``err``."""
     if err == TransactionErrorFieldless.BlockhashNotFound and tx.uses_durable_nonce():
         return LedgerError("the durable nonce has moved on: this state was closed or voided")

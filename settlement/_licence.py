@@ -60,6 +60,7 @@ from solders.signature import Signature
 from solders.transaction import Transaction
 
 from ._channel import MAX_TRANSACTION_BYTES
+from ._cosign import cosign
 from ._errors import LicenceError
 from ._ledger import AccountInfo
 from ._rpc_reads import parse_token
@@ -305,14 +306,7 @@ def check_purchase(
 
 def cosign_purchase(tx: Transaction, creator: Keypair) -> Transaction:
     """The creator's signature on a purchase `check_purchase` returned: ready to submit."""
-    signed = Transaction.populate(tx.message, list(tx.signatures))
-    try:
-        signed.partial_sign([creator], signed.message.recent_blockhash)
-    except Exception as exc:
-        raise LicenceError("this key is not the creator of that purchase") from exc
-    if Signature.default() in signed.signatures:
-        raise LicenceError("the purchase needs a signature this node cannot give")
-    return signed
+    return cosign(tx, creator, LicenceError, "creator", "purchase")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ bad one gets a JSON-RPC error and changes nothing.
 
 Methods here: getLatestBlockhash (and the old getRecentBlockhash),
 isBlockhashValid, sendTransaction, simulateTransaction, getAccountInfo,
-getBalance, getMinimumBalanceForRentExemption, requestAirdrop,
+getBalance, getMinimumBalanceForRentExemption, requestAirdrop (lamports, and
+the test mint's tokens where the ledger has it: `_testmint`),
 getSignatureStatuses, getSlot, getBlockHeight, getHealth, getVersion,
 getTransaction, getParsedTransaction, getSignaturesForAddress, getBlock,
 getBlockTime, getBlocks, getTransactionCount; ``_rpc_reads`` adds the

@@ -31,14 +31,14 @@ from solders.pubkey import Pubkey
 from solders.rpc.errors import SendTransactionPreflightFailureMessage
 from solders.signature import Signature
 from solders.sysvar import CLOCK
-from solders.transaction import Transaction, VersionedTransaction
+from solders.transaction import VersionedTransaction
 from solders.transaction_status import (
     TransactionConfirmationStatus,
     TransactionErrorFieldless,
 )
 
 from ._errors import BlockhashExpired, LedgerError, LedgerUnreachable
-from ._ledger import HISTORY_LIMIT, AccountInfo, LandedTransaction, refusal
+from ._ledger import HISTORY_LIMIT, AccountInfo, AnyTransaction, LandedTransaction, refusal
 
 RESEND_S = 2.0
 POLL_S = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)  # then every 0.5 s
@@ -89,12 +89,12 @@ class RpcLedger:
         await self._confirmed(signature, None)
         return str(signature)
 
-    async def send(self, tx: Transaction) -> str:
+    async def send(self, tx: AnyTransaction) -> str:
         signature = tx.signatures[0]
         await self._confirmed(signature, tx)
         return str(signature)
 
-    async def _confirmed(self, signature: Any, tx: Transaction | None) -> None:
+    async def _confirmed(self, signature: Any, tx: AnyTransaction | None) -> None:
         """Send ``tx`` (if given) and wait for ``signature`` to be confirmed.
 
         A preflight refusal is believed at once only while no copy was ever taken:
@@ -139,7 +139,7 @@ class RpcLedger:
         )
 
     async def _status(
-        self, signature: Any, tx: Transaction | None, history: bool = False
+        self, signature: Any, tx: AnyTransaction | None, history: bool = False
     ) -> str | None:
         """ "confirmed", "landing" (seen, not yet confirmed), or None (unknown, or the
         RPC does not answer). Its refusal if it landed and failed."""
@@ -172,8 +172,10 @@ class RpcLedger:
             return False  # it landed and failed: nothing it did stayed
         return True if state == "confirmed" else None
 
-    async def simulate(self, tx: Transaction) -> None:
-        versioned = VersionedTransaction.from_legacy(tx)
+    async def simulate(self, tx: AnyTransaction) -> None:
+        versioned = (
+            tx if isinstance(tx, VersionedTransaction) else VersionedTransaction.from_legacy(tx)
+        )
         resp = await self._call("simulate_transaction", versioned, sig_verify=True)
         if resp.value.err is not None:
             raise refusal(tx, resp.value.err)

@@ -5,8 +5,10 @@ Only what licences use: a mint's NonTransferable, PermanentDelegate and
 MetadataPointer extensions, InitializeMint2, the token-metadata interface
 (Initialize, UpdateField; Token-2022 executes it on a mint that points at
 itself), MintToChecked, BurnChecked and TransferChecked, and the associated
-token account's Create. The sizes of a mint's extensions are here too: a mint
-account is created for its fixed extensions and paid for its final size.
+token account's Create. The instructions both token programs share are
+`_spl`'s, bound here to Token-2022. The sizes of a mint's extensions are here
+too: a mint account is created for its fixed extensions and paid for its final
+size.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ from __future__ import annotations
 import hashlib
 import struct
 
-from solders import system_program as sp
-from solders.instruction import AccountMeta, Instruction
+from solders.instruction import Instruction
 from solders.pubkey import Pubkey
-from solders.token.associated import get_associated_token_address
 
+from . import _spl
 from ._rpc_reads import TOKEN_2022_PROGRAM, TOKEN_ACCOUNT_LEN
+from ._spl import ATA_PROGRAM as ATA_PROGRAM
+from ._spl import readonly as _readonly
+from ._spl import signer as _signer
+from ._spl import writable as _writable
 
 TOKEN_2022 = TOKEN_2022_PROGRAM
-ATA_PROGRAM = Pubkey.from_string("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL")
 
 # A mint with extensions: its base padded to a token account's length, one
 # account-type byte, then type-length-value entries (2 + 2 bytes of header each).
@@ -32,10 +36,6 @@ NON_TRANSFERABLE_LEN = TLV_HEADER
 PERMANENT_DELEGATE_LEN = TLV_HEADER + 32
 METADATA_POINTER_LEN = TLV_HEADER + 64
 
-_INITIALIZE_MINT2 = 20
-_MINT_TO_CHECKED = 14
-_BURN_CHECKED = 15
-_TRANSFER_CHECKED = 12
 _NON_TRANSFERABLE = 32
 _PERMANENT_DELEGATE = 35
 _METADATA_POINTER = 39  # then 0: Initialize
@@ -55,18 +55,6 @@ def _string(text: str) -> bytes:
     """Borsh: a u32 length, then UTF-8."""
     raw = text.encode()
     return struct.pack("<I", len(raw)) + raw
-
-
-def _writable(key: Pubkey) -> AccountMeta:
-    return AccountMeta(key, False, True)
-
-
-def _signer(key: Pubkey) -> AccountMeta:
-    return AccountMeta(key, True, False)
-
-
-def _readonly(key: Pubkey) -> AccountMeta:
-    return AccountMeta(key, False, False)
 
 
 def metadata_len(name: str, symbol: str, uri: str, fields: list[tuple[str, str]]) -> int:
@@ -92,8 +80,7 @@ def initialize_metadata_pointer(mint: Pubkey, address: Pubkey) -> Instruction:
 
 def initialize_mint2(mint: Pubkey, decimals: int, authority: Pubkey) -> Instruction:
     """InitializeMint2, with no freeze authority."""
-    data = bytes([_INITIALIZE_MINT2, decimals]) + bytes(authority) + b"\0"
-    return Instruction(TOKEN_2022, data, [_writable(mint)])
+    return _spl.initialize_mint2(mint, decimals, authority, TOKEN_2022)
 
 
 def initialize_metadata(
@@ -120,43 +107,28 @@ def update_metadata_field(
 
 def associated_address(owner: Pubkey, mint: Pubkey) -> Pubkey:
     """The Token-2022 associated token account of ``owner`` for ``mint``."""
-    return get_associated_token_address(owner, mint, TOKEN_2022)
+    return _spl.associated_token_address(owner, mint, TOKEN_2022)
 
 
 def create_associated(payer: Pubkey, owner: Pubkey, mint: Pubkey) -> Instruction:
     """The associated token account program's Create (fails if it exists)."""
-    metas = [
-        AccountMeta(payer, True, True),
-        _writable(associated_address(owner, mint)),
-        _readonly(owner),
-        _readonly(mint),
-        _readonly(sp.ID),
-        _readonly(TOKEN_2022),
-    ]
-    return Instruction(ATA_PROGRAM, b"", metas)
-
-
-def _amount(tag: int, amount: int, decimals: int) -> bytes:
-    return bytes([tag]) + struct.pack("<QB", amount, decimals)
+    return _spl.create_ata(payer, owner, mint, TOKEN_2022)
 
 
 def mint_to_checked(
     mint: Pubkey, account: Pubkey, authority: Pubkey, amount: int, decimals: int
 ) -> Instruction:
-    metas = [_writable(mint), _writable(account), _signer(authority)]
-    return Instruction(TOKEN_2022, _amount(_MINT_TO_CHECKED, amount, decimals), metas)
+    return _spl.mint_to_checked(mint, account, authority, amount, decimals, TOKEN_2022)
 
 
 def burn_checked(
     account: Pubkey, mint: Pubkey, authority: Pubkey, amount: int, decimals: int
 ) -> Instruction:
     """BurnChecked; ``authority`` the owner, a delegate or the permanent delegate."""
-    metas = [_writable(account), _writable(mint), _signer(authority)]
-    return Instruction(TOKEN_2022, _amount(_BURN_CHECKED, amount, decimals), metas)
+    return _spl.burn_checked(account, mint, authority, amount, decimals, TOKEN_2022)
 
 
 def transfer_checked(
     source: Pubkey, mint: Pubkey, destination: Pubkey, owner: Pubkey, amount: int, decimals: int
 ) -> Instruction:
-    metas = [_writable(source), _readonly(mint), _writable(destination), _signer(owner)]
-    return Instruction(TOKEN_2022, _amount(_TRANSFER_CHECKED, amount, decimals), metas)
+    return _spl.transfer_checked(source, mint, destination, owner, amount, decimals, TOKEN_2022)

@@ -104,6 +104,7 @@ NODE_PARTS = {
     "commerce": {"registry", "money"},
     "tasks": {"builds", "registry", "money", "commerce"},
     "control": {"builds", "registry", "money", "commerce", "tasks"},
+    "gateway": {"money", "tasks"},
     "mcp": {"control"},
     "web": {"control"},
 }

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 
     from .._store import Store
 
-SCHEMA = """
-CREATE TABLE licences_held (
+def _table(name: str) -> str:
+    return f"""
+CREATE TABLE {name} (
     mint         TEXT PRIMARY KEY,
     agent        TEXT NOT NULL,
     plan         TEXT NOT NULL,
@@ -33,27 +34,17 @@ CREATE TABLE licences_held (
     refunded     TEXT NOT NULL,
     pending      INTEGER NOT NULL,
     blockhash    TEXT NOT NULL
-);
-CREATE INDEX licences_held_agent ON licences_held(agent, expires);
-CREATE TABLE licences_sold (
-    mint         TEXT PRIMARY KEY,
-    agent        TEXT NOT NULL,
-    plan         TEXT NOT NULL,
-    kind         TEXT NOT NULL,
-    versions     TEXT NOT NULL,
-    expires      INTEGER NOT NULL,
-    refund_until INTEGER NOT NULL,
-    price        INTEGER NOT NULL,
-    party        TEXT NOT NULL,
-    signature    TEXT NOT NULL,
-    time         REAL NOT NULL,
-    refunded     TEXT NOT NULL,
-    pending      INTEGER NOT NULL,
-    blockhash    TEXT NOT NULL
-);
-CREATE INDEX licences_sold_agent ON licences_sold(agent, plan);
-CREATE INDEX licences_sold_buyer ON licences_sold(party, agent, plan);
-"""
+);"""
+
+
+# The two tables have one shape (`LicenceRow`): bought, and sold.
+SCHEMA = (
+    _table("licences_held")
+    + "\nCREATE INDEX licences_held_agent ON licences_held(agent, expires);"
+    + _table("licences_sold")
+    + "\nCREATE INDEX licences_sold_agent ON licences_sold(agent, plan);"
+    + "\nCREATE INDEX licences_sold_buyer ON licences_sold(party, agent, plan);\n"
+)
 
 
 @dataclass(frozen=True)

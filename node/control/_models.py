@@ -430,12 +430,24 @@ class Held(Response):
     recipients: dict[str, int] = Field(description="what is still held, per creator")
 
 
+class TokenHolding(Response):
+    """What the wallet's associated token account holds of one SPL mint."""
+
+    mint: str
+    amount: int = Field(description="base units")
+    decimals: int
+
+
 class Wallet(Response):
     address: str
     ledger: str
     balance: int
     now: int
     held: Held
+    tokens: list[TokenHolding] = Field(
+        default_factory=list,
+        description="the test mint's on a local ledger, and [gateway] asset's when set",
+    )
 
 
 class AirdropBody(Request):

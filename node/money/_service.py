@@ -7,14 +7,15 @@ the watcher that closes channels this node is paid on before their lockup ends
 and refunds the ones it paid on after. The wallet is the ``[settlement]
 account`` key: its public key is the Solana address. On the embedded ledger and
 the localnet an empty wallet is credited ``faucet_lamports`` at start, so a new
-node can pay at once; that money exists on that ledger only.
+node can pay at once, and 1,000 tokens of the ledger's test SPL mint (made here
+on the embedded ledger) for x402; that money exists on that ledger only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -28,6 +29,7 @@ from mercato.settlement import (
     MAX_RECIPIENTS,
     NONCE_ACCOUNT_SIZE,
     STAKE_ACCOUNT_SIZE,
+    TEST_MINT,
     BlockhashExpired,
     Channel,
     ChannelBook,
@@ -40,6 +42,7 @@ from mercato.settlement import (
     check_channel,
     check_state,
     close_channel,
+    ensure_test_mint,
     forward_held,
     open_channel_book,
     open_embedded_ledger,
@@ -51,6 +54,7 @@ from mercato.settlement import (
     run_watcher,
     split,
     state_receipts,
+    token_balance,
 )
 
 from .._config import SettlementSection
@@ -101,6 +105,7 @@ class SettlementService:
         )
 
     async def _fund(self) -> None:
+        await ensure_test_mint(self.ledger)  # the faucet then grants test tokens too
         if await self.ledger.balance(self.wallet.pubkey()):
             return
         await self.ledger.airdrop(self.wallet.pubkey(), self.config.faucet_lamports)
@@ -359,14 +364,30 @@ class SettlementService:
         """The payee's side: a task it accepted could not run; its price is credit."""
         await self.book.unsettle(channel.terms.stake, amounts)
 
-    async def wallet_info(self) -> dict[str, Any]:
+    async def wallet_info(self, assets: Sequence[Pubkey] = ()) -> dict[str, Any]:
+        """The wallet: address, ledger, lamports, the ledger's clock, royalties
+        held, and its token balances (`token_balances`)."""
         return {
             "address": self.address,
             "ledger": self.ledger.name,
             "balance": await self.ledger.balance(self.wallet.pubkey()),
             "now": await self.ledger.now(),
             "held": self.held_info(),
+            "tokens": await self.token_balances(assets),
         }
+
+    async def token_balances(self, assets: Sequence[Pubkey] = ()) -> list[dict[str, Any]]:
+        """What the wallet's associated token accounts hold of the test mint (on a
+        ledger with a faucet) and of each mint in ``assets``, in base units; a mint
+        the ledger does not have is left out."""
+        mints = [TEST_MINT] if self.ledger.faucet else []
+        mints += [m for m in assets if m not in mints]
+        found = []
+        for mint in mints:
+            held = await token_balance(self.ledger, self.wallet.pubkey(), mint)
+            if held is not None:
+                found.append({"mint": str(mint), "amount": held.amount, "decimals": held.decimals})
+        return found
 
     def held_info(self) -> dict[str, Any]:
         """Royalties this node holds for creators: due (waiting until the ledger can

@@ -9,7 +9,9 @@ retries, second opinions); ``_choice.py`` holds the one scoring formula,
 log, written by group commit together with the reputation a task changed.
 `SpendLog` records what this node's tasks paid, by UTC day, and the `Budget`
 of each run in flight; `RunKeys` keeps the result of runs asked with an
-idempotency key, so that a retry never runs or pays again. `prove_receipt`
+idempotency key, so that a retry never runs or pays again. `TaskService.offer_here`
+and `run_here` serve a buyer from outside the network (the x402 gateway) with
+the same runs, receipts and task log. `prove_receipt`
 checks a paid task's receipt against the close of its channel on the ledger.
 
 Imports node's core modules, the builds, registry and money subpackages,
@@ -36,6 +38,8 @@ from ._proof import NoProof as NoProof
 from ._proof import prove as prove_receipt
 from ._reputation import SCHEMA as _REPUTATION_SCHEMA
 from ._runner import TaskRunner as TaskRunner
+from ._service import LocalOffer as LocalOffer
+from ._service import LocalRun as LocalRun
 from ._service import TaskService as TaskService
 from ._spending import SCHEMA as _SPENDING_SCHEMA
 from ._spending import Budget as Budget
@@ -56,6 +60,8 @@ __all__ = [
     "CardBook",
     "CardForwarder",
     "KeyReused",
+    "LocalOffer",
+    "LocalRun",
     "NoProof",
     "NoProvider",
     "Quote",

@@ -28,7 +28,7 @@ from solders.pubkey import Pubkey
 
 from mercato.crdt import Version, VersionError, VersionRange
 from mercato.p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, Verdict
-from mercato.runtime import Limits, LimitsError, Outcome, SandboxError, WorkerPool
+from mercato.runtime import Limits, LimitsError, Outcome, RunResult, SandboxError, WorkerPool
 from mercato.settlement import Channel, PaymentShort, SettlementError
 
 from .._config import RuntimeSection, ServeSection
@@ -72,6 +72,29 @@ CHANGE_CHECK_S = 1.0  # how often to look whether what this node serves changed
 QUOTE_TTL_S = 30.0
 DEFAULT_EXPECTED_MS = 20.0  # a run's wall time before this node has run the build
 FETCH_EXPECTED_MS = 1000.0  # added when the build must be fetched first
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalOffer:
+    """A served agent as this node runs it now (see `TaskService.offer_here`)."""
+
+    agent: str
+    listing: dict[str, Any]
+    release: dict[str, Any]
+    """The newest release: what a run now runs (its ``version`` and ``cid``)."""
+    price: int
+    """The listing's price of one run, in lamports."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalRun:
+    """A run this node served outside a channel (see `TaskService.run_here`)."""
+
+    offer: LocalOffer
+    result: RunResult
+    receipt: Receipt
+    signed: bytes
+    """The receipt, signed by this node's key (`Receipt.verify` reads it)."""
 
 
 def run_limits(listing: dict[str, Any], stdin: bytes, caps: RuntimeSection) -> Limits:
@@ -205,6 +228,11 @@ class TaskService:
 
     async def _on_card(self, message: GossipMessage) -> None:
         pass  # taken in the validator
+
+    @property
+    def serving(self) -> tuple[str, ...]:
+        """The agents this node runs for others, as PUBLISHER/NAME."""
+        return self._serving.agents
 
     def serve_agents(self, agents: tuple[str, ...]) -> None:
         """Change what this node serves (the next heartbeat tells the others)."""
@@ -378,18 +406,7 @@ class TaskService:
     ) -> TaskResponse:
         channel = paid[0] if paid else None
         started = time.time()
-        with self._builds.using(quote.cid):
-            path = await self._build_path(quote.cid)
-            try:
-                result = await self._runtime.run(
-                    path, request.input, limits, key=quote.cid, name=listing["name"]
-                )
-            except SandboxError as exc:
-                raise Refused("cannot_run", str(exc)) from exc
-        if result.outcome is Outcome.CRASHED:  # this node's fault, not the agent's
-            raise Refused("crashed", "the sandbox worker died: try another provider")
-        previous = self._expected_ms.get(quote.cid, result.usage.wall_ms)
-        self._expected_ms[quote.cid] = 0.8 * previous + 0.2 * result.usage.wall_ms
+        result = await self._execute(quote.cid, listing, request.input, limits)
         receipt = Receipt(
             task=request.task,
             agent=request.agent,
@@ -408,16 +425,92 @@ class TaskService:
             channel=str(channel.terms.stake) if channel else "",
             cumulative=sum(channel.settled.values()) if channel else 0,
         )
+        signed = await self._sign_and_log(receipt, started)
+        return TaskResponse(output=result.output, receipt=signed)
+
+    async def _execute(
+        self, cid: str, listing: dict[str, Any], stdin: bytes, limits: Limits
+    ) -> RunResult:
+        """Run the build ``cid`` (fetched first if it is not here) on ``stdin``."""
+        with self._builds.using(cid):
+            path = await self._build_path(cid)
+            try:
+                result = await self._runtime.run(path, stdin, limits, key=cid, name=listing["name"])
+            except SandboxError as exc:
+                raise Refused("cannot_run", str(exc)) from exc
+        if result.outcome is Outcome.CRASHED:  # this node's fault, not the agent's
+            raise Refused("crashed", "the sandbox worker died: try another provider")
+        previous = self._expected_ms.get(cid, result.usage.wall_ms)
+        self._expected_ms[cid] = 0.8 * previous + 0.2 * result.usage.wall_ms
+        return result
+
+    async def _sign_and_log(self, receipt: Receipt, started: float) -> bytes:
+        """Sign the receipt of a run this node served and write it to the task log."""
         self.served += 1
         signed = receipt.sign(self._key)
         await self.tasklog.write(
             TaskRecord(
-                request.task.hex(), "provider", request.agent, quote.version,
-                self._overlay.peer_id, peer, receipt.outcome, quote.price, started,
+                receipt.task.hex(), "provider", receipt.agent, receipt.version,
+                self._overlay.peer_id, receipt.user, receipt.outcome, receipt.price, started,
                 receipt.wall_ms, "", "", [], signed,
             )
         )  # fmt: skip
-        return TaskResponse(output=result.output, receipt=signed)
+        return signed
+
+    # -- provider, for a buyer outside the network (the x402 gateway) -------------
+
+    async def offer_here(self, agent: str) -> LocalOffer:
+        """What a run of ``agent`` on this node is now: its listing, the newest
+        release, and the listing's price in lamports. Refused (``not_served``,
+        ``unknown_agent``, ``licence_required``, ``bad_listing``) if this node would
+        not run it for a buyer who brings no licence."""
+        if agent not in self._serving.agents:
+            raise Refused("not_served", "this node does not serve that agent")
+        try:
+            listing, release, _ = await self._release(agent, "*")
+        except Refused as exc:
+            if exc.code not in ("licence_required", "licence_refused"):
+                raise
+            raise Refused(
+                "licence_required",
+                f"{agent[:120]} is sold by plan (a licence or subscription), which a "
+                "payment per call cannot carry: buy a plan with mercato and run it there",
+            ) from exc
+        run_limits(listing, b"", self._caps)  # a listing this node cannot run: refuse now
+        return LocalOffer(agent, listing, release, run_price(listing, None))
+
+    async def run_here(
+        self, offer: LocalOffer, stdin: bytes, *, user: str, channel: str, cumulative: int
+    ) -> LocalRun:
+        """Run ``offer``'s release on this node for a buyer paying outside a channel,
+        with the same limits, sandbox, receipt and task log as a peer's task. The
+        receipt names ``user``, ``channel`` and ``cumulative`` as given (the x402
+        gateway: the payer, the payment's transaction, the amount it pays); its
+        price is the listing's, in lamports. Refused (``input_too_large``,
+        ``unavailable``, ``cannot_run``, ``crashed``) when nothing ran."""
+        limits = run_limits(offer.listing, stdin, self._caps)
+        started = time.time()
+        version, cid = offer.release["version"], offer.release["cid"]
+        result = await self._execute(cid, offer.listing, stdin, limits)
+        receipt = Receipt(
+            task=secrets.token_bytes(16),
+            agent=offer.agent,
+            version=version,
+            cid=cid,
+            input_hash=digest(stdin),
+            output_hash=digest(result.output),
+            outcome=result.outcome.value,
+            fuel=result.usage.fuel or 0,
+            wall_ms=int(result.usage.wall_ms),
+            price=offer.price,
+            provider=self._overlay.peer_id,
+            user=user,
+            time=int(time.time()),
+            channel=channel,
+            cumulative=cumulative,
+        )
+        signed = await self._sign_and_log(receipt, started)
+        return LocalRun(offer, result, receipt, signed)
 
     async def _paid(
         self, peer: str, request: TaskRequest, quote: Quote, listing: dict[str, Any]

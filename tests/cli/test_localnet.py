@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from mercato.node import ControlClient, DataDir
+from mercato.settlement import TEST_MINT, TOKEN_AIRDROP
 
 from ..conftest import run_cli, wait_for
 from .test_run import WORDCOUNT
@@ -57,8 +58,13 @@ def test_two_nodes_on_a_localnet_pay_for_100_tasks_and_close(
     assert {w["ledger"] for w in wallets.values()} == {"localnet"}
     address = {d: w["address"] for d, w in wallets.items()}
     assert all(balance(localnet.url, a) == 10 * 10**9 for a in address.values())
+    # ... and with 1,000 tokens of the localnet's test mint (for x402), at its cost.
+    test_tokens = {"mint": str(TEST_MINT), "amount": TOKEN_AIRDROP, "decimals": 6}
+    assert all(w["tokens"] == [test_tokens] for w in wallets.values())
     dropped = cli(user, "wallet", "airdrop", "1.5")
     assert dropped.returncode == 0 and "received 1500000000 lamports" in dropped.stdout
+    shown = cli(user, "wallet").stdout
+    assert f"2000 tokens ({2 * TOKEN_AIRDROP} base units) of mint {TEST_MINT}" in shown
     assert cli(user, "wallet", "address").stdout.strip() == address[user]
 
     manifest = tmp_path / "MANIFEST.toml"

@@ -10,6 +10,7 @@ from fastapi.routing import APIRoute
 
 from mercato.node import Config, ControlClient, ControlError, DaemonNotRunning, DataDir, Node
 from mercato.node.control.routes import ROUTERS
+from mercato.settlement import TEST_MINT, TOKEN_AIRDROP
 
 
 def loopback_config() -> Config:
@@ -270,6 +271,9 @@ async def test_the_wallet_is_the_account_key_funded_on_the_embedded_ledger(node:
     account = await call(client.request, "GET", "/v1/keys/default")
     assert wallet["address"] == account["address"]
     assert (wallet["ledger"], wallet["balance"]) == ("embedded", 10_000_000_000)
+    # With 1,000 tokens of the ledger's test mint (x402), the faucet paying their account.
+    test_tokens = {"mint": str(TEST_MINT), "amount": TOKEN_AIRDROP, "decimals": 6}
+    assert wallet["tokens"] == [test_tokens]
     assert (await call(client.channels))["channels"] == []
 
 
@@ -300,3 +304,4 @@ async def test_channel_and_wallet_routes_refuse_bad_input_and_change_nothing(nod
     assert wallet["balance"] == 10_000_000_000  # nothing spent
     granted = await call(client.airdrop, 5 * 10**8)
     assert granted["balance"] == wallet["balance"] + 5 * 10**8 and granted["signature"]
+    assert granted["tokens"][0]["amount"] == wallet["tokens"][0]["amount"] + TOKEN_AIRDROP
