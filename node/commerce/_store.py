@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from .._store import Store
 
+
 def _table(name: str) -> str:
     return f"""
 CREATE TABLE {name} (
