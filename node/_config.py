@@ -45,6 +45,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 ENV_PREFIX = "MERCATO_"
 MAX_LAMPORTS = 10**15
+MAX_PAYMENT_TIMEOUT_S = 60  # [gateway] max_timeout_s: about a blockhash's life
 _BASE58_KEY = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,44}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*")
 _CAIP2 = re.compile(r"[-a-z0-9]{3,8}:[-_a-zA-Z0-9]{1,32}")
@@ -248,7 +249,8 @@ class GatewaySection:
     max_body_mb: int = 8
     """The largest input a request may carry; larger is refused (413)."""
     max_timeout_s: int = 60
-    """The ``maxTimeoutSeconds`` of the payment requirements."""
+    """The ``maxTimeoutSeconds`` of the payment requirements: at most 60, about
+    how long a payment's blockhash lasts."""
 
 
 @dataclass(frozen=True)
@@ -475,8 +477,12 @@ def _validate_gateway(config: Config, fail: Callable[[str, str], ConfigError]) -
         raise fail("gateway.rate_per_min", "must be between 1 and 1,000,000")
     if not 1 <= gateway.max_body_mb <= 1024:
         raise fail("gateway.max_body_mb", "must be between 1 and 1024")
-    if not 5 <= gateway.max_timeout_s <= 3600:
-        raise fail("gateway.max_timeout_s", "must be between 5 and 3600")
+    if not 5 <= gateway.max_timeout_s <= MAX_PAYMENT_TIMEOUT_S:
+        raise fail(
+            "gateway.max_timeout_s",
+            f"must be between 5 and {MAX_PAYMENT_TIMEOUT_S}: a payment's blockhash lasts "
+            "about a minute, and it must land before it expires",
+        )
 
 
 def _looks_like_multiaddr(addr: str, need_peer: bool) -> bool:
@@ -665,7 +671,7 @@ network = ""
 # A run's price in the asset's base units: the listing's lamports times this, rounded up.
 units_per_lamport = 1.0
 # Requests per minute from one client IP; the largest input, in MiB; the
-# payment requirements' maxTimeoutSeconds.
+# payment requirements' maxTimeoutSeconds (at most 60: a blockhash's life).
 rate_per_min = 600
 max_body_mb = 8
 max_timeout_s = 60

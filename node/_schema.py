@@ -18,6 +18,7 @@ from ._peers import SCHEMA as PEERS_SCHEMA
 from ._store import Database, Store, open_store
 from .builds import SCHEMA as BUILDS_SCHEMA
 from .commerce import SCHEMA as COMMERCE_SCHEMA
+from .gateway import RESULTS_SCHEMA as GATEWAY_RESULTS_SCHEMA
 from .gateway import SCHEMA as GATEWAY_SCHEMA
 from .tasks import SCHEMA as TASKS_SCHEMA
 from .tasks import SPENDING_SCHEMA
@@ -33,6 +34,7 @@ MIGRATIONS: tuple[str, ...] = (
     SPENDING_SCHEMA,  # 7: what tasks paid, and runs' results by idempotency key
     COMMERCE_SCHEMA,  # 8: licences bought and sold
     GATEWAY_SCHEMA,  # 9: x402 payments taken, and royalties forwarded to creators
+    GATEWAY_RESULTS_SCHEMA,  # 10: answers of x402 calls whose settlement was pending
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -158,6 +158,7 @@ from ._x402 import ExactRequirements as ExactRequirements
 from ._x402 import InvalidReason as InvalidReason
 from ._x402 import check_exact_payment as check_exact_payment
 from ._x402 import cosign_payment as cosign_payment
+from ._x402 import payment_key as payment_key
 
 __all__ = [
     "EMPTY_ROOT",
@@ -225,6 +226,7 @@ __all__ = [
     "open_transaction",
     "payable",
     "payable_v1",
+    "payment_key",
     "purchase_message",
     "purchase_transaction",
     "read_licence",

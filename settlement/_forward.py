@@ -116,21 +116,24 @@ async def _settle_sending(book: ChannelBook, ledger: Ledger) -> list[Pubkey]:
     paid: list[Pubkey] = []
     for signature, rows in book.sending_now().items():
         tx = Transaction.from_bytes(rows[0].forward or b"")
-        landed = await ledger.landed(signature)
-        if landed is None and await ledger.blockhash_expired(tx.message.recent_blockhash):
-            landed = bool(await ledger.landed(signature))  # expired: the status is final
-        if landed is None:
-            try:
-                await ledger.send(tx)
-                landed = True
-            except BlockhashExpired:
-                landed = False
-            except LedgerUnreachable:
-                continue
-            except LedgerError:
-                landed = await ledger.landed(signature)
-                if landed is None:
+        try:
+            landed = await ledger.landed(signature)
+            if landed is None and await ledger.blockhash_expired(tx.message.recent_blockhash):
+                landed = bool(await ledger.landed(signature))  # expired: the status is final
+            if landed is None:
+                try:
+                    await ledger.send(tx)
+                    landed = True
+                except BlockhashExpired:
+                    landed = False
+                except LedgerUnreachable:
                     continue
+                except LedgerError:
+                    landed = await ledger.landed(signature)
+                    if landed is None:
+                        continue
+        except LedgerUnreachable:
+            continue  # the ledger cannot say yet: it stays under way, asked next round
         if landed:
             await book.forwarded(signature)
             by_recipient: dict[Pubkey, list[Held]] = {}

@@ -142,7 +142,7 @@ class Ledger(Protocol):
 
     async def blockhash_expired(self, blockhash: Hash) -> bool | None:
         """Whether a transaction made on ``blockhash`` can no longer land (None: this
-        ledger cannot tell)."""
+        ledger cannot tell now, such as an RPC that does not answer)."""
         ...
 
     async def now(self) -> int:
@@ -151,7 +151,9 @@ class Ledger(Protocol):
 
     async def landed(self, signature: str) -> bool | None:
         """Whether the transaction ``signature`` landed and succeeded (False: it
-        failed, or this ledger knows it never landed; None: it cannot tell yet)."""
+        failed, or this ledger knows it never landed; None: the ledger has not seen
+        it, or not confirmed it, yet). LedgerUnreachable if the ledger does not
+        answer: that is never None."""
         ...
 
     async def history(self, address: Pubkey, limit: int = HISTORY_LIMIT) -> list[str]:

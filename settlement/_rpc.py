@@ -5,9 +5,14 @@ it: a transaction is sent with preflight (a refusal comes back at once, with
 nothing spent), then its signature's status is polled until it is confirmed,
 re-sending the same signed bytes every RESEND_S while it is not (a re-send can
 never make it land twice). An RPC that does not answer is retried the same
-way. Past ``confirm_s`` the call gives up with LedgerError, saying the
-transaction may still land; a transaction whose blockhash expired is
-BlockhashExpired and can be built again.
+way. Whether a blockhash expired is the RPC's isBlockhashValid (any
+blockhash, not only the ones this object handed out), asked before the status:
+once the blockhash is invalid the transaction can no longer land, so a status
+found empty after it is final. A transaction not seen once its blockhash
+expired is BlockhashExpired (it never landed, and can be built again); past
+``confirm_s`` the call gives up with LedgerUnreachable, saying the transaction
+may still land. `landed` raises LedgerUnreachable when the RPC does not
+answer: "I could not ask" is never "not found".
 
 ``now`` reads the Clock sysvar, the time lockups are measured against.
 ``history`` pages through getSignaturesForAddress, ``landed_transaction`` is
@@ -25,10 +30,14 @@ from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Confirmed
 from solana.rpc.core import RPCException
 from solana.rpc.models import TxOpts
+from solders.commitment_config import CommitmentLevel
 from solders.errors import SerdeJSONError
 from solders.hash import Hash
 from solders.pubkey import Pubkey
+from solders.rpc.config import RpcContextConfig
 from solders.rpc.errors import SendTransactionPreflightFailureMessage
+from solders.rpc.requests import IsBlockhashValid
+from solders.rpc.responses import IsBlockhashValidResp
 from solders.signature import Signature
 from solders.sysvar import CLOCK
 from solders.transaction import VersionedTransaction
@@ -42,7 +51,6 @@ from ._ledger import HISTORY_LIMIT, AccountInfo, AnyTransaction, LandedTransacti
 
 RESEND_S = 2.0
 POLL_S = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)  # then every 0.5 s
-REMEMBERED_BLOCKHASHES = 64
 SIGNATURES_PAGE = 1000  # the most getSignaturesForAddress gives at once
 # No answer, or not one a Solana RPC gives (a proxy's page, a wrong port).
 UNREACHABLE = (SolanaRpcException, SerdeJSONError, OSError, ValueError)
@@ -64,7 +72,6 @@ class RpcLedger:
     ) -> None:
         self.url, self.name, self.faucet = url, name, faucet
         self.confirm_s = confirm_s
-        self._blockhashes: dict[Hash, int] = {}  # handed out: last valid block height
         self._client = AsyncClient(url, commitment=Confirmed, timeout=timeout_s, http2=False)
 
     async def aclose(self) -> None:
@@ -97,9 +104,12 @@ class RpcLedger:
     async def _confirmed(self, signature: Any, tx: AnyTransaction | None) -> None:
         """Send ``tx`` (if given) and wait for ``signature`` to be confirmed.
 
-        A preflight refusal is believed at once only while no copy was ever taken:
-        once one was, a refused re-send (its blockhash or nonce moved on because it
-        landed, or a lagging RPC) settles nothing, and the status decides."""
+        A preflight refusal is believed at once only while no copy was ever taken
+        and the ledger says it has not seen the signature: once one was, a refused
+        re-send (its blockhash or nonce moved on because it landed, or a lagging
+        RPC) settles nothing, and the status decides. Between re-sends the
+        blockhash is checked: once it expired with the signature unseen, the
+        transaction never landed (BlockhashExpired)."""
         deadline = trio.current_time() + self.confirm_s
         last_error, taken = "no answer yet", False
         while trio.current_time() < deadline:
@@ -127,26 +137,34 @@ class RpcLedger:
                 await trio.sleep(delay)
                 if await self._status(signature, tx) == "confirmed":
                     return
-        state = await self._status(signature, tx, history=True)
-        if state == "confirmed":
+            if tx is not None and await self._never_landed(signature, tx):
+                raise BlockhashExpired("the transaction never landed and its blockhash expired")
+        if await self._status(signature, tx, history=True) == "confirmed":
             return
-        expired = tx is not None and await self.blockhash_expired(tx.message.recent_blockhash)
-        if state is None and expired:
+        if tx is not None and await self._never_landed(signature, tx):
             raise BlockhashExpired("the transaction never landed and its blockhash expired")
         raise LedgerUnreachable(
             f"the transaction {signature} was not confirmed within {self.confirm_s:g} s "
             f"({last_error}); it may still land: it will be retried"
         )
 
+    async def _never_landed(self, signature: Any, tx: AnyTransaction) -> bool:
+        """Whether ``tx`` can be known never to land: its blockhash expired (asked
+        first), then its signature not seen. Its refusal if it landed and failed."""
+        if tx.uses_durable_nonce() or not await self.blockhash_expired(tx.message.recent_blockhash):
+            return False
+        return await self._status(signature, tx, history=True) is None
+
     async def _status(
         self, signature: Any, tx: AnyTransaction | None, history: bool = False
     ) -> str | None:
-        """ "confirmed", "landing" (seen, not yet confirmed), or None (unknown, or the
-        RPC does not answer). Its refusal if it landed and failed."""
+        """ "confirmed", "landing" (seen, not yet confirmed), "unknown" (the RPC does
+        not answer) or None (the ledger has not seen it). Its refusal if it landed
+        and failed."""
         try:
             resp = await self._client.get_signature_statuses([signature], history)
         except (RPCException, *UNREACHABLE):
-            return None
+            return "unknown"
         status = resp.value[0]
         if status is None:
             return None
@@ -155,21 +173,28 @@ class RpcLedger:
         return "confirmed" if status.confirmation_status in CONFIRMED else "landing"
 
     async def blockhash_expired(self, blockhash: Hash) -> bool | None:
-        """Whether a transaction made on ``blockhash`` can no longer land; None if
-        this ledger object did not hand that blockhash out (it cannot tell)."""
-        last_valid = self._blockhashes.get(blockhash)
-        if last_valid is None:
-            return None
+        """Whether a transaction made on ``blockhash`` can no longer land: the RPC's
+        isBlockhashValid, at confirmed commitment (a blockhash the ledger never had
+        is not valid either). None if the RPC does not answer."""
+        body = IsBlockhashValid(blockhash, RpcContextConfig(CommitmentLevel.Confirmed))
         try:
-            return (await self._client.get_block_height()).value > last_valid
+            resp = await self._client._provider.make_request(body, IsBlockhashValidResp)
         except (RPCException, *UNREACHABLE):
             return None
+        return not resp.value
 
     async def landed(self, signature: str) -> bool | None:
+        """True once confirmed, False if it landed and failed (nothing it did
+        stayed), None if the ledger has not seen it (or not yet confirmed it);
+        LedgerUnreachable if the RPC does not answer."""
         try:
             state = await self._status(Signature.from_string(signature), None, history=True)
         except LedgerError:
-            return False  # it landed and failed: nothing it did stayed
+            return False
+        if state == "unknown":
+            raise LedgerUnreachable(
+                f"the ledger at {self.url} did not answer whether {signature} landed"
+            )
         return True if state == "confirmed" else None
 
     async def simulate(self, tx: AnyTransaction) -> None:
@@ -190,11 +215,7 @@ class RpcLedger:
         return int((await self._call("get_balance", pubkey)).value)
 
     async def blockhash(self) -> Hash:
-        value = (await self._call("get_latest_blockhash")).value
-        self._blockhashes[value.blockhash] = value.last_valid_block_height
-        while len(self._blockhashes) > REMEMBERED_BLOCKHASHES:
-            self._blockhashes.pop(next(iter(self._blockhashes)))
-        return value.blockhash
+        return (await self._call("get_latest_blockhash")).value.blockhash
 
     async def rent(self, size: int) -> int:
         return int((await self._call("get_minimum_balance_for_rent_exemption", size)).value)

@@ -16,10 +16,14 @@ checks it as the official facilitator does, with its ``invalidReason`` for each
 refusal (`InvalidReason`, raised as `PaymentInvalid`), and further: the fee
 payer may appear in no instruction at all (not as an authority, a source, a
 program or a memo signer), the transfer's decimals must be the mint's, the
-compute units are capped (the node pays for them), and the source may not be
-the destination. Address lookup tables are refused (the official facilitator
-resolves them only with a signer that can fetch them; the transaction its own
-client builds has none). Legacy and version-0 transactions are both taken.
+source may not be the destination, and what the node pays is bounded: exactly
+two signatures (its own and the buyer's: each costs the fee payer 5,000
+lamports), and a priority fee (compute units times micro-lamports a unit) of at
+most ``ExactRequirements.max_priority_fee`` lamports; the official client's
+(20,000 units at 1 micro-lamport) is under one lamport. Address lookup
+tables are refused (the official facilitator resolves them only with a signer
+that can fetch them; the transaction its own client builds has none). Legacy
+and version-0 transactions are both taken.
 
 What it cannot see is the ledger: whether the blockhash is recent, the buyer's
 account holds enough, the mint's decimals are ``decimals``. The caller
@@ -59,9 +63,12 @@ MAX_TRANSACTION_BYTES = 1232  # a transaction's largest wire size, as on a clust
 MAX_PAYLOAD_CHARS = 4 * -(-MAX_TRANSACTION_BYTES // 3)  # its base64
 # The official facilitator's cap on the price, micro-lamports per compute unit.
 MAX_COMPUTE_UNIT_PRICE = 5_000_000
-# Ours on the units (the official client asks 20,000): with the price at its cap
-# the node pays at most 200,000 * 5 lamports for a payment's priority.
+# Ours on the units (the official client asks 20,000).
 MAX_COMPUTE_UNITS = 200_000
+MAX_PRIORITY_FEE = 10_000
+"""The most priority fee a payment may make the node pay by default, in lamports
+(units times micro-lamports a unit, over a million): two signatures' worth."""
+SIGNATURES = 2  # the fee payer's and the buyer's
 MAX_MEMO_BYTES = 256  # the official client's limit on extra.memo
 MIN_INSTRUCTIONS, MAX_INSTRUCTIONS = 3, 7
 _SET_COMPUTE_UNIT_LIMIT, _SET_COMPUTE_UNIT_PRICE = 2, 3
@@ -77,6 +84,7 @@ class InvalidReason(StrEnum):
     FEE_PAYER_NOT_MANAGED = "invalid_exact_svm_fee_payer_not_managed_by_facilitator"
     COULD_NOT_BE_DECODED = "invalid_exact_svm_payload_transaction_could_not_be_decoded"
     SIGNATURE_INVALID = "invalid_exact_svm_payload_signature_invalid"
+    EXCESSIVE_SIGNERS = "invalid_exact_svm_payload_excessive_signers"
     INSTRUCTIONS_LENGTH = "invalid_exact_svm_payload_transaction_instructions_length"
     COMPUTE_LIMIT_INSTRUCTION = (
         "invalid_exact_svm_payload_transaction_instructions_compute_limit_instruction"
@@ -127,7 +135,9 @@ class ExactRequirements:
     account, the node ``fee_payer`` paying the fee; ``network`` the ledger's
     CAIP-2 id as x402 names it (``solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1`` for
     devnet). Only the 402 answer and the caller's checks of the payload use
-    ``network`` and ``max_timeout_s``: a transaction names neither."""
+    ``network`` and ``max_timeout_s``: a transaction names neither.
+    ``max_priority_fee`` (lamports, not on the wire) bounds the priority fee a
+    payment may make the fee payer pay."""
 
     network: str
     asset: Pubkey
@@ -138,6 +148,7 @@ class ExactRequirements:
     token_program: Pubkey
     max_timeout_s: int
     memo: str | None = None
+    max_priority_fee: int = MAX_PRIORITY_FEE
 
     def __post_init__(self) -> None:
         if not 0 < self.amount < 2**64:
@@ -150,6 +161,8 @@ class ExactRequirements:
             raise ValueError("max_timeout_s must be positive")
         if self.memo is not None and not 0 < len(self.memo.encode()) <= MAX_MEMO_BYTES:
             raise ValueError(f"a memo is 1 to {MAX_MEMO_BYTES} bytes")
+        if self.max_priority_fee < 0:
+            raise ValueError("max_priority_fee must not be negative")
 
     @property
     def destination(self) -> Pubkey:
@@ -181,6 +194,7 @@ class CheckedPayment:
 
     tx: VersionedTransaction  # signed by the buyer, the fee payer's signature empty
     payer: Pubkey  # the transfer's authority: the buyer's wallet
+    source: Pubkey  # the token account it pays from
     amount: int  # base units
     signature: str  # the buyer's signature, base58
     message_hash: str  # sha256 of the signed message, hex: the key against replays
@@ -214,8 +228,14 @@ def check_exact_payment(transaction_b64: str, req: ExactRequirements) -> Checked
             InvalidReason.INSTRUCTIONS_LENGTH,
             f"it has {len(instructions)} instructions; a payment has 3 to 7",
         )
-    _check_compute_limit(instructions[0], keys)
-    _check_compute_price(instructions[1], keys)
+    units = _check_compute_limit(instructions[0], keys)
+    price = _check_compute_price(instructions[1], keys)
+    if units * price > req.max_priority_fee * 1_000_000:
+        raise _invalid(
+            InvalidReason.COMPUTE_PRICE_TOO_HIGH,
+            f"its priority fee ({units} units at {price} micro-lamports) is over the "
+            f"{req.max_priority_fee} lamports the fee payer pays at most",
+        )
     source, mint, destination, authority, amount, decimals = _transfer(instructions[2], keys, req)
     named = {keys[i] for ix in instructions for i in [ix.program_id_index, *ix.accounts]}
     if authority == req.fee_payer or req.fee_payer in named:
@@ -237,12 +257,23 @@ def check_exact_payment(transaction_b64: str, req: ExactRequirements) -> Checked
             f"{req.amount} at {req.decimals} are required",
         )
     _check_optional(instructions[3:], keys, req)
-    if len(tx.signatures) < 2:  # a multisig authority with no signer named: none
+    if len(tx.signatures) < SIGNATURES:  # a multisig authority with no signer named: none
         raise _invalid(InvalidReason.SIGNATURE_INVALID, "the buyer has not signed it")
+    if len(tx.signatures) > SIGNATURES:  # each one more costs the fee payer a fee
+        raise _invalid(
+            InvalidReason.EXCESSIVE_SIGNERS,
+            f"it has {len(tx.signatures)} signers; a payment has two: the fee payer and the buyer",
+        )
     signed = to_bytes_versioned(message)
     return CheckedPayment(
-        tx, authority, amount, str(tx.signatures[1]), hashlib.sha256(signed).hexdigest()
+        tx, authority, source, amount, str(tx.signatures[1]), hashlib.sha256(signed).hexdigest()
     )
+
+
+def payment_key(transaction_b64: str) -> str:
+    """The replay key of a payment (`CheckedPayment.message_hash`) without its
+    checks; PaymentInvalid if it does not decode."""
+    return hashlib.sha256(to_bytes_versioned(_decode(transaction_b64).message)).hexdigest()
 
 
 def cosign_payment(checked: CheckedPayment, fee_payer: Keypair) -> VersionedTransaction:
@@ -290,7 +321,8 @@ def _compute_budget(
     return int.from_bytes(data[1:], "little")
 
 
-def _check_compute_limit(ix: CompiledInstruction, keys: list[Pubkey]) -> None:
+def _check_compute_limit(ix: CompiledInstruction, keys: list[Pubkey]) -> int:
+    """The compute units it asks."""
     reason = InvalidReason.COMPUTE_LIMIT_INSTRUCTION
     units = _compute_budget(ix, keys, _SET_COMPUTE_UNIT_LIMIT, 4, reason)
     if units > MAX_COMPUTE_UNITS:
@@ -298,9 +330,11 @@ def _check_compute_limit(ix: CompiledInstruction, keys: list[Pubkey]) -> None:
             InvalidReason.COMPUTE_LIMIT_TOO_HIGH,
             f"it asks {units} compute units; at most {MAX_COMPUTE_UNITS}",
         )
+    return units
 
 
-def _check_compute_price(ix: CompiledInstruction, keys: list[Pubkey]) -> None:
+def _check_compute_price(ix: CompiledInstruction, keys: list[Pubkey]) -> int:
+    """The micro-lamports a compute unit it offers."""
     reason = InvalidReason.COMPUTE_PRICE_INSTRUCTION
     price = _compute_budget(ix, keys, _SET_COMPUTE_UNIT_PRICE, 8, reason)
     if price > MAX_COMPUTE_UNIT_PRICE:
@@ -308,6 +342,7 @@ def _check_compute_price(ix: CompiledInstruction, keys: list[Pubkey]) -> None:
             InvalidReason.COMPUTE_PRICE_TOO_HIGH,
             f"it offers {price} micro-lamports a compute unit; at most {MAX_COMPUTE_UNIT_PRICE}",
         )
+    return price
 
 
 def _transfer(

@@ -475,6 +475,8 @@ class CommerceService:
             assert refreshed is not None, "the row was there a moment ago"
             return refreshed
         if refusal is not None:
+            if refusal.code == "already_refunded":  # an earlier answer was lost on the way
+                await self.held.refunded(mint, refusal.message.rpartition(" ")[2])
             raise SaleRefused(refusal.code, f"the creator's node refused: {refusal.message}")
         raise NoSeller(
             f"the creator's node cannot be reached ({'; '.join(errors) or 'none announced'}); "

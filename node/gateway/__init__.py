@@ -7,7 +7,8 @@ its own facilitator. ``_messages.py`` holds x402's wire shapes (the headers,
 PaymentRequired, PaymentPayload, SettleResponse); `GatewayService`
 (``_service.py``) prices, checks, runs (through `TaskService.run_here`),
 settles and forwards creators' royalties; ``_book.py`` keeps payments (the
-replay guard) and forwards in the node's SQLite file (node migration 9);
+replay guard), the answers of calls whose settlement was pending, and forwards
+in the node's SQLite file (node migrations 9 and 10);
 `Gateway` (``_app.py``) serves it on a listener of its own, off by default
 (``[gateway] listen``), never the control API's.
 
@@ -17,6 +18,7 @@ mercato.settlement and mercato.p2p; never control.
 
 from ._app import Gateway as Gateway
 from ._app import GatewayApp as GatewayApp
+from ._book import RESULTS_SCHEMA as RESULTS_SCHEMA
 from ._book import SCHEMA as SCHEMA
 from ._messages import DEVNET as DEVNET
 from ._messages import MAINNET as MAINNET
@@ -27,6 +29,7 @@ from ._service import default_network as default_network
 __all__ = [
     "DEVNET",
     "MAINNET",
+    "RESULTS_SCHEMA",
     "SCHEMA",
     "Gateway",
     "GatewayApp",

@@ -13,7 +13,12 @@ Limits, checked before anything else: ``rate_per_min`` requests a minute per
 client IP (an IPv6 client by its /64), as a token bucket of as many
 (429 with Retry-After beyond it); a connection with no whole request head
 within ``HEADER_TIMEOUT_S`` is dropped (the listener's); a body over
-``max_body_mb`` is 413, one that takes over ``BODY_TIMEOUT_S`` to arrive 408.
+``max_body_mb`` is 413, one that takes over ``BODY_TIMEOUT_S`` to arrive 408,
+and bodies held at once (read, or being run on) are ``BODY_BUDGET_MB`` in all
+(at least two of the largest), beyond which a call is 503. A call without
+payment to a paid agent (402) or one not served here (404) is answered from
+its head, its body never read; a client gone before its whole body came is
+not run for.
 Every refusal is x402's error shape: ``{x402Version, error, message}``, and a
 402 also carries the requirements (``resource``, ``accepts``) in its body and
 its ``PAYMENT-REQUIRED`` header, so a client can pay at once.
@@ -36,10 +41,13 @@ import trio
 from .._config import GatewaySection, split_host_port
 from .._metrics import NodeMetrics
 from .._server import HttpListener
+from ..tasks import Receipt
 from ._messages import (
+    PAYMENT_REQUIRED,
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,
     PAYMENT_SIGNATURE_HEADER,
+    SETTLEMENT_PENDING,
     TRANSACTION_FAILED,
     X402_VERSION,
     GatewayRefused,
@@ -57,6 +65,7 @@ RUN_PREFIX = "/x402/v2/run/"
 HEADER_TIMEOUT_S = 5.0
 BODY_TIMEOUT_S = 10.0
 GRACE_S = 3.0
+BODY_BUDGET_MB = 64
 MAX_CLIENTS = 65_536
 """Clients the rate limiter remembers; beyond it, the full buckets are forgotten."""
 _DRAIN_TIMES = 2  # times max_body read and dropped after a 413, so the client sees it
@@ -120,6 +129,31 @@ class _TooLarge(Exception):
     pass
 
 
+class _Busy(Exception):
+    """The bodies held at once are over the budget."""
+
+
+class _Gone(Exception):
+    """The client went away before its whole body came."""
+
+
+class BodyBudget:
+    """Bytes of request bodies held at once, across every request."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
 class GatewayApp:
     """The gateway's ASGI app; `service` is set once the node's services run."""
 
@@ -128,10 +162,12 @@ class GatewayApp:
         config: GatewaySection,
         metrics: NodeMetrics | None = None,
         body_timeout: float = BODY_TIMEOUT_S,
+        body_budget: int = BODY_BUDGET_MB * 1024 * 1024,
     ) -> None:
         self.service: GatewayService | None = None
         self._body_timeout = body_timeout
         self._max_body = config.max_body_mb * 1024 * 1024
+        self._bodies = BodyBudget(max(body_budget, 2 * self._max_body))
         self._limit = RateLimit(config.rate_per_min)
         self._metrics = metrics
 
@@ -200,22 +236,59 @@ class GatewayApp:
         await _json(send, 200, body, [])
 
     async def _run(self, scope: dict[str, Any], receive: Any, send: Any, agent: str) -> None:
+        payment = _header(scope, PAYMENT_SIGNATURE_HEADER)
+        url = _url(scope, scope["path"])
+        if payment is None:  # 402 or 404 from the head: no body read for them
+            try:
+                await self._unpaid(agent)
+            except GatewayRefused as exc:
+                await self._refused(send, exc, agent, url)
+                return
+        held = [0]
+        try:
+            await self._call(scope, receive, send, agent, payment, url, held)
+        finally:
+            self._bodies.give(held[0])
+
+    async def _unpaid(self, agent: str) -> None:
+        """GatewayRefused for a call without payment that will not run: the node is
+        starting, the agent is not served here, or it is paid."""
+        service = self.service
+        if service is None:
+            raise GatewayRefused(503, "unavailable", "the node is starting: retry", 1)
+        if (await service.priced(agent)).requirements is not None:
+            raise GatewayRefused(402, PAYMENT_REQUIRED, "this agent is paid per call")
+
+    async def _call(
+        self,
+        scope: dict[str, Any],
+        receive: Any,
+        send: Any,
+        agent: str,
+        payment: str | None,
+        url: str,
+        held: list[int],
+    ) -> None:
         try:
             with trio.fail_after(self._body_timeout):
-                stdin = await _read_body(scope, receive, self._max_body)
-        except _TooLarge:
+                stdin = await _read_body(scope, receive, self._max_body, self._bodies, held)
+        except _Gone:
+            return  # nobody to answer: nothing runs, nothing is paid
+        except (_TooLarge, _Busy) as exc:
             await _drain(receive, _DRAIN_TIMES * self._max_body)
             limit = self._max_body // (1024 * 1024)
             refused = GatewayRefused(413, "body_too_large", f"inputs are limited to {limit} MiB")
-            await _error(send, refused, close=True)
+            if isinstance(exc, _Busy):
+                refused = GatewayRefused(
+                    503, "busy", "the gateway holds too many inputs at once: retry", 1
+                )
+            await _error(send, refused, close=True, retry_after=refused.retry_after)
             return
         except trio.TooSlowError:
             refused = GatewayRefused(408, "timeout", "the request body took too long to arrive")
             await _error(send, refused, close=True)
             return
         service = self.service
-        payment = _header(scope, PAYMENT_SIGNATURE_HEADER)
-        url = _url(scope, scope["path"])
         try:
             if service is None:
                 raise GatewayRefused(503, "unavailable", "the node is starting: retry", 1)
@@ -249,7 +322,7 @@ class GatewayApp:
                 headers.append((PAYMENT_REQUIRED_HEADER.encode(), encode_header(body).encode()))
         if exc.run is not None:
             body["outcome"] = exc.run.result.outcome.value
-            body["receipt"] = _receipt(exc.run)
+            body["receipt"] = _receipt(exc.run.receipt, exc.run.signed)
         if exc.reason == TRANSACTION_FAILED and service is not None:
             answer = settle_response(False, "", service.network, "", exc.reason)
             headers.append((PAYMENT_RESPONSE_HEADER.encode(), encode_header(answer).encode()))
@@ -290,35 +363,44 @@ def _url(scope: dict[str, Any], path: str) -> str:
     return f"{scope.get('scheme', 'http')}://{host}{path}"
 
 
-def _receipt(run: Any) -> dict[str, Any]:
-    fields = {k: v.hex() if isinstance(v, bytes) else v for k, v in run.receipt.body().items()}
-    return {"signed": base64.b64encode(run.signed).decode(), **fields}
+def _receipt(receipt: Receipt, signed: bytes) -> dict[str, Any]:
+    fields = {k: v.hex() if isinstance(v, bytes) else v for k, v in receipt.body().items()}
+    return {"signed": base64.b64encode(signed).decode(), **fields}
 
 
 def _paid_body(paid: Paid, network: str) -> dict[str, Any]:
-    run = paid.run
-    output = run.result.output
-    try:
-        text: str | None = output.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    body: dict[str, Any] = {
-        "agent": run.offer.agent,
-        "version": run.offer.release["version"],
-        "outcome": run.result.outcome.value,
-        "output": {"text": text, "base64": base64.b64encode(output).decode()},
-        "receipt": _receipt(run),
-        "payment": None,
-    }
+    payment = None
     if paid.transaction:
-        body["payment"] = {
+        payment = {
             "transaction": paid.transaction,
             "payer": paid.payer,
             "amount": str(paid.amount),
             "network": network,
             "settled": paid.settled,
         }
-    return body
+    receipt = paid.receipt
+    if not paid.settled or receipt is None:  # no output until the ledger has the payment
+        return {
+            "x402Version": X402_VERSION,
+            "error": SETTLEMENT_PENDING,
+            "message": "the agent answered, but the ledger has not said yet whether the "
+            "payment landed: send the same request with the same PAYMENT-SIGNATURE again "
+            "for the answer once it has (or the reason it never landed)",
+            "payment": payment,
+        }
+    output = paid.output
+    try:
+        text: str | None = output.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {
+        "agent": receipt.agent,
+        "version": receipt.version,
+        "outcome": receipt.outcome,
+        "output": {"text": text, "base64": base64.b64encode(output).decode()},
+        "receipt": _receipt(receipt, paid.signed),
+        "payment": payment,
+    }
 
 
 def _paid_headers(paid: Paid, service: GatewayService) -> Headers:
@@ -329,12 +411,17 @@ def _paid_headers(paid: Paid, service: GatewayService) -> Headers:
         paid.transaction,
         service.network,
         paid.payer,
-        "" if paid.settled else "settlement_pending",
+        "" if paid.settled else SETTLEMENT_PENDING,
     )
     return [(PAYMENT_RESPONSE_HEADER.encode(), encode_header(answer).encode())]
 
 
-async def _read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes:
+async def _read_body(
+    scope: dict[str, Any], receive: Any, limit: int, budget: BodyBudget, held: list[int]
+) -> bytes:
+    """The whole body; each chunk taken from ``budget`` first (``held[0]``: what
+    this request holds, for the caller to give back). _TooLarge, _Busy, or _Gone
+    if the client went away before its end."""
     declared = _header(scope, "content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _TooLarge
@@ -342,11 +429,14 @@ async def _read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            break  # the client went away
+            raise _Gone  # http.disconnect: what came is not the input
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise _TooLarge
+        if not budget.take(len(chunk)):
+            raise _Busy
+        held[0] += len(chunk)
         chunks.append(chunk)
         if not message.get("more_body"):
             break

@@ -1,15 +1,18 @@
 """The gateway's book: x402 payments taken, and the royalties forwarded to creators.
 
-Two tables of the node's SQLite file (node migration 9):
+Three tables of the node's SQLite file (node migrations 9 and 10):
 
 - ``x402_payments``: one row per payment, keyed by the hash of its signed
   message (settlement's replay key), written before anything runs: a second
   call with the same payment finds the row and is refused, even while the
   first is in flight. ``claimed`` while it runs; ``settled`` once the ledger
   took it; ``unknown`` when the ledger could not say (the row is resolved
-  later by the transaction's status). A call that settles nothing (its run
-  failed, or the ledger refused the transaction) deletes its row: the same
-  payment may be tried again.
+  later: by the transaction's status, once its blockhash expired). A call that
+  settles nothing (its run failed, or the ledger refused the transaction, or
+  it never landed) deletes its row: the same payment may be tried again.
+- ``x402_results``: the answer (output and signed receipt) of a call whose
+  payment was ``unknown`` when it ended: the buyer gets it by sending the same
+  payment again once the ledger shows it landed (migration 10).
 - ``x402_forwards``: the transfers that pay creators their royalties, stored
   with their signature and blockhash before they are sent (``sending``), so a
   crash neither loses one nor pays it twice: it is ``paid`` once the ledger has
@@ -50,6 +53,13 @@ CREATE TABLE x402_forwards (
     created    REAL NOT NULL
 );
 """
+RESULTS_SCHEMA = """
+CREATE TABLE x402_results (
+    message  TEXT PRIMARY KEY,
+    output   BLOB NOT NULL,
+    receipt  BLOB NOT NULL
+);
+"""
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,17 @@ class ForwardRow:
     asset: str
     amount: int
     blockhash: str
+    created: float = 0.0
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A payment whose call ended before the ledger said, and that call's answer."""
+
+    row: PaymentRow
+    output: bytes
+    receipt: bytes
+    """The signed receipt."""
 
 
 def claim(db: Database, row: PaymentRow) -> bool:
@@ -104,11 +125,35 @@ def claim(db: Database, row: PaymentRow) -> bool:
 
 
 def release(db: Database, message: str) -> None:
-    """Forget a payment that settled nothing: it may be tried again."""
+    """Forget a payment that settled nothing (and its answer): it may be tried again."""
     with db.transaction() as conn:
-        conn.execute(
+        cursor = conn.execute(
             "DELETE FROM x402_payments WHERE message = ? AND status != 'settled'", (message,)
         )
+        if cursor.rowcount:
+            conn.execute("DELETE FROM x402_results WHERE message = ?", (message,))
+
+
+def pending(db: Database, message: str, output: bytes, receipt: bytes) -> None:
+    """A payment the ledger could not confirm yet (``unknown``), with its call's
+    answer, kept for the buyer's retry."""
+    with db.transaction() as conn:
+        conn.execute("UPDATE x402_payments SET status = 'unknown' WHERE message = ?", (message,))
+        conn.execute(
+            "INSERT OR REPLACE INTO x402_results VALUES (?,?,?)", (message, output, receipt)
+        )
+
+
+def stored(db: Database, message: str) -> Stored | None:
+    """The payment ``message`` and its kept answer, if its call kept one."""
+    found = db.conn.execute(
+        "SELECT p.*, r.output, r.receipt FROM x402_payments p "
+        "JOIN x402_results r ON r.message = p.message WHERE p.message = ?",
+        (message,),
+    ).fetchone()
+    if found is None:
+        return None
+    return Stored(PaymentRow(*found[:-2]), found[-2], found[-1])
 
 
 def mark(db: Database, message: str, status: str) -> None:
@@ -157,7 +202,7 @@ def start_forward(db: Database, forward: ForwardRow, payments: tuple[str, ...], 
 
 def sending(db: Database) -> list[ForwardRow]:
     rows = db.conn.execute(
-        "SELECT signature, creator, asset, amount, blockhash FROM x402_forwards "
+        "SELECT signature, creator, asset, amount, blockhash, created FROM x402_forwards "
         "WHERE status = 'sending'"
     ).fetchall()
     return [ForwardRow(*row) for row in rows]

@@ -46,6 +46,8 @@ PAYMENT_RESPONSE_HEADER = "payment-response"
 DYNAMIC_EXTRA = frozenset({"recentBlockhash", "lastValidBlockHeight"})
 """``extra`` keys a client may hold at other values than the server's now."""
 MAX_SIGNATURE_HEADER = 12 * 1024
+MAX_DEPTH = 16
+"""How deeply a payment's JSON may nest (a real one: 3 levels)."""
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 # Reasons (the ``error`` of a refusal): the official facilitator's where it has one.
@@ -56,6 +58,9 @@ NO_MATCHING_REQUIREMENTS = "invalid_payment_requirements"
 DUPLICATE = "duplicate_settlement"
 SIMULATION_FAILED = "invalid_exact_svm_transaction_simulation_failed"
 TRANSACTION_FAILED = "invalid_exact_svm_transaction_failed"
+# Ours, where the official facilitator has none.
+SETTLEMENT_PENDING = "settlement_pending"
+PAYMENT_IN_FLIGHT = "payment_in_flight"
 
 
 class GatewayRefused(NodeError):
@@ -176,10 +181,12 @@ def decode_payment_signature(header: str) -> PaymentPayload:
         raise _malformed("the PAYMENT-SIGNATURE header is not base64")
     try:
         value = json.loads(base64.b64decode(header, validate=True))
-    except (binascii.Error, ValueError) as exc:
+    except (binascii.Error, ValueError, RecursionError) as exc:
         raise _malformed("the PAYMENT-SIGNATURE header is not base64 of JSON") from exc
     if not isinstance(value, dict):
         raise _malformed("the PAYMENT-SIGNATURE header is not a JSON object")
+    if _deeper_than(value, MAX_DEPTH):
+        raise _malformed(f"the payment's JSON nests deeper than {MAX_DEPTH} levels")
     if value.get("x402Version") != X402_VERSION:
         raise GatewayRefused(
             402,
@@ -193,6 +200,23 @@ def decode_payment_signature(header: str) -> PaymentPayload:
     if not isinstance(transaction, str) or not transaction:
         raise _malformed("an exact payment on Solana carries payload.transaction (base64)")
     return PaymentPayload(accepted, transaction)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` (decoded JSON) nests more than ``limit`` levels (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _malformed(message: str) -> GatewayRefused:

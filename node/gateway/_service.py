@@ -3,25 +3,37 @@
 A paid call, in order (each step refuses with nothing run and nothing settled):
 
 1. the agent's offer now (`TaskService.offer_here`: served, released, not sold
-   by plan) and its requirements: ``ceil(price in lamports * units_per_lamport)``
-   base units of the asset to the provider's token account, the node paying
-   the fee;
+   by plan, runs of at most ``MAX_PAID_RUN_S``) and its requirements:
+   ``ceil(price in lamports * units_per_lamport)`` base units of the asset to
+   the provider's token account, the node paying the fee;
 2. the ``PAYMENT-SIGNATURE`` header: a version 2 payload whose ``accepted`` is
    exactly those requirements, and whose transaction settlement's
-   `check_exact_payment` finds to be exactly that transfer;
+   `check_exact_payment` finds to be exactly that transfer; one payment from a
+   token account at a time (``payment_in_flight``), so one buyer cannot make
+   the node pay for many transactions that its balance cannot all cover, nor
+   hold every paid slot;
 3. the node co-signs it and records it in the book, keyed by its message: a
    payment recorded before is a replay (``duplicate_settlement``), even while
    the first call is still running;
 4. the ledger simulates the co-signed transaction (the buyer's balance, the
    blockhash);
 5. the agent runs on this node (`TaskService.run_here`), with a receipt;
-6. only if the run ended ``ok`` does the node send the transaction; then the
-   answer carries the output, the receipt and the SettleResponse.
+6. only if the run ended ``ok`` does the node send the transaction, again
+   until the ledger has it or it is known never to land (its blockhash
+   expired), for at most ``SETTLE_TIMEOUT_S``; then the answer carries the
+   output, the receipt and the SettleResponse.
 
 A call that settles nothing releases its book row, so the same payment may be
-sent again. When the ledger cannot say whether the transaction landed, the
-row stays (``unknown``) until its status says, and the caller gets the output
-all the same: a buyer whose payment lands has paid for it.
+sent again. No output leaves while the ledger cannot say whether the payment
+landed: the row stays (``unknown``) with the run's output and signed receipt,
+and the caller gets 202 ``settlement_pending``. The same payment sent again
+gets that answer once the ledger shows the payment landed (every time: it is
+idempotent), or the x402 error once it is known never to have landed (the
+row is then released); the forwarder resolves such rows too. Whether a
+payment (or a royalty forward) can still land is asked of the ledger's
+blockhash first, then of its signature: once the blockhash expired, a
+signature not found never landed; a ledger that does not answer decides
+nothing.
 
 The creator's royalty: the official ``exact`` client makes one transfer, to
 ``payTo``, so the creator's share cannot be a second transfer of the payment.
@@ -71,6 +83,7 @@ from mercato.settlement import (
     cosign_payment,
     create_ata_idempotent,
     ensure_test_mint,
+    payment_key,
     read_mint,
     transfer_checked,
 )
@@ -80,13 +93,14 @@ from .._events import EventLog
 from .._metrics import NodeMetrics
 from .._store import Store
 from ..money import SettlementService
-from ..tasks import LocalOffer, LocalRun, TaskService
+from ..tasks import LocalOffer, LocalRun, Receipt, TaskService
 from . import _book as book
 from ._messages import (
     DEVNET,
     DUPLICATE,
     MAINNET,
     NO_MATCHING_REQUIREMENTS,
+    PAYMENT_IN_FLIGHT,
     PAYMENT_REQUIRED,
     SIMULATION_FAILED,
     TRANSACTION_FAILED,
@@ -107,10 +121,19 @@ BLOCKHASH_TTL_S = 1.0
 FORWARD_EVERY_S = 30.0
 """How often royalties still owed, and payments the ledger could not confirm, are retried."""
 SETTLE_TIMEOUT_S = 90.0
-"""The most a settlement may take once the transaction is sent (it is shielded)."""
+"""The most a settlement may take once the transaction is sent (it is shielded):
+past a blockhash's life (~150 blocks), so it mostly ends known."""
+SEND_AGAIN_S = 1.0
+"""The pause before a payment is sent again after the ledger did not answer."""
+MAX_PAID_RUN_S = 30.0
+"""The longest run sold per call: the payment, whose blockhash lasts about a
+minute, is sent only after the run, and must land before it expires."""
+ASSET_RETRY_S = 5.0
+"""How long a failure to find the asset is answered without asking the ledger again."""
 CANNOT_LAND_AFTER_S = 3600.0
-"""A payment not seen on the ledger this long after it came never will: its
-blockhash (at most ~150 slots old when it came) has long expired."""
+"""A payment or forward not seen on the ledger this long after it was made, on a
+ledger that cannot say whether its blockhash expired, never will land: its
+blockhash (at most ~150 slots old then) has long expired."""
 FREE_USER = "x402:anonymous"
 TOKEN_PROGRAMS = frozenset({TOKEN_PROGRAM, TOKEN_2022})
 
@@ -143,14 +166,27 @@ class Priced:
 
 @dataclass(frozen=True)
 class Paid:
-    """A call answered: its run, and the SettleResponse fields (None: it was free)."""
+    """A call answered: its run's output and signed receipt, and the SettleResponse
+    fields (no transaction: it was free)."""
 
-    run: LocalRun
+    output: bytes
+    receipt: Receipt | None
+    """None while the payment is not settled: nothing of the run is given then."""
+    signed: bytes
     transaction: str = ""
     payer: str = ""
     amount: int = 0
     settled: bool = True
-    """False when the ledger could not yet say whether the payment landed."""
+    """False when the ledger could not yet say whether the payment landed: the
+    output is withheld (the same payment sent again gets it once it did)."""
+
+    @classmethod
+    def of(cls, run: LocalRun, transaction: str = "", payer: str = "", amount: int = 0) -> Paid:
+        return cls(run.result.output, run.receipt, run.signed, transaction, payer, amount)
+
+    @classmethod
+    def pending(cls, row: book.PaymentRow) -> Paid:
+        return cls(b"", None, b"", row.signature, row.payer, row.amount, settled=False)
 
 
 class GatewayService:
@@ -180,6 +216,11 @@ class GatewayService:
         self._blockhash: tuple[float, str] = (-math.inf, "")
         self._blockhash_lock = trio.Lock()
         self._in_flight: set[str] = set()
+        """Payments (their keys) being called, settled or resolved now."""
+        self._sources: set[str] = set()
+        """Token accounts a payment in flight pays from: one at a time from each."""
+        self._asset_failed: tuple[float, int, str, str, int] | None = None
+        self.settle_timeout = SETTLE_TIMEOUT_S
         self._wake = trio.Event()
         self._forwarding = trio.Lock()  # one round at a time: a forward is sent once
         self.settled = 0
@@ -217,10 +258,24 @@ class GatewayService:
         while the ledger does not have it."""
         if self._asset is not None:
             return self._asset
+        self._failed_lately()
         async with self._preparing:
             if self._asset is None:
-                self._asset = await self._prepare()
+                self._failed_lately()
+                try:
+                    self._asset = await self._prepare()
+                except GatewayRefused as exc:  # not asked again for a while: each try may
+                    # take the RPC's whole timeout, and every request would wait for it
+                    until = trio.current_time() + ASSET_RETRY_S
+                    self._asset_failed = (until, exc.status, exc.reason, str(exc), exc.retry_after)
+                    raise
             return self._asset
+
+    def _failed_lately(self) -> None:
+        """The last failure to find the asset again, while it is recent."""
+        failed = self._asset_failed
+        if failed is not None and trio.current_time() < failed[0]:
+            raise GatewayRefused(*failed[1:])
 
     async def _prepare(self) -> Asset:
         ledger = self._ledger
@@ -320,7 +375,23 @@ class GatewayService:
         except Refused as exc:
             raise _refusal(exc) from exc
         amount = math.ceil(offer.price * self._units)
-        priced = Priced(offer, await self._requirements(amount) if amount else None)
+        if amount and offer.timeout_s > MAX_PAID_RUN_S:
+            raise GatewayRefused(
+                403,
+                "run_too_long",
+                f"a run of {agent[:120]} may take {offer.timeout_s:g} s: a payment per call "
+                f"is sent after the run and must land within its blockhash's life, so runs "
+                f"sold here take at most {MAX_PAID_RUN_S:g} s; run it with mercato",
+            )
+        try:
+            priced = Priced(offer, await self._requirements(amount) if amount else None)
+        except ValueError as exc:  # ExactRequirements': over a u64 of base units
+            raise GatewayRefused(
+                503,
+                "unavailable",
+                f"{agent[:120]} costs {amount} base units, more than a token transfer can "
+                "carry: its price or [gateway] units_per_lamport is too large",
+            ) from exc
         if len(self._offers) > 4 * len(self._tasks.serving) + 16:
             self._offers.clear()
         self._offers[agent] = (now, priced)
@@ -369,17 +440,27 @@ class GatewayService:
         """Run ``agent`` on ``stdin`` for the payment in ``payment`` (the
         ``PAYMENT-SIGNATURE`` header; None: none came), settled only if the run
         answered. GatewayRefused for every refusal (402 with its reason for a
-        payment missing or wrong)."""
+        payment missing or wrong). A payment sent again whose first call ended
+        before the ledger said gets that call's answer (see `_again`)."""
+        payload = None
+        if payment is not None:
+            payload = decode_payment_signature(payment)
+            try:
+                key = payment_key(payload.transaction)
+            except PaymentInvalid as exc:
+                raise GatewayRefused(402, exc.reason, str(exc)) from exc
+            kept = await self._store.run(book.stored, self._store.db, key)
+            if kept is not None:
+                return await self._again(agent, kept)
         priced = await self.priced(agent, fresh=payment is not None)
         req = priced.requirements
         if req is None:  # a free agent runs for anyone (within the rate limits)
             run = await self._run(priced.offer, stdin, user=FREE_USER, channel="", cumulative=0)
             if not run.result.ok:
                 raise _failed(run)
-            return Paid(run)
-        if payment is None:
+            return Paid.of(run)
+        if payload is None:
             raise GatewayRefused(402, PAYMENT_REQUIRED, "this agent is paid per call")
-        payload = decode_payment_signature(payment)
         if not accepted_matches(requirements_json(req), payload.accepted):
             raise GatewayRefused(
                 402,
@@ -391,8 +472,26 @@ class GatewayService:
             checked = check_exact_payment(payload.transaction, req)
         except PaymentInvalid as exc:
             raise GatewayRefused(402, exc.reason, str(exc)) from exc
-        async with self._paying:
-            return await self._settle_run(priced.offer, req, checked, stdin)
+        message, source = checked.message_hash, str(checked.source)
+        if message in self._in_flight:
+            raise _duplicate()
+        if source in self._sources:
+            raise GatewayRefused(
+                429,
+                PAYMENT_IN_FLIGHT,
+                f"a payment from the token account {source} is in flight here: wait for "
+                "its answer, then pay again",
+                1,
+            )
+        # Checked and added with no await between: no two calls pass at once.
+        self._in_flight.add(message)  # first: the forwarder leaves it alone
+        self._sources.add(source)
+        try:
+            async with self._paying:
+                return await self._settle_run(priced.offer, req, checked, stdin)
+        finally:
+            self._in_flight.discard(message)
+            self._sources.discard(source)
 
     async def _settle_run(
         self, offer: LocalOffer, req: ExactRequirements, checked: CheckedPayment, stdin: bytes
@@ -407,16 +506,7 @@ class GatewayService:
             checked.message_hash, signature, payer, offer.agent, str(req.asset), req.amount,
             creator, royalty, str(tx.message.recent_blockhash), created=time.time(),
         )  # fmt: skip
-        if row.message in self._in_flight:
-            raise _duplicate()
-        self._in_flight.add(row.message)  # first: the forwarder leaves it alone
-        try:
-            claimed = await self._store.run(book.claim, self._store.db, row)
-        except BaseException:
-            self._in_flight.discard(row.message)
-            raise
-        if not claimed:
-            self._in_flight.discard(row.message)
+        if not await self._store.run(book.claim, self._store.db, row):
             raise _duplicate()
         keep = False
         try:
@@ -429,16 +519,50 @@ class GatewayService:
                 raise _failed(run)
             keep = True  # from here on the payment may land: never release it
             with trio.CancelScope(shield=True):
-                settled = await self._submit(tx, row)
-            return Paid(run, signature, payer, req.amount, settled)
+                if await self._submit(tx, row):
+                    return Paid.of(run, signature, payer, req.amount)
+                # Unknown: no output for a payment that may never land; the same
+                # payment sent again gets it once the ledger shows it did.
+                output, signed = run.result.output, run.signed
+                await self._store.run(book.pending, self._store.db, row.message, output, signed)
+            return Paid.pending(row)
         except GatewayRefused as exc:
             keep = keep and exc.reason != TRANSACTION_FAILED
             raise
         finally:
-            self._in_flight.discard(row.message)
             if not keep:
                 with trio.CancelScope(shield=True):
                     await self._store.run(book.release, self._store.db, row.message)
+
+    async def _again(self, agent: str, kept: book.Stored) -> Paid:
+        """A payment sent again whose first call ended before the ledger said whether
+        it landed: that call's answer once the ledger shows it did (as often as it
+        is asked), the x402 error once it is known never to have (the payment is
+        then released), still 202 while the ledger cannot say."""
+        row = kept.row
+        if row.agent != agent:
+            raise _duplicate()
+        if row.status != "settled":
+            if row.message in self._in_flight:  # being resolved by another request now
+                return Paid.pending(row)
+            self._in_flight.add(row.message)
+            try:
+                landed = await self._resolve(row)
+            except LedgerUnreachable:
+                landed = None
+            finally:
+                self._in_flight.discard(row.message)
+            if landed is None:
+                return Paid.pending(row)
+            if not landed:
+                raise GatewayRefused(
+                    402,
+                    TRANSACTION_FAILED,
+                    "the payment never landed on the ledger (its blockhash expired first): "
+                    "nothing was paid; pay again",
+                )
+        receipt = Receipt.verify(kept.receipt)
+        return Paid(kept.output, receipt, kept.receipt, row.signature, row.payer, row.amount)
 
     async def _simulate(self, tx: VersionedTransaction) -> None:
         try:
@@ -470,24 +594,39 @@ class GatewayService:
             raise _refusal(exc) from exc
 
     async def _submit(self, tx: VersionedTransaction, row: book.PaymentRow) -> bool:
-        """Send the co-signed payment; True once the ledger has it, False if it
-        cannot say (the row stays ``unknown``). GatewayRefused if it refused it."""
-        try:
-            with trio.fail_after(SETTLE_TIMEOUT_S):
-                await self._ledger.send(tx)
-        except (LedgerUnreachable, trio.TooSlowError) as exc:
-            await self._store.run(book.mark, self._store.db, row.message, "unknown")
-            log.warning(
-                "an x402 payment is not confirmed yet",
-                extra={"transaction": row.signature, "why": str(exc)},
-            )
-            return False
-        except LedgerError as exc:
-            raise GatewayRefused(
-                402, TRANSACTION_FAILED, f"the ledger refused the payment: {exc}"
-            ) from exc
-        await self._settled(row)
-        return True
+        """Send the co-signed payment, again while the ledger does not answer, until
+        it has it (True) or it is known never to land (GatewayRefused: the ledger
+        refused it, or its blockhash expired without it), for at most
+        ``settle_timeout``; False if the ledger still cannot say."""
+        ledger = self._ledger
+        why, landed = "no answer", False
+        with trio.move_on_after(self.settle_timeout):
+            while not landed:
+                try:
+                    await ledger.send(tx)
+                    landed = True
+                except LedgerUnreachable as exc:
+                    why = str(exc)
+                except LedgerError as exc:
+                    try:  # a copy sent before may have landed all the same
+                        landed = bool(await ledger.landed(row.signature))
+                    except LedgerUnreachable as unreachable:
+                        why = str(unreachable)
+                    else:
+                        if not landed:
+                            raise GatewayRefused(
+                                402, TRANSACTION_FAILED, f"the ledger refused the payment: {exc}"
+                            ) from exc
+                if not landed:
+                    await trio.sleep(SEND_AGAIN_S)
+        if landed:
+            await self._settled(row)
+            return True
+        log.warning(
+            "an x402 payment is not confirmed yet: its answer is kept for the buyer's retry",
+            extra={"transaction": row.signature, "why": why},
+        )
+        return False
 
     async def _settled(self, row: book.PaymentRow) -> None:
         def record() -> None:
@@ -508,6 +647,34 @@ class GatewayService:
         if row.royalty:
             self._wake.set()
 
+    async def _resolve(self, row: book.PaymentRow) -> bool | None:
+        """What became of a payment whose call ended (or crashed) before the ledger
+        said: True if it landed (now settled), False if it never will (released:
+        the same payment may be sent again), None while the ledger cannot say.
+        LedgerUnreachable if the ledger does not answer."""
+        landed, never = await self._fate(row.signature, row.blockhash, row.created)
+        with trio.CancelScope(shield=True):
+            if landed:
+                await self._settled(row)
+                return True
+            if never:
+                await self._store.run(book.release, self._store.db, row.message)
+                return False
+        return None
+
+    async def _fate(self, signature: str, blockhash: str, created: float) -> tuple[bool, bool]:
+        """Whether a transaction of this node landed, and whether it never will. The
+        blockhash is asked first: once it expired, a signature the ledger has not
+        seen never landed. Past ``CANNOT_LAND_AFTER_S``, a ledger that cannot say
+        whether the blockhash expired is taken to mean it did. LedgerUnreachable
+        if the ledger does not say whether it landed."""
+        ledger = self._ledger
+        expired = await ledger.blockhash_expired(Hash.from_string(blockhash))
+        if expired is None:
+            expired = time.time() - created > CANNOT_LAND_AFTER_S
+        landed = await ledger.landed(signature)
+        return bool(landed), landed is False or (landed is None and expired)
+
     # -- royalties and unconfirmed payments -----------------------------------------
 
     async def _forward_due(self) -> None:
@@ -517,27 +684,28 @@ class GatewayService:
 
     async def _forward_round(self) -> None:
         db = self._store.db
-        ledger = self._ledger
         for forward in await self._store.run(book.sending, db):
-            landed = await ledger.landed(forward.signature)
+            try:
+                landed, never = await self._fate(
+                    forward.signature, forward.blockhash, forward.created
+                )
+            except LedgerUnreachable as exc:  # it stays under way: never sent twice
+                log.info("a royalty forward's fate is not known yet", extra={"why": str(exc)})
+                continue
             if landed:
                 await self._store.run(book.forward_paid, db, forward.signature)
-            elif landed is False or await ledger.blockhash_expired(
-                Hash.from_string(forward.blockhash)
-            ):
+            elif never:
                 await self._store.run(book.forward_dropped, db, forward.signature)
         for row in await self._store.run(book.unresolved, db):
             if row.message in self._in_flight:
                 continue
-            landed = await ledger.landed(row.signature)
-            if landed:
-                await self._settled(row)
-            elif (
-                landed is False
-                or time.time() - row.created > CANNOT_LAND_AFTER_S
-                or await ledger.blockhash_expired(Hash.from_string(row.blockhash))
-            ):
-                await self._store.run(book.release, db, row.message)
+            self._in_flight.add(row.message)
+            try:
+                await self._resolve(row)
+            except LedgerUnreachable as exc:  # it stays: never released while it may land
+                log.info("an x402 payment's fate is not known yet", extra={"why": str(exc)})
+            finally:
+                self._in_flight.discard(row.message)
         for due in await self._store.run(book.due, db):
             await self._forward(due)
 

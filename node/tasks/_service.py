@@ -84,6 +84,8 @@ class LocalOffer:
     """The newest release: what a run now runs (its ``version`` and ``cid``)."""
     price: int
     """The listing's price of one run, in lamports."""
+    timeout_s: float = Limits.timeout_s
+    """The longest a run may take on this node (the listing's, capped by ``[runtime]``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -476,8 +478,8 @@ class TaskService:
                 f"{agent[:120]} is sold by plan (a licence or subscription), which a "
                 "payment per call cannot carry: buy a plan with mercato and run it there",
             ) from exc
-        run_limits(listing, b"", self._caps)  # a listing this node cannot run: refuse now
-        return LocalOffer(agent, listing, release, run_price(listing, None))
+        limits = run_limits(listing, b"", self._caps)  # one this node cannot run: refuse now
+        return LocalOffer(agent, listing, release, run_price(listing, None), limits.timeout_s)
 
     async def run_here(
         self, offer: LocalOffer, stdin: bytes, *, user: str, channel: str, cumulative: int

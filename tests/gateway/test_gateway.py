@@ -13,10 +13,13 @@ daemons and a localnet, is test_x402_official_client.py.
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
 import json
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,7 @@ from solders.signature import Signature
 from solders.transaction import VersionedTransaction
 
 from mercato.node import Config, DataDir, Node, init_data_dir
-from mercato.node.gateway import GatewayApp
+from mercato.node.gateway import GatewayApp, GatewayRefused
 from mercato.node.gateway import _book as book
 from mercato.node.tasks import Receipt
 from mercato.settlement import (
@@ -43,6 +46,8 @@ from mercato.settlement import (
     TEST_MINT,
     TOKEN_PROGRAM,
     EmbeddedLedger,
+    LedgerError,
+    LedgerUnreachable,
     associated_token_address,
     check_exact_payment,
     cosign_payment,
@@ -63,6 +68,46 @@ DEVNET = "solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1"
 TEXT = b"three little words"
 
 
+class Outage:
+    """The shop's ledger as its node sees it, which can stop answering (a cluster's
+    RPC that times out or answers 429). While ``down``, what is sent reaches the
+    ledger (if ``delivers``) but no answer comes back, and whether a transaction
+    landed cannot be asked; whether a blockhash expired still can. While
+    ``blind``, it cannot say whether a blockhash expired, nor that it never saw a
+    signature (None, as an RPC, rather than the embedded ledger's False)."""
+
+    def __init__(self, inner: EmbeddedLedger) -> None:
+        self.inner = inner
+        self.down = False
+        self.delivers = True
+        self.blind = False
+        self.asked: Counter[Pubkey] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def send(self, tx: Any) -> str:
+        if not self.down:
+            return await self.inner.send(tx)
+        if self.delivers:
+            with contextlib.suppress(LedgerError):
+                await self.inner.send(tx)
+        raise LedgerUnreachable("the ledger did not answer (a test's outage)")
+
+    async def landed(self, signature: str) -> bool | None:
+        if self.down:
+            raise LedgerUnreachable("the ledger did not answer (a test's outage)")
+        landed = await self.inner.landed(signature)
+        return None if self.blind and not landed else landed
+
+    async def blockhash_expired(self, blockhash: Hash) -> bool | None:
+        return None if self.blind else await self.inner.blockhash_expired(blockhash)
+
+    async def account(self, pubkey: Pubkey) -> Any:
+        self.asked[pubkey] += 1
+        return await self.inner.account(pubkey)
+
+
 @dataclass
 class Shop:
     node: Node
@@ -73,6 +118,12 @@ class Shop:
     provider: Pubkey
     buyer: Keypair
     http: httpx.AsyncClient
+    outage: Outage
+
+    @property
+    def gateway(self) -> Any:
+        assert self.node.gateway is not None
+        return self.node.gateway
 
     async def balances(self) -> dict[str, int]:
         found = {}
@@ -113,7 +164,8 @@ async def open_shop(tmp_path: Path, **gateway: Any) -> AsyncIterator[Shop]:
         trio.open_nursery() as nursery,
     ):
         await ensure_test_mint(ledger)
-        node = Node(datadir, config, ledger=ledger)
+        outage = Outage(ledger)
+        node = Node(datadir, config, ledger=outage)  # type: ignore[arg-type]
         await nursery.start(node.run)
         # The creator is another account of this node: its wallet is not the provider's.
         await trio.to_thread.run_sync(node.keys.create_account, "creator")
@@ -128,7 +180,7 @@ async def open_shop(tmp_path: Path, **gateway: Any) -> AsyncIterator[Shop]:
         async with httpx.AsyncClient(timeout=budget(30)) as http:
             yield Shop(
                 node, ledger, node.gateway_url, agent, Pubkey.from_string(publisher),
-                Pubkey.from_string(node.settlement.address), buyer, http,
+                Pubkey.from_string(node.settlement.address), buyer, http, outage,
             )  # fmt: skip
         node.request_stop()
 
@@ -325,12 +377,22 @@ async def test_every_bad_payment_is_refused_with_nothing_run_or_paid(shop: Shop)
     assert answer.status_code == 402
     assert answer.json()["error"] == "invalid_exact_svm_transaction_simulation_failed"
 
-    # Malformed headers, another x402 version.
+    # Malformed headers, another x402 version; JSON nested too deep for the parser
+    # (4,000 levels), or deep enough to overflow whatever walks it after (900).
+    def nested(depth: int) -> str:
+        deep = b"[" * depth + b"]" * depth
+        payload = b'"payload": {"transaction": "AA=="}'
+        return base64.b64encode(
+            b'{"x402Version": 2, "accepted": {"scheme": ' + deep + b"}, " + payload + b"}"
+        ).decode()
+
     for bad, reason in (
         ("not base64!", "invalid_payload"),
         (base64.b64encode(b"[1, 2]").decode(), "invalid_payload"),
         (base64.b64encode(b'{"x402Version": 2}').decode(), "invalid_payload"),
         (base64.b64encode(b'{"x402Version": 1, "payload": {}}').decode(), "invalid_x402_version"),
+        (nested(4000), "invalid_payload"),
+        (nested(900), "invalid_payload"),
     ):
         answer = await shop.pay(bad)
         assert (answer.status_code, answer.json()["error"]) == (402, reason), bad
@@ -534,7 +596,9 @@ async def test_rate_limits_and_slow_bodies() -> None:
 
     transport = httpx.ASGITransport(app=other, client=("203.0.113.8", 4000))
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-        answer = await client.post("/x402/v2/run/a/b", content=slow_body())
+        # A payment: the body is read (a call without one is answered from its head).
+        paying = {"PAYMENT-SIGNATURE": "eA=="}
+        answer = await client.post("/x402/v2/run/a/b", content=slow_body(), headers=paying)
         assert answer.status_code == 408 and answer.json()["error"] == "timeout"
 
 
@@ -566,6 +630,8 @@ def test_the_gateway_configuration_is_checked(tmp_path: Path) -> None:
         {"units_per_lamport": 0.0},
         {"rate_per_min": 0},
         {"max_body_mb": 0},
+        {"max_timeout_s": 61},  # past a blockhash's life
+        {"max_timeout_s": 3600},
     ):
         with pytest.raises(ConfigError, match="gateway"):
             Config().replace("gateway", **changes)
@@ -582,3 +648,262 @@ def test_the_gateway_configuration_is_checked(tmp_path: Path) -> None:
     environ = {"MERCATO_GATEWAY_LISTEN": "127.0.0.1:8402", "MERCATO_GATEWAY_RATE_PER_MIN": "60"}
     loaded = load_config(tmp_path / "absent.toml", environ)
     assert (loaded.gateway.listen, loaded.gateway.rate_per_min) == ("127.0.0.1:8402", 60)
+
+
+# The reviewer's findings: settlement the ledger cannot confirm, fees, sources,
+# long runs, bodies.
+
+
+async def test_no_output_leaves_before_the_ledger_has_the_payment(shop: Shop) -> None:
+    """The payment reaches the ledger but no answer comes back: 202 with nothing of
+    the run; the same payment again gets the run's answer once the ledger shows
+    it landed, as often as it is asked, and the royalty is forwarded once."""
+    gateway = shop.gateway
+    gateway.settle_timeout = 0.5
+    before = await shop.balances()
+    header = await pay_header(shop)
+    shop.outage.down = True
+    answer = await shop.pay(header)
+    assert answer.status_code == 202, answer.text
+    pending = answer.json()
+    assert pending["error"] == "settlement_pending"
+    assert "output" not in pending and "receipt" not in pending
+    settle = decoded(answer.headers["payment-response"])
+    assert (settle["success"], settle["errorReason"]) == (False, "settlement_pending")
+    assert pending["payment"]["transaction"] == settle["transaction"]
+    assert (await shop.balances())["buyer"] == before["buyer"] - PRICE  # it did land
+    assert shop.served == 1
+
+    # While the ledger cannot say: still 202, nothing runs again, nothing released.
+    again = await shop.pay(header)
+    assert again.status_code == 202 and "output" not in again.json()
+    await gateway._forward_due()
+    rows = await shop.node.store.run(book.unresolved, shop.node.store.db)
+    assert [r.status for r in rows] == ["unknown"] and gateway.settled == 0
+
+    shop.outage.down = False
+    outputs = set()
+    for _ in range(2):
+        answer = await shop.pay(header)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert json.loads(body["output"]["text"])["words"] == 3
+        receipt = Receipt.verify(base64.b64decode(body["receipt"]["signed"]))
+        assert receipt.channel == f"x402:{settle['transaction']}" and receipt.cumulative == PRICE
+        assert decoded(answer.headers["payment-response"])["success"] is True
+        outputs.add(body["receipt"]["signed"])
+    assert len(outputs) == 1 and shop.served == 1 and gateway.settled == 1
+
+    async def forwarded() -> bool:
+        await gateway._forward_due()
+        return await gateway.owed() == 0
+
+    await until(forwarded, budget(10), "the royalty's forward")
+    after = await shop.balances()
+    assert after["buyer"] == before["buyer"] - PRICE
+    assert after["creator"] == before["creator"] + ROYALTY
+    assert after["provider"] == before["provider"] + PRICE - ROYALTY
+
+
+async def test_one_payment_at_a_time_from_an_account_and_one_that_never_landed_is_freed(
+    shop: Shop,
+) -> None:
+    gateway = shop.gateway
+    gateway.settle_timeout = budget(3.0)
+    before = await shop.balances()
+    accepted = (await shop.required())["accepts"][0]
+    first = header_for(accepted, payment_transaction(shop, accepted))
+    second = header_for(accepted, payment_transaction(shop, accepted))  # the same account
+    shop.outage.down, shop.outage.delivers = True, False  # nothing reaches the ledger
+    answers: dict[str, httpx.Response] = {}
+
+    async def pay_first() -> None:
+        answers["first"] = await shop.pay(first)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pay_first)
+
+        async def settling() -> bool:
+            return bool(gateway._sources)
+
+        await until(settling, budget(10), "the first payment's settlement")
+        busy = await shop.pay(second)
+        assert busy.status_code == 429, busy.text
+        assert busy.json()["error"] == "payment_in_flight" and busy.headers["retry-after"] == "1"
+    assert answers["first"].status_code == 202
+    assert shop.served == 1  # the second did not run
+
+    # Its payment can land no more: the same payment again is the x402 error, and freed.
+    shop.outage.down = False
+    await fund_tokens(shop.ledger, Keypair().pubkey(), 1)  # the ledger moves past its blockhash
+    failed = await shop.pay(first)
+    assert failed.status_code == 402, failed.text
+    assert failed.json()["error"] == "invalid_exact_svm_transaction_failed"
+    assert decoded(failed.headers["payment-response"])["success"] is False
+    assert await shop.node.store.run(book.unresolved, shop.node.store.db) == []
+    again = await shop.pay(first)  # a fresh payment now, and an expired one: nothing runs
+    assert again.json()["error"] == "invalid_exact_svm_transaction_simulation_failed"
+    assert shop.served == 1 and gateway.settled == 0
+    assert await shop.balances() == before
+    # Another payment from that account goes through now.
+    assert (await shop.pay(await pay_header(shop))).status_code == 200
+
+
+async def test_a_royalty_forward_is_sent_once_whatever_the_ledger_cannot_say(shop: Shop) -> None:
+    """A forward whose answer is lost stays under way while the ledger cannot say
+    whether it landed (even once its blockhash expired): never sent twice. One
+    stuck on a ledger that cannot say whether its blockhash expired is dropped
+    (and paid again) only once older than any blockhash's life."""
+    gateway, db = shop.gateway, shop.node.store.db
+    before = await shop.balances()
+
+    async def owe(message: str, royalty: int) -> None:
+        row = book.PaymentRow(
+            message, "1" * 64, "someone", shop.agent, str(TEST_MINT), 0, str(shop.creator),
+            royalty, str(Hash.default()), created=time.time(),
+        )  # fmt: skip
+        await shop.node.store.run(book.claim, db, row)
+        await shop.node.store.run(book.mark, db, message, "settled")
+
+    await owe("a" * 64, ROYALTY)
+    shop.outage.down = True
+    await gateway._forward_due()  # it reaches the ledger; the answer is lost
+    assert (await shop.balances())["creator"] == before["creator"] + ROYALTY
+    await fund_tokens(shop.ledger, Keypair().pubkey(), 1)  # its blockhash expires
+    await gateway._forward_due()  # expired, but whether it landed is not known
+    await gateway._forward_due()
+    assert (await shop.balances())["creator"] == before["creator"] + ROYALTY  # once
+    assert await gateway.owed() == ROYALTY  # as the book knows: under way
+    shop.outage.down = False
+    await gateway._forward_due()
+    assert await gateway.owed() == 0
+    assert (await shop.balances())["creator"] == before["creator"] + ROYALTY
+
+    # Forwards that never landed, on a ledger that cannot say whether a blockhash expired.
+    await owe("b" * 64, 7)
+    await owe("c" * 64, 11)
+    now = time.time()
+    for message, amount, made in (("b" * 64, 7, now), ("c" * 64, 11, now - 7200)):
+        forward = book.ForwardRow(
+            str(Signature.new_unique()), str(shop.creator), str(TEST_MINT), amount,
+            str(Hash.default()),
+        )  # fmt: skip
+        await shop.node.store.run(book.start_forward, db, forward, (message,), made)
+    shop.outage.blind = True
+    await gateway._forward_due()
+    sending = await shop.node.store.run(book.sending, db)
+    assert [f.amount for f in sending] == [7]  # the young one stays; the old one was paid again
+    assert (await shop.balances())["creator"] == before["creator"] + ROYALTY + 11
+
+
+async def test_agents_that_cannot_be_sold_per_call_are_left_out(tmp_path: Path) -> None:
+    """A run longer than a payment's blockhash allows, a price over a u64 of base
+    units: not listed, refused for their runs; the others still are."""
+    async for shop in open_shop(tmp_path, units_per_lamport=100_000.0):
+        wasm = EXAMPLES / "wordcount" / "wordcount.wasm"
+        for name, changes in (
+            ("slow", {"price": PRICE, "limits": {"timeout_s": 45}}),
+            ("dear", {"price": 10**15}),  # 10^20 base units
+        ):
+            listing = {**LISTING, "name": name, "royalty_bps": 0, **changes}
+            await shop.node.registry.publish("creator", listing)
+            await shop.node.api.registry.release("creator", {"name": name, "version": "1.0.0"},
+                                                 wasm)  # fmt: skip
+        slow, dear = f"{shop.creator}/slow", f"{shop.creator}/dear"
+        shop.node.tasks.serve_agents((shop.agent, slow, dear))
+        listed = await shop.http.get(f"{shop.url}/x402/v2/agents")
+        assert listed.status_code == 200
+        assert [a["agent"] for a in listed.json()["agents"]] == [shop.agent]
+        answer = await shop.http.post(f"{shop.url}/x402/v2/run/{slow}", content=TEXT)
+        assert (answer.status_code, answer.json()["error"]) == (403, "run_too_long")
+        answer = await shop.http.post(f"{shop.url}/x402/v2/run/{dear}", content=TEXT)
+        assert (answer.status_code, answer.json()["error"]) == (503, "unavailable")
+        assert shop.served == 0
+
+
+async def test_bodies_a_call_would_not_use_are_not_read_or_run_on(shop: Shop) -> None:
+    app = GatewayApp(Config().gateway)
+    app.service = shop.gateway
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 4000))
+
+    async def endless() -> AsyncIterator[bytes]:
+        yield b"x" * 1024
+        await trio.sleep(60)
+        yield b"never"
+
+    # Without payment, a paid agent's 402 and an unknown agent's 404 come from the head.
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        with trio.fail_after(budget(5)):
+            unpaid = await client.post(f"/x402/v2/run/{shop.agent}", content=endless())
+            assert unpaid.status_code == 402 and unpaid.headers["payment-required"]
+            unknown = await client.post("/x402/v2/run/nobody/wc", content=endless())
+            assert unknown.status_code == 404
+
+    # A client gone before its whole body came: nothing runs, nothing is taken.
+    header = await pay_header(shop)
+    scope = {
+        "type": "http", "method": "POST", "path": f"/x402/v2/run/{shop.agent}",
+        "headers": [(b"payment-signature", header.encode()), (b"host", b"gw")],
+        "client": ("203.0.113.10", 4000), "scheme": "http", "server": ("gw", 80),
+    }  # fmt: skip
+    messages = iter(
+        [{"type": "http.request", "body": b"three", "more_body": True}, {"type": "http.disconnect"}]
+    )
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert sent == [] and shop.served == 0
+    assert await shop.node.store.run(book.unresolved, shop.node.store.db) == []
+    assert app._bodies.held == 0
+    assert (await shop.pay(header)).status_code == 200  # the payment was not taken
+
+
+async def test_bodies_held_at_once_are_bounded() -> None:
+    config = dataclasses.replace(Config().gateway, max_body_mb=1)
+    app = GatewayApp(config, body_timeout=1.0, body_budget=0)  # 2 MiB: two of the largest
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.11", 4000))
+    statuses: list[int] = []
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield b"x" * (900 * 1024)
+        await trio.sleep(3)
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+
+        async def call() -> None:
+            answer = await client.post(
+                "/x402/v2/run/a/b", content=stalled(), headers={"PAYMENT-SIGNATURE": "eA=="}
+            )
+            statuses.append(answer.status_code)
+            if answer.status_code == 503:
+                assert answer.json()["error"] == "busy" and answer.headers["retry-after"]
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(call)
+    assert sorted(statuses) == [408, 408, 503]
+    assert app._bodies.held == 0
+
+
+async def test_a_ledger_that_does_not_have_the_asset_is_not_asked_on_every_call(
+    shop: Shop,
+) -> None:
+    gateway = shop.gateway
+    missing = Keypair().pubkey()
+    gateway._asset = None
+    gateway.config = dataclasses.replace(gateway.config, asset=str(missing))
+    for _ in range(3):
+        with pytest.raises(GatewayRefused, match="not a token mint") as caught:
+            await gateway.asset()
+        assert caught.value.status == 503
+    assert shop.outage.asked[missing] == 1
+    gateway._asset_failed = (0.0, *gateway._asset_failed[1:])  # a while later: asked again
+    with pytest.raises(GatewayRefused):
+        await gateway.asset()
+    assert shop.outage.asked[missing] == 2

@@ -288,6 +288,14 @@ async def test_a_licence_is_bought_enforced_upgraded_and_refunded(
             return False
 
         await until(revoked, 30, "the provider refusing the refunded licence")
+        # The refund's answer lost on the way (the row as before it): asking again
+        # is refused, and the row learns it was refunded.
+        await user.commerce.held.refunded(bought.mint, "")
+        with pytest.raises(SaleRefused) as lost:
+            await user.commerce.refund(bought.mint)
+        assert lost.value.code == "already_refunded"
+        relearnt = await user.commerce.held.get(bought.mint)
+        assert relearnt is not None and relearnt.refunded == refunded.refunded
         with pytest.raises(SaleRefused) as twice:
             await user.commerce.refund(sub.mint)
         assert twice.value.code == "no_refunds"

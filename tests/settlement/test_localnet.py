@@ -71,6 +71,17 @@ async def test_a_channel_opens_pays_and_closes_on_a_localnet_in_another_process(
         assert await ledger.balance(payee.pubkey()) == 10 * SOL + SOL // 2 - 2 * FEE
         # The clock is the ledger's (the Clock sysvar): the localnet follows the wall clock.
         assert abs(await ledger.now() - time.time()) < 5
+        # Whether a blockhash expired is the ledger's answer (isBlockhashValid) for any
+        # blockhash: one another client was given, one the ledger never had.
+        other = RpcLedger(localnet.url, "localnet")
+        try:
+            fresh = await other.blockhash()
+        finally:
+            await other.aclose()
+        assert await ledger.blockhash_expired(fresh) is False
+        assert await ledger.blockhash_expired(Hash.default()) is True
+        assert await ledger.landed(str(close.signatures[0])) is True
+        assert await ledger.landed(str(Signature.default())) is None  # never seen
     finally:
         await ledger.aclose()
 
@@ -163,10 +174,13 @@ async def test_an_unreachable_ledger_is_a_clear_error_and_says_a_retry_is_safe(
         payer = Keypair()
         to_self = TransferParams(from_pubkey=payer.pubkey(), to_pubkey=payer.pubkey(), lamports=1)
         tx = Transaction([payer], Message([transfer(to_self)], payer.pubkey()), Hash.default())
-        # Nothing tells whether it landed (this ledger object never handed out that
-        # blockhash), so it is "may still land", never "expired".
+        # Nothing tells whether it landed (the ledger does not answer), so it is "may
+        # still land", never "expired"; and "I could not ask" is never "not found".
         with pytest.raises(LedgerUnreachable, match="may still land"):
             await ledger.send(tx)
+        assert await ledger.blockhash_expired(Hash.default()) is None
+        with pytest.raises(LedgerUnreachable):
+            await ledger.landed(str(Signature.default()))
         # The watcher's round survives a ledger that does not answer.
         async with open_channel_book(tmp_path / "channels.db") as book:
             assert await settle_due(book, ledger, {}, 3600) == []

@@ -41,6 +41,7 @@ from mercato.settlement import (
     ensure_test_mint,
     fund_tokens,
     open_embedded_ledger,
+    payment_key,
     token_balance,
     transfer_checked,
 )
@@ -162,6 +163,8 @@ async def test_a_payment_as_the_official_client_builds_it_settles_exactly(market
     payload = encode(m, client_instructions(m))
     checked = check_exact_payment(payload, m.req)
     assert checked.payer == m.buyer.pubkey() and checked.amount == PRICE
+    assert checked.source == associated_token_address(m.buyer.pubkey(), TEST_MINT)
+    assert payment_key(payload) == checked.message_hash
     assert checked.signature == str(checked.tx.signatures[1])
     assert checked.tx.signatures[0] == Signature.default()  # the node has not signed yet
 
@@ -323,7 +326,51 @@ async def test_instruction_counts_and_the_compute_budget_are_checked(market: Mar
     )
     dear = encode(m, [limit, set_compute_unit_price(5_000_001), pay])
     assert refused(dear, m.req) == InvalidReason.COMPUTE_PRICE_TOO_HIGH
-    check_exact_payment(encode(m, [limit, set_compute_unit_price(5_000_000), pay]), m.req)
+    few = set_compute_unit_limit(2_000)  # the price at its cap, on few enough units
+    check_exact_payment(encode(m, [few, set_compute_unit_price(5_000_000), pay]), m.req)
+
+
+async def test_the_priority_fee_the_node_pays_is_capped(market: Market) -> None:
+    """Units and price each under their caps still multiply: 200,000 units at
+    5,000,000 micro-lamports would be a million lamports of the node's. The total
+    is capped (10,000 lamports by default), the official client's (20,000 units
+    at 1 micro-lamport) far under it."""
+    m = market
+    limit, price, pay, note = client_instructions(m)
+    check_exact_payment(encode(m, [limit, price, pay, note]), m.req)
+    most = set_compute_unit_limit(200_000)
+    for micro in (50_001, 5_000_000):  # 10,000.2 lamports, 1,000,000 lamports
+        payload = encode(m, [most, set_compute_unit_price(micro), pay])
+        assert refused(payload, m.req) == InvalidReason.COMPUTE_PRICE_TOO_HIGH, micro
+    strict = replace(m.req, max_priority_fee=0)
+    assert refused(encode(m, [limit, price, pay]), strict) == InvalidReason.COMPUTE_PRICE_TOO_HIGH
+    check_exact_payment(encode(m, [limit, set_compute_unit_price(0), pay]), strict)
+
+    # At the cap, on the runtime: the node pays two signatures and 10,000 lamports.
+    m.blockhash = await m.ledger.blockhash()
+    checked = check_exact_payment(encode(m, [most, set_compute_unit_price(50_000), pay]), m.req)
+    node_before = await m.ledger.balance(m.node.pubkey())
+    await m.ledger.send(cosign_payment(checked, m.node))
+    assert node_before - await m.ledger.balance(m.node.pubkey()) == 2 * FEE + 10_000
+
+
+async def test_a_payment_has_two_signers_the_node_and_the_buyer(market: Market) -> None:
+    m = market
+    limit, price, pay, _ = client_instructions(m)
+    # A memo a third key signs: a third signature, a third fee for the node.
+    third = Keypair()
+    signed_memo = Instruction(MEMO_PROGRAM, b"hi", [AccountMeta(third.pubkey(), True, False)])
+    payload = encode(m, [limit, price, pay, signed_memo], signers=[m.buyer, third])
+    assert refused(payload, m.req) == InvalidReason.EXCESSIVE_SIGNERS
+    assert InvalidReason.EXCESSIVE_SIGNERS == "invalid_exact_svm_payload_excessive_signers"
+    # The transfer's own accounts as signers (a multisig authority's): refused alike.
+    signer = Keypair()
+    multisig = transfer(m, authority=m.buyer.pubkey())
+    multisig.accounts = [*multisig.accounts, AccountMeta(signer.pubkey(), True, False)]
+    payload = encode(m, [limit, price, multisig], signers=[m.buyer, signer])
+    assert refused(payload, m.req) == InvalidReason.EXCESSIVE_SIGNERS
+    with pytest.raises(PaymentInvalid):
+        payment_key("not base64!")
 
 
 async def test_anything_but_one_transfer_checked_is_refused(market: Market) -> None:
@@ -439,7 +486,8 @@ def test_requirements_are_x402s_payment_requirements() -> None:
     assert req.destination == associated_token_address(pay_to, TEST_MINT)
     assert replace(req, memo="x").as_json()["extra"]["memo"] == "x"
     for bad in ({"amount": 0}, {"amount": 2**64}, {"decimals": 256}, {"max_timeout_s": 0},
-                {"token_program": fee_payer}, {"memo": ""}, {"memo": "x" * 257}):  # fmt: skip
+                {"token_program": fee_payer}, {"memo": ""}, {"memo": "x" * 257},
+                {"max_priority_fee": -1}):  # fmt: skip
         with pytest.raises(ValueError):
             replace(req, **bad)
 
