@@ -70,6 +70,7 @@ MAX_CLIENTS = 65_536
 """Clients the rate limiter remembers; beyond it, the full buckets are forgotten."""
 _DRAIN_TIMES = 2  # times max_body read and dropped after a 413, so the client sees it
 _DRAIN_S = 1.0
+SMALL_BODY = 64 * 1024  # an unpaid call's body up to this is read, so keep-alive holds
 _CORS = [
     (b"access-control-allow-origin", b"*"),
     (b"access-control-expose-headers", b"PAYMENT-REQUIRED, PAYMENT-RESPONSE"),
@@ -238,11 +239,16 @@ class GatewayApp:
     async def _run(self, scope: dict[str, Any], receive: Any, send: Any, agent: str) -> None:
         payment = _header(scope, PAYMENT_SIGNATURE_HEADER)
         url = _url(scope, scope["path"])
-        if payment is None:  # 402 or 404 from the head: no body read for them
+        if payment is None:  # 402 or 404 from the head: no large body read for them
             try:
                 await self._unpaid(agent)
             except GatewayRefused as exc:
-                await self._refused(send, exc, agent, url)
+                # A small body is read and dropped, so the connection stays usable for
+                # the paid call that follows; a larger one is not read, and the answer
+                # closes the connection (a client would send its next request on a
+                # connection the server is closing).
+                kept = await _drain_small(scope, receive)
+                await self._refused(send, exc, agent, url, close=not kept)
                 return
         held = [0]
         try:
@@ -299,8 +305,11 @@ class GatewayApp:
         status = 200 if paid.settled else 202  # 202: the ledger has not said yet
         await _json(send, status, _paid_body(paid, service.network), _paid_headers(paid, service))
 
-    async def _refused(self, send: Any, exc: GatewayRefused, agent: str, url: str) -> None:
-        """An error answer; a 402 (or any refusal of a served agent) names what to pay."""
+    async def _refused(
+        self, send: Any, exc: GatewayRefused, agent: str, url: str, close: bool = False
+    ) -> None:
+        """An error answer; a 402 (or any refusal of a served agent) names what to pay.
+        ``close`` ends the connection after it."""
         body: dict[str, Any] = {
             "x402Version": X402_VERSION,
             "error": exc.reason,
@@ -328,6 +337,8 @@ class GatewayApp:
             headers.append((PAYMENT_RESPONSE_HEADER.encode(), encode_header(answer).encode()))
         if exc.retry_after:
             headers.append((b"retry-after", str(exc.retry_after).encode()))
+        if close:
+            headers.append((b"connection", b"close"))
         await _json(send, exc.status, body, headers)
 
 
@@ -441,6 +452,24 @@ async def _read_body(
         if not message.get("more_body"):
             break
     return b"".join(chunks)
+
+
+async def _drain_small(scope: dict[str, Any], receive: Any) -> bool:
+    """Read and drop a body of at most SMALL_BODY declared bytes; False (nothing
+    read) for a larger or undeclared one, or one that does not come in time."""
+    declared = _header(scope, "content-length")
+    if declared is None or not declared.isdigit() or int(declared) > SMALL_BODY:
+        return False
+    with trio.move_on_after(_DRAIN_S):
+        taken = 0
+        while taken <= SMALL_BODY:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            taken += len(message.get("body", b""))
+            if not message.get("more_body"):
+                return True
+    return False
 
 
 async def _drain(receive: Any, limit: int) -> None:

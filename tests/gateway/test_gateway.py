@@ -70,8 +70,9 @@ TEXT = b"three little words"
 
 class Outage:
     """A fake: the shop's real embedded ledger behind an outage that cannot be made
-    to happen on demand here (a cluster's RPC that times out or answers 429). While ``down``, what is sent reaches the
-    ledger (if ``delivers``) but no answer comes back, and whether a transaction
+    to happen on demand here (a cluster's RPC that times out or answers 429).
+    While ``down``, what is sent reaches the ledger (if ``delivers``) but no
+    answer comes back, and whether a transaction
     landed cannot be asked; whether a blockhash expired still can. While
     ``blind``, it cannot say whether a blockhash expired, nor that it never saw a
     signature (None, as an RPC, rather than the embedded ledger's False)."""

@@ -236,8 +236,10 @@ async def test_a_licence_is_bought_enforced_upgraded_and_refunded(
         poor = Keypair()
         ask_poor = SaleRequest(op="offer", agent=agent, plan="pro", buyer=str(poor.pubkey()))
         poor_offer = (await user.overlay.requests.request(seller, SALE, ask_poor)).offer
+        poor_terms = Offer.verify(poor_offer).terms  # its own rent: addresses vary in length
+        poor_rent = await ledger.rent(mint_size(poor_terms))
         poor_tx = purchase_transaction(
-            Offer.verify(poor_offer).terms, poor, new_seed(), rent, await ledger.blockhash()
+            poor_terms, poor, new_seed(), poor_rent, await ledger.blockhash()
         )
         sold = len(await creator.commerce.sold.all())
         with pytest.raises(RemoteError) as broke:
