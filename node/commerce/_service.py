@@ -31,6 +31,7 @@ from solders.keypair import Keypair as SolanaKeypair
 from solders.pubkey import Pubkey
 from solders.transaction import Transaction
 
+from mercato.crdt import Query
 from mercato.p2p import P2PError, Refused, RemoteError
 from mercato.settlement import (
     LedgerError,
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mercato.commerce")
 ANNOUNCE_EVERY_S = 600.0
 ANNOUNCE_RETRY_S = 1.0
+ANNOUNCE_CHECK_S = 2.0  # how often this node looks for accounts that started selling
 OFFER_SKEW_S = 600  # how far the creator's clock may be behind this node's
 FEE_ALLOWANCE = 20_000  # lamports: the purchase's fee (two signatures), with room
 
@@ -109,21 +111,31 @@ class CommerceService:
         self._overlay.requests.serve(SALE, self._answer)
         task_status.started()
         await self.settle_pending()
-        retry = ANNOUNCE_RETRY_S
-        while True:  # a lone node has no one to announce to yet: retry, backing off
-            done = await self._announce()
-            await trio.sleep(ANNOUNCE_EVERY_S if done else retry)
-            retry = ANNOUNCE_RETRY_S if done else min(retry * 2, ANNOUNCE_EVERY_S / 10)
+        due: dict[str, float] = {}  # address -> when to announce it next
+        retry: dict[str, float] = {}
+        while True:  # a listing with plans may be published at any time: look often
+            for address in await self._selling_accounts():
+                if trio.current_time() >= due.get(address, 0.0):
+                    await self._announce(address, due, retry)
+            await trio.sleep(ANNOUNCE_CHECK_S)
 
-    async def _announce(self) -> bool:
-        """Provider records for every account of this node; False if one failed."""
-        ok = True
+    async def _announce(self, address: str, due: dict[str, float], retry: dict[str, float]) -> None:
+        """A provider record for ``address``; when no one takes it yet, back off."""
+        try:
+            await self._overlay.dht.provide(f"seller:{address}")
+            due[address], retry[address] = trio.current_time() + ANNOUNCE_EVERY_S, 0.0
+        except P2PError:
+            wait = min(max(retry.get(address, 0.0) * 2, ANNOUNCE_RETRY_S), 60.0)
+            due[address], retry[address] = trio.current_time() + wait, wait
+
+    async def _selling_accounts(self) -> list[str]:
+        """This node's accounts with a listing that has plans."""
+        selling = []
         for address in await self._accounts():
-            try:
-                await self._overlay.dht.provide(f"seller:{address}")
-            except P2PError:
-                ok = False
-        return ok
+            page = await self._registry.search(Query(publisher=address, limit=100))
+            if any(r.get("plans") and not r.get("deprecated") for r in page["results"]):
+                selling.append(address)
+        return selling
 
     async def _accounts(self) -> dict[str, str]:
         """This node's account keys: address -> name."""
