@@ -1,7 +1,8 @@
 """`CommerceService`: licences and subscriptions bought, sold and refunded.
 
 The creator's node is the shop: it answers ``/mercato/sale/1.0.0`` for each
-account key it holds (announced in the DHT as ``seller:<address>``), offers
+account key it holds (announced in the DHT as ``seller:<address>`` once the
+account has a listing with plans), offers
 the terms of a plan, checks that a buyer's purchase is exactly those terms,
 co-signs it and submits it; later it refunds within the plan's window by
 paying the price back and burning the token as its permanent delegate. The
