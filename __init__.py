@@ -88,6 +88,12 @@ class MercatoError(Exception):
             │   ├── UnknownLicence      no licence of that mint here
             │   ├── NoSeller            the creator's node cannot be reached
             │   └── SaleRefused         the creator's node said no
+            ├── ModelError              mercato.node.models
+            │   ├── NoModel             no such model, or no live provider of it
+            │   ├── BadModelRequest     the chat request is wrong (body, context, budget)
+            │   ├── ModelUnavailable    every provider failed before streaming
+            │   ├── EngineDown          a provider's engine is down or broke off
+            │   └── EngineRefused       a provider's engine answered with an error
             ├── BuildError              mercato.node.builds
             │   ├── UnknownBuild        no such build here
             │   ├── BadManifest         a build manifest does not hold up

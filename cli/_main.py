@@ -7,6 +7,7 @@ import click
 from mercato.node import __version__
 
 from ._builds import builds
+from ._chat import chat
 from ._commerce import buy, licences, refund, sales
 from ._common import MercatoGroup
 from ._events import events
@@ -20,6 +21,7 @@ from ._peers import peers, ping
 from ._registry import deprecate, publish, release, resolve_command, search, show
 from ._run import providers, run, spending, tasks
 from ._ui import ui
+from ._usage import usage
 from ._wallet import channel, wallet
 
 
@@ -55,6 +57,8 @@ main.add_command(run)
 main.add_command(providers)
 main.add_command(tasks)
 main.add_command(spending)
+main.add_command(usage)
+main.add_command(chat)
 main.add_command(wallet)
 main.add_command(channel)
 for command in (buy, licences, refund, sales):

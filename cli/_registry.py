@@ -47,7 +47,12 @@ def _apply_set(manifest: dict[str, Any], assignment: str) -> None:
 def _print_listing(shown: dict[str, Any]) -> None:
     click.echo(f"{shown['publisher']}/{shown['name']}  ({shown['kind']})")
     click.echo(f"  {shown['title']}: {shown['summary']}")
-    click.echo(f"  price {shown['price']} lamports, royalty {shown['royalty_bps'] / 100:g}%")
+    royalty = f"royalty {shown['royalty_bps'] / 100:g}%"
+    if model := shown.get("model"):
+        _print_model(model)
+        click.echo(f"  {royalty}")
+    else:
+        click.echo(f"  price {shown['price']} lamports, {royalty}")
     if shown.get("tags"):
         click.echo(f"  tags: {', '.join(shown['tags'])}")
     if shown.get("capabilities"):
@@ -55,9 +60,30 @@ def _print_listing(shown: dict[str, Any]) -> None:
     if shown.get("deprecated"):
         click.echo("  DEPRECATED")
     for release in shown.get("releases", []):
-        click.echo(f"  {release['version']:<12} {release['cid']}  {release['size']} bytes")
+        click.echo(f"  {release['version']:<12} {_build_text(release)}")
     if shown.get("plans"):
         _print_plans(shown)
+
+
+def _print_model(model: dict[str, Any]) -> None:
+    """A model listing's facts and its prices per 1,000 tokens."""
+    click.echo(
+        f"  model {model['family']}, {model['parameters']:,} parameters, "
+        f"{model['quantisation']}, context {model['context_length']:,} tokens"
+    )
+    if model.get("weights"):
+        click.echo(f"  weights {model['weights']}")
+    click.echo(
+        f"  price per 1,000 tokens: input {model['input_price']} lamports, "
+        f"output {model['output_price']} lamports"
+    )
+
+
+def _build_text(release: dict[str, Any]) -> str:
+    """A release's build as a line shows it; a model's release may have none."""
+    if not release.get("cid"):
+        return "(no build)"
+    return f"{release['cid']}  {release['size']} bytes"
 
 
 def _print_plans(shown: dict[str, Any]) -> None:
@@ -170,13 +196,20 @@ def release(
     responsible for it; the release is bound once [builds] min_copies of them
     hold a copy, so it stays available when this node is off.
 
+    A model's release may name no build (give neither --build nor --cid): its
+    weights are served by the providers' inference engines. An agent's release
+    always names its build.
+
     \b
     Example:
       mercato release wordcount 1.2.0 --build wordcount.wasm
       mercato release wordcount 1.2.0 --cid bld-4f1c... --size 48213
+      mercato release tiny-chat 1.0.0
     """
-    if (build_file is None) == (cid is None) or (cid is not None and size is None):
-        raise click.UsageError("give either --build FILE, or --cid CID and --size N")
+    if build_file is not None and cid is not None:
+        raise click.UsageError("give either --build FILE, or --cid CID and --size N, not both")
+    if (cid is None) != (size is None):
+        raise click.UsageError("give --cid CID and --size N together")
     dependencies = {}
     for item in depends:
         ref, sep, rng = item.partition("=")
@@ -269,10 +302,15 @@ def search(
     for item in page["results"]:
         version = item.get("version") or "-"
         where = f"{item['publisher'][:8]}…/{item['name']}"
-        price = f"{item['price']} lamports" + ("*" if item.get("plans") else " ")
+        if model := item.get("model"):
+            price = f"{model['input_price']}/{model['output_price']} lamports+"
+        else:
+            price = f"{item['price']} lamports" + ("*" if item.get("plans") else " ")
         click.echo(f"{where:<34} {version:<10} {price:>19}  {item['summary'][:60]}")
     if any(item.get("plans") for item in page["results"]):
         click.echo("* sold by plan: runs need a licence or subscription (see `mercato show`)")
+    if any(item.get("model") for item in page["results"]):
+        click.echo("+ a model: lamports per 1,000 input/output tokens")
     if page.get("cursor"):
         click.echo(f"more: --cursor {page['cursor']}")
 
@@ -331,7 +369,7 @@ def resolve_command(data_dir: Path | None, ref: str, range_text: str, as_json: b
         plans = ", ".join(f"{p['name']} ({p['price']} lamports)" for p in upgrade["plans"])
         click.echo(f"upgrade available: {upgrade['version']} with {plans}", err=True)
     for dep, chosen in resolution["plan"].items():
-        click.echo(f"  {dep}@{chosen['version']}  {chosen['cid']}  {chosen['size']} bytes")
+        click.echo(f"  {dep}@{chosen['version']}  {_build_text(chosen)}")
 
 
 def _ref(ref: str) -> tuple[str, str]:

@@ -233,6 +233,8 @@ def tasks() -> None:
 def tasks_ls(data_dir: Path | None, role: str | None, limit: int, as_json: bool) -> None:
     """List recent tasks, newest first: id, side, agent, provider, outcome.
 
+    A model call also shows its tokens, in/out (prompt/completion).
+
     \b
     Example:
       mercato tasks ls --role user --limit 5
@@ -246,10 +248,18 @@ def tasks_ls(data_dir: Path | None, role: str | None, limit: int, as_json: bool)
     for t in found["tasks"]:
         when = datetime.datetime.fromtimestamp(t["created"]).strftime("%Y-%m-%d %H:%M:%S")
         click.echo(
-            f"{t['id']}  {when}  {t['role']:<8}  {t['agent']}@{t['version']}  "
-            f"{(t['provider'] or '-')[:20]}…  {t['status']}"
+            f"{t['id']}  {when}  {t['role']:<8}  {t['agent']}"
+            + (f"@{t['version']}" if t["version"] else "")  # a model call names no version
+            + f"  {(t['provider'] or '-')[:20]}…  {t['status']}"
             + (f"  ({t['verified']})" if t["verified"] else "")
+            + _tokens(t)
         )
+
+
+def _tokens(task: dict[str, Any]) -> str:
+    """``  tokens 12/34`` (in/out) for a model call; empty for an agent's task."""
+    tokens_in, tokens_out = task.get("input_tokens", 0), task.get("output_tokens", 0)
+    return f"  tokens {tokens_in}/{tokens_out}" if tokens_in or tokens_out else ""
 
 
 @tasks.command("show")

@@ -40,6 +40,7 @@ from ._query import verified_listing as verified_listing
 from ._resolve import Resolution as Resolution
 from ._resolve import resolve as resolve
 from ._schema import Listing as Listing
+from ._schema import ModelSpec as ModelSpec
 from ._schema import Plan as Plan
 from ._schema import Release as Release
 from ._schema import validate_listing as validate_listing
@@ -65,6 +66,7 @@ __all__ = [
     "better_history",
     "FeedWriter",
     "Listing",
+    "ModelSpec",
     "Plan",
     "MAX_SYNC_FORKS",
     "MAX_SYNC_RESPONSE_BYTES",

@@ -52,7 +52,7 @@ class ReleaseExists(RegistryError):
 
     def __init__(self, key: str, cid: str, same: bool) -> None:
         super().__init__(
-            f"{key} is already released, bound to {cid}; a released version is never "
+            f"{key} is already released, bound to {cid or 'no build'}; a released version is never "
             "rebound: release the new build as a new version"
         )
         self.key, self.cid, self.same = key, cid, same

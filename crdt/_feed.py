@@ -33,10 +33,11 @@ nothing is stored or applied unless all pass:
    key.
 
 Gate 4 judges each entry alone. A rule across entries ("a release needs its
-listing") would depend on the order updates arrive in, and replicas that
-received them in different orders would disagree forever. `FeedWriter` keeps
-such rules when writing; readers (the index) skip a release whose listing they
-do not have yet.
+listing", "only a model's release may name no build") would depend on the
+order updates arrive in, and replicas that received them in different orders
+would disagree forever. `FeedWriter` keeps such rules when writing; readers
+(the index) skip a release whose listing they do not have yet, and whoever
+runs a release checks that it has a build.
 
 Gate 3 and 4 run on a *shadow* copy of the feed's document; only an update
 that passes is applied to the real one (a CRDT cannot take an update back).
@@ -523,8 +524,16 @@ class FeedWriter:
     def put_release(self, release: Release) -> SignedUpdate:
         """ReleaseExists if ``name@version`` is bound already (to anything)."""
         validate_release(release.to_wire())
-        if release.name not in self._feed.doc["listings"]:
+        listing = self._feed.listing(release.name)
+        if listing is None:
             raise SchemaError("name", f"publish the listing {release.name!r} before releasing it")
+        if not release.has_build and listing.kind != "model":
+            raise SchemaError(
+                "cid",
+                f"an agent's release names its build: {release.name!r} is an agent, so give "
+                "its build (mercato release --build FILE, or --cid and --size); only a "
+                "model's release may have none",
+            )
         bound = self._feed.doc["releases"].get(release.key)
         if bound is not None:
             current = validate_release(decode_canonical(bytes(bound)))

@@ -675,7 +675,8 @@ class RegistryStore:
         return describe(feed, name) if feed is not None else None
 
     def release_cids(self) -> set[str]:
-        """The build id of every release in the registry.
+        """The build id of every release in the registry (a model's release may
+        name none: it adds nothing).
 
         Computed once, then kept up to date as releases arrive (a release bound
         again to another build leaves its old id in the set until the next start).
@@ -685,6 +686,7 @@ class RegistryStore:
                 release.cid
                 for feed in self.registry.feeds.values()
                 for release in feed.releases().values()
+                if release.has_build
             }
         return set(self._cids)
 
@@ -695,7 +697,9 @@ class RegistryStore:
         for entry in entries:
             root, _, key = entry.partition("/")
             if root == "releases" and (value := feed.doc["releases"].get(key)) is not None:
-                self._cids.add(validate_release(decode_canonical(bytes(value))).cid)
+                release = validate_release(decode_canonical(bytes(value)))
+                if release.has_build:
+                    self._cids.add(release.cid)
 
     def releases_of(self, ref: str) -> list[Release] | None:
         """The releases of listing "publisher/name", or None if there is no such listing."""

@@ -33,8 +33,23 @@ A creator writes a listing in ``MANIFEST.toml``::
 A listing with plans runs only for holders of a licence or subscription of
 one of them, at the plan's ``run_price`` per run.
 
+A listing of ``kind = "model"`` describes a model that providers serve through
+an inference engine, in a ``[model]`` table, and is priced per 1,000 tokens
+(``price`` is then 0 or left out, and it has no plans)::
+
+    [model]
+    family = "llama"                # 1-32 letters, digits, '.', '_', '-'
+    parameters = 1_200_000          # 1 to 10**13
+    quantisation = "F16"            # 1-16 letters, digits, '_'
+    context_length = 4096           # tokens, 1 to 10**7
+    weights = "sha256:<64 hex>"     # optional: the weights' content hash
+    input_price = 100               # lamports per 1,000 input (prompt) tokens
+    output_price = 300              # lamports per 1,000 output (completion) tokens
+
 A release binds ``name@version`` to a build: a content id and a size, plus
-optional dependencies on other listings (``"publisher/name" = "^1.2.0"``).
+optional dependencies on other listings (``"publisher/name" = "^1.2.0"``). A
+release of a model may name no build (``cid = ""`` and ``size = 0``, or both
+left out): `FeedWriter` refuses that for an agent's release.
 
 `validate_listing` and `validate_release` accept a plain mapping (from TOML, the
 control API or a decoded feed entry) and return the typed value, or raise
@@ -63,6 +78,11 @@ _LINK = re.compile(r"https?://[^\s]{1,240}")
 _CID = re.compile(r"[A-Za-z0-9:_-]{8,128}")
 _PLAN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
 _PUBLISHER = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,44}")
+_FAMILY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+_QUANTISATION = re.compile(r"[A-Za-z0-9_]{1,16}")
+_WEIGHTS = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_PARAMETERS = 10**13
+MAX_CONTEXT_LENGTH = 10**7
 # Control characters (C0 but newline and tab, DEL, C1) and the bidirectional
 # overrides: stored, they would reach every peer's terminal and move its cursor,
 # recolour it or reorder what it shows.
@@ -106,6 +126,20 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """What a model listing describes (its ``[model]`` table): the model, and its
+    prices per 1,000 tokens."""
+
+    family: str  # e.g. llama, qwen2
+    parameters: int
+    quantisation: str  # e.g. F16, Q4_K_M
+    context_length: int  # tokens
+    input_price: int  # lamports per 1,000 input (prompt) tokens
+    output_price: int  # lamports per 1,000 output (completion) tokens
+    weights: str = ""  # "sha256:<64 hex>", or "" where not known
+
+
+@dataclass(frozen=True)
 class Listing:
     name: str
     kind: str
@@ -121,11 +155,14 @@ class Listing:
     limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     deprecated: bool = False
     plans: dict[str, Plan] = field(default_factory=dict)
+    model: ModelSpec | None = None  # kind "model" only
 
     def to_wire(self) -> dict[str, Any]:
         out = asdict(self)
         if not self.plans:  # listings without plans keep the form they always had
             del out["plans"]
+        if self.model is None:  # and so do listings that are not models
+            del out["model"]
         for key in ("tags", "capabilities", "links"):
             out[key] = list(out[key])
         return out
@@ -142,6 +179,11 @@ class Release:
     @property
     def key(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @property
+    def has_build(self) -> bool:
+        """False for a model's release that names no build (cid "", size 0)."""
+        return bool(self.cid)
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -238,12 +280,29 @@ def validate_listing(obj: Any) -> Listing:
     deprecated = obj.get("deprecated", False)
     if type(deprecated) is not bool:
         raise SchemaError("deprecated", "must be true or false")
+    name = _text(obj, "name", 1, 64, _SLUG, hint="use lowercase letters, digits and '-'")
+    title, summary = _text(obj, "title", 1, 120), _text(obj, "summary", 1, 280)
+    model = _model_of(obj, kind)
+    price = _whole(
+        {"price": obj.get("price", 0 if model else None)}, "price", 0, MAX_PRICE, " lamports"
+    )
+    if model is not None and price != 0:
+        raise SchemaError(
+            "price",
+            f"must be 0 for a model, got {price}: a model is priced per 1,000 tokens: "
+            "set [model] input_price and output_price",
+        )
+    if model is not None and obj.get("plans"):
+        raise SchemaError(
+            "plans",
+            "a model is not sold by plan yet, only per 1,000 tokens: remove the [plans] tables",
+        )
     return Listing(
-        name=_text(obj, "name", 1, 64, _SLUG, hint="use lowercase letters, digits and '-'"),
+        name=name,
         kind=kind,
-        title=_text(obj, "title", 1, 120),
-        summary=_text(obj, "summary", 1, 280),
-        price=_whole(obj, "price", 0, MAX_PRICE, " lamports"),
+        title=title,
+        summary=summary,
+        price=price,
         royalty_bps=_whole(obj, "royalty_bps", 0, 10_000, " basis points"),
         description=_text(obj, "description", 0, 20_000, default="", multiline=True),
         tags=_items(obj, "tags", 16, _SLUG, "tags are lowercase slugs"),
@@ -252,8 +311,53 @@ def validate_listing(obj: Any) -> Listing:
         links=_items(obj, "links", 8, _LINK, "links are http(s) URLs"),
         limits=_limits(obj),
         deprecated=deprecated,
-        plans=_plans(obj, _whole(obj, "price", 0, MAX_PRICE, " lamports")),
+        plans=_plans(obj, price),
+        model=model,
     )
+
+
+def _model_of(obj: Mapping[str, Any], kind: str) -> ModelSpec | None:
+    """The listing's ``[model]`` table: required for a model, refused for an agent."""
+    value = obj.get("model")
+    if kind != "model":
+        if value is not None:
+            raise SchemaError(
+                "model",
+                f'is for model listings: this one is kind = "{kind}"; remove the [model] '
+                'table, or set kind = "model"',
+            )
+        return None
+    if value is None:
+        raise SchemaError(
+            "model",
+            "is required for a model listing: add a [model] table with family, parameters, "
+            "quantisation, context_length, input_price and output_price",
+        )
+    return _model(value)
+
+
+def _model(obj: Any) -> ModelSpec:
+    if not isinstance(obj, Mapping):
+        raise SchemaError(
+            "model", "must be a table: family, parameters, quantisation, context_length, ..."
+        )
+    try:
+        _no_unknown(obj, set(ModelSpec.__dataclass_fields__), "model")
+        family_hint = "letters, digits, '.', '_' and '-', like llama"
+        quantisation_hint = "letters, digits and '_', like F16 or Q4_K_M"
+        weights_hint = 'the weights\' hash: "sha256:" and 64 lowercase hex digits'
+        per_1k = " lamports per 1,000 tokens"
+        return ModelSpec(
+            family=_text(obj, "family", 1, 32, _FAMILY, hint=family_hint),
+            parameters=_whole(obj, "parameters", 1, MAX_PARAMETERS, " parameters"),
+            quantisation=_text(obj, "quantisation", 1, 16, _QUANTISATION, hint=quantisation_hint),
+            context_length=_whole(obj, "context_length", 1, MAX_CONTEXT_LENGTH, " tokens"),
+            input_price=_whole(obj, "input_price", 0, MAX_PRICE, per_1k),
+            output_price=_whole(obj, "output_price", 0, MAX_PRICE, per_1k),
+            weights=_text(obj, "weights", 0, 71, _WEIGHTS, default="", hint=weights_hint),
+        )
+    except SchemaError as exc:
+        raise SchemaError(f"model.{exc.field}", exc.why) from exc
 
 
 def _plans(obj: Mapping[str, Any], run_price: int) -> dict[str, Plan]:
@@ -340,10 +444,29 @@ def validate_release(obj: Any) -> Release:
             VersionRange.parse(rng)
         except VersionError as exc:
             raise SchemaError(f"dependencies.{ref}", str(exc)) from exc
-    return Release(
-        name=_text(obj, "name", 1, 64, _SLUG, hint="use lowercase letters, digits and '-'"),
-        version=version,
-        cid=_text(obj, "cid", 8, 128, _CID, hint="a build content id"),
-        size=_whole(obj, "size", 1, 2**40, " bytes"),
-        dependencies=dict(deps),
-    )
+    name = _text(obj, "name", 1, 64, _SLUG, hint="use lowercase letters, digits and '-'")
+    cid, size = _build_of(obj)
+    return Release(name=name, version=version, cid=cid, size=size, dependencies=dict(deps))
+
+
+def _build_of(obj: Mapping[str, Any]) -> tuple[str, int]:
+    """A release's build, as (cid, size); ("", 0) for none (a model's release)."""
+    size = _whole(obj, "size", 0, 2**40, " bytes") if obj.get("size") is not None else None
+    if obj.get("cid") in (None, ""):
+        if size in (None, 0):
+            return "", 0  # no build: only a model's release may have none (FeedWriter checks)
+        raise SchemaError(
+            "cid",
+            f"is empty while size is {size}: give the build's content id, or leave out "
+            "both cid and size for a release with no build (models only)",
+        )
+    cid = _text(obj, "cid", 8, 128, _CID, hint="a build content id")
+    if size is None:
+        raise SchemaError("size", "is required with a cid: the build's size in bytes")
+    if size == 0:
+        raise SchemaError(
+            "size",
+            "is 0 while cid names a build: give the build's size in bytes (a release with "
+            "no build leaves out both cid and size)",
+        )
+    return cid, size

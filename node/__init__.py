@@ -17,6 +17,7 @@ from mercato.runtime import Outcome as Outcome
 from mercato.runtime import RunResult as RunResult
 
 from ._config import Config as Config
+from ._config import ServedModel as ServedModel
 from ._config import load_config as load_config
 from ._errors import ConfigError as ConfigError
 from ._errors import ControlError as ControlError
@@ -92,6 +93,7 @@ __all__ = [
     "KeyInfo",
     "KeyNotFound",
     "KeyStore",
+    "ServedModel",
     "KeyStoreError",
     "LOCALNET_PORT",
     "LocalControl",

@@ -15,6 +15,9 @@ Example ``mercato.toml``::
 
 An unknown section or key, or a value of the wrong type, is a `ConfigError`
 whose message names the key and the file (or variable) it came from.
+
+``[models.NAME]`` tables (the models this node serves, `ServedModel`) are read
+from the file only: the environment and flags do not reach them.
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ MAX_PAYMENT_TIMEOUT_S = 60  # [gateway] max_timeout_s: about a blockhash's life
 _BASE58_KEY = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,44}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*")
 _CAIP2 = re.compile(r"[-a-z0-9]{3,8}:[-_a-zA-Z0-9]{1,32}")
+_LISTING_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")  # as the registry's schema
+_MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_ENGINE_MODEL = re.compile(r"[^\s\x00-\x1f\x7f]{1,256}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+DEFAULT_MODEL_CONCURRENCY = 4
+DEFAULT_HEALTH_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -254,6 +263,46 @@ class GatewaySection:
 
 
 @dataclass(frozen=True)
+class ServedModel:
+    """``[models.NAME]``: a model listing this node serves through an OpenAI-compatible
+    inference engine (llama.cpp's server, vLLM, Ollama) that runs beside it. The
+    daemon starts no engine: it calls the one at ``backend``.
+
+    Example::
+
+        [models.tiny]
+        listing = "8Co4tt4sbELaV8uRcbz31ojp8QdazK5MxczX8j1d5EoB/tiny-chat"
+        backend = "http://127.0.0.1:8080/v1"
+        engine_model = "tiny"
+        api_key_env = "ENGINE_KEY"
+    """
+
+    name: str
+    """The table's name: this node's own name for the served model."""
+    listing: str
+    """PUBLISHER/NAME of the model listing it serves."""
+    backend: str
+    """The engine's OpenAI-compatible base URL, e.g. ``http://127.0.0.1:8080/v1``."""
+    engine_model: str = ""
+    """The engine's own name for the model; left out (empty), the listing's NAME."""
+    concurrency: int = DEFAULT_MODEL_CONCURRENCY
+    """Requests sent to the engine at once."""
+    input_price: int | None = None
+    """This provider's lamports per 1,000 input tokens; None: the listing's."""
+    output_price: int | None = None
+    """This provider's lamports per 1,000 output tokens; None: the listing's."""
+    api_key_env: str = ""
+    """The name of the environment variable holding a bearer key for the backend
+    (the key itself is never in the file); empty: no key."""
+    health_interval_s: float = DEFAULT_HEALTH_INTERVAL_S
+    """How often the backend's health is checked."""
+
+    def __post_init__(self) -> None:
+        if not self.engine_model:
+            object.__setattr__(self, "engine_model", self.listing.partition("/")[2])
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the daemon reads from configuration."""
 
@@ -269,21 +318,33 @@ class Config:
     settlement: SettlementSection = field(default_factory=SettlementSection)
     relay: RelaySection = field(default_factory=RelaySection)
     gateway: GatewaySection = field(default_factory=GatewaySection)
+    models: tuple[ServedModel, ...] = ()
+    """The ``[models.NAME]`` tables: the models this node serves (none: it serves none)."""
 
     def replace(self, section: str, **values: Any) -> Config:
         """A copy with some keys of one section changed (used for CLI flags)."""
-        current = getattr(self, section)
+        current: Any = getattr(self, section)
+        if section == "models":
+            raise ConfigError("[models] is set in mercato.toml only, not on the command line")
         changed = dataclasses.replace(current, **values)
         new = dataclasses.replace(self, **{section: changed})
         _validate(new, lambda key: "command line")
         return new
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        """Every section as a table of its keys, as mercato.toml has them: ``models``
+        maps each served model's name to its keys."""
+        out = dataclasses.asdict(self)
+        out["models"] = {
+            model.name: {k: v for k, v in dataclasses.asdict(model).items() if k != "name"}
+            for model in self.models
+        }
+        return out
 
 
 def _sections() -> dict[str, type]:
-    return {name: tp for name, tp in get_type_hints(Config).items()}
+    """The sections of one table each (``[models]`` holds a table per model)."""
+    return {name: tp for name, tp in get_type_hints(Config).items() if name != "models"}
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -422,6 +483,7 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
         raise fail("runtime.max_memory_mb", "must be between 1 and 4096")
     if not 0.001 <= config.runtime.max_timeout_s <= 3600:
         raise fail("runtime.max_timeout_s", "must be between 0.001 and 3600")
+    _validate_models(config.models, origin("models"))
     if config.p2p.dht_mode not in DHT_MODES:
         raise fail("p2p.dht_mode", f"must be one of {', '.join(DHT_MODES)}")
     if config.p2p.max_connections < 1 or config.p2p.target_peers < 0:
@@ -485,6 +547,94 @@ def _validate_gateway(config: Config, fail: Callable[[str, str], ConfigError]) -
         )
 
 
+def _models(values: Any, where: str) -> tuple[ServedModel, ...]:
+    """The ``[models.NAME]`` tables of mercato.toml, typed (`_validate_models` checks them)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: 'models' must be tables like [models.NAME], not a value")
+    hints = {k: v for k, v in get_type_hints(ServedModel).items() if k != "name"}
+    known = ", ".join(hints)
+    models = []
+    for name, table in values.items():
+        if not _MODEL_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{where}: [models.{name}]: a served model's name is 1-64 lowercase letters, "
+                "digits, '.', '_' or '-'"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: models.{name} must be a table, [models.{name}]")
+        out = {}
+        for key, value in table.items():
+            if key not in hints:
+                raise ConfigError(
+                    f"{where}: [models.{name}]: unknown key {key!r} (known keys: {known})"
+                )
+            out[key] = _coerce(value, hints[key], f"{where}: [models.{name}]: key {key!r}")
+        for key in ("listing", "backend"):
+            if key not in out:
+                raise ConfigError(f"{where}: [models.{name}]: key {key!r} is required")
+        models.append(ServedModel(name=name, **out))
+    return tuple(models)
+
+
+def _validate_models(models: tuple[ServedModel, ...], where: str) -> None:
+    """Check each served model's values, and that no two serve the same listing."""
+    served: dict[str, str] = {}
+    for model in models:
+
+        def fail(key: str, rule: str, model: ServedModel = model) -> ConfigError:
+            value = getattr(model, key)
+            return ConfigError(f"{where}: models.{model.name}.{key} {rule}, got {value!r}")
+
+        publisher, _, name = model.listing.partition("/")
+        if not _BASE58_KEY.fullmatch(publisher) or not _LISTING_NAME.fullmatch(name):
+            raise fail(
+                "listing",
+                "must be PUBLISHER/NAME: the model listing's base58 publisher and its name",
+            )
+        url = urlsplit(model.backend)
+        if url.scheme not in ("http", "https") or not url.hostname or len(model.backend) > 2048:
+            raise fail(
+                "backend",
+                "must be the engine's http:// or https:// base URL, such as "
+                '"http://127.0.0.1:8080/v1"',
+            )
+        if url.username or url.password:
+            raise fail(
+                "backend",
+                "must hold no credentials: put the engine's key in an environment variable "
+                "and name it in api_key_env",
+            )
+        if not _ENGINE_MODEL.fullmatch(model.engine_model):
+            raise fail(
+                "engine_model",
+                "must be the engine's name for the model: 1-256 characters, no spaces",
+            )
+        if not 1 <= model.concurrency <= 1024:
+            raise fail("concurrency", "must be between 1 and 1024")
+        for key in ("input_price", "output_price"):
+            price = getattr(model, key)
+            if price is not None and not 0 <= price <= MAX_LAMPORTS:
+                raise fail(
+                    key,
+                    f"must be lamports per 1,000 tokens from 0 to {MAX_LAMPORTS} (or left "
+                    "out: the listing's)",
+                )
+        if model.api_key_env and not _ENV_NAME.fullmatch(model.api_key_env):
+            raise fail(
+                "api_key_env",
+                "must be the name of an environment variable that holds the key (like "
+                "ENGINE_KEY), never the key itself",
+            )
+        if not 0.5 <= model.health_interval_s <= 300:
+            raise fail("health_interval_s", "must be between 0.5 and 300 seconds")
+        if model.listing in served:
+            raise fail(
+                "listing",
+                f"is served by [models.{served[model.listing]}] already: one table per listing",
+            )
+        served[model.listing] = model.name
+
+
 def _looks_like_multiaddr(addr: str, need_peer: bool) -> bool:
     parts = addr.split("/")
     if len(parts) < 5 or parts[0] != "" or parts[1] not in ("ip4", "ip6", "dns", "dns4", "dns6"):
@@ -510,6 +660,11 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, dict[str, tuple[str, st
             continue
         rest = var[len(ENV_PREFIX) :].lower()
         section, _, key = rest.partition("_")
+        if section == "models" and key:
+            raise ConfigError(
+                f"environment variable {var}: [models] is set in mercato.toml only, one "
+                "[models.NAME] table per served model"
+            )
         if section in sections and key:
             found.setdefault(section, {})[key] = (var, value)
     return found
@@ -525,10 +680,12 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     sections = _sections()
     built: dict[str, Any] = {}
     for name, values in raw.items():
+        if name == "models":
+            built[name] = _models(values, str(path))
+            continue
         if name not in sections:
-            raise ConfigError(
-                f"{path}: unknown section [{name}] (known sections: {', '.join(sections)})"
-            )
+            known = ", ".join([*sections, "models"])
+            raise ConfigError(f"{path}: unknown section [{name}] (known sections: {known})")
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: {name!r} must be a [section], not a value")
         built[name] = _build_section(sections[name], values, f"{path}: [{name}]")
@@ -620,6 +777,22 @@ agents = []
 # How often this node's agent card is published, and how long one holds.
 heartbeat_s = 30.0
 card_ttl_s = 90.0
+
+# Models this node serves through an OpenAI-compatible inference engine that
+# runs beside it (llama.cpp's server, vLLM, Ollama): the daemon starts no engine,
+# it calls the one at backend. One table per model listing, named as you like;
+# none by default. listing and backend are required; the rest shows the defaults
+# (engine_model: the listing's NAME; prices: the listing's, per 1,000 tokens).
+# [models.tiny]
+# listing = "PUBLISHER/NAME"
+# backend = "http://127.0.0.1:8080/v1"
+# engine_model = "tiny-chat"
+# concurrency = 4
+# input_price = 100
+# output_price = 300
+# The name of an environment variable holding the engine's bearer key (never the key).
+# api_key_env = "ENGINE_KEY"
+# health_interval_s = 5.0
 
 [tasks]
 # Providers asked for a quote at once, and how long to wait for their quotes.

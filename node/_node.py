@@ -2,7 +2,8 @@
 
 Start order (stop order is the reverse): data dir lock, keys, store and event
 log, metrics, p2p overlay, registry, builds, runtime worker pool, settlement
-(ledger, channel book, watcher), commerce (sales, licences), tasks, the x402
+(ledger, channel book, watcher), commerce (sales, licences), tasks, models
+(the ``[models]`` engines served, and this node's calls to others'), the x402
 gateway (when ``[gateway] listen`` is set), control API.
 
 Stopping: SIGINT/SIGTERM (when ``handle_signals``), ``POST /v1/shutdown`` or
@@ -56,6 +57,7 @@ from .commerce import CommerceService
 from .control import NodeAPI, build_app
 from .gateway import Gateway, GatewayService
 from .mcp import AppBackend, McpEndpoint, build_server
+from .models import ModelRouter, ModelService
 from .money import SettlementService, open_settlement
 from .registry import RegistryService
 from .tasks import CardBook, CardForwarder, TaskLog, TaskRunner, TaskService
@@ -64,7 +66,7 @@ from .web import WebApp
 log = logging.getLogger("mercato.node")
 
 MIN_TOKEN_LENGTH = 32
-RELAY_LACKS = frozenset({"builds", "runtime", "settlement", "commerce", "tasks"})
+RELAY_LACKS = frozenset({"builds", "runtime", "settlement", "commerce", "tasks", "models"})
 SHUTDOWN_GRACE_S = 3.0
 """Time services get to finish what is in flight before they are cancelled."""
 T = TypeVar("T")
@@ -114,6 +116,8 @@ class Node:
         self._tasks: TaskService | None = None
         self._settlement: SettlementService | None = None
         self._commerce: CommerceService | None = None
+        self._models: ModelRouter | None = None
+        self._model_service: ModelService | None = None
         self._node_key: Keypair | None = None
         self._keys = KeyStore(datadir)
         self._events: EventLog | None = None
@@ -168,6 +172,16 @@ class Node:
     @property
     def tasks(self) -> TaskService:
         return self._running(self._tasks, "tasks")
+
+    @property
+    def models(self) -> ModelRouter:
+        """The user's side of models: calls routed to the network's providers."""
+        return self._running(self._models, "models")
+
+    @property
+    def model_service(self) -> ModelService:
+        """The provider's side of models: the ``[models]`` engines this node serves."""
+        return self._running(self._model_service, "models")
 
     @property
     def runtime(self) -> WorkerPool:
@@ -341,6 +355,16 @@ class Node:
             )
             await nursery.start(self._tasks.run)
             self.services.append("tasks")
+            self._model_service = ModelService(
+                self._key(), overlay, self.registry, money, self._tasks, tasklog,
+                self.config.models,
+            )  # fmt: skip
+            await nursery.start(self._model_service.run)
+            self._models = ModelRouter(
+                overlay, self.registry, cards, money, runner, tasklog, self.config.tasks
+            )
+            await nursery.start(self._models.run)
+            self.services.append("models")
             if self._gateway is not None:
                 self.gateway = GatewayService(
                     self.config.gateway,

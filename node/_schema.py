@@ -22,6 +22,7 @@ from .gateway import RESULTS_SCHEMA as GATEWAY_RESULTS_SCHEMA
 from .gateway import SCHEMA as GATEWAY_SCHEMA
 from .tasks import SCHEMA as TASKS_SCHEMA
 from .tasks import SPENDING_SCHEMA
+from .tasks import TOKENS_SCHEMA as TASK_TOKENS_SCHEMA
 
 MIGRATIONS: tuple[str, ...] = (
     EVENTS_SCHEMA,  # 1: the hash-chained event log
@@ -35,6 +36,7 @@ MIGRATIONS: tuple[str, ...] = (
     COMMERCE_SCHEMA,  # 8: licences bought and sold
     GATEWAY_SCHEMA,  # 9: x402 payments taken, and royalties forwarded to creators
     GATEWAY_RESULTS_SCHEMA,  # 10: answers of x402 calls whose settlement was pending
+    TASK_TOKENS_SCHEMA,  # 11: the tokens in and out of each model call in the task log
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

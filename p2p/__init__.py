@@ -21,6 +21,8 @@ from ._discovery import AddressBook as AddressBook
 from ._discovery import DiscoveryConfig as DiscoveryConfig
 from ._errors import IdentityError as IdentityError
 from ._errors import P2PError as P2PError
+from ._exchange import Exchange as Exchange
+from ._exchange import ExchangeProtocol as ExchangeProtocol
 from ._gossip import GossipConfig as GossipConfig
 from ._gossip import GossipError as GossipError
 from ._gossip import GossipMessage as GossipMessage
@@ -66,6 +68,8 @@ __all__ = [
     "BadAddress",
     "DialError",
     "DiscoveryConfig",
+    "Exchange",
+    "ExchangeProtocol",
     "FrameError",
     "FrameTooLarge",
     "GossipConfig",

@@ -37,8 +37,8 @@ stream; it is never turned into an error response.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -171,6 +171,26 @@ class Requests:
     def statistics(self) -> RequestStatistics:
         return self._stats
 
+    @property
+    def host(self) -> P2PHost:
+        return self._host
+
+    def serve_exchange(self, protocol: Any, handler: Any) -> None:
+        """Answer an exchange protocol (`_exchange.py`) with ``handler(peer, request,
+        exchange)``."""
+        from ._exchange import serve_exchange
+
+        serve_exchange(self, protocol, handler)
+
+    def exchange(
+        self, peer_id: str, protocol: Any, request: Message, timeout_s: float | None = None
+    ) -> Any:
+        """``async with requests.exchange(peer, protocol, request) as exchange:`` (see
+        `_exchange.open_exchange`)."""
+        from ._exchange import open_exchange
+
+        return open_exchange(self, peer_id, protocol, request, timeout_s)
+
     # -- serving ---------------------------------------------------------------
 
     def serve(
@@ -182,32 +202,45 @@ class Requests:
         slots = trio.Semaphore(MAX_CONCURRENT_PER_PROTOCOL)
 
         async def on_stream(peer: str, stream: Any) -> None:
-            prune_buckets(self._buckets)
-            burst = 2 * protocol.rate_per_s
-            bucket = self._buckets.setdefault((peer, protocol.id), TokenBucket(burst))
-            if not bucket.take(protocol.rate_per_s, burst):
-                await self._reply(stream, protocol, error=("busy", "too many requests; slow down"))
-                await self._host.penalize(peer, PENALTY_FLOOD, f"{protocol.id}: request flood")
-                return
-            # Per peer first, so that one peer cannot take every slot from the others.
-            if self._active.get(peer, 0) >= MAX_CONCURRENT_PER_PEER:
-                await self._reply(stream, protocol, error=("busy", "too many requests at once"))
-                return
-            try:
-                slots.acquire_nowait()
-            except trio.WouldBlock:
-                await self._reply(
-                    stream, protocol, error=("busy", "too many requests; retry later")
-                )
-                return
-            self._active[peer] = self._active.get(peer, 0) + 1
-            try:
-                await self._serve_one(protocol, handler, peer, stream)
-            finally:
-                slots.release()
-                _decrement(self._active, peer)
+            async with self.admitted(peer, stream, protocol, slots) as admitted:
+                if admitted:
+                    await self._serve_one(protocol, handler, peer, stream)
 
         self._host.set_stream_handler(protocol.id, on_stream)
+
+    @asynccontextmanager
+    async def admitted(
+        self, peer: str, stream: Any, protocol: Any, slots: trio.Semaphore
+    ) -> AsyncIterator[bool]:
+        """Whether ``peer`` may open one more stream of ``protocol`` now (its rate,
+        its streams at once, the protocol's ``slots``); a stream turned away is
+        answered ``busy`` (a flood also costs the peer PENALTY_FLOOD). The slot is
+        held until the block ends."""
+        prune_buckets(self._buckets)
+        burst = 2 * protocol.rate_per_s
+        bucket = self._buckets.setdefault((peer, protocol.id), TokenBucket(burst))
+        if not bucket.take(protocol.rate_per_s, burst):
+            await self._reply(stream, protocol, error=("busy", "too many requests; slow down"))
+            await self._host.penalize(peer, PENALTY_FLOOD, f"{protocol.id}: request flood")
+            yield False
+            return
+        # Per peer first, so that one peer cannot take every slot from the others.
+        if self._active.get(peer, 0) >= MAX_CONCURRENT_PER_PEER:
+            await self._reply(stream, protocol, error=("busy", "too many requests at once"))
+            yield False
+            return
+        try:
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._reply(stream, protocol, error=("busy", "too many requests; retry later"))
+            yield False
+            return
+        self._active[peer] = self._active.get(peer, 0) + 1
+        try:
+            yield True
+        finally:
+            slots.release()
+            _decrement(self._active, peer)
 
     async def _serve_one(
         self,

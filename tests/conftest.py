@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # for engine.py
+
+from engine import Engine, find_llama_server, start_llama_server, write_tiny_gguf
+
 from mercato.node import ControlClient, DaemonNotRunning, DataDir, init_data_dir
 
 TIME_FACTOR = float(os.environ.get("MERCATO_TEST_TIME_FACTOR", "1"))
@@ -211,3 +215,47 @@ def start_localnet(tmp_path: Path) -> Iterator:
         if localnet.proc.poll() is None:
             localnet.proc.send_signal(signal.SIGKILL)
             localnet.proc.wait(timeout=10)
+
+
+# --- a real inference engine: llama.cpp's llama-server on a tiny random model ---
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny llama-architecture GGUF with random weights (scripts/engine.py), written
+    once per session. The engine's logs land beside it."""
+    path = tmp_path_factory.mktemp("models") / "tiny.gguf"
+    write_tiny_gguf(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama_server_binary() -> Path:
+    """The `llama-server` to run; skips (fails under CI=true) without one."""
+    found = find_llama_server()
+    why = ""
+    if found is None:
+        why = (
+            "llama-server is not built: run scripts/build-llama-server (about 5 min,"
+            " cached in ~/.cache/mercato/engine) or set MERCATO_LLAMA_SERVER"
+        )
+    elif not os.access(found, os.X_OK):
+        why = f"MERCATO_LLAMA_SERVER={found} is not an executable llama-server"
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(why + "; on CI the model tests must run", pytrace=False)
+        pytest.skip(why)
+    assert found is not None
+    return found
+
+
+@pytest.fixture(scope="session")
+def llama_engine(tiny_model: Path, llama_server_binary: Path) -> Iterator[Engine]:
+    """One `llama-server` for the whole session, serving ``tiny_model`` as "tiny"
+    (2 slots of 512 tokens, one thread) at ``engine.base_url``; usable from sync and
+    trio tests alike. Shared: never kill it; a test that needs an engine to die
+    starts its own with ``engine.running_llama_server``. Random weights rarely emit
+    EOS: always bound ``max_tokens``."""
+    engine = start_llama_server(tiny_model, binary=llama_server_binary)
+    yield engine
+    engine.stop()

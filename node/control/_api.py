@@ -35,23 +35,35 @@ import trio
 from solders.pubkey import Pubkey
 
 from mercato.crdt import Query, QueryError, ReleaseExists
-from mercato.p2p import BadAddress, P2PError, RemoteError, b58decode, public_key_of_peer
+from mercato.p2p import (
+    BadAddress,
+    FrameError,
+    P2PError,
+    RemoteError,
+    b58decode,
+    decode_canonical,
+    public_key_of_peer,
+)
 from mercato.runtime import InvalidModule, Limits
 
-from .._errors import ControlError
+from .._errors import ControlError, NodeError
 from .._events import event_head, list_events, verify_events
 from .._version import __version__
 from ..builds import BuildError, check_cid, responsible
 from ..commerce import LicenceRequired
+from ..models import InferReceipt
 from ..money import channel_info
 from ..tasks import BadReceipt, Budget, Receipt, TaskRecord, prove_receipt
 from . import _models as m
+from ._chat import ModelOps
 
 if TYPE_CHECKING:
     from .._node import Node
 
 MAX_WAITING_RUNS = 8  # runs queued for a slot before `runtime.run` answers busy
 MAX_AIRDROP_LAMPORTS = 1_000 * 10**9
+MAX_USAGE_DAYS = 3660
+DAY_S = 86_400
 
 
 def refuse(status: int, code: str, message: str) -> ControlError:
@@ -226,14 +238,20 @@ class NodeOps(_Part):
 
     def config_text(self) -> str:
         """The effective configuration as mercato.toml text, for people; an RPC URL
-        shows only its scheme, host and port (providers put API keys in the rest)."""
+        shows only its scheme, host and port (providers put API keys in the rest), a
+        served model's backend its scheme, host, port and path."""
+        config = self._node.config.to_dict()
+        tables = [(name, values) for name, values in config.items() if name != "models"]
+        tables += [(f"models.{name}", values) for name, values in config["models"].items()]
         lines: list[str] = []
-        for section, values in self._node.config.to_dict().items():
+        for section, values in tables:
             lines.append(f"[{section}]")
             for key, value in values.items():
-                if section == "settlement" and key == "rpc_url":
+                backend = section.startswith("models.") and key == "backend"
+                if (section, key) == ("settlement", "rpc_url") or backend:
                     url = urlsplit(value)
                     value = f"{url.scheme}://{url.hostname}" + (f":{url.port}" if url.port else "")
+                    value += url.path if backend else ""
                 shown = f"# {key}: not set" if value is None else f"{key} = {json.dumps(value)}"
                 lines.append(shown)
             lines.append("")
@@ -432,11 +450,73 @@ class BuildOps(_Part):
         )
 
 
+def _json_safe(value: Any) -> Any:
+    """A decoded CBOR value as JSON: bytes as hex, containers converted throughout."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return _json_body(value)
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _json_body(body: dict[Any, Any]) -> dict[str, Any]:
+    return {str(key): _json_safe(value) for key, value in body.items()}
+
+
 def _receipt_json(receipt: Receipt) -> dict[str, Any]:
-    return {
-        key: (value.hex() if isinstance(value, bytes) else value)
-        for key, value in receipt.body().items()
-    }
+    return _json_body(receipt.body())
+
+
+def _task_receipt(data: bytes) -> dict[str, Any]:
+    return Receipt.verify(data).body()
+
+
+ReceiptReader = Callable[[bytes], dict[str, Any]]
+"""Checks a signed receipt of one kind and returns its body; a NodeError (such as
+BadReceipt) if it is none."""
+
+
+def _call_receipt(data: bytes) -> dict[str, Any]:
+    return dataclasses.asdict(InferReceipt.verify(data))
+
+
+def _any_receipt(data: bytes) -> Any:
+    """A task's or a model call's receipt, checked (for `prove`)."""
+    try:
+        return Receipt.verify(data)
+    except BadReceipt:
+        return InferReceipt.verify(data)
+
+
+RECEIPT_READERS: tuple[ReceiptReader, ...] = (_task_receipt, _call_receipt)
+"""The kinds of signed receipt the task log holds, tried in order: an agent's
+task receipt, then a model call's. A receipt none of them checks is shown
+unchecked, with ``receipt_error`` saying so."""
+
+
+def receipt_json(data: bytes) -> dict[str, Any]:
+    """A stored signed receipt's body, JSON-safe (bytes as hex), checked by the
+    first of RECEIPT_READERS that takes it; BadReceipt (saying why the first one
+    refused it) if none does."""
+    errors: list[NodeError] = []
+    for read in RECEIPT_READERS:
+        try:
+            return _json_body(read(data))
+        except NodeError as exc:
+            errors.append(exc)
+    raise BadReceipt(str(errors[0])) from errors[0]
+
+
+def _unchecked_body(data: bytes) -> dict[str, Any] | None:
+    """The body of a signed object (canonical CBOR ``{"body": ..., "sig": ...}``)
+    as it decodes, without checking it; None if it does not decode so."""
+    try:
+        body = decode_canonical(data)["body"]
+    except (FrameError, KeyError, TypeError):
+        return None
+    return _json_body(body) if isinstance(body, dict) else None
 
 
 def _task_side(record: TaskRecord, full: bool) -> m.TaskSide:
@@ -444,9 +524,10 @@ def _task_side(record: TaskRecord, full: bool) -> m.TaskSide:
     signed = out.pop("receipt")
     if full and signed is not None:
         try:  # checked again: the file could have been tampered with
-            out["receipt"] = _receipt_json(Receipt.verify(signed))
+            out["receipt"] = receipt_json(signed)
         except BadReceipt as exc:
-            out["receipt_error"] = str(exc)
+            out["receipt_error"] = f"{exc} (the receipt is shown unchecked)"
+            out["receipt"] = _unchecked_body(signed)
         out["receipt_signed"] = base64.b64encode(signed).decode()
     return m.TaskSide(**out)
 
@@ -463,6 +544,9 @@ def _request_hash(
         "max_price": max_price,
     }
     return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+
+
+_ROLES = ("user", "provider")
 
 
 class TaskOps(_Part):
@@ -648,6 +732,26 @@ class TaskOps(_Part):
         records = await self._node.tasks.tasklog.recent(limit, role)
         return m.Tasks(tasks=[_task_side(r, full=False) for r in records])
 
+    async def usage(self, days: int = 30) -> m.Usage:
+        """What this node spent as a user and earned as a provider over the last
+        ``days``: calls, calls ok, tokens in and out and lamports per side and
+        listing (a model's or an agent's), and per side."""
+        if type(days) is not int or not 1 <= days <= MAX_USAGE_DAYS:
+            raise refuse(400, "bad_query", f"days is a whole number from 1 to {MAX_USAGE_DAYS}")
+        since = round(time.time() - days * DAY_S, 3)
+        rows = await self._node.tasks.tasklog.usage(since)
+        totals = {role: dict.fromkeys(m.UsageCounts.model_fields, 0) for role in _ROLES}
+        for row in rows:
+            if (total := totals.get(row["role"])) is not None:
+                for key in total:
+                    total[key] += row[key]
+        return m.Usage(
+            days=days,
+            since=since,
+            usage=[m.UsageRow(**row) for row in rows],
+            totals=m.UsageTotals(**{r: m.UsageCounts(**t) for r, t in totals.items()}),
+        )
+
     async def show(self, task_id: str) -> m.Task:
         task_id = await self._known(task_id)
         records = await self._node.tasks.tasklog.get(task_id)
@@ -662,7 +766,8 @@ class TaskOps(_Part):
         history to find the close in."""
         task_id = await self._known(task_id)
         tasks = self._node.tasks
-        return m.Proof(**await prove_receipt(tasks.tasklog, self._node.settlement, task_id))
+        proof = await prove_receipt(tasks.tasklog, self._node.settlement, task_id, _any_receipt)
+        return m.Proof(**proof)
 
     async def _known(self, task_id: str) -> str:
         """A task id of this node's task log, in lower case; refused 400 or 404."""
@@ -855,3 +960,4 @@ class NodeAPI:
         self.tasks = TaskOps(node)
         self.money = MoneyOps(node)
         self.commerce = CommerceOps(node)
+        self.models = ModelOps(node)

@@ -8,13 +8,15 @@ methods that need no daemon (keys, events) have the same names and results as
 
 It finds the daemon through ``<data dir>/api.json`` and authenticates with
 ``<data dir>/api.token``. Blocking (stdlib http.client): meant for the CLI and
-scripts, not for use on a trio loop.
+scripts, not for use on a trio loop. `chat_stream` reads the OpenAI-compatible
+``/v1/chat/completions`` as server-sent events, yielding each chunk as it arrives.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -103,18 +105,72 @@ class ControlClient:
         finally:
             conn.close()
         if response.status >= 400:
-            try:
-                err = json.loads(data)["error"]
-                message, code = err["message"], err["code"]
-            except (ValueError, KeyError, TypeError):
-                message, code = data[:200].decode(errors="replace"), "error"
-            if response.status == 401:
-                message = (
-                    f"the daemon refused the API token in {self.datadir.token_file}; "
-                    "if the file was changed while the daemon runs, restart the daemon"
-                )
-            raise ControlError(message, status=response.status, code=code)
+            raise self._refused(response.status, data)
         return data.decode() if raw else json.loads(data)
+
+    def _refused(self, status: int, data: bytes) -> ControlError:
+        """The error of an answer with ``status``: its body's message and code
+        (mercato's, or OpenAI's ``{"error": {"message", "type", "param", "code"}}``)."""
+        try:
+            err = json.loads(data)["error"]
+            message, code = str(err["message"]), str(err.get("code") or err.get("type") or "error")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            message, code = data[:200].decode(errors="replace"), "error"
+        if status == 401:
+            message = (
+                f"the daemon refused the API token in {self.datadir.token_file}; "
+                "if the file was changed while the daemon runs, restart the daemon"
+            )
+        return ControlError(message, status=status, code=code)
+
+    def chat_stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """POST ``body`` (OpenAI's chat request: model, messages, max_tokens...) to
+        ``/v1/chat/completions`` with ``"stream": true``, and yield each chunk
+        (``chat.completion.chunk``) as its event arrives, until ``[DONE]``.
+
+        ``timeout`` bounds each wait for the next bytes, not the whole answer.
+        Raises ControlError with the API's message: for an error answer (status
+        and OpenAI's code or type), for an error event mid-stream (status 0), and
+        for a stream that stops before ``[DONE]``. Closing the iterator early
+        closes the connection.
+        """
+        host, port, instance = self._address()
+        self._check_instance(instance)
+        headers = {
+            "Accept": "text/event-stream",
+            "Authorization": f"Bearer {self._token()}",
+            "Content-Type": "application/json",
+        }
+        payload = json.dumps({**body, "stream": True}).encode()
+        conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+        try:
+            conn.request("POST", "/v1/chat/completions", body=payload, headers=headers)
+            response = conn.getresponse()
+            if response.status >= 400:
+                raise self._refused(response.status, response.read())
+            for data in _sse_data(iter(response.readline, b"")):
+                if data == "[DONE]":
+                    return
+                chunk = json.loads(data)
+                if not isinstance(chunk, dict):
+                    raise ValueError(f"an event is not a JSON object: {data[:100]}")
+                if isinstance(err := chunk.get("error"), dict):
+                    code = str(err.get("code") or err.get("type") or "error")
+                    raise ControlError(str(err.get("message", "")), code=code)
+                yield chunk
+            raise ControlError(f"the daemon at {host}:{port} stopped its answer before its end")
+        except ConnectionRefusedError as exc:
+            raise self._not_running() from exc
+        except TimeoutError as exc:
+            raise ControlError(
+                f"the daemon at {host}:{port} sent nothing for {self.timeout:g} s"
+            ) from exc
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise ControlError(
+                f"the daemon at {host}:{port} did not answer properly: {exc}"
+            ) from exc
+        finally:
+            conn.close()
 
     def health(self) -> dict[str, Any]:
         return self.request("GET", "/v1/health", auth=False)
@@ -301,5 +357,25 @@ class ControlClient:
     def sales(self) -> dict[str, Any]:
         return self.request("GET", "/v1/sales")
 
+    def usage(self, days: int = 30) -> dict[str, Any]:
+        return self.request("GET", f"/v1/usage?{urlencode({'days': days})}")
+
     def metrics(self) -> str:
         return self.request("GET", "/metrics", raw=True)
+
+
+def _sse_data(lines: Iterable[bytes]) -> Iterator[str]:
+    """The data of each server-sent event in ``lines`` (its ``data:`` lines joined
+    by newlines), as the event ends; comments and other fields are skipped."""
+    data: list[str] = []
+    for raw in lines:
+        line = raw.decode().rstrip("\r\n")
+        if not line:
+            if data:
+                yield "\n".join(data)
+            data = []
+        elif line.startswith("data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(" ") else value)
+    if data:  # the last event, when the stream ends without its blank line
+        yield "\n".join(data)

@@ -31,6 +31,7 @@ from ..commerce import (
     SaleRefused,
     UnknownLicence,
 )
+from ..models import BadModelRequest, ModelError, NoModel
 from ..tasks import KeyReused, NoProof, TaskError, TaskRefused, UnknownAgent
 
 ERRORS: dict[type[Exception], tuple[int, str]] = {
@@ -57,6 +58,9 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     BadSignedObject: (400, "bad_request"),
     CommerceError: (400, "commerce"),
     UnknownAgent: (404, "unknown_agent"),
+    NoModel: (404, "model_not_found"),
+    BadModelRequest: (400, "invalid_request"),
+    ModelError: (502, "provider_error"),
     TaskRefused: (400, "task_refused"),
     KeyReused: (409, "idempotency_conflict"),
     NoProof: (409, "no_proof"),

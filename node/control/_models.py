@@ -175,7 +175,10 @@ class PublishBody(Request):
 
 class ReleaseBody(Request):
     account: str = Field("default", max_length=64)
-    release: dict[str, Any] = Field(description="name, version, and cid/size or dependencies")
+    release: dict[str, Any] = Field(
+        description="name, version, dependencies, and cid/size (none, with no build: "
+        "a model's release only)"
+    )
     build: str | None = Field(
         None,
         max_length=MAX_PATH_CHARS,
@@ -188,8 +191,25 @@ class DeprecateBody(Request):
     name: str = Field(max_length=200)
 
 
+class ModelInfo(Response):
+    """A model listing's ``[model]`` table: the model, and its prices per 1,000 tokens."""
+
+    family: str = Field(description="e.g. llama, qwen2")
+    parameters: int = Field(description="the model's number of parameters")
+    quantisation: str = Field(description="e.g. F16, Q4_K_M")
+    context_length: int = Field(description="tokens")
+    input_price: int = Field(description="lamports per 1,000 input (prompt) tokens")
+    output_price: int = Field(description="lamports per 1,000 output (completion) tokens")
+    weights: str = Field("", description='"sha256:" and 64 hex digits, or "" where not known')
+
+
 class Listing(OpenResponse):
-    """A listing as the registry shows it: its fields, publisher and releases."""
+    """A listing as the registry shows it: its fields, publisher and releases. A
+    release with no build (a model's may have none) has ``cid`` "" and ``size`` 0."""
+
+    model: ModelInfo | None = Field(
+        None, description='kind "model" only: priced per 1,000 tokens (its price is 0)'
+    )
 
 
 class SearchPage(Response):
@@ -390,10 +410,41 @@ class TaskSide(OpenResponse):
     role: str
     agent: str
     status: str
+    input_tokens: int = Field(0, description="a model call's prompt tokens; 0 for an agent")
+    output_tokens: int = Field(0, description="a model call's completion tokens")
 
 
 class Tasks(Response):
     tasks: list[TaskSide]
+
+
+class UsageCounts(Response):
+    """Calls of one side (or one listing on it), what they read and wrote, and paid."""
+
+    calls: int
+    calls_ok: int = Field(description="those whose status is ok")
+    input_tokens: int
+    output_tokens: int
+    lamports: int = Field(description="paid (user side) or earned (provider side)")
+
+
+class UsageRow(UsageCounts):
+    role: str = Field(description="user: this node paid; provider: it earned")
+    agent: str = Field(description="PUBLISHER/NAME: the model's or agent's listing")
+
+
+class UsageTotals(Response):
+    user: UsageCounts = Field(description="what this node asked of others, and spent")
+    provider: UsageCounts = Field(description="what it served others, and earned")
+
+
+class Usage(Response):
+    """The task log's calls over the last ``days``, per side and listing, and totals."""
+
+    days: int
+    since: float = Field(description="unix seconds: the calls counted were made then or later")
+    usage: list[UsageRow] = Field(description="the user side first, then most lamports first")
+    totals: UsageTotals
 
 
 class Task(Response):

@@ -115,24 +115,26 @@ class SettlementService:
         )
 
     async def pay_for(
-        self, provider: str, payee: Pubkey, amounts: dict[Pubkey, int]
+        self, provider: str, payee: Pubkey, amounts: dict[Pubkey, int], room: int = 0
     ) -> tuple[bytes, Channel, dict[Pubkey, int]]:
         """The payer's side of a paid task: a channel to ``provider`` that can cover
         ``amounts`` (opened on the ledger if there is none), and the encoded
         `Payment` to send. Call it inside `paying`, and `settle` on a good receipt.
+        ``room``: the channel must have at least that much left (a model call paid
+        after delivery shows the channel first, with ``amounts`` empty).
 
         The state is stored before it is returned. ChannelError or LedgerError if
         it cannot be paid (the deposit is too small, the wallet is empty, the
         provider changed wallets, the ledger refuses)."""
         async with self._opening_to(provider):  # one new channel per provider, not per task
-            channel = await self._usable(provider, payee, amounts)
+            channel = await self._usable(provider, payee, amounts, room)
             if channel is None and self.book.find("payer", provider, "opening"):
                 raise ChannelError(
                     "a channel to this provider is still opening (its transaction is not "
                     "confirmed yet): the watcher will find out; pay again shortly"
                 )
             if channel is None:
-                deposit = max(self.config.deposit_lamports, sum(amounts.values()))
+                deposit = max(self.config.deposit_lamports, sum(amounts.values()), room)
                 channel = await self._open(provider, payee, deposit, self.config.channel_duration_s)
         channel, state, used = await self.book.pay(channel.terms.stake, amounts, self.wallet)
         owed = {str(k): v for k, v in channel.owed.items()}
@@ -192,7 +194,7 @@ class SettlementService:
         return channel
 
     async def _usable(
-        self, provider: str, payee: Pubkey, amounts: dict[Pubkey, int]
+        self, provider: str, payee: Pubkey, amounts: dict[Pubkey, int], room: int = 0
     ) -> Channel | None:
         now = await self.ledger.now()
         for channel in self.book.find("payer", provider):
@@ -200,8 +202,13 @@ class SettlementService:
                 raise ChannelError("the provider names another wallet than its open channel's")
             recipients = set(channel.owed) | set(amounts)
             fresh = channel.terms.expires - now > 2 * self.config.close_margin_s
-            room = channel.left >= sum(amounts.values()) and len(recipients) <= MAX_RECIPIENTS
-            if fresh and room and await self._still_open(channel):
+            fits = channel.left >= max(sum(amounts.values()), room)
+            if (
+                fresh
+                and fits
+                and len(recipients) <= MAX_RECIPIENTS
+                and await self._still_open(channel)
+            ):
                 return channel
         return None
 

@@ -6,13 +6,15 @@ of ``mercato/cards/1``. `TaskService` is the provider's side (quotes, runs,
 cards and heartbeats); `TaskRunner` the user's (candidates, quotes, choice,
 retries, second opinions); ``_choice.py`` holds the one scoring formula,
 ``_reputation.py`` each provider's decaying standing, and `TaskLog` the task
-log, written by group commit together with the reputation a task changed.
-`SpendLog` records what this node's tasks paid, by UTC day, and the `Budget`
-of each run in flight; `RunKeys` keeps the result of runs asked with an
-idempotency key, so that a retry never runs or pays again. `TaskService.offer_here`
-and `run_here` serve a buyer from outside the network (the x402 gateway) with
-the same runs, receipts and task log. `prove_receipt`
-checks a paid task's receipt against the close of its channel on the ledger.
+log, written by group commit together with the reputation a task changed
+(a model call is logged as a task, with its tokens in and out; `TaskLog.usage`
+sums them per side and listing). `SpendLog` records what this node's tasks
+paid, by UTC day, and the `Budget` of each run in flight; `RunKeys` keeps the
+result of runs asked with an idempotency key, so that a retry never runs or
+pays again. `TaskService.offer_here` and `run_here` serve a buyer from outside
+the network (the x402 gateway) with the same runs, receipts and task log.
+`prove_receipt` checks a paid task's receipt against the close of its channel
+on the ledger.
 
 Imports node's core modules, the builds, registry and money subpackages,
 mercato.runtime, mercato.crdt, mercato.settlement and mercato.p2p; never control.
@@ -21,9 +23,12 @@ mercato.runtime, mercato.crdt, mercato.settlement and mercato.p2p; never control
 from ._cards import AgentCard as AgentCard
 from ._cards import CardBook as CardBook
 from ._cards import CardForwarder as CardForwarder
+from ._cards import ModelOffer as ModelOffer
+from ._choice import rank as rank
 from ._idempotency import SCHEMA as _KEYS_SCHEMA
 from ._idempotency import RunKeys as RunKeys
 from ._log import SCHEMA as _LOG_SCHEMA
+from ._log import TOKENS_SCHEMA as TOKENS_SCHEMA
 from ._log import TaskLog as TaskLog
 from ._log import TaskRecord as TaskRecord
 from ._messages import BadReceipt as BadReceipt
@@ -34,6 +39,9 @@ from ._messages import Receipt as Receipt
 from ._messages import TaskError as TaskError
 from ._messages import TaskRefused as TaskRefused
 from ._messages import UnknownAgent as UnknownAgent
+from ._messages import sign_object as sign_object
+from ._messages import typed_object as typed_object
+from ._messages import verified_object as verified_object
 from ._proof import NoProof as NoProof
 from ._proof import prove as prove_receipt
 from ._reputation import SCHEMA as _REPUTATION_SCHEMA
@@ -50,16 +58,19 @@ SCHEMA = _LOG_SCHEMA + _REPUTATION_SCHEMA
 """The task log and the reputation of providers (node migration 6)."""
 SPENDING_SCHEMA = _SPENDING_SCHEMA + _KEYS_SCHEMA
 """What tasks paid, and the results of runs by idempotency key (node migration 7)."""
+# TOKENS_SCHEMA: the tokens a model call read and wrote, in the task log (node migration 11).
 
 __all__ = [
     "SCHEMA",
     "SPENDING_SCHEMA",
+    "TOKENS_SCHEMA",
     "AgentCard",
     "BadReceipt",
     "Budget",
     "CardBook",
     "CardForwarder",
     "KeyReused",
+    "ModelOffer",
     "LocalOffer",
     "LocalRun",
     "NoProof",
@@ -74,7 +85,11 @@ __all__ = [
     "TaskRefused",
     "TaskRunner",
     "TaskService",
+    "sign_object",
+    "typed_object",
+    "verified_object",
     "UnknownAgent",
     "day_start",
     "prove_receipt",
+    "rank",
 ]

@@ -1,12 +1,14 @@
 """Agent cards: each provider's signed word on what it serves, gossiped with a heartbeat.
 
 A card says which agents a node runs, at what price, its load and addresses,
-the wallet (Solana address) its paid tasks pay, and until when it holds
-(``expires``). Providers publish a fresh card on the ``mercato/cards/1`` topic
-every heartbeat; a card that is not renewed expires
-everywhere on its own. Cards are signed by the provider's node key (kind
-``agent-card``) and checked against its peer id before anything else; a card
-older (by ``seq``) than the one held is ignored, one from the future or far
+the wallet (Solana address) its paid tasks pay, the models it serves (a
+`ModelOffer` each: prices per 1,000 tokens, context length, measured tokens
+per second, calls running or waiting), and until when it holds (``expires``).
+Providers publish a fresh card on the ``mercato/cards/1`` topic every
+heartbeat; a card that is not renewed expires everywhere on its own. Cards
+are signed by the provider's node key (kind ``agent-card``) and checked
+against its peer id before anything else; a card older (by ``seq``) than the
+one held is ignored, one from the future or far
 too long-lived is rejected.
 """
 
@@ -43,9 +45,22 @@ class CardRejected(Exception):
 
 
 @dataclass(frozen=True)
+class ModelOffer(Message):
+    """One model in a provider's card: what it serves now, at what prices, how fast."""
+
+    TYPE: ClassVar[str] = "model.offer"
+    model: str = field(metadata={"max_len": 120})  # PUBLISHER/NAME of a model listing
+    input_price: int = field(metadata={"min": 0, "max": 10**15})  # lamports per 1,000 tokens
+    output_price: int = field(metadata={"min": 0, "max": 10**15})
+    context_length: int = field(metadata={"min": 1, "max": 10**7})
+    tokens_per_s: float = field(default=0.0, metadata={"min": 0, "max": 1e9})
+    queue: int = field(default=0, metadata={"min": 0, "max": 10**6})  # calls running or waiting
+
+
+@dataclass(frozen=True)
 class AgentCard(Message):
     TYPE: ClassVar[str] = "agent.card"
-    VERSION: ClassVar[int] = 2  # 2: the wallet paid tasks pay
+    VERSION: ClassVar[int] = 3  # 2: the wallet paid tasks pay; 3: the models served
     provider: str = field(metadata={"max_len": 64})
     seq: int = field(metadata={"min": 0, "max": 2**62})
     expires: float = field(metadata={"min": 0})
@@ -54,6 +69,7 @@ class AgentCard(Message):
     load: float = field(default=0.0, metadata={"min": 0, "max": 1e6})
     addrs: list[str] = field(default_factory=list, metadata={"max_len": 8, "item_max_len": 256})
     wallet: str = field(default="", metadata={"max_len": 64})
+    models: list[dict] = field(default_factory=list, metadata={"max_len": 64})
 
     def sign(self, keypair: Keypair) -> bytes:
         body = self.to_wire()
@@ -72,12 +88,20 @@ class AgentCard(Message):
             raise CardRejected(f"not an agent card: {exc}") from exc
         if len(card.prices) != len(card.agents) or any(p < 0 for p in card.prices):
             raise CardRejected("a card names a price (>= 0) for each agent")
+        try:
+            card.offers()
+        except MessageError as exc:
+            raise CardRejected(f"a card's model offer is malformed: {exc}") from exc
         if not isinstance(sig, bytes) or not verify_signature(key, CARD_KIND, body, sig):
             raise CardRejected(f"the card is not signed by {card.provider}")
         now = time.time() if now is None else now
         if card.expires > now + MAX_TTL_S:
             raise CardRejected("the card claims to hold too long")
         return card
+
+    def offers(self) -> list[ModelOffer]:
+        """The models this card offers; MessageError if one is malformed."""
+        return [ModelOffer.from_wire(m) for m in self.models]
 
 
 class CardBook:
@@ -123,6 +147,34 @@ class CardBook:
                     }
                 )
         return sorted(out, key=lambda c: (c["price"], c["load"]))
+
+    def model_candidates(self, model: str, now: float | None = None) -> list[dict[str, Any]]:
+        """Providers whose live card offers ``model``, with their offer, addresses and
+        wallet: cheapest (input and output price together) first."""
+        self.prune(now)
+        out = []
+        for card in self._cards.values():
+            for offer in card.offers():
+                if offer.model == model:
+                    out.append(
+                        {
+                            "provider": card.provider,
+                            "offer": offer,
+                            "expires": card.expires,
+                            "addrs": list(card.addrs),
+                            "wallet": card.wallet,
+                        }
+                    )
+        return sorted(out, key=lambda c: c["offer"].input_price + c["offer"].output_price)
+
+    def models(self, now: float | None = None) -> dict[str, list[tuple[str, ModelOffer]]]:
+        """Every model some live card offers, with its (provider, offer) pairs."""
+        self.prune(now)
+        found: dict[str, list[tuple[str, ModelOffer]]] = {}
+        for card in self._cards.values():
+            for offer in card.offers():
+                found.setdefault(offer.model, []).append((card.provider, offer))
+        return found
 
     def wallet_of(self, provider: str, now: float | None = None) -> str:
         """The wallet ``provider``'s live card names, or ""."""

@@ -7,6 +7,10 @@ again later; the reputation changes a task caused are committed with it.
 `TaskLog.write` returns once the row is committed; rows that
 arrive while a commit runs go together in the next one (group commit), so
 concurrent tasks share a disk sync. The log keeps the newest MAX_ROWS rows.
+
+A model call is logged as a task (``agent`` is the model's listing) with the
+tokens it read and wrote (node migration 11; an agent's task keeps 0), and
+`TaskLog.usage` sums calls, tokens and lamports per side and listing.
 """
 
 from __future__ import annotations
@@ -46,10 +50,16 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_created ON tasks(created);
 """
 
+TOKENS_SCHEMA = """
+ALTER TABLE tasks ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+"""
+
 COLUMNS = (
     "id, role, agent, version, provider, user, status, price, created, wall_ms, verified,"
-    " error, attempts, receipt"
+    " error, attempts, receipt, input_tokens, output_tokens"
 )
+FIELDS = COLUMNS.count(",") + 1
 MAX_ROWS = 100_000
 PRUNE_EVERY = 256  # batches between checks of the row count
 
@@ -72,6 +82,8 @@ class TaskRecord:
     error: str = ""
     attempts: list[dict[str, str]] = field(default_factory=list)
     receipt: bytes | None = None
+    input_tokens: int = 0  # a model call's prompt tokens; 0 for an agent's task
+    output_tokens: int = 0  # a model call's completion tokens
 
     def row(self) -> tuple[Any, ...]:
         values = list(astuple(self))
@@ -154,13 +166,20 @@ class TaskLog:
         """Both sides of a task this node saw (usually one)."""
         return await self._store.run(_get, self._store.db, task_id)
 
+    async def usage(self, since: float) -> list[dict[str, Any]]:
+        """Per side and listing, the tasks created at ``since`` (unix seconds) or
+        later: ``role``, ``agent``, ``calls``, ``calls_ok`` (status ``ok``),
+        ``input_tokens``, ``output_tokens`` and ``lamports`` (what they paid or
+        earned), the user's side first, then by lamports, most first."""
+        return await self._store.run(_usage, self._store.db, since)
+
 
 def _insert(
     db: Database, rows: list[tuple[Any, ...]], standings: list[Standing], prune: bool
 ) -> None:
     with db.transaction() as conn:
         conn.executemany(
-            f"INSERT OR REPLACE INTO tasks ({COLUMNS}) VALUES ({','.join('?' * 14)})", rows
+            f"INSERT OR REPLACE INTO tasks ({COLUMNS}) VALUES ({','.join('?' * FIELDS)})", rows
         )
         save(conn, standings)
         if not prune:
@@ -185,3 +204,16 @@ def _select(db: Database, limit: int, role: str | None) -> list[TaskRecord]:
 def _get(db: Database, task_id: str) -> list[TaskRecord]:
     rows = db.conn.execute(f"SELECT {COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchall()
     return [TaskRecord.from_row(r) for r in rows]
+
+
+USAGE_KEYS = ("role", "agent", "calls", "calls_ok", "input_tokens", "output_tokens", "lamports")
+
+
+def _usage(db: Database, since: float) -> list[dict[str, Any]]:
+    rows = db.conn.execute(
+        "SELECT role, agent, count(*), sum(status = 'ok'), sum(input_tokens),"
+        " sum(output_tokens), sum(price) AS lamports FROM tasks WHERE created >= ?"
+        " GROUP BY role, agent ORDER BY role = 'provider', lamports DESC, agent",
+        (since,),
+    ).fetchall()
+    return [dict(zip(USAGE_KEYS, r, strict=True)) for r in rows]

@@ -246,5 +246,11 @@ class Receipt:
             raise BadReceipt("the output does not match the receipt's hash")
 
 
+# For other signed objects of the same form (a model call's receipt, node/models).
+sign_object = _signed
+verified_object = _verified
+typed_object = _typed
+
+
 def digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()

@@ -17,6 +17,7 @@ that keeps history (a localnet or a cluster; not the embedded one).
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from typing import Any
 
 from mercato.settlement import find_close, merkle_path, receipt_leaf, verify_path
@@ -30,11 +31,18 @@ class NoProof(TaskError):
     """A task's receipt cannot be proven against the ledger (yet); the message says why."""
 
 
-async def prove(tasklog: TaskLog, money: SettlementService, task_id: str) -> dict[str, Any]:
+async def prove(
+    tasklog: TaskLog,
+    money: SettlementService,
+    task_id: str,
+    read: Callable[[bytes], Any] = Receipt.verify,
+) -> dict[str, Any]:
     """The proof of the user's receipt for ``task_id``: ``{task, channel, signature,
     slot, block_time, root, count, index, leaf, path, verified, reason}`` (hashes
     in hex; ``reason`` says why it is not verified). NoProof if there is nothing
-    to prove it against: an unknown or free task, a channel still open."""
+    to prove it against: an unknown or free task, a channel still open. ``read``
+    checks the signed receipt and returns it (anything with a ``channel``): a
+    task's `Receipt` by default, or a model call's."""
     records = await tasklog.get(task_id)
     signed = next((r.receipt for r in records if r.role == "user" and r.receipt), None)
     if signed is None:
@@ -44,7 +52,7 @@ async def prove(tasklog: TaskLog, money: SettlementService, task_id: str) -> dic
                 "which kept the receipts it committed to"
             )
         raise NoProof(f"this node has no receipt for task {task_id} (see `mercato tasks show`)")
-    receipt = Receipt.verify(signed)  # checked again: the file could have been tampered with
+    receipt = read(signed)  # checked again: the file could have been tampered with
     stake = receipt.channel
     if not stake:
         raise NoProof("that task was free: no channel paid for it, so no close settles it")

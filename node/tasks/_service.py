@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -126,6 +127,16 @@ def run_limits(listing: dict[str, Any], stdin: bytes, caps: RuntimeSection) -> L
     return limits
 
 
+def _models_changed(now: list[dict[str, Any]], before: list[dict[str, Any]]) -> bool:
+    """Whether the models offered changed in what a user chooses by (a new measure
+    of speed alone waits for the next heartbeat)."""
+
+    def key(offers: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [(o["model"], o["input_price"], o["output_price"]) for o in offers]
+
+    return key(now) != key(before)
+
+
 class TaskService:
     def __init__(
         self,
@@ -159,6 +170,8 @@ class TaskService:
         self.served = 0
         self._beat = trio.Event()
         self._expected_ms: dict[str, float] = {}
+        self.model_offers: Callable[[], list[dict[str, Any]]] = list
+        """The models this node serves now, for its card (set by the model service)."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Answer tasks, follow other providers' cards, and (when this node serves
@@ -175,14 +188,16 @@ class TaskService:
 
     async def _cards_loop(self) -> None:
         announced: dict[str, float] = {}
-        last_offer: tuple[list[str], list[int]] = ([], [])
+        last_offer: tuple[list[str], list[int], list[dict[str, Any]]] = ([], [], [])
         last_time = -self._serving.heartbeat_s
         while True:
             # Publish every heartbeat, and at once when what it can serve changes (a
-            # served agent's listing arrived, or its price changed).
-            offer = await self._servable()
+            # served agent's listing arrived, or its price changed; a model's engine
+            # went down or came back).
+            offer = (*await self._servable(), self.model_offers())
             due = trio.current_time() - last_time >= self._serving.heartbeat_s
-            if offer[0] and (due or offer != last_offer or self._beat.is_set()):
+            changed = offer[:2] != last_offer[:2] or _models_changed(offer[2], last_offer[2])
+            if (offer[0] or offer[2] or last_offer[2]) and (due or changed or self._beat.is_set()):
                 await self._heartbeat(offer, announced)
                 last_offer, last_time = offer, trio.current_time()
             self._beat = trio.Event()
@@ -195,15 +210,19 @@ class TaskService:
         for agent in self._serving.agents:
             publisher, _, name = agent.partition("/")
             shown = await self._registry.show(publisher, name)
-            if shown is not None and not shown.get("deprecated") and shown["releases"]:
+            if shown is None or shown.get("deprecated") or shown.get("kind") != "agent":
+                continue  # unknown, gone, or a model (not run here)
+            if shown["releases"]:
                 agents.append(agent)
                 prices.append(lowest_run_price(shown))
         return agents, prices
 
     async def _heartbeat(
-        self, offer: tuple[list[str], list[int]], announced: dict[str, float]
+        self,
+        offer: tuple[list[str], list[int], list[dict[str, Any]]],
+        announced: dict[str, float],
     ) -> None:
-        agents, prices = offer
+        agents, prices, models = offer
         card = AgentCard(
             provider=self._overlay.peer_id,
             seq=time.time_ns(),
@@ -213,6 +232,7 @@ class TaskService:
             load=float(self._runtime.busy + self._runtime.waiting),
             addrs=self._overlay.host.listen_addrs()[:8],
             wallet=self._money.address if self._money else "",
+            models=models,
         )
         self.cards.add(card)
         try:
@@ -236,6 +256,10 @@ class TaskService:
         """The agents this node runs for others, as PUBLISHER/NAME."""
         return self._serving.agents
 
+    def beat(self) -> None:
+        """Publish the card now (what this node serves changed)."""
+        self._beat.set()
+
     def serve_agents(self, agents: tuple[str, ...]) -> None:
         """Change what this node serves (the next heartbeat tells the others)."""
         self._serving = dataclasses.replace(self._serving, agents=agents)
@@ -252,13 +276,17 @@ class TaskService:
         shown = await self._registry.show(publisher, name) if publisher and name else None
         if shown is None or shown.get("deprecated"):
             raise Refused("unknown_agent", f"this node's registry has no agent {agent[:120]}")
+        if shown.get("kind") != "agent":  # a model: served by an inference engine, not here
+            raise Refused("not_served", f"{agent[:120]} is a model, not an agent: no build runs it")
         try:
             wanted_range = VersionRange.parse(wanted)
         except VersionError as exc:
             raise Refused("bad_request", str(exc)) from exc
         entitled = await self._entitled(shown, licence, peer)
-        releases = [
-            r for r in shown["releases"] if wanted_range.matches(Version.parse(r["version"]))
+        releases = [  # with a build: the only kind an agent's has, but a listing's kind may change
+            r
+            for r in shown["releases"]
+            if r["cid"] and wanted_range.matches(Version.parse(r["version"]))
         ]
         if not releases:  # newest first
             raise Refused("unknown_agent", f"no release of {agent} matches {wanted}")

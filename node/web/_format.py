@@ -60,6 +60,11 @@ def size(n: Any) -> str:
     return f"{value:.1f} {unit}"
 
 
+def thousands(n: Any) -> str:
+    """``1200000`` -> ``1,200,000``."""
+    return f"{n:,}" if isinstance(n, int) else "-"
+
+
 VERIFIED = {
     "receipt": "the provider's signed receipt checks out",
     "cross-checked": "a second provider gave the same output",
@@ -80,5 +85,6 @@ FILTERS = {
     "duration": duration,
     "ms": ms,
     "size": size,
+    "thousands": thousands,
     "verified": verified,
 }

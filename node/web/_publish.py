@@ -91,7 +91,10 @@ def _form_values(listing: dict[str, Any]) -> dict[str, str]:
 
 def _schema_field(exc: SchemaError) -> str:
     """The form field a schema error is about: ``limits.fuel`` is the ``fuel`` field,
-    ``links[0]`` the ``links`` field."""
+    ``links[0]`` the ``links`` field; the form has no ``[model]`` table, so an error
+    there is shown at ``kind``."""
+    if exc.field == "model" or exc.field.startswith("model."):
+        return "kind"
     field = exc.field.split(".")[-1] if exc.field.startswith("limits.") else exc.field
     return field.split(".")[0].split("[")[0]
 

@@ -77,6 +77,57 @@ def test_bad_manifests_and_searches_are_clear_errors(
     assert cli(datadir, "show", "not-a-ref").returncode == 2
 
 
+MODEL_MANIFEST = textwrap.dedent(
+    """
+    name = "tiny-chat"
+    kind = "model"
+    title = "Tiny chat"
+    summary = "A tiny test model"
+    royalty_bps = 500
+    license = "MIT"
+
+    [model]
+    family = "llama"
+    parameters = 1_200_000
+    quantisation = "F16"
+    context_length = 4096
+    input_price = 100
+    output_price = 300
+    """
+)
+
+
+def test_a_model_is_released_without_a_build_and_shown_with_its_token_prices(
+    tmp_path, datadir: DataDir, start_daemon
+) -> None:
+    start_daemon(datadir)
+    manifest = tmp_path / "MANIFEST.toml"
+    manifest.write_text(MODEL_MANIFEST)
+    published = cli(datadir, "publish", str(manifest), "--json")
+    assert published.returncode == 0, published.stderr
+    ref = f"{json.loads(published.stdout)['publisher']}/tiny-chat"
+    released = cli(datadir, "release", "tiny-chat", "1.0.0")
+    assert released.returncode == 0, released.stderr
+    shown = cli(datadir, "show", ref)
+    assert shown.returncode == 0, shown.stderr
+    for words in ("(model)", "model llama, 1,200,000 parameters, F16, context 4,096 tokens",
+                  "price per 1,000 tokens: input 100 lamports, output 300 lamports",
+                  "royalty 5%", "1.0.0        (no build)"):  # fmt: skip
+        assert words in shown.stdout, (words, shown.stdout)
+    assert "price 0 lamports" not in shown.stdout
+    found = cli(datadir, "search", "tiny")
+    assert "100/300 lamports+" in found.stdout and "per 1,000 input/output tokens" in found.stdout
+    resolved = cli(datadir, "resolve", ref)
+    assert "(no build)" in resolved.stdout, resolved.stderr
+    # An agent's release still names its build; and the options go together.
+    manifest.write_text(MANIFEST)
+    assert cli(datadir, "publish", str(manifest)).returncode == 0
+    bare = cli(datadir, "release", "wordcount", "1.0.0")
+    assert bare.returncode == 1 and "an agent's release names its build" in bare.stderr
+    half = cli(datadir, "release", "wordcount", "1.0.0", "--cid", "b3-" + "a" * 20)
+    assert half.returncode == 2 and "together" in half.stderr
+
+
 @pytest.mark.slow
 def test_a_node_that_joins_later_catches_up_and_then_hears_gossip(tmp_path, start_daemon) -> None:
     one, two = DataDir(tmp_path / "one"), DataDir(tmp_path / "two")

@@ -373,3 +373,54 @@ def test_text_fields_refuse_control_characters_in_writers_and_replicas() -> None
     signed = writer._write(lambda doc: doc["listings"].__setitem__("echo", canonical_cbor(forged)))
     with pytest.raises(UpdateRejected, match="control character"):
         Registry().apply(SignedUpdate.decode(signed.encode()))
+
+
+MODEL = {
+    "kind": "model",
+    "price": 0,
+    "model": {
+        "family": "llama",
+        "parameters": 1_200_000,
+        "quantisation": "F16",
+        "context_length": 4096,
+        "input_price": 100,
+        "output_price": 300,
+    },
+}
+
+
+def test_a_model_listing_and_its_release_with_no_build_reach_replicas() -> None:
+    from mercato.crdt._index import describe
+
+    author, replica = Registry(), Registry()
+    writer = FeedWriter(Keypair.generate(), author)
+    tiny = listing("tiny-chat", **MODEL)
+    bare = validate_release({"name": "tiny-chat", "version": "1.0.0"})
+    for update in (writer.put_listing(tiny), writer.put_release(bare)):
+        replica.apply(SignedUpdate.decode(update.encode()))
+    feed = replica.feeds[writer.feed.address]
+    assert feed.listing("tiny-chat") == tiny and feed.releases()["tiny-chat@1.0.0"] == bare
+    shown = describe(feed, "tiny-chat")
+    assert shown is not None
+    assert shown["kind"] == "model" and shown["price"] == 0
+    assert shown["model"] == {**MODEL["model"], "weights": ""}  # type: ignore[dict-item]
+    assert shown["releases"] == [
+        {"name": "tiny-chat", "version": "1.0.0", "cid": "", "size": 0, "dependencies": {}}
+    ]
+    with pytest.raises(ReleaseExists, match="bound to no build") as again:
+        writer.put_release(validate_release({**bare.to_wire(), "cid": "b3-" + "a" * 20, "size": 5}))
+    assert not again.value.same
+
+
+def test_an_agents_release_must_name_its_build() -> None:
+    writer = FeedWriter(Keypair.generate(), Registry())
+    writer.put_listing(listing("echo"))
+    with pytest.raises(SchemaError, match="an agent's release names its build") as refused:
+        writer.put_release(validate_release({"name": "echo", "version": "1.0.0"}))
+    assert refused.value.field == "cid"
+    assert writer.feed.releases() == {}
+    writer.put_release(release("echo", "1.0.0"))  # with its build: as ever
+    # A model's release may name a build too.
+    writer.put_listing(listing("tiny-chat", **MODEL))
+    writer.put_release(release("tiny-chat", "1.0.0"))
+    assert set(writer.feed.releases()) == {"echo@1.0.0", "tiny-chat@1.0.0"}

@@ -29,6 +29,19 @@ def listing(name: str, **extra: object):
     return validate_listing({**fields, **extra})
 
 
+MODEL = {
+    "price": 0,
+    "model": {
+        "family": "sd",
+        "parameters": 900_000_000,
+        "quantisation": "F16",
+        "context_length": 77,
+        "input_price": 100,
+        "output_price": 300,
+    },
+}
+
+
 @pytest.fixture
 def store(tmp_path: Path):
     db = node_database(tmp_path / "node.db")  # the node's real store, migrations and all
@@ -66,7 +79,7 @@ def test_text_search_filters_and_sorting(store: RegistryStore) -> None:
             capabilities=["text.stats"],
             price=5,
         ),
-        listing("image-gen", kind="model", summary="Makes images.", tags=["image"], price=50),
+        listing("image-gen", kind="model", summary="Makes images.", tags=["image"], **MODEL),
         releases=[("word-count", "1.0.0"), ("word-count", "1.2.0")],
     )
     publish(store, bob, listing("translator", summary="Translates text.", tags=["text"], price=20))
@@ -75,7 +88,9 @@ def test_text_search_filters_and_sorting(store: RegistryStore) -> None:
     assert sorted(names(store.search(Query(tag="text")))) == ["translator", "word-count"]
     assert names(store.search(Query(capability="text.stats"))) == ["word-count"]
     assert names(store.search(Query(kind="model"))) == ["image-gen"]
-    assert names(store.search(Query(max_price=20, sort="price"))) == ["word-count", "translator"]
+    # A model has no price per run (it is priced per 1,000 tokens): its price is 0.
+    cheap = ["image-gen", "word-count", "translator"]
+    assert names(store.search(Query(max_price=20, sort="price"))) == cheap
     assert names(store.search(Query(publisher=bob.address))) == ["translator"]
     found = store.search(Query(text="word count"))
     assert found.results[0]["version"] == "1.2.0" and found.results[0]["publisher"] == alice.address
@@ -408,3 +423,21 @@ def test_a_damaged_journal_entry_is_reported_removed_and_fetched_again(
     ]
     reopened.close()
     peer_db.close()
+
+
+def test_a_model_listing_keeps_its_model_through_search_and_show(store: RegistryStore) -> None:
+    owner = Keypair.generate()
+    writer = FeedWriter(owner, Registry())
+    store.ingest(writer.put_listing(listing("tiny-chat", kind="model", **MODEL)))
+    assert store.release_cids() == set()  # computed: kept up to date from here
+    store.ingest(writer.put_release(validate_release({"name": "tiny-chat", "version": "1.0.0"})))
+    (found,) = store.search(Query(kind="model")).results
+    assert found["kind"] == "model" and found["version"] == "1.0.0"
+    assert found["model"] == {**MODEL["model"], "weights": ""}  # type: ignore[dict-item]
+    shown = store.show(owner.address, "tiny-chat")
+    assert shown is not None and shown["model"] == found["model"]
+    assert shown["releases"][0]["cid"] == "" and store.release_cids() == set()
+    assert validate_listing({k: v for k, v in shown.items() if k not in ("publisher", "releases")})
+    from mercato.crdt import decode_query_result, encode_query_result
+
+    assert decode_query_result(encode_query_result(found))["model"] == found["model"]

@@ -83,6 +83,8 @@ def test_the_default_file_names_every_key_there_is() -> None:
 
     written = tomllib.loads(DEFAULT_CONFIG_TOML)
     for section in dataclasses.fields(Config):
+        if section.name == "models":  # none by default: an example, commented (below)
+            continue
         fields = dataclasses.fields(getattr(Config(), section.name))
         # TOML has no null: a key whose default is None (no limit) is shown commented.
         keys = {f.name for f in fields if f.default is not None}
@@ -129,3 +131,114 @@ def test_spending_limits_are_none_unless_set_and_the_environment_can_unset_them(
     assert config.spending.approve_above == 0
     unset = load_config(path, environ={"MERCATO_SPENDING_MAX_PER_DAY": "none"})
     assert unset.spending.max_per_day is None
+
+
+PUBLISHER = "8Co4tt4sbELaV8uRcbz31ojp8QdazK5MxczX8j1d5EoB"
+TINY = f"""
+[models.tiny]
+listing = "{PUBLISHER}/tiny-chat"
+backend = "http://127.0.0.1:8080/v1"
+"""
+
+
+def test_served_models_load_with_their_defaults(tmp_path: Path) -> None:
+    from mercato.node._config import ServedModel
+
+    big = f"""
+[models.big]
+listing = "{PUBLISHER}/big-chat"
+backend = "https://engine.example:8443/v1"
+engine_model = "meta-llama/Llama-3-8B-Instruct"
+concurrency = 16
+input_price = 0
+output_price = 300
+api_key_env = "ENGINE_KEY"
+health_interval_s = 1
+"""
+    config = load_config(write(tmp_path, TINY + big), environ={})
+    assert config.models == (
+        ServedModel(
+            name="tiny",
+            listing=f"{PUBLISHER}/tiny-chat",
+            backend="http://127.0.0.1:8080/v1",
+            engine_model="tiny-chat",  # the listing's name
+            concurrency=4,
+            input_price=None,  # the listing's
+            output_price=None,
+            api_key_env="",
+            health_interval_s=5.0,
+        ),
+        ServedModel(
+            name="big",
+            listing=f"{PUBLISHER}/big-chat",
+            backend="https://engine.example:8443/v1",
+            engine_model="meta-llama/Llama-3-8B-Instruct",
+            concurrency=16,
+            input_price=0,
+            output_price=300,
+            api_key_env="ENGINE_KEY",
+            health_interval_s=1.0,
+        ),
+    )
+    assert Config().models == ()
+    assert config.to_dict()["models"]["tiny"]["backend"] == "http://127.0.0.1:8080/v1"
+
+
+def test_the_default_files_commented_model_example_names_every_key() -> None:
+    import dataclasses
+    import tomllib
+
+    from mercato.node._config import DEFAULT_CONFIG_TOML, ServedModel
+
+    start = DEFAULT_CONFIG_TOML.index("# [models.tiny]")
+    lines = DEFAULT_CONFIG_TOML[start:].split("\n\n", 1)[0].splitlines()
+    example = "\n".join(line.removeprefix("# ") for line in lines if " = " in line or "[" in line)
+    table = tomllib.loads(example.replace("PUBLISHER", PUBLISHER))["models"]["tiny"]
+    assert set(table) == {f.name for f in dataclasses.fields(ServedModel)} - {"name"}
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[models]\ntiny = 5\n", "models.tiny must be a table"),
+        ('[models.Tiny]\nlisting = "x"\n', "[models.Tiny]: a served model's name"),
+        (TINY + "colour = 1\n", "[models.tiny]: unknown key 'colour'"),
+        (TINY + 'concurrency = "many"\n', "[models.tiny]: key 'concurrency': expected int"),
+        ('[models.tiny]\nbackend = "http://127.0.0.1:8080/v1"\n', "key 'listing' is required"),
+        (f'[models.tiny]\nlisting = "{PUBLISHER}/tiny"\n', "key 'backend' is required"),
+        (TINY.replace(f"{PUBLISHER}/", ""), "models.tiny.listing must be PUBLISHER/NAME"),
+        (TINY.replace(PUBLISHER, "not-base58!"), "models.tiny.listing must be PUBLISHER/NAME"),
+        (TINY.replace("tiny-chat", "Tiny Chat"), "models.tiny.listing must be PUBLISHER/NAME"),
+        (TINY.replace("http://", "ftp://"), "models.tiny.backend must be the engine's http"),
+        (TINY.replace("http://127.0.0.1:8080/v1", "localhost"), "models.tiny.backend"),
+        (TINY.replace("http://", "http://me:key@"), "models.tiny.backend must hold no credentials"),
+        (TINY + 'engine_model = "two words"\n', "models.tiny.engine_model must be"),
+        (TINY + "concurrency = 0\n", "models.tiny.concurrency must be between 1 and 1024"),
+        (TINY + "concurrency = 1025\n", "models.tiny.concurrency must be between 1 and 1024"),
+        (TINY + "input_price = -1\n", "models.tiny.input_price must be lamports per 1,000"),
+        (TINY + "output_price = 10000000000000001\n", "models.tiny.output_price must be"),
+        (TINY + 'api_key_env = "sk-abc123"\n', "models.tiny.api_key_env must be the name of"),
+        (TINY + "health_interval_s = 0.1\n", "models.tiny.health_interval_s must be between"),
+        (TINY + "health_interval_s = 301\n", "models.tiny.health_interval_s must be between"),
+        (
+            TINY + TINY.replace("models.tiny", "models.again"),
+            "models.again.listing is served by [models.tiny] already",
+        ),
+    ],
+)
+def test_each_wrong_served_model_names_its_key_and_the_file(
+    tmp_path: Path, text: str, words: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert words in str(err.value) and str(path) in str(err.value)
+
+
+def test_served_models_come_from_the_file_only(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"MERCATO_MODELS_TINY_BACKEND.*mercato\.toml only"):
+        load_config(tmp_path / "none.toml", environ={"MERCATO_MODELS_TINY_BACKEND": "http://x"})
+    with pytest.raises(ConfigError, match=r"\[models\] is set in mercato.toml only"):
+        Config().replace("models", name="x")
+    with pytest.raises(ConfigError, match=r"known sections: .*models"):
+        load_config(write(tmp_path, "[model]\nx = 1\n"), environ={})

@@ -50,6 +50,7 @@ async def test_status_answers_with_the_node_identity(node: Node) -> None:
         "settlement",
         "commerce",
         "tasks",
+        "models",
         "control-api",
     ]
     assert status["p2p"]["listen_addrs"][0].startswith("/ip4/127.0.0.1/tcp/")
@@ -305,3 +306,59 @@ async def test_channel_and_wallet_routes_refuse_bad_input_and_change_nothing(nod
     granted = await call(client.airdrop, 5 * 10**8)
     assert granted["balance"] == wallet["balance"] + 5 * 10**8 and granted["signature"]
     assert granted["tokens"][0]["amount"] == wallet["tokens"][0]["amount"] + TOKEN_AIRDROP
+
+
+TINY_MODEL = {
+    "family": "llama",
+    "parameters": 1_200_000,
+    "quantisation": "F16",
+    "context_length": 4096,
+    "input_price": 100,
+    "output_price": 300,
+}
+
+
+async def test_a_model_listing_releases_without_a_build_and_an_agent_cannot(node: Node) -> None:
+    client = ControlClient(node.datadir)
+    tiny = {"name": "tiny-chat", "kind": "model", "title": "Tiny chat",
+            "summary": "A tiny test model", "royalty_bps": 500, "model": TINY_MODEL}  # fmt: skip
+    published = await call(client.publish, tiny)
+    assert published["model"] == {**TINY_MODEL, "weights": ""} and published["price"] == 0
+    released = await call(client.release, {"name": "tiny-chat", "version": "1.0.0"})
+    assert released["releases"] == [
+        {"name": "tiny-chat", "version": "1.0.0", "cid": "", "size": 0, "dependencies": {}}
+    ]
+    shown = await node.api.registry.show(published["publisher"], "tiny-chat")  # in process
+    assert shown.model is not None and shown.model.output_price == 300
+    (found,) = (await call(lambda: client.search(kind="model")))["results"]
+    assert found["kind"] == "model" and found["model"] == published["model"]
+    echo = {"name": "echo", "kind": "agent", "title": "Echo", "summary": "Says it back.",
+            "price": 0, "royalty_bps": 0}  # fmt: skip
+    assert (await call(client.publish, echo))["model"] is None
+    with pytest.raises(ControlError) as err:
+        await call(client.release, {"name": "echo", "version": "1.0.0"})
+    assert err.value.status == 400 and err.value.code == "invalid_listing"
+    assert "'cid'" in str(err.value) and "an agent's release names its build" in str(err.value)
+    with pytest.raises(ControlError) as err:
+        await call(client.publish, {**tiny, "price": 5})
+    assert err.value.status == 400 and "set [model] input_price and output_price" in str(err.value)
+
+
+def test_the_effective_config_shows_served_models_without_secrets() -> None:
+    """NodeOps reads only the node's config here: a fake node holding just that."""
+    from types import SimpleNamespace
+
+    from mercato.node._config import ServedModel
+    from mercato.node.control._api import NodeOps
+
+    served = ServedModel(
+        name="tiny",
+        listing="8Co4tt4sbELaV8uRcbz31ojp8QdazK5MxczX8j1d5EoB/tiny-chat",
+        backend="https://user:secret@engine.example:8443/v1?token=secret",
+        api_key_env="ENGINE_KEY",
+    )
+    text = NodeOps(SimpleNamespace(config=Config(models=(served,)))).config_text()  # type: ignore[arg-type]
+    table = text.split("[models.tiny]\n", 1)[1]
+    assert 'backend = "https://engine.example:8443/v1"\n' in table and "secret" not in text
+    assert 'engine_model = "tiny-chat"' in table and 'api_key_env = "ENGINE_KEY"' in table
+    assert "# input_price: not set" in table

@@ -29,6 +29,7 @@ NOT_EXERCISED = {
     ("POST", "/v1/channels/{stake}/refund"): "succeeds only after the lockup, a day away",
     ("POST", "/v1/shutdown"): "checked on its own at the end: it stops the node",
     ("GET", "/v1/tasks/{task_id}/proof"): "needs a ledger with history: test_receipt_proofs.py",
+    ("POST", "/v1/chat/completions"): "needs an inference engine: tests/models",
 }
 METRIC = re.compile(r'^mercato_api_requests_total\{route="([^"]+)",status="(\d+)"\} (\S+)$', re.M)
 
@@ -62,6 +63,8 @@ def drive(creator: ControlClient, user: ControlClient, there: str, wasm: Path) -
         client.events_verify()
         client.metrics()
         client.ui_login()
+    assert user.request("GET", "/v1/models") == {"object": "list", "data": []}
+    assert creator.request("GET", "/v1/models/served") == []  # no [models] engine here
     user.keys_new("alice")
     user.keys_show("alice")
     user.keys_list()
@@ -163,6 +166,9 @@ def _use(b: ControlClient, agent: str, publisher: str, wasm: Path, creator: Node
     assert json.loads(base64.b64decode(done["output"]))["words"] == 3
     b.task(done["task"])
     b.tasks()
+    assert b.usage()["totals"]["user"] == {
+        "calls": 1, "calls_ok": 1, "input_tokens": 0, "output_tokens": 0, "lamports": PRICE
+    }  # fmt: skip
     b.wallet()
     b.airdrop(10**9)
     b.channels()

@@ -118,6 +118,29 @@ async def test_a_task_shows_each_side_and_its_receipt(node: Node) -> None:
         assert bad.status_code == 400
 
 
+async def test_a_model_call_shows_its_tokens_in_the_list_and_on_its_page(node: Node) -> None:
+    call_id = secrets.token_hex(16)
+    record = TaskRecord(
+        call_id, "user", "pub/llama", "1.0.0", "provider-peer", "user-peer", "ok", 300,
+        time.time(), 120, "", "", [], None, 12, 34,
+    )  # fmt: skip
+    await node.tasks.tasklog.write(record)
+    agent_task = await a_task(node, "pub/agent", role="user")
+    with closing(await call(signed_in, node)) as client:
+        listed = await call(client.get, node.api_url + "/tasks")
+        assert listed.status_code == 200
+        rows = {
+            task_id: row
+            for row in re.findall(r"<tr>.*?</tr>", listed.text, re.S)
+            for task_id in (call_id, agent_task)
+            if f'href="/tasks/{task_id}"' in row
+        }
+        assert 'data-label="Tokens in/out" class="num">12/34<' in rows[call_id]
+        assert 'data-label="Tokens in/out" class="num">-<' in rows[agent_task]
+        page = await call(client.get, node.api_url + f"/tasks/{call_id}")
+        assert "<dt>Tokens</dt><dd>12 in, 34 out</dd>" in page.text
+
+
 async def test_bad_filters_are_refused_next_to_their_field(node: Node) -> None:
     with closing(await call(signed_in, node)) as client:
         url = node.api_url + "/tasks?role=admin&from=yesterday&to=2026-01-01&status=%3Cb%3E"
@@ -353,3 +376,23 @@ async def test_the_wallet_lists_licences_held_and_sales_totals(node: Node) -> No
         assert expiry.strftime("%Y-%m-%d %H:%M:%S UTC") in licences
         sales = page.text.split('id="sales"')[1].split("</table>")[0]
         assert "0.05 SOL" in sales and ">1<" in sales
+
+
+async def test_a_model_listing_shows_its_model_and_prices_per_1000_tokens(node: Node) -> None:
+    model = {"family": "llama", "parameters": 1_200_000, "quantisation": "F16",
+             "context_length": 4096, "input_price": 100, "output_price": 300}  # fmt: skip
+    tiny = {**LISTING, "name": "tiny-chat", "kind": "model", "price": 0, "royalty_bps": 500,
+            "model": model}  # fmt: skip
+    shown = (await node.api.registry.publish("default", tiny)).model_dump()
+    await node.api.registry.release("default", {"name": "tiny-chat", "version": "1.0.0"})
+    with closing(await call(signed_in, node)) as client:
+        page = await call(client.get, node.api_url + f"/market/{shown['publisher']}/tiny-chat")
+    assert page.status_code == 200, page.text[:500]
+    facts = page.text.split('<dl class="facts">')[1].split("</dl>")[0]
+    for words in ("llama, 1,200,000 parameters, F16", "4,096 tokens",
+                  "input tokens</dt><dd>0.0000001 SOL (100 lamports)",
+                  "output tokens</dt><dd>0.0000003 SOL (300 lamports)"):  # fmt: skip
+        assert words in facts, words
+    assert "Price per 1,000 input tokens" in facts
+    assert "Price per run" not in facts and "Run this" not in page.text
+    assert '<td data-label="Build">none</td>' in page.text

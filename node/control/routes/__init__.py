@@ -3,7 +3,7 @@ of one `NodeAPI` operation (parse, call, return). No rules live here."""
 
 from fastapi import APIRouter
 
-from . import builds, commerce, money, registry, runtime, tasks
+from . import builds, commerce, models, money, registry, runtime, tasks
 from . import node as node_routes
 
 ROUTERS: tuple[APIRouter, ...] = (
@@ -14,6 +14,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     tasks.router,
     money.router,
     commerce.router,
+    models.router,
 )
 
 __all__ = ["ROUTERS"]

@@ -71,6 +71,20 @@ async def spending(api: API) -> m.Spending:
 
 
 @router.get(
+    "/v1/usage",
+    response_model=m.Usage,
+    responses=errors(400),
+    summary="What this node spent as a user and earned as a provider over the last days: "
+    "calls, tokens in and out and lamports per side and listing (model or agent), and totals.",
+)
+async def usage(
+    api: API,
+    days: Annotated[int, Query(description="the last this many days, 1-3660 (default 30)")] = 30,
+) -> m.Usage:
+    return await api.tasks.usage(days)
+
+
+@router.get(
     "/v1/tasks",
     response_model=m.Tasks,
     responses=errors(400),
