@@ -100,7 +100,13 @@ class Exchange:
 
     async def send(self, message: Message) -> None:
         """Send one frame; RequestFailed if the stream is gone."""
-        frame = encode_frame({"ok": message.to_wire()}, self._protocol.max_frame_bytes)
+        await self.send_many([message])
+
+    async def send_many(self, messages: list[Message]) -> None:
+        """Send frames in one write (one encrypted frame on the wire, not one each);
+        RequestFailed if the stream is gone."""
+        bound = self._protocol.max_frame_bytes
+        frame = b"".join(encode_frame({"ok": m.to_wire()}, bound) for m in messages)
         try:
             with trio.fail_after(self._protocol.idle_s):
                 await self._stream.write(frame)

@@ -46,6 +46,11 @@ Benchmarks:
             with no node: one paid call (402, payment, run, settlement; p50
             target < 100 ms), as the official client makes it and by that client
             itself, and calls without payment answered 402 per second (>= 1000)
+  models    a chat completion on a tiny model served by a real `llama-server`, direct
+            and through two nodes (user -> provider -> engine, paid per token): what
+            mercato adds to a whole answer (p50 < 15 ms) and to the first streamed
+            token (p50 < 20 ms), and its streamed tokens/s over direct (>= 0.95);
+            exits 2 without a built llama-server (scripts/build-llama-server)
 
 ``python scripts/bench.py all`` runs every one of them, each in a fresh
 interpreter, and writes ``bench-results/latest.json`` (every figure, with the
@@ -269,6 +274,12 @@ def bench_x402() -> dict[str, Any]:
     return run()
 
 
+def bench_models() -> dict[str, Any]:
+    from benchmarks.models import run
+
+    return run()
+
+
 def bench_runtime() -> dict[str, Any]:
     from benchmarks.runtime import run
 
@@ -295,6 +306,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "localnet": bench_localnet,
     "commerce": bench_commerce,
     "x402": bench_x402,
+    "models": bench_models,
 }
 
 

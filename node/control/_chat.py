@@ -20,13 +20,17 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from ..models import (
     Answer,
     BadModelRequest,
+    CallEvent,
     ModelCall,
     ModelError,
     NoModel,
     error_body,
+    loads_strict,
     parse_chat,
 )
 from ..tasks import Budget
@@ -38,9 +42,12 @@ if TYPE_CHECKING:
 class ChatFailed(Exception):
     """A call refused or failed, with the HTTP status and OpenAI error body to answer."""
 
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
+    def __init__(self, status: int, body: dict[str, Any], retry: bool = True) -> None:
         super().__init__(body["error"]["message"])
         self.status, self.body = status, body
+        self.retry = retry
+        """False once tokens were delivered and paid for: a retry would pay again
+        (OpenAI's clients honour ``x-should-retry: false``)."""
 
 
 def _failed(exc: ModelError) -> ChatFailed:
@@ -84,8 +91,8 @@ class ModelOps:
         """Check the body, admit the call under ``[spending]`` and start it; the call
         and its checked request. ChatFailed if it cannot start."""
         try:
-            body = json.loads(raw)
-        except ValueError:
+            body = loads_strict(raw)
+        except (ValueError, RecursionError):
             raise ChatFailed(
                 400, error_body("the body is not valid JSON", "invalid_request_error", "bad_json")
             ) from None
@@ -94,9 +101,9 @@ class ModelOps:
         try:
             chat = parse_chat(body)
             budget = await self._budget()
-            plan = await router.plan(chat, budget)
-            provider = body.get("provider") if isinstance(body.get("provider"), str) else None
             try:
+                plan = await router.plan(chat, budget)
+                provider = body.get("provider") if isinstance(body.get("provider"), str) else None
                 call = await router.start(plan, provider)
             except BaseException:
                 spending.release(budget)
@@ -131,36 +138,85 @@ class ModelOps:
                     done["mercato"] = {"provider": call.provider, "lamports": event.lamports}
                     return done
                 else:
-                    raise ChatFailed(502, _mid_stream_error(event, call))
-        raise ChatFailed(502, error_body("the call ended without an answer", "api_error", ""))
+                    raise ChatFailed(502, _mid_stream_error(event, call), retry=False)
+        raise ChatFailed(
+            502, error_body("the call ended without an answer", "api_error", "provider_error")
+        )
 
-    async def stream(self, call: ModelCall, chat: Any) -> AsyncIterator[bytes]:
+    def stream(self, call: ModelCall, chat: Any) -> AsyncIterator[bytes]:
         """The call as server-sent events, OpenAI's way: chunks, a usage chunk when
         asked (``stream_options.include_usage``), then ``[DONE]``; an error after the
-        first chunk is an event with an ``error`` object. Closing the iterator (the
-        client went away) abandons the call."""
-        created = int(time.time())
-        with call.events:
-            async for event in call.events:
-                if event.kind == "chunk":
-                    yield _event(event.chunk)
-                    continue
-                if event.kind == "end" and chat.include_usage:
-                    yield _event(
-                        {
-                            "id": call.id,
-                            "object": "chat.completion.chunk",
-                            "created": created,
-                            "model": call.model,
-                            "choices": [],
-                            "usage": event.usage,
-                            "mercato": {"provider": call.provider, "lamports": event.lamports},
-                        }
-                    )
-                elif event.kind != "end":
-                    yield _event(_mid_stream_error(event, call))
+        first chunk is an event with an ``error`` object. Cancelling its reader
+        (the client went away) abandons the call."""
+        return EventStream(call, chat)
+
+
+class EventStream:
+    """A call's server-sent events (see `ModelOps.stream`). Not a generator: a
+    server that cancels its reader never closes one, and the call must end then,
+    not when the garbage collector comes."""
+
+    def __init__(self, call: ModelCall, chat: Any) -> None:
+        self._call, self._chat = call, chat
+        self._created = int(time.time())
+        self._state = "open"  # open, then last (only [DONE] left), then done
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._state == "done":
+            raise StopAsyncIteration
+        if self._state == "last":
+            self._state = "done"
+            return b"data: [DONE]\n\n"
+        try:
+            return await self._next()
+        except BaseException:
+            self.close()  # the reader was cancelled (or failed): the call is abandoned
+            raise
+
+    def close(self) -> None:
+        self._state = "done"
+        self._call.events.close()
+
+    def __del__(self) -> None:
+        self._call.events.close()
+
+    async def _next(self) -> bytes:
+        events = self._call.events
+        try:
+            batch = [await events.receive()]
+        except trio.EndOfChannel:  # ended without its end: never pass that off as complete
+            batch = [CallEvent("error", error="the call ended without an answer")]
+        # What queued while the last write went out goes in one write.
+        while batch[-1].kind == "chunk":
+            try:
+                batch.append(events.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
                 break
-        yield b"data: [DONE]\n\n"
+        out = b"".join(_event(e.chunk) for e in batch if e.kind == "chunk")
+        last = batch[-1]
+        if last.kind == "end" and self._chat.include_usage:
+            out += _event(self._usage(last))
+        elif last.kind == "error":
+            out += _event(_mid_stream_error(last, self._call))
+        if last.kind != "chunk":
+            self._state = "last"
+            events.close()
+        return out
+
+    def _usage(self, last: CallEvent) -> dict[str, Any]:
+        call = self._call
+        return {
+            "id": call.id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": call.model,
+            "choices": [],
+            "usage": last.usage,
+            "mercato": {"provider": call.provider, "lamports": last.lamports},
+        }
 
 
 def _mid_stream_error(event: Any, call: ModelCall) -> dict[str, Any]:

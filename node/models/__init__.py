@@ -25,6 +25,7 @@ from ._messages import cost as cost
 from ._openai import Answer as Answer
 from ._openai import ChatRequest as ChatRequest
 from ._openai import error_body as error_body
+from ._openai import loads_strict as loads_strict
 from ._openai import parse_chat as parse_chat
 from ._openai import usage_of as usage_of
 from ._router import CallEvent as CallEvent
@@ -50,6 +51,7 @@ __all__ = [
     "NoModel",
     "cost",
     "error_body",
+    "loads_strict",
     "parse_chat",
     "usage_of",
 ]

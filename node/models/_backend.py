@@ -94,7 +94,7 @@ class Engine:
                         if data == "[DONE]":
                             done = True
                             continue
-                        if len(data) > MAX_CHUNK:
+                        if len(data) > MAX_CHUNK // 4 and len(data.encode()) > MAX_CHUNK:
                             raise EngineDown(f"the engine sent a chunk over {MAX_CHUNK} bytes")
                         yield data.encode()
         except httpx.HTTPError as exc:

@@ -13,6 +13,7 @@ form (``{"error": {"message", "type", "param", "code"}}``).
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ FORWARDED: dict[str, type | tuple[type, ...]] = {
 }
 UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "audio", "modalities")
 DEFAULT_MAX_TOKENS = 256
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,9 @@ def parse_chat(body: Any, *, need_model: bool = True) -> ChatRequest:
             continue
         ok = isinstance(value, kind) and not isinstance(value, bool)
         if kind is float:
-            ok = type(value) in (int, float)
+            ok = type(value) in (int, float) and math.isfinite(value) and abs(value) <= 1e6
+        if key == "top_logprobs":
+            ok = ok and 0 <= value <= MAX_TOP_LOGPROBS
         if key == "stop" and isinstance(value, list):
             ok = len(value) <= 4 and all(isinstance(s, str) and len(s) <= 256 for s in value)
         if not ok or (isinstance(value, str) and len(value) > 256):
@@ -158,18 +162,30 @@ def parse_chat(body: Any, *, need_model: bool = True) -> ChatRequest:
     )
 
 
-def engine_body(wire: bytes, engine_model: str) -> dict[str, Any]:
-    """What a provider sends its engine for a call's body (already checked)."""
-    body = json.loads(wire)
-    body.update(
-        model=engine_model,
-        stream=True,
-        stream_options={"include_usage": True},
-        logprobs=True,
-    )
-    # llama.cpp lists no token at 0 alternatives, and 20 of them when left out.
-    body.setdefault("top_logprobs", 1)
-    return body
+def engine_body(chat: ChatRequest, max_tokens: int, engine_model: str) -> dict[str, Any]:
+    """What a provider sends its engine: the checked messages and parameters only
+    (an engine takes options a user must not set, like llama.cpp's ``n_predict``),
+    always streamed, with usage and each token listed."""
+    return {
+        "model": engine_model,
+        "messages": chat.messages,
+        "max_tokens": max_tokens,
+        **chat.params,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "logprobs": True,
+        # llama.cpp lists no token at 0 alternatives, and 20 of them when left out.
+        "top_logprobs": max(int(chat.params.get("top_logprobs", 1)), 1),
+    }
+
+
+def loads_strict(data: bytes | str) -> Any:
+    """JSON without NaN or Infinity (an engine's encoder refuses them)."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not a number JSON allows")
+
+    return json.loads(data, parse_constant=refuse)
 
 
 def error_body(message: str, type_: str, code: str, param: str = "") -> dict[str, Any]:
@@ -237,6 +253,26 @@ def client_chunk(
     if not with_logprobs:
         out["choices"] = [{k: v for k, v in c.items() if k != "logprobs"} for c in choices]
     return out
+
+
+def checked_chunk(data: bytes) -> dict[str, Any]:
+    """A provider's chunk, if it has the shape of one (an object whose ``choices``
+    are objects with object ``delta`` and ``logprobs``); ValueError otherwise."""
+    try:
+        chunk = loads_strict(data)
+    except RecursionError as exc:
+        raise ValueError("a chunk nests too deep") from exc
+    choices = chunk.get("choices", []) if isinstance(chunk, dict) else None
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise ValueError("a chunk is not an object with a list of choices")
+    for choice in choices:
+        for key in ("delta", "logprobs"):
+            if choice.get(key) is not None and not isinstance(choice[key], dict):
+                raise ValueError(f"a chunk's {key} is not an object")
+        content = (choice.get("delta") or {}).get("content")
+        if content is not None and not isinstance(content, str):
+            raise ValueError("a chunk's content is not text")
+    return chunk
 
 
 def tokens_listed(chunk: dict[str, Any]) -> int:

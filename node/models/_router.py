@@ -32,7 +32,6 @@ stream: the provider stops, and nothing is paid for a call without receipt.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import secrets
@@ -52,6 +51,8 @@ from ..registry import RegistryService
 from ..tasks import BadReceipt, Budget, CardBook, TaskLog, TaskRecord, TaskRunner, rank
 from ._messages import (
     INFER,
+    MAX_CHUNK,
+    MAX_REQUEST_BODY,
     BadModelRequest,
     InferChunk,
     InferEnd,
@@ -66,7 +67,7 @@ from ._messages import (
     cost,
     request_hash,
 )
-from ._openai import ChatRequest, client_chunk, content_bytes, tokens_listed, usage_of
+from ._openai import ChatRequest, checked_chunk, client_chunk, content_bytes, usage_of
 
 log = logging.getLogger("mercato.models")
 
@@ -77,6 +78,10 @@ DEFINITIVE = {
     "bad_request": "invalid_request",
 }
 PENALTY_BAD_RECEIPT = 50.0
+
+
+class _CallerGone(Exception):
+    """The caller stopped reading the call's events: reset the stream."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,8 @@ class _Plan:
     started: float = field(default_factory=time.time)
     streaming: bool = False
     """A provider has streamed: the call is its, and `start` has returned."""
+    shown: str = ""
+    """The channel shown to the provider (a priced model's): its receipt names it."""
 
     @property
     def call_id(self) -> str:
@@ -214,6 +221,11 @@ class ModelRouter:
                 f"max_tokens {max_tokens} does not fit the model's context of {context} tokens",
                 code="context_length_exceeded",
                 param="max_tokens",
+            )
+        if len(chat.wire(max_tokens)) > MAX_REQUEST_BODY:
+            raise BadModelRequest(
+                f"the request is over {MAX_REQUEST_BODY} bytes: shorten the messages",
+                param="messages",
             )
         return _Plan(chat, ref, listing, max_tokens, bound, budget)
 
@@ -345,6 +357,9 @@ class ModelRouter:
                 task_status.started(ModelCall(plan.call_id, plan.ref, provider, receive))
                 await self._stream(plan, candidate, exchange, first, send, latency_ms)
                 return True
+        except _CallerGone:  # the stream was reset: the provider stops, nothing is owed
+            await self._record(plan, provider, None, None, "the caller went away")
+            return True
         except (P2PError, SettlementError) as exc:
             if plan.streaming:  # closing the stream failed after the call was done
                 log.debug("a model call's stream ended badly: %s", exc, extra={"peer": provider})
@@ -367,7 +382,13 @@ class ModelRouter:
             payee = Pubkey.from_string(candidate.wallet)
         except ValueError as exc:
             raise SettlementError("the provider's card names no wallet to pay") from exc
-        payment, _, _ = await self._money.pay_for(candidate.provider, payee, {}, room=room)
+        # After the payment of this node's last call to it, if one is on its way: the
+        # provider serves no one who owes it a call.
+        async with self._money.paying(candidate.provider):
+            payment, channel, _ = await self._money.pay_for(
+                candidate.provider, payee, {}, room=room
+            )
+        plan.shown = str(channel.terms.stake)
         return payment
 
     async def _stream(
@@ -382,23 +403,29 @@ class ModelRouter:
         """Pass the chunks on, then check the receipt and pay for it. Errors from
         here on reach the caller as an ``error`` event."""
         seen = StreamHash()
-        listed = written = 0
+        written = received = 0
+        # A call holds at most a chunk a token (and a few more: role, usage, stop)
+        # of at most MAX_CHUNK bytes each; past that a provider is flooding.
+        most_chunks = plan.max_tokens + 16
         message = first
         try:
             while isinstance(message, InferChunk):
                 seen.add(message.data)
-                chunk = json.loads(message.data)
-                if not isinstance(chunk, dict):
-                    raise BadReceipt("the provider sent a chunk that is not a JSON object")
-                listed += tokens_listed(chunk)
+                received += len(message.data)
+                if seen.chunks > most_chunks or received > MAX_CHUNK * 4 + 256 * most_chunks:
+                    raise BadReceipt("the provider sent more than a call of max_tokens holds")
+                chunk = checked_chunk(message.data)
                 written += content_bytes(chunk)
                 shown = client_chunk(chunk, plan.call_id, plan.ref, plan.chat.logprobs)
                 if shown is not None:
-                    send.send_nowait(CallEvent("chunk", chunk=shown))
+                    try:
+                        send.send_nowait(CallEvent("chunk", chunk=shown))
+                    except trio.BrokenResourceError:
+                        raise _CallerGone from None
                 message = await exchange.receive()
             if not isinstance(message, InferEnd):
                 raise BadReceipt("the provider sent something else than the call's end")
-            receipt = self._checked(plan, candidate, message, seen, listed, written)
+            receipt = self._checked(plan, candidate, message, seen, written)
         except (BadReceipt, ValueError) as exc:
             why = f"the provider's answer does not hold up: {exc}"
             self._judge(plan, candidate.provider, "bad_receipt", why)
@@ -407,26 +434,40 @@ class ModelRouter:
             with contextlib.suppress(trio.BrokenResourceError):
                 send.send_nowait(CallEvent("error", error=why + " (nothing was paid)"))
             return
-        except (P2PError, trio.BrokenResourceError) as exc:
+        except P2PError as exc:
             why = f"the call broke off: {exc}"
             self._judge(plan, candidate.provider, "failed", why)
             await self._record(plan, candidate.provider, None, None, why)
             with contextlib.suppress(trio.BrokenResourceError):
                 send.send_nowait(CallEvent("error", error=why + " (nothing was paid)"))
             return
-        paid = await self._pay(plan, candidate, exchange, receipt, message.receipt)
+        # The answer first, then the payment: the budget now holds exactly the price.
+        plan.budget.limit = plan.budget.paid + receipt.price
+        usage = usage_of(receipt.input_tokens, receipt.output_tokens)
+        with contextlib.suppress(trio.BrokenResourceError):  # the caller may be gone
+            if message.error:
+                error = f"the provider's engine broke off: {message.error}"
+                send.send_nowait(
+                    CallEvent("error", usage=usage, lamports=receipt.price, error=error)
+                )
+            else:
+                send.send_nowait(CallEvent("end", usage=usage, lamports=receipt.price))
+        stake = await self._pay(plan, candidate, exchange, receipt, message.receipt)
+        if stake:
+            await self._spent(plan, candidate.provider, receipt.price)
+            self._runner._acknowledge(candidate.provider, stake, plan.ref, plan.call)
+        self._runner.spending.release(plan.budget)  # spent is counted: the rest is free
         if message.error:
             self._judge(plan, candidate.provider, "failed", message.error)
         else:
             self._judge(plan, candidate.provider, "ok", "", latency_ms)
         await self._record(plan, candidate.provider, receipt, message.receipt, message.error)
-        usage = usage_of(receipt.input_tokens, receipt.output_tokens)
-        with contextlib.suppress(trio.BrokenResourceError):  # the caller may be gone
-            if message.error:
-                error = f"the provider's engine broke off: {message.error}"
-                send.send_nowait(CallEvent("error", usage=usage, lamports=paid, error=error))
-            else:
-                send.send_nowait(CallEvent("end", usage=usage, lamports=paid))
+
+    async def _spent(self, plan: _Plan, provider: str, lamports: int) -> None:
+        try:
+            await self._runner.spending.record(lamports, provider, plan.call.hex(), plan.budget)
+        except Exception as exc:  # the call is paid all the same
+            log.warning("could not record a payment: %s", exc, extra={"call": plan.call.hex()})
 
     def _checked(
         self,
@@ -434,7 +475,6 @@ class ModelRouter:
         candidate: _Candidate,
         end: InferEnd,
         seen: StreamHash,
-        listed: int,
         written: int,
     ) -> InferReceipt:
         """The receipt, if it is this provider's for this call and its counts fit
@@ -443,6 +483,8 @@ class ModelRouter:
         me = self._overlay.peer_id
         if (r.provider, r.user, r.call, r.model) != (candidate.provider, me, plan.call, plan.ref):
             raise BadReceipt("the receipt is for another call, user or provider")
+        if r.channel != plan.shown:
+            raise BadReceipt("the receipt names another channel than the one shown")
         if r.request_hash != request_hash(plan.chat.wire(plan.max_tokens)):
             raise BadReceipt("the receipt names another request")
         if r.output_hash != seen.digest() or r.chunks != seen.chunks:
@@ -451,10 +493,11 @@ class ModelRouter:
             raise BadReceipt("the receipt charges more per token than the card offered")
         if r.price != cost(r.input_tokens, r.output_tokens, r.input_price, r.output_price):
             raise BadReceipt("the receipt's price is not its counts at its prices")
-        # Every token the engine listed, or at least one byte of text for each (an
-        # engine merges tokens whose bytes are not yet whole UTF-8 into one chunk
-        # and lists one of them), and the stop token, which shows nothing.
-        most_out = min(max(listed, written) + 1, plan.max_tokens + 1)
+        # A token is at least one byte of text, but the stop token, which shows none
+        # (llama.cpp merges tokens that are not whole UTF-8 into one chunk, and lists
+        # only one of them: neither chunks nor listed tokens count them). The
+        # provider's own `logprobs` lists are not trusted for this.
+        most_out = min(written + 1, plan.max_tokens)
         if r.output_tokens > most_out:
             raise BadReceipt(
                 f"the receipt counts {r.output_tokens} output tokens; what was streamed "
@@ -476,10 +519,11 @@ class ModelRouter:
         exchange: Any,
         receipt: InferReceipt,
         signed: bytes,
-    ) -> int:
-        """Pay exactly the receipt's price; the lamports paid (0 if it could not)."""
+    ) -> str:
+        """Pay exactly the receipt's price; the channel it was paid on ("" if it was
+        free, or could not be paid)."""
         if receipt.price == 0:
-            return 0
+            return ""
         me = self._money.wallet.pubkey()
         try:
             payee = Pubkey.from_string(candidate.wallet)
@@ -488,25 +532,31 @@ class ModelRouter:
                 receipt.price, int(plan.listing["royalty_bps"]), payee, creator, me
             )
             async with self._money.paying(candidate.provider):
-                payment, channel, _ = await self._money.pay_for(candidate.provider, payee, amounts)
+                payment, channel, relied = await self._money.pay_for(
+                    candidate.provider, payee, amounts
+                )
                 await exchange.send(InferPay(payment=payment))
-                answer = await exchange.receive(idle_s=PAID_WAIT_S)
+                try:
+                    answer = await exchange.receive(idle_s=PAID_WAIT_S)
+                except RemoteError as exc:
+                    if exc.code == "payment_short" and relied:
+                        # The provider had used what this node counted as credit (a
+                        # payment whose acknowledgement was lost): that credit is
+                        # spent. A new state pays this call, shown with the next one.
+                        await self._money.settle(channel, relied)
+                        await self._money.pay_for(candidate.provider, payee, amounts)
+                    raise
                 if not isinstance(answer, InferPaid):
                     raise SettlementError("the provider did not take the payment")
                 channel = await self._money.settle(channel, amounts, signed, receipt.cumulative)
-            await self._runner.spending.record(
-                receipt.price, candidate.provider, plan.call.hex(), plan.budget
-            )
-            self._runner._acknowledge(
-                candidate.provider, str(channel.terms.stake), plan.ref, plan.call
-            )
         except (SettlementError, P2PError, ValueError) as exc:
+            # A state signed but not taken stays credit: the next call uses it first.
             log.warning(
                 "a model call could not be paid: %s", exc,
                 extra={"peer": candidate.provider, "model": plan.ref, "lamports": receipt.price},
             )  # fmt: skip
-            return 0
-        return receipt.price
+            return ""
+        return str(channel.terms.stake)
 
     def _judge(
         self, plan: _Plan, provider: str, event: str, why: str, latency_ms: float | None = None

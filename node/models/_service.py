@@ -27,7 +27,6 @@ held in memory (a restart forgets it).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from solders.pubkey import Pubkey
 
-from mercato.p2p import Exchange, Keypair, Overlay, Refused, RequestFailed
+from mercato.p2p import Exchange, Keypair, Message, Overlay, Refused, RequestFailed
 from mercato.settlement import PaymentShort, SettlementError
 
 from .._config import ServedModel
@@ -58,15 +57,25 @@ from ._messages import (
     cost,
     request_hash,
 )
-from ._openai import engine_body, parse_chat, tokens_listed
+from ._openai import (
+    ChatRequest,
+    checked_chunk,
+    content_bytes,
+    engine_body,
+    loads_strict,
+    parse_chat,
+    tokens_listed,
+)
 
 if TYPE_CHECKING:
     from mercato.settlement import Channel
 
 log = logging.getLogger("mercato.models")
 
-PAY_WAIT_S = 30.0
+PAY_WAIT_S = 120.0  # the user's node may wait for its own paid task to this node first
+QUEUE_WAIT_S = 60.0  # less than the user's wait for a first frame (INFER.idle_s)
 LISTING_CHECK_S = 1.0
+MAX_BATCH = 64  # chunks in one write
 QUEUE_PER_SLOT = 4  # calls that may wait for each of an engine's slots
 SPEED_ALPHA = 0.3
 
@@ -116,11 +125,23 @@ class _Served:
 
 
 @dataclass
+class _Debt:
+    """What a call costs its user, and whom it pays (the creator's royalty)."""
+
+    price: int
+    royalty_bps: int
+    creator: str
+    prices: tuple[int, int]
+    channel: str = ""  # the channel the user showed
+
+
+@dataclass
 class _Call:
     """What a call has streamed so far."""
 
     hash: StreamHash = field(default_factory=StreamHash)
     listed: int = 0
+    texts: int = 0  # chunks with text
     usage: dict[str, Any] | None = None
     first_at: float | None = None
     error: str = ""
@@ -148,7 +169,8 @@ class ModelService:
         self._served = {
             s.listing: _Served(s, Engine(s), trio.Semaphore(s.concurrency)) for s in served
         }
-        self._unpaid: dict[str, int] = {}  # user peer -> lamports of a call not paid yet
+        self._unpaid: dict[str, list[_Debt]] = {}  # per user: calls delivered, not paid
+        self._inflight: dict[str, int] = {}  # per user: the most its calls in flight cost
         self.served_calls = 0
 
     @property
@@ -230,38 +252,65 @@ class ModelService:
             raise Refused("not_served", "this node does not serve that model")
         if not served.healthy:
             raise Refused("unavailable", "this node's engine for that model is down")
-        input_price, output_price = served.prices()
-        if input_price > request.input_price or output_price > request.output_price:
+        prices = served.prices()  # fixed for the call, whatever the listing does meanwhile
+        if prices[0] > request.input_price or prices[1] > request.output_price:
             raise Refused(
                 "over_price",
-                f"this node asks {input_price} and {output_price} lamports per 1,000 input "
+                f"this node asks {prices[0]} and {prices[1]} lamports per 1,000 input "
                 "and output tokens, over the prices you accept",
             )
         chat, max_tokens = self._checked(request, served)
-        most = cost(chat.input_bound(served.context_length), max_tokens, input_price, output_price)
-        if self._unpaid.get(peer):
-            raise Refused(
-                "unpaid", f"you owe this node {self._unpaid[peer]} lamports for a call: pay it"
-            )
-        channel = await self._channel(peer, request, served, most) if most else None
+        most = cost(chat.input_bound(served.context_length), max_tokens, *prices)
+        debt = _Debt(
+            0, int(served.listing["royalty_bps"]), str(served.listing["publisher"]), prices
+        )
+        if most:
+            await self._channel(peer, request, debt, most)
+        # Held from here until the call is paid or given up: the calls in flight of
+        # one user never need more than its channel has left.
+        self._inflight[peer] = self._inflight.get(peer, 0) + most
+        try:
+            signed = await self._run_call(peer, request, exchange, served, chat, max_tokens, debt)
+            if signed is not None and debt.price:
+                await self._collect(peer, exchange, debt)
+        finally:
+            self._inflight[peer] -= most
+            if not self._inflight[peer]:
+                del self._inflight[peer]
+        self.served_calls += 1
+
+    async def _run_call(
+        self,
+        peer: str,
+        request: InferRequest,
+        exchange: Exchange,
+        served: _Served,
+        chat: ChatRequest,
+        max_tokens: int,
+        debt: _Debt,
+    ) -> bytes | None:
+        """Wait for an engine slot (at most QUEUE_WAIT_S), stream the call, send its
+        receipt; the slot is free again before the payment is waited for."""
         if served.waiting >= QUEUE_PER_SLOT * served.config.concurrency:
             raise Refused("busy", "too many calls wait for this model: try another provider")
         served.waiting += 1
         try:
-            await served.slots.acquire()
+            with trio.move_on_after(QUEUE_WAIT_S) as queued:
+                await served.slots.acquire()
         finally:
             served.waiting -= 1
+        if queued.cancelled_caught:
+            raise Refused("busy", "the engine stayed busy: try another provider")
         served.running += 1
         try:
-            await self._serve(peer, request, exchange, served, channel)
+            return await self._serve(peer, request, exchange, served, chat, max_tokens, debt)
         finally:
             served.running -= 1
             served.slots.release()
-        self.served_calls += 1
 
-    def _checked(self, request: InferRequest, served: _Served) -> tuple[Any, int]:
+    def _checked(self, request: InferRequest, served: _Served) -> tuple[ChatRequest, int]:
         try:
-            chat = parse_chat(json.loads(request.body), need_model=False)
+            chat = parse_chat(loads_strict(request.body), need_model=False)
         except ValueError as exc:  # BadModelRequest is one, and so is bad JSON
             raise Refused("bad_request", f"the chat request is malformed: {exc}") from exc
         max_tokens = min(request.max_tokens, chat.max_tokens or request.max_tokens)
@@ -273,25 +322,47 @@ class ModelService:
             )
         return chat, max_tokens
 
-    async def _channel(
-        self, peer: str, request: InferRequest, served: _Served, most: int
-    ) -> Channel:
-        """The channel the user will pay on, checked on the ledger, with room for ``most``."""
+    async def _channel(self, peer: str, request: InferRequest, debt: _Debt, most: int) -> Channel:
+        """The channel the user will pay on, checked on the ledger, with room for
+        ``most`` beside its other calls in flight. A user who owes calls must show
+        a state that pays them first (``unpaid`` otherwise)."""
         if not request.payment:
             raise Refused("payment_required", f"this model's calls are paid: up to {most}")
-        listing = served.listing or {}
         try:
-            creator = Pubkey.from_string(listing["publisher"])
             channel, _ = await self._money.accept_payment(
-                peer, request.payment, 0, int(listing["royalty_bps"]), creator
+                peer, request.payment, 0, debt.royalty_bps, Pubkey.from_string(debt.creator)
             )
+            channel = await self._settle_debts(peer, request.payment, channel)
+            debt.channel = str(channel.terms.stake)
         except SettlementError as exc:
             raise Refused("bad_payment", str(exc)) from exc
-        if channel.left < most:
+        room = channel.left - self._inflight.get(peer, 0)
+        if room < most:
             raise Refused(
                 "channel_short",
-                f"the channel has {channel.left} lamports left; this call may cost {most}",
+                f"the channel has {room} lamports left beside your calls in flight; this "
+                f"call may cost {most}",
             )
+        return channel
+
+    async def _settle_debts(self, peer: str, payment: bytes, channel: Channel) -> Channel:
+        """Take the calls ``peer`` still owes out of the state it shows; Refused
+        ``unpaid`` (the debts kept) if the state does not cover them."""
+        for owed in list(self._unpaid.get(peer, [])):
+            try:
+                channel, _ = await self._money.accept_payment(
+                    peer, payment, owed.price, owed.royalty_bps, Pubkey.from_string(owed.creator)
+                )
+            except PaymentShort as exc:
+                total = sum(d.price for d in self._unpaid[peer])
+                raise Refused(
+                    "unpaid",
+                    f"you owe this node {total} lamports for calls it served: a state that "
+                    "pays them comes with your next call",
+                ) from exc
+            self._unpaid[peer].remove(owed)
+            log.info("an unpaid call was paid", extra={"peer": peer, "lamports": owed.price})
+        self._unpaid.pop(peer, None)
         return channel
 
     async def _serve(
@@ -300,12 +371,13 @@ class ModelService:
         request: InferRequest,
         exchange: Exchange,
         served: _Served,
-        channel: Channel | None,
-    ) -> None:
+        chat: ChatRequest,
+        max_tokens: int,
+        debt: _Debt,
+    ) -> bytes | None:
         started = time.time()
         call = _Call()
-        body = engine_body(request.body, served.engine.model)
-        body["max_tokens"] = min(request.max_tokens, body.get("max_tokens") or request.max_tokens)
+        body = engine_body(chat, max_tokens, served.engine.model)
         try:
             await self._relay(served, body, exchange, call)
         except EngineRefused as exc:
@@ -323,22 +395,35 @@ class ModelService:
                 self._tasks.beat()
                 raise Refused("unavailable", str(exc)) from exc
             call.error = str(exc)
-        receipt = self._receipt(peer, request, served, call, started, channel)
+        receipt = self._receipt(peer, request, debt, call, started)
+        debt.price = receipt.price
         signed = receipt.sign(self._key)
-        if receipt.price:
-            self._unpaid[peer] = self._unpaid.get(peer, 0) + receipt.price
-        await self._log(receipt, signed, started)
-        await exchange.send(InferEnd(receipt=signed, error=call.error[:512]))
-        if receipt.price:
-            await self._collect(peer, exchange, served, receipt)
+        try:
+            await exchange.send(InferEnd(receipt=signed, error=call.error[:512]))
+        except RequestFailed:
+            return None  # the user went away before the receipt: it owes nothing
+        finally:  # logged whether or not the user heard
+            await self._log(receipt, signed, started)
+        return signed
 
     async def _relay(
         self, served: _Served, body: dict[str, Any], exchange: Exchange, call: _Call
     ) -> None:
-        """Pass the engine's chunks on as they come, counting them."""
-        async with aclosing(served.engine.stream(body)) as chunks:
-            async for data in chunks:
-                await self._pass_on(data, exchange, call)
+        """Pass the engine's chunks on as they come, counting them: what arrived
+        while the last write went out goes in the next one (an engine faster than
+        the stream costs one write per batch, not per token)."""
+        arrived, chunks = trio.open_memory_channel[bytes | Exception](math.inf)
+        failed: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_engine, served.engine, body, arrived)
+            try:
+                await self._pass_on(chunks, exchange, call)
+            except Exception as exc:  # raised as itself below, not in a group
+                failed = exc
+            finally:
+                nursery.cancel_scope.cancel()  # done, or the user is gone: stop the engine
+        if failed is not None:
+            raise failed
         produced = _count((call.usage or {}).get("completion_tokens")) or call.listed
         if call.first_at is not None and produced:
             took = max(time.monotonic() - call.first_at, 1e-3)
@@ -346,39 +431,52 @@ class ModelService:
             old = served.tokens_per_s or speed
             served.tokens_per_s = (1 - SPEED_ALPHA) * old + SPEED_ALPHA * speed
 
-    @staticmethod
-    async def _pass_on(data: bytes, exchange: Exchange, call: _Call) -> None:
-        try:
-            chunk = json.loads(data)
-        except ValueError as exc:
-            raise EngineDown("the engine sent a chunk that is not JSON") from exc
-        if not isinstance(chunk, dict):
-            raise EngineDown("the engine sent a chunk that is not an object")
-        if isinstance(chunk.get("usage"), dict):
-            call.usage = chunk["usage"]
-        call.listed += tokens_listed(chunk)
-        if call.first_at is None:
-            call.first_at = time.monotonic()
-        call.hash.add(data)
-        await exchange.send(InferChunk(data=data))
+    async def _pass_on(
+        self,
+        chunks: trio.MemoryReceiveChannel[bytes | Exception],
+        exchange: Exchange,
+        call: _Call,
+    ) -> None:
+        async for item in chunks:
+            frames: list[Message] = []
+            failed: Exception | None = None
+            while True:
+                if isinstance(item, Exception):
+                    failed = item
+                    break
+                try:
+                    frames.append(InferChunk(data=_counted(item, call)))
+                except EngineDown as exc:  # counted only what is sent
+                    failed = exc
+                    break
+                if len(frames) >= MAX_BATCH:
+                    break
+                try:
+                    item = chunks.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            if frames:
+                await exchange.send_many(frames)
+            if failed is not None:
+                raise failed
 
     def _receipt(
         self,
         peer: str,
         request: InferRequest,
-        served: _Served,
+        debt: _Debt,
         call: _Call,
         started: float,
-        channel: Channel | None,
     ) -> InferReceipt:
-        input_price, output_price = served.prices()
+        input_price, output_price = debt.prices
         usage = call.usage if not call.error else None
         if usage is not None:
             input_tokens = _count(usage.get("prompt_tokens"))
             output_tokens = _count(usage.get("completion_tokens"))
-        else:  # broke off: the tokens delivered, and no input (the engine never said)
-            input_tokens, output_tokens = 0, call.listed
+        else:  # broke off (or an engine that gives no usage): the tokens delivered, no input
+            input_tokens, output_tokens = 0, max(call.listed, call.texts)
         price = cost(input_tokens, output_tokens, input_price, output_price)
+        channel = self._money.book.channels.get(debt.channel) if debt.channel else None
         return InferReceipt(
             call=request.call,
             model=request.model,
@@ -395,44 +493,32 @@ class ModelService:
             outcome="failed" if call.error else "ok",
             wall_ms=int((time.time() - started) * 1000),
             time=int(time.time()),
-            channel=str(channel.terms.stake) if channel else "",
+            channel=debt.channel,
             cumulative=(sum(channel.settled.values()) + price) if channel else 0,
         )
 
-    async def _collect(
-        self, peer: str, exchange: Exchange, served: _Served, receipt: InferReceipt
-    ) -> None:
-        """Take the user's payment for the call just delivered."""
+    async def _collect(self, peer: str, exchange: Exchange, debt: _Debt) -> None:
+        """Take the user's payment for the call just delivered; a call not paid is
+        owed, and its user served again only once a state pays it."""
         try:
             pay = await exchange.receive(idle_s=PAY_WAIT_S)
-        except RequestFailed as exc:
+            if not isinstance(pay, InferPay):
+                raise Refused("bad_payment", "expected the payment for the call")
+            await self._money.accept_payment(
+                peer, pay.payment, debt.price, debt.royalty_bps, Pubkey.from_string(debt.creator)
+            )
+        except (RequestFailed, Refused, SettlementError, ValueError) as exc:
+            self._unpaid.setdefault(peer, []).append(debt)
             log.warning(
                 "a model call was not paid: %s", exc,
-                extra={"peer": peer, "model": receipt.model, "lamports": receipt.price},
+                extra={"peer": peer, "lamports": debt.price},
             )  # fmt: skip
+            if isinstance(exc, PaymentShort):
+                raise Refused("payment_short", str(exc)) from exc
+            if isinstance(exc, Refused | SettlementError | ValueError):
+                raise Refused("bad_payment", str(exc)) from exc
             return
-        if not isinstance(pay, InferPay):
-            raise Refused("bad_payment", "expected the payment for the call")
-        listing = served.listing or {}
-        try:
-            creator = Pubkey.from_string(str(listing.get("publisher", "")))
-            await self._money.accept_payment(
-                peer, pay.payment, receipt.price, int(listing.get("royalty_bps", 0)), creator
-            )
-        except PaymentShort as exc:
-            raise Refused("payment_short", str(exc)) from exc
-        except (SettlementError, ValueError) as exc:
-            raise Refused("bad_payment", str(exc)) from exc
-        owed = self._unpaid.get(peer, 0) - receipt.price
-        if owed > 0:
-            self._unpaid[peer] = owed
-        else:
-            self._unpaid.pop(peer, None)
-        log.info(
-            "model call paid",
-            extra={"peer": peer, "model": receipt.model, "lamports": receipt.price,
-                   "input_tokens": receipt.input_tokens, "output_tokens": receipt.output_tokens},
-        )  # fmt: skip
+        log.info("model call paid", extra={"peer": peer, "lamports": debt.price})
         await exchange.send(InferPaid())
 
     async def _log(self, receipt: InferReceipt, signed: bytes, started: float) -> None:
@@ -445,6 +531,37 @@ class ModelService:
             await self._tasklog.write(record)
         except Exception as exc:
             log.warning("could not record a model call: %s", exc, extra={"call": record.id})
+
+
+async def _read_engine(
+    engine: Engine, body: dict[str, Any], arrived: trio.MemorySendChannel[bytes | Exception]
+) -> None:
+    """Read the engine's chunks into ``arrived``; its error, if any, comes last."""
+    async with arrived:
+        try:
+            async with aclosing(engine.stream(body)) as chunks:
+                async for data in chunks:
+                    arrived.send_nowait(data)
+        except (EngineDown, EngineRefused) as exc:
+            arrived.send_nowait(exc)
+        except Exception as exc:  # anything else the HTTP client raises: a broken engine
+            arrived.send_nowait(EngineDown(f"the engine's answer could not be read: {exc!r}"))
+
+
+def _counted(data: bytes, call: _Call) -> bytes:
+    """Count one engine chunk into ``call``; EngineDown if it is not a JSON object."""
+    try:
+        chunk = checked_chunk(data)
+    except ValueError as exc:
+        raise EngineDown(f"the engine sent a malformed chunk: {exc}") from exc
+    if isinstance(chunk.get("usage"), dict):
+        call.usage = chunk["usage"]
+    call.listed += tokens_listed(chunk)
+    call.texts += 1 if content_bytes(chunk) else 0
+    if call.first_at is None:
+        call.first_at = time.monotonic()
+    call.hash.add(data)
+    return data
 
 
 def _count(value: Any) -> int:

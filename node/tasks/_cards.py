@@ -44,6 +44,11 @@ class CardRejected(Exception):
     """A card that is forged, malformed or out of bounds."""
 
 
+class CardVersion(CardRejected):
+    """A card of a version this node does not know (a newer node's): passed over,
+    the forwarder not blamed."""
+
+
 @dataclass(frozen=True)
 class ModelOffer(Message):
     """One model in a provider's card: what it serves now, at what prices, how fast."""
@@ -71,6 +76,23 @@ class AgentCard(Message):
     wallet: str = field(default="", metadata={"max_len": 64})
     models: list[dict] = field(default_factory=list, metadata={"max_len": 64})
 
+    def to_wire(self) -> dict[str, Any]:
+        """A card that offers no model keeps version 2's form, which every node
+        since version 2 takes (only model providers need version 3)."""
+        out = super().to_wire()
+        if not self.models:
+            del out["models"]
+            out["v"] = 2
+        return out
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> AgentCard:
+        if isinstance(obj, dict) and obj.get("v") == 2 and "models" not in obj:
+            obj = {**obj, "v": cls.VERSION}
+        elif isinstance(obj, dict) and obj.get("v") not in (2, cls.VERSION):
+            raise CardVersion(f"a card of version {obj.get('v')!r}: this node takes 2 and 3")
+        return super().from_wire(obj)
+
     def sign(self, keypair: Keypair) -> bytes:
         body = self.to_wire()
         return canonical_cbor({"card": body, "sig": keypair.sign(CARD_KIND, body)})
@@ -84,6 +106,8 @@ class AgentCard(Message):
             body, sig = obj["card"], obj["sig"]
             card = cls.from_wire(body)
             key = public_key_of_peer(card.provider)
+        except CardVersion:
+            raise
         except (FrameError, MessageError, KeyError, TypeError, ValueError) as exc:
             raise CardRejected(f"not an agent card: {exc}") from exc
         if len(card.prices) != len(card.agents) or any(p < 0 for p in card.prices):
@@ -188,6 +212,8 @@ def card_verdict(cards: CardBook, data: bytes, own_peer: str) -> Verdict:
     (blaming the forwarder only for a forged or malformed card)."""
     try:
         card = AgentCard.verify(data)
+    except CardVersion:
+        return Verdict.IGNORE
     except CardRejected:
         return Verdict.REJECT
     return Verdict.ACCEPT if cards.add(card) or card.provider == own_peer else Verdict.IGNORE

@@ -155,6 +155,18 @@ async def _calls(node: Node, role: str) -> list[Any]:
     return [r for r in await node.tasks.tasklog.recent(100, role) if r.agent.endswith("/tiny-chat")]
 
 
+async def _settled(net: Net, calls: int, roles: tuple[str, ...] = ("user", "provider")) -> None:
+    """Wait until ``calls`` calls are in the task logs: the answer comes first, then
+    the payment and the books (a few milliseconds)."""
+
+    async def logged() -> bool:
+        nodes = {"user": net.user, "provider": net.provider}
+        counts = [len(await _calls(nodes[r], r)) for r in roles]
+        return counts == [calls] * len(roles)
+
+    await until(logged, budget(10), f"{calls} calls in the task logs")
+
+
 @pytest.mark.slow
 async def test_an_openai_client_lists_streams_and_pays_per_token(
     tmp_path: Path, llama_engine: Engine
@@ -191,6 +203,7 @@ async def test_an_openai_client_lists_streams_and_pays_per_token(
         assert extra == {"provider": net.provider.overlay.peer_id, "lamports": want}
 
         # Both sides logged both calls with the engine's counts, signed by the provider.
+        await _settled(net, 2)
         mine = await _calls(net.user, "user")
         theirs = await _calls(net.provider, "provider")
         assert len(mine) == len(theirs) == 2
@@ -331,6 +344,7 @@ async def test_an_engine_that_dies_mid_stream_is_paid_only_for_what_arrived(
 
         pieces, error = await trio.to_thread.run_sync(stream)
         assert pieces and "broke off" in error
+        await _settled(net, 1)
         (row,) = await _calls(net.user, "user")
         (receipt,) = _receipts(net.user, [row])
         # Counted: one token a chunk delivered (what the engine listed), no input.
@@ -361,6 +375,7 @@ async def test_a_provider_whose_engine_is_down_is_passed_over_before_any_token(
             )
         assert whole.choices[0].message.content
         assert (whole.model_extra or {})["mercato"]["provider"] == net.provider.overlay.peer_id
+        await _settled(net, 1)
         (row,) = await _calls(net.user, "user")
         assert row.status == "ok"
         assert [a["provider"] for a in row.attempts] == [dead]
@@ -372,3 +387,54 @@ async def test_a_provider_whose_engine_is_down_is_passed_over_before_any_token(
             return [m["mercato"]["providers"] for m in models] == [1]
 
         await until(withdrawn, budget(30), "the doomed provider to withdraw its offer")
+
+
+@pytest.mark.slow
+async def test_calls_at_once_and_a_caller_that_goes_away_leave_the_books_even(
+    tmp_path: Path, llama_engine: Engine
+) -> None:
+    async with model_network(tmp_path, llama_engine) as net:
+        token = net.user.datadir.token_file.read_text().strip()
+
+        def walk_away() -> None:
+            body = {"model": net.model, "messages": HELLO, "max_tokens": 400, "stream": True}
+            with httpx.stream(
+                "POST", net.user.api_url + "/v1/chat/completions", json=body, timeout=60,
+                headers={"Authorization": f"Bearer {token}"},
+            ) as answer:  # fmt: skip
+                assert answer.status_code == 200
+                next(answer.iter_lines())  # one chunk, then the client hangs up
+
+        await trio.to_thread.run_sync(walk_away)
+        answers: list[Any] = []
+
+        async def one(seed: int) -> None:
+            with net.client() as api:
+                answers.append(
+                    await net.call(
+                        api.chat.completions.create,
+                        model=net.model,
+                        messages=HELLO,
+                        max_tokens=16,
+                        seed=seed,
+                    )  # fmt: skip
+                )
+
+        async with trio.open_nursery() as nursery:  # three at once, on one channel
+            for seed in range(3):
+                nursery.start_soon(one, seed)
+        assert len(answers) == 3 and all(a.choices[0].message.content for a in answers)
+
+        async def even() -> bool:  # every receipt paid, on both sides, and nothing owed
+            mine = [r for r in await _calls(net.user, "user") if r.receipt]
+            (paying,) = net.user.settlement.channels()
+            (paid,) = net.provider.settlement.channels()
+            total = sum(r.price for r in mine)
+            return (
+                len(mine) >= 3
+                and paying["paid"] == total
+                and sum(paid["settled"].values()) == total
+                and not net.provider.model_service._unpaid
+            )
+
+        await until(even, budget(10), "the books of both sides to agree")

@@ -74,4 +74,5 @@ async def chat(api: API, request: Request) -> Any:
             )
         return await api.models.complete(call, chat)
     except ChatFailed as exc:
-        return JSONResponse(exc.body, status_code=exc.status)
+        headers = {} if exc.retry else {"x-should-retry": "false"}
+        return JSONResponse(exc.body, status_code=exc.status, headers=headers)
