@@ -176,27 +176,36 @@ def tiny_vocab() -> tuple[list[str], list[str]]:
 
 
 def write_tiny_gguf(
-    path: Path, *, context_length: int = 512, name: str = "mercato-tiny-random"
+    path: Path,
+    *,
+    context_length: int = 512,
+    name: str = "mercato-tiny-random",
+    embedding: int = EMBEDDING,
+    layers: int = LAYERS,
+    feed_forward: int = FEED_FORWARD,
 ) -> None:
     """Write a tiny llama-architecture GGUF with random (seeded) weights to ``path``.
 
     2 layers, width 64, 4 heads (2 for keys and values), a GPT-2 byte-level BPE
     vocabulary of 500 tokens, F32 tensors: about 600 kB. The same bytes every
     time. ``context_length`` is the model's trained context (``llama.context_length``).
+    ``embedding``, ``layers`` and ``feed_forward`` make a larger (slower) one: width
+    768, 6 layers and 2048 generate about as fast as a real small model on a CPU.
     """
+    width_scale = (EMBEDDING / embedding) ** 0.5  # 1 for the tiny model: its bytes stay
     import gguf  # the test extra's; imported here so that importing this module is cheap
     import numpy as np
 
     tokens, merges = tiny_vocab()
     rng = np.random.default_rng(SEED)
-    head_dim = EMBEDDING // HEADS
+    head_dim = embedding // HEADS
 
     def weight(rows: int, cols: int) -> np.ndarray:
         # numpy's (rows, cols) is ggml's ne = [cols, rows]: rows outputs of cols inputs.
-        return (rng.standard_normal((rows, cols)) * 0.2).astype(np.float32)
+        return (rng.standard_normal((rows, cols)) * 0.2 * width_scale).astype(np.float32)
 
     def ones() -> np.ndarray:
-        return np.ones(EMBEDDING, dtype=np.float32)
+        return np.ones(embedding, dtype=np.float32)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(path, "llama")
@@ -204,9 +213,9 @@ def write_tiny_gguf(
     writer.add_description("random weights, for tests: its output is nonsense")
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_context_length(context_length)
-    writer.add_embedding_length(EMBEDDING)
-    writer.add_block_count(LAYERS)
-    writer.add_feed_forward_length(FEED_FORWARD)
+    writer.add_embedding_length(embedding)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(feed_forward)
     writer.add_head_count(HEADS)
     writer.add_head_count_kv(KV_HEADS)
     writer.add_rope_dimension_count(head_dim)
@@ -225,20 +234,20 @@ def write_tiny_gguf(
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
 
-    writer.add_tensor("token_embd.weight", weight(VOCAB_SIZE, EMBEDDING))
-    for layer in range(LAYERS):
+    writer.add_tensor("token_embd.weight", weight(VOCAB_SIZE, embedding))
+    for layer in range(layers):
         block = f"blk.{layer}"
         writer.add_tensor(f"{block}.attn_norm.weight", ones())
-        writer.add_tensor(f"{block}.attn_q.weight", weight(HEADS * head_dim, EMBEDDING))
-        writer.add_tensor(f"{block}.attn_k.weight", weight(KV_HEADS * head_dim, EMBEDDING))
-        writer.add_tensor(f"{block}.attn_v.weight", weight(KV_HEADS * head_dim, EMBEDDING))
-        writer.add_tensor(f"{block}.attn_output.weight", weight(EMBEDDING, HEADS * head_dim))
+        writer.add_tensor(f"{block}.attn_q.weight", weight(HEADS * head_dim, embedding))
+        writer.add_tensor(f"{block}.attn_k.weight", weight(KV_HEADS * head_dim, embedding))
+        writer.add_tensor(f"{block}.attn_v.weight", weight(KV_HEADS * head_dim, embedding))
+        writer.add_tensor(f"{block}.attn_output.weight", weight(embedding, HEADS * head_dim))
         writer.add_tensor(f"{block}.ffn_norm.weight", ones())
-        writer.add_tensor(f"{block}.ffn_gate.weight", weight(FEED_FORWARD, EMBEDDING))
-        writer.add_tensor(f"{block}.ffn_up.weight", weight(FEED_FORWARD, EMBEDDING))
-        writer.add_tensor(f"{block}.ffn_down.weight", weight(EMBEDDING, FEED_FORWARD))
+        writer.add_tensor(f"{block}.ffn_gate.weight", weight(feed_forward, embedding))
+        writer.add_tensor(f"{block}.ffn_up.weight", weight(feed_forward, embedding))
+        writer.add_tensor(f"{block}.ffn_down.weight", weight(embedding, feed_forward))
     writer.add_tensor("output_norm.weight", ones())
-    writer.add_tensor("output.weight", weight(VOCAB_SIZE, EMBEDDING))
+    writer.add_tensor("output.weight", weight(VOCAB_SIZE, embedding))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -130,6 +130,15 @@ class _Plan:
 
 
 @dataclass(frozen=True)
+class _Caller:
+    """Where a call's events go, and how `start` hears that it has begun."""
+
+    send: trio.MemorySendChannel[CallEvent]
+    receive: trio.MemoryReceiveChannel[CallEvent]
+    task_status: trio.TaskStatus[ModelCall]
+
+
+@dataclass(frozen=True)
 class _Candidate:
     provider: str
     wallet: str
@@ -293,7 +302,7 @@ class ModelRouter:
             with send:
                 for candidate in ranked:
                     tried = candidate.provider
-                    if await self._attempt(plan, candidate, send, receive, task_status):
+                    if await self._attempt(plan, candidate, _Caller(send, receive, task_status)):
                         return
                 why = "; ".join(f"{f['provider'][:16]}…: {f['error']}" for f in plan.failures)
                 raise ModelUnavailable(f"no provider could serve {plan.ref}: {why}")
@@ -308,35 +317,22 @@ class ModelRouter:
         finally:
             self._runner.spending.release(plan.budget)  # what it did not pay is free again
 
-    async def _attempt(
-        self,
-        plan: _Plan,
-        candidate: _Candidate,
-        send: trio.MemorySendChannel[CallEvent],
-        receive: trio.MemoryReceiveChannel[CallEvent],
-        task_status: trio.TaskStatus[ModelCall],
-    ) -> bool:
+    async def _attempt(self, plan: _Plan, candidate: _Candidate, caller: _Caller) -> bool:
         """Ask one provider; True once it streamed (the call is then done with here)."""
         provider = candidate.provider
         # The calls in flight to one provider each hold their most against the
         # channel, so that together they never need more than it has left.
         self._reserved[provider] = self._reserved.get(provider, 0) + candidate.most
         try:
-            return await self._ask(plan, candidate, send, receive, task_status)
+            return await self._ask(plan, candidate, caller)
         finally:
             self._reserved[provider] -= candidate.most
             if not self._reserved[provider]:
                 del self._reserved[provider]
 
-    async def _ask(
-        self,
-        plan: _Plan,
-        candidate: _Candidate,
-        send: trio.MemorySendChannel[CallEvent],
-        receive: trio.MemoryReceiveChannel[CallEvent],
-        task_status: trio.TaskStatus[ModelCall],
-    ) -> bool:
+    async def _ask(self, plan: _Plan, candidate: _Candidate, caller: _Caller) -> bool:
         provider = candidate.provider
+        send = caller.send
         try:
             await self._runner._reach(provider, candidate.addrs)
             payment = await self._show_channel(plan, candidate, self._reserved[provider])
@@ -354,7 +350,9 @@ class ModelRouter:
                 first = await exchange.receive()
                 latency_ms = (time.monotonic() - asked) * 1000
                 plan.streaming = True
-                task_status.started(ModelCall(plan.call_id, plan.ref, provider, receive))
+                caller.task_status.started(
+                    ModelCall(plan.call_id, plan.ref, provider, caller.receive)
+                )
                 await self._stream(plan, candidate, exchange, first, send, latency_ms)
                 return True
         except _CallerGone:  # the stream was reset: the provider stops, nothing is owed

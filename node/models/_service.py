@@ -135,6 +135,19 @@ class _Debt:
     channel: str = ""  # the channel the user showed
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One call as the provider serves it."""
+
+    peer: str
+    request: InferRequest
+    exchange: Exchange
+    served: _Served
+    chat: ChatRequest
+    max_tokens: int
+    debt: _Debt
+
+
 @dataclass
 class _Call:
     """What a call has streamed so far."""
@@ -270,7 +283,8 @@ class ModelService:
         # one user never need more than its channel has left.
         self._inflight[peer] = self._inflight.get(peer, 0) + most
         try:
-            signed = await self._run_call(peer, request, exchange, served, chat, max_tokens, debt)
+            job = _Job(peer, request, exchange, served, chat, max_tokens, debt)
+            signed = await self._run_call(job)
             if signed is not None and debt.price:
                 await self._collect(peer, exchange, debt)
         finally:
@@ -279,18 +293,10 @@ class ModelService:
                 del self._inflight[peer]
         self.served_calls += 1
 
-    async def _run_call(
-        self,
-        peer: str,
-        request: InferRequest,
-        exchange: Exchange,
-        served: _Served,
-        chat: ChatRequest,
-        max_tokens: int,
-        debt: _Debt,
-    ) -> bytes | None:
+    async def _run_call(self, job: _Job) -> bytes | None:
         """Wait for an engine slot (at most QUEUE_WAIT_S), stream the call, send its
         receipt; the slot is free again before the payment is waited for."""
+        served = job.served
         if served.waiting >= QUEUE_PER_SLOT * served.config.concurrency:
             raise Refused("busy", "too many calls wait for this model: try another provider")
         served.waiting += 1
@@ -303,7 +309,7 @@ class ModelService:
             raise Refused("busy", "the engine stayed busy: try another provider")
         served.running += 1
         try:
-            return await self._serve(peer, request, exchange, served, chat, max_tokens, debt)
+            return await self._serve(job)
         finally:
             served.running -= 1
             served.slots.release()
@@ -365,19 +371,17 @@ class ModelService:
         self._unpaid.pop(peer, None)
         return channel
 
-    async def _serve(
-        self,
-        peer: str,
-        request: InferRequest,
-        exchange: Exchange,
-        served: _Served,
-        chat: ChatRequest,
-        max_tokens: int,
-        debt: _Debt,
-    ) -> bytes | None:
+    async def _serve(self, job: _Job) -> bytes | None:
+        peer, request, exchange, served, debt = (
+            job.peer,
+            job.request,
+            job.exchange,
+            job.served,
+            job.debt,
+        )
         started = time.time()
         call = _Call()
-        body = engine_body(chat, max_tokens, served.engine.model)
+        body = engine_body(job.chat, job.max_tokens, served.engine.model)
         try:
             await self._relay(served, body, exchange, call)
         except EngineRefused as exc:

@@ -74,6 +74,10 @@ WARM_CALLS = 5  # pairs of each kind before measuring
 SHORT_TOKENS = 32
 LONG_TOKENS = 256
 SEED = 1
+SMALL_CALLS = 6  # pairs of the small model's streams
+SMALL_TOKENS = 128
+SMALL_CONTEXT = 1024
+SMALL_SHAPE = {"embedding": 768, "layers": 6, "feed_forward": 2048}
 MESSAGES = [{"role": "user", "content": "Say something."}]
 INPUT_PRICE = 1_000  # lamports per 1,000 tokens, as tests/models
 OUTPUT_PRICE = 50_000
@@ -109,13 +113,15 @@ class _Net:
     provider: Node
     user: Node
     model: str
+    small: str
 
 
 @asynccontextmanager
-async def _model_network(root: Path, engine: Engine) -> AsyncIterator[_Net]:
+async def _model_network(root: Path, engine: Engine, small: Engine) -> AsyncIterator[_Net]:
     """A provider serving the tiny model (published by a third key, the creator) from
-    ``engine``, and a user, on one embedded ledger; once the user sees the offer.
-    tests/models/test_models.py's ``model_network``, with the default intervals."""
+    ``engine`` and the small one from ``small``, and a user, on one embedded ledger;
+    once the user sees both offers. tests/models/test_models.py's ``model_network``,
+    with the default intervals."""
     from mercato.node import Config, DataDir, KeyStore, Node, ServedModel, init_data_dir
     from mercato.settlement import open_embedded_ledger
 
@@ -132,13 +138,21 @@ async def _model_network(root: Path, engine: Engine) -> AsyncIterator[_Net]:
         trio.open_nursery() as nursery,
     ):
         creator = KeyStore(dirs[0]).create_account("creator").address
-        ref = f"{creator}/tiny-chat"
-        entry = ServedModel(
-            name="tiny", listing=ref, backend=engine.base_url, engine_model=engine.model
-        )
-        provider = Node(dirs[0], dataclasses.replace(config, models=(entry,)), ledger=ledger)
+        ref, small_ref = f"{creator}/tiny-chat", f"{creator}/small-chat"
+        entries = (
+            ServedModel(
+                name="tiny", listing=ref, backend=engine.base_url, engine_model=engine.model
+            ),
+            ServedModel(
+                name="small", listing=small_ref, backend=small.base_url,
+                engine_model=small.model,
+            ),
+        )  # fmt: skip
+        provider = Node(dirs[0], dataclasses.replace(config, models=entries), ledger=ledger)
         await nursery.start(provider.run)
         await provider.registry.publish("creator", {**MODEL, "name": "tiny-chat"})
+        spec = {**MODEL["model"], "context_length": SMALL_CONTEXT}  # type: ignore[dict-item]
+        await provider.registry.publish("creator", {**MODEL, "name": "small-chat", "model": spec})
         user = Node(dirs[1], config, ledger=ledger)
         await nursery.start(user.run)
         await user.overlay.host.connect(provider.overlay.host.listen_addrs()[0])
@@ -146,11 +160,12 @@ async def _model_network(root: Path, engine: Engine) -> AsyncIterator[_Net]:
         # (nothing to wait on: poll, as tests/models does).
         with trio.fail_after(OFFER_TIMEOUT_S):
             for _ in iter(int, 1):
-                if any(m["id"] == ref for m in (await user.api.models.models())["data"]):
+                offered = {m["id"] for m in (await user.api.models.models())["data"]}
+                if {ref, small_ref} <= offered:
                     break
                 await trio.sleep(0.05)
         try:
-            yield _Net(provider, user, ref)
+            yield _Net(provider, user, ref, small_ref)
         finally:
             for node in (provider, user):
                 node.request_stop()
@@ -274,6 +289,13 @@ def client_main(config: dict[str, Any]) -> dict[str, Any]:
         wholes = _pairs(CALLS, whole)
         firsts = _pairs(CALLS, streamed)
         longs = _pairs(LONG_CALLS, long)
+        # The small model: about as fast as a real small model on a CPU.
+        clients["direct"] = (direct.__class__(base_url=config["small_engine"], **settings),
+                             config["small_engine_model"])  # fmt: skip
+        clients["mercato"] = (through, config["small"])
+        with clients["direct"][0]:
+            _pairs(1, lambda path: streamed(path, SMALL_TOKENS))
+            smalls = _pairs(SMALL_CALLS, lambda path: streamed(path, SMALL_TOKENS))
 
     def rate(s: _Streamed) -> float:
         return s.tokens / s.last_s
@@ -298,6 +320,10 @@ def client_main(config: dict[str, Any]) -> dict[str, Any]:
         "mercato_tokens_per_s": round(mercato_rate),
         "decode_tokens_per_s_ratio": round(mercato_decode / direct_decode, 3),
         "same_output": all(d.tokens == m.tokens for d, m in pairs),
+        "small_model_tokens_per_s_ratio": round(
+            p50(rate(m) for _, m in smalls) / p50(rate(d) for d, _ in smalls), 3
+        ),
+        "small_model_direct_tokens_per_s": round(p50(rate(d) for d, _ in smalls)),
     }
 
 
@@ -313,11 +339,17 @@ def _client_process() -> None:
 async def _run(root: Path, binary: Path) -> dict[str, Any]:
     from engine import running_llama_server, write_tiny_gguf
 
-    model_path = root / "tiny.gguf"
+    model_path, small_path = root / "tiny.gguf", root / "small.gguf"
     await trio.to_thread.run_sync(write_tiny_gguf, model_path)
+    await trio.to_thread.run_sync(
+        lambda: write_tiny_gguf(small_path, context_length=SMALL_CONTEXT, **SMALL_SHAPE)
+    )
     async with (
         running_llama_server(model_path, binary=binary) as engine,
-        _model_network(root, engine) as net,
+        running_llama_server(
+            small_path, binary=binary, alias="small", parallel=1, context_length=SMALL_CONTEXT
+        ) as small,
+        _model_network(root, engine, small) as net,
     ):
         token = net.user.datadir.token_file.read_text().strip()
         config = {
@@ -326,6 +358,9 @@ async def _run(root: Path, binary: Path) -> dict[str, Any]:
             "node": net.user.api_url + "/v1",
             "token": token,
             "model": net.model,
+            "small_engine": small.base_url,
+            "small_engine_model": small.model,
+            "small": net.small,
         }
         with trio.fail_after(CLIENT_TIMEOUT_S):
             done = await trio.run_process(
@@ -341,7 +376,7 @@ async def _run(root: Path, binary: Path) -> dict[str, Any]:
         figures: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
         (channel,) = net.user.settlement.channels()
         calls = await net.user.tasks.tasklog.recent(10_000, "user")
-        paid = [r for r in calls if r.agent == net.model and r.price > 0]
+        paid = [r for r in calls if r.agent in (net.model, net.small) and r.price > 0]
     return {
         **figures,
         "calls": CALLS,
@@ -351,7 +386,11 @@ async def _run(root: Path, binary: Path) -> dict[str, Any]:
         "long_tokens": LONG_TOKENS,
         "paid_calls": len(paid),
         "lamports_paid": channel["paid"],
-        "engine": "llama-server, 1 thread, the tiny random-weight GGUF (scripts/engine.py)",
+        "small_calls": SMALL_CALLS,
+        "small_tokens": SMALL_TOKENS,
+        "engine": "llama-server, 1 thread, the tiny random-weight GGUF (scripts/engine.py); "
+        "small_model_*: a larger random GGUF (width 768, 6 layers, 159 MB), about as fast "
+        "as a real small model on a CPU",
         "client": CLIENT,
         "targets": {
             "overhead_p50_ms": 15,
