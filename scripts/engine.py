@@ -373,6 +373,31 @@ def _timeout_error(engine: Engine, timeout: float) -> EngineError:
     )
 
 
+def _launch(
+    model_path: Path,
+    binary: Path | None,
+    alias: str,
+    threads: int,
+    parallel: int,
+    context_length: int,
+    extra_args: Sequence[str],
+) -> tuple[list[str], int, Path]:
+    """The command line, port and log file of an engine about to start."""
+    found = _require_binary(binary)
+    port = free_port()
+    command = llama_server_command(
+        found,
+        model_path,
+        port=port,
+        alias=alias,
+        threads=threads,
+        parallel=parallel,
+        context_length=context_length,
+        extra_args=extra_args,
+    )
+    return command, port, _log_path(model_path, port)
+
+
 def start_llama_server(
     model_path: Path,
     *,
@@ -390,18 +415,8 @@ def start_llama_server(
     ``start_timeout`` defaults to START_TIMEOUT_S times MERCATO_TEST_TIME_FACTOR; the
     error says why the engine did not come up (the tail of its log).
     """
-    binary = _require_binary(binary)
-    port = free_port()
-    log_path = _log_path(model_path, port)
-    command = llama_server_command(
-        binary,
-        model_path,
-        port=port,
-        alias=alias,
-        threads=threads,
-        parallel=parallel,
-        context_length=context_length,
-        extra_args=extra_args,
+    command, port, log_path = _launch(
+        model_path, binary, alias, threads, parallel, context_length, extra_args
     )
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -455,18 +470,8 @@ async def running_llama_server(
     Arguments as for :func:`start_llama_server`. ``engine.kill()`` inside the
     block kills it abruptly (a backend that dies mid-stream); the exit reaps it.
     """
-    binary = _require_binary(binary)
-    port = free_port()
-    log_path = _log_path(model_path, port)
-    command = llama_server_command(
-        binary,
-        model_path,
-        port=port,
-        alias=alias,
-        threads=threads,
-        parallel=parallel,
-        context_length=context_length,
-        extra_args=extra_args,
+    command, port, log_path = _launch(
+        model_path, binary, alias, threads, parallel, context_length, extra_args
     )
     with log_path.open("wb") as log:
         process = await trio.lowlevel.open_process(

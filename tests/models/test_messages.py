@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 
 import pytest
@@ -121,4 +120,3 @@ def test_a_card_of_an_unknown_version_is_passed_over_and_a_bad_offer_refused() -
     assert card_verdict(CardBook(), newer, "me") is Verdict.IGNORE
     bad = _card(key, [{"t": "model.offer", "v": 1, "model": "p/m"}])
     assert card_verdict(CardBook(), bad.sign(key), "me") is Verdict.REJECT
-    assert json.dumps(ModelOffer("p/m", 1, 2, 3).to_wire())  # plain data on the wire

@@ -417,7 +417,7 @@ async def test_calls_at_once_and_a_caller_that_goes_away_leave_the_books_even(
                         messages=HELLO,
                         max_tokens=16,
                         seed=seed,
-                    )  # fmt: skip
+                    )
                 )
 
         async with trio.open_nursery() as nursery:  # three at once, on one channel

@@ -80,7 +80,7 @@ async def test_a_refusal_an_idle_peer_and_garbage_each_end_the_exchange(open_ove
 
         # A client that waits on a silent server times out.
         async def silent(peer: str, request: Count, exchange: Exchange) -> None:
-            await trio.sleep(10)
+            await trio.sleep_forever()  # never answers
 
         a.requests.serve_exchange(COUNT, silent)
         async with b.requests.exchange(a.peer_id, COUNT, Count(1)) as exchange:
@@ -90,7 +90,7 @@ async def test_a_refusal_an_idle_peer_and_garbage_each_end_the_exchange(open_ove
         # A frame of a type the protocol does not declare is a bad frame, penalised.
         async def liar(peer: str, request: Count, exchange: Exchange) -> None:
             await exchange._stream.write(encode_frame({"ok": {"t": "other", "v": 1}}, 256))
-            await trio.sleep(1)
+            await exchange.receive()  # until the client hangs up
 
         a.requests.serve_exchange(COUNT, liar)
         assert a.peer_id not in b.host._conduct
