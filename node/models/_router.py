@@ -402,15 +402,18 @@ class ModelRouter:
         here on reach the caller as an ``error`` event."""
         seen = StreamHash()
         written = received = 0
-        # A call holds at most a chunk a token (and a few more: role, usage, stop)
-        # of at most MAX_CHUNK bytes each; past that a provider is flooding.
+        # A call holds at most a chunk a token (and a few more: role, usage, stop),
+        # each about 0.4 kB, and 1.7 kB with 20 alternatives a token (llama.cpp);
+        # past a few times that a provider is flooding.
         most_chunks = plan.max_tokens + 16
+        alternatives = int(plan.chat.params.get("top_logprobs", 1))
+        most_bytes = MAX_CHUNK * 4 + most_chunks * 1024 * (2 + alternatives)
         message = first
         try:
             while isinstance(message, InferChunk):
                 seen.add(message.data)
                 received += len(message.data)
-                if seen.chunks > most_chunks or received > MAX_CHUNK * 4 + 256 * most_chunks:
+                if seen.chunks > most_chunks or received > most_bytes:
                     raise BadReceipt("the provider sent more than a call of max_tokens holds")
                 chunk = checked_chunk(message.data)
                 written += content_bytes(chunk)

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 import trio
-from engine import Engine, running_llama_server
+from engine import Engine, running_llama_server, write_tiny_gguf
 from solders.pubkey import Pubkey
 
 from mercato.node import Config, DataDir, KeyStore, Node, ServedModel, init_data_dir
@@ -438,3 +438,33 @@ async def test_calls_at_once_and_a_caller_that_goes_away_leave_the_books_even(
             )
 
         await until(even, budget(10), "the books of both sides to agree")
+
+
+@pytest.mark.slow
+async def test_a_long_answer_is_streamed_whole_and_paid(
+    tmp_path: Path, llama_server_binary: Path
+) -> None:
+    long_model = tmp_path / "long.gguf"
+    await trio.to_thread.run_sync(lambda: write_tiny_gguf(long_model, context_length=4096))
+    async with (
+        running_llama_server(
+            long_model, binary=llama_server_binary, parallel=1, context_length=4096
+        ) as engine,
+        model_network(tmp_path, engine, context_length=4096) as net,
+    ):
+        with net.client() as api:
+            whole = await net.call(
+                api.chat.completions.create,
+                model=net.model,
+                messages=HELLO,
+                max_tokens=3000,
+                seed=2,
+            )
+        # Thousands of chunks of about 0.4 kB: within what a call of 3,000 tokens holds.
+        assert whole.usage is not None and whole.usage.completion_tokens > 1000
+        await _settled(net, 1)
+        (row,) = await _calls(net.user, "user")
+        assert row.status == "ok" and row.output_tokens == whole.usage.completion_tokens
+        assert row.price == cost(
+            whole.usage.prompt_tokens, whole.usage.completion_tokens, INPUT_PRICE, OUTPUT_PRICE
+        )
