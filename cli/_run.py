@@ -15,6 +15,7 @@ from ._commerce import sol
 from ._common import data_dir_option, fail, print_json, read_input, resolve
 
 PROOF_TIMEOUT_S = 60.0  # reads the ledger's history
+MAX_LAMPORTS = 10**15  # a budget, at most (the control API's bound)
 
 
 @click.command("run")
@@ -33,6 +34,13 @@ PROOF_TIMEOUT_S = 60.0  # reads the ledger's history
     type=click.IntRange(min=0),
     metavar="LAMPORTS",
     help="Pay at most this per task (default: the listing's price).",
+)
+@click.option(
+    "--budget",
+    type=click.IntRange(min=0, max=MAX_LAMPORTS),
+    metavar="LAMPORTS",
+    help="The most the whole run may cost, a composite agent's sub-calls included; "
+    "default: its price, so only free sub-calls.",
 )
 @click.option(
     "--yes",
@@ -55,6 +63,7 @@ def run(
     provider: str | None,
     output_file: Path | None,
     max_price: int | None,
+    budget: int | None,
     confirmed: bool,
     idempotency_key: str | None,
     show_receipt: bool,
@@ -69,16 +78,22 @@ def run(
     that fails is replaced by the next. A paid agent is paid through a payment
     channel to the provider, opened on the first payment.
 
-    Runs obey the node's [spending] limits. A run that may cost more than
-    approve_above is quoted first and asked about on the terminal (agent,
-    provider, price); without a terminal it needs --yes. It then runs on that
-    provider at that price.
+    A composite agent calls other agents and models, paid as sub-calls: give
+    it a --budget, the most the whole run may cost; without one only its free
+    sub-calls succeed. The cost and each sub-call (op, target, status, cost,
+    error) are printed on stderr.
+
+    Runs obey the node's [spending] limits, which weigh the budget when there
+    is one. A run that may cost more than approve_above is quoted first and
+    asked about on the terminal (agent, provider, price); without a terminal
+    it needs --yes. It then runs on that provider at that price.
 
     \b
     Example:
       echo "count these words" | mercato run 8Co4.../wordcount --input -
       mercato run 8Co4.../wordcount@^1.0 --input notes.txt --provider 12D3KooW... --receipt
       mercato run 8Co4.../wordcount --input notes.txt --yes --idempotency-key notes-2024-06-01
+      mercato run 8Co4.../summarise --input page.html --budget 50000
     """
     agent, _, version = ref.partition("@")
     if agent.count("/") != 1 or not all(agent.split("/")):
@@ -88,18 +103,20 @@ def run(
     version = version or "*"
     key = idempotency_key
     try:
-        done = client.run_task(agent, version, stdin, provider, max_price, idempotency_key=key)
+        done = client.run_task(
+            agent, version, stdin, provider, max_price, idempotency_key=key, budget=budget
+        )
     except ControlError as exc:
         if exc.code != "approval_needed":
             raise
-        quote = client.quote(agent, version, len(stdin), provider)
+        quote = client.quote(agent, version, len(stdin), provider, budget)
         if max_price is not None and quote["price"] > max_price:
             fail(f"the best quote asks {quote['price']} lamports, over --max-price {max_price}")
         if quote["needs_approval"] and not confirmed:
-            _confirm(agent, quote)
+            _confirm(agent, quote, budget)
         done = client.run_task(
             agent, version, stdin, quote["provider"], quote["price"],
-            approved=True, idempotency_key=key,
+            approved=True, idempotency_key=key, budget=budget,
         )  # fmt: skip
     output = base64.b64decode(done["output"])
     if done.get("upgrade"):
@@ -112,12 +129,34 @@ def run(
     else:
         sys.stdout.buffer.write(output)
         sys.stdout.flush()
+    _tell_subcalls(done)
     if show_receipt:
         shown = {**done["receipt"], "verified": done["verified"]}
         click.echo(json.dumps(shown, indent=2), err=True)
     if done["receipt"]["outcome"] != "ok":
         click.echo(f"the run ended as {done['receipt']['outcome']}", err=True)
         sys.exit(1)
+
+
+def _tell_subcalls(done: dict[str, Any]) -> None:
+    """On stderr, for a run that made sub-calls: what it cost, and each sub-call."""
+    calls = done.get("subcalls") or []
+    if not calls:
+        return
+    price = done["receipt"].get("price", 0)
+    cost = done.get("cost", price)
+    click.echo(f"cost {cost} lamports: price {price}, sub-calls {cost - price}", err=True)
+    for line in subcall_lines(calls):
+        click.echo(line, err=True)
+
+
+def subcall_lines(calls: list[dict[str, Any]]) -> list[str]:
+    """One line per sub-call: op, target, status, cost, and the error if any."""
+    return [
+        f"  {c['op']:<5}  {c['target']}  {c['status_name']}  {c['cost']} lamports"
+        + (f"  ({c['error']})" if c["error"] else "")
+        for c in calls
+    ]
 
 
 def _tell_upgrade(agent: str, upgrade: dict[str, Any]) -> None:
@@ -131,11 +170,13 @@ def _tell_upgrade(agent: str, upgrade: dict[str, Any]) -> None:
     click.echo(f"  buy it with: mercato buy {agent} --plan {first}", err=True)
 
 
-def _confirm(agent: str, quote: dict[str, Any]) -> None:
-    """Ask on the terminal (not stdin, which may carry the input) to pay the quote."""
+def _confirm(agent: str, quote: dict[str, Any], budget: int | None = None) -> None:
+    """Ask on the terminal (not stdin, which may carry the input) to pay the quote,
+    and the sub-calls within ``budget``."""
+    more = f" (the whole run within {budget}, sub-calls included)" if budget else ""
     question = (
         f"Run {agent}@{quote['version']} on {quote['provider']} for {quote['price']} "
-        "lamports? [y/N] "
+        f"lamports{more}? [y/N] "
     )
     try:
         with open("/dev/tty", "r+") as tty:  # the terminal, not stdin
@@ -143,8 +184,9 @@ def _confirm(agent: str, quote: dict[str, Any]) -> None:
             tty.flush()
             answer = tty.readline().strip().lower()
     except OSError:
+        costs = f"may cost {budget}" if budget else f"costs {quote['price']}"
         fail(
-            f"this run costs {quote['price']} lamports, above [spending] approve_above, and "
+            f"this run {costs} lamports, above [spending] approve_above, and "
             "there is no terminal to confirm it on: run again with --yes"
         )
     if answer not in ("y", "yes"):
@@ -267,6 +309,9 @@ def _tokens(task: dict[str, Any]) -> str:
 @click.argument("task_id", metavar="ID")
 def tasks_show(data_dir: Path | None, task_id: str) -> None:
     """Show one task: each side this node saw, its receipt and its failed attempts.
+
+    A composite agent's task lists its sub-calls too: op, target, status,
+    cost, error, provider and signed receipt of each.
 
     \b
     Example:

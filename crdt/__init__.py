@@ -39,6 +39,7 @@ from ._query import encode_result as encode_query_result
 from ._query import verified_listing as verified_listing
 from ._resolve import Resolution as Resolution
 from ._resolve import resolve as resolve
+from ._schema import SUBCALL_LIMITS as SUBCALL_LIMITS
 from ._schema import Listing as Listing
 from ._schema import ModelSpec as ModelSpec
 from ._schema import Plan as Plan
@@ -55,6 +56,7 @@ from ._sync import SyncResponse as SyncResponse
 from ._sync import digest as sync_digest
 
 __all__ = [
+    "SUBCALL_LIMITS",
     "FeedCopy",
     "COMPACTED",
     "DependencyConflict",

@@ -29,6 +29,8 @@ A creator writes a listing in ``MANIFEST.toml``::
     timeout_s = 10
     max_input_bytes = 1048576
     max_output_bytes = 1048576
+    max_subcalls = 16               # calls out (agents, models) one run may make
+    max_depth = 2                   # levels of sub-calls below a run
 
 A listing with plans runs only for holders of a licence or subscription of
 one of them, at the plan's ``run_price`` per run.
@@ -94,7 +96,11 @@ LIMIT_BOUNDS = {
     "timeout_s": (1, 3600),
     "max_input_bytes": (1, 64 * 1024 * 1024),
     "max_output_bytes": (1, 64 * 1024 * 1024),
+    "max_subcalls": (0, 64),  # host calls (agents, models) one run may make
+    "max_depth": (0, 8),  # levels of sub-calls below a run
 }
+# Only present when the creator sets them, so listings that do not keep their bytes.
+SUBCALL_LIMITS = {"max_subcalls": 16, "max_depth": 2}
 DEFAULT_LIMITS = {
     "fuel": 1_000_000_000,
     "memory_mb": 64,
@@ -253,6 +259,8 @@ def _limits(obj: Mapping[str, Any]) -> dict[str, int]:
         )
     merged = {**DEFAULT_LIMITS, **value}
     for key, (low, high) in LIMIT_BOUNDS.items():
+        if key not in merged:
+            continue
         v = merged[key]
         if type(v) is not int or not low <= v <= high:
             raise SchemaError(

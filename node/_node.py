@@ -57,7 +57,7 @@ from .commerce import CommerceService
 from .control import NodeAPI, build_app
 from .gateway import Gateway, GatewayService
 from .mcp import AppBackend, McpEndpoint, build_server
-from .models import ModelRouter, ModelService
+from .models import ModelRouter, ModelService, read_call_receipt
 from .money import SettlementService, open_settlement
 from .registry import RegistryService
 from .tasks import CardBook, CardForwarder, TaskLog, TaskRunner, TaskService
@@ -364,6 +364,10 @@ class Node:
                 overlay, self.registry, cards, money, runner, tasklog, self.config.tasks
             )
             await nursery.start(self._models.run)
+            # The agents this node runs call models through it, and their users'
+            # nodes check those calls' receipts.
+            self._tasks.infer = self._models.call_for
+            runner.readers["infer"] = read_call_receipt
             self.services.append("models")
             if self._gateway is not None:
                 self.gateway = GatewayService(

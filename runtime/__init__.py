@@ -4,7 +4,10 @@ limits, isolated from the daemon process.
 `Sandbox` compiles and runs one module in the calling process (blocking);
 `WorkerPool` runs modules in worker processes for the daemon, so that a crash,
 abort or runaway in wasmtime cannot stop, block or corrupt the node. Every run
-ends in a `RunResult` with an `Outcome` and its `Usage`.
+ends in a `RunResult` with an `Outcome` and its `Usage`. A module may import
+the ``mercato`` host functions (`HOST_MODULE`: ``call``, ``infer``, ``result``;
+runtime/examples/mercato.h): the daemon answers them through the `HostHandler`
+it gives `WorkerPool.run`, with a `HostReply` or a negative `HostStatus`.
 
 May import p2p; must not import node, crdt or settlement.
 """
@@ -13,6 +16,15 @@ from ._errors import InputTooLarge as InputTooLarge
 from ._errors import InvalidModule as InvalidModule
 from ._errors import LimitsError as LimitsError
 from ._errors import SandboxError as SandboxError
+from ._host import HOST_MODULE as HOST_MODULE
+from ._host import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
+from ._host import MAX_REPLY_BYTES as MAX_REPLY_BYTES
+from ._host import MAX_TARGET_BYTES as MAX_TARGET_BYTES
+from ._host import HostCall as HostCall
+from ._host import HostFunction as HostFunction
+from ._host import HostHandler as HostHandler
+from ._host import HostReply as HostReply
+from ._host import HostStatus as HostStatus
 from ._limits import Limits as Limits
 from ._limits import Outcome as Outcome
 from ._limits import RunResult as RunResult
@@ -25,6 +37,15 @@ from ._sandbox import module_key as module_key
 
 __all__ = [
     "ENGINE_KEY",
+    "HOST_MODULE",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_REPLY_BYTES",
+    "MAX_TARGET_BYTES",
+    "HostCall",
+    "HostFunction",
+    "HostHandler",
+    "HostReply",
+    "HostStatus",
     "InputTooLarge",
     "InvalidModule",
     "Limits",

@@ -98,6 +98,9 @@ class RunResult:
     exit_code: int | None = None
     stderr: bytes = b""
     """The first bytes the module wrote to stderr (for the creator's debugging)."""
+    refused: tuple[tuple[str, int, str], ...] = ()
+    """Host calls the sandbox refused itself, never sent to the host: (op, status,
+    message) of the first few (bad arguments, past ``max_calls``)."""
 
     @property
     def ok(self) -> bool:
@@ -111,6 +114,7 @@ class RunResult:
             "detail": self.detail,
             "exit_code": self.exit_code,
             "stderr": self.stderr,
+            "refused": [list(r) for r in self.refused],
         }
 
     @classmethod
@@ -122,4 +126,8 @@ class RunResult:
             detail=str(obj["detail"]),
             exit_code=obj["exit_code"],
             stderr=bytes(obj["stderr"]),
+            refused=tuple(
+                (str(op), int(status), str(message))
+                for op, status, message in obj.get("refused", ())
+            ),
         )

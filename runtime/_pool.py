@@ -10,7 +10,17 @@ on a trio pipe, so the event loop never blocks.
 - A run that outlives its timeout by GRACE_S (the sandbox's own clock failed
   to stop it) has its worker killed: a `timeout` result.
 - Cancelling the caller kills the worker at once (the run stops) and the
-  cancellation propagates; the slot is free again.
+  cancellation propagates; the slot is free again. The same while a host
+  handler is awaited: the handler is cancelled with the run.
+
+Host calls (`mercato.runtime._host`): a run given a ``host`` handler gets its
+module's ``call`` and ``infer`` as frames from the worker, each answered by
+awaiting ``host(call)`` and sending the reply back; the worker itself answers
+bad arguments, calls past ``max_calls`` and, without a handler, NO_HOST. A
+handler gets what remains of the run's wall clock: past it, the guest gets
+TIMEOUT (and the run ends as a timeout). A handler that raises is logged and
+the guest gets UNAVAILABLE; a malformed reply, the same. Handlers never make a
+healthy run look hung: they end before the timeout + GRACE_S guard.
 
 Input larger than the limit raises InputTooLarge before any worker sees it;
 InvalidModule and LimitsError come back from the worker as themselves.
@@ -22,7 +32,7 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,15 +41,27 @@ import cbor2
 import trio
 
 from ._errors import InputTooLarge, InvalidModule, LimitsError, SandboxError
+from ._host import (
+    NO_HOST_MESSAGE,
+    OPS,
+    HostCall,
+    HostHandler,
+    HostReply,
+    HostStatus,
+    checked,
+    failure,
+    too_many,
+)
 from ._limits import Limits, Outcome, RunResult, Usage
 from ._sandbox import Source, module_key
 
 log = logging.getLogger("mercato.runtime")
 
 GRACE_S = 1.0
-MAX_REPLY_BYTES = 128 * 1024 * 1024
+MAX_FRAME_BYTES = 128 * 1024 * 1024
 WORKER_MODULE = "mercato.runtime._worker"
 CHECK_TIMEOUT_S = 30.0  # to compile and link one module
+OUT_OF_TIME = "the run's time ran out while waiting"
 _ERRORS: dict[str, type[SandboxError]] = {
     "InvalidModule": InvalidModule,
     "InputTooLarge": InputTooLarge,
@@ -51,6 +73,10 @@ class WorkerDied(Exception):
     """The worker's pipe closed before it replied."""
 
 
+HostFrames = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+"""Answers the worker's ``{"host": ...}`` frames during a run."""
+
+
 class _Worker:
     def __init__(self, process: trio.Process) -> None:
         self.process = process
@@ -60,13 +86,31 @@ class _Worker:
     def pid(self) -> int:
         return self.process.pid
 
-    async def call(self, request: dict[str, Any]) -> dict[str, Any]:
-        body = cbor2.dumps(request)
-        assert self.process.stdin is not None and self.process.stdout is not None
+    async def call(
+        self, request: dict[str, Any], on_host: HostFrames | None = None
+    ) -> dict[str, Any]:
+        """Send a request and return its reply, answering host frames on the way."""
+        await self._send(request)
+        while True:
+            reply = await self._receive()
+            if "host" not in reply:
+                return reply
+            if on_host is None:
+                raise WorkerDied("a host call outside a run")
+            await self._send(await on_host(reply["host"]))
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        body = cbor2.dumps(frame)
         try:
             await self.process.stdin.send_all(len(body).to_bytes(4, "big") + body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise WorkerDied(str(exc)) from exc
+
+    async def _receive(self) -> dict[str, Any]:
+        try:
             size = int.from_bytes(await self._read(4), "big")
-            if size > MAX_REPLY_BYTES:
+            if size > MAX_FRAME_BYTES:
                 raise WorkerDied(f"a reply of {size} bytes")
             reply = cbor2.loads(await self._read(size))
         except (trio.BrokenResourceError, trio.ClosedResourceError, cbor2.CBORDecodeError) as exc:
@@ -112,6 +156,8 @@ class WorkerPool:
         self.crashes = 0
         self.waiting = 0
         """Runs waiting for a free slot."""
+        self.host_calls = 0
+        """Host calls handed to runs' handlers, in all."""
 
     @property
     def busy(self) -> int:
@@ -141,10 +187,21 @@ class WorkerPool:
         *,
         key: str | None = None,
         name: str = "agent",
+        host: HostHandler | None = None,
+        max_calls: int = 0,
     ) -> RunResult:
-        """Run a module (bytes, or a path to its file) in a worker. See the module docstring."""
+        """Run a module (bytes, or a path to its file) in a worker. ``host`` answers
+        its host calls, at most ``max_calls`` of them. See the module docstring."""
         limits.admit(stdin)
-        request: dict[str, Any] = {"stdin": stdin, "limits": limits.to_wire(), "name": name}
+        if type(max_calls) is not int or max_calls < 0:
+            raise LimitsError("max_calls must be a whole number, 0 or more")
+        request: dict[str, Any] = {
+            "stdin": stdin,
+            "limits": limits.to_wire(),
+            "name": name,
+            "host": host is not None,
+            "max_calls": max_calls,
+        }
         if isinstance(wasm, Path):
             request["path"] = str(wasm)
             request["key"] = key or module_key(await trio.to_thread.run_sync(wasm.read_bytes))
@@ -158,7 +215,8 @@ class WorkerPool:
         finally:
             self.waiting -= 1
         try:
-            return await self._run_on(await self._take_worker(), request, limits)
+            worker = await self._take_worker()
+            return await self._run_on(worker, request, limits, host, max_calls)
         finally:
             self._free.release()
 
@@ -217,12 +275,41 @@ class WorkerPool:
             await worker.stop()
         return await self._spawn()
 
-    async def _run_on(self, worker: _Worker, request: dict[str, Any], limits: Limits) -> RunResult:
+    async def _run_on(
+        self,
+        worker: _Worker,
+        request: dict[str, Any],
+        limits: Limits,
+        host: HostHandler | None,
+        max_calls: int,
+    ) -> RunResult:
         started = time.perf_counter()
+        # Handlers end by this time, so the worker has half the grace left to finish.
+        last_answer = trio.current_time() + limits.timeout_s + GRACE_S / 2
+        calls = 0
+
+        async def on_host(frame: Any) -> dict[str, Any]:
+            nonlocal calls
+            call, remaining_s = _host_call(frame)
+            # The worker's own clock started the run (after compiling): its
+            # remaining time is the run's; the guard's bounds it, for safety.
+            wait = min(remaining_s, last_answer - trio.current_time())
+            if host is None:  # the worker answers these itself: only a confused one asks
+                reply = failure(HostStatus.NO_HOST, NO_HOST_MESSAGE)
+            elif calls >= max_calls:
+                reply = failure(HostStatus.TOO_MANY, too_many(max_calls))
+            elif wait <= 0:
+                reply = failure(HostStatus.TIMEOUT, OUT_OF_TIME)
+            else:
+                calls += 1
+                self.host_calls += 1
+                reply = await _answer(host, call, wait)
+            return {"status": reply.status, "output": reply.output}
+
         healthy = False
         try:
             with trio.move_on_after(limits.timeout_s + GRACE_S):
-                reply = await worker.call(request)
+                reply = await worker.call(request, on_host)
                 healthy = True
             wall_ms = round((time.perf_counter() - started) * 1000, 3)
             if not healthy:
@@ -257,6 +344,33 @@ class WorkerPool:
             await worker.stop()
         self._all.clear()
         self._idle.clear()
+
+
+def _host_call(frame: Any) -> tuple[HostCall, float]:
+    """The call in a worker's host frame, and the wall-clock time its run has left."""
+    try:
+        op, target, payload = frame["op"], frame["target"], frame["payload"]
+        remaining_s = float(frame["remaining_s"])
+    except (TypeError, KeyError, ValueError) as exc:
+        raise WorkerDied("a malformed host frame") from exc
+    if op not in OPS or not isinstance(target, str) or not isinstance(payload, bytes):
+        raise WorkerDied("a malformed host frame")
+    return HostCall(op, target, payload), remaining_s
+
+
+async def _answer(host: HostHandler, call: HostCall, wait: float) -> HostReply:
+    """The handler's reply, bounded by ``wait`` seconds; never an exception but
+    cancellation."""
+    reply: object = None
+    with trio.move_on_after(wait) as scope:
+        try:
+            reply = await host(call)
+        except Exception:  # the daemon's bug: the guest gets an answer, the log the story
+            log.exception("a host handler failed", extra={"op": call.op})
+            return failure(HostStatus.UNAVAILABLE, "the node could not do it (an internal error)")
+    if scope.cancelled_caught:
+        return failure(HostStatus.TIMEOUT, OUT_OF_TIME)
+    return checked(reply)
 
 
 @asynccontextmanager

@@ -17,6 +17,14 @@ inherited environment, no network. Limits:
 - input size (checked before the run) and output size (writes past the limit
   fail with EFBIG and the run ends as output_too_large).
 
+Besides WASI, a module may import the ``mercato`` functions (`mercato.runtime._host`
+states their contract): ``call`` and ``infer`` go to the run's ``host`` function,
+at most ``max_calls`` times; without one they return NO_HOST. The host functions
+are defined once on the shared linker and find the current run through a
+thread-local `Session` (one run at a time per thread), cleared when the run
+ends however it ends. Time in the host counts against the run's wall clock
+(a host that returns past the deadline ends the run as a timeout), not its fuel.
+
 Every run ends in a `RunResult`; only a module that cannot run at all raises
 (`InvalidModule`, `InputTooLarge`).
 """
@@ -36,6 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from wasmtime import (
+    Caller,
     Config,
     Engine,
     ExitTrap,
@@ -54,7 +63,17 @@ from wasmtime import (
 )
 
 from ._cache import ModuleCache
-from ._errors import InvalidModule
+from ._errors import InvalidModule, LimitsError
+from ._host import (
+    FUNCS,
+    HOST_MODULE,
+    DeadlinePassed,
+    HostFunction,
+    HostStatus,
+    Session,
+    func_type,
+    has_type,
+)
 from ._limits import MIB, Limits, Outcome, RunResult, Usage
 
 WASI = "wasi_snapshot_preview1"
@@ -121,6 +140,14 @@ class Sandbox:
         self._linker.define_func(
             WASI, "poll_oneoff", FuncType([ValType.i32()] * 4, [ValType.i32()]), _no_poll
         )
+        for op in ("call", "infer"):
+            self._linker.define_func(
+                HOST_MODULE, op, func_type(op), self._request(op), access_caller=True
+            )
+        self._linker.define_func(
+            HOST_MODULE, "result", func_type("result"), self._result, access_caller=True
+        )
+        self._runs = threading.local()  # .session: the Session of this thread's run
         self.cache = ModuleCache(cache_dir, self.engine, ENGINE_KEY) if cache_dir else None
         self._ready: OrderedDict[str, InstancePre] = OrderedDict()
         self._stop = threading.Event()
@@ -133,6 +160,31 @@ class Sandbox:
 
     def close(self) -> None:
         self._stop.set()
+
+    def remaining_s(self) -> float:
+        """The wall-clock time left to the run in progress on this thread (for a host
+        function that forwards a call: the wait it may allow); 0 outside a run."""
+        session = self._session()
+        return max(0.0, session.deadline - time.monotonic()) if session else 0.0
+
+    def _session(self) -> Session | None:
+        session: Session | None = getattr(self._runs, "session", None)
+        return session
+
+    def _request(self, op: str) -> Callable[..., int]:
+        def request(caller: Caller, *args: int) -> int:
+            session = self._session()
+            if session is None:  # not reachable: a run always has one
+                return int(HostStatus.NO_HOST)
+            return session.request(caller, op, *args)
+
+        return request
+
+    def _result(self, caller: Caller, offset: int, out_ptr: int, out_cap: int) -> int:
+        session = self._session()
+        if session is None:
+            return 0
+        return session.result(caller, offset, out_ptr, out_cap)
 
     # -- modules ---------------------------------------------------------------
 
@@ -172,11 +224,7 @@ class Sandbox:
 
     def _link(self, module: Module) -> InstancePre:
         for item in module.imports:
-            if item.module != WASI:
-                raise InvalidModule(
-                    f"it imports {item.module}.{item.name}, which the sandbox does not offer "
-                    f"(only {WASI})"
-                )
+            _check_import(item.module, item.name, item.type)
         start = next((e for e in module.exports if e.name == "_start"), None)
         if start is None or not isinstance(start.type, FuncType):
             raise InvalidModule("it has no WASI entry point: export a function _start")
@@ -197,13 +245,20 @@ class Sandbox:
         *,
         key: str | None = None,
         name: str = "agent",
+        host: HostFunction | None = None,
+        max_calls: int = 0,
     ) -> RunResult:
-        """Run ``wasm`` once with ``stdin`` under ``limits``. Blocking."""
+        """Run ``wasm`` once with ``stdin`` under ``limits``. Blocking. ``host``
+        answers the module's ``mercato.call`` and ``mercato.infer``, at most
+        ``max_calls`` times; it blocks the run while it works."""
         limits.admit(stdin)
+        if type(max_calls) is not int or max_calls < 0:
+            raise LimitsError("max_calls must be a whole number, 0 or more")
         ready = self.prepare(wasm, key)
         store = Store(self.engine)
         store.set_fuel(limits.fuel)
         store.set_epoch_deadline(max(1, math.ceil(limits.timeout_s / TICK_S)))
+        deadline = time.monotonic() + limits.timeout_s
         store.set_limits(
             memory_size=limits.memory_mb * MIB,
             table_elements=limits.table_elements,
@@ -233,7 +288,11 @@ class Sandbox:
         wasi.stderr_custom = lambda data: (stderr.write(data), len(data))[1]
         store.set_wasi(wasi)
         started = time.perf_counter()
-        outcome, detail, code, memory = self._start(ready, store, limits)
+        session = self._runs.session = Session(host, max_calls, deadline)
+        try:
+            outcome, detail, code, memory = self._start(ready, store, limits)
+        finally:
+            self._runs.session = None
         wall_ms = (time.perf_counter() - started) * 1000
         if stdout.overflowed:
             outcome = Outcome.OUTPUT_TOO_LARGE
@@ -242,7 +301,9 @@ class Sandbox:
         # When the clock interrupts a run, wasmtime has not written its fuel back.
         used = None if outcome is Outcome.TIMEOUT else limits.fuel - remaining
         usage = Usage(fuel=used, wall_ms=round(wall_ms, 3), peak_memory_bytes=memory)
-        return RunResult(outcome, stdout.value(), usage, detail, code, stderr.value())
+        return RunResult(
+            outcome, stdout.value(), usage, detail, code, stderr.value(), tuple(session.refused)
+        )
 
     def _start(
         self, ready: InstancePre, store: Store, limits: Limits
@@ -280,6 +341,8 @@ class Sandbox:
             if exc.trap_code is TrapCode.INTERRUPT:
                 return Outcome.TIMEOUT, f"ran past {limits.timeout_s:g} s", None, peak()
             return self._failed(_trap_text(exc), peak(), limits, None)
+        except DeadlinePassed:  # raised by a host function, re-raised by wasmtime-py
+            return Outcome.TIMEOUT, f"ran past {limits.timeout_s:g} s", None, peak()
         except WasmtimeError as exc:
             text = _reason(exc)
             if instance is None and _over_limits(text):
@@ -303,6 +366,26 @@ class Sandbox:
                 memory,
             )
         return Outcome.TRAP, detail, code, memory
+
+
+def _check_import(module: str, name: str | None, kind: object) -> None:
+    """InvalidModule unless the import is one the sandbox offers, with its type."""
+    if module == WASI:
+        return  # the linker refuses what WASI lacks, naming it
+    if module != HOST_MODULE:
+        raise InvalidModule(
+            f"it imports {module}.{name}, which the sandbox does not offer "
+            f"(only {WASI} and {HOST_MODULE})"
+        )
+    if name not in FUNCS:
+        raise InvalidModule(
+            f"it imports {module}.{name}, which the sandbox does not offer "
+            f"({HOST_MODULE} has {', '.join(FUNCS)})"
+        )
+    if not isinstance(kind, FuncType) or not has_type(kind, name):
+        raise InvalidModule(
+            f"it imports {module}.{name} with the wrong signature: see runtime/examples/mercato.h"
+        )
 
 
 def _over_limits(text: str) -> bool:

@@ -51,6 +51,9 @@ Benchmarks:
             mercato adds to a whole answer (p50 < 15 ms) and to the first streamed
             token (p50 < 20 ms), and its streamed tokens/s over direct (>= 0.95);
             exits 2 without a built llama-server (scripts/build-llama-server)
+  subcall   a composite agent making one sub-call (mercato.call) to the free echo
+            agent on another node, against running echo directly: what the
+            sub-call adds to a task's round trip (subcall_overhead_p50_ms < 15)
 
 ``python scripts/bench.py all`` runs every one of them, each in a fresh
 interpreter, and writes ``bench-results/latest.json`` (every figure, with the
@@ -280,6 +283,12 @@ def bench_models() -> dict[str, Any]:
     return run()
 
 
+def bench_subcall() -> dict[str, Any]:
+    from benchmarks.subcall import run
+
+    return run()
+
+
 def bench_runtime() -> dict[str, Any]:
     from benchmarks.runtime import run
 
@@ -307,6 +316,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "commerce": bench_commerce,
     "x402": bench_x402,
     "models": bench_models,
+    "subcall": bench_subcall,
 }
 
 

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Build the example agents in runtime/examples/*/main.c into their committed
+# Build the example agents in runtime/examples/*/main.c (which may include
+# ../mercato.h, the host functions) into their committed
 # .wasm files, reproducibly: the same sources and toolchain give the same bytes.
 #
 # Toolchain (Debian 12): apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32

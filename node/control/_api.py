@@ -44,7 +44,7 @@ from mercato.p2p import (
     decode_canonical,
     public_key_of_peer,
 )
-from mercato.runtime import InvalidModule, Limits
+from mercato.runtime import HostStatus, InvalidModule, Limits
 
 from .._errors import ControlError, NodeError
 from .._events import event_head, list_events, verify_events
@@ -53,7 +53,15 @@ from ..builds import BuildError, check_cid, responsible
 from ..commerce import LicenceRequired
 from ..models import InferReceipt
 from ..money import channel_info
-from ..tasks import BadReceipt, Budget, Receipt, TaskRecord, prove_receipt
+from ..tasks import (
+    BadReceipt,
+    Budget,
+    Receipt,
+    SubCall,
+    TaskRecord,
+    decode_subcalls,
+    prove_receipt,
+)
 from . import _models as m
 from ._chat import ModelOps
 
@@ -63,6 +71,7 @@ if TYPE_CHECKING:
 MAX_WAITING_RUNS = 8  # runs queued for a slot before `runtime.run` answers busy
 MAX_AIRDROP_LAMPORTS = 1_000 * 10**9
 MAX_USAGE_DAYS = 3660
+MAX_LAMPORTS = 10**15  # a price or budget, at most
 DAY_S = 86_400
 
 
@@ -465,12 +474,21 @@ def _json_body(body: dict[Any, Any]) -> dict[str, Any]:
     return {str(key): _json_safe(value) for key, value in body.items()}
 
 
+def _receipt_body(receipt: Receipt) -> dict[str, Any]:
+    """A task receipt's signed body, its sub-calls (if it lists any) decoded into a
+    list of maps; BadReceipt if they do not decode."""
+    body = receipt.body()
+    if "subcalls" in body:
+        body["subcalls"] = [dataclasses.asdict(c) for c in decode_subcalls(receipt.subcalls)]
+    return body
+
+
 def _receipt_json(receipt: Receipt) -> dict[str, Any]:
-    return _json_body(receipt.body())
+    return _json_body(_receipt_body(receipt))
 
 
 def _task_receipt(data: bytes) -> dict[str, Any]:
-    return Receipt.verify(data).body()
+    return _receipt_body(Receipt.verify(data))
 
 
 ReceiptReader = Callable[[bytes], dict[str, Any]]
@@ -525,6 +543,7 @@ def _task_side(record: TaskRecord, full: bool) -> m.TaskSide:
     if full and signed is not None:
         try:  # checked again: the file could have been tampered with
             out["receipt"] = receipt_json(signed)
+            out["subcalls"] = _logged_subcalls(signed)
         except BadReceipt as exc:
             out["receipt_error"] = f"{exc} (the receipt is shown unchecked)"
             out["receipt"] = _unchecked_body(signed)
@@ -532,18 +551,89 @@ def _task_side(record: TaskRecord, full: bool) -> m.TaskSide:
     return m.TaskSide(**out)
 
 
+def _logged_subcalls(signed: bytes) -> list[m.SubCallView]:
+    """The sub-calls a task log's receipt lists: none for a model call's receipt."""
+    try:
+        receipt = Receipt.verify(signed)
+    except BadReceipt:
+        return []
+    return subcall_views(decode_subcalls(receipt.subcalls))
+
+
+_SUBCALL_RECEIPTS: dict[str, Callable[[bytes], Any]] = {
+    "call": Receipt.verify,
+    "infer": InferReceipt.verify,
+}
+"""How to check the signed receipt of each kind of sub-call, for its provider."""
+
+
+def subcall_views(calls: list[SubCall]) -> list[m.SubCallView]:
+    """A receipt's sub-calls as the API shows them: the status named, and the
+    provider each sub-receipt is signed by ("" if none came or it does not verify)."""
+    return [
+        m.SubCallView(
+            op=c.op,
+            target=c.target,
+            status=c.status,
+            status_name=status_name(c.status),
+            error=c.error,
+            cost=c.cost,
+            provider=_subcall_provider(c),
+            receipt_signed=base64.b64encode(c.receipt).decode(),
+        )
+        for c in calls
+    ]
+
+
+def status_name(status: int) -> str:
+    """``ok`` for 0, else the `HostStatus`'s name in lower case (``unknown`` if none)."""
+    if status == 0:
+        return "ok"
+    try:
+        return HostStatus(status).name.lower()
+    except ValueError:
+        return "unknown"
+
+
+def _subcall_provider(call: SubCall) -> str:
+    verify = _SUBCALL_RECEIPTS.get(call.op)
+    if not call.receipt or verify is None:
+        return ""
+    try:
+        return str(verify(call.receipt).provider)
+    except NodeError:  # BadReceipt: shown without a provider rather than trusted
+        return ""
+
+
 def _request_hash(
-    agent: str, version: str, stdin: bytes, provider: str | None, max_price: int | None
+    agent: str,
+    version: str,
+    stdin: bytes,
+    provider: str | None,
+    max_price: int | None,
+    budget: int | None = None,
 ) -> str:
-    """What an idempotency key stands for: the run's arguments, canonically hashed."""
+    """What an idempotency key stands for: the run's arguments, canonically hashed
+    (a run without a budget hashes as it did before budgets)."""
     asked = {
         "agent": agent,
         "version": version,
         "input": hashlib.sha256(stdin).hexdigest(),
         "provider": provider,
         "max_price": max_price,
+        **({"budget": budget} if budget is not None else {}),
     }
     return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+
+
+def _check_lamports(value: int | None, name: str, what: str) -> None:
+    """400 ``bad_body`` unless ``value`` is None or a whole number of lamports in range."""
+    if value is not None and (type(value) is not int or not 0 <= value <= MAX_LAMPORTS):
+        raise refuse(
+            400,
+            "bad_body",
+            f"{name} is a whole number of lamports from 0 to {MAX_LAMPORTS}: {what}",
+        )
 
 
 _ROLES = ("user", "provider")
@@ -552,12 +642,15 @@ _ROLES = ("user", "provider")
 class TaskOps(_Part):
     """Running agents on providers, and the task log.
 
-    Runs obey ``[spending]``: the price a run may pay (its cap) is the least of
-    ``max_price``, ``max_per_task``, what is left today under ``max_per_day``
-    (today's payments and the caps of the runs in flight counted), and, unless
-    the run is ``approved``, ``approve_above``. A run that cannot fit is refused
-    403: ``over_task_limit``, ``daily_limit`` or ``approval_needed``. Free runs
-    are never refused by them.
+    Runs obey ``[spending]``: what a run may pay is weighed against
+    ``max_per_task``, ``approve_above`` (unless the run is ``approved``) and what
+    is left today under ``max_per_day`` (today's payments and what the runs in
+    flight may still pay counted). That is its ``budget`` when it has one (the
+    most the whole run may cost, a composite agent's sub-calls included), else
+    ``max_price``, else the listed price. A run that cannot fit is refused 403:
+    ``over_task_limit``, ``daily_limit`` or ``approval_needed``; one over what is
+    left today but for its price runs with what is left. Free runs (nothing
+    asked) are never refused by them.
     """
 
     def providers(self, agent: str) -> m.Providers:
@@ -572,30 +665,35 @@ class TaskOps(_Part):
         max_price: int | None = None,
         approved: bool = False,
         idempotency_key: str | None = None,
+        budget: int | None = None,
     ) -> m.TaskDone:
         """Run ``agent`` on the best provider that quotes (or ``provider``), paying
         through a channel when it has a price; the output and receipt are verified.
 
-        ``approved``: a human confirmed this run (it may cost more than
-        ``approve_above``). ``idempotency_key``: a retry with the same key and
-        arguments within 24 h returns the first run's result (waiting for it if it
-        still runs) and never runs or pays again; with other arguments it is
-        refused 409 ``idempotency_conflict``. A run that failed is not kept."""
+        ``budget``: the most the whole run may cost (lamports), a composite agent's
+        sub-calls included; without one it may cost its price alone, and only free
+        sub-calls succeed. ``approved``: a human confirmed this run (it may cost
+        more than ``approve_above``). ``idempotency_key``: a retry with the same key
+        and arguments (budget included) within 24 h returns the first run's result
+        (waiting for it if it still runs) and never runs or pays again; with other
+        arguments it is refused 409 ``idempotency_conflict``. A run that failed is
+        not kept. 400 ``bad_body`` for a max_price or budget out of range."""
         _agent(agent)
-        if max_price is not None and not 0 <= max_price <= 10**15:
-            raise refuse(400, "bad_body", "max_price is a whole number of lamports, 0 or more")
+        _check_lamports(max_price, "max_price", "what one run's price may be")
+        _check_lamports(budget, "budget", "the most the whole run may cost, sub-calls included")
+        asked = (agent, version, stdin, provider, max_price, approved, budget)
         if idempotency_key is None:
-            return await self._run(agent, version, stdin, provider, max_price, approved)
+            return await self._run(*asked)
         if not re.fullmatch(m.IDEMPOTENCY_KEY, idempotency_key):
             raise refuse(
                 400, "bad_body", "idempotency_key is 1 to 128 characters of A-Z a-z 0-9 . _ : -"
             )
         request = await trio.to_thread.run_sync(  # the input may be megabytes
-            _request_hash, agent, version, stdin, provider, max_price
+            _request_hash, agent, version, stdin, provider, max_price, budget
         )
 
         async def first() -> str:
-            done = await self._run(agent, version, stdin, provider, max_price, approved)
+            done = await self._run(*asked)
             return done.model_dump_json()
 
         kept = await self._node.tasks.run_keys.once(idempotency_key, request, first)
@@ -609,41 +707,53 @@ class TaskOps(_Part):
         provider: str | None,
         max_price: int | None,
         approved: bool,
+        budget: int | None,
     ) -> m.TaskDone:
         chosen = await self.reach(provider) if provider is not None else None
         tasks = self._node.tasks
-        cap, budget = await self._admit(agent, max_price, approved)
+        cap, most, held = await self._admit(agent, max_price, approved, budget)
         try:
-            done = await tasks.run_task(agent, version, stdin, chosen, cap, budget)
+            done = await tasks.run_task(agent, version, stdin, chosen, cap, held, most)
         finally:
-            tasks.spending.release(budget)
+            tasks.spending.release(held)
         await self.record(
             "task.completed", {"agent": agent, "provider": done["provider"], "task": done["task"]}
         )
+        receipt: Receipt = done["receipt"]
         return m.TaskDone(
             task=done["task"],
             output=base64.b64encode(done["output"]).decode(),
             provider=done["provider"],
-            receipt=_receipt_json(done["receipt"]),
+            receipt=_receipt_json(receipt),
             verified=done["verified"],
+            cost=receipt.cost,
+            subcalls=subcall_views(done.get("subcalls") or []),
             attempts=done["attempts"],
             licence=done.get("licence") or "",
             upgrade=_upgrade(done.get("upgrade")),
         )
 
     async def _admit(
-        self, agent: str, max_price: int | None, approved: bool
-    ) -> tuple[int | None, Budget]:
-        """The cap a run may pay and its budget, reserved against the day's limit
-        (`release` it when the run ends); refuse a run the limits do not allow."""
+        self, agent: str, max_price: int | None, approved: bool, most: int | None = None
+    ) -> tuple[int | None, int | None, Budget]:
+        """The price a run may pay (its cap), what it may cost in all (``most``: a
+        composite agent's sub-calls included; None: its price alone), and its
+        budget, reserved against the day's limit (`release` it when the run ends);
+        refuse a run the limits do not allow."""
         limits = self._node.config.spending
         publisher, _, name = agent.partition("/")
         listing = await self._node.registry.show(publisher, name)
         listed = int(listing["price"]) if listing and not listing.get("deprecated") else None
-        # What the run may pay without limits: max_price, else the listed price
-        # (else nothing: the runner pays nothing for a listing it does not know).
-        asked = max_price if max_price is not None else (listed or 0)
-        what = f"max_price {asked}" if max_price is not None else f"{agent} costs {asked}"
+        # What the run may pay without limits: its budget, else max_price, else the
+        # listed price (else nothing: the runner pays nothing for a listing it does
+        # not know).
+        if most is not None:
+            asked, what = most, f"the budget of {most}"
+        elif max_price is not None:
+            asked, what = max_price, f"max_price {max_price}"
+        else:
+            asked = listed or 0
+            what = f"{agent} costs {asked}"
         if limits.max_per_task is not None and asked > limits.max_per_task:
             raise refuse(
                 403,
@@ -658,11 +768,11 @@ class TaskOps(_Part):
                 f"{what} lamports: a human must confirm runs above {limits.approve_above} "
                 "lamports ([spending] approve_above). Get a quote (POST /v1/tasks/quote), ask "
                 "your user, then run again with approved=true, the quote's provider and "
-                "max_price set to its price",
+                "max_price set to its price" + (" and the same budget" if most is not None else ""),
             )
         spending = self._node.tasks.spending
         if limits.max_per_day is None or asked == 0:  # free runs are never refused
-            return max_price, Budget(None)
+            return _capped(max_price, most), most, Budget(None)
         async with spending.lock:  # read what is spent and reserved, and reserve, at once
             spent, reserved = await spending.totals(time.time())
             left = max(limits.max_per_day - spent - reserved, 0)
@@ -676,18 +786,29 @@ class TaskOps(_Part):
                 )
             budget = Budget(min(asked, left))
             spending.hold(budget)
-        return budget.limit, budget
+        if most is None:
+            return budget.limit, None, budget
+        return _capped(max_price, budget.limit), budget.limit, budget
 
     async def quote(
-        self, agent: str, version: str = "*", input_size: int = 0, provider: str | None = None
+        self,
+        agent: str,
+        version: str = "*",
+        input_size: int = 0,
+        provider: str | None = None,
+        budget: int | None = None,
     ) -> m.TaskQuote:
         """The best quote a run of ``agent`` would take now, asked as a run asks (a
-        run soon after reuses it), and whether running it needs a human's approval."""
+        run soon after reuses it; with the same ``budget``, for a composite
+        agent's sub-calls), and whether running it needs a human's approval: what
+        it may cost in all (its ``most``) is over ``approve_above``, or the budget
+        is, which a run is weighed by."""
         _agent(agent)
         if type(input_size) is not int or not 0 <= input_size <= 2**40:
             raise refuse(400, "bad_body", "input_size is a whole number of bytes, 0 or more")
+        _check_lamports(budget, "budget", "the most the whole run may cost, sub-calls included")
         chosen = await self.reach(provider) if provider is not None else None
-        quote = await self._node.tasks.best_quote(agent, version, input_size, chosen)
+        quote = await self._node.tasks.best_quote(agent, version, input_size, chosen, budget)
         limits = self._node.config.spending
         shown = await self.spending()
         return m.TaskQuote(
@@ -696,12 +817,15 @@ class TaskOps(_Part):
             cid=quote.cid,
             provider=quote.provider,
             price=quote.price,
+            subcalls_max=quote.subcalls_max,
+            most=quote.most,
             expected_ms=quote.expected_ms,
             load=quote.load,
             creator=quote.creator,
             royalty_bps=quote.royalty_bps,
             expires=quote.expires,
-            needs_approval=limits.approve_above is not None and quote.price > limits.approve_above,
+            needs_approval=limits.approve_above is not None
+            and max(quote.most, budget or 0) > limits.approve_above,
             left_today=shown.left_today,
         )
 
@@ -777,6 +901,14 @@ class TaskOps(_Part):
         if not await self._node.tasks.tasklog.get(task_id):
             raise refuse(404, "unknown_task", f"this node has no task {task_id}")
         return task_id
+
+
+def _capped(max_price: int | None, most: int | None) -> int | None:
+    """The price a run may pay: ``max_price``, and never more than ``most``, what
+    it may cost in all (None: no bound)."""
+    if most is None:
+        return max_price
+    return most if max_price is None else min(max_price, most)
 
 
 def _upgrade(found: dict[str, Any] | None) -> m.Upgrade | None:

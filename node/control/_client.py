@@ -275,7 +275,10 @@ class ControlClient:
         *,
         approved: bool = False,
         idempotency_key: str | None = None,
+        budget: int | None = None,
     ) -> dict[str, Any]:
+        """``budget``: the most the whole run may cost, a composite agent's sub-calls
+        included (default: its price alone)."""
         import base64
 
         body: dict[str, Any] = {
@@ -291,14 +294,23 @@ class ControlClient:
             body["approved"] = True
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
+        if budget is not None:
+            body["budget"] = budget
         return self.request("POST", "/v1/tasks/run", body)
 
     def quote(
-        self, agent: str, version: str = "*", input_size: int = 0, provider: str | None = None
+        self,
+        agent: str,
+        version: str = "*",
+        input_size: int = 0,
+        provider: str | None = None,
+        budget: int | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"agent": agent, "version": version, "input_size": input_size}
         if provider:
             body["provider"] = provider
+        if budget is not None:
+            body["budget"] = budget
         return self.request("POST", "/v1/tasks/quote", body)
 
     def ui_login(self) -> dict[str, Any]:

@@ -314,6 +314,12 @@ class Providers(Response):
     providers: list[dict[str, Any]]
 
 
+BUDGET = (
+    "lamports the whole run may cost, a composite agent's sub-calls included "
+    "(default: its price alone: only free sub-calls)"
+)
+
+
 class TaskBody(Request):
     agent: str = Field(max_length=120, description="PUBLISHER/NAME")
     version: str = Field("*", max_length=64, description="a semver range such as ^1.0.0")
@@ -322,6 +328,7 @@ class TaskBody(Request):
     max_price: int | None = Field(
         None, ge=0, le=10**15, description="lamports a task at most (default: the listing's)"
     )
+    budget: int | None = Field(None, ge=0, le=10**15, description=BUDGET)
     approved: bool = Field(
         False, description="a human confirmed this run, above [spending] approve_above"
     )
@@ -340,6 +347,7 @@ class QuoteBody(Request):
     version: str = Field("*", max_length=64, description="a semver range such as ^1.0.0")
     input_size: int = Field(0, ge=0, le=2**40, description="bytes of the input to run")
     provider: str | None = Field(None, max_length=MAX_PEER_CHARS)
+    budget: int | None = Field(None, ge=0, le=10**15, description=BUDGET)
 
 
 class TaskQuote(Response):
@@ -350,14 +358,19 @@ class TaskQuote(Response):
     cid: str
     provider: str
     price: int = Field(description="lamports")
+    subcalls_max: int = Field(
+        description="lamports its sub-calls may cost at most (0: an agent that calls none, "
+        "or no budget for them)"
+    )
+    most: int = Field(description="lamports the run may cost in all: price + subcalls_max")
     expected_ms: int
     load: float
     creator: str
     royalty_bps: int
     expires: float = Field(description="unix time; the provider honours it until then")
     needs_approval: bool = Field(
-        description="the price is over [spending] approve_above: run with approved=true "
-        "once a human confirmed it"
+        description="most, or the budget asked if more (a run is weighed by its budget), is "
+        "over [spending] approve_above: run with approved=true once a human confirmed it"
     )
     left_today: int | None = Field(description="lamports left under max_per_day, or null")
 
@@ -388,12 +401,29 @@ class Upgrade(Response):
     plans: list[UpgradePlan]
 
 
+class SubCallView(Response):
+    """One call out of a composite agent's run, as its receipt lists it."""
+
+    op: str = Field(description='"call" (an agent) or "infer" (a model)')
+    target: str = Field(description="the listing called, PUBLISHER/NAME")
+    status: int = Field(description="0 if it succeeded, else the HostStatus the agent got")
+    status_name: str = Field(description='"ok", or the status\'s name, e.g. "over_budget"')
+    error: str = Field(description="why it failed; empty if it succeeded")
+    cost: int = Field(description="lamports the user pays for it (0 unless it succeeded)")
+    provider: str = Field(description="the peer that served it, by its receipt; empty if none")
+    receipt_signed: str = Field(description="its provider's signed receipt, base64; or empty")
+
+
 class TaskDone(Response):
     task: str
     output: str = Field(description="base64")
     provider: str
     receipt: dict[str, Any]
     verified: str
+    cost: int = Field(0, description="lamports the run cost in all: its price and its sub-calls'")
+    subcalls: list[SubCallView] = Field(
+        default_factory=list, description="a composite agent's calls out, in order; else empty"
+    )
     attempts: list[dict[str, Any]] = Field(
         description="providers tried before, and why they failed"
     )
@@ -412,6 +442,10 @@ class TaskSide(OpenResponse):
     status: str
     input_tokens: int = Field(0, description="a model call's prompt tokens; 0 for an agent")
     output_tokens: int = Field(0, description="a model call's completion tokens")
+    subcalls: list[SubCallView] = Field(
+        default_factory=list,
+        description="its receipt's sub-calls (a composite agent's); one task's view only",
+    )
 
 
 class Tasks(Response):

@@ -37,7 +37,9 @@ sandboxes) and models. Find a capability with search_listings, look at a listing
 show_listing and at who serves it with list_providers, ask for a price with quote,
 then run_agent: it pays the provider through a payment channel (lamports, on Solana)
 and returns the output with a receipt id (get_task shows the receipt). Prices are in
-lamports (1 SOL = 1,000,000,000). The node's owner sets spending limits; runs above
+lamports (1 SOL = 1,000,000,000). A composite agent calls other agents and models as
+paid sub-calls: give quote and run_agent a `budget` (the most the whole run may cost),
+else only its free sub-calls succeed. The node's owner sets spending limits; runs above
 a threshold need the human's confirmation, which this server asks for. A listing with
 `plans` runs only under a licence or subscription: buy_licence buys one from its
 creator's node, list_licences shows those held, and runs use them on their own."""
@@ -102,12 +104,17 @@ def build_server(backend: Backend, name: str = "mercato") -> MCPServer:
         return await call("GET", f"/v1/providers?{urlencode({'agent': agent})}")
 
     @server.tool(annotations=_read_only())
-    async def quote(agent: str, version: str = "*", input_size: int = 0) -> dict[str, Any]:
+    async def quote(
+        agent: str, version: str = "*", input_size: int = 0, budget: int | None = None
+    ) -> dict[str, Any]:
         """Ask the providers of `agent` (PUBLISHER/NAME) for a price for one run on an
         input of `input_size` bytes, and return the best quote: provider, price in
-        lamports, expected time, and whether the node's owner must confirm it."""
-        body = {"agent": agent, "version": version, "input_size": input_size}
-        return await call("POST", "/v1/tasks/quote", body)
+        lamports, expected time, and whether the node's owner must confirm it. Give the
+        `budget` you will run with (lamports, the whole run): `subcalls_max` is what a
+        composite agent's sub-calls may then cost, `most` the price plus that."""
+        return await call(
+            "POST", "/v1/tasks/quote", _quote_body(agent, version, input_size, budget)
+        )
 
     async def approval(
         agent: str,
@@ -115,11 +122,12 @@ def build_server(backend: Backend, name: str = "mercato") -> MCPServer:
         input_text: str | None = None,
         input_base64: str | None = None,
         max_price: int | None = None,
+        budget: int | None = None,
     ) -> Any:
         """The best quote; a question for the human when it needs their approval.
         (Run before the tool, and again on a retry round of newer protocols.)"""
         size = len(_input(input_text, input_base64))
-        body = {"agent": agent, "version": version, "input_size": size}
+        body = _quote_body(agent, version, size, budget)
         offer: dict[str, Any] = await call("POST", "/v1/tasks/quote", body)
         if max_price is not None and offer["price"] > max_price:
             raise ToolError(
@@ -128,9 +136,11 @@ def build_server(backend: Backend, name: str = "mercato") -> MCPServer:
             )
         if not offer.get("needs_approval"):
             return offer
+        within = f", within a budget of {budget} lamports with its sub-calls" if budget else ""
         return Elicit(
             f"Run {agent} on provider {offer['provider']} for {offer['price']} lamports "
-            f"({offer['price'] / 1e9:.9f} SOL)? It is above the node's approve_above limit.",
+            f"({offer['price'] / 1e9:.9f} SOL){within}? It is above the node's approve_above "
+            "limit.",
             Confirm,
         )
 
@@ -143,17 +153,21 @@ def build_server(backend: Backend, name: str = "mercato") -> MCPServer:
         version: str = "*",
         max_price: int | None = None,
         idempotency_key: str | None = None,
+        budget: int | None = None,
     ) -> dict[str, Any]:
         """Run `agent` (PUBLISHER/NAME) once on the best provider and pay for it.
         Give the input as `input_text` (UTF-8) or `input_base64` (bytes). `max_price`
-        caps what one run may cost (lamports). Pass an `idempotency_key` (any unique
-        string) to retry safely: a retry with the same key returns the first result
-        and never pays twice. A price above the owner's approve_above limit is put to
-        the user first. Returns the output (as text when it is UTF-8, and as
-        base64), the provider, the price paid and the task id of the receipt
-        (get_task, or the resource mercato://task/{id}); for a listing sold by plan,
-        the licence used and `upgrade`, a newer release it does not cover and the
-        plans that do."""
+        caps its price (lamports). `budget` caps what the whole run may cost
+        (lamports), a composite agent's paid sub-calls included; without it only
+        free sub-calls succeed. Pass an `idempotency_key` (any unique string) to
+        retry safely: a retry with the same key returns the first result and never
+        pays twice. A run that may cost more than the owner's approve_above limit
+        is put to the user first. Returns the output (as text when it is UTF-8, and
+        as base64), the provider, the price, `cost` (price plus sub-calls), each
+        sub-call (op, target, status_name, cost, error) and the task id of the
+        receipt (get_task, or the resource mercato://task/{id}); for a listing sold
+        by plan, the licence used and `upgrade`, a newer release it does not cover
+        and the plans that do."""
         stdin = _input(input_text, input_base64)
         body: dict[str, Any] = {
             "agent": agent,
@@ -162,6 +176,8 @@ def build_server(backend: Backend, name: str = "mercato") -> MCPServer:
         }
         if max_price is not None:
             body["max_price"] = max_price
+        if budget is not None:
+            body["budget"] = budget
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
         if not isinstance(answer, AcceptedElicitation):
@@ -173,9 +189,8 @@ def build_server(backend: Backend, name: str = "mercato") -> MCPServer:
                 raise ToolError("the user did not confirm the run; nothing was charged")
             # Confirmed: the quote the user saw (the node keeps it for a while).
             offer = await call(
-                "POST", "/v1/tasks/quote",
-                {"agent": agent, "version": version, "input_size": len(stdin)},
-            )  # fmt: skip
+                "POST", "/v1/tasks/quote", _quote_body(agent, version, len(stdin), budget)
+            )
             body.update(provider=offer["provider"], max_price=offer["price"], approved=True)
         done = await call("POST", "/v1/tasks/run", body)
         return _done(done)
@@ -190,7 +205,8 @@ def build_server(backend: Backend, name: str = "mercato") -> MCPServer:
     @server.tool(annotations=_read_only())
     async def get_task(task_id: str) -> dict[str, Any]:
         """One task: its signed receipt (agent, build, input and output hashes, fuel,
-        time, price, channel) and whether this node verified it."""
+        time, price, channel, sub-calls and what they cost) and whether this node
+        verified it; a composite agent's `subcalls` with their status names."""
         return await call("GET", _task_path(task_id))
 
     @server.tool(annotations=_read_only())
@@ -371,10 +387,16 @@ def _done(done: dict[str, Any]) -> dict[str, Any]:
     except UnicodeDecodeError:
         text = None
     receipt = done.get("receipt") or {}
+    price = receipt.get("price", 0)
     return {
         "task": done["task"],
         "provider": done["provider"],
-        "price": receipt.get("price", 0),
+        "price": price,
+        "cost": done.get("cost", price),
+        "subcalls": [
+            {k: c[k] for k in ("op", "target", "status_name", "cost", "error", "provider")}
+            for c in done.get("subcalls") or []
+        ],
         "output_text": text,
         "output_base64": done["output"],
         "verified": done.get("verified"),
@@ -382,6 +404,13 @@ def _done(done: dict[str, Any]) -> dict[str, Any]:
         "licence": done.get("licence", ""),
         "upgrade": done.get("upgrade"),
     }
+
+
+def _quote_body(agent: str, version: str, input_size: int, budget: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"agent": agent, "version": version, "input_size": input_size}
+    if budget is not None:
+        body["budget"] = budget
+    return body
 
 
 def _listing_path(publisher: str, name: str) -> str:

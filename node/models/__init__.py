@@ -6,7 +6,8 @@ part of OpenAI's chat-completions format this node takes and gives;
 ``_backend.py`` a provider's engine over its OpenAI-compatible HTTP API.
 `ModelService` is the provider's side (``[models]`` engines, their health and
 card offers, the calls); `ModelRouter` the user's (choice, failover before the
-first chunk, the receipt's check, payment).
+first chunk, the receipt's check, payment), and `ModelRouter.call_for` the
+model calls of the agents this node runs (``mercato.infer``).
 
 Imports node's core modules, the tasks, registry and money subpackages,
 mercato.settlement and mercato.p2p; never control.
@@ -31,6 +32,7 @@ from ._openai import usage_of as usage_of
 from ._router import CallEvent as CallEvent
 from ._router import ModelCall as ModelCall
 from ._router import ModelRouter as ModelRouter
+from ._router import read_call_receipt as read_call_receipt
 from ._service import ModelService as ModelService
 
 __all__ = [
@@ -53,5 +55,6 @@ __all__ = [
     "error_body",
     "loads_strict",
     "parse_chat",
+    "read_call_receipt",
     "usage_of",
 ]

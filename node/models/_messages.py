@@ -86,6 +86,13 @@ class InferRequest(Message):
     input_price: int = field(metadata={"min": 0, "max": 10**15})  # the most, per 1,000
     output_price: int = field(metadata={"min": 0, "max": 10**15})
     payment: bytes = field(default=b"", metadata={"max_len": 4096})
+    parent: bytes = field(default=b"", metadata={"max_len": 16})  # the task calling (an agent's)
+
+    def to_wire(self) -> dict[str, Any]:
+        out = super().to_wire()
+        if not self.parent:  # older nodes know no parent
+            del out["parent"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -145,9 +152,13 @@ class InferReceipt:
     time: int
     channel: str = ""
     cumulative: int = 0
+    parent: bytes = b""  # the task whose agent made the call, if an agent made it
 
     def sign(self, keypair: Any) -> bytes:
-        return sign_object(RECEIPT_KIND, asdict(self), keypair)
+        body = asdict(self)
+        if not self.parent:  # a call without one keeps the form it always had
+            del body["parent"]
+        return sign_object(RECEIPT_KIND, body, keypair)
 
     @classmethod
     def verify(cls, data: bytes) -> InferReceipt:

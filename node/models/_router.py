@@ -32,6 +32,7 @@ stream: the provider stops, and nothing is paid for a call without receipt.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import secrets
@@ -43,12 +44,23 @@ import trio
 from solders.pubkey import Pubkey
 
 from mercato.p2p import Overlay, P2PError, RemoteError
+from mercato.runtime import HostStatus
 from mercato.settlement import SettlementError
 
 from .._config import TasksSection
 from ..money import SettlementService, task_amounts
 from ..registry import RegistryService
-from ..tasks import BadReceipt, Budget, CardBook, TaskLog, TaskRecord, TaskRunner, rank
+from ..tasks import (
+    BadReceipt,
+    Budget,
+    CardBook,
+    Charged,
+    SubResult,
+    TaskLog,
+    TaskRecord,
+    TaskRunner,
+    rank,
+)
 from ._messages import (
     INFER,
     MAX_CHUNK,
@@ -67,7 +79,16 @@ from ._messages import (
     cost,
     request_hash,
 )
-from ._openai import ChatRequest, checked_chunk, client_chunk, content_bytes, usage_of
+from ._openai import (
+    Answer,
+    ChatRequest,
+    checked_chunk,
+    client_chunk,
+    content_bytes,
+    loads_strict,
+    parse_chat,
+    usage_of,
+)
 
 log = logging.getLogger("mercato.models")
 
@@ -94,6 +115,10 @@ class CallEvent:
     usage: dict[str, int] | None = None
     lamports: int = 0
     error: str = ""
+    receipt: bytes = b""
+    """The provider's signed receipt, checked (``end``, and ``error`` after one came)."""
+    bad: bool = False
+    """An ``error``: the provider's answer did not hold up (nothing was paid)."""
 
 
 @dataclass
@@ -123,6 +148,8 @@ class _Plan:
     """A provider has streamed: the call is its, and `start` has returned."""
     shown: str = ""
     """The channel shown to the provider (a priced model's): its receipt names it."""
+    parent: bytes = b""
+    """The task whose agent makes the call (`call_for`): its receipt names it."""
 
     @property
     def call_id(self) -> str:
@@ -279,6 +306,34 @@ class ModelRouter:
         ]
         return [by_provider[o.provider] for _, o in rank(offers)]
 
+    # -- a call for an agent -------------------------------------------------------------
+
+    async def call_for(self, model: str, raw: bytes, most: int, parent: bytes) -> SubResult:
+        """A model call for an agent this node runs (``mercato.infer``; a `tasks.Infer`):
+        the request JSON (its ``model`` is ``model``, whatever it says), at most
+        ``most`` lamports, its receipt naming the ``parent`` task; the whole answer
+        as OpenAI's chat completion JSON. Never raises but on cancellation."""
+        try:
+            body = loads_strict(raw)
+            if not isinstance(body, dict):
+                raise ValueError("it is not a JSON object")
+            body["model"], body["stream"] = model, False
+            body.pop("stream_options", None)
+            chat = parse_chat(body)
+        except (ValueError, RecursionError, ModelError) as exc:
+            why = f"the request is not a chat completion request: {exc}"
+            return SubResult(HostStatus.REFUSED, error=why)
+        try:
+            plan = await self.plan(chat, Budget(most))
+            plan.parent = parent
+            call = await self.start(plan)
+        except BadModelRequest as exc:
+            over = exc.code == "over_budget"
+            return SubResult(HostStatus.OVER_BUDGET if over else HostStatus.REFUSED, error=str(exc))
+        except ModelError as exc:
+            return SubResult(HostStatus.UNAVAILABLE, error=str(exc))
+        return await _collected(call, chat)
+
     # -- a call --------------------------------------------------------------------------
 
     async def start(self, plan: _Plan, provider: str | None = None) -> ModelCall:
@@ -344,6 +399,7 @@ class ModelRouter:
                 input_price=candidate.input_price,
                 output_price=candidate.output_price,
                 payment=payment,
+                parent=plan.parent,
             )
             asked = time.monotonic()
             async with self._overlay.requests.exchange(provider, INFER, request) as exchange:
@@ -433,7 +489,7 @@ class ModelRouter:
             await self._overlay.host.penalize(candidate.provider, PENALTY_BAD_RECEIPT, why)
             await self._record(plan, candidate.provider, None, None, why)
             with contextlib.suppress(trio.BrokenResourceError):
-                send.send_nowait(CallEvent("error", error=why + " (nothing was paid)"))
+                send.send_nowait(CallEvent("error", error=why + " (nothing was paid)", bad=True))
             return
         except P2PError as exc:
             why = f"the call broke off: {exc}"
@@ -449,10 +505,15 @@ class ModelRouter:
             if message.error:
                 error = f"the provider's engine broke off: {message.error}"
                 send.send_nowait(
-                    CallEvent("error", usage=usage, lamports=receipt.price, error=error)
-                )
+                    CallEvent(
+                        "error", usage=usage, lamports=receipt.price, error=error,
+                        receipt=message.receipt,
+                    )
+                )  # fmt: skip
             else:
-                send.send_nowait(CallEvent("end", usage=usage, lamports=receipt.price))
+                send.send_nowait(
+                    CallEvent("end", usage=usage, lamports=receipt.price, receipt=message.receipt)
+                )
         stake = await self._pay(plan, candidate, exchange, receipt, message.receipt)
         if stake:
             await self._spent(plan, candidate.provider, receipt.price)
@@ -486,6 +547,8 @@ class ModelRouter:
             raise BadReceipt("the receipt is for another call, user or provider")
         if r.channel != plan.shown:
             raise BadReceipt("the receipt names another channel than the one shown")
+        if r.parent != plan.parent:
+            raise BadReceipt("the receipt names another calling task")
         if r.request_hash != request_hash(plan.chat.wire(plan.max_tokens)):
             raise BadReceipt("the receipt names another request")
         if r.output_hash != seen.digest() or r.chunks != seen.chunks:
@@ -595,3 +658,31 @@ class ModelRouter:
                 await self._log.write(record, standings)
         except Exception as exc:
             log.warning("could not record a model call: %s", exc, extra={"call": record.id})
+
+
+async def _collected(call: ModelCall, chat: ChatRequest) -> SubResult:
+    """A started call's whole answer, for an agent."""
+    answer = Answer(call.id, call.model)
+    with call.events:
+        async for event in call.events:
+            if event.kind == "chunk" and event.chunk is not None:
+                answer.add(event.chunk)
+            elif event.kind == "end":
+                done = answer.completion(event.usage or {}, chat.logprobs)
+                output = json.dumps(done, ensure_ascii=False).encode()
+                return SubResult(0, output, event.receipt, event.lamports)
+            elif event.receipt:  # broke off after a receipt: what came is paid
+                return SubResult(
+                    HostStatus.FAILED, receipt=event.receipt, cost=event.lamports,
+                    error=event.error,
+                )  # fmt: skip
+            else:
+                status = HostStatus.BAD_RECEIPT if event.bad else HostStatus.UNAVAILABLE
+                return SubResult(status, error=event.error)
+    return SubResult(HostStatus.UNAVAILABLE, error="the call ended without an answer")
+
+
+def read_call_receipt(signed: bytes) -> Charged:
+    """A model call's receipt as a sub-call of an agent (a `tasks.ReceiptReader`)."""
+    r = InferReceipt.verify(signed)
+    return Charged(r.call, r.provider, r.user, r.model, r.parent, r.outcome == "ok", r.price)

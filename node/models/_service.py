@@ -499,6 +499,7 @@ class ModelService:
             time=int(time.time()),
             channel=debt.channel,
             cumulative=(sum(channel.settled.values()) + price) if channel else 0,
+            parent=request.parent,
         )
 
     async def _collect(self, peer: str, exchange: Exchange, debt: _Debt) -> None:

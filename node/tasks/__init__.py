@@ -14,7 +14,10 @@ result of runs asked with an idempotency key, so that a retry never runs or
 pays again. `TaskService.offer_here` and `run_here` serve a buyer from outside
 the network (the x402 gateway) with the same runs, receipts and task log.
 `prove_receipt` checks a paid task's receipt against the close of its channel
-on the ledger.
+on the ledger. ``_subcalls.py`` is a composite agent's way out: `SubCalls`
+makes the sub-calls of one run for the provider (agents through `TaskRunner`,
+models through an `Infer` the models part gives), and `check_subcalls`
+checks the receipt's list of them for the user before it pays.
 
 Imports node's core modules, the builds, registry and money subpackages,
 mercato.runtime, mercato.crdt, mercato.settlement and mercato.p2p; never control.
@@ -36,9 +39,11 @@ from ._messages import KeyReused as KeyReused
 from ._messages import NoProvider as NoProvider
 from ._messages import Quote as Quote
 from ._messages import Receipt as Receipt
+from ._messages import SubCall as SubCall
 from ._messages import TaskError as TaskError
 from ._messages import TaskRefused as TaskRefused
 from ._messages import UnknownAgent as UnknownAgent
+from ._messages import decode_subcalls as decode_subcalls
 from ._messages import sign_object as sign_object
 from ._messages import typed_object as typed_object
 from ._messages import verified_object as verified_object
@@ -53,6 +58,11 @@ from ._spending import SCHEMA as _SPENDING_SCHEMA
 from ._spending import Budget as Budget
 from ._spending import SpendLog as SpendLog
 from ._spending import day_start as day_start
+from ._subcalls import Charged as Charged
+from ._subcalls import Infer as Infer
+from ._subcalls import ReceiptReader as ReceiptReader
+from ._subcalls import SubResult as SubResult
+from ._subcalls import check_subcalls as check_subcalls
 
 SCHEMA = _LOG_SCHEMA + _REPUTATION_SCHEMA
 """The task log and the reputation of providers (node migration 6)."""
@@ -65,6 +75,13 @@ __all__ = [
     "SPENDING_SCHEMA",
     "TOKENS_SCHEMA",
     "AgentCard",
+    "Charged",
+    "Infer",
+    "ReceiptReader",
+    "SubCall",
+    "SubResult",
+    "check_subcalls",
+    "decode_subcalls",
     "BadReceipt",
     "Budget",
     "CardBook",

@@ -78,6 +78,7 @@ from ._messages import (
     NoProvider,
     Quote,
     Receipt,
+    SubCall,
     TaskRefused,
     TaskRequest,
     UnknownAgent,
@@ -86,6 +87,7 @@ from ._messages import (
 from ._reputation import ReputationBook
 from ._service import run_limits
 from ._spending import Budget, SpendLog
+from ._subcalls import ReceiptReader, check_subcalls, read_task_receipt
 
 log = logging.getLogger("mercato.tasks")
 
@@ -132,6 +134,7 @@ class _Answer:
     receipt: Receipt
     signed: bytes
     rtt_ms: float
+    subcalls: list[SubCall] = field(default_factory=list)
 
     @property
     def result(self) -> tuple[str, bytes]:
@@ -157,6 +160,17 @@ class _Task:
     budget: Budget = field(default_factory=lambda: Budget(None))  # shared with second opinions
     licence: LicenceRow | None = None  # the licence it runs under (a listing sold by plan)
     size: int | None = None  # the input's size, when only quoting (no input)
+    most: int | None = None  # the most it may cost in all, sub-calls included
+    parent: bytes = b""  # the task whose agent calls it (a sub-call)
+    depth: int = 0  # the levels of sub-calls allowed below it (a sub-call's)
+    verify: bool = True  # second opinions, as the policy says
+    over_cap: set[str] = field(default_factory=set)  # providers that asked too much
+    bad: set[str] = field(default_factory=set)  # providers whose receipts did not hold
+
+    @property
+    def budget_asked(self) -> int:
+        """What the quotes are asked under: the most in all (0: the price alone)."""
+        return self.most or 0
 
     @property
     def input_size(self) -> int:
@@ -198,7 +212,7 @@ class TaskRunner:
         self.reputation = ReputationBook(config.reputation_half_life_h * 3600)
         self.spending = SpendLog(store)
         self.run_keys = RunKeys(store)
-        self._quotes: dict[tuple[str, str, str], _Offered] = {}
+        self._quotes: dict[tuple[str, str, str, int], _Offered] = {}
         self._inflight: dict[str, int] = {}
         # provider -> (when it last kept a payment, how many times lately)
         self._forfeits: dict[str, tuple[float, int]] = {}
@@ -206,6 +220,8 @@ class TaskRunner:
         self._acks, self._acks_out = trio.open_memory_channel[tuple[str, str, str, bytes]](
             ACK_QUEUE
         )
+        self.readers: dict[str, ReceiptReader] = {"call": read_task_receipt}
+        """How to check the receipt of each kind of sub-call (the models part adds ``infer``)."""
 
     async def load(self) -> None:
         await self._store.run(self.reputation.load, self._store.db)
@@ -220,16 +236,27 @@ class TaskRunner:
         provider: str | None = None,
         max_price: int | None = None,
         budget: Budget | None = None,
+        *,
+        most: int | None = None,
+        parent: bytes = b"",
+        depth: int = 0,
+        verify: bool = True,
     ) -> dict[str, Any]:
-        """Run ``agent`` and return ``{task, output, receipt, provider, verified,
-        attempts}``; ``budget`` bounds what it pays in all (second opinions too).
+        """Run ``agent`` and return ``{task, output, receipt, signed, provider,
+        verified, attempts, subcalls}``; ``budget`` bounds what it pays in all
+        (second opinions too). ``most``: what the task may cost in all, a composite
+        agent's sub-calls included (their part is paid once their receipts check
+        out); ``parent`` and ``depth``: a sub-call's calling task and the levels
+        allowed below it; ``verify``: whether second opinions may be asked.
         Raises UnknownAgent, TaskRefused or NoProvider."""
-        listing = await self._listing(agent, version, stdin, max_price, pinned=provider)
+        cap_asked = max_price if max_price is not None else most
+        listing = await self._listing(agent, version, stdin, cap_asked, pinned=provider)
         licence, version, upgrade = await self.licence_for(agent, version, listing)
         # Without a cap, pay no more than the creator lists (nothing, for an unknown listing).
-        cap = max_price if max_price is not None else self._listed_price(listing, licence)
+        cap = cap_asked if cap_asked is not None else self._listed_price(listing, licence)
         task = _Task(agent, version, stdin, provider, cap, listing, budget=budget or Budget(None))
         task.licence = licence
+        task.most, task.parent, task.depth, task.verify = most, parent, depth, verify
         first_id = secrets.token_bytes(16)
         started = time.time()
         answer: _Answer | None = None
@@ -248,6 +275,8 @@ class TaskRunner:
             "task": receipt.task.hex(),  # the one the receipt names (a second opinion's)
             "output": answer.output,
             "receipt": receipt,
+            "signed": answer.signed,
+            "subcalls": answer.subcalls,
             "provider": answer.provider,
             "verified": verified,
             "attempts": task.failures,
@@ -339,7 +368,7 @@ class TaskRunner:
             r = answer.receipt
             record = TaskRecord(
                 r.task.hex(), "user", task.agent, answer.quote.version, answer.provider, me,
-                r.outcome, r.price, started, r.wall_ms, verified, "", task.failures,
+                r.outcome, r.cost, started, r.wall_ms, verified, "", task.failures,
                 answer.signed,
             )  # fmt: skip
         standings = [self.reputation.current(p) for p in task.changed]
@@ -405,19 +434,32 @@ class TaskRunner:
                 )
             return NoProvider(f"no provider of {task.agent} is known: none has sent an agent card")
         said = "; ".join(f"{f['provider'][:16]}…: {f['error']}" for f in task.failures[:4])
-        return NoProvider(f"no provider {did} {task.agent}: {said}")
+        failed = {f["provider"] for f in task.failures}
+        return NoProvider(
+            f"no provider {did} {task.agent}: {said}",
+            over_budget=failed <= task.over_cap,
+            bad_receipts=failed <= task.bad,
+        )
 
     async def best_quote(
-        self, agent: str, version: str, input_size: int, provider: str | None = None
+        self,
+        agent: str,
+        version: str,
+        input_size: int,
+        provider: str | None = None,
+        most: int | None = None,
     ) -> Quote:
         """The quote a run would take now (the best, asked as a run asks), for a
-        caller to show before it runs. The quote is kept for QUOTE_REUSE_S, so a run
-        right after uses it. Raises UnknownAgent, TaskRefused or NoProvider."""
-        listing = await self._listing(agent, version, b"", None, pinned=provider)
+        caller to show before it runs; ``most`` as for `run`. The quote is kept for
+        QUOTE_REUSE_S, so a run right after uses it. Raises UnknownAgent,
+        TaskRefused or NoProvider."""
+        listing = await self._listing(agent, version, b"", most, pinned=provider)
         licence, version, _ = await self.licence_for(agent, version, listing)
         # A pinned provider of a listing unknown here: show its price, whatever it is.
         cap = self._listed_price(listing, licence) if listing is not None else MAX_QUOTED_PRICE
-        task = _Task(agent, version, b"", provider, cap, listing, size=input_size)
+        if most is not None:
+            cap = most
+        task = _Task(agent, version, b"", provider, cap, listing, size=input_size, most=most)
         task.licence = licence
         # A quote that lies counts against its provider here, in memory; it is
         # stored with the next task that changes that provider's standing.
@@ -555,11 +597,13 @@ class TaskRunner:
     async def _quote(
         self, provider: str, addrs: list[str], task: _Task, out: list[_Offered]
     ) -> None:
-        key = (provider, task.agent, task.version)
+        key = _quote_key(provider, task)
         cached = self._quotes.get(key)
         if cached is not None and trio.current_time() - cached.received < QUOTE_REUSE_S:
             if cached.quote.price <= task.cap:
                 out.append(cached)
+            else:
+                task.over_cap.add(provider)
             return
         self._quotes.pop(key, None)
         with trio.move_on_after(QUOTE_TIMEOUT_S) as scope:
@@ -567,7 +611,9 @@ class TaskRunner:
                 await self._reach(provider, addrs)
                 request = TaskRequest(op="quote", agent=task.agent, version=task.version,
                                       input_size=task.input_size,
-                                      licence=self._use(task, provider))  # fmt: skip
+                                      licence=self._use(task, provider),
+                                      budget=task.budget_asked, depth=task.depth,
+                                      parent=task.parent)  # fmt: skip
                 asked = trio.current_time()
                 response = await self._overlay.requests.request(provider, TASK, request)
                 rtt_ms = (trio.current_time() - asked) * 1000
@@ -594,6 +640,7 @@ class TaskRunner:
         self._quotes[key] = offered
         if quote.price > task.cap:  # an honest price, just over the cap
             task.fail(provider, f"asks {quote.price} lamports, over the cap of {task.cap}")
+            task.over_cap.add(provider)
             return
         out.append(offered)
 
@@ -603,6 +650,8 @@ class TaskRunner:
             raise BadReceipt("the quote is another provider's or for another user")
         if quote.agent != task.agent:
             raise BadReceipt("the quote is for another agent")
+        if quote.subcalls_max > max(task.budget_asked - quote.price, 0):
+            raise BadReceipt("the quote lets its sub-calls cost more than the budget asked")
         try:
             if not VersionRange.parse(task.version).matches(Version.parse(quote.version)):
                 raise BadReceipt(f"the quote offers {quote.version}, outside {task.version}")
@@ -641,23 +690,23 @@ class TaskRunner:
         come back good. A paid one holds the provider's paying lock throughout, so
         its states reach the provider in order and a price that bought nothing is
         known as credit before the next task pays."""
-        if offered.quote.price == 0:
+        if offered.quote.most == 0:
             return await self._run_once(offered, task_id, task)
         provider = offered.quote.provider
         when, count = self._forfeits.get(provider, (0.0, 0))
         if count >= 2 and time.monotonic() - when < FORFEIT_COOLDOWN_S:
             task.fail(provider, "it kept payments without serving: not paying it for now")
             return None
-        if not task.budget.allows(offered.quote.price):
+        if not task.budget.allows(offered.quote.most):
             task.fail(
                 provider,
-                f"it asks {offered.quote.price} lamports; this run may pay {task.budget.left} "
-                "more today ([spending] max_per_day)",
+                f"it may cost {offered.quote.most} lamports; this run may pay "
+                f"{task.budget.left} more today ([spending] max_per_day)",
             )
             return None
         async with self._money.paying(provider):
             if trio.current_time() - offered.received > QUOTE_REUSE_S:  # aged in the queue
-                self._quotes.pop((provider, task.agent, task.version), None)
+                self._quotes.pop(_quote_key(provider, task), None)
                 task.requoted.discard(provider)
                 return None
             return await self._run_once(offered, task_id, task)
@@ -674,7 +723,8 @@ class TaskRunner:
         request = TaskRequest(
             op="run", agent=quote.agent, version=quote.version, input_size=len(task.stdin),
             task=task_id, quote=offered.signed, input=task.stdin, max_price=task.cap,
-            payment=payment, licence=self._use(task, provider),
+            payment=payment, licence=self._use(task, provider), budget=task.budget_asked,
+            depth=task.depth, parent=task.parent,
         )  # fmt: skip
         self._inflight[provider] = self._inflight.get(provider, 0) + 1
         started = time.perf_counter()
@@ -683,16 +733,18 @@ class TaskRunner:
                 provider, TASK, request, timeout_s=self._config.timeout_s
             )
             receipt = Receipt.verify(response.receipt)
-            receipt.check(task_id, quote, task.stdin, response.output)
+            receipt.check(task_id, quote, task.stdin, response.output, task.parent)
             stake = str(channel.terms.stake) if channel else ""
             paid = channel.paid if channel else 0
             if receipt.channel != stake or not 0 <= receipt.cumulative <= paid:
                 raise BadReceipt("the receipt names another channel or amount than was paid")
+            subcalls = check_subcalls(receipt, self._declared(task, quote), self.readers)
         except BadReceipt as exc:
+            task.bad.add(provider)
             await self._judge(provider, "bad_receipt", str(exc), task)
             return None
         except RemoteError as exc:
-            self._quotes.pop((provider, task.agent, task.version), None)
+            self._quotes.pop(_quote_key(provider, task), None)
             if exc.code == "payment_short" and channel is not None:
                 # The provider used a price this node counted as credit: it ran a task
                 # whose answer never came back, or it kept a payment and refused. The
@@ -710,7 +762,7 @@ class TaskRunner:
             await self._refused(provider, exc, task)
             return None
         except P2PError as exc:
-            self._quotes.pop((provider, task.agent, task.version), None)
+            self._quotes.pop(_quote_key(provider, task), None)
             why = "timed out" if isinstance(exc, RequestTimeout) else str(exc)
             await self._judge(provider, "failed", why, task)
             return None
@@ -725,9 +777,44 @@ class TaskRunner:
             await self._money.settle(channel, amounts, response.receipt, receipt.cumulative)
             await self._spent(sum(amounts.values()), provider, task_id, task)
             self._forfeits.pop(provider, None)
+            if receipt.subcalls_cost:
+                await self._pay_subcalls(quote, receipt, task_id, task)
             self._acknowledge(provider, str(channel.terms.stake), quote.agent, task_id)
         rtt_ms = (time.perf_counter() - started) * 1000
-        return _Answer(provider, quote, response.output, receipt, response.receipt, rtt_ms)
+        return _Answer(
+            provider, quote, response.output, receipt, response.receipt, rtt_ms, subcalls
+        )
+
+    @staticmethod
+    def _declared(task: _Task, quote: Quote) -> dict[str, str] | None:
+        """The dependencies of the release a quote names, as this node's registry
+        holds them (None if it does not know the release)."""
+        for release in (task.listing or {}).get("releases", []):
+            if release["version"] == quote.version:
+                return dict(release.get("dependencies") or {})
+        return None
+
+    async def _pay_subcalls(
+        self, quote: Quote, receipt: Receipt, task_id: bytes, task: _Task
+    ) -> None:
+        """Pay a composite task's sub-calls, exactly what their checked receipts say
+        (op ``pay``), inside the provider's paying lock. A payment not taken stays
+        credit, which the next payment to that provider uses first."""
+        provider, cost = quote.provider, receipt.subcalls_cost
+        try:
+            payee = Pubkey.from_string(quote.payee)
+            amounts = {payee: cost}
+            payment, channel, _ = await self._money.pay_for(provider, payee, amounts)
+            request = TaskRequest(op="pay", agent=quote.agent, task=task_id, payment=payment)
+            await self._overlay.requests.request(provider, TASK, request, timeout_s=ACK_TIMEOUT_S)
+        except (SettlementError, P2PError, ValueError) as exc:
+            log.warning(
+                "a task's sub-calls could not be paid: %s", exc,
+                extra={"peer": provider, "task": task_id.hex(), "lamports": cost},
+            )  # fmt: skip
+            return
+        await self._money.settle(channel, amounts)
+        await self._spent(cost, provider, task_id, task)
 
     def _acknowledge(self, provider: str, stake: str, agent: str, task_id: bytes) -> None:
         """Queue the acknowledgement of a good receipt (see `send_acks`)."""
@@ -770,7 +857,9 @@ class TaskRunner:
                 )
         except (SettlementError, P2PError) as exc:
             log.warning(
-                "a receipt's acknowledgement failed: the next payment to the provider carries it",
+                "a receipt's acknowledgement failed (the next payment to the provider "
+                "carries it): %s",
+                exc,
                 extra={"peer": provider, "channel": stake, "task": task_id.hex(), "why": str(exc)},
             )
         finally:
@@ -787,8 +876,9 @@ class TaskRunner:
         self, quote: Quote, task: _Task
     ) -> tuple[bytes, Channel | None, dict[Pubkey, int], dict[Pubkey, int]]:
         """For a paid quote: the payment (a channel state) to send with the run, the
-        channel, what the task owes, and the credit the payment relies on."""
-        if quote.price == 0:
+        channel, what the task owes, and the credit the payment relies on. A
+        composite agent's shows a channel with room for its sub-calls' most too."""
+        if quote.most == 0:
             return b"", None, {}, {}
         if task.listing is None:
             raise ChannelError("this node cannot pay for a listing its registry does not know")
@@ -804,7 +894,10 @@ class TaskRunner:
             raise ChannelError("the quote names no wallet to pay") from exc
         me = self._money.wallet.pubkey()
         amounts = task_amounts(quote.price, quote.royalty_bps, payee, creator, me)
-        payment, channel, relied = await self._money.pay_for(quote.provider, payee, amounts)
+        room = sum(amounts.values()) + quote.subcalls_max
+        payment, channel, relied = await self._money.pay_for(
+            quote.provider, payee, amounts, room=room
+        )
         return payment, channel, amounts, relied
 
     async def _judge(
@@ -830,7 +923,10 @@ class TaskRunner:
             return await self._settle(answer, None, task.truth, task)
         standing = self.reputation.get(answer.provider)
         due = standing.ok < self._config.verify_first or random.random() < self._config.verify_rate
-        if not due or task.listing is None:
+        # A composite agent's answer depends on what others answered it (and a
+        # second run would pay its sub-calls again): its receipts vouch for it.
+        composite = bool(self._declared(task, answer.quote)) or bool(answer.receipt.subcalls)
+        if not due or task.listing is None or not task.verify or composite:
             await self._judge(answer.provider, "ok", "", task, answer.rtt_ms)
             return answer, "receipt"
         second = await self._second_opinion(answer, task)
@@ -917,3 +1013,9 @@ class TaskRunner:
         except (BuildError, P2PError, SandboxError, Refused, trio.TooSlowError) as exc:
             log.info("cannot run the build here to check: %s", exc, extra={"cid": cid})
             return None
+
+
+def _quote_key(provider: str, task: _Task) -> tuple[str, str, str, int]:
+    """Quotes are kept per provider, agent, range and budget (a composite agent's
+    quote depends on the budget)."""
+    return (provider, task.agent, task.version, task.budget_asked)

@@ -27,9 +27,17 @@ from typing import TYPE_CHECKING, Any
 import trio
 from solders.pubkey import Pubkey
 
-from mercato.crdt import Version, VersionError, VersionRange
+from mercato.crdt import SUBCALL_LIMITS, Version, VersionError, VersionRange
 from mercato.p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, Verdict
-from mercato.runtime import Limits, LimitsError, Outcome, RunResult, SandboxError, WorkerPool
+from mercato.runtime import (
+    HostHandler,
+    Limits,
+    LimitsError,
+    Outcome,
+    RunResult,
+    SandboxError,
+    WorkerPool,
+)
 from mercato.settlement import Channel, PaymentShort, SettlementError
 
 from .._config import RuntimeSection, ServeSection
@@ -50,6 +58,7 @@ from ._cards import AgentCard, CardBook, card_verdict
 from ._choice import rank
 from ._log import TaskLog, TaskRecord
 from ._messages import (
+    MAX_DEPTH,
     MAX_TASK_OUTPUT,
     TASK,
     BadReceipt,
@@ -59,6 +68,7 @@ from ._messages import (
     TaskResponse,
     digest,
 )
+from ._subcalls import Infer, SubCalls
 
 if TYPE_CHECKING:
     from ._idempotency import RunKeys
@@ -172,6 +182,12 @@ class TaskService:
         self._expected_ms: dict[str, float] = {}
         self.model_offers: Callable[[], list[dict[str, Any]]] = list
         """The models this node serves now, for its card (set by the model service)."""
+        self.infer: Infer | None = None
+        """Model calls for the agents this node runs (set by the models part)."""
+        # What users owe for composite tasks' sub-calls: peer -> task -> lamports,
+        # from the receipt until their ``pay`` (in memory: a restart forgets it).
+        self._owed: dict[str, dict[bytes, int]] = {}
+        self._fronting: dict[str, int] = {}  # peer -> sub-calls' most of its runs in flight
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Answer tasks, follow other providers' cards, and (when this node serves
@@ -330,13 +346,15 @@ class TaskService:
     async def _answer(self, peer: str, request: TaskRequest) -> TaskResponse:
         if request.op == "ack":  # about a channel, whatever this node serves now
             return await self._ack(peer, request)
+        if request.op == "pay":
+            return await self._take_pay(peer, request)
         if request.agent not in self._serving.agents:
             raise Refused("not_served", "this node does not serve that agent")
         if request.op == "quote":
             return await self._quote(peer, request)
         if request.op == "run":
             return await self._run(peer, request)
-        raise Refused("bad_request", f"unknown op {request.op!r}: quote, run or ack")
+        raise Refused("bad_request", f"unknown op {request.op!r}: quote, run, ack or pay")
 
     async def _ack(self, peer: str, request: TaskRequest) -> TaskResponse:
         """A user's acknowledgement of a receipt: the channel's latest payouts signed
@@ -367,6 +385,8 @@ class TaskService:
             expected += FETCH_EXPECTED_MS
         queued = self._runtime.waiting / max(self._runtime.slots, 1)
         price = run_price(listing, entitled)
+        # A composite agent's sub-calls may cost what the budget leaves past its price.
+        subcalls_max = max(request.budget - price, 0) if release.get("dependencies") else 0
         quote = Quote(
             quote=secrets.token_bytes(16),
             agent=request.agent,
@@ -378,10 +398,11 @@ class TaskService:
             expires=time.time() + QUOTE_TTL_S,
             provider=self._overlay.peer_id,
             user=peer,
-            payee=self._money.address if price > 0 else "",
+            payee=self._money.address if price + subcalls_max > 0 else "",
             creator=listing["publisher"],
             royalty_bps=int(listing["royalty_bps"]),
             licence=str(entitled.licence.mint) if entitled else "",
+            subcalls_max=subcalls_max,
         )
         return TaskResponse(quote=quote.sign(self._key))
 
@@ -417,26 +438,40 @@ class TaskService:
             raise Refused("bad_request", "a task id is 16 bytes")
         limits = run_limits(listing, request.input, self._caps)
         paid = await self._paid(peer, request, quote, listing)
+        # Held from here until the run ends: this peer's runs in flight never front
+        # more for sub-calls than its channel has left.
+        self._fronting[peer] = self._fronting.get(peer, 0) + quote.subcalls_max
         try:
-            return await self._serve(peer, request, quote, listing, limits, paid)
+            return await self._serve(peer, request, quote, (listing, release), limits, paid)
         except BaseException:
             if paid is not None:  # it did not run: the price stays the user's credit
                 with trio.CancelScope(shield=True):
                     await self._money.unpay(*paid)
             raise
+        finally:
+            left = self._fronting.get(peer, 0) - quote.subcalls_max
+            if left > 0:
+                self._fronting[peer] = left
+            else:
+                self._fronting.pop(peer, None)
 
     async def _serve(
         self,
         peer: str,
         request: TaskRequest,
         quote: Quote,
-        listing: dict[str, Any],
+        chosen: tuple[dict[str, Any], dict[str, Any]],
         limits: Limits,
         paid: tuple[Channel, dict[Pubkey, int]] | None,
     ) -> TaskResponse:
+        listing, release = chosen
         channel = paid[0] if paid else None
         started = time.time()
-        result = await self._execute(quote.cid, listing, request.input, limits)
+        subcalls = self._subcalls(request, quote, listing, release, limits.timeout_s)
+        result = await self._execute(
+            quote.cid, listing, request.input, limits, subcalls.handle, _max_subcalls(listing)
+        )
+        subcalls.refused(result.refused)
         receipt = Receipt(
             task=request.task,
             agent=request.agent,
@@ -454,18 +489,52 @@ class TaskService:
             quote=quote.quote,
             channel=str(channel.terms.stake) if channel else "",
             cumulative=sum(channel.settled.values()) if channel else 0,
+            parent=request.parent,
+            subcalls=subcalls.encoded(),
+            subcalls_cost=subcalls.cost,
         )
         signed = await self._sign_and_log(receipt, started)
+        if receipt.subcalls_cost:
+            self._owed.setdefault(peer, {})[request.task] = receipt.subcalls_cost
         return TaskResponse(output=result.output, receipt=signed)
 
+    def _subcalls(
+        self,
+        request: TaskRequest,
+        quote: Quote,
+        listing: dict[str, Any],
+        release: dict[str, Any],
+        timeout_s: float,
+    ) -> SubCalls:
+        """The calls out of this run: within the quote's most, and the levels the
+        listing allows below it (fewer if the calling task allows fewer)."""
+        limits = listing.get("limits") or {}
+        depth = min(int(limits.get("max_depth", SUBCALL_LIMITS["max_depth"])), MAX_DEPTH)
+        if request.parent:
+            depth = min(depth, request.depth)
+        return SubCalls(
+            self.runner, self._registry, self.infer, release, request.task,
+            quote.subcalls_max, depth, timeout_s,
+        )  # fmt: skip
+
     async def _execute(
-        self, cid: str, listing: dict[str, Any], stdin: bytes, limits: Limits
+        self,
+        cid: str,
+        listing: dict[str, Any],
+        stdin: bytes,
+        limits: Limits,
+        host: HostHandler | None = None,
+        max_calls: int = 0,
     ) -> RunResult:
-        """Run the build ``cid`` (fetched first if it is not here) on ``stdin``."""
+        """Run the build ``cid`` (fetched first if it is not here) on ``stdin``;
+        ``host`` answers its calls out, at most ``max_calls`` of them."""
         with self._builds.using(cid):
             path = await self._build_path(cid)
             try:
-                result = await self._runtime.run(path, stdin, limits, key=cid, name=listing["name"])
+                result = await self._runtime.run(
+                    path, stdin, limits, key=cid, name=listing["name"], host=host,
+                    max_calls=max_calls,
+                )  # fmt: skip
             except SandboxError as exc:
                 raise Refused("cannot_run", str(exc)) from exc
         if result.outcome is Outcome.CRASHED:  # this node's fault, not the agent's
@@ -546,20 +615,65 @@ class TaskService:
         self, peer: str, request: TaskRequest, quote: Quote, listing: dict[str, Any]
     ) -> tuple[Channel, dict[Pubkey, int]] | None:
         """Nothing runs unpaid: a paid task's state is checked and stored, and the
-        task counted against its channel's credit, first."""
-        if quote.price == 0:
+        task counted against its channel's credit, first. It pays first what the
+        user owes for earlier tasks' sub-calls; a composite agent's channel must
+        have room for its sub-calls' most too."""
+        if quote.most == 0:
             return None
         if not request.payment:
-            raise Refused("payment_required", f"this task costs {quote.price} lamports")
+            raise Refused("payment_required", f"this task may cost {quote.most} lamports")
         try:
             creator = Pubkey.from_string(quote.creator)
-            return await self._money.accept_payment(
+            await self._take_owed(peer, request.payment)
+            paid = await self._money.accept_payment(
                 peer, request.payment, quote.price, quote.royalty_bps, creator
             )
         except PaymentShort as exc:
             raise Refused("payment_short", str(exc)) from exc
         except SettlementError as exc:
             raise Refused("bad_payment", str(exc)) from exc
+        room = paid[0].left - self._fronting.get(peer, 0)
+        if room < quote.subcalls_max:
+            with trio.CancelScope(shield=True):
+                await self._money.unpay(*paid)
+            raise Refused(
+                "channel_short",
+                f"the channel has {room} lamports left beside your runs in flight; this "
+                f"task's sub-calls may cost {quote.subcalls_max}",
+            )
+        return paid
+
+    async def _take_owed(self, peer: str, payment: bytes) -> None:
+        """Take what ``peer`` owes for sub-calls out of the state it shows, task by
+        task, as far as it covers them (the rest stays owed)."""
+        me = self._money.wallet.pubkey()
+        for task, lamports in list(self._owed.get(peer, {}).items()):
+            try:
+                await self._money.accept_payment(peer, payment, lamports, 0, me)
+            except PaymentShort:
+                return
+            del self._owed[peer][task]
+            log.info("owed sub-calls paid", extra={"peer": peer, "lamports": lamports})
+        self._owed.pop(peer, None)
+
+    async def _take_pay(self, peer: str, request: TaskRequest) -> TaskResponse:
+        """A user's payment of a composite task's sub-calls: exactly what its
+        receipt charged them, on the channel the task was paid on."""
+        lamports = self._owed.get(peer, {}).get(request.task)
+        if lamports is None:
+            raise Refused("bad_pay", "this node is owed nothing for that task")
+        try:
+            me = self._money.wallet.pubkey()
+            await self._money.accept_payment(peer, request.payment, lamports, 0, me)
+        except PaymentShort as exc:
+            raise Refused("payment_short", str(exc)) from exc
+        except SettlementError as exc:
+            raise Refused("bad_payment", str(exc)) from exc
+        del self._owed[peer][request.task]
+        if not self._owed[peer]:
+            del self._owed[peer]
+        log.info("sub-calls paid", extra={"peer": peer, "lamports": lamports})
+        return TaskResponse()
 
     # -- user ----------------------------------------------------------------------
 
@@ -571,15 +685,22 @@ class TaskService:
         provider: str | None = None,
         max_price: int | None = None,
         budget: Budget | None = None,
+        most: int | None = None,
     ) -> dict[str, Any]:
-        """Run ``agent`` on another peer (see `TaskRunner.run`)."""
-        return await self.runner.run(agent, version, stdin, provider, max_price, budget)
+        """Run ``agent`` on another peer (see `TaskRunner.run`); ``most``: what it may
+        cost in all, a composite agent's sub-calls included."""
+        return await self.runner.run(agent, version, stdin, provider, max_price, budget, most=most)
 
     async def best_quote(
-        self, agent: str, version: str, input_size: int, provider: str | None = None
+        self,
+        agent: str,
+        version: str,
+        input_size: int,
+        provider: str | None = None,
+        most: int | None = None,
     ) -> Quote:
         """The quote a run of ``agent`` would take now (see `TaskRunner.best_quote`)."""
-        return await self.runner.best_quote(agent, version, input_size, provider)
+        return await self.runner.best_quote(agent, version, input_size, provider, most)
 
     @property
     def spending(self) -> SpendLog:
@@ -612,3 +733,8 @@ class TaskService:
             for c in cards
         ]
         return sorted(out, key=lambda c: (-c["score"], c["provider"]))
+
+
+def _max_subcalls(listing: dict[str, Any]) -> int:
+    limits = listing.get("limits") or {}
+    return int(limits.get("max_subcalls", SUBCALL_LIMITS["max_subcalls"]))

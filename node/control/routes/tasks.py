@@ -30,8 +30,9 @@ async def providers(
     response_model=m.TaskDone,
     responses=errors(403, 404, 409, 502, body=True),
     summary="Run an agent on the best provider that quotes (or the one given), retrying "
-    "on failure; the receipt and output are verified here. Within [spending] limits; "
-    "with an idempotency key (body or Idempotency-Key header) a retry never runs twice.",
+    "on failure; the receipt and output are verified here. Within [spending] limits (a "
+    "budget, for a composite agent's sub-calls, counts in full); with an idempotency key "
+    "(body or Idempotency-Key header) a retry never runs twice.",
 )
 async def run(
     api: API,
@@ -45,19 +46,22 @@ async def run(
     if body.idempotency_key and idempotency_key and body.idempotency_key != idempotency_key:
         raise refuse(400, "bad_body", "idempotency_key and the Idempotency-Key header differ")
     return await api.tasks.run(
-        body.agent, body.version, stdin, body.provider, body.max_price, body.approved, key
-    )
+        body.agent, body.version, stdin, body.provider, body.max_price, body.approved, key,
+        budget=body.budget,
+    )  # fmt: skip
 
 
 @router.post(
     "/v1/tasks/quote",
     response_model=m.TaskQuote,
     responses=errors(404, 502, body=True),
-    summary="The best quote a run would take now, and whether it needs a human's approval "
-    "([spending] approve_above).",
+    summary="The best quote a run would take now (with a budget: what its sub-calls may "
+    "cost too), and whether it needs a human's approval ([spending] approve_above).",
 )
 async def quote(api: API, body: m.QuoteBody) -> m.TaskQuote:
-    return await api.tasks.quote(body.agent, body.version, body.input_size, body.provider)
+    return await api.tasks.quote(
+        body.agent, body.version, body.input_size, body.provider, body.budget
+    )
 
 
 @router.get(

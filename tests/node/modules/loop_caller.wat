@@ -1,0 +1,78 @@
+;; loop: the input is TARGET, a newline, then PAYLOAD. It calls TARGET with PAYLOAD
+;; until a call fails, then writes how many succeeded, the failure's status and
+;; its message.
+(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "mercato" "call" (func $call (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "mercato" "result" (func $result (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 4)
+  ;; 0: an iovec; 16: counts; 1024: the input (64 KiB); 70000: a result (64 KiB);
+  ;; 140000: a number's text.
+  (func $read_all (result i32)
+    (local $n i32) (local $got i32)
+    (block $done (loop $more
+      (i32.store (i32.const 0) (i32.add (i32.const 1024) (local.get $n)))
+      (i32.store (i32.const 4) (i32.sub (i32.const 65536) (local.get $n)))
+      (br_if $done (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 16)))
+      (local.set $got (i32.load (i32.const 16)))
+      (br_if $done (i32.eqz (local.get $got)))
+      (local.set $n (i32.add (local.get $n) (local.get $got)))
+      (br_if $done (i32.ge_u (local.get $n) (i32.const 65536)))
+      (br $more)))
+    (local.get $n))
+  (func $write (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16))))
+  ;; a signed decimal number, then a space
+  (func $write_int (param $v i32)
+    (local $p i32) (local $u i32)
+    (local.set $p (i32.const 140020))
+    (i32.store8 (local.get $p) (i32.const 32))
+    (local.set $u (select (i32.sub (i32.const 0) (local.get $v)) (local.get $v)
+                          (i32.lt_s (local.get $v) (i32.const 0))))
+    (loop $digits
+      (local.set $p (i32.sub (local.get $p) (i32.const 1)))
+      (i32.store8 (local.get $p) (i32.add (i32.const 48) (i32.rem_u (local.get $u) (i32.const 10))))
+      (local.set $u (i32.div_u (local.get $u) (i32.const 10)))
+      (br_if $digits (local.get $u)))
+    (if (i32.lt_s (local.get $v) (i32.const 0)) (then
+      (local.set $p (i32.sub (local.get $p) (i32.const 1)))
+      (i32.store8 (local.get $p) (i32.const 45))))
+    (call $write (local.get $p) (i32.sub (i32.const 140021) (local.get $p))))
+  ;; the index of the input's first newline (its length if none)
+  (func $line (param $n i32) (result i32)
+    (local $i i32)
+    (block $found (loop $scan
+      (br_if $found (i32.ge_u (local.get $i) (local.get $n)))
+      (br_if $found (i32.eq (i32.load8_u (i32.add (i32.const 1024) (local.get $i))) (i32.const 10)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $scan)))
+    (local.get $i))
+  ;; call(first line, the rest) once; the status, and the result or the message
+  (func $call_once (param $n i32) (result i32)
+    (local $i i32) (local $rest i32)
+    (local.set $i (call $line (local.get $n)))
+    (local.set $rest (select (i32.sub (i32.sub (local.get $n) (local.get $i)) (i32.const 1))
+                             (i32.const 0) (i32.lt_u (local.get $i) (local.get $n))))
+    (call $call (i32.const 1024) (local.get $i) (i32.add (i32.const 1025) (local.get $i))
+                (local.get $rest) (i32.const 70000) (i32.const 65536)))
+  (func $write_result (param $r i32)
+    (if (i32.ge_s (local.get $r) (i32.const 0))
+      (then (call $write (i32.const 70000)
+                  (select (local.get $r) (i32.const 65536) (i32.lt_u (local.get $r) (i32.const 65536)))))
+      (else (call $write (i32.const 70000)
+                  (call $result (i32.const 0) (i32.const 70000) (i32.const 65536))))))
+
+  (func (export "_start")
+    (local $n i32) (local $r i32) (local $count i32)
+    (local.set $n (call $read_all))
+    (block $failed (loop $again
+      (local.set $r (call $call_once (local.get $n)))
+      (br_if $failed (i32.lt_s (local.get $r) (i32.const 0)))
+      (local.set $count (i32.add (local.get $count) (i32.const 1)))
+      (br $again)))
+    (call $write_int (local.get $count))
+    (call $write_int (local.get $r))
+    (call $write_result (local.get $r))))
