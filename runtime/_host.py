@@ -38,7 +38,7 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wasmtime import Caller, FuncType, Memory, ValType
 
@@ -94,6 +94,8 @@ class HostCall:
     """The listing reference as the guest wrote it (UTF-8, at most MAX_TARGET_BYTES)."""
     payload: bytes
     """The input (call) or the request JSON (infer)."""
+    remaining_s: float = field(default=float("inf"), compare=False)
+    """The wall-clock time the run has left (set by the pool): what the host may wait."""
 
 
 @dataclass(frozen=True)

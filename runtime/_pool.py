@@ -28,6 +28,7 @@ InvalidModule and LimitsError come back from the worker as themselves.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -303,7 +304,7 @@ class WorkerPool:
             else:
                 calls += 1
                 self.host_calls += 1
-                reply = await _answer(host, call, wait)
+                reply = await _answer(host, dataclasses.replace(call, remaining_s=wait), wait)
             return {"status": reply.status, "output": reply.output}
 
         healthy = False
@@ -353,6 +354,8 @@ def _host_call(frame: Any) -> tuple[HostCall, float]:
         remaining_s = float(frame["remaining_s"])
     except (TypeError, KeyError, ValueError) as exc:
         raise WorkerDied("a malformed host frame") from exc
+    if not remaining_s >= 0:  # NaN too
+        raise WorkerDied("a malformed host frame")
     if op not in OPS or not isinstance(target, str) or not isinstance(payload, bytes):
         raise WorkerDied("a malformed host frame")
     return HostCall(op, target, payload), remaining_s

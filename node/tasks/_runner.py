@@ -101,7 +101,7 @@ DETERMINISTIC = frozenset(("ok", "trap", "out_of_fuel"))  # same on every honest
 # Refusals that blame nobody (a payment refused is most likely this node's doing:
 # another ledger, an empty wallet).
 NO_FAULT = frozenset(
-    ("payment_required", "bad_payment", "busy", "quote_expired", "quote_stale")
+    ("payment_required", "bad_payment", "busy", "quote_expired", "quote_stale", "unpaid")
 ) | {"licence_required", "licence_refused", "not_covered"}  # the user's licence, not a fault
 FORFEIT_COOLDOWN_S = 3600.0  # a provider that kept two payments lately is not paid again
 REQUOTE = frozenset(("quote_expired", "quote_stale"))
@@ -169,7 +169,12 @@ class _Task:
 
     @property
     def budget_asked(self) -> int:
-        """What the quotes are asked under: the most in all (0: the price alone)."""
+        """What the quotes are asked under: the most in all (0: the price alone, and
+        nothing for a listing whose releases call nothing, so that older
+        providers, which know no budget, still take the task)."""
+        releases = (self.listing or {}).get("releases") or []
+        if self.listing is not None and not any(r.get("dependencies") for r in releases):
+            return 0
         return self.most or 0
 
     @property
@@ -738,7 +743,9 @@ class TaskRunner:
             paid = channel.paid if channel else 0
             if receipt.channel != stake or not 0 <= receipt.cumulative <= paid:
                 raise BadReceipt("the receipt names another channel or amount than was paid")
-            subcalls = check_subcalls(receipt, self._declared(task, quote), self.readers)
+            declared = self._declared(task, quote)
+            prices = await self._run_prices(declared) if receipt.subcalls else {}
+            subcalls = check_subcalls(receipt, declared, self.readers, prices)
         except BadReceipt as exc:
             task.bad.add(provider)
             await self._judge(provider, "bad_receipt", str(exc), task)
@@ -793,6 +800,18 @@ class TaskRunner:
             if release["version"] == quote.version:
                 return dict(release.get("dependencies") or {})
         return None
+
+    async def _run_prices(self, declared: dict[str, str] | None) -> dict[str, frozenset[int]]:
+        """What a run of each declared agent may cost, by this node's registry: its
+        price, or a plan's run price."""
+        out: dict[str, frozenset[int]] = {}
+        for ref in declared or {}:
+            publisher, _, name = ref.partition("/")
+            shown = await self._registry.show(publisher, name)
+            if shown is not None and shown.get("kind") == "agent":
+                plans = (shown.get("plans") or {}).values()
+                out[ref] = frozenset([int(shown["price"]), *(int(p["run_price"]) for p in plans)])
+        return out
 
     async def _pay_subcalls(
         self, quote: Quote, receipt: Receipt, task_id: bytes, task: _Task
@@ -925,7 +944,7 @@ class TaskRunner:
         due = standing.ok < self._config.verify_first or random.random() < self._config.verify_rate
         # A composite agent's answer depends on what others answered it (and a
         # second run would pay its sub-calls again): its receipts vouch for it.
-        composite = bool(self._declared(task, answer.quote)) or bool(answer.receipt.subcalls)
+        composite = bool(self._declared(task, answer.quote))
         if not due or task.listing is None or not task.verify or composite:
             await self._judge(answer.provider, "ok", "", task, answer.rtt_ms)
             return answer, "receipt"

@@ -615,16 +615,23 @@ class TaskService:
         self, peer: str, request: TaskRequest, quote: Quote, listing: dict[str, Any]
     ) -> tuple[Channel, dict[Pubkey, int]] | None:
         """Nothing runs unpaid: a paid task's state is checked and stored, and the
-        task counted against its channel's credit, first. It pays first what the
-        user owes for earlier tasks' sub-calls; a composite agent's channel must
-        have room for its sub-calls' most too."""
+        task counted against its channel's credit, first. A composite agent's
+        channel must have room for its sub-calls' most too, beside what this
+        peer's other runs may cost and owe; a peer that owes sub-calls is fronted
+        no more until it pays them (``unpaid``)."""
         if quote.most == 0:
             return None
         if not request.payment:
             raise Refused("payment_required", f"this task may cost {quote.most} lamports")
+        owed = sum(self._owed.get(peer, {}).values())
+        if owed and quote.subcalls_max:
+            raise Refused(
+                "unpaid",
+                f"you owe this node {owed} lamports for the sub-calls of earlier tasks: pay "
+                "them (op pay) before it fronts more",
+            )
         try:
             creator = Pubkey.from_string(quote.creator)
-            await self._take_owed(peer, request.payment)
             paid = await self._money.accept_payment(
                 peer, request.payment, quote.price, quote.royalty_bps, creator
             )
@@ -632,7 +639,7 @@ class TaskService:
             raise Refused("payment_short", str(exc)) from exc
         except SettlementError as exc:
             raise Refused("bad_payment", str(exc)) from exc
-        room = paid[0].left - self._fronting.get(peer, 0)
+        room = paid[0].left - self._fronting.get(peer, 0) - owed
         if room < quote.subcalls_max:
             with trio.CancelScope(shield=True):
                 await self._money.unpay(*paid)
@@ -643,35 +650,25 @@ class TaskService:
             )
         return paid
 
-    async def _take_owed(self, peer: str, payment: bytes) -> None:
-        """Take what ``peer`` owes for sub-calls out of the state it shows, task by
-        task, as far as it covers them (the rest stays owed)."""
-        me = self._money.wallet.pubkey()
-        for task, lamports in list(self._owed.get(peer, {}).items()):
-            try:
-                await self._money.accept_payment(peer, payment, lamports, 0, me)
-            except PaymentShort:
-                return
-            del self._owed[peer][task]
-            log.info("owed sub-calls paid", extra={"peer": peer, "lamports": lamports})
-        self._owed.pop(peer, None)
-
     async def _take_pay(self, peer: str, request: TaskRequest) -> TaskResponse:
         """A user's payment of a composite task's sub-calls: exactly what its
         receipt charged them, on the channel the task was paid on."""
-        lamports = self._owed.get(peer, {}).get(request.task)
+        debts = self._owed.get(peer, {})
+        lamports = debts.pop(request.task, None)  # taken first: one pay settles it once
         if lamports is None:
             raise Refused("bad_pay", "this node is owed nothing for that task")
         try:
             me = self._money.wallet.pubkey()
             await self._money.accept_payment(peer, request.payment, lamports, 0, me)
-        except PaymentShort as exc:
-            raise Refused("payment_short", str(exc)) from exc
-        except SettlementError as exc:
-            raise Refused("bad_payment", str(exc)) from exc
-        del self._owed[peer][request.task]
-        if not self._owed[peer]:
-            del self._owed[peer]
+        except BaseException as exc:
+            self._owed.setdefault(peer, {})[request.task] = lamports  # still owed
+            if isinstance(exc, PaymentShort):
+                raise Refused("payment_short", str(exc)) from exc
+            if isinstance(exc, SettlementError):
+                raise Refused("bad_payment", str(exc)) from exc
+            raise
+        if not self._owed.get(peer):
+            self._owed.pop(peer, None)
         log.info("sub-calls paid", extra={"peer": peer, "lamports": lamports})
         return TaskResponse()
 

@@ -33,12 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from mercato.runtime import HostCall, HostReply, HostStatus
+from mercato.runtime import MAX_REPLY_BYTES, HostCall, HostReply, HostStatus
 
 from ..commerce import lowest_run_price
 from ..registry import RegistryService
 from ._messages import (
     MAX_DEPTH,
+    MAX_SUBCALLS,
     MAX_SUBCALLS_BYTES,
     BadReceipt,
     NoProvider,
@@ -56,7 +57,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mercato.tasks")
 
+REFUSED_HERE = frozenset((HostStatus.BAD_ARGUMENTS, HostStatus.TOO_MANY))
+
 RECEIPT_ROOM = 6 * 1024  # a list this close to full takes no more calls
+MAX_NOTED = 8  # room kept for the sandbox's own refusals (`RunResult.refused`)
+MAX_NOTED_BYTES = MAX_NOTED * 600
 ANSWER_MARGIN_S = 1.0  # a call gives up this long (at most a fifth of it) before the run
 MAX_ERROR = 300
 
@@ -111,13 +116,14 @@ def check_subcalls(
     receipt: Receipt,
     declared: dict[str, str] | None,
     readers: dict[str, ReceiptReader],
-    depth: int = 0,
+    prices: dict[str, frozenset[int]] | None = None,
 ) -> list[SubCall]:
     """The sub-calls ``receipt`` lists, if they hold up (see the module docstring);
     BadReceipt otherwise. ``declared``: the dependencies of the release that ran,
-    when this node's registry knows them."""
+    when this node's registry knows them; ``prices``: what a run of each declared
+    agent may cost, by that registry (a callee charging otherwise is refused)."""
     return _checked(receipt.subcalls, receipt.subcalls_cost, receipt.provider, receipt.task,
-                    declared, readers, depth)  # fmt: skip
+                    declared, readers, 0, prices or {})  # fmt: skip
 
 
 def _checked(
@@ -128,6 +134,7 @@ def _checked(
     declared: dict[str, str] | None,
     readers: dict[str, ReceiptReader],
     depth: int,
+    prices: dict[str, frozenset[int]],
 ) -> list[SubCall]:
     if depth > MAX_DEPTH:
         raise BadReceipt("the receipt's sub-calls nest deeper than any task may")
@@ -135,8 +142,11 @@ def _checked(
     seen: set[bytes] = set()
     charged_total = 0
     for call in calls:
-        # (A call the sandbox refused before it named anything has no target.)
-        listed = declared is None or call.target in declared or not call.target
+        if not call.target:  # refused by the sandbox before it named anything
+            if call.status not in REFUSED_HERE or call.receipt or call.cost:
+                raise BadReceipt("it lists a call to no listing that did not fail in its sandbox")
+            continue
+        listed = declared is None or call.target in declared
         if not listed and call.status != HostStatus.UNDECLARED:
             raise BadReceipt(f"it lists a call to {call.target[:120]}, which it did not declare")
         if call.status != 0 and call.cost:
@@ -158,8 +168,15 @@ def _checked(
         seen.add(sub.id)
         if call.status == 0 and (not sub.ok or call.cost != sub.cost):
             raise BadReceipt("it charges a sub-call other than its receipt says")
+        own = sub.cost - sub.nested_cost
+        if call.op == "call" and call.target in prices and own not in prices[call.target]:
+            raise BadReceipt(
+                f"a sub-call's receipt asks {own} lamports for {call.target[:120]}, which "
+                f"runs for {', '.join(map(str, sorted(prices[call.target])))}"
+            )
         if sub.nested or sub.nested_cost:
-            _checked(sub.nested, sub.nested_cost, sub.provider, sub.id, None, readers, depth + 1)
+            _checked(sub.nested, sub.nested_cost, sub.provider, sub.id, None, readers, depth + 1,
+                     {})  # fmt: skip
         charged_total += call.cost
     if charged_total != total:
         raise BadReceipt(
@@ -218,7 +235,7 @@ class SubCalls:
         """List the calls the sandbox refused itself (never sent here): bad
         arguments, past the listing's bound."""
         for op, status, message in refusals:
-            if op in ("call", "infer"):
+            if op in ("call", "infer") and len(self.calls) < MAX_SUBCALLS:
                 self.calls.append(SubCall(op, "", status, message[:MAX_ERROR]))
 
     async def handle(self, call: HostCall) -> HostReply:
@@ -233,13 +250,14 @@ class SubCalls:
         if self._depth < 1:
             why = "no more levels of sub-calls are allowed below this run (max_depth)"
             return self._listed(call.op, ref, SubResult(HostStatus.TOO_DEEP, error=why))
-        if len(self.encoded()) > MAX_SUBCALLS_BYTES - RECEIPT_ROOM:
+        full = len(self.calls) >= MAX_SUBCALLS - MAX_NOTED
+        if full or len(self.encoded()) > MAX_SUBCALLS_BYTES - RECEIPT_ROOM:
             why = "the run's receipt holds no more sub-calls"
             return self._listed(call.op, ref, SubResult(HostStatus.TOO_MANY, error=why))
         try:
             # The agent hears of a call that takes too long while it still has time
             # to do something about it.
-            left = self._deadline - trio.current_time()
+            left = min(call.remaining_s, self._deadline - trio.current_time())
             with trio.move_on_after(max(left - min(ANSWER_MARGIN_S, left / 5), 0)) as waited:
                 if call.op == "call":
                     result = await self._call(ref, versions, call.payload)
@@ -253,7 +271,18 @@ class SubCalls:
             self._listed(call.op, ref, SubResult(HostStatus.TIMEOUT, error=why))
             raise
         self.left = max(self.left - result.cost, 0)
-        return self._listed(call.op, ref, result)
+        if result.status == 0 and len(result.output) > MAX_REPLY_BYTES:
+            why = f"the answer of {ref} is over {MAX_REPLY_BYTES} bytes: too large to hand over"
+            result = SubResult(HostStatus.FAILED, receipt=result.receipt, error=why)
+        reply = self._listed(call.op, ref, result)
+        if len(self.encoded()) > MAX_SUBCALLS_BYTES - MAX_NOTED_BYTES:
+            # A receipt the user would refuse: this call is listed without its
+            # receipt, failed and free (this node paid it; the user owes nothing).
+            last = self.calls[-1]
+            why = "its receipt did not fit in the run's receipt"
+            self.calls[-1] = SubCall(last.op, last.target, int(HostStatus.FAILED), why)
+            return HostReply(int(HostStatus.FAILED), why.encode())
+        return reply
 
     def _listed(self, op: str, target: str, result: SubResult) -> HostReply:
         charged = result.cost if result.status == 0 else 0

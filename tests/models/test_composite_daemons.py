@@ -160,6 +160,25 @@ def test_a_composite_agent_on_daemons_pays_its_calls_to_the_lamport(
     assert calls["infer"]["cost"] == infer.price and calls["call"]["cost"] == WORDS_PRICE
     spent = WORDS_PRICE + infer.price
     assert done["cost"] == PRICE + spent
+    # In text: the agent's output on stdout, what it cost and each call on stderr.
+    shown = cli(user, "run", digest, "--budget", str(budget), "--input", "-", stdin=TEXT)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["wordcount"]["words"] == len(TEXT.split())
+    cost, *lines = shown.stderr.splitlines()
+    assert cost.startswith("cost ") and f"price {PRICE}, sub-calls " in cost
+    assert [line.split()[:3] for line in lines] == [
+        ["call", wordcount, "ok"], ["infer", model, "ok"],
+    ]  # fmt: skip
+    # `tasks show` lists the sub-calls with the receipt; the task log, what each
+    # run cost (the model's answers differ in length, so their prices do too).
+    runs = [t for t in json_of(user, "tasks", "ls")["tasks"] if t["agent"] == digest]
+    (side,) = json.loads(cli(user, "tasks", "show", runs[0]["id"]).stdout)["sides"]
+    assert [c["status_name"] for c in side["subcalls"]] == ["ok", "ok"]
+    prices = sorted(t["price"] for t in runs)
+    assert len(runs) == 3 and prices[0] == PRICE and PRICE + spent in prices
+    assert prices[2] > PRICE + WORDS_PRICE  # the text run paid both calls too
+    paid = sum(t["price"] for t in runs)  # the user's three runs
+    fronted_total = paid - 3 * PRICE  # what the runner paid the callee for them
 
     # The books: the user paid the runner both runs; the runner paid the callee
     # the wordcount run and the model call, on one channel.
@@ -170,10 +189,10 @@ def test_a_composite_agent_on_daemons_pays_its_calls_to_the_lamport(
         fronted = [c for c in channels if c["role"] == "payer"]
         (taken,) = json_of(callee, "channel", "ls")["channels"]
         return (
-            paying["paid"] == 2 * PRICE + spent
-            and [sum(c["settled"].values()) for c in served] == [2 * PRICE + spent]
-            and [c["paid"] for c in fronted] == [spent]
-            and sum(taken["settled"].values()) == spent
+            paying["paid"] == paid
+            and [sum(c["settled"].values()) for c in served] == [paid]
+            and [c["paid"] for c in fronted] == [fronted_total]
+            and sum(taken["settled"].values()) == fronted_total
         )
 
     wait_for(booked, 30, "the books to say what the receipts say")
@@ -188,9 +207,9 @@ def test_a_composite_agent_on_daemons_pays_its_calls_to_the_lamport(
             if channel["role"] == "payee":
                 assert cli(payee, "channel", "close", channel["stake"]).returncode == 0
     after = {d: json_of(d, "wallet")["balance"] for d in (runner, callee)}
-    returned = fronted["deposit"] - spent
-    assert after[runner] - before[runner] == 2 * PRICE + spent - 2 * FEE + returned
-    assert after[callee] - before[callee] == spent - 2 * FEE
+    returned = fronted["deposit"] - fronted_total
+    assert after[runner] - before[runner] == paid - 2 * FEE + returned
+    assert after[callee] - before[callee] == fronted_total - 2 * FEE
 
 
 def bytes_of(value: str) -> bytes:

@@ -343,6 +343,15 @@ def test_a_receipt_that_lies_about_its_sub_calls_is_refused() -> None:
         with pytest.raises(BadReceipt, match=why):
             check_subcalls(parent(calls, cost), {**declared, "a/other": "*"}
                            if why == "another listing" else declared, readers)  # fmt: skip
+    # A call refused in the sandbox names nothing, has no receipt and costs nothing.
+    nameless = SubCall("call", "", 0, receipt=sub(), cost=7)
+    with pytest.raises(BadReceipt, match="did not fail in its sandbox"):
+        check_subcalls(parent([nameless], 7), declared, readers)
+    refused = SubCall("call", "", int(HostStatus.BAD_ARGUMENTS), "outside memory")
+    assert check_subcalls(parent([refused], 0), declared, readers) == [refused]
+    # A callee that asks another price than the listing's (a made-up callee).
+    with pytest.raises(BadReceipt, match="asks 7 lamports"):
+        check_subcalls(parent([good], 7), declared, readers, {"a/echo": frozenset({5})})
     # A forged sub-receipt does not verify.
     forged = sub()[:-3] + b"xyz"
     with pytest.raises(BadReceipt):
