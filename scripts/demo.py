@@ -14,7 +14,11 @@ and what came back, and checks the result:
  5. the user runs it three times and pays each time (payment channels open);
  6. the providers that served close their channels on the ledger;
  7. the creator's royalty and the provider's earnings show in their wallets,
-    to the lamport.
+    to the lamport;
+ 8. a composite agent: the creator publishes `digest` (runtime/examples), which
+    calls `wordcount` as a paid sub-task; provider A runs it and pays provider B,
+    and the user, within the budget it sets, pays the digest's price plus
+    exactly what the call cost.
 
 The testnet is stopped at the end, whatever happened (``--keep`` leaves it up).
 """
@@ -38,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from testnet import ROOT, Testnet, TestnetError, wait_until
 
 BUILD = ROOT / "runtime" / "examples" / "wordcount" / "wordcount.wasm"
+DIGEST = ROOT / "runtime" / "examples" / "digest" / "digest.wasm"
+DIGEST_PRICE = 5_000_000
 PRICE = 10_000_000  # lamports per task (0.01 SOL)
 ROYALTY_BPS = 1_000  # 10 % to the creator
 TASKS = 3
@@ -207,6 +213,54 @@ def story(demo: Demo, agent: str, workdir: Path) -> None:
         f"  the user's other {held} lamports are its channels' opening fees and the rent "
         "their accounts keep until the lockup ends (then `mercato channel refund`)"
     )
+    composite(demo, agent, workdir)
+
+
+def composite(demo: Demo, agent: str, workdir: Path) -> None:
+    """Step 8: an agent that calls another, paid through the tree."""
+    demo.say("A composite agent: digest calls wordcount, and the user sets a budget")
+    manifest = workdir / "DIGEST.toml"
+    manifest.write_text(
+        textwrap.dedent(
+            f"""\
+            name = "digest"
+            kind = "agent"
+            title = "Digest"
+            summary = "Counts the words of a text with the wordcount agent's help."
+            price = {DIGEST_PRICE}
+            royalty_bps = {ROYALTY_BPS}
+            [limits]
+            timeout_s = 30
+            max_subcalls = 2
+            """
+        )
+    )
+    print("  " + demo.mercato(1, "publish", str(manifest)).strip())
+    # It declares wordcount only: its model call (a summary) is refused, free.
+    release = ("release", "digest", "1.0.0", "--build", str(DIGEST), "--depends", f"{agent}=^1")
+    print("  " + demo.mercato(1, *release).strip())
+    digest = agent.rsplit("/", 1)[0] + "/digest"
+    demo.wait(lambda: demo.json_of(4, "providers", digest)["providers"], "digest's provider")
+    budget = DIGEST_PRICE + PRICE
+    text = "a composite agent pays its calls"
+    answer = demo.json_of(4, "run", digest, "--budget", str(budget), "--input", "-", stdin=text)
+    out = json.loads(answer["output"])
+    print(f"    {text!r} -> wordcount {json.dumps(out['wordcount'])}, summary {json.dumps(out['summary'])}")
+    for call in answer["subcalls"]:
+        print(
+            f"      {call['op']} {call['target']}: {call['status_name']}, {call['cost']} lamports"
+        )
+    if (out["wordcount"] or {}).get("words") != len(text.split()):
+        raise StepFailed(f"digest answered {answer['output']!r}")
+    costs = [(c["op"], c["status_name"], c["cost"]) for c in answer["subcalls"]]
+    if costs != [("call", "ok", PRICE), ("infer", "undeclared", 0)]:
+        raise StepFailed(f"digest's calls came out as {costs}")
+    if answer["cost"] != DIGEST_PRICE + PRICE:
+        raise StepFailed(f"the user paid {answer['cost']}, not {DIGEST_PRICE} + {PRICE}")
+    print(
+        f"  the user paid {answer['cost']} lamports within its budget of {budget}: the "
+        f"digest's {DIGEST_PRICE} and the {PRICE} its call to wordcount cost"
+    )
 
 
 def main() -> int:
@@ -225,7 +279,8 @@ def main() -> int:
         net.init(len(NAMES))
         publisher = demo.json_of(1, "keys", "show", "default")["address"]
         agent = f"{publisher}/wordcount"
-        serve = {2: ("--serve", agent), 3: ("--serve", agent)}
+        digest = f"{publisher}/digest"
+        serve = {2: ("--serve", agent, "--serve", digest), 3: ("--serve", agent)}
         state = net.up(len(NAMES), extra=lambda i: serve.get(i, ()))
         for node in state.nodes:
             print(f"  {node.name} ({NAMES[int(node.name[4:])]}): {node.addr}")

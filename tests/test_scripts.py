@@ -85,6 +85,7 @@ def test_the_demo_tells_the_whole_story_and_leaves_nothing_running(tmp_path: Pat
         "paid so far on channel",
         "closed ",
         "royalty ",
+        "its call to wordcount cost",
         "The whole story ran in",
     ):
         assert step in demo.stdout, step
