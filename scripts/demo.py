@@ -245,9 +245,8 @@ def composite(demo: Demo, agent: str, workdir: Path) -> None:
     text = "a composite agent pays its calls"
     answer = demo.json_of(4, "run", digest, "--budget", str(budget), "--input", "-", stdin=text)
     out = json.loads(answer["output"])
-    print(
-        f"    {text!r} -> wordcount {json.dumps(out['wordcount'])}, summary {json.dumps(out['summary'])}"
-    )
+    parts = f"wordcount {json.dumps(out['wordcount'])}, summary {json.dumps(out['summary'])}"
+    print(f"    {text!r} -> {parts}")
     for call in answer["subcalls"]:
         print(
             f"      {call['op']} {call['target']}: {call['status_name']}, {call['cost']} lamports"
