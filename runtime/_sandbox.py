@@ -288,11 +288,12 @@ class Sandbox:
         wasi.stderr_custom = lambda data: (stderr.write(data), len(data))[1]
         store.set_wasi(wasi)
         started = time.perf_counter()
+        outer = self._session()  # a host function that runs a module (tests do)
         session = self._runs.session = Session(host, max_calls, deadline)
         try:
             outcome, detail, code, memory = self._start(ready, store, limits)
         finally:
-            self._runs.session = None
+            self._runs.session = outer
         wall_ms = (time.perf_counter() - started) * 1000
         if stdout.overflowed:
             outcome = Outcome.OUTPUT_TOO_LARGE
