@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..models import (
-    Answer,
     BadModelRequest,
     CallEvent,
     ModelCall,
     ModelError,
     NoModel,
+    collect_answer,
     error_body,
     loads_strict,
     parse_chat,
@@ -128,17 +128,12 @@ class ModelOps:
     async def complete(self, call: ModelCall, chat: Any) -> dict[str, Any]:
         """The whole answer of a call asked without streaming. ChatFailed if it
         broke off (what was delivered is paid, and the error says how much)."""
-        answer = Answer(call.id, call.model)
-        with call.events:
-            async for event in call.events:
-                if event.kind == "chunk" and event.chunk is not None:
-                    answer.add(event.chunk)
-                elif event.kind == "end":
-                    done = answer.completion(event.usage or {}, chat.logprobs)
-                    done["mercato"] = {"provider": call.provider, "lamports": event.lamports}
-                    return done
-                else:
-                    raise ChatFailed(502, _mid_stream_error(event, call), retry=False)
+        done, last = await collect_answer(call, chat)
+        if done is not None and last is not None:
+            done["mercato"] = {"provider": call.provider, "lamports": last.lamports}
+            return done
+        if last is not None:
+            raise ChatFailed(502, _mid_stream_error(last, call), retry=False)
         raise ChatFailed(
             502, error_body("the call ended without an answer", "api_error", "provider_error")
         )

@@ -32,6 +32,7 @@ from ._openai import usage_of as usage_of
 from ._router import CallEvent as CallEvent
 from ._router import ModelCall as ModelCall
 from ._router import ModelRouter as ModelRouter
+from ._router import collect_answer as collect_answer
 from ._router import read_call_receipt as read_call_receipt
 from ._service import ModelService as ModelService
 
@@ -51,6 +52,7 @@ __all__ = [
     "ModelService",
     "ModelUnavailable",
     "NoModel",
+    "collect_answer",
     "cost",
     "error_body",
     "loads_strict",

@@ -660,26 +660,36 @@ class ModelRouter:
             log.warning("could not record a model call: %s", exc, extra={"call": record.id})
 
 
-async def _collected(call: ModelCall, chat: ChatRequest) -> SubResult:
-    """A started call's whole answer, for an agent."""
+async def collect_answer(
+    call: ModelCall, chat: ChatRequest
+) -> tuple[dict[str, Any] | None, CallEvent | None]:
+    """Read a call's events to their end: the whole answer in OpenAI's form (when it
+    ended well) and the event that ended it (None if the events just stopped)."""
     answer = Answer(call.id, call.model)
     with call.events:
         async for event in call.events:
             if event.kind == "chunk" and event.chunk is not None:
                 answer.add(event.chunk)
             elif event.kind == "end":
-                done = answer.completion(event.usage or {}, chat.logprobs)
-                output = json.dumps(done, ensure_ascii=False).encode()
-                return SubResult(0, output, event.receipt, event.lamports)
-            elif event.receipt:  # broke off after a receipt: what came is paid
-                return SubResult(
-                    HostStatus.FAILED, receipt=event.receipt, cost=event.lamports,
-                    error=event.error,
-                )  # fmt: skip
+                return answer.completion(event.usage or {}, chat.logprobs), event
             else:
-                status = HostStatus.BAD_RECEIPT if event.bad else HostStatus.UNAVAILABLE
-                return SubResult(status, error=event.error)
-    return SubResult(HostStatus.UNAVAILABLE, error="the call ended without an answer")
+                return None, event
+    return None, None
+
+
+async def _collected(call: ModelCall, chat: ChatRequest) -> SubResult:
+    """A started call's whole answer, for an agent."""
+    done, last = await collect_answer(call, chat)
+    if last is None:
+        return SubResult(HostStatus.UNAVAILABLE, error="the call ended without an answer")
+    if done is not None:
+        output = json.dumps(done, ensure_ascii=False).encode()
+        return SubResult(0, output, last.receipt, last.lamports)
+    if last.receipt:  # broke off after a receipt: what came is paid
+        return SubResult(HostStatus.FAILED, receipt=last.receipt, cost=last.lamports,
+                         error=last.error)  # fmt: skip
+    status = HostStatus.BAD_RECEIPT if last.bad else HostStatus.UNAVAILABLE
+    return SubResult(status, error=last.error)
 
 
 def read_call_receipt(signed: bytes) -> Charged:

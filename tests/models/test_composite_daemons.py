@@ -127,16 +127,16 @@ def test_a_composite_agent_on_daemons_pays_its_calls_to_the_lamport(
     start_daemon(user, "--bootstrap", there, env=env)
 
     token = runner.token_file.read_text().strip()
-    models = openai.OpenAI(
-        base_url=api_info(runner)["url"] + "/v1", api_key=token, max_retries=0, timeout=30
-    ).models
+    url = api_info(runner)["url"] + "/v1"
+    with openai.OpenAI(base_url=url, api_key=token, max_retries=0, timeout=30) as client:
 
-    def offered() -> bool:
-        sees_digest = json_of(user, "providers", digest)["providers"]
-        sees_words = json_of(runner, "providers", wordcount)["providers"]
-        return bool(sees_digest and sees_words and [m.id for m in models.list()] == [model])
+        def offered() -> bool:
+            sees_digest = json_of(user, "providers", digest)["providers"]
+            sees_words = json_of(runner, "providers", wordcount)["providers"]
+            models = [m.id for m in client.models.list()]
+            return bool(sees_digest and sees_words and models == [model])
 
-    wait_for(offered, 60, "the digest, wordcount and the model on offer")
+        wait_for(offered, 60, "the digest, wordcount and the model on offer")
 
     # Without a budget the calls may cost nothing: both fail inside the agent,
     # unsent, and the user pays the price alone.
