@@ -27,6 +27,7 @@ by the parts that make them.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -257,7 +258,11 @@ class SubCalls:
         try:
             # The agent hears of a call that takes too long while it still has time
             # to do something about it.
-            left = min(call.remaining_s, self._deadline - trio.current_time())
+            # The worker's clock is the run's (it starts after the build is fetched
+            # and a slot is free); this one only stands in when none came.
+            left = call.remaining_s
+            if not math.isfinite(left):
+                left = self._deadline - trio.current_time()
             with trio.move_on_after(max(left - min(ANSWER_MARGIN_S, left / 5), 0)) as waited:
                 if call.op == "call":
                     result = await self._call(ref, versions, call.payload)
