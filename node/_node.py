@@ -60,7 +60,7 @@ from .mcp import AppBackend, McpEndpoint, build_server
 from .models import ModelRouter, ModelService, read_call_receipt
 from .money import SettlementService, open_settlement
 from .registry import RegistryService
-from .tasks import CardBook, CardForwarder, TaskLog, TaskRunner, TaskService
+from .tasks import CardBook, CardExchange, CardForwarder, TaskLog, TaskRunner, TaskService
 from .web import WebApp
 
 log = logging.getLogger("mercato.node")
@@ -325,7 +325,8 @@ class Node:
             self._commerce = commerce
             await nursery.start(commerce.run)
             self.services.append("commerce")
-            cards, tasklog = CardBook(), TaskLog(store)
+            cards, tasklog = CardExchange(overlay, CardBook()), TaskLog(store)
+            await nursery.start(cards.run)
             runner = TaskRunner(
                 overlay,
                 self.registry,

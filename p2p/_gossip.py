@@ -105,6 +105,9 @@ TopicValidator = Callable[[GossipMessage], Awaitable[Verdict]]
 MessageHandler = Callable[[GossipMessage], Awaitable[None]]
 
 
+MAX_TOPICS_PER_PEER = 512  # a peer's subscriptions this node keeps books on
+
+
 @dataclass
 class TopicStatistics:
     published: int = 0
@@ -416,7 +419,12 @@ async def open_gossip(host: P2PHost, config: GossipConfig) -> AsyncIterator[Goss
         ),
     )
     pubsub = _make_pubsub_class()(
-        host.libp2p, router, max_inbound_rpc_size=config.max_message_bytes + RPC_OVERHEAD_BYTES
+        host.libp2p,
+        router,
+        max_inbound_rpc_size=config.max_message_bytes + RPC_OVERHEAD_BYTES,
+        # A relay joins all 256 card groups besides the registry's topic; py-libp2p
+        # would ignore a peer's subscriptions past 100 (and never route to it).
+        max_subscriptions_per_peer=MAX_TOPICS_PER_PEER,
     )
     gossip = Gossip(host, config, pubsub, router)
     pubsub.gossip = gossip

@@ -653,8 +653,14 @@ class TaskOps(_Part):
     asked) are never refused by them.
     """
 
-    def providers(self, agent: str) -> m.Providers:
-        return m.Providers(agent=agent, providers=self._node.tasks.providers(_agent(agent)))
+    async def providers(self, agent: str, look_up: bool = True) -> m.Providers:
+        """Live providers of ``agent``, best first. Asking follows the agent; the
+        first time (``look_up``) its providers are looked up before the answer,
+        else the answer is what this node knows now."""
+        ref = _agent(agent)
+        tasks = self._node.tasks
+        found = await tasks.find_providers(ref) if look_up else tasks.providers(ref)
+        return m.Providers(agent=agent, providers=found)
 
     async def run(
         self,
@@ -961,7 +967,10 @@ class MoneyOps(_Part):
             raise refuse(400, "bad_body", "peer must be a peer id (12D3KooW...)") from exc
         deposit = _lamports(deposit_lamports, "deposit_lamports", 1, 10**15)
         duration = _lamports(duration_s, "duration_s", 600, 366 * 86_400)
-        advertised = self._node.tasks.cards.wallet_of(peer)
+        tasks = self._node.tasks
+        if not tasks.cards.wallet_of(peer):  # a provider of nothing this node follows
+            await tasks.exchange.card_of(peer, self._node.overlay.host.peer_addrs(peer))
+        advertised = tasks.cards.wallet_of(peer)
         payee = payee or advertised
         if advertised and payee != advertised:
             raise refuse(

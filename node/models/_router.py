@@ -43,6 +43,7 @@ from typing import Any
 import trio
 from solders.pubkey import Pubkey
 
+from mercato.crdt import Query
 from mercato.p2p import Overlay, P2PError, RemoteError
 from mercato.runtime import HostStatus
 from mercato.settlement import SettlementError
@@ -53,7 +54,7 @@ from ..registry import RegistryService
 from ..tasks import (
     BadReceipt,
     Budget,
-    CardBook,
+    CardExchange,
     Charged,
     SubResult,
     TaskLog,
@@ -93,6 +94,7 @@ from ._openai import (
 log = logging.getLogger("mercato.models")
 
 DEFAULT_MAX_TOKENS = 1024
+MAX_MODELS = 100  # model listings GET /v1/models follows (the newest first)
 PAID_WAIT_S = 30.0
 DEFINITIVE = {
     "context_length_exceeded": "context_length_exceeded",
@@ -182,7 +184,7 @@ class ModelRouter:
         self,
         overlay: Overlay,
         registry: RegistryService,
-        cards: CardBook,
+        cards: CardExchange,
         money: SettlementService,
         runner: TaskRunner,
         tasklog: TaskLog,
@@ -190,7 +192,8 @@ class ModelRouter:
     ) -> None:
         self._overlay = overlay
         self._registry = registry
-        self._cards = cards
+        self._cards = cards.book
+        self._exchange = cards
         self._money = money
         self._runner = runner
         self._log = tasklog
@@ -209,7 +212,10 @@ class ModelRouter:
 
     async def models(self) -> list[dict[str, Any]]:
         """Every model another live provider offers and this node's registry knows (a
-        call needs its listing): its id, providers, lowest prices."""
+        call needs its listing): its id, providers, lowest prices. Asking follows
+        every model listing: the first time, their providers are looked up (within
+        the quote deadline); after that their cards keep coming."""
+        await self._follow_models()
         me = self._overlay.peer_id
         out = []
         for model, offers in sorted(self._cards.models().items()):
@@ -229,6 +235,17 @@ class ModelRouter:
                 )
         return out
 
+    async def _follow_models(self) -> None:
+        page = await self._registry.search(Query(kind="model", sort="newest", limit=MAX_MODELS))
+        refs = [f"{r['publisher']}/{r['name']}" for r in page["results"]]
+        new = [ref for ref in refs if not self._exchange.follows(ref)]
+        for ref in refs:
+            if ref not in new:
+                self._exchange.follow(ref)
+        async with trio.open_nursery() as nursery:
+            for ref in new:
+                nursery.start_soon(self._exchange.find, ref, self._runner.lookup_s)
+
     async def resolve(self, model: str) -> tuple[str, dict[str, Any]]:
         """The model listing ``model`` names: ``PUBLISHER/NAME``, or ``NAME`` when one
         offered model has that name. NoModel otherwise."""
@@ -244,6 +261,7 @@ class ModelRouter:
         shown = await self._registry.show(publisher, name) if publisher and name else None
         if shown is None or shown.get("kind") != "model" or shown.get("deprecated"):
             raise NoModel(f"this node's registry has no model {ref[:120]!r}: see GET /v1/models")
+        await self._exchange.find(ref, self._runner.lookup_s)
         return ref, shown
 
     async def plan(self, chat: ChatRequest, budget: Budget) -> _Plan:

@@ -2,22 +2,24 @@
 
 ``_messages.py`` defines ``/mercato/task/1.0.0`` (quote, run and ack ops), the
 signed `Quote` and the signed `Receipt`; ``_cards.py`` the signed agent cards
-of ``mercato/cards/1``. `TaskService` is the provider's side (quotes, runs,
-cards and heartbeats); `TaskRunner` the user's (candidates, quotes, choice,
-retries, second opinions); ``_choice.py`` holds the one scoring formula,
-``_reputation.py`` each provider's decaying standing, and `TaskLog` the task
-log, written by group commit together with the reputation a task changed
-(a model call is logged as a task, with its tokens in and out; `TaskLog.usage`
-sums them per side and listing). `SpendLog` records what this node's tasks
-paid, by UTC day, and the `Budget` of each run in flight; `RunKeys` keeps the
-result of runs asked with an idempotency key, so that a retry never runs or
-pays again. `TaskService.offer_here` and `run_here` serve a buyer from outside
-the network (the x402 gateway) with the same runs, receipts and task log.
-`prove_receipt` checks a paid task's receipt against the close of its channel
-on the ledger. ``_subcalls.py`` is a composite agent's way out: `SubCalls`
-makes the sub-calls of one run for the provider (agents through `TaskRunner`,
-models through an `Infer` the models part gives), and `check_subcalls`
-checks the receipt's list of them for the user before it pays.
+of ``mercato/cards/2/<group>`` and ``/mercato/card/1.0.0`` (`CardExchange`: the
+groups a node follows, and the first look-up of a ref's providers).
+`TaskService` is the provider's side (quotes, runs, cards and heartbeats);
+`TaskRunner` the user's (candidates, quotes, choice, retries, second opinions);
+``_choice.py`` holds the one scoring formula, ``_reputation.py`` each
+provider's decaying standing, and `TaskLog` the task log, written by group
+commit together with the reputation a task changed (a model call is logged as a
+task, with its tokens in and out; `TaskLog.usage` sums them per side and
+listing). `SpendLog` records what this node's tasks paid, by UTC day, and the
+`Budget` of each run in flight; `RunKeys` keeps the result of runs asked with
+an idempotency key, so that a retry never runs or pays again.
+`TaskService.offer_here` and `run_here` serve a buyer from outside the network
+(the x402 gateway) with the same runs, receipts and task log. `prove_receipt`
+checks a paid task's receipt against the close of its channel on the ledger.
+``_subcalls.py`` is a composite agent's way out: `SubCalls` makes the sub-calls
+of one run for the provider (agents through `TaskRunner`, models through an
+`Infer` the models part gives), and `check_subcalls` checks the receipt's list
+of them for the user before it pays.
 
 Imports node's core modules, the builds, registry and money subpackages,
 mercato.runtime, mercato.crdt, mercato.settlement and mercato.p2p; never control.
@@ -25,6 +27,7 @@ mercato.runtime, mercato.crdt, mercato.settlement and mercato.p2p; never control
 
 from ._cards import AgentCard as AgentCard
 from ._cards import CardBook as CardBook
+from ._cards import CardExchange as CardExchange
 from ._cards import CardForwarder as CardForwarder
 from ._cards import ModelOffer as ModelOffer
 from ._choice import rank as rank
@@ -85,6 +88,7 @@ __all__ = [
     "BadReceipt",
     "Budget",
     "CardBook",
+    "CardExchange",
     "CardForwarder",
     "KeyReused",
     "ModelOffer",

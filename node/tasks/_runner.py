@@ -51,7 +51,7 @@ import trio
 from solders.pubkey import Pubkey
 
 from mercato.crdt import Version, VersionError, VersionRange
-from mercato.p2p import DhtError, Overlay, P2PError, Refused, RemoteError, RequestTimeout
+from mercato.p2p import Overlay, P2PError, Refused, RemoteError, RequestTimeout
 from mercato.runtime import SandboxError, WorkerPool
 from mercato.settlement import Channel, ChannelError, SettlementError
 
@@ -68,7 +68,7 @@ from ..commerce import (
 )
 from ..money import SettlementService, task_amounts
 from ..registry import RegistryService
-from ._cards import CardBook
+from ._cards import CardExchange
 from ._choice import Offer, rank
 from ._idempotency import RunKeys
 from ._log import TaskLog, TaskRecord
@@ -194,7 +194,7 @@ class TaskRunner:
         builds: BuildService,
         runtime: WorkerPool,
         store: Store,
-        cards: CardBook,
+        cards: CardExchange,
         tasklog: TaskLog,
         caps: RuntimeSection,
         config: TasksSection,
@@ -209,7 +209,8 @@ class TaskRunner:
         self._builds = builds
         self._runtime = runtime
         self._store = store
-        self._cards = cards
+        self._cards = cards.book
+        self._exchange = cards
         self._log = tasklog
         self._caps = caps
         self._config = config
@@ -475,28 +476,23 @@ class TaskRunner:
 
     # -- candidates and quotes ---------------------------------------------------
 
+    @property
+    def lookup_s(self) -> float:
+        """How long a first look-up of an agent's providers may take."""
+        return self._config.quote_deadline_s * 2
+
     async def _candidates(self, agent: str, cap: int) -> list[dict[str, Any]]:
+        """Providers whose live card serves ``agent`` within ``cap``; the first time,
+        after following it (its cards fetched from the providers the DHT knows)."""
+        await self._exchange.find(agent, self.lookup_s)
         host = self._overlay.host
-        found = [
+        return [
             c
             for c in self._cards.candidates(agent)
             if c["provider"] != self._overlay.peer_id
             and not host.is_banned(c["provider"])
             and c["price"] <= cap
         ]
-        if found or self._cards.candidates(agent):
-            return found
-        try:  # nobody's card names it: ask the DHT who announced it
-            with trio.move_on_after(self._config.quote_deadline_s):
-                records = await self._overlay.dht.find_providers(f"agent:{agent}", 8)
-                return [
-                    {"provider": r.peer_id, "price": 0, "load": 0.0, "addrs": list(r.addrs)}
-                    for r in records
-                    if r.peer_id != self._overlay.peer_id and not host.is_banned(r.peer_id)
-                ]
-        except DhtError:
-            pass
-        return []
 
     def _offer(
         self, provider: str, price: int, load: float, quoted_ms: float | None = None

@@ -28,7 +28,7 @@ import trio
 from solders.pubkey import Pubkey
 
 from mercato.crdt import SUBCALL_LIMITS, Version, VersionError, VersionRange
-from mercato.p2p import GossipMessage, Keypair, Overlay, P2PError, Refused, Verdict
+from mercato.p2p import Keypair, Overlay, P2PError, Refused
 from mercato.runtime import (
     HostHandler,
     Limits,
@@ -53,8 +53,7 @@ from ..commerce import (
 )
 from ..money import SettlementService
 from ..registry import RegistryService
-from ._cards import TOPIC as CARDS_TOPIC
-from ._cards import AgentCard, CardBook, card_verdict
+from ._cards import AgentCard, CardExchange, provider_key
 from ._choice import rank
 from ._log import TaskLog, TaskRecord
 from ._messages import (
@@ -157,7 +156,7 @@ class TaskService:
         runtime: WorkerPool,
         caps: RuntimeSection,
         serving: ServeSection,
-        cards: CardBook,
+        cards: CardExchange,
         tasklog: TaskLog,
         runner: TaskRunner,
         money: SettlementService,
@@ -173,7 +172,8 @@ class TaskService:
         self._runtime = runtime
         self._caps = caps
         self._serving = serving
-        self.cards = cards
+        self.cards = cards.book
+        self.exchange = cards
         self.tasklog = tasklog
         self.runner = runner
         self._money = money
@@ -198,7 +198,6 @@ class TaskService:
             await nursery.start(self.tasklog.run)
             await nursery.start(self.runner.send_acks)
             self._overlay.requests.serve(TASK, self._answer)
-            await self._overlay.gossip.subscribe(CARDS_TOPIC, self._on_card, self._validate_card)
             task_status.started()
             await self._cards_loop()
 
@@ -251,21 +250,13 @@ class TaskService:
             models=models,
         )
         self.cards.add(card)
-        try:
-            await self._overlay.gossip.publish(CARDS_TOPIC, card.sign(self._key))
-        except P2PError as exc:
-            log.debug("could not publish the agent card", extra={"why": str(exc)})
-        for agent in agents:  # provider records, for peers that missed the cards
-            if time.monotonic() - announced.get(agent, -ANNOUNCE_EVERY_S) >= ANNOUNCE_EVERY_S:
-                announced[agent] = time.monotonic()
+        await self.exchange.publish(card, card.sign(self._key))
+        # Provider records: how nodes that do not follow these refs yet find us.
+        for ref in [*agents, *(str(m["model"]) for m in models)]:
+            if time.monotonic() - announced.get(ref, -ANNOUNCE_EVERY_S) >= ANNOUNCE_EVERY_S:
+                announced[ref] = time.monotonic()
                 with contextlib.suppress(P2PError):
-                    await self._overlay.dht.provide(f"agent:{agent}")
-
-    async def _validate_card(self, message: GossipMessage) -> Verdict:
-        return card_verdict(self.cards, message.data, self._overlay.peer_id)
-
-    async def _on_card(self, message: GossipMessage) -> None:
-        pass  # taken in the validator
+                    await self._overlay.dht.provide(provider_key(ref))
 
     @property
     def serving(self) -> tuple[str, ...]:
@@ -709,9 +700,17 @@ class TaskService:
         """Results of runs asked with an idempotency key."""
         return self.runner.run_keys
 
+    async def find_providers(self, agent: str) -> list[dict[str, Any]]:
+        """`providers`, after following ``agent`` and, if no card names it yet,
+        looking its providers up (within the quote deadline)."""
+        await self.exchange.find(agent, self.runner.lookup_s)
+        return self.providers(agent)
+
     def providers(self, agent: str) -> list[dict[str, Any]]:
         """Live candidates for ``agent`` with this node's view of each: reputation
-        and the score it would rank them by (before quotes), best first."""
+        and the score it would rank them by (before quotes), best first. Asking
+        follows ``agent`` (see `find_providers`), so its cards come from now on."""
+        self.exchange.follow(agent)
         runner = self.runner
         now = time.time()
         cards = [c for c in self.cards.candidates(agent) if c["provider"] != self._overlay.peer_id]

@@ -85,7 +85,7 @@ async def analytics(web: Web, request: Request) -> Response:
     for agent in agents[:MAX_LISTINGS]:
         listing = own.get(agent)
         try:
-            serving = len(web.api.tasks.providers(agent).providers)
+            serving = len((await web.api.tasks.providers(agent, look_up=False)).providers)
         except MercatoError:  # a malformed agent name in an old log row
             serving = None
         rows.append(

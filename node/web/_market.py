@@ -91,7 +91,7 @@ async def listing(web: Web, request: Request) -> Response:
     name = request.path_params["name"]
     shown = (await web.api.registry.show(publisher, name)).model_dump()
     agent = f"{publisher}/{name}"
-    providers = web.api.tasks.providers(agent).providers
+    providers = (await web.api.tasks.providers(agent)).providers
     plans = shown.get("plans") or {}
     held: list[dict[str, Any]] = []
     mine = False

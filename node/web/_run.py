@@ -112,7 +112,7 @@ async def quote(web: Web, request: Request) -> Response:
         draft=draft_id,
         size=len(stdin),
         spending=spending,
-        providers=web.api.tasks.providers(agent).providers,
+        providers=(await web.api.tasks.providers(agent)).providers,
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from mercato.node.tasks._cards import TOPIC, AgentCard
+from mercato.node.tasks._cards import AgentCard, card_topic
 from mercato.p2p import Keypair
 from mercato.settlement import open_embedded_ledger
 
@@ -59,7 +59,7 @@ async def _fake_cards(attacker: Any, user: Any, agent: str, count: int) -> None:
             provider=key.peer_id, seq=1, expires=time.time() + 300, agents=[agent], prices=[0],
             load=0.0, addrs=[f"/ip4/192.0.2.{1 + i % 250}/tcp/4001/p2p/{key.peer_id}"],
         )  # fmt: skip
-        await attacker.overlay.gossip.publish(TOPIC, card.sign(key))
+        await attacker.overlay.gossip.publish(card_topic(agent), card.sign(key))
         fakes.add(key.peer_id)
     with trio.fail_after(30):  # polled, as above
         for _ in iter(int, 1):
@@ -76,7 +76,8 @@ async def _run(root: Path, fakes: int) -> dict[str, Any]:
         for a, b in ((user, provider), (user, attacker), (provider, attacker)):
             await a.overlay.host.connect(b.overlay.host.listen_addrs()[0])
         agent = await _serve(provider, user)
-        await attacker.overlay.gossip.wait_for_mesh(user.overlay.peer_id, TOPIC)
+        await attacker.tasks.exchange.find(agent, 10.0)  # joins the agent's card group
+        await attacker.overlay.gossip.wait_for_mesh(user.overlay.peer_id, card_topic(agent))
         await _fake_cards(attacker, user, agent, fakes)
         real = provider.overlay.peer_id
         started = time.perf_counter()

@@ -192,13 +192,23 @@ async def test_a_provider_that_keeps_payments_is_paid_twice_at_most(tmp_path: Pa
         assert user.tasks.runner.reputation.get(pid).failed >= 1
 
 
+async def follow_as_attacker(attacker, user, agent: str) -> None:
+    """The attacker joins the agent's card group, as any peer can, and waits until
+    the user (which follows the agent) is its neighbour there."""
+    from mercato.node.tasks._cards import card_topic
+
+    await attacker.tasks.exchange.find(agent, budget(10))
+    assert user.tasks.exchange.follows(agent)
+    await attacker.overlay.gossip.wait_for_mesh(user.overlay.peer_id, card_topic(agent))
+
+
 async def publish_fake_cards(attacker, agent: str, count: int, before: str = "") -> set[str]:
     """``count`` agent cards for ``agent``, each signed by a fresh key, price 0, at
     addresses where nothing listens, gossiped by ``attacker`` as any peer can.
     ``before``: peer ids that sort before it (a tie in the ranking goes to them)."""
     import time as clock
 
-    from mercato.node.tasks._cards import TOPIC, AgentCard
+    from mercato.node.tasks._cards import AgentCard, card_topic
     from mercato.p2p import Keypair
 
     fakes = set()
@@ -210,7 +220,7 @@ async def publish_fake_cards(attacker, agent: str, count: int, before: str = "")
             provider=key.peer_id, seq=1, expires=clock.time() + 300, agents=[agent],
             prices=[0], load=0.0, addrs=[f"/ip4/127.0.0.1/tcp/{9 + i}/p2p/{key.peer_id}"],
         )  # fmt: skip
-        await attacker.overlay.gossip.publish(TOPIC, card.sign(key))
+        await attacker.overlay.gossip.publish(card_topic(agent), card.sign(key))
         fakes.add(key.peer_id)
     return fakes
 
@@ -227,7 +237,7 @@ async def test_twenty_fake_free_cards_do_not_keep_a_paid_task_from_the_real_prov
         for a, b in ((user, provider), (user, attacker), (provider, attacker)):
             await a.overlay.host.connect(b.overlay.host.listen_addrs()[0])
         agent = await serve_an_agent(provider, user, price=PRICE)
-        await attacker.overlay.gossip.wait_for_mesh(user.overlay.peer_id, "mercato/cards/1")
+        await follow_as_attacker(attacker, user, agent)
         fakes = await publish_fake_cards(attacker, agent, 20)
         await until(
             lambda: _knows(user, agent, fakes), budget(20), "the fake cards at the user's node"
@@ -264,7 +274,7 @@ async def test_cards_that_lead_nowhere_are_asked_after_the_provider_that_answere
         for a, b in ((user, attacker), (provider, attacker)):
             await a.overlay.host.connect(b.overlay.host.listen_addrs()[0])
         agent = await serve_an_agent(provider, user)  # its card reaches the user by gossip
-        await attacker.overlay.gossip.wait_for_mesh(user.overlay.peer_id, "mercato/cards/1")
+        await follow_as_attacker(attacker, user, agent)
         real = provider.overlay.peer_id
         fakes = await publish_fake_cards(attacker, agent, 20, before=real)  # asked first
         await until(lambda: _knows(user, agent, fakes), budget(20), "the fake cards")

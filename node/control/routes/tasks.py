@@ -22,7 +22,7 @@ router = APIRouter(tags=["tasks"])
 async def providers(
     api: API, agent: Annotated[str, Query(max_length=200, description="PUBLISHER/NAME")] = ""
 ) -> m.Providers:
-    return api.tasks.providers(agent)
+    return await api.tasks.providers(agent)
 
 
 @router.post(
