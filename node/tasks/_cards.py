@@ -62,6 +62,7 @@ MAX_CARD_BYTES = 96 * 1024  # 256 agents and 64 models at their longest, signed
 LOOKUP_PROVIDERS = 8  # providers whose cards a first look-up fetches
 LOOKUP_AGAIN_S = 5.0  # a ref with no live card is looked up again after this
 REFRESH_S = 120.0  # followed refs are looked up again this often: new providers, new links
+REFRESH_WINDOW_S = 3600.0  # ... if they were asked for this recently
 FETCH_S = 5.0  # one provider's card, connection included
 MAX_FOLLOWED = 4096
 
@@ -327,10 +328,11 @@ class CardExchange:
         self._own = b""
         self._published: set[str] = set()
         self._nursery: trio.Nursery | None = None
+        self._refreshing = trio.Semaphore(4)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Answer card requests and look followed refs up again every REFRESH_S,
-        until cancelled."""
+        """Answer card requests and look up again, every REFRESH_S, the refs asked
+        for in the last REFRESH_WINDOW_S (new providers, new links), until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._overlay.requests.serve(CARD, self._answer)
@@ -339,8 +341,15 @@ class CardExchange:
                 await trio.sleep(REFRESH_S)
                 now = trio.current_time()
                 for ref, used in list(self._followed.items()):
-                    if now - used < 24 * 3600:
-                        nursery.start_soon(self._lookup, ref)
+                    if now - used < REFRESH_WINDOW_S:
+                        await self._refreshing.acquire()  # a few at a time
+                        nursery.start_soon(self._refresh, ref)
+
+    async def _refresh(self, ref: str) -> None:
+        try:
+            await self._lookup(ref)
+        finally:
+            self._refreshing.release()
 
     @property
     def topics(self) -> set[str]:
@@ -444,6 +453,8 @@ class CardExchange:
         now = trio.current_time()
         if now - self._looked.get(ref, -math.inf) < LOOKUP_AGAIN_S:
             return
+        if len(self._looked) >= MAX_FOLLOWED:  # refs asked for once, long ago
+            self._looked = {r: t for r, t in self._looked.items() if now - t < LOOKUP_AGAIN_S}
         self._looked[ref] = now
         self._lookups[ref] = done = trio.Event()
         try:
