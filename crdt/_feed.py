@@ -25,7 +25,7 @@ nothing is stored or applied unless all pass:
 
 1. size: at most MAX_UPDATE_BYTES;
 2. signature: the publisher's key signed exactly these bytes;
-3. shape: the update decodes; applied on the shadow, the feed's state becomes
+3. shape: the update decodes; once applied, the feed's state becomes
    exactly the signed ``state`` (nothing left pending, nothing claimed that is
    not there, and not a no-op), it holds only the writer's client, and it
    touches no root but ``listings`` and ``releases``;
@@ -39,8 +39,10 @@ would disagree forever. `FeedWriter` keeps such rules when writing; readers
 (the index) skip a release whose listing they do not have yet, and whoever
 runs a release checks that it has a build.
 
-Gate 3 and 4 run on a *shadow* copy of the feed's document; only an update
-that passes is applied to the real one (a CRDT cannot take an update back).
+Gates 3 and 4 run on the feed's document itself, which the update is applied
+to once. A CRDT cannot take an update back, so one that fails them is undone by
+rebuilding the document from the updates it held before (`Feed._history`):
+acceptance, the common case, costs one apply; rejection costs a rebuild.
 
 A *snapshot* is a signed update with empty ``deps``: the whole feed up to its
 ``state`` (`FeedWriter.snapshot`). It applies on any earlier state of the
@@ -67,8 +69,11 @@ import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
+import cbor2
+import nacl.bindings
+import nacl.exceptions
 from pycrdt import Doc, Map
 
 from mercato.p2p import (
@@ -78,7 +83,7 @@ from mercato.p2p import (
     b58encode,
     canonical_cbor,
     decode_canonical,
-    verify_signature,
+    signing_payload,
 )
 
 from ._errors import Equivocation, ReleaseExists, SchemaError, UpdateRejected
@@ -93,6 +98,36 @@ ROOTS = ("listings", "releases")
 MAX_PENDING_PER_FEED = 256
 MAX_PENDING_TOTAL = 4096
 MAX_CLIENTS = 256
+HISTORY_FOLD = 64  # updates a feed keeps for rollback before folding them into one
+
+# What `signing_payload(SIGN_KIND, body)` puts before the body's CBOR.
+_SIGN_PREFIX = signing_payload(SIGN_KIND, {})[: -len(canonical_cbor({}))]
+_SIG_KEY = canonical_cbor("sig")
+# The body's keys in canonical order (shortest first), each encoded.
+_BODY_KEYS = tuple(
+    (name, canonical_cbor(name)) for name in ("deps", "state", "update", "publisher")
+)
+
+
+def _cbor_bytes(data: bytes) -> bytes:
+    """``data`` as a CBOR byte string (minimal length header: canonical)."""
+    n = len(data)
+    if n < 24:
+        head = bytes((0x40 + n,))
+    elif n < 0x100:
+        head = bytes((0x58, n))
+    elif n < 0x10000:
+        head = b"\x59" + n.to_bytes(2, "big")
+    elif n < 0x100000000:
+        head = b"\x5a" + n.to_bytes(4, "big")
+    else:
+        head = b"\x5b" + n.to_bytes(8, "big")
+    return head + data
+
+
+@functools.lru_cache(maxsize=16_384)
+def _address(publisher: bytes) -> str:
+    return b58encode(publisher)  # a bignum loop: worth keeping per publisher
 
 
 EMPTY_STATE = b"\x00"  # the state vector of an empty document
@@ -107,38 +142,69 @@ def writer_client_id(publisher: bytes) -> int:
 
 
 def decode_state_vector(data: bytes) -> dict[int, int]:
-    """A Yrs state vector (count, then client/clock varint pairs) as {client: clock}."""
+    """A Yrs state vector (count, then client/clock varint pairs) as {client: clock};
+    ValueError if it is truncated, has trailing bytes or over MAX_CLIENTS clients."""
     out: dict[int, int] = {}
+    if not data:
+        return out
+    end = len(data)
     pos = 0
-
-    def varint() -> int:
-        nonlocal pos
-        value, shift = 0, 0
+    # Varints inline (no helper call per varint): this runs for every update.
+    values: list[int] = []
+    wanted = 1
+    while len(values) < wanted:
+        value = shift = 0
         while True:
-            if pos >= len(data) or shift > 63:
+            if pos >= end or shift > 63:
                 raise ValueError("truncated or oversized varint")
             byte = data[pos]
             pos += 1
             value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
             shift += 7
-            if not byte & 0x80:
-                return value
-
-    if not data:
-        return out
-    count = varint()
-    if count > MAX_CLIENTS:
-        raise ValueError("too many clients")
-    for _ in range(count):
-        client = varint()
-        out[client] = varint()
-    if pos != len(data):
+        values.append(value)
+        if wanted == 1:
+            if value > MAX_CLIENTS:
+                raise ValueError("too many clients")
+            wanted = 1 + 2 * value
+    if pos != end:
         raise ValueError("trailing bytes")
+    for i in range(1, wanted, 2):
+        out[values[i]] = values[i + 1]
     return out
 
 
 def covers(have: dict[int, int], need: dict[int, int]) -> bool:
-    return all(have.get(client, 0) >= clock for client, clock in need.items())
+    # A loop, not all(generator): this runs twice for every update.
+    for client, clock in need.items():  # noqa: SIM110
+        if have.get(client, 0) < clock:
+            return False
+    return True
+
+
+_T = TypeVar("_T")
+
+
+class _cached(Generic[_T]):
+    """`functools.cached_property` without its lock (Python 3.11 takes one on every
+    first access): computed once, then read from the instance's ``__dict__``."""
+
+    def __init__(self, compute: Callable[[Any], _T]) -> None:
+        self._compute = compute
+        self._name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _cached[_T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> _T: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> _T | _cached[_T]:
+        if obj is None:
+            return self
+        value = self._compute(obj)
+        obj.__dict__[self._name] = value
+        return value
 
 
 @dataclass(frozen=True)
@@ -149,11 +215,11 @@ class SignedUpdate:
     update: bytes
     sig: bytes
 
-    @functools.cached_property
+    @_cached
     def address(self) -> str:
-        return b58encode(self.publisher)
+        return _address(bytes(self.publisher))
 
-    @property
+    @_cached
     def is_snapshot(self) -> bool:
         """No deps: the whole feed up to ``state``; it applies on any earlier state."""
         try:
@@ -161,7 +227,7 @@ class SignedUpdate:
         except ValueError:
             return False
 
-    @functools.cached_property
+    @_cached
     def clock(self) -> int:
         """How far into the writer's sequence the feed is after this update."""
         try:
@@ -170,8 +236,19 @@ class SignedUpdate:
             return 0
 
     def verified(self) -> bool:
-        """Whether the publisher's signature holds for exactly these fields."""
-        return verify_signature(self.publisher, SIGN_KIND, self.body(), self.sig)
+        """Whether the publisher's signature holds for exactly these fields (False for
+        a malformed key or signature, never an exception)."""
+        # As `verify_signature`, on the body's CBOR encoded once for this and `encode`.
+        publisher, sig = self.publisher, self.sig
+        if type(publisher) is not bytes or len(publisher) != 32:
+            return False
+        if type(sig) is not bytes or len(sig) != 64:
+            return False
+        try:
+            nacl.bindings.crypto_sign_open(sig + _SIGN_PREFIX + self._body_cbor, publisher)
+        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+            return False
+        return True
 
     def body(self) -> dict[str, bytes]:
         return {
@@ -184,16 +261,32 @@ class SignedUpdate:
     def encode(self) -> bytes:
         return self._encoded
 
-    @functools.cached_property
+    # Canonical CBOR sorts map keys shortest first, so "sig" leads the encoding and
+    # the body's CBOR is the encoding without it: whichever is known gives the other.
+    @_cached
     def _encoded(self) -> bytes:
-        return canonical_cbor({**self.body(), "sig": self.sig})
+        return b"\xa5" + _SIG_KEY + canonical_cbor(self.sig) + self._body_cbor[1:]
 
-    @functools.cached_property
+    @_cached
+    def _body_cbor(self) -> bytes:
+        """canonical_cbor(self.body())."""
+        encoded = self.__dict__.get("_encoded")
+        if encoded is not None:
+            head = b"\xa5" + _SIG_KEY + canonical_cbor(self.sig)
+            if encoded.startswith(head):
+                return b"\xa4" + encoded[len(head) :]
+        body = self.body()
+        if all(type(value) is bytes for value in body.values()):
+            # What canonical_cbor gives for a map of byte strings, without its sort.
+            return b"\xa4" + b"".join(key + _cbor_bytes(body[name]) for name, key in _BODY_KEYS)
+        return canonical_cbor(body)
+
+    @_cached
     def deps_clocks(self) -> dict[int, int]:
         """``deps`` decoded; ValueError if malformed."""
         return decode_state_vector(self.deps)
 
-    @functools.cached_property
+    @_cached
     def state_clocks(self) -> dict[int, int]:
         """``state`` decoded; ValueError if malformed."""
         return decode_state_vector(self.state)
@@ -216,6 +309,85 @@ class SignedUpdate:
         return signed
 
 
+_INT_RANGE = range(-(2**64), 2**64)  # what CBOR encodes without a (bignum) tag
+_SCALAR_TYPES = frozenset({str, bytes, bool, type(None)})
+_KEY_ORDERS: dict[tuple[Any, ...], bool] = {}  # a map's keys -> in canonical order?
+
+
+def _canonical_order(keys: tuple[Any, ...]) -> bool:
+    """Text keys, strictly in canonical order: shortest first, then by bytes."""
+    previous: tuple[int, bytes] | None = None
+    for key in keys:
+        if type(key) is not str:
+            return False
+        encoded = key.encode()
+        order = (len(encoded), encoded)
+        if previous is not None and order <= previous:
+            return False
+        previous = order
+    return True
+
+
+def _plain_canonical(value: Any, depth: int) -> bool:
+    """Whether ``value`` holds only plain values `decode_canonical` accepts, no
+    floats (whose canonical size cbor2's plain encoder does not pick) and no
+    bignums, with every map's keys in canonical order: then its plain CBOR
+    encoding is its canonical one."""
+    kind = type(value)
+    if kind is int:
+        return value in _INT_RANGE
+    if kind is not dict and kind is not list:
+        return kind in _SCALAR_TYPES
+    if depth >= 16:  # p2p's MAX_DEPTH: deeper is decode_canonical's to refuse
+        return False
+    if kind is dict:
+        keys = tuple(value)
+        ordered = _KEY_ORDERS.get(keys)
+        if ordered is None:
+            ordered = _canonical_order(keys)
+            # Entries share a few key sets; remember small ones only (bounded memory).
+            if len(_KEY_ORDERS) < 1024 and len(keys) <= 32 and sum(map(len, keys)) <= 512:
+                _KEY_ORDERS[keys] = ordered
+        if not ordered:
+            return False
+        items = value.values()
+    else:
+        items = value
+    for item in items:
+        kind = type(item)
+        if kind in _SCALAR_TYPES:
+            continue
+        if kind is int:
+            if item not in _INT_RANGE:
+                return False
+        elif not _plain_canonical(item, depth + 1):
+            return False
+    return True
+
+
+def _decode_entry(data: bytes) -> Any:
+    """`decode_canonical` of a feed entry, cheaper: FrameError if it is not one.
+
+    A value that decodes to plain, float-free data with canonically ordered keys
+    and re-encodes (plainly, in that order) to exactly ``data`` is canonical; that
+    skips the key sort of canonical encoding, the larger part of the cost. Anything
+    else goes to `decode_canonical`, for its verdict and its message.
+    """
+    with contextlib.suppress(Exception):  # any doubt: decode_canonical decides, says why
+        value = cbor2.loads(data, max_depth=17, allow_indefinite=False)
+        if _plain_canonical(value, 0) and cbor2.dumps(value) == data:
+            return value
+    return decode_canonical(data)
+
+
+def _root_names(doc: Doc) -> list[str]:
+    """The names of ``doc``'s roots. (`Doc.keys` builds a Python object for each
+    root first, which costs as much as applying a small update.)"""
+    with doc.transaction() as txn:
+        assert txn._txn is not None
+        return list(doc._doc.roots(txn._txn))
+
+
 def _new_doc(client_id: int | None = None) -> Doc:
     doc: Doc[Map[Any]] = Doc(client_id=client_id)
     for root in ROOTS:
@@ -224,24 +396,25 @@ def _new_doc(client_id: int | None = None) -> Doc:
 
 
 class Feed:
-    """One publisher's document, with the shadow that vets updates."""
+    """One publisher's document, which vets updates by applying them (gates 3 and 4)."""
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.client_id = writer_client_id(b58decode(address))
-        self.doc = _new_doc(self.client_id)
         self.clocks: dict[int, int] = {}
         """The feed's state vector, decoded; kept in step with ``doc``."""
         self._changes: list[tuple[str, str, str, Any, Any]] = []
-        self._shadow = self._watched(_new_doc())
+        self._history: list[bytes] = []
+        """Updates that rebuild ``doc`` exactly, in order (the first may fold many):
+        what a rejected update is rolled back with."""
         self._content_hash: bytes | None = None
+        self.doc = self._watched(_new_doc(self.client_id))
 
-    def _watched(self, shadow: Doc) -> Doc:
-        """Record every change of the shadow's maps into ``_changes`` (subscribed once:
-        pycrdt inspects the callback on every subscription)."""
+    def _watched(self, doc: Doc) -> Doc:
+        """Record every change of the doc's maps into ``_changes`` (subscribed once per
+        document: pycrdt inspects the callback on every subscription)."""
 
-        def recorder(root: str) -> Any:
-            # One parameter only: pycrdt passes the transaction to two-parameter callbacks.
+        def recorder(root: str) -> Callable[[Any], None]:
             def record(event: Any) -> None:
                 for key, change in event.keys.items():
                     self._changes.append(
@@ -256,10 +429,11 @@ class Feed:
 
             return record
 
-        self._subscriptions = [(shadow[root], root) for root in ROOTS]
-        for shared, root in self._subscriptions:
-            shared.observe(recorder(root))
-        return shadow
+        # On the maps' integrated types: pycrdt's own `observe` wraps every event in
+        # Python objects first, which costs more than the apply. Entries are bytes,
+        # which need no wrapping. The subscriptions must be kept, or they end.
+        self._subscriptions = [doc[root].integrated.observe(recorder(root)) for root in ROOTS]
+        return doc
 
     def listings(self) -> dict[str, Listing]:
         return {
@@ -294,34 +468,29 @@ class Feed:
         """Everything this replica has that a replica at ``state`` lacks."""
         return self.doc.get_update(state) if state else self.doc.get_update()
 
-    def _vet(self, update: bytes, claimed: bytes) -> list[tuple[str, str, str, Any, Any]]:
-        """Apply to the shadow and check its shape (gate 3); return its changes."""
+    def _rollback(self) -> None:
+        """Rebuild ``doc`` from ``_history``: exactly the document before the update
+        being vetted (Yrs cannot take an update back)."""
+        doc = _new_doc(self.client_id)
+        with doc.transaction():
+            for update in self._history:
+                doc.apply_update(update)
         self._changes = []
-        before = self._shadow.get_state()
-        try:
-            self._shadow.apply_update(update)
-        except ValueError as exc:
-            self._reset_shadow()
-            raise UpdateRejected(f"the update does not decode: {exc}") from exc
-        after = self._shadow.get_state()
-        problem = None
-        if after != claimed:
-            problem = "the feed's state after it is not the state it was signed with"
-        elif after == before:
-            problem = "it changes nothing"
-        elif set(decode_state_vector(after)) != {self.client_id}:
-            problem = "it was written by a client other than the feed's writer"
-        elif set(self._shadow.keys()) - set(ROOTS):
-            problem = f"it writes outside {', '.join(ROOTS)}"
-        if problem:
-            self._reset_shadow()
-            raise UpdateRejected(problem)
-        return self._changes
+        self.doc = self._watched(doc)
 
-    def _reset_shadow(self) -> None:
-        shadow = _new_doc()
-        shadow.apply_update(self.doc.get_update())
-        self._shadow = self._watched(shadow)
+    def _remember(self, update: bytes) -> None:
+        """``update`` is now part of ``doc``: keep it for rollbacks."""
+        self._history.append(update)
+        if len(self._history) > HISTORY_FOLD:
+            # One update in place of many: bounded memory, and a cheap rebuild.
+            self._history = [self.doc.get_update()]
+
+    def wrote(self, update: bytes, state: bytes) -> None:
+        """The feed's writer applied ``update`` to ``doc`` itself, bringing it to ``state``."""
+        self._remember(update)
+        self._changes = []
+        self.changed()
+        self.clocks = decode_state_vector(state)
 
     def _check(self, changes: list[tuple[str, str, str, Any, Any]]) -> None:
         for root, key, action, value, old in changes:
@@ -337,7 +506,7 @@ class Feed:
             if not isinstance(value, bytes | bytearray):
                 raise UpdateRejected(f"{where}: entries are canonical CBOR bytes")
             try:
-                entry = decode_canonical(bytes(value))
+                entry = _decode_entry(bytes(value))
                 if root == "listings":
                     listing = validate_listing(entry)
                     if listing.name != key:
@@ -386,20 +555,54 @@ class Feed:
                 "two different histories"
             )
 
-    def apply(self, update: bytes, claimed: bytes, snapshot: bool = False) -> list[str]:
-        """Vet then apply ``update``; return the changed entries ("listings/x", ...)."""
-        changes = self._vet(update, claimed)
+    def apply(
+        self,
+        update: bytes,
+        claimed: bytes,
+        snapshot: bool = False,
+        clocks: dict[int, int] | None = None,
+    ) -> list[str]:
+        """Vet then apply ``update`` (gates 3 and 4); return the changed entries
+        ("listings/x", ...). ``clocks``: ``claimed`` decoded, if the caller has it.
+
+        UpdateRejected (or Equivocation) if it fails a gate, and then the feed is
+        exactly as before: its document is rebuilt without the update. Any other
+        error while applying rolls the document back too, then propagates.
+        """
+        self._changes = []
+        doc = self.doc
         try:
-            self._check(changes)
+            with doc.transaction():  # one transaction: the observers run once, at its end
+                try:
+                    doc.apply_update(update)
+                except ValueError as exc:
+                    raise UpdateRejected(f"the update does not decode: {exc}") from exc
+                after = doc.get_state()
+                roots = _root_names(doc)
+            if after != claimed:
+                raise UpdateRejected(
+                    "the feed's state after it is not the state it was signed with"
+                )
+            state = decode_state_vector(after) if clocks is None else clocks
+            problem = None
+            if state == self.clocks:  # the decoded state before
+                problem = "it changes nothing"
+            elif state.keys() != {self.client_id}:
+                problem = "it was written by a client other than the feed's writer"
+            elif any(root not in ROOTS for root in roots):
+                problem = f"it writes outside {', '.join(ROOTS)}"
+            if problem:
+                raise UpdateRejected(problem)
+            self._check(self._changes)
             if snapshot and self.clocks:  # on an empty feed, the gates above are all
-                self.check_snapshot(update, claimed, self._shadow)
-        except UpdateRejected:
-            self._reset_shadow()
+                self.check_snapshot(update, claimed)
+        except BaseException:
+            self._rollback()
             raise
-        self.doc.apply_update(update)
+        self._remember(update)
         self.changed()
-        self.clocks = decode_state_vector(claimed)  # == the doc's state, checked in _vet
-        return sorted({f"{root}/{key}" for root, key, *_ in changes})
+        self.clocks = state  # == the doc's state, checked above
+        return sorted({f"{root}/{key}" for root, key, *_ in self._changes})
 
 
 class Registry:
@@ -471,7 +674,9 @@ class Registry:
     def _apply_now(self, address: str, signed: SignedUpdate) -> list[str]:
         known = address in self.feeds
         try:
-            return self.feed(address).apply(signed.update, signed.state, signed.is_snapshot)
+            return self.feed(address).apply(
+                signed.update, signed.state, signed.is_snapshot, signed.state_clocks
+            )
         except UpdateRejected:
             if not known:
                 del self.feeds[address]  # leave no trace of a rejected newcomer
@@ -564,10 +769,8 @@ class FeedWriter:
         before = doc.get_state()
         change(doc)
         update = doc.get_update(before)
-        self._feed.changed()
-        self._feed._reset_shadow()
         after = doc.get_state()
-        self._feed.clocks = decode_state_vector(after)
+        self._feed.wrote(update, after)
         body = {
             "publisher": self._keypair.public_key,
             "deps": before,

@@ -152,13 +152,19 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
+_JOURNAL_INSERT = (
+    "INSERT OR IGNORE INTO registry_updates(sig, publisher, body, received, clock) "
+    "VALUES (?,?,?,?,?)"
+)
+
+
+def _journal_row(signed: SignedUpdate) -> tuple[bytes, str, bytes, float, int]:
+    return (signed.sig, signed.address, signed.encode(), time.time(), signed.clock)
+
+
 def journal_append(conn: sqlite3.Connection, signed: SignedUpdate) -> bool:
     """Remember a verified update; False if it was there already."""
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO registry_updates(sig, publisher, body, received, clock) "
-        "VALUES (?,?,?,?,?)",
-        (signed.sig, signed.address, signed.encode(), time.time(), signed.clock),
-    )
+    cur = conn.execute(_JOURNAL_INSERT, _journal_row(signed))
     return cur.rowcount == 1
 
 
@@ -458,6 +464,8 @@ class RegistryStore:
         self._closed = False
         self._too_large: dict[str, int] = {}  # feed -> journal size when it was too big
         self._cids: set[str] | None = None  # release_cids, once computed
+        self._rows: list[tuple[bytes, str, bytes, float, int]] = []
+        """Journal rows of the batch being ingested, written before its commit."""
         self.damaged: list[DamagedUpdate] = []
         """Journal entries found damaged when it was loaded (reported, fetched again)."""
         self._load()
@@ -546,10 +554,18 @@ class RegistryStore:
                 self._reopen_index()
                 for signed in updates:
                     outcomes.append(self._ingest_one(signed))
+                self._write_rows()  # inside the transaction: stored before acknowledged
         except BaseException:
+            self._rows = []
             self._reload()
             raise
         return outcomes
+
+    def _write_rows(self) -> None:
+        """Journal the rows queued by `_ingest_one`, in one statement."""
+        if self._rows:
+            rows, self._rows = self._rows, []
+            self.conn.executemany(_JOURNAL_INSERT, rows)
 
     def _ingest_one(self, signed: SignedUpdate) -> list[str] | UpdateRejected | None:
         try:
@@ -563,7 +579,7 @@ class RegistryStore:
             return None
         changed: list[str] = []
         for update, entries in applied:
-            journal_append(self.conn, update)
+            self._rows.append(_journal_row(update))  # written by ingest_batch, before COMMIT
             now = time.time()
             self._dirty.update({(update.address, _listing_of(c)): now for c in entries})
             changed += entries
@@ -580,6 +596,7 @@ class RegistryStore:
         vetted whole first: UpdateRejected if it fails a gate, Equivocation if it
         contradicts the feed.
         """
+        self._write_rows()  # the rows this deletes may be queued still
         feed = self.registry.feeds.get(snapshot.address)
         if feed is None or feed.state() != snapshot.state:
             return False

@@ -90,6 +90,8 @@ MAX_CONTEXT_LENGTH = 10**7
 # recolour it or reorder what it shows.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _LINE_BREAK = re.compile(r"[\n\t]")
+# Either of the two: one search instead of two for single-line text that is clean.
+_CONTROL_OR_BREAK = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 LIMIT_BOUNDS = {
     "fuel": (1, 10**13),
     "memory_mb": (1, 4096),
@@ -195,6 +197,17 @@ class Release:
         return asdict(self)
 
 
+def _is_mapping(value: Any) -> bool:
+    # A decoded entry's tables are dicts: skip the ABC check, slow next to the rest.
+    return type(value) is dict or isinstance(value, Mapping)
+
+
+_LISTING_FIELDS = frozenset(Listing.__dataclass_fields__)
+_MODELSPEC_FIELDS = frozenset(ModelSpec.__dataclass_fields__)
+_PLAN_FIELDS = frozenset(Plan.__dataclass_fields__)
+_RELEASE_FIELDS = frozenset(Release.__dataclass_fields__)
+
+
 def _text(
     obj: Mapping[str, Any],
     key: str,
@@ -212,7 +225,12 @@ def _text(
         raise SchemaError(key, f"must be text, got {type(value).__name__}")
     if not low <= len(value) <= high:
         raise SchemaError(key, f"must be {low} to {high} characters long, got {len(value)}")
-    bad = _CONTROL.search(value) or (None if multiline else _LINE_BREAK.search(value))
+    if multiline:
+        bad = _CONTROL.search(value)
+    elif _CONTROL_OR_BREAK.search(value) is None:
+        bad = None
+    else:  # report what the two searches would, in their order
+        bad = _CONTROL.search(value) or _LINE_BREAK.search(value)
     if bad:
         where = f"at character {bad.start() + 1}"
         raise SchemaError(key, f"holds a control character ({bad.group()!r}, {where}); remove it")
@@ -250,7 +268,7 @@ def _items(
 
 def _limits(obj: Mapping[str, Any]) -> dict[str, int]:
     value = obj.get("limits", {})
-    if not isinstance(value, Mapping):
+    if not _is_mapping(value):
         raise SchemaError("limits", "must be a table of fuel, memory_mb, timeout_s, ...")
     unknown = set(value) - set(LIMIT_BOUNDS)
     if unknown:
@@ -269,7 +287,9 @@ def _limits(obj: Mapping[str, Any]) -> dict[str, int]:
     return merged
 
 
-def _no_unknown(obj: Mapping[str, Any], allowed: set[str], what: str) -> None:
+def _no_unknown(obj: Mapping[str, Any], allowed: frozenset[str], what: str) -> None:
+    if allowed.issuperset(obj):
+        return
     unknown = sorted(set(obj) - allowed)
     if unknown:
         raise SchemaError(
@@ -279,9 +299,9 @@ def _no_unknown(obj: Mapping[str, Any], allowed: set[str], what: str) -> None:
 
 def validate_listing(obj: Any) -> Listing:
     """A `Listing` from a mapping; SchemaError names the first wrong field."""
-    if not isinstance(obj, Mapping):
+    if not _is_mapping(obj):
         raise SchemaError("listing", "must be a table of fields")
-    _no_unknown(obj, set(Listing.__dataclass_fields__), "listing")
+    _no_unknown(obj, _LISTING_FIELDS, "listing")
     kind = _text(obj, "kind", 1, 16)
     if kind not in KINDS:
         raise SchemaError("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -345,12 +365,12 @@ def _model_of(obj: Mapping[str, Any], kind: str) -> ModelSpec | None:
 
 
 def _model(obj: Any) -> ModelSpec:
-    if not isinstance(obj, Mapping):
+    if not _is_mapping(obj):
         raise SchemaError(
             "model", "must be a table: family, parameters, quantisation, context_length, ..."
         )
     try:
-        _no_unknown(obj, set(ModelSpec.__dataclass_fields__), "model")
+        _no_unknown(obj, _MODELSPEC_FIELDS, "model")
         family_hint = "letters, digits, '.', '_' and '-', like llama"
         quantisation_hint = "letters, digits and '_', like F16 or Q4_K_M"
         weights_hint = 'the weights\' hash: "sha256:" and 64 lowercase hex digits'
@@ -370,7 +390,7 @@ def _model(obj: Any) -> ModelSpec:
 
 def _plans(obj: Mapping[str, Any], run_price: int) -> dict[str, Plan]:
     value = obj.get("plans", {})
-    if not isinstance(value, Mapping):
+    if not _is_mapping(value):
         raise SchemaError("plans", "must be a table of plans, like [plans.pro]")
     if len(value) > MAX_PLANS:
         raise SchemaError("plans", f"may hold at most {MAX_PLANS} plans, got {len(value)}")
@@ -385,10 +405,10 @@ def _plans(obj: Mapping[str, Any], run_price: int) -> dict[str, Plan]:
 
 
 def _plan(where: str, obj: Any, run_price: int) -> Plan:
-    if not isinstance(obj, Mapping):
+    if not _is_mapping(obj):
         raise SchemaError(where, "must be a table: kind, price, versions, ...")
     try:
-        _no_unknown(obj, set(Plan.__dataclass_fields__), "plan")
+        _no_unknown(obj, _PLAN_FIELDS, "plan")
         kind = _text(obj, "kind", 1, 16)
         if kind not in PLAN_KINDS:
             raise SchemaError("kind", f"must be one of {', '.join(PLAN_KINDS)}, got {kind!r}")
@@ -429,16 +449,16 @@ def _plan(where: str, obj: Any, run_price: int) -> Plan:
 
 def validate_release(obj: Any) -> Release:
     """A `Release` from a mapping; SchemaError names the first wrong field."""
-    if not isinstance(obj, Mapping):
+    if not _is_mapping(obj):
         raise SchemaError("release", "must be a table of fields")
-    _no_unknown(obj, set(Release.__dataclass_fields__), "release")
+    _no_unknown(obj, _RELEASE_FIELDS, "release")
     version = _text(obj, "version", 5, 64)
     try:
         Version.parse(version)
     except VersionError as exc:
         raise SchemaError("version", str(exc)) from exc
     deps = obj.get("dependencies", {})
-    if not isinstance(deps, Mapping) or len(deps) > 32:
+    if not _is_mapping(deps) or len(deps) > 32:
         raise SchemaError(
             "dependencies", "must be a table of at most 32 'publisher/name' = 'range'"
         )

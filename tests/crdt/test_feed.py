@@ -424,3 +424,114 @@ def test_an_agents_release_must_name_its_build() -> None:
     writer.put_listing(listing("tiny-chat", **MODEL))
     writer.put_release(release("tiny-chat", "1.0.0"))
     assert set(writer.feed.releases()) == {"echo@1.0.0", "tiny-chat@1.0.0"}
+
+
+def test_a_rejected_update_leaves_the_feed_exactly_as_it_was_however_long() -> None:
+    from mercato.crdt._feed import HISTORY_FOLD
+
+    owner = Keypair.generate()
+    writer, replica = FeedWriter(owner, Registry()), Registry()
+    for i in range(HISTORY_FOLD + 5):  # past the point where the feed folds its history
+        replica.apply(writer.put_listing(listing(f"l{i}")))
+    release_update = writer.put_release(release("l0", "1.0.0"))
+    replica.apply(release_update)
+    feed = replica.feeds[owner.address]
+    held = feed.state(), feed.content_hash(), feed.content(), feed.update_since()
+    base = writer.feed.update_since()
+    entry = canonical_cbor(listing("fresh").to_wire())
+    rebound = canonical_cbor({**release("l0", "1.0.0").to_wire(), "cid": "b3-" + "b" * 20})
+    bad = [
+        (lambda d: d["listings"].__setitem__("fresh", b"\x00"), "must be a table"),
+        (lambda d: d["listings"].__setitem__("fresh", b"\xa1\x61a"), "CBOR"),
+        (lambda d: d["listings"].__setitem__("other", entry), "stored under"),
+        (lambda d: d["releases"].__setitem__("l0@1.0.0", rebound), "releases never change"),
+        (lambda d: d.__setitem__("junk", Map({"k": 1})), "outside"),
+    ]
+    for write, why in bad:
+        with pytest.raises(UpdateRejected, match=why):
+            replica.apply(_signed_raw(owner, write, base))
+        feed = replica.feeds[owner.address]
+        assert (feed.state(), feed.content_hash(), feed.content(), feed.update_since()) == held
+        assert set(feed.doc.keys()) == {"listings", "releases"}
+    replica.apply(writer.put_listing(listing("after")))
+    assert replica.feeds[owner.address].content_hash() == writer.feed.content_hash()
+    assert "after" in replica.feeds[owner.address].listing_names()
+
+
+def test_a_signed_updates_encodings_are_its_canonical_cbor() -> None:
+    from mercato.crdt._feed import _cbor_bytes
+    from mercato.p2p import signing_payload, verify_signature
+
+    owner = Keypair.generate()
+    writer = FeedWriter(owner, Registry())
+    signed = writer.put_listing(listing("echo", description="x" * 300))
+    whole = canonical_cbor({**signed.body(), "sig": signed.sig})
+    assert signed.encode() == whole
+    assert signed._body_cbor == canonical_cbor(signed.body())
+    assert SignedUpdate.decode(whole)._body_cbor == canonical_cbor(signed.body())
+    assert signed.verified() and SignedUpdate.decode(whole).verified()
+    assert verify_signature(signed.publisher, SIGN_KIND, signed.body(), signed.sig)
+    assert signing_payload(SIGN_KIND, signed.body()).endswith(signed._body_cbor)
+    for n in (0, 1, 23, 24, 255, 256, 65535, 65536, 70000):
+        assert _cbor_bytes(bytes(n)) == canonical_cbor(bytes(n)), n
+    wrong = [
+        SignedUpdate(signed.publisher, signed.deps, signed.state, signed.update, signed.sig[:63]),
+        SignedUpdate(signed.publisher[:31], signed.deps, signed.state, signed.update, signed.sig),
+        SignedUpdate(
+            signed.publisher, signed.deps, signed.state, signed.update + b"\0", signed.sig
+        ),
+    ]
+    assert not any(u.verified() for u in wrong)
+
+
+def test_entries_decode_exactly_as_decode_canonical_says() -> None:
+    from mercato.crdt._feed import _decode_entry
+    from mercato.p2p import FrameError, decode_canonical
+
+    model = validate_listing(
+        {
+            "name": "m",
+            "kind": "model",
+            "title": "M",
+            "summary": "A model.",
+            "royalty_bps": 0,
+            "model": {
+                "family": "llama",
+                "parameters": 10**9,
+                "quantisation": "F16",
+                "context_length": 4096,
+                "input_price": 1,
+                "output_price": 2,
+            },
+        }
+    )
+    good = [
+        canonical_cbor(listing("echo").to_wire()),
+        canonical_cbor(model.to_wire()),
+        canonical_cbor(release("echo", "1.0.0").to_wire()),
+        canonical_cbor({"a": 1.5, "b": [2**64 - 1, -(2**64), None, True, b"x"]}),
+        canonical_cbor({"n": 2**70}),  # a bignum: a tag, which decode_canonical refuses
+        canonical_cbor({"b": 1, "aa": 2, "é": 3, "z" * 30: {"y": [[[]]]}}),
+    ]
+    bad = [
+        b"\xa2\x61b\x01\x61a\x02",  # keys out of order
+        b"\xa1\x61a\x18\x01",  # an int not in its shortest form
+        b"\xa1\x61a\xfb\x3f\xf8\x00\x00\x00\x00\x00\x00",  # 1.5 as a double
+        b"\xbf\x61a\x01\xff",  # an indefinite map
+        b"\xa2\x61a\x01\x61a\x02",  # a duplicate key
+        b"\xa1\x61a\xc1\x01",  # a tag
+        b"\xa1\x01\x02",  # a key that is not text
+        b"\xa1\x61a\x01\x00",  # trailing bytes
+        b"\x81" * 40 + b"\x00",  # too deep
+        b"\xa1\x61a",  # truncated
+        b"",
+    ]
+    for data in good + bad:
+        try:
+            expected = decode_canonical(data)
+        except FrameError as exc:
+            with pytest.raises(FrameError) as caught:
+                _decode_entry(data)
+            assert str(caught.value) == str(exc), data
+        else:
+            assert _decode_entry(data) == expected, data

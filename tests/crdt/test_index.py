@@ -1,5 +1,6 @@
 import base64
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -319,25 +320,21 @@ def test_a_bad_snapshot_of_the_current_state_is_refused_and_compacts_nothing(
     again.close()
 
 
-def test_a_failed_batch_leaves_memory_as_the_journal_is(tmp_path: Path, monkeypatch) -> None:
-    import mercato.crdt._index as index
-
+def test_a_failed_batch_leaves_memory_as_the_journal_is(tmp_path: Path) -> None:
     owner = Keypair.generate()
     writer = FeedWriter(owner, Registry())
     db = node_database(tmp_path / "node.db")
     store = RegistryStore(db.conn)
     store.ingest(writer.put_listing(listing("a")))
     late = writer.put_listing(listing("b"))
-    real = index.journal_append
-
-    def failing(conn, signed):
-        real(conn, signed)
-        raise OSError("disk full")  # after the row went in: the rollback must undo it
-
-    monkeypatch.setattr(index, "journal_append", failing)
-    with pytest.raises(OSError):
+    # A real failure of the journal's write, after the row went in: the rollback must undo it.
+    db.conn.execute(
+        "CREATE TEMP TRIGGER full AFTER INSERT ON registry_updates "
+        "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    with pytest.raises(sqlite3.DatabaseError, match="disk full"):
         store.ingest(late)
-    monkeypatch.setattr(index, "journal_append", real)
+    db.conn.execute("DROP TRIGGER full")
     assert store.registry.feeds[owner.address].listing_names() == ["a"]
     assert store.journal_size(owner.address) == 1
     assert store.ingest(late) == ["listings/b"]  # redelivered, it is news again
@@ -441,3 +438,57 @@ def test_a_model_listing_keeps_its_model_through_search_and_show(store: Registry
     from mercato.crdt import decode_query_result, encode_query_result
 
     assert decode_query_result(encode_query_result(found))["model"] == found["model"]
+
+
+def _raw_update(keypair: Keypair, base: bytes, key: str, value: bytes):
+    """The publisher writes ``value`` under ``key`` past FeedWriter's checks."""
+    from pycrdt import Doc, Map
+
+    from mercato.crdt._feed import writer_client_id
+
+    doc = Doc(client_id=writer_client_id(keypair.public_key))
+    doc["listings"], doc["releases"] = Map(), Map()
+    doc.apply_update(base)
+    before = doc.get_state()
+    doc["listings"][key] = value
+    return _sign(keypair, before, doc.get_state(), doc.get_update(before))
+
+
+def test_a_batch_with_an_update_failing_the_schema_rolls_back_only_that_one(
+    tmp_path: Path,
+) -> None:
+    from mercato.crdt import UpdateRejected
+    from mercato.p2p import canonical_cbor
+
+    owner = Keypair.generate()
+    writer = FeedWriter(owner, Registry())
+    db = node_database(tmp_path / "node.db")
+    store = RegistryStore(db.conn)
+    first = writer.put_listing(listing("a"))
+    good = writer.put_listing(listing("b"))
+    # Signed by the publisher on the state after ``good``, but its content is no listing.
+    bad = _raw_update(owner, writer.feed.update_since(), "c", canonical_cbor({"name": "c"}))
+    outcomes = store.ingest_batch([first, good, bad])
+    assert outcomes[:2] == [["listings/a"], ["listings/b"]]
+    assert isinstance(outcomes[2], UpdateRejected) and "'kind': is required" in str(outcomes[2])
+    feed = store.registry.feeds[owner.address]
+    held = (feed.state(), feed.content_hash(), feed.content())
+    assert held == (writer.feed.state(), writer.feed.content_hash(), writer.feed.content())
+    assert store.journal_size(owner.address) == 2
+    assert names(store.search(Query())) == ["b", "a"]
+    # Again alone: still refused, and nothing moves.
+    with pytest.raises(UpdateRejected, match="'kind': is required"):
+        store.ingest(bad)
+    assert (feed.state(), feed.content_hash(), feed.content()) == held
+    assert store.registry.feeds[owner.address] is feed
+    # The publisher's next good update (on the same state) still applies, and is stored.
+    assert store.ingest(writer.put_listing(listing("d"))) == ["listings/d"]
+    assert store.journal_size(owner.address) == 3
+    assert sorted(names(store.search(Query()))) == ["a", "b", "d"]
+    assert store.registry.feeds[owner.address].content_hash() == writer.feed.content_hash()
+    db.close()
+    # What was stored replays to the same feed.
+    again = node_database(tmp_path / "node.db")
+    replayed = RegistryStore(again.conn).registry.feeds[owner.address]
+    assert replayed.content_hash() == writer.feed.content_hash()
+    again.close()
