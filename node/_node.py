@@ -15,6 +15,7 @@ log, the store is closed, api.json removed and the lock released.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -241,7 +242,10 @@ class Node:
                 max_body=self.config.api.max_body_bytes,
                 metrics=self.metrics,
             )
-            self._mcp = McpEndpoint(build_server(AppBackend(app, token)), self.config.api.host)
+            # The MCP SDK (about 18 MB) is imported on the first request to /mcp.
+            self._mcp = McpEndpoint(
+                functools.partial(build_server, AppBackend(app, token)), self.config.api.host
+            )
             app.mcp = self._mcp
             self.web = WebApp(self.api, max_upload=self.config.api.max_upload_mb * 1024 * 1024)
             app.web = self.web

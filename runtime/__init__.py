@@ -9,8 +9,14 @@ the ``mercato`` host functions (`HOST_MODULE`: ``call``, ``infer``, ``result``;
 runtime/examples/mercato.h): the daemon answers them through the `HostHandler`
 it gives `WorkerPool.run`, with a `HostReply` or a negative `HostStatus`.
 
+`Sandbox` and `ENGINE_KEY` are loaded when first used: importing this package
+(as the daemon does) loads no wasmtime, which only the worker processes and
+`mercato exec` need; `open_worker_pool` checks that wasmtime is installed.
+
 May import p2p; must not import node, crdt or settlement.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from ._errors import InputTooLarge as InputTooLarge
 from ._errors import InvalidModule as InvalidModule
@@ -31,9 +37,23 @@ from ._limits import RunResult as RunResult
 from ._limits import Usage as Usage
 from ._pool import WorkerPool as WorkerPool
 from ._pool import open_worker_pool as open_worker_pool
-from ._sandbox import ENGINE_KEY as ENGINE_KEY
-from ._sandbox import Sandbox as Sandbox
-from ._sandbox import module_key as module_key
+from ._source import module_key as module_key
+
+if TYPE_CHECKING:
+    from ._sandbox import ENGINE_KEY as ENGINE_KEY
+    from ._sandbox import Sandbox as Sandbox
+
+_SANDBOX = frozenset({"ENGINE_KEY", "Sandbox"})
+
+
+def __getattr__(name: str) -> Any:
+    """`Sandbox` and `ENGINE_KEY`, importing wasmtime on first use."""
+    if name in _SANDBOX:
+        from . import _sandbox
+
+        return getattr(_sandbox, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ENGINE_KEY",

@@ -20,11 +20,13 @@ most ``out_cap`` bytes, and returns how many it copied (0 at or past the end):
 a guest reads a result longer than its buffer, or why a call failed.
 runtime/examples/mercato.h is the same contract for C.
 
-Arguments are checked here, before anything leaves the sandbox: a range outside
-memory, a name that is empty, not UTF-8 or over MAX_TARGET_BYTES, a payload over
-MAX_PAYLOAD_BYTES, no exported memory: BAD_ARGUMENTS, never a trap. Then a run
-without a host gets NO_HOST, and a run past its ``max_calls`` gets TOO_MANY;
-neither reaches the host. The host (`HostHandler` in the daemon, a plain
+Arguments are checked in the sandbox (`mercato.runtime._session`, the wasmtime
+side of these functions: this module needs no wasmtime, so the daemon imports
+it freely), before anything leaves it: a range outside memory, a name that is
+empty, not UTF-8 or over MAX_TARGET_BYTES, a payload over MAX_PAYLOAD_BYTES, no
+exported memory: BAD_ARGUMENTS, never a trap. Then a run without a host gets
+NO_HOST, and a run past its ``max_calls`` gets TOO_MANY; neither reaches the
+host. The host (`HostHandler` in the daemon, a plain
 function for `Sandbox`) decides everything else.
 
 Time in the host counts against the run's wall clock, never its fuel: a call
@@ -36,11 +38,8 @@ from __future__ import annotations
 
 import enum
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-
-from wasmtime import Caller, FuncType, Memory, ValType
 
 log = logging.getLogger("mercato.runtime")
 
@@ -115,11 +114,6 @@ FUNCS = {"call": 6, "infer": 6, "result": 3}
 """The host functions and how many i32 they take (each returns one i32)."""
 
 
-def func_type(name: str) -> FuncType:
-    """A new one each time: wasmtime ties a FuncType to the first engine it meets."""
-    return FuncType([ValType.i32()] * FUNCS[name], [ValType.i32()])
-
-
 def failure(status: HostStatus, message: str) -> HostReply:
     return HostReply(int(status), message.encode())
 
@@ -142,102 +136,3 @@ def checked(reply: object) -> HostReply:
         return HostReply(int(reply.status), bytes(reply.output))  # a HostStatus is an int
     log.error("a host handler gave a malformed reply", extra={"reply": repr(reply)[:200]})
     return failure(HostStatus.UNAVAILABLE, "the node gave a malformed answer")
-
-
-def has_type(ty: FuncType, name: str) -> bool:
-    """Whether ``ty`` is the type of the host function ``name``."""
-    return [str(t) for t in ty.params] == ["i32"] * FUNCS[name] and [
-        str(t) for t in ty.results
-    ] == ["i32"]
-
-
-class DeadlinePassed(Exception):
-    """Raised out of a host function into wasmtime (a trap) when the run's wall clock
-    ran out while the host worked: the sandbox ends the run as a timeout."""
-
-
-class Session:
-    """One run's side of the host functions: the guest's calls, its last result."""
-
-    def __init__(self, host: HostFunction | None, max_calls: int, deadline: float) -> None:
-        self.host = host
-        self.max_calls = max_calls
-        self.deadline = deadline
-        """time.monotonic() at which the run's wall clock runs out."""
-        self.calls = 0
-        self.last = b""
-        self.refused: list[tuple[str, int, str]] = []
-        """Calls refused here, before the host (bad arguments, past max_calls): (op,
-        status, message), the first MAX_NOTED of them (`RunResult.refused`)."""
-
-    def request(self, caller: Caller, op: str, *args: int) -> int:
-        """``call`` or ``infer`` from the guest."""
-        ref_ptr, ref_len, in_ptr, in_len, out_ptr, out_cap = (a & _U32 for a in args)
-        memory = caller.get("memory")
-        if not isinstance(memory, Memory):
-            return self._fail(op, HostStatus.BAD_ARGUMENTS, "the module exports no memory")
-        size = memory.data_len(caller)
-        if not (_fits(ref_ptr, ref_len, size) and _fits(in_ptr, in_len, size)):
-            return self._fail(op, HostStatus.BAD_ARGUMENTS, "a pointer or length is outside memory")
-        if not _fits(out_ptr, out_cap, size):
-            return self._fail(op, HostStatus.BAD_ARGUMENTS, "the output buffer is outside memory")
-        if not 0 < ref_len <= MAX_TARGET_BYTES:
-            return self._fail(
-                op, HostStatus.BAD_ARGUMENTS, f"a {op} name takes 1 to {MAX_TARGET_BYTES} bytes"
-            )
-        if in_len > MAX_PAYLOAD_BYTES:
-            return self._fail(
-                op, HostStatus.BAD_ARGUMENTS, f"a payload takes at most {MAX_PAYLOAD_BYTES} bytes"
-            )
-        try:
-            target = bytes(memory.read(caller, ref_ptr, ref_ptr + ref_len)).decode()
-        except UnicodeDecodeError:
-            return self._fail(op, HostStatus.BAD_ARGUMENTS, f"the {op} name is not UTF-8")
-        if self.host is None:
-            return self._fail(op, HostStatus.NO_HOST, NO_HOST_MESSAGE)
-        if self.calls >= self.max_calls:
-            return self._fail(op, HostStatus.TOO_MANY, too_many(self.max_calls))
-        self.calls += 1
-        payload = bytes(memory.read(caller, in_ptr, in_ptr + in_len))
-        try:
-            answer: object = self.host(HostCall(op, target, payload))
-        except Exception:  # the host's bug: the guest gets an answer, the log the story
-            log.exception("a host function failed")
-            answer = failure(HostStatus.UNAVAILABLE, "the node could not do it (an internal error)")
-        if time.monotonic() >= self.deadline:
-            # The epoch would stop the guest at its next check anyway; stopping it
-            # here makes a slow host always end the run as a timeout.
-            raise DeadlinePassed
-        reply = checked(answer)
-        self.last = reply.output
-        if reply.status < 0:
-            return reply.status
-        if out_cap:
-            memory.write(caller, reply.output[:out_cap], out_ptr)
-        return len(reply.output)
-
-    def result(self, caller: Caller, offset: int, out_ptr: int, out_cap: int) -> int:
-        """``result`` from the guest: copy part of the last result."""
-        offset, out_ptr, out_cap = offset & _U32, out_ptr & _U32, out_cap & _U32
-        memory = caller.get("memory")
-        if not isinstance(memory, Memory) or not _fits(out_ptr, out_cap, memory.data_len(caller)):
-            return int(HostStatus.BAD_ARGUMENTS)  # the last result stays readable
-        part = self.last[offset : offset + out_cap]
-        if part:
-            memory.write(caller, part, out_ptr)
-        return len(part)
-
-    def _fail(self, op: str, status: HostStatus, message: str) -> int:
-        self.last = message.encode()
-        # Kept for the run's receipt: the first refusals of each kind, not a
-        # looping guest's every one.
-        kinds = [r[1] for r in self.refused]
-        if status in NOTED and len(self.refused) < MAX_NOTED and int(status) not in kinds[-1:]:
-            self.refused.append((op, int(status), message))
-        return int(status)
-
-
-def _fits(ptr: int, length: int, size: int) -> bool:
-    """Whether [ptr, ptr + length) lies in a memory of ``size`` bytes (empty ranges
-    always do: nothing is read or written)."""
-    return length == 0 or ptr + length <= size

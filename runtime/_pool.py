@@ -29,6 +29,7 @@ InvalidModule and LimitsError come back from the worker as themselves.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import subprocess
 import sys
@@ -54,7 +55,7 @@ from ._host import (
     too_many,
 )
 from ._limits import Limits, Outcome, RunResult, Usage
-from ._sandbox import Source, module_key
+from ._source import Source, module_key
 
 log = logging.getLogger("mercato.runtime")
 
@@ -380,7 +381,16 @@ async def _answer(host: HostHandler, call: HostCall, wait: float) -> HostReply:
 async def open_worker_pool(
     slots: int = 2, cache_dir: Path | None = None
 ) -> AsyncIterator[WorkerPool]:
-    """A `WorkerPool` whose workers are all stopped when the block exits."""
+    """A `WorkerPool` whose workers are all stopped when the block exits.
+
+    ModuleNotFoundError if wasmtime is not installed: the workers run it, and the
+    node says so as it starts, not at its first run."""
+    if importlib.util.find_spec("wasmtime") is None:
+        raise ModuleNotFoundError(
+            "wasmtime is not installed, and the runtime's worker processes run agents "
+            "with it: install mercato's dependencies again (pip install 'wasmtime>=50,<51')",
+            name="wasmtime",
+        )
     pool = WorkerPool(slots, cache_dir)
     try:
         yield pool

@@ -18,12 +18,13 @@ inherited environment, no network. Limits:
   fail with EFBIG and the run ends as output_too_large).
 
 Besides WASI, a module may import the ``mercato`` functions (`mercato.runtime._host`
-states their contract): ``call`` and ``infer`` go to the run's ``host`` function,
-at most ``max_calls`` times; without one they return NO_HOST. The host functions
-are defined once on the shared linker and find the current run through a
-thread-local `Session` (one run at a time per thread), cleared when the run
-ends however it ends. Time in the host counts against the run's wall clock
-(a host that returns past the deadline ends the run as a timeout), not its fuel.
+states their contract, `mercato.runtime._session` answers them): ``call`` and
+``infer`` go to the run's ``host`` function, at most ``max_calls`` times; without
+one they return NO_HOST. The host functions are defined once on the shared
+linker and find the current run through a thread-local `Session` (one run at a
+time per thread), cleared when the run ends however it ends. Time in the host
+counts against the run's wall clock (a host that returns past the deadline ends
+the run as a timeout), not its fuel.
 
 Every run ends in a `RunResult`; only a module that cannot run at all raises
 (`InvalidModule`, `InputTooLarge`).
@@ -64,17 +65,10 @@ from wasmtime import (
 
 from ._cache import ModuleCache
 from ._errors import InvalidModule, LimitsError
-from ._host import (
-    FUNCS,
-    HOST_MODULE,
-    DeadlinePassed,
-    HostFunction,
-    HostStatus,
-    Session,
-    func_type,
-    has_type,
-)
+from ._host import FUNCS, HOST_MODULE, HostFunction, HostStatus
 from ._limits import MIB, Limits, Outcome, RunResult, Usage
+from ._session import DeadlinePassed, Session, func_type, has_type
+from ._source import Source, module_key
 
 WASI = "wasi_snapshot_preview1"
 TICK_S = 0.005
@@ -86,15 +80,6 @@ ENGINE_KEY = (
     f"wasmtime-{importlib.metadata.version('wasmtime')}-"
     + hashlib.sha256(ENGINE_FLAGS.encode()).hexdigest()[:12]
 )
-
-
-Source = bytes | Callable[[], bytes]
-"""A module's bytes, or a function that reads them (called only on a cache miss)."""
-
-
-def module_key(wasm: bytes) -> str:
-    """The cache key of a module given as bytes: its SHA-256."""
-    return "sha256-" + hashlib.sha256(wasm).hexdigest()
 
 
 class _Output:
