@@ -46,6 +46,14 @@ MAX_RECORD_BYTES = 16 * 1024
 MAX_TTL_S = 48 * 3600
 CLOCK_SKEW_S = 300
 _NAME = re.compile(r"[a-z0-9][a-z0-9._:-]{0,127}")
+LOOKUP_QUORUM = 3
+"""Valid records that end a lookup; the newest of them is the answer."""
+LOOKUP_ALPHA = 5
+"""GET_VALUE queries of one lookup in flight at once."""
+LOOKUP_CLOSEST = 20
+"""A lookup that finds fewer records stops when this many closest peers answered."""
+LOOKUP_QUERY_TIMEOUT_S = 5.0
+"""One peer's answer; a peer slower than this counts as having none."""
 
 
 class DhtError(P2PError):
@@ -177,6 +185,7 @@ class Dht:
         self._kad = kad
         self._config = config
         self._added: set[str] = set()
+        self._nursery: trio.Nursery | None = None
 
     @property
     def mode(self) -> str:
@@ -197,17 +206,108 @@ class Dht:
         key = record_key(publisher_address, name)
         try:
             b58decode(publisher_address)
-            value = await self._kad.get_value(key)
         except ValueError as exc:
             raise DhtError(f"invalid publisher address {publisher_address!r}") from exc
+        try:
+            return await self._lookup(key)
         except Exception as exc:
             raise DhtError(f"lookup of {key} failed: {exc}") from exc
-        if value is None:
+
+    async def _lookup(self, key: str) -> DhtRecord | None:
+        """Kademlia's iterative GET_VALUE walk, ending at `LOOKUP_QUORUM` valid answers.
+
+        py-libp2p's ``get_value`` first walks FIND_NODE to the closest peers (each
+        round waiting for its slowest peer), then asks every peer it has heard
+        of, then stores the value on every closest peer without it, and only
+        then returns: its time is that of the slowest of some forty queries,
+        and one peer slow to answer made a lookup take seconds. Here the
+        closest known peers are asked, `LOOKUP_ALPHA` at a time, closest
+        first, each answer's closer peers joining the candidates; the walk ends
+        at `LOOKUP_QUORUM` valid records (the newest of them wins), or when the
+        `LOOKUP_CLOSEST` closest peers it knows have all answered. Peers that
+        answered with an older record are sent the newest in the background.
+        """
+        from libp2p.kad_dht.utils import sort_peer_ids_by_distance
+
+        kad = self._kad
+        key_bytes = key.encode()
+        local = kad.value_store.get(key_bytes)
+        if local is not None:
+            try:
+                return parse_record(key, local.value)
+            except DhtError:
+                pass  # expired here: ask the network
+        me = kad.local_peer_id
+        candidates = [p for p in kad.routing_table.find_local_closest_peers(key_bytes) if p != me]
+        if len(candidates) < LOOKUP_QUORUM:  # a node that is still joining
+            found = await kad.peer_routing.find_closest_peers_network(key_bytes)
+            candidates = [p for p in found if p != me]
+        answers: dict[Any, tuple[DhtRecord, Any] | None] = {}
+        asked: set[Any] = set()
+        send, receive = trio.open_memory_channel[tuple[Any, Any, list[Any]]](LOOKUP_CLOSEST * 4)
+
+        async def ask(peer: Any) -> None:
+            record, closer = None, []
+            with trio.move_on_after(LOOKUP_QUERY_TIMEOUT_S):
+                try:
+                    result = await kad.value_store._get_from_peer(
+                        peer, key_bytes, return_record=True, return_closer_peers=True
+                    )
+                    if isinstance(result, tuple):
+                        record, closer = result
+                except Exception:
+                    log.debug("GET_VALUE failed", extra={"peer": str(peer)}, exc_info=True)
+            await send.send((peer, record, list(closer)))
+
+        def settled() -> bool:
+            nearest = sort_peer_ids_by_distance(key_bytes, [*asked, *candidates])
+            return all(p in answers for p in nearest[:LOOKUP_CLOSEST])
+
+        async with trio.open_nursery() as nursery:
+            in_flight = 0
+            while True:
+                while in_flight < LOOKUP_ALPHA and candidates:
+                    peer = candidates.pop(0)
+                    asked.add(peer)
+                    nursery.start_soon(ask, peer)
+                    in_flight += 1
+                if in_flight == 0:
+                    break
+                peer, raw, closer = await receive.receive()
+                in_flight -= 1
+                answers[peer] = None
+                if raw is not None and raw.value:
+                    try:
+                        answers[peer] = (parse_record(key, raw.value), raw)
+                    except DhtError:
+                        log.debug("invalid record from a peer", extra={"peer": str(peer)})
+                fresh = [p for p in closer if p != me and p not in asked and p not in candidates]
+                if fresh:
+                    candidates = sort_peer_ids_by_distance(key_bytes, candidates + fresh)
+                valid = [a for a in answers.values() if a is not None]
+                if len(valid) >= LOOKUP_QUORUM or (not in_flight and settled()):
+                    break
+            nursery.cancel_scope.cancel()
+        valid = [a for a in answers.values() if a is not None]
+        if not valid:
             return None
-        try:
-            return parse_record(key, value)
-        except DhtError:
-            return None  # expired since it was stored, or served by a liar
+        best, best_raw = max(valid, key=lambda a: (a[0].seq, a[0].expires_at))
+        kad.value_store.put_record(key_bytes, best_raw)  # as py-libp2p's lookup does
+        outdated = [p for p, a in answers.items() if a is not None and a[0].seq < best.seq]
+        if outdated and self._nursery is not None:
+            self._nursery.start_soon(self._correct, outdated, key_bytes, best_raw)
+        return best
+
+    async def _correct(self, peers: list[Any], key_bytes: bytes, raw: Any) -> None:
+        """Send the newest record to peers that served an older one."""
+        for peer in peers:
+            with trio.move_on_after(LOOKUP_QUERY_TIMEOUT_S):
+                try:
+                    await self._kad.value_store._store_at_peer(
+                        peer, key_bytes, raw.value, record=raw
+                    )
+                except Exception:
+                    log.debug("entry correction failed", extra={"peer": str(peer)})
 
     async def provide(self, key: str) -> None:
         """Announce that this node provides ``key``."""
@@ -250,6 +350,25 @@ class Dht:
         self._added &= set(self._host.connected_peers())
         return new
 
+    async def _join(self) -> None:
+        """Kademlia's join: one lookup of the node's own id through its first peers,
+        so that it learns of its neighbours (and discovery can dial them) instead
+        of staying a leaf of its bootstrap peer. Not a full refresh: that adds a
+        lookup per non-empty bucket, each asking up to 20 peers, and every node
+        of a network that starts together ran them at once; the periodic
+        refresh fills the far buckets later."""
+        from libp2p.peer.peerinfo import PeerInfo
+
+        kad = self._kad
+        try:
+            found = await kad.peer_routing.find_closest_peers_network(kad.local_peer_id.to_bytes())
+            for peer in found:
+                addrs = self._kad.host.get_peerstore().addrs(peer)
+                if addrs and peer != kad.local_peer_id:
+                    await kad.routing_table.add_peer(PeerInfo(peer, addrs))
+        except Exception:
+            log.debug("join lookup failed", exc_info=True)
+
     async def refresh(self) -> None:
         await self.add_connected_peers()
         try:
@@ -266,11 +385,8 @@ class Dht:
         while True:
             await self.add_connected_peers()
             if not joined and self.routing_table_size():
-                # Kademlia's join: a lookup of the node's own neighbourhood through
-                # its first peers, so that it learns of others (and discovery can
-                # dial them) instead of staying a leaf of its bootstrap peer.
                 joined = True
-                await self.refresh()
+                await self._join()
             if trio.current_time() >= next_refresh:
                 await self.refresh()
                 next_refresh = trio.current_time() + self._config.refresh_s * (
@@ -295,6 +411,7 @@ async def open_dht(host: P2PHost, config: DhtConfig) -> AsyncIterator[Dht]:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(background_trio_service(kad))
             async with trio.open_nursery() as nursery:
+                dht._nursery = nursery
                 nursery.start_soon(dht._maintain)
                 try:
                     yield dht
