@@ -25,6 +25,7 @@ from ._feed import Registry as Registry
 from ._feed import SignedUpdate as SignedUpdate
 from ._feed import better as better_history
 from ._index import COMPACTED as COMPACTED
+from ._index import JOURNAL_KEYED as JOURNAL_KEYED
 from ._index import MIGRATIONS as MIGRATIONS
 from ._index import Fork as Fork
 from ._index import Query as Query
@@ -59,6 +60,7 @@ __all__ = [
     "SUBCALL_LIMITS",
     "FeedCopy",
     "COMPACTED",
+    "JOURNAL_KEYED",
     "DependencyConflict",
     "Equivocation",
     "ReleaseExists",

@@ -125,6 +125,11 @@ def _cbor_bytes(data: bytes) -> bytes:
     return head + data
 
 
+def _sig_cbor(sig: Any) -> bytes:
+    """canonical_cbor(sig), without cbor2's canonical encoder for the usual bytes."""
+    return _cbor_bytes(sig) if type(sig) is bytes else canonical_cbor(sig)
+
+
 @functools.lru_cache(maxsize=16_384)
 def _address(publisher: bytes) -> str:
     return b58encode(publisher)  # a bignum loop: worth keeping per publisher
@@ -265,14 +270,14 @@ class SignedUpdate:
     # the body's CBOR is the encoding without it: whichever is known gives the other.
     @_cached
     def _encoded(self) -> bytes:
-        return b"\xa5" + _SIG_KEY + canonical_cbor(self.sig) + self._body_cbor[1:]
+        return b"\xa5" + _SIG_KEY + _sig_cbor(self.sig) + self._body_cbor[1:]
 
     @_cached
     def _body_cbor(self) -> bytes:
         """canonical_cbor(self.body())."""
         encoded = self.__dict__.get("_encoded")
         if encoded is not None:
-            head = b"\xa5" + _SIG_KEY + canonical_cbor(self.sig)
+            head = b"\xa5" + _SIG_KEY + _sig_cbor(self.sig)
             if encoded.startswith(head):
                 return b"\xa4" + encoded[len(head) :]
         body = self.body()
@@ -380,12 +385,9 @@ def _decode_entry(data: bytes) -> Any:
     return decode_canonical(data)
 
 
-def _root_names(doc: Doc) -> list[str]:
-    """The names of ``doc``'s roots. (`Doc.keys` builds a Python object for each
-    root first, which costs as much as applying a small update.)"""
-    with doc.transaction() as txn:
-        assert txn._txn is not None
-        return list(doc._doc.roots(txn._txn))
+def _where(root: str, key: str) -> str:
+    """An entry, as a refusal names it: "listing 'x'"."""
+    return f"{root[:-1]} {key[:80]!r}"
 
 
 def _new_doc(client_id: int | None = None) -> Doc:
@@ -502,9 +504,8 @@ class Feed:
                 )
             if action == "delete":
                 continue
-            where = f"{root[:-1]} {key[:80]!r}"
             if not isinstance(value, bytes | bytearray):
-                raise UpdateRejected(f"{where}: entries are canonical CBOR bytes")
+                raise UpdateRejected(f"{_where(root, key)}: entries are canonical CBOR bytes")
             try:
                 entry = _decode_entry(bytes(value))
                 if root == "listings":
@@ -516,7 +517,7 @@ class Feed:
                     if release.key != key:
                         raise SchemaError("version", f"{release.key!r} stored under {key!r}")
             except (FrameError, SchemaError) as exc:
-                raise UpdateRejected(f"{where}: {exc}") from exc
+                raise UpdateRejected(f"{_where(root, key)}: {exc}") from exc
 
     @property
     def clock(self) -> int:
@@ -572,13 +573,17 @@ class Feed:
         self._changes = []
         doc = self.doc
         try:
-            with doc.transaction():  # one transaction: the observers run once, at its end
+            with doc.transaction() as txn:  # one transaction: the observers run once, at its end
+                # On its Yrs transaction directly: each of pycrdt's `Doc` methods
+                # enters and leaves a nested transaction of its own.
+                ytxn = txn._txn
+                assert ytxn is not None
                 try:
-                    doc.apply_update(update)
+                    doc._doc.apply_update(ytxn, update)
                 except ValueError as exc:
                     raise UpdateRejected(f"the update does not decode: {exc}") from exc
-                after = doc.get_state()
-                roots = _root_names(doc)
+                after = doc._doc.get_state(ytxn)
+                roots = list(doc._doc.roots(ytxn))  # `Doc.keys` wraps each root first
             if after != claimed:
                 raise UpdateRejected(
                     "the feed's state after it is not the state it was signed with"

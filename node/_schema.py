@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from mercato.crdt import JOURNAL_KEYED as REGISTRY_JOURNAL_KEYED
 from mercato.crdt import MIGRATIONS as REGISTRY_MIGRATIONS
 
 from ._events import SCHEMA as EVENTS_SCHEMA
@@ -37,6 +38,7 @@ MIGRATIONS: tuple[str, ...] = (
     GATEWAY_SCHEMA,  # 9: x402 payments taken, and royalties forwarded to creators
     GATEWAY_RESULTS_SCHEMA,  # 10: answers of x402 calls whose settlement was pending
     TASK_TOKENS_SCHEMA,  # 11: the tokens in and out of each model call in the task log
+    REGISTRY_JOURNAL_KEYED,  # 12: the registry journal keyed by feed and clock, one index
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -492,3 +492,79 @@ def test_a_batch_with_an_update_failing_the_schema_rolls_back_only_that_one(
     replayed = RegistryStore(again.conn).registry.feeds[owner.address]
     assert replayed.content_hash() == writer.feed.content_hash()
     again.close()
+
+
+def test_migration_12_keys_the_journal_by_feed_and_keeps_every_update(tmp_path: Path) -> None:
+    from mercato.crdt import SignedUpdate
+    from mercato.crdt._index import JOURNAL_KEYED, journal_append
+    from mercato.node import MIGRATIONS, SCHEMA_VERSION, Database
+
+    path = tmp_path / "node.db"
+    before = MIGRATIONS[: MIGRATIONS.index(JOURNAL_KEYED)]
+    old = Database(path, before)  # a store of the schema before migration 12
+    assert old.schema_version == SCHEMA_VERSION - 1
+    store = RegistryStore(old.conn)
+    owner, other = Keypair.generate(), Keypair.generate()
+    publish(store, owner, listing("a"), listing("b", summary="Second of its feed."))
+    writer = FeedWriter(other, Registry())
+    first, second = writer.put_listing(listing("c")), writer.put_listing(listing("d"))
+    store.ingest_batch([first, second])
+    # A row journaled before clocks were (migration 4): its clock is found on load.
+    old.conn.execute("UPDATE registry_updates SET clock = -1 WHERE sig = ?", (second.sig,))
+    store.close()
+    rows = old.conn.execute(
+        "SELECT sig, publisher, body, received FROM registry_updates ORDER BY sig"
+    ).fetchall()
+    old.close()
+
+    db = node_database(path)
+    assert db.schema_version == SCHEMA_VERSION
+    assert [tuple(r) for r in rows] == [
+        tuple(r)
+        for r in db.conn.execute(
+            "SELECT sig, publisher, body, received FROM registry_updates ORDER BY sig"
+        )
+    ]
+    indexes = {
+        r[0]
+        for r in db.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'registry_updates'"
+        )
+    }
+    assert indexes == {"registry_updates_feed"}
+    store = RegistryStore(db.conn)
+    assert store.damaged == []
+    assert store.journal_size(owner.address) == 2 and store.journal_size(other.address) == 2
+    assert (
+        db.conn.execute(
+            "SELECT clock FROM registry_updates WHERE sig = ?", (second.sig,)
+        ).fetchone()[0]
+        == second.clock
+    )
+    assert names(store.search(Query(text="second"))) == ["b"]
+    assert store.ingest(second) == [] and store.ingest_batch([first]) == [[]]  # duplicates
+    assert store.journal_size(other.address) == 2
+    # An update is journaled once; another signed at the same clock (a fork) is its own row.
+    assert not journal_append(db.conn, second)
+    fork = FeedWriter(owner, Registry()).put_listing(listing("z"))
+    assert fork.clock == 1 and journal_append(db.conn, fork) and not journal_append(db.conn, fork)
+    db.conn.execute("DELETE FROM registry_updates WHERE sig = ?", (fork.sig,))
+    updates, more = store.missing_for({}, 10**9, only=other.address)
+    assert not more and [SignedUpdate.decode(u).sig for u in updates] == [first.sig, second.sig]
+    store.ingest(writer.put_listing(listing("e")))
+    assert store.journal_size(other.address) == 3
+    # Every query on the journal by feed uses the one index.
+    for sql, args in (
+        (
+            "SELECT body FROM registry_updates WHERE publisher = ? AND clock > ? ORDER BY clock",
+            (other.address, 1),
+        ),
+        (
+            "DELETE FROM registry_updates WHERE publisher = ? AND clock <= ? AND sig != ?",
+            (other.address, 1, b""),
+        ),
+        ("SELECT COUNT(*) FROM registry_updates WHERE publisher = ?", (other.address,)),
+    ):
+        plan = " ".join(str(r[3]) for r in db.conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+        assert "registry_updates_feed" in plan, (sql, plan)
+    db.close()
