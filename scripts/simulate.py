@@ -18,7 +18,7 @@ Two parts, each labelled as what it is in the output:
   (``--sizes``), the largest run directly rather than extrapolated. The
   network is a model with the project's parameters: each node dials until it
   has 16 peers (`[p2p] target_peers`); GossipSub meshes of degree 6 (4 to
-  12) with gossip to 6 peers outside the mesh for 5 heartbeats of 1 s
+  8) with gossip to 6 peers outside the mesh for 5 heartbeats of 1 s
   (p2p/_gossip.py); Kademlia with k = 20 and alpha = 10 (py-libp2p's);
   registry anti-entropy as node/registry does it (a node that learnt
   something asks its other peers, who pull from it); links of 20-120 ms (a
@@ -73,7 +73,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 TARGET_PEERS = 16
 MAX_CONNECTIONS = 128
-D, D_LOW, D_HIGH, D_LAZY = 6, 4, 12, 6
+D, D_LOW, D_HIGH, D_LAZY = 6, 4, 8, 6  # p2p.GossipConfig: degree, degree_low, degree_high
 HEARTBEAT_S = 1.0
 GOSSIP_WINDOW = 5
 K, ALPHA = 20, 10
