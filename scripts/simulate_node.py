@@ -35,7 +35,6 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,8 @@ import trio
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._net import lines  # noqa: E402
 
 from mercato.crdt import FeedWriter, sync_digest, validate_listing  # noqa: E402
 from mercato.node._events import EventLog  # noqa: E402
@@ -74,16 +75,15 @@ def say(obj: object) -> None:
     sys.stdout.flush()
 
 
-async def lines(stream: trio.lowlevel.FdStream) -> AsyncIterator[str]:
-    buffer = b""
-    while True:
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            return
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            yield line.decode().strip()
+async def dial_all(node: Any, addrs: list[str]) -> int:
+    """Dial each of ``addrs``; how many could not be reached."""
+    failed = 0
+    for addr in addrs:
+        try:
+            await node.host.connect(addr)
+        except Exception:
+            failed += 1
+    return failed
 
 
 async def wait_until(condition: Any, timeout_s: float) -> bool:
@@ -130,13 +130,7 @@ async def main() -> None:
             async for line in lines(stdin):
                 cmd, *args = line.split()
                 if cmd == "connect":
-                    failed = 0
-                    for addr in args:
-                        try:
-                            await node.host.connect(addr)
-                        except Exception:
-                            failed += 1
-                    say({"ok": True, "failed": failed})
+                    say({"ok": True, "failed": await dial_all(node, args)})
                 elif cmd == "ready":
                     want, timeout = int(args[0]), float(args[1])
                     await wait_until(
@@ -202,13 +196,7 @@ async def main() -> None:
                 elif cmd == "heal":
                     peers = [a.rsplit("/p2p/", 1)[1] for a in args]
                     await wait_until(lambda p=peers: not any(map(node.host.is_banned, p)), 60)
-                    failed = 0
-                    for addr in args:
-                        try:
-                            await node.host.connect(addr)
-                        except Exception:
-                            failed += 1
-                    say({"ok": True, "failed": failed})
+                    say({"ok": True, "failed": await dial_all(node, args)})
                 elif cmd == "put":
                     owner = Keypair.generate()
                     with trio.move_on_after(30):

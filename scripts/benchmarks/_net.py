@@ -8,6 +8,8 @@ import statistics
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import trio
+
 from mercato.p2p import DiscoveryConfig, HostConfig, Keypair, Overlay, OverlayConfig, open_overlay
 
 CONFIG = OverlayConfig(
@@ -46,3 +48,16 @@ def percentile(values: list[float], q: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+async def lines(stream: trio.lowlevel.FdStream) -> AsyncIterator[str]:
+    """The lines a child process is sent on ``stream`` (its stdin), stripped."""
+    buffer = b""
+    while True:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            yield line.decode().strip()

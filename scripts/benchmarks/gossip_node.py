@@ -20,6 +20,8 @@ import trio
 
 from mercato.p2p import DiscoveryConfig, HostConfig, Keypair, OverlayConfig, open_overlay
 
+from ._net import lines
+
 TOPIC = "mercato/bench/1"
 CONFIG = OverlayConfig(
     host=HostConfig(listen=("/ip4/127.0.0.1/tcp/0",)),
@@ -93,18 +95,6 @@ class Counters:
 def say(obj: object) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
-
-
-async def lines(stream: trio.lowlevel.FdStream):
-    buffer = b""
-    while True:
-        chunk = await stream.receive_some(4096)
-        if not chunk:
-            return
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            yield line.decode().strip()
 
 
 async def main() -> None:
