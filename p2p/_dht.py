@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import re
 import time
@@ -47,6 +48,9 @@ MAX_TTL_S = 48 * 3600
 CLOCK_SKEW_S = 300
 _NAME = re.compile(r"[a-z0-9][a-z0-9._:-]{0,127}")
 LOOKUP_QUORUM = 3
+JOINS = 10  # own-id look-ups while the routing table is small...
+JOINED_AT = 8  # ... under this many peers...
+REJOIN_S = 2.0  # ... this far apart
 """Valid records that end a lookup; the newest of them is the answer."""
 LOOKUP_ALPHA = 5
 """GET_VALUE queries of one lookup in flight at once."""
@@ -381,11 +385,17 @@ class Dht:
         # joins. Full refreshes are lookups of their own: run them rarely and at
         # jittered times, or every node of a network refreshes at once.
         next_refresh = trio.current_time() + self._config.refresh_s * (0.5 + random.random())
-        joined = False
+        joins, last_join = 0, -math.inf
         while True:
             await self.add_connected_peers()
-            if not joined and self.routing_table_size():
-                joined = True
+            size, now = self.routing_table_size(), trio.current_time()
+            # Join once; again, a few times, while the table stays small: the first
+            # node of a network that starts together knows no one its first
+            # look-up could find (the later ones are each one look-up, not a storm).
+            if size and (
+                joins == 0 or (joins < JOINS and size < JOINED_AT and now - last_join >= REJOIN_S)
+            ):
+                joins, last_join = joins + 1, now
                 await self._join()
             if trio.current_time() >= next_refresh:
                 await self.refresh()
