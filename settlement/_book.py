@@ -610,4 +610,9 @@ async def open_channel_book(path: Path) -> AsyncIterator[ChannelBook]:
     try:
         yield book
     finally:
-        book.close()
+        # A task of a longer-lived nursery may still be writing in its thread:
+        # closing the connection under it crashes the process. Wait for it; later
+        # writes fail with a LedgerError (a closed database), never a crash.
+        with trio.CancelScope(shield=True):
+            async with book._writing:
+                book.close()
