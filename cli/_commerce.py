@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,47 +10,34 @@ import click
 from mercato.node import ControlClient
 
 from ._common import data_dir_option, print_json, resolve
-from ._wallet import LAMPORTS_PER_SOL, LEDGER_TIMEOUT_S
+from ._format import moment, short_ref, sol, table, when
+from ._ids import licence_mint, listing_ref
+from ._progress import waiting
+from ._wallet import LEDGER_TIMEOUT_S
+
+__all__ = ["buy", "date", "licences", "refund", "sales", "short", "sol", "table"]
 
 SALE_TIMEOUT_S = LEDGER_TIMEOUT_S + 30.0  # finding the creator's node, then the ledger
 
 
-def sol(lamports: int) -> str:
-    """``50000000`` -> ``0.05 SOL``, exact (no float rounding)."""
-    whole, frac = divmod(abs(lamports), LAMPORTS_PER_SOL)
-    text = f"{whole}.{frac:09d}".rstrip("0").rstrip(".")
-    return f"{'-' if lamports < 0 else ''}{text} SOL"
-
-
 def date(ts: float, never: str = "never") -> str:
-    """Unix seconds as local date and time; ``never`` for 0."""
-    if not ts:
-        return never
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+    """Unix seconds as local date and time; ``never`` for 0 (kept for older callers)."""
+    return when(ts) if ts else never
 
 
 def short(agent: str) -> str:
-    """``8Co4tt4s…/wordcount``: a listing as `mercato search` shows it."""
-    publisher, _, name = agent.partition("/")
-    return f"{publisher[:8]}…/{name}"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Print rows under their headers, each column as wide as its widest cell."""
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
-    for row in (headers, *rows):
-        cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=True)]
-        click.echo("  ".join(cells).rstrip())
+    """``8Co4tt4s/wordcount``: a listing as `mercato search` shows it, accepted back."""
+    return short_ref(agent)
 
 
 def _refunds(licence: dict[str, Any]) -> str:
     if licence["refunded"]:
         return "refunded"
-    return date(licence["refund_until"], never="none")
+    return moment(licence["refund_until"], never="none")
 
 
 @click.command("buy")
-@click.argument("agent", metavar="PUBLISHER/NAME")
+@click.argument("agent", metavar="[PUBLISHER/]NAME")
 @click.option("--plan", required=True, metavar="NAME", help="The plan (`mercato show` lists them).")
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -62,18 +47,20 @@ def buy(agent: str, plan: str, data_dir: Path | None, as_json: bool) -> None:
     The creator's node must be online: it co-signs the purchase, which pays the
     plan's price from this node's wallet and gives it a licence token on the
     ledger. Runs of the listing then use it on their own. A subscription
-    bought again extends the one held.
+    bought again extends the one held. The listing may be NAME alone when one
+    listing has that name, or PREFIX/NAME as `mercato search` prints it.
 
     \b
     Example:
       mercato show 8Co4tt4sbELaV8uRcbz31ojp8QdazK5MxczX8j1d5EoB/wordcount
       mercato buy 8Co4tt4sbELaV8uRcbz31ojp8QdazK5MxczX8j1d5EoB/wordcount --plan pro
+      mercato buy 8Co4tt4s/wordcount --plan pro
     """
-    publisher, sep, name = agent.partition("/")
-    if not sep or not publisher or not name or "/" in name:
-        raise click.BadParameter(f"{agent!r}: expected PUBLISHER/NAME", param_hint="PUBLISHER/NAME")
+    client = ControlClient(resolve(data_dir), SALE_TIMEOUT_S)
+    agent = listing_ref(client, agent)
     # The command names the plan: the human at the terminal has confirmed it.
-    bought = ControlClient(resolve(data_dir), SALE_TIMEOUT_S).buy(agent, plan, approved=True)
+    with waiting(f"buying {plan} of {short_ref(agent)} from its creator's node"):
+        bought = client.buy(agent, plan, approved=True)
     if as_json:
         print_json(bought)
         return
@@ -82,8 +69,8 @@ def buy(agent: str, plan: str, data_dir: Path | None, as_json: bool) -> None:
     )
     click.echo(f"  licence    {bought['mint']}")
     click.echo(f"  covers     {bought['versions']}")
-    click.echo(f"  expires    {date(bought['expires'])}")
-    refunds = f"until {date(bought['refund_until'])}" if bought["refund_until"] else "none"
+    click.echo(f"  expires    {moment(bought['expires'])}")
+    refunds = f"until {moment(bought['refund_until'])}" if bought["refund_until"] else "none"
     click.echo(f"  refunds    {refunds}")
 
 
@@ -112,7 +99,7 @@ def licences(data_dir: Path | None, as_json: bool) -> None:
     rows = [
         (
             short(x["agent"]), x["plan"], x["kind"], x["versions"], x["state"],
-            date(x["expires"]), _refunds(x), sol(x["price"]), x["mint"],
+            moment(x["expires"]), _refunds(x), sol(x["price"]), x["mint"],
         )
         for x in found
     ]  # fmt: skip
@@ -139,13 +126,17 @@ def refund(mint: str, data_dir: Path | None, as_json: bool) -> None:
 
     The creator's node pays the price back to this wallet and burns the
     licence token; it must be online. `mercato licences` shows each licence's
-    mint and until when it can be refunded.
+    mint and until when it can be refunded; MINT may be the start of one.
 
     \b
     Example:
       mercato refund 7fJrupaZXvcxYiSzuvc78YUKwk9Vhq6qxMS4JskYED39
+      mercato refund 7fJrupaZ
     """
-    done = ControlClient(resolve(data_dir), SALE_TIMEOUT_S).refund(mint)
+    client = ControlClient(resolve(data_dir), SALE_TIMEOUT_S)
+    mint = licence_mint(client, mint)
+    with waiting("waiting for the creator's node and the ledger"):
+        done = client.refund(mint)
     if as_json:
         print_json(done)
         return
@@ -191,7 +182,7 @@ def sales(data_dir: Path | None, limit: int, as_json: bool) -> None:
     click.echo()
     recent = [
         (
-            date(s["time"]), short(s["agent"]), s["plan"], sol(s["price"]), s["state"],
+            when(s["time"]), short(s["agent"]), s["plan"], sol(s["price"]), s["state"],
             s["party"], s["mint"],
         )
         for s in found["sales"][:limit]

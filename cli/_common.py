@@ -10,7 +10,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from mercato.node import DataDir, default_data_dir
+from mercato.node import ControlError, DataDir, default_data_dir
 from mercato.node import MercatoError as MercatoErrorBase
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,9 +32,14 @@ def resolve(data_dir: Path | None) -> DataDir:
 
 
 def read_input(input_file: str | None) -> bytes:
-    """What ``--input FILE|-`` names: a file's bytes, this command's stdin, or nothing."""
+    """The task input: ``--input FILE``'s bytes, or this command's stdin for ``-``.
+
+    Without ``--input``, stdin when it is a pipe or a file, as any Unix filter
+    reads it (``echo hi | mercato run …``); nothing when it is a terminal, where
+    no one is about to type an input (or absent, as under some service managers).
+    """
     if input_file is None:
-        return b""
+        return b"" if stdin_is_terminal() else sys.stdin.buffer.read()
     if input_file == "-":
         return sys.stdin.buffer.read()
     try:
@@ -43,16 +48,51 @@ def read_input(input_file: str | None) -> bytes:
         raise click.BadParameter(f"cannot read {input_file}: {exc}", param_hint="--input") from exc
 
 
+def stdin_is_terminal() -> bool:
+    """Whether stdin is a terminal, or missing altogether (then nothing to read)."""
+    try:
+        return sys.stdin is None or sys.stdin.isatty()
+    except (AttributeError, ValueError):  # closed, or replaced by an object with no fd
+        return True
+
+
 def print_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2))
 
 
+MALFORMED = frozenset(("bad_agent", "bad_body", "bad_peer", "bad_query", "bad_task"))
+"""The control API's codes for a request with a malformed value (400): a value the
+user typed that the CLI passes on as given, so a usage error (exit code 2)."""
+
+
 class MercatoGroup(click.Group):
-    """A click group that turns mercato's errors into one line on stderr and exit code 1."""
+    """A click group that turns every error into one line on stderr, ``error: ...``:
+    exit code 2 for a usage error (click's own, or a value the node found
+    malformed), 1 for any other failure."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:  # the group's own options: `mercato --bogus`
+            _usage_error(exc, info_name or "mercato")
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            _usage_error(exc, ctx.command_path)
+        except click.ClickException as exc:
+            fail(_sentence(exc.format_message()), exc.exit_code)
+        except ControlError as exc:
+            if exc.status == 400 and exc.code in MALFORMED:
+                fail(str(exc), code=2)
+            fail(str(exc))
         except MercatoErrorBase as exc:
             fail(str(exc))
         except BaseExceptionGroup as group:
@@ -66,6 +106,21 @@ class MercatoGroup(click.Group):
             fail(f"{exc.strerror or exc}{where}")
 
 
+def _usage_error(exc: click.UsageError, command_path: str) -> NoReturn:
+    where = exc.ctx.command_path if exc.ctx else command_path
+    message = _sentence(exc.format_message())
+    hint = "" if "(see `" in message else f" (see `{where} --help`)"
+    fail(message + hint, code=2)
+
+
+def _sentence(message: str) -> str:
+    """Click's "Invalid value for 'X'." as our messages read: lower case first, no
+    full stop (a hint follows)."""
+    if len(message) > 1 and message[0].isupper() and message[1].islower():
+        message = message[0].lower() + message[1:]
+    return message if message.endswith("..") else message.removesuffix(".")
+
+
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     out: list[BaseException] = []
     for exc in group.exceptions:
@@ -73,6 +128,7 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     return out
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Say ``error: message`` on stderr, once, and exit: 1, a failure; 2, a usage error."""
     click.echo(f"error: {message}", err=True)
-    sys.exit(1)
+    sys.exit(code)

@@ -1,8 +1,12 @@
+"""``mercato events``: the node's event log, whole, by kind or family, or checked."""
+
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -11,6 +15,7 @@ from mercato.node import open_control
 from ._common import data_dir_option, print_json, resolve
 
 PAGE = 1000
+HEADER = f"{'SEQ':>6}  {'TIME':<19}  {'KIND':<18} DATA"
 
 
 @click.command()
@@ -30,7 +35,12 @@ PAGE = 1000
 @click.option(
     "--limit", type=click.IntRange(min=1), default=None, help="At most this many entries."
 )
-@click.option("--kind", default=None, help="Only entries of this kind, e.g. key.created.")
+@click.option(
+    "--kind",
+    default=None,
+    help="Only entries of this kind (task.served), or of this family (task: task.served "
+    "and task.run).",
+)
 def events(
     data_dir: Path | None,
     verify: bool,
@@ -41,11 +51,17 @@ def events(
 ) -> None:
     """Show the node's append-only, hash-chained event log.
 
-    Works with or without a running daemon.
+    Works with or without a running daemon. The text output shows each entry's
+    time in the local time zone; --json keeps the stored UTC timestamp. Kinds:
+    task.served, task.run, payment.received, payment.sent, channel.opened,
+    channel.closed, channel.refunded, registry.*, commerce.*, gateway.*,
+    key.created, builds.added, node.started, node.stopped; a family (the part
+    before the dot) selects all of its kinds.
 
     \b
     Example:
       mercato events --limit 20
+      mercato events --kind task
       mercato events --json > events.jsonl
       mercato events --verify
     """
@@ -58,10 +74,14 @@ def events(
             report = control.events_verify()
         else:
             remaining = limit if limit is not None else sys.maxsize
+            shown = 0
             while remaining > 0:
                 page = control.events(after, min(PAGE, remaining), kind)
                 for event in page["events"]:
+                    if not as_json and not shown:
+                        click.echo(HEADER)
                     _print_event(event, as_json)
+                    shown += 1
                 if not page["events"]:
                     break
                 after, remaining = page["next"], remaining - len(page["events"])
@@ -80,9 +100,21 @@ def events(
         sys.exit(1)
 
 
-def _print_event(event: dict, as_json: bool) -> None:
+def _print_event(event: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(event, sort_keys=True))
         return
     data = json.dumps(event["data"], sort_keys=True)
-    click.echo(f"{event['seq']:>6}  {event['ts']}  {event['kind']:<18} {data}")
+    click.echo(f"{event['seq']:>6}  {_local(event['ts']):<19}  {event['kind']:<18} {data}")
+
+
+def _local(ts: str) -> str:
+    """A stored UTC timestamp (``2026-12-06T18:02:12.345Z``) in local time, to the
+    second; as stored if it does not parse (an entry damaged outside mercato)."""
+    try:
+        moment = datetime.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return ts
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")

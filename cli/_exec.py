@@ -9,12 +9,9 @@ import click
 from mercato.node import Limits, run_build
 
 from ._common import data_dir_option, print_json, read_input, resolve
+from ._format import size
 
 DEFAULTS = Limits()
-
-
-def _size(n: int) -> str:
-    return f"{n / 1024 / 1024:.1f} MiB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KiB"
 
 
 @click.command("exec")
@@ -24,7 +21,8 @@ def _size(n: int) -> str:
     "--input",
     "input_file",
     metavar="FILE|-",
-    help="The task input (stdin of the module): a file, or - for this command's stdin.",
+    help="The task input (stdin of the module): a file, or - for this command's stdin "
+    "[default: stdin when it is a pipe or a file; no input on a terminal].",
 )
 @click.option(
     "--fuel",
@@ -63,14 +61,16 @@ def exec_command(
 ) -> None:
     """Run a WebAssembly build once, here, in the same sandbox providers use.
 
-    The module's stdout is printed; its outcome and what it used (fuel, time,
-    memory) go to stderr. Exits 0 if the run ended ok, 1 otherwise. Try a build
+    The input is --input FILE, or this command's stdin when it is a pipe or a
+    file. The module's stdout is printed; its stderr, then its outcome and what
+    it used (fuel, time, memory) go to stderr (--json puts them all in one
+    object on stdout). Exits 0 if the run ended ok, 1 otherwise. Try a build
     this way before you publish it.
 
     \b
     Example:
       mercato exec wordcount.wasm --input README.md
-      echo '{"a": "b"}' | mercato exec json-upper.wasm --input - --json
+      echo '{"a": "b"}' | mercato exec json-upper.wasm --json
     """
     if not wasm.is_file():
         raise click.BadParameter(f"{wasm} does not exist", param_hint="FILE.wasm")
@@ -94,11 +94,18 @@ def exec_command(
     else:
         sys.stdout.buffer.write(result.output)
         sys.stdout.flush()
+        _show_stderr(result.stderr)
         fuel_text = f"fuel {usage.fuel:,}" if usage.fuel is not None else "fuel unknown"
         summary = (
             f"{result.outcome.value}: {fuel_text}, {usage.wall_ms:.1f} ms, "
-            f"memory {_size(usage.peak_memory_bytes)}"
+            f"memory {size(usage.peak_memory_bytes)}"
         )
         click.echo(summary + (f" ({result.detail})" if result.detail else ""), err=True)
     if not result.ok:
         sys.exit(1)
+
+
+def _show_stderr(stderr: bytes) -> None:
+    """The module's own stderr, as it wrote it: a crashing module says why there."""
+    if stderr:
+        click.echo(stderr, err=True, nl=not stderr.endswith(b"\n"))

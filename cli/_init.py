@@ -1,17 +1,23 @@
+"""``mercato init``: create a data dir."""
+
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
 from mercato.node import init_data_dir
 
-from ._common import data_dir_option, resolve
+from ._common import data_dir_option, print_json, resolve
 
 
 @click.command()
 @data_dir_option
-def init(data_dir: Path | None) -> None:
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (created, root, peer_id, account_address)."
+)
+def init(data_dir: Path | None, as_json: bool) -> None:
     """Create a data dir: config, API token, node key, a 'default' account key, store.
 
     Running it again on an initialized data dir changes nothing.
@@ -19,9 +25,13 @@ def init(data_dir: Path | None) -> None:
     \b
     Example:
       mercato init --data-dir ~/mercato-test
+      mercato init --json
     """
     datadir = resolve(data_dir)
     result = init_data_dir(datadir)
+    if as_json:
+        print_json(dataclasses.asdict(result))
+        return
     if result.created:
         click.echo(f"initialized data dir {result.root}")
     else:

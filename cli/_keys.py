@@ -1,12 +1,15 @@
+"""``mercato keys``: the node key and the account keys of a data dir."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from mercato.node import open_control
+from mercato.node import KeyStoreError, check_account_name, open_control
 
 from ._common import data_dir_option, print_json, resolve
+from ._format import table
 
 
 @click.group()
@@ -49,14 +52,20 @@ def list_keys(data_dir: Path | None, as_json: bool) -> None:
     if as_json:
         print_json(found)
         return
-    click.echo(f"{'NAME':<16} {'KIND':<8} ADDRESS / PEER ID")
-    for key in found:
-        click.echo(f"{key['name']:<16} {key['kind']:<8} {key['peer_id'] or key['address']}")
+    rows = [(key["name"], key["kind"], key["peer_id"] or key["address"]) for key in found]
+    table(("NAME", "KIND", "ADDRESS / PEER ID"), rows)
+
+
+def _account_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return check_account_name(value)
+    except KeyStoreError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 @keys.command("new")
 @data_dir_option
-@click.argument("name")
+@click.argument("name", callback=_account_name)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def new_key(data_dir: Path | None, name: str, as_json: bool) -> None:
     """Create a new account key NAME (lowercase letters, digits, '-', '_').

@@ -1,3 +1,5 @@
+"""``mercato localnet``: a shared Solana ledger for the nodes on this machine."""
+
 from __future__ import annotations
 
 from functools import partial

@@ -10,6 +10,7 @@ from ._builds import builds
 from ._chat import chat
 from ._commerce import buy, licences, refund, sales
 from ._common import MercatoGroup
+from ._earnings import earnings
 from ._events import events
 from ._exec import exec_command
 from ._init import init
@@ -18,7 +19,8 @@ from ._localnet import localnet
 from ._mcp import mcp
 from ._node import node
 from ._peers import peers, ping
-from ._registry import deprecate, publish, release, resolve_command, search, show
+from ._registry import deprecate, publish, resolve_command, search, show
+from ._release import release
 from ._run import providers, run, spending, tasks
 from ._ui import ui
 from ._usage import usage
@@ -58,6 +60,7 @@ main.add_command(providers)
 main.add_command(tasks)
 main.add_command(spending)
 main.add_command(usage)
+main.add_command(earnings)
 main.add_command(chat)
 main.add_command(wallet)
 main.add_command(channel)

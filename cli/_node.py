@@ -9,6 +9,7 @@ import click
 import trio
 
 from mercato.node import (
+    ConfigError,
     ControlClient,
     DaemonNotRunning,
     DataDir,
@@ -126,30 +127,33 @@ def start(
       mercato node start --serve PUBLISHER/NAME --gateway 0.0.0.0:8402
     """
     datadir = resolve(data_dir)
+    config = load_config(datadir.config_file)  # a missing file: the defaults
+    try:  # a bad flag is a usage error, found before anything is created
+        if log_json:
+            config = config.replace("log", format="json")
+        if log_level:
+            config = config.replace("log", level=log_level)
+        if api_port is not None:
+            config = config.replace("api", port=api_port)
+        if listen:
+            config = config.replace("p2p", listen=listen)
+        if bootstrap:
+            config = config.replace("p2p", bootstrap=config.p2p.bootstrap + bootstrap)
+        if no_mdns:
+            config = config.replace("p2p", mdns=False)
+        if serve:
+            config = config.replace("serve", agents=config.serve.agents + serve)
+        if role:
+            config = config.replace("node", role=role)
+        if private:
+            config = config.replace("p2p", private=True)
+        if gateway is not None:
+            config = config.replace("gateway", listen=gateway)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc).removeprefix("command line: ")) from exc
     if not datadir.is_initialized():
         result = init_data_dir(datadir)
         click.echo(f"initialized data dir {result.root}", err=True)
-    config = load_config(datadir.config_file)
-    if log_json:
-        config = config.replace("log", format="json")
-    if log_level:
-        config = config.replace("log", level=log_level)
-    if api_port is not None:
-        config = config.replace("api", port=api_port)
-    if listen:
-        config = config.replace("p2p", listen=listen)
-    if bootstrap:
-        config = config.replace("p2p", bootstrap=config.p2p.bootstrap + bootstrap)
-    if no_mdns:
-        config = config.replace("p2p", mdns=False)
-    if serve:
-        config = config.replace("serve", agents=config.serve.agents + serve)
-    if role:
-        config = config.replace("node", role=role)
-    if private:
-        config = config.replace("p2p", private=True)
-    if gateway is not None:
-        config = config.replace("gateway", listen=gateway)
     configure_logging(config.log.level, config.log.format)
     try:
         trio.run(Node(datadir, config, handle_signals=True).run)
@@ -281,17 +285,30 @@ def _how_reached(how: str, relay: dict, check: dict) -> str:
 @node.command()
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the full status as JSON.")
-def status(data_dir: Path | None, as_json: bool) -> None:
+@click.option(
+    "--addrs",
+    is_flag=True,
+    help="Print only the addresses other peers dial it on (with its peer id), one per line, "
+    "best first: what another node's --bootstrap takes.",
+)
+def status(data_dir: Path | None, as_json: bool, addrs: bool) -> None:
     """Show what the running daemon is: identity, API, services, event log head.
 
     \b
     Example:
       mercato node status
-      mercato node status --json | jq .peer_id
+      mercato node status --json
+      mercato node start --bootstrap $(mercato node status --addrs | head -n 1)
     """
+    if as_json and addrs:
+        raise click.UsageError("give --json or --addrs, not both")
     info = ControlClient(resolve(data_dir)).status()
     if as_json:
         print_json(info)
+        return
+    if addrs:
+        for addr in (info.get("p2p") or {}).get("listen_addrs", []):
+            click.echo(addr)
         return
     rows = [
         ("status", "running"),

@@ -1,12 +1,17 @@
+"""``mercato peers`` and ``mercato ping``: the peers the running node is connected to."""
+
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from mercato.node import ControlClient
 
 from ._common import data_dir_option, print_json, resolve
+from ._format import table
+from ._ids import peer_id
 
 
 @click.command()
@@ -26,12 +31,17 @@ def peers(data_dir: Path | None, as_json: bool) -> None:
         return
     if not found["peers"]:
         click.echo("no peers connected")
-    for peer in found["peers"]:
-        click.echo(peer["peer_id"])
-        for addr in peer["addrs"][:4]:
-            click.echo(f"    {addr}")
+    else:
+        table(("PEER", "ADDRESS"), [_row(peer) for peer in found["peers"]])
     if found["banned"]:
         click.echo(f"banned: {', '.join(found['banned'])}")
+
+
+def _row(peer: dict[str, Any]) -> tuple[str, str]:
+    """A peer's whole id (to copy) and the first address it is known at."""
+    addrs = peer["addrs"]
+    more = f" (+{len(addrs) - 1} more: --json)" if len(addrs) > 1 else ""
+    return peer["peer_id"], (addrs[0] if addrs else "-") + more
 
 
 @click.command()
@@ -39,14 +49,17 @@ def peers(data_dir: Path | None, as_json: bool) -> None:
 @click.argument("peer")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def ping(data_dir: Path | None, peer: str, as_json: bool) -> None:
-    """Ping PEER (a peer id, or a multiaddr ending in /p2p/PEER_ID to dial first).
+    """Ping PEER (a peer id, the start of a connected peer's id, or a multiaddr
+    ending in /p2p/PEER_ID to dial first).
 
     \b
     Example:
       mercato ping 12D3KooWLcbC36iN2qgzUZ7fXVs4mC99Raj4dYhxFpvvZ22ccqFG
+      mercato ping 12D3KooWLcbC
       mercato ping /ip4/192.0.2.10/tcp/4001/p2p/12D3KooW...
     """
-    result = ControlClient(resolve(data_dir)).ping(peer)
+    client = ControlClient(resolve(data_dir))
+    result = client.ping(peer_id(client, peer))
     if as_json:
         print_json(result)
         return

@@ -1,20 +1,35 @@
+"""``publish``, ``deprecate``, ``search``, ``show`` and ``resolve``: the registry of listings.
+
+A listing is named ``PUBLISHER/NAME``; ``show`` and ``resolve`` also take the
+``PREFIX/NAME`` that ``search`` prints, or ``NAME`` alone when it is unique
+(`cli/_ids.py`).
+"""
+
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import click
 
-from mercato.node import ControlClient, read_toml
+from mercato.node import ControlClient, VersionError, VersionRange, read_toml
 
-from ._commerce import sol, table
 from ._common import data_dir_option, print_json, resolve
+from ._format import lamports, short_ref, size, sol, table
+from ._ids import listing_ref
+from ._ids import peer_id as expand_peer
 
 ACCOUNT_HELP = "Account key that signs (see `mercato keys list`)."
+SUMMARY_CHARS = 60  # of a listing's summary in a search result row
 MAX_MANIFEST_BYTES = 256 * 1024  # a manifest is a few kB; its description at most 20,000 characters
-PEER_HELP = "Ask this peer (multiaddr, or the id of a connected peer) instead of this node."
+PEER_HELP = (
+    "Ask this peer (multiaddr, or the id of a connected peer or its start) instead of this node."
+)
+REF_HELP = (
+    "NAME alone when one listing in this node's registry has it, PREFIX/NAME as "
+    "`mercato search` prints it, or the whole PUBLISHER/NAME."
+)
 
 
 def _peer_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -52,7 +67,7 @@ def _print_listing(shown: dict[str, Any]) -> None:
         _print_model(model)
         click.echo(f"  {royalty}")
     else:
-        click.echo(f"  price {shown['price']} lamports, {royalty}")
+        click.echo(f"  price {lamports(shown['price'])}, {royalty}")
     if shown.get("tags"):
         click.echo(f"  tags: {', '.join(shown['tags'])}")
     if shown.get("capabilities"):
@@ -83,7 +98,7 @@ def _build_text(release: dict[str, Any]) -> str:
     """A release's build as a line shows it; a model's release may have none."""
     if not release.get("cid"):
         return "(no build)"
-    return f"{release['cid']}  {release['size']} bytes"
+    return f"{release['cid']}  {size(release['size'])}"
 
 
 def _print_plans(shown: dict[str, Any]) -> None:
@@ -97,7 +112,7 @@ def _print_plans(shown: dict[str, Any]) -> None:
         rows.append(
             (
                 f"    {name}", p["kind"], sol(p["price"]), p["versions"], period,
-                f"{p['run_price']} lamports", refunds, "yes" if p.get("transferable") else "no",
+                lamports(p["run_price"]), refunds, "yes" if p.get("transferable") else "no",
             )
         )  # fmt: skip
     headers = (
@@ -163,83 +178,21 @@ def publish(
 @click.command()
 @data_dir_option
 @click.argument("name")
-@click.argument("version")
-@click.option(
-    "--build",
-    "build_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The build file: stored here, copied to the peers responsible for it, then bound.",
-)
-@click.option("--cid", help="Content id of a build stored elsewhere (instead of --build).")
-@click.option("--size", type=click.IntRange(min=1), help="Its size in bytes (with --cid).")
-@click.option(
-    "--depends",
-    "depends",
-    multiple=True,
-    metavar="PUBLISHER/NAME=RANGE",
-    help="A dependency (repeatable), e.g. 8Co4.../tokenizer=^2.0.0.",
-)
 @click.option("--account", default="default", show_default=True, help=ACCOUNT_HELP)
-def release(
-    data_dir: Path | None,
-    name: str,
-    version: str,
-    build_file: Path | None,
-    cid: str | None,
-    size: int | None,
-    depends: tuple[str, ...],
-    account: str,
-) -> None:
-    """Bind NAME@VERSION of your listing to a build.
-
-    With --build, the file is stored on this node and offered to the peers
-    responsible for it; the release is bound once [builds] min_copies of them
-    hold a copy, so it stays available when this node is off.
-
-    A model's release may name no build (give neither --build nor --cid): its
-    weights are served by the providers' inference engines. An agent's release
-    always names its build.
-
-    \b
-    Example:
-      mercato release wordcount 1.2.0 --build wordcount.wasm
-      mercato release wordcount 1.2.0 --cid bld-4f1c... --size 48213
-      mercato release tiny-chat 1.0.0
-    """
-    if build_file is not None and cid is not None:
-        raise click.UsageError("give either --build FILE, or --cid CID and --size N, not both")
-    if (cid is None) != (size is None):
-        raise click.UsageError("give --cid CID and --size N together")
-    dependencies = {}
-    for item in depends:
-        ref, sep, rng = item.partition("=")
-        if not sep:
-            raise click.BadParameter(
-                f"{item!r}: expected PUBLISHER/NAME=RANGE", param_hint="--depends"
-            )
-        dependencies[ref] = rng
-    fields: dict[str, object] = {"name": name, "version": version, "dependencies": dependencies}
-    if cid is not None:
-        fields.update(cid=cid, size=size)
-    client = ControlClient(resolve(data_dir), timeout=120)
-    build = str(build_file.resolve()) if build_file is not None else None
-    shown = client.release(fields, account, build)
-    click.echo(f"released {shown['publisher']}/{name}@{version}")
-
-
-@click.command()
-@data_dir_option
-@click.argument("name")
-@click.option("--account", default="default", show_default=True, help=ACCOUNT_HELP)
-def deprecate(data_dir: Path | None, name: str, account: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the listing, deprecated).")
+def deprecate(data_dir: Path | None, name: str, account: str, as_json: bool) -> None:
     """Mark your listing NAME deprecated: it leaves search results everywhere.
 
     \b
     Example:
       mercato deprecate wordcount
+      mercato deprecate wordcount --json
     """
     shown = ControlClient(resolve(data_dir)).deprecate(name, account)
-    click.echo(f"deprecated {shown['publisher']}/{name}")
+    if as_json:
+        print_json(shown)
+    else:
+        click.echo(f"deprecated {shown['publisher']}/{name}")
 
 
 @click.command()
@@ -283,7 +236,8 @@ def search(
       mercato search --kind agent --capability text.stats --max-price 5000 --sort price
       mercato search translate --peer /ip4/203.0.113.7/tcp/4001/p2p/12D3KooW...
     """
-    page = ControlClient(resolve(data_dir)).search(
+    client = ControlClient(resolve(data_dir))
+    page = client.search(
         text=text,
         kind=kind,
         capability=capability,
@@ -292,21 +246,15 @@ def search(
         sort=sort,
         limit=limit,
         cursor=cursor,
-        peer=peer,
+        peer=expand_peer(client, peer) if peer else None,
     )
     if as_json:
         print_json(page)
         return
     if not page["results"]:
         click.echo("no listings match")
-    for item in page["results"]:
-        version = item.get("version") or "-"
-        where = f"{item['publisher'][:8]}…/{item['name']}"
-        if model := item.get("model"):
-            price = f"{model['input_price']}/{model['output_price']} lamports+"
-        else:
-            price = f"{item['price']} lamports" + ("*" if item.get("plans") else " ")
-        click.echo(f"{where:<34} {version:<10} {price:>19}  {item['summary'][:60]}")
+    else:
+        table(("LISTING", "VERSION", "PRICE", "SUMMARY"), [_result_row(r) for r in page["results"]])
     if any(item.get("plans") for item in page["results"]):
         click.echo("* sold by plan: runs need a licence or subscription (see `mercato show`)")
     if any(item.get("model") for item in page["results"]):
@@ -315,32 +263,50 @@ def search(
         click.echo(f"more: --cursor {page['cursor']}")
 
 
+def _result_row(item: dict[str, Any]) -> tuple[str, ...]:
+    """A search result as a row: its ref cut to a prefix that `show` and `run` take back."""
+    if model := item.get("model"):
+        price = f"{model['input_price']:,}/{model['output_price']:,} lamports+"
+    else:
+        price = lamports(item["price"]) + ("*" if item.get("plans") else "")
+    ref = short_ref(f"{item['publisher']}/{item['name']}")
+    summary = item["summary"]
+    if len(summary) > SUMMARY_CHARS:
+        summary = summary[: SUMMARY_CHARS - 1].rstrip() + "…"
+    return (ref, item.get("version") or "-", price, summary)
+
+
 @click.command()
 @data_dir_option
-@click.argument("ref", metavar="PUBLISHER/NAME")
+@click.argument("ref", metavar="[PUBLISHER/]NAME")
 @click.option("--peer", metavar="MULTIADDR", help=PEER_HELP, callback=_peer_option)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show(data_dir: Path | None, ref: str, peer: str | None, as_json: bool) -> None:
     """Show one listing and its releases.
 
-    With --peer, the peer sends the publisher's signed feed and this node
-    verifies every signature before showing it.
+    The listing is NAME alone when one listing in this node's registry has
+    it, PREFIX/NAME as `mercato search` prints it, or the whole
+    PUBLISHER/NAME. With --peer, the peer sends the publisher's signed feed
+    and this node verifies every signature before showing it.
 
     \b
     Example:
+      mercato show wordcount
+      mercato show 8Co4tt4s/wordcount
       mercato show 8Co4tt4sbELaV8uRcbz31ojp8QdazK5MxczX8j1d5EoB/wordcount
     """
-    publisher, name = _ref(ref)
-    shown = ControlClient(resolve(data_dir)).show(publisher, name, peer)
+    client = ControlClient(resolve(data_dir))
+    publisher, name = _ref(listing_ref(client, ref))
+    shown = client.show(publisher, name, expand_peer(client, peer) if peer else None)
     if as_json:
-        click.echo(json.dumps(shown, indent=2))
+        print_json(shown)
     else:
         _print_listing(shown)
 
 
 @click.command("resolve")
 @data_dir_option
-@click.argument("ref", metavar="PUBLISHER/NAME")
+@click.argument("ref", metavar="[PUBLISHER/]NAME")
 @click.argument("range_text", metavar="[RANGE]", default="*")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def resolve_command(data_dir: Path | None, ref: str, range_text: str, as_json: bool) -> None:
@@ -349,14 +315,20 @@ def resolve_command(data_dir: Path | None, ref: str, range_text: str, as_json: b
     Prints every release in RANGE, newest first, then one release per listing
     that together satisfy every dependency range (newest wins where there is a
     choice). If none fits, it says which listing and which ranges conflict, and
-    exits with status 1.
+    exits with status 1. The listing is named as `mercato show` takes it.
 
     \b
     Example:
       mercato resolve 8Co4tt4sbELaV8uRcbz31ojp8QdazK5MxczX8j1d5EoB/summarize '^1.2'
+      mercato resolve summarize '^1.2'
     """
-    _ref(ref)
-    resolution = ControlClient(resolve(data_dir)).resolve(ref, range_text)
+    client = ControlClient(resolve(data_dir))
+    try:
+        VersionRange.parse(range_text)
+    except VersionError as exc:
+        raise click.BadParameter(str(exc), param_hint="RANGE") from exc
+    ref = "/".join(_ref(listing_ref(client, ref)))
+    resolution = client.resolve(ref, range_text)
     if as_json:
         print_json(resolution)
         return
@@ -366,7 +338,7 @@ def resolve_command(data_dir: Path | None, ref: str, range_text: str, as_json: b
         click.echo(f"under the licence {resolution['licence']}:")
     click.echo(f"{ref} {range_text}: {', '.join(resolution['candidates'])}")
     if upgrade := resolution.get("upgrade"):
-        plans = ", ".join(f"{p['name']} ({p['price']} lamports)" for p in upgrade["plans"])
+        plans = ", ".join(f"{p['name']} ({lamports(p['price'])})" for p in upgrade["plans"])
         click.echo(f"upgrade available: {upgrade['version']} with {plans}", err=True)
     for dep, chosen in resolution["plan"].items():
         click.echo(f"  {dep}@{chosen['version']}  {_build_text(chosen)}")

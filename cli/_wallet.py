@@ -1,3 +1,9 @@
+"""``mercato wallet`` and ``mercato channel``: the node's money and its payment channels.
+
+Amounts print as lamports with their SOL value, lockups as a date and how far
+away; channel ids print as prefixes that every ``channel`` command takes back.
+"""
+
 from __future__ import annotations
 
 import re
@@ -10,8 +16,11 @@ import click
 from mercato.node import ControlClient
 
 from ._common import data_dir_option, print_json, resolve
+from ._format import LAMPORTS_PER_SOL, lamports, moment, short_id, table
+from ._ids import channel_id as expand_channel
+from ._ids import peer_id as expand_peer
+from ._progress import waiting
 
-LAMPORTS_PER_SOL = 1_000_000_000
 LEDGER_TIMEOUT_S = 90.0  # waits on the ledger's confirmation (the API's own cap is 60 s)
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
@@ -23,14 +32,14 @@ class Sol(click.ParamType):
 
     def convert(self, value: Any, param: Any, ctx: Any) -> int:
         try:
-            lamports = Decimal(str(value)) * LAMPORTS_PER_SOL
+            amount = Decimal(str(value)) * LAMPORTS_PER_SOL
         except InvalidOperation:
             self.fail(f"{value!r} is not an amount of SOL (e.g. 0.5)", param, ctx)
-        if not lamports.is_finite():
+        if not amount.is_finite():
             self.fail(f"{value!r} is not an amount of SOL (e.g. 0.5)", param, ctx)
-        if lamports <= 0 or lamports != lamports.to_integral_value() or lamports > 10**15:
+        if amount <= 0 or amount != amount.to_integral_value() or amount > 10**15:
             self.fail(f"{value} SOL is not a positive whole number of lamports", param, ctx)
-        return int(lamports)
+        return int(amount)
 
 
 class Duration(click.ParamType):
@@ -43,10 +52,6 @@ class Duration(click.ParamType):
         if not match:
             self.fail(f"{value!r} is not a duration (e.g. 1h, 30m, 2d)", param, ctx)
         return int(match[1]) * UNITS[match[2] or "s"]
-
-
-def _sol(lamports: int) -> str:
-    return f"{lamports} lamports ({lamports / LAMPORTS_PER_SOL:g} SOL)"
 
 
 def _tokens(amount: int, decimals: int) -> str:
@@ -83,30 +88,36 @@ def wallet(ctx: click.Context, data_dir: Path | None, as_json: bool) -> None:
     if as_json:
         print_json(info)
         return
-    click.echo(f"{info['address']}  {_sol(info['balance'])}  on {info['ledger']}")
+    click.echo(f"{info['address']}  {lamports(info['balance'])}  on {info['ledger']}")
     for token in info.get("tokens") or []:
         click.echo(f"  {_tokens(token['amount'], token['decimals'])} of mint {token['mint']}")
     held = info.get("held") or {}
     if held.get("due") or held.get("sending"):
-        waiting = held["due"] + held["sending"]
+        pending = held["due"] + held["sending"]
         click.echo(
-            f"holding {waiting} lamports of royalties for {len(held['recipients'])} creator(s): "
+            f"holding {lamports(pending)} of royalties for {len(held['recipients'])} creator(s): "
             "forwarded once their accounts exist or the amount reaches the rent-exempt minimum"
         )
     if held.get("paid"):
-        click.echo(f"royalties forwarded so far: {held['paid']} lamports")
+        click.echo(f"royalties forwarded so far: {lamports(held['paid'])}")
 
 
 @wallet.command("address")
 @data_dir_option
-def wallet_address(data_dir: Path | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def wallet_address(data_dir: Path | None, as_json: bool) -> None:
     """Print the wallet's Solana address (base58).
 
     \b
     Example:
       mercato wallet address
+      mercato wallet address --json
     """
-    click.echo(ControlClient(resolve(data_dir)).wallet()["address"])
+    info = ControlClient(resolve(data_dir)).wallet()
+    if as_json:
+        print_json({"address": info["address"], "ledger": info["ledger"]})
+    else:
+        click.echo(info["address"])
 
 
 @wallet.command("balance")
@@ -123,7 +134,7 @@ def wallet_balance(data_dir: Path | None, as_json: bool) -> None:
     if as_json:
         print_json({"balance": info["balance"], "ledger": info["ledger"]})
         return
-    click.echo(_sol(info["balance"]))
+    click.echo(lamports(info["balance"]))
 
 
 @wallet.command("airdrop")
@@ -144,7 +155,7 @@ def wallet_airdrop(amount: int, data_dir: Path | None, as_json: bool) -> None:
     if as_json:
         print_json(info)
         return
-    click.echo(f"received {_sol(amount)}; balance {_sol(info['balance'])}")
+    click.echo(f"received {lamports(amount)}; balance {lamports(info['balance'])}")
 
 
 @click.group("channel")
@@ -163,31 +174,49 @@ def channel() -> None:
     """
 
 
-def _line(c: dict[str, Any]) -> str:
+CHANNEL_HEADERS = ("CHANNEL", "ROLE", "PEER", "STATUS", "PAID", "LEFT", "LOCKUP ENDS")
+CONFIRM = "waiting for the ledger to confirm"
+
+
+def _row(c: dict[str, Any]) -> tuple[str, ...]:
+    """A channel as a row of `channel ls`: ids cut to prefixes `channel show` takes back."""
     return (
-        f"{c['stake']}  {c['role']:<5}  {c['peer'][:20]}…  {c['status']:<8}  "
-        f"paid {c['paid']}  left {c['left']}  until {c['expires']}"
-    )
+        short_id(c["stake"]), c["role"], short_id(c["peer"]), c["status"],
+        lamports(c["paid"]), lamports(c["left"]), moment(c["expires"]),
+    )  # fmt: skip
 
 
 @channel.command("ls")
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def channel_ls(data_dir: Path | None, as_json: bool) -> None:
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Print only the channels' whole ids, one per line."
+)
+def channel_ls(data_dir: Path | None, as_json: bool, quiet: bool) -> None:
     """List channels: stake account, role, peer, status, paid and left, lockup end.
+
+    CHANNEL and PEER are prefixes: `channel show`, `close` and `refund` take
+    them back; `--json` has the whole ids, and `--quiet` only the ids.
 
     \b
     Example:
-      mercato channel ls --json
+      mercato channel ls
+      mercato channel close $(mercato channel ls -q | head -n 1)
     """
+    if as_json and quiet:
+        raise click.UsageError("give --json or --quiet, not both")
     found = ControlClient(resolve(data_dir)).channels()
     if as_json:
         print_json(found)
         return
+    if quiet:
+        for c in found["channels"]:
+            click.echo(c["stake"])
+        return
     if not found["channels"]:
         click.echo("no channels yet")
-    for c in found["channels"]:
-        click.echo(_line(c))
+        return
+    table(CHANNEL_HEADERS, [_row(c) for c in found["channels"]])
 
 
 @channel.command("show")
@@ -195,24 +224,35 @@ def channel_ls(data_dir: Path | None, as_json: bool) -> None:
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def channel_show(channel_id: str, data_dir: Path | None, as_json: bool) -> None:
-    """Show one channel (ID is its stake account): terms, amounts owed and used, status.
+    """Show one channel (ID is its stake account, or its start as `channel ls` prints
+    it): terms, amounts owed and used, status.
 
     \b
     Example:
       mercato channel show 7fJrupaZXvcxYiSzuvc78YUKwk9Vhq6qxMS4JskYED39
+      mercato channel show 7fJrupaZXvcx
     """
-    shown = ControlClient(resolve(data_dir)).channel(channel_id)
+    client = ControlClient(resolve(data_dir))
+    shown = client.channel(expand_channel(client, channel_id))
     if as_json:
         print_json(shown)
         return
-    click.echo(_line(shown))
-    click.echo(
-        f"  payer {shown['payer']}  payee {shown['payee']}  deposit {_sol(shown['deposit'])}"
-    )
+    for label, value in (
+        ("channel", shown["stake"]),
+        ("role", f"{shown['role']} ({shown['status']})"),
+        ("peer", shown["peer"]),
+        ("payer", shown["payer"]),
+        ("payee", shown["payee"]),
+        ("deposit", lamports(shown["deposit"])),
+        ("paid", lamports(shown["paid"])),
+        ("left", lamports(shown["left"])),
+        ("lockup ends", moment(shown["expires"])),
+    ):
+        click.echo(f"{label + ':':<13}{value}")
     for recipient, owed in shown["owed"].items():
         used = shown["settled"].get(recipient, 0)
-        click.echo(f"  owed {owed} to {recipient} (used by tasks: {used})")
-    click.echo(f"  the latest state commits to {shown.get('receipts', 0)} task receipts")
+        click.echo(f"owed {lamports(owed)} to {recipient} (used by tasks: {lamports(used)})")
+    click.echo(f"the latest state commits to {shown.get('receipts', 0)} task receipts")
 
 
 @channel.command("open")
@@ -232,48 +272,69 @@ def channel_open(
     data_dir: Path | None,
     as_json: bool,
 ) -> None:
-    """Open a channel to PEER (a peer id): paid tasks to it will use it.
+    """Open a channel to PEER (a peer id, or the start of a connected peer's): paid
+    tasks to it will use it.
 
     \b
     Example:
       mercato channel open 12D3KooW... --deposit 0.5 --duration 4h
     """
-    opened = ControlClient(resolve(data_dir), LEDGER_TIMEOUT_S).channel_open(
-        peer, deposit, duration, payee
-    )
+    client = ControlClient(resolve(data_dir), LEDGER_TIMEOUT_S)
+    peer = expand_peer(client, peer)
+    with waiting(f"{CONFIRM} the channel's deposit"):
+        opened = client.channel_open(peer, deposit, duration, payee)
     if as_json:
         print_json(opened)
         return
-    click.echo(f"opened {opened['stake']}: {_sol(opened['deposit'])} until {opened['expires']}")
+    click.echo(
+        f"opened {opened['stake']}: {lamports(opened['deposit'])}, "
+        f"locked until {moment(opened['expires'])}"
+    )
 
 
 @channel.command("close")
 @click.argument("channel_id", metavar="ID")
 @data_dir_option
-def channel_close(channel_id: str, data_dir: Path | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def channel_close(channel_id: str, data_dir: Path | None, as_json: bool) -> None:
     """Close a channel this node is paid on, now, with the latest state it holds.
 
     The watcher does this on its own `close_margin_s` before the lockup ends.
+    ID is the stake account, or its start as `channel ls` prints it.
 
     \b
     Example:
       mercato channel close 7fJrupaZXvcxYiSzuvc78YUKwk9Vhq6qxMS4JskYED39
     """
-    closed = ControlClient(resolve(data_dir), LEDGER_TIMEOUT_S).channel_close(channel_id)
-    click.echo(f"closed {closed['stake']}: paid {closed['paid']} lamports ({closed['signature']})")
+    client = ControlClient(resolve(data_dir), LEDGER_TIMEOUT_S)
+    stake = expand_channel(client, channel_id)
+    with waiting(f"{CONFIRM} the close"):
+        closed = client.channel_close(stake)
+    if as_json:
+        print_json(closed)
+        return
+    click.echo(f"closed {closed['stake']}: paid {lamports(closed['paid'])} ({closed['signature']})")
 
 
 @channel.command("refund")
 @click.argument("channel_id", metavar="ID")
 @data_dir_option
-def channel_refund(channel_id: str, data_dir: Path | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def channel_refund(channel_id: str, data_dir: Path | None, as_json: bool) -> None:
     """Take back what a channel this node paid on still holds, once its lockup ended.
 
-    The watcher does this on its own after the lockup.
+    The watcher does this on its own after the lockup. ID is the stake
+    account, or its start as `channel ls` prints it.
 
     \b
     Example:
       mercato channel refund 7fJrupaZXvcxYiSzuvc78YUKwk9Vhq6qxMS4JskYED39
     """
-    done = ControlClient(resolve(data_dir), LEDGER_TIMEOUT_S).channel_refund(channel_id)
+    client = ControlClient(resolve(data_dir), LEDGER_TIMEOUT_S)
+    stake = expand_channel(client, channel_id)
+    with waiting(f"{CONFIRM} the refund"):
+        done = client.channel_refund(stake)
+    if as_json:
+        print_json(done)
+        return
     click.echo(f"refunded {done['stake']} ({done['signature'] or 'nothing was left'})")

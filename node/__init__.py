@@ -12,6 +12,9 @@ May import every other mercato package except cli.
 """
 
 from mercato import MercatoError as MercatoError
+from mercato.crdt import Version as Version
+from mercato.crdt import VersionError as VersionError
+from mercato.crdt import VersionRange as VersionRange
 from mercato.runtime import Limits as Limits
 from mercato.runtime import Outcome as Outcome
 from mercato.runtime import RunResult as RunResult
@@ -39,6 +42,7 @@ from ._init import InitResult as InitResult
 from ._init import init_data_dir as init_data_dir
 from ._keys import KeyInfo as KeyInfo
 from ._keys import KeyStore as KeyStore
+from ._keys import check_account_name as check_account_name
 from ._localnet import DEFAULT_PORT as LOCALNET_PORT
 from ._localnet import serve_localnet as serve_localnet
 from ._lock import DataDirLock as DataDirLock
@@ -71,6 +75,10 @@ __all__ = [
     "FileUnreadable",
     "read_toml",
     "Limits",
+    "check_account_name",
+    "Version",
+    "VersionError",
+    "VersionRange",
     "Outcome",
     "RunResult",
     "run_build",

@@ -136,12 +136,19 @@ class EventLog:
 def list_events(
     db: Database, after: int = 0, limit: int = 100, kind: str | None = None
 ) -> list[Event]:
-    """Events with ``seq > after``, oldest first, at most ``min(limit, MAX_LIST)``."""
+    """Events with ``seq > after``, oldest first, at most ``min(limit, MAX_LIST)``.
+
+    ``kind`` is a kind (``task.served``) or a family, the part before the dot
+    (``task``: ``task.served`` and ``task.run``)."""
     limit = max(0, min(limit, MAX_LIST))
     if kind:
+        # A family is matched as a prefix; LIKE's wildcards in it are escaped, so
+        # that ``key_x`` does not match ``keyAx.y``.
+        family = "".join("\\" + c if c in "\\_%" else c for c in kind) + ".%"
         rows = db.conn.execute(
-            "SELECT * FROM events WHERE seq > ? AND kind = ? ORDER BY seq LIMIT ?",
-            (after, kind, limit),
+            "SELECT * FROM events WHERE seq > ? AND (kind = ? OR kind LIKE ? ESCAPE '\\')"
+            " ORDER BY seq LIMIT ?",
+            (after, kind, family, limit),
         )
     else:
         rows = db.conn.execute(

@@ -96,16 +96,7 @@ class KeyStore:
         return self._load(path)
 
     def _account_path(self, name: str) -> Path:
-        if name == NODE_KEY_NAME:
-            raise KeyStoreError(
-                f"{NODE_KEY_NAME!r} names the node key; choose another account name"
-            )
-        if not _ACCOUNT_NAME.fullmatch(name):
-            raise KeyStoreError(
-                f"invalid account name {name!r}: use 1-32 lowercase letters, digits, "
-                "'-' or '_', starting with a letter or digit"
-            )
-        return self._datadir.accounts_dir / f"{name}.key"
+        return self._datadir.accounts_dir / f"{check_account_name(name)}.key"
 
     def create_account(self, name: str) -> KeyInfo:
         """Generate a new account key ``name``; KeyStoreError if it exists or the name is bad."""
@@ -157,3 +148,15 @@ class KeyStore:
             for p in paths
             if p.exists() and loose_permissions(p)
         ]
+
+
+def check_account_name(name: str) -> str:
+    """``name`` if it can name an account key; KeyStoreError saying why not."""
+    if name == NODE_KEY_NAME:
+        raise KeyStoreError(f"{NODE_KEY_NAME!r} names the node key; choose another account name")
+    if not _ACCOUNT_NAME.fullmatch(name):
+        raise KeyStoreError(
+            f"invalid account name {name!r}: use 1-32 lowercase letters, digits, "
+            "'-' or '_', starting with a letter or digit"
+        )
+    return name

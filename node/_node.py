@@ -329,7 +329,7 @@ class Node:
             self._commerce = commerce
             await nursery.start(commerce.run)
             self.services.append("commerce")
-            cards, tasklog = CardExchange(overlay, CardBook()), TaskLog(store)
+            cards, tasklog = CardExchange(overlay, CardBook()), TaskLog(store, self.events)
             await nursery.start(cards.run)
             runner = TaskRunner(
                 overlay,
@@ -515,6 +515,11 @@ class Node:
                     "data_dir": str(self.datadir.root),
                 },
             )
+            # The addresses others dial (the first 8, as in an agent card): a relay's
+            # operator hands these out as bootstrap peers (README, "Operating a relay").
+            said = "bootstrap address" if self.config.node.role == "relay" else "listening"
+            for addr in self.overlay.host.listen_addrs()[:8]:
+                log.info(said, extra={"addr": addr})
             task_status.started(self._api_url)
             await self._stop.wait()
             # Stop taking work, let what is in flight finish, then cancel the rest.

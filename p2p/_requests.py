@@ -81,9 +81,17 @@ class BadResponse(RequestFailed):
 
 
 class RemoteError(RequestFailed):
-    """The peer answered with an error."""
+    """The peer answered with an error: ``str()`` is ``code: message``, the code once.
+
+    Show the error with ``str(exc)``, or ``exc.message`` where the code is said
+    otherwise; never the code followed by ``str(exc)``, which says it twice.
+    """
 
     def __init__(self, code: str, message: str) -> None:
+        # A peer that relays an error it got (a sub-call's, say) may send its
+        # whole text, code and all: keep the code once.
+        while code and message.startswith(f"{code}: "):
+            message = message[len(code) + 2 :]
         super().__init__(f"{code}: {message}")
         self.code, self.message = code, message
 

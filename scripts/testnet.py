@@ -1,7 +1,8 @@
 """A local testnet: N node processes on one machine, sharing one localnet ledger.
 
     python scripts/testnet.py up 5        # start a localnet and 5 nodes; print how to reach each
-    python scripts/testnet.py status      # who runs, peers, reachability, the ledger
+    python scripts/testnet.py up 3 --serve wordcount   # nodes 2 and 3 serve node 1's wordcount
+    python scripts/testnet.py status      # who runs, peers, reachability, what each serves
     python scripts/testnet.py down        # stop them all; nothing is left running
 
 Every node has its own data dir (``DIR/node1`` …), listens on 127.0.0.1 on
@@ -11,6 +12,17 @@ joins through node 1. The processes run in their own sessions, so they outlive
 this command; ``DIR/testnet.json`` records them for ``status`` and ``down``.
 ``DIR`` is ``./testnet`` unless ``--dir`` says otherwise.
 
+Providers: ``--serve REF`` (repeatable) starts nodes 2..N as providers of REF
+(``mercato node start --serve REF``); node 1 stays the node you publish and run
+from, so with N=1 node 1 serves. REF is PUBLISHER/NAME, or NAME alone for a
+listing of node 1's default account, which exists before the testnet starts:
+publish and release it from node 1 (``--data-dir DIR/node1``) and the providers
+offer it as soon as the release reaches them (``status`` says when). A listing
+that does not exist yet is fine: a provider serves it once it arrives.
+
+On a terminal, ``up`` says on stderr what it waits for (on a pipe it prints
+only the summary on stdout).
+
 `Testnet` is the same thing for Python (scripts/demo.py and the tests use it).
 """
 
@@ -18,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -53,6 +66,7 @@ class NodeInfo:
     addr: str = ""
     api: str = ""
     log: str = ""
+    serves: list[str] = field(default_factory=list)  # PUBLISHER/NAME, from --serve
 
 
 @dataclass
@@ -64,6 +78,18 @@ class State:
 
 def _mercato(*args: str) -> list[str]:
     return [sys.executable, "-m", "mercato.cli", *args]
+
+
+def _served(args: Sequence[str]) -> list[str]:
+    """The agents a `node start` command line serves (the values of its --serve)."""
+    return [value for flag, value in itertools.pairwise(args) if flag == "--serve"]
+
+
+def _to_terminal(message: str) -> None:
+    """Progress for a person watching: on stderr when it is a terminal, else nothing
+    (a script that pipes `up` reads only the summary)."""
+    if sys.stderr.isatty():
+        print(message, file=sys.stderr, flush=True)
 
 
 def _alive(pid: int) -> bool:
@@ -116,10 +142,16 @@ def _port_open(addr: str) -> bool:
 class Testnet:
     """A localnet ledger and N nodes under one directory (see the module docstring)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, progress: Callable[[str], None] = lambda _: None) -> None:
+        """``progress`` hears a line before each step of `up` that may take a while."""
         self.dir = directory.resolve()
         self.state_file = self.dir / "testnet.json"
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._progress = progress
+        self._started = time.monotonic()
+
+    def _say(self, message: str) -> None:
+        self._progress(f"[{time.monotonic() - self._started:5.1f} s] {message}")
 
     # -- state -------------------------------------------------------------------
 
@@ -152,8 +184,9 @@ class Testnet:
         if self.running():
             raise TestnetError(f"a testnet already runs in {self.dir}: `down` it first")
         dirs = [DataDir(self.dir / f"node{i}") for i in range(1, n + 1)]
-        for datadir in dirs:
+        for i, datadir in enumerate(dirs, start=1):
             if not datadir.config_file.exists():
+                self._say(f"creating the data dir of node {i}/{n} (keys, config)")
                 subprocess.run(
                     _mercato("init", "--data-dir", str(datadir.root)),
                     check=True,
@@ -161,20 +194,35 @@ class Testnet:
                 )
         return dirs
 
-    def up(self, n: int, extra: Callable[[int], Sequence[str]] = lambda i: ()) -> State:
+    def up(
+        self,
+        n: int,
+        extra: Callable[[int], Sequence[str]] = lambda i: (),
+        serve: Sequence[str] = (),
+    ) -> State:
         """Start the localnet and nodes 1..n (``extra(i)``: more `node start`
-        arguments for node i); return when every node's API answers and every
-        node after the first is connected to node 1. On failure everything
-        started is stopped again."""
+        arguments for node i; ``serve``: agents nodes 2..n serve, see the module
+        docstring); return when every node's API answers and every node after
+        the first is connected to node 1. On failure everything started is
+        stopped again."""
+        self._started = time.monotonic()
         dirs = self.init(n)
+        refs = [self.agent_ref(ref) for ref in serve]
+        providers = range(2, n + 1) if n > 1 else (1,)
         state = State()
         try:
+            self._say("starting the localnet ledger")
             self._start_ledger(state)
             for i, datadir in enumerate(dirs, start=1):
+                self._say(f"starting node {i}/{n}")
                 bootstrap = ("--bootstrap", state.nodes[0].addr) if state.nodes else ()
-                state.nodes.append(self._start_node(i, datadir, state, (*bootstrap, *extra(i))))
+                serving = [a for ref in refs for a in ("--serve", ref)] if i in providers else []
+                args = (*bootstrap, *serving, *extra(i))
+                state.nodes.append(self._start_node(i, datadir, state, args))
                 self._save(state)
             first = state.nodes[0].peer_id
+            if n > 1:
+                self._say(f"waiting for node{'s 2-' if n > 2 else ' '}{n} to join node 1")
             for node in state.nodes[1:]:
                 wait_until(
                     lambda node=node: first in self._peers(node), 30, f"{node.name} to join node1"
@@ -184,6 +232,17 @@ class Testnet:
             self.down()
             raise
         return state
+
+    def agent_ref(self, ref: str) -> str:
+        """PUBLISHER/NAME as given, or NAME alone as node 1's default account's."""
+        if "/" in ref:
+            return ref
+        shown = subprocess.run(
+            _mercato("keys", "show", "default", "--json", "--data-dir", str(self.dir / "node1")),
+            check=True,
+            capture_output=True,
+        )
+        return f"{json.loads(shown.stdout)['address']}/{ref}"
 
     def _env(self, state: State) -> dict[str, str]:
         return {
@@ -235,7 +294,7 @@ class Testnet:
             log,
             self._env(state),
         )
-        info = NodeInfo(f"node{i}", str(datadir.root), pid, log=str(log))
+        info = NodeInfo(f"node{i}", str(datadir.root), pid, log=str(log), serves=_served(args))
 
         def answering() -> dict[str, Any] | None:
             if not _alive(pid):
@@ -273,6 +332,7 @@ class Testnet:
                     row["peers"] = p2p.get("peers", {}).get("connected")
                     row["reachability"] = p2p.get("reachability")
                     row["services"] = info.get("services")
+                row["offering"] = self._offering(node, state.nodes)
             nodes.append({**asdict(node), **row})
         return {
             "dir": str(self.dir),
@@ -283,6 +343,23 @@ class Testnet:
             },
             "nodes": nodes,
         }
+
+    def _offering(self, node: NodeInfo, nodes: list[NodeInfo]) -> list[str] | None:
+        """Which of the agents ``node`` serves its live agent card offers now, as
+        node 1 (the user's node; node 2 for node 1 itself) sees it: an agent is
+        offered once its listing and a release reached the provider. None when
+        no other node can tell (a node leaves itself out of its providers)."""
+        viewer = next((n for n in nodes if n is not node and _alive(n.pid)), None)
+        if viewer is None or not node.serves:
+            return None if node.serves else []
+        offered = []
+        client = ControlClient(DataDir(Path(viewer.datadir)), timeout=5)
+        for agent in node.serves:
+            with contextlib.suppress(Exception):
+                cards = client.providers(agent).get("providers", [])
+                if any(card.get("provider") == node.peer_id for card in cards):
+                    offered.append(agent)
+        return offered
 
     # -- down --------------------------------------------------------------------
 
@@ -332,6 +409,15 @@ def _print_up(net: Testnet, state: State) -> None:
         print(f"  {node.name}  peer {node.peer_id}")
         print(f"         p2p {node.addr}")
         print(f"         api {node.api}  (token: {node.datadir}/api.token)")
+        for agent in node.serves:
+            print(f"      serves {agent}")
+    served = sorted({a for node in state.nodes for a in node.serves})
+    if served:
+        first = state.nodes[0].datadir
+        print("the providers offer an agent once node 1 publishes and releases it:")
+        print(f"  mercato publish MANIFEST.toml --data-dir {first}")
+        print(f"  mercato release NAME VERSION --build FILE.wasm --data-dir {first}")
+        print("  python scripts/testnet.py status" + _dir_flag(net) + "   # offered yet?")
     print("talk to a node with its data dir, e.g.:")
     print(f"  mercato node status --data-dir {state.nodes[0].datadir}")
     print(f"  mercato search agent --data-dir {state.nodes[-1].datadir}")
@@ -355,6 +441,14 @@ def _print_status(status: dict[str, Any], as_json: bool) -> None:
             f"{n['name']:<7} running  peers {n.get('peers', '?')}  "
             f"{n.get('reachability', '?')}  {n['api']}  --data-dir {n['datadir']}"
         )
+        for agent in n.get("serves", []):
+            if n.get("offering") is None:  # no other node to ask
+                print(f"        serves {agent}")
+            elif agent in n["offering"]:
+                print(f"        serves {agent}  offered: the others see its card")
+            else:
+                why = "its listing or a release has not reached it"
+                print(f"        serves {agent}  not offered yet: {why}")
 
 
 def _dir_flag(net: Testnet) -> str:
@@ -367,16 +461,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--dir", type=Path, default=Path("testnet"), help="default ./testnet")
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start a localnet and N nodes")
+    up = sub.add_parser(
+        "up",
+        help="start a localnet and N nodes",
+        description="Start a localnet and N nodes; with --serve, nodes 2..N are providers.",
+        epilog="example: python scripts/testnet.py up 3 --serve wordcount",
+    )
     up.add_argument("n", type=int, help=f"how many nodes (1 to {MAX_NODES})")
+    up.add_argument(
+        "--serve",
+        action="append",
+        default=[],
+        metavar="REF",
+        help="nodes 2..N (node 1 if N is 1) serve this agent: PUBLISHER/NAME, or NAME "
+        "for node 1's default account's listing (repeatable)",
+    )
     status = sub.add_parser("status", help="show what runs")
     status.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("down", help="stop everything")
     args = parser.parse_args(argv)
-    net = Testnet(args.dir)
+    net = Testnet(args.dir, progress=_to_terminal)
     try:
         if args.command == "up":
-            _print_up(net, net.up(args.n))
+            _print_up(net, net.up(args.n, serve=args.serve))
         elif args.command == "status":
             _print_status(net.status(), args.json)
         else:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -275,12 +275,18 @@ async def run_watcher(
     keys: Mapping[Pubkey, Keypair],
     margin_s: int,
     interval_s: float = 10.0,
+    on_done: Callable[[str, str], None] | None = None,
 ) -> None:
-    """`settle_due` every ``interval_s`` until cancelled."""
+    """`settle_due` every ``interval_s`` until cancelled; ``on_done(channel, action)``
+    hears of each thing a round did (it must not block, nor raise)."""
     watch = WatchState()
     while True:
         try:
-            await settle_due(book, ledger, keys, margin_s, watch)
+            done = await settle_due(book, ledger, keys, margin_s, watch)
         except Exception:  # one bad round must not end the watching
             log.exception("the channel watcher's round failed; it goes on")
+        else:
+            for stake, action in done:
+                if on_done is not None:
+                    on_done(stake, action)
         await trio.sleep(interval_s)

@@ -43,6 +43,7 @@ def test_testnet_up_5_then_down_leaves_no_process_and_no_port(tmp_path: Path) ->
     up = script("testnet.py", "--dir", str(net), "up", "5")
     try:
         assert up.returncode == 0, up.stderr
+        assert up.stderr == ""  # progress is for a terminal: nothing on a pipe
         assert up.stdout.count(" api http://127.0.0.1:") == 5
         status = json.loads(script("testnet.py", "--dir", str(net), "status", "--json").stdout)
         assert status["ledger"]["running"]

@@ -14,6 +14,7 @@ registry, money, tasks or control subpackages.
 
 from ._service import BuildService as BuildService
 from ._service import FetchState as FetchState
+from ._service import Spread as Spread
 from ._service import responsible as responsible
 from ._store import SCHEMA as SCHEMA
 from ._store import BadManifest as BadManifest
@@ -34,6 +35,7 @@ __all__ = [
     "BuildStore",
     "FetchState",
     "QuotaExceeded",
+    "Spread",
     "UnknownBuild",
     "check_cid",
     "manifest_of",

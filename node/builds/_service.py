@@ -85,6 +85,18 @@ class FetchState:
         }
 
 
+@dataclass
+class Spread:
+    """How a released build reaches its peers, while a release waits for copies."""
+
+    cid: str
+    wanted: int = 0  # copies needed on other peers: min_copies, or fewer when fewer peers
+    peers: int = 0  # connected peers that store builds
+    held_by: list[str] = field(default_factory=list)  # those shown to hold all of it
+    sent: int = 0  # bytes of its chunks this node served meanwhile
+    answers: dict[str, str] = field(default_factory=dict)  # peer -> its answer to the offer
+
+
 def distance(cid: str, peer: str) -> int:
     """Kademlia XOR distance between a build and a peer (both hashed to 256 bits)."""
     a = hashlib.sha256(cid.encode()).digest()
@@ -123,6 +135,7 @@ class BuildService:
         self._last_released: set[str] = set()  # as of the last repair round
         self._in_use: dict[str, int] = {}
         self._used: dict[str, float] = {}  # cid -> when a run last used it (monotonic)
+        self._spreading: dict[str, list[Spread]] = {}  # releases waiting for copies, by cid
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Answer build requests, and keep background fetches, until cancelled."""
@@ -349,8 +362,9 @@ class BuildService:
         stored = await self._store.run(self.builds.info, manifest.cid)
         return stored or info
 
-    async def offer(self, cid: str) -> list[str]:
-        """Tell the peers responsible for ``cid`` that this node holds it; return them."""
+    async def offer(self, cid: str, answers: dict[str, str] | None = None) -> list[str]:
+        """Tell the peers responsible for ``cid`` that this node holds it; return those
+        that took the offer. ``answers`` hears what each peer said, for a person."""
         # The closest peers other than this one: if this node is among the closest,
         # min_copies may still ask for `replicas` copies elsewhere.
         duty = responsible(cid, self.providers(), self.config.replicas)
@@ -359,8 +373,12 @@ class BuildService:
             try:
                 await self._overlay.requests.request(peer, BUILD, BuildRequest(cid=cid, op="offer"))
                 offered.append(peer)
+                if answers is not None:
+                    answers[peer] = "took the offer"
             except P2PError as exc:
                 log.debug("offer refused", extra={"peer": peer, "why": str(exc)})
+                if answers is not None:
+                    answers[peer] = f"refused it ({exc})"
         return offered
 
     async def wait_for_copies(
@@ -368,33 +386,70 @@ class BuildService:
         cid: str,
         wanted: int,
         timeout_s: float = COPIES_WAIT_S,
+        spread: Spread | None = None,
         on_copies: Callable[[int], None] | None = None,
     ) -> list[str]:
         """Offer ``cid`` to the peers responsible for it (again every few seconds, as
-        peers may have come) until ``wanted`` of them hold it; return those peers.
+        peers may have come) until enough of them hold it; return those peers.
 
-        BuildError if fewer hold it after ``timeout_s``: the build stays stored
-        and offered. Cancelling stops the wait; nothing is undone. ``on_copies``
-        hears each new count of peers holding it.
+        Enough is ``wanted``, or every connected peer that stores builds when there
+        are fewer: with none, nothing is waited for (a lone node's build is held
+        by it alone, and peers fetch it as they join, see `repair_once`).
+        BuildError if fewer hold it after ``timeout_s``, saying what each peer
+        answered: the build stays stored and offered. Cancelling stops the wait;
+        nothing is undone. ``spread`` is kept up to date for a progress display;
+        ``on_copies`` hears each new count of peers holding it.
         """
-        copies: list[str] = []
+        spread = spread if spread is not None else Spread(cid)
+        watchers = self._spreading.setdefault(cid, [])
+        watchers.append(spread)
+        try:
+            return await self._wait_for_copies(cid, wanted, timeout_s, spread, on_copies)
+        finally:
+            watchers.remove(spread)
+            if not watchers:
+                del self._spreading[cid]
+
+    async def _wait_for_copies(
+        self,
+        cid: str,
+        wanted: int,
+        timeout_s: float,
+        spread: Spread,
+        on_copies: Callable[[int], None] | None,
+    ) -> list[str]:
         deadline = trio.current_time() + timeout_s
         offered_at = -OFFER_AGAIN_S
-        while len(copies) < wanted and trio.current_time() < deadline:
+        while True:
+            spread.peers = self.possible_holders()
+            spread.wanted = min(wanted, spread.peers)  # peers may come and go meanwhile
+            if len(spread.held_by) >= spread.wanted:
+                return spread.held_by
+            if trio.current_time() >= deadline:
+                raise BuildError(await self._why_too_few(spread, timeout_s))
             if trio.current_time() - offered_at >= OFFER_AGAIN_S:
-                await self.offer(cid)
+                await self.offer(cid, spread.answers)
                 offered_at = trio.current_time()
             await trio.sleep(0.2)  # the peers fetch in their own time; ask again
-            before, copies = len(copies), await self.copies(cid)
-            if on_copies is not None and len(copies) != before:
-                on_copies(len(copies))
-        if len(copies) < wanted:
-            raise BuildError(
-                f"only {len(copies)} of the {wanted} peers needed hold {cid} after "
-                f"{timeout_s:g} s; it stays stored here and offered: run the release "
-                "again later, or connect to more peers"
-            )
-        return copies
+            before, spread.held_by = len(spread.held_by), await self.copies(cid)
+            if on_copies is not None and len(spread.held_by) != before:
+                on_copies(len(spread.held_by))
+
+    async def _why_too_few(self, spread: Spread, timeout_s: float) -> str:
+        """What happened to a build whose copies did not land in time, peer by peer."""
+        said = []
+        for peer, answer in sorted(spread.answers.items()):
+            if answer == "took the offer":
+                have, total = await self.have(peer, spread.cid)
+                answer += f", holds {have} of {total} chunks" if total else ", holds none yet"
+            said.append(f"{peer} {answer}")
+        offered = "; ".join(said) or "no connected peer said it stores builds"
+        return (
+            f"only {len(spread.held_by)} of the {spread.wanted} copies needed of {spread.cid} "
+            f"landed on other peers within {timeout_s:g} s ({spread.sent} bytes sent: "
+            f"{offered}); nothing was released, and the build stays stored here and offered: "
+            "run the release again later, or connect to more peers"
+        )
 
     def start_fetch(self, cid: str, providers: list[str] | None, pinned: bool) -> FetchState:
         """Fetch in the background (see `fetch`); its progress is in the returned state."""
@@ -424,6 +479,8 @@ class BuildService:
                 chunks = await self._store.run(
                     self.builds.read_chunks, request.cid, request.first, request.count
                 )
+                for spread in self._spreading.get(request.cid, ()):
+                    spread.sent += sum(map(len, chunks))
                 return BuildResponse(chunks=chunks)
             if request.op == "have":
                 info = await self._store.run(self.builds.info, request.cid)
@@ -441,6 +498,15 @@ class BuildService:
         raise Refused("bad_request", f"op must be one of {', '.join(OPS)}, not {request.op!r}")
 
     # -- fetching ----------------------------------------------------------------
+
+    def possible_holders(self) -> int:
+        """Connected peers that store builds, or may: those not identified yet count
+        (a peer that has just connected says what it speaks a moment later)."""
+        host = self._overlay.host
+        return sum(
+            BUILD.id in protocols or not protocols
+            for protocols in map(host.protocols_of, host.connected_peers())
+        )
 
     def providers(self) -> list[str]:
         """Connected peers that speak the build protocol."""

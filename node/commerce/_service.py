@@ -428,10 +428,10 @@ class CommerceService:
                 _check_offer(offer.terms, agent, plan, me, publisher, listed)
             except RemoteError as exc:
                 refusal = refusal or exc
-                errors.append(f"{peer[:16]}…: {exc}")
+                errors.append(f"{peer}: {exc}")
                 continue
             except (P2PError, CommerceError) as exc:
-                errors.append(f"{peer[:16]}…: {exc}")
+                errors.append(f"{peer}: {exc}")
                 continue
             self._sellers[publisher] = peer
             return peer, answer.offer, offer

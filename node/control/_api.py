@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import trio
 from solders.pubkey import Pubkey
 
-from mercato.crdt import Query, QueryError, ReleaseExists
+from mercato.crdt import Query, QueryError, ReleaseExists, sync_digest
 from mercato.p2p import (
     BadAddress,
     FrameError,
@@ -49,10 +49,10 @@ from mercato.runtime import HostStatus, InvalidModule, Limits
 from .._errors import ControlError, NodeError
 from .._events import event_head, list_events, verify_events
 from .._version import __version__
-from ..builds import BuildError, check_cid, responsible
+from ..builds import BuildError, Spread, check_cid, manifest_of, responsible
 from ..commerce import LicenceRequired
 from ..models import InferReceipt
-from ..money import channel_info
+from ..money import ServedTask, channel_info, earnings
 from ..tasks import (
     BadReceipt,
     Budget,
@@ -270,6 +270,11 @@ class NodeOps(_Part):
 class RegistryOps(_Part):
     """The marketplace registry: publish, release, search, show, resolve."""
 
+    def __init__(self, node: Node) -> None:
+        super().__init__(node)
+        self._releasing: dict[str, m.ReleaseProgress] = {}  # under way, by account/name@version
+        self._spreads: dict[str, Spread] = {}
+
     async def publish(self, account: str, listing: dict[str, Any]) -> m.Listing:
         return m.Listing(**await self._node.registry.publish(account, listing))
 
@@ -279,41 +284,102 @@ class RegistryOps(_Part):
         release: dict[str, Any],
         build: Path | None = None,
         progress: Callable[[str], None] | None = None,
-    ) -> m.Listing:
+    ) -> m.Released:
         """Bind ``name@version``, once and for all: to the cid in ``release``, or to
         ``build``, a file that must compile in the sandbox, and is then stored and
-        spread to the peers responsible for it (``[builds] min_copies`` of them
-        must hold it; BuildError otherwise, the build stays stored and offered).
-        ReleaseExists if ``name@version`` is bound to another build already.
-        ``progress`` hears each step, for a person watching."""
+        spread to the peers responsible for it.
+
+        Everything that can be refused is refused before anything is stored or
+        sent: the fields, a listing this account has not published, a build that
+        does not compile, a version bound to another build (ReleaseExists). With
+        peers connected, the release is bound once ``[builds] min_copies`` of them
+        (or all, if fewer) hold a copy; BuildError otherwise, saying what each
+        peer answered (the build stays stored and offered). A lone node binds at
+        once: its own copy is the only one, and peers fetch it as they join.
+        ``progress`` hears each step, for a person watching; `releasing` shows
+        the same while it runs."""
         say = progress or (lambda _text: None)
-        if build is None:
-            return m.Listing(**await self._node.registry.release(account, release))
-        if not build.is_absolute():
+        registry = self._node.registry
+        name, version = str(release.get("name", "")), str(release.get("version", ""))
+        if build is not None and not build.is_absolute():
             raise refuse(400, "bad_body", '"build" is the absolute path of the build file')
+        key = f"{account}/{name}@{version}"
+        if key in self._releasing:
+            raise refuse(409, "busy", f"{name}@{version} is being released already; wait for it")
+        state = self._releasing[key] = m.ReleaseProgress(stage="checking")
+        try:
+            publisher = await registry.check_release(account, release, build is not None)
+            if build is None:
+                state.stage = "binding"
+                shown = await registry.release(account, release)
+                return _released(shown, publisher, version, None, [], 0)
+            return await self._release_build(account, release, build, key, say)
+        finally:
+            del self._releasing[key]
+            self._spreads.pop(key, None)
+
+    async def _release_build(
+        self, account: str, release: dict[str, Any], build: Path, key: str, say: Callable
+    ) -> m.Released:
+        registry, builds = self._node.registry, self._node.builds
+        name, version = str(release["name"]), str(release["version"])
+        state = self._releasing[key]
         say("checking that the build compiles in the sandbox")
         try:
             await self._node.runtime.check(build)
         except InvalidModule as exc:
             raise BuildError(f"{build} cannot be released: {exc}") from exc
-        builds = self._node.builds
+        bound = await registry.bound_cid(account, name, version)
+        if bound is not None:  # rare: hash the file first, to store nothing on a refusal
+            try:
+                cid = (await trio.to_thread.run_sync(manifest_of, build)).cid
+            except OSError as exc:
+                raise BuildError(f"cannot read {build}: {exc.strerror or exc}") from exc
+            if cid != bound:
+                raise ReleaseExists(f"{name}@{version}", bound, same=False)
+        state.stage = "storing"
         info = await builds.add_file(build, True)
+        state.cid, state.size = info.cid, info.size
         say(f"stored as {info.cid} ({info.size} bytes)")
-        name, version = str(release.get("name", "")), str(release.get("version", ""))
-        bound = await self._node.registry.bound_cid(account, name, version)
-        if bound is not None and bound != info.cid:
-            raise ReleaseExists(f"{name}@{version}", bound, same=False)
-        if wanted := self._node.config.builds.min_copies:
+        wanted = self._node.config.builds.min_copies
+        peers = builds.possible_holders()  # the wait counts again, as peers come and go
+        self._spreads[key] = spread = Spread(info.cid, min(wanted, peers), peers)
+        state.stage = "copying"
+        if wanted:
             say(f"spreading copies to the peers responsible for it: {wanted} needed")
-            held = await builds.wait_for_copies(
-                info.cid, wanted, on_copies=lambda n: say(f"{n} of {wanted} copies held")
-            )
+        held = await builds.wait_for_copies(
+            info.cid,
+            wanted,
+            spread=spread,
+            on_copies=lambda n: say(f"{n} of {spread.wanted} copies held"),
+        )
+        if spread.peers:
             say(f"held by {len(held)} peers")
+        state.stage = "binding"
         binding = {**release, "cid": info.cid, "size": info.size}
-        shown = await self._node.registry.release(account, binding)
+        shown = await registry.release(account, binding)
         say(f"released {name}@{version}")
         builds.wake()
-        return m.Listing(**shown)
+        note = ""
+        if wanted and not spread.peers:
+            note = (
+                "no other peer is connected yet; copies will be made as peers join "
+                "(this node must stay on until then)"
+            )
+        copies = 1 + len(held)  # this node's own, and the peers'
+        return _released(shown, shown["publisher"], version, copies, held, spread.wanted, note)
+
+    def releasing(self, account: str, name: str, version: str) -> m.ReleaseProgress:
+        """How the release of ``name@version`` by ``account`` is going on this node
+        (stage "none" if no such release is under way)."""
+        key = f"{account}/{name}@{version}"
+        state = self._releasing.get(key)
+        if state is None:
+            return m.ReleaseProgress(stage="none")
+        if spread := self._spreads.get(key):
+            state.copies, state.wanted = len(spread.held_by), spread.wanted
+            state.peers, state.sent = spread.peers, spread.sent
+        return state
 
     async def deprecate(self, account: str, name: str) -> m.Listing:
         return m.Listing(**await self._node.registry.deprecate(account, name))
@@ -321,6 +387,12 @@ class RegistryOps(_Part):
     async def counts(self) -> dict[str, int]:
         """How many listings and publishers this node's registry holds."""
         return await self._node.registry.counts()
+
+    async def digest(self) -> m.RegistryDigest:
+        """The replica's anti-entropy digest: equal on two nodes iff they hold the
+        same feeds at the same signed updates (what a chaos run compares)."""
+        heads = await self._node.store.run(self._node.registry.replica.heads)
+        return m.RegistryDigest(digest=sync_digest(heads).hex(), feeds=len(heads))
 
     async def search(self, query: Query, peer: str | None = None) -> m.SearchPage:
         """Search this node's registry, or ``peer``'s (a peer id or a multiaddr)."""
@@ -457,6 +529,32 @@ class BuildOps(_Part):
             for cid in released
             if cid.startswith("bld-") and node.peer_id in responsible(cid, peers, replicas)
         )
+
+
+def _released(
+    shown: dict[str, Any],
+    publisher: str,
+    version: str,
+    copies: int | None,
+    held_by: list[str],
+    wanted: int,
+    note: str = "",
+) -> m.Released:
+    """The listing after a release, with what the release did."""
+    releases = shown.get("releases", [])
+    bound: dict[str, Any] = next((r for r in releases if r.get("version") == version), {})
+    outcome = m.ReleaseOutcome(
+        publisher=publisher,
+        name=str(shown.get("name", "")),
+        version=version,
+        cid=str(bound.get("cid", "")),
+        size=int(bound.get("size", 0)),
+        copies=copies,
+        held_by=sorted(held_by),
+        wanted=wanted,
+        note=note,
+    )
+    return m.Released(**shown, released=outcome)
 
 
 def _json_safe(value: Any) -> Any:
@@ -862,14 +960,17 @@ class TaskOps(_Part):
         records = await self._node.tasks.tasklog.recent(limit, role)
         return m.Tasks(tasks=[_task_side(r, full=False) for r in records])
 
-    async def usage(self, days: int = 30) -> m.Usage:
+    async def usage(self, days: int = 30, by: str = "agent") -> m.Usage:
         """What this node spent as a user and earned as a provider over the last
         ``days``: calls, calls ok, tokens in and out and lamports per side and
-        listing (a model's or an agent's), and per side."""
+        listing (a model's or an agent's), per provider too with ``by="provider"``,
+        and per side."""
         if type(days) is not int or not 1 <= days <= MAX_USAGE_DAYS:
             raise refuse(400, "bad_query", f"days is a whole number from 1 to {MAX_USAGE_DAYS}")
+        if by not in ("agent", "provider"):
+            raise refuse(400, "bad_query", "by is agent (the default) or provider")
         since = round(time.time() - days * DAY_S, 3)
-        rows = await self._node.tasks.tasklog.usage(since)
+        rows = await self._node.tasks.tasklog.usage(since, by_provider=by == "provider")
         totals = {role: dict.fromkeys(m.UsageCounts.model_fields, 0) for role in _ROLES}
         for row in rows:
             if (total := totals.get(row["role"])) is not None:
@@ -878,7 +979,7 @@ class TaskOps(_Part):
         return m.Usage(
             days=days,
             since=since,
-            usage=[m.UsageRow(**row) for row in rows],
+            usage=[m.UsageByProvider(**r) if "provider" in r else m.UsageRow(**r) for r in rows],
             totals=m.UsageTotals(**{r: m.UsageCounts(**t) for r, t in totals.items()}),
         )
 
@@ -1090,6 +1191,42 @@ class CommerceOps(_Part):
         )
 
 
+class EarningsOps(_Part):
+    """What this node earned serving others: per listing and per channel paid on."""
+
+    async def earnings(self, days: float | None = None, since: float | None = None) -> m.Earnings:
+        """Over the last ``days`` (default 30), or since ``since`` (unix seconds)."""
+        now = time.time()
+        if since is None:
+            days = 30 if days is None else days
+            if not 0 < days <= MAX_USAGE_DAYS:
+                raise refuse(400, "bad_query", f"days is over 0 and at most {MAX_USAGE_DAYS}")
+            since = round(now - days * DAY_S, 3)
+        elif days is not None:
+            raise refuse(400, "bad_query", "give days or since, not both")
+        elif not 0 <= since <= now:
+            raise refuse(400, "bad_query", "since is a moment in the past, in unix seconds")
+        tasks, money = self._node.tasks, self._node.settlement
+        served = [
+            ServedTask(agent, status, price, _receipt_channel(receipt))
+            for agent, status, price, receipt in await tasks.tasklog.served(since)
+        ]
+        listings: dict[str, tuple[str, int]] = {}
+        for agent in {t.agent for t in served}:
+            publisher, _, name = agent.partition("/")
+            shown = await self._node.registry.show(publisher, name)
+            if shown is not None:
+                listings[agent] = (str(shown["publisher"]), int(shown.get("royalty_bps", 0)))
+        found = earnings(served, listings, money.book, money.wallet.pubkey(), since)
+        return m.Earnings(days=round((now - since) / DAY_S, 3), wallet=money.address, **found)
+
+
+def _receipt_channel(signed: bytes | None) -> str:
+    """The channel a served task's receipt names ("" for a free one, or none)."""
+    body = _unchecked_body(signed) if signed else None
+    return str(body.get("channel", "")) if body else ""
+
+
 class NodeAPI:
     """Every operation of a running node; see the module docstring."""
 
@@ -1102,3 +1239,4 @@ class NodeAPI:
         self.money = MoneyOps(node)
         self.commerce = CommerceOps(node)
         self.models = ModelOps(node)
+        self.earnings = EarningsOps(node)

@@ -226,6 +226,11 @@ class ControlClient:
             body["build"] = build
         return self.request("POST", "/v1/registry/release", body)
 
+    def releasing(self, name: str, version: str, account: str = "default") -> dict[str, Any]:
+        """How the release of ``name@version`` under way on the daemon is going."""
+        query = urlencode({"name": name, "version": version, "account": account})
+        return self.request("GET", f"/v1/registry/release?{query}")
+
     def deprecate(self, name: str, account: str = "default") -> dict[str, Any]:
         return self.request("POST", "/v1/registry/deprecate", {"account": account, "name": name})
 
@@ -369,8 +374,14 @@ class ControlClient:
     def sales(self) -> dict[str, Any]:
         return self.request("GET", "/v1/sales")
 
-    def usage(self, days: int = 30) -> dict[str, Any]:
-        return self.request("GET", f"/v1/usage?{urlencode({'days': days})}")
+    def usage(self, days: int = 30, by: str = "agent") -> dict[str, Any]:
+        query = {"days": days} if by == "agent" else {"days": days, "by": by}
+        return self.request("GET", f"/v1/usage?{urlencode(query)}")
+
+    def earnings(self, days: float | None = None, since: float | None = None) -> dict[str, Any]:
+        """What this node earned over the last ``days`` (default 30), or since ``since``."""
+        query = {k: v for k, v in (("days", days), ("since", since)) if v is not None}
+        return self.request("GET", f"/v1/earnings?{urlencode(query)}")
 
     def metrics(self) -> str:
         return self.request("GET", "/metrics", raw=True)

@@ -186,6 +186,40 @@ class ReleaseBody(Request):
     )
 
 
+class ReleaseOutcome(Response):
+    """What a release did: the version bound, its build, and who holds the build."""
+
+    publisher: str
+    name: str
+    version: str
+    cid: str = Field(description='the build bound; "" for a model\'s release with none')
+    size: int = Field(description="the build's size in bytes (0 with none)")
+    copies: int | None = Field(
+        description="nodes shown to hold the build, this one included; null when the "
+        "build was given by cid (stored elsewhere) or there is none"
+    )
+    held_by: list[str] = Field(description="the other peers shown to hold it")
+    wanted: int = Field(
+        description="copies on other peers it waited for: [builds] min_copies, or fewer "
+        "when fewer peers were connected (0 on a lone node)"
+    )
+    note: str = Field("", description="for a person: e.g. why it is held by this node alone")
+
+
+class ReleaseProgress(Response):
+    """A release under way on this node, as its CLI shows it while it waits."""
+
+    stage: str = Field(
+        description="none (no such release under way), checking, storing, copying, binding"
+    )
+    cid: str = ""
+    size: int = 0
+    copies: int = Field(default=0, description="other peers shown to hold the build so far")
+    wanted: int = Field(default=0, description="copies needed on other peers")
+    peers: int = Field(default=0, description="connected peers that store builds")
+    sent: int = Field(default=0, description="bytes of the build this node has sent meanwhile")
+
+
 class DeprecateBody(Request):
     account: str = Field("default", max_length=64)
     name: str = Field(max_length=200)
@@ -210,6 +244,21 @@ class Listing(OpenResponse):
     model: ModelInfo | None = Field(
         None, description='kind "model" only: priced per 1,000 tokens (its price is 0)'
     )
+
+
+class Released(Listing):
+    """The listing after the release, and what the release did."""
+
+    released: ReleaseOutcome
+
+
+class RegistryDigest(Response):
+    """A fingerprint of this node's whole registry replica: two replicas that hold
+    the same feeds at the same signed updates have the same digest (anti-entropy
+    compares the same hash)."""
+
+    digest: str = Field(description="hex SHA-256 over every feed's state vector and content hash")
+    feeds: int = Field(description="publishers whose feed this replica holds")
 
 
 class SearchPage(Response):
@@ -467,17 +516,29 @@ class UsageRow(UsageCounts):
     agent: str = Field(description="PUBLISHER/NAME: the model's or agent's listing")
 
 
+class UsageByProvider(UsageRow):
+    """A usage row per listing and provider (``by=provider``)."""
+
+    provider: str = Field(
+        description="the provider's peer id (this node's on the provider side; empty for "
+        "tasks no provider ran)"
+    )
+
+
 class UsageTotals(Response):
     user: UsageCounts = Field(description="what this node asked of others, and spent")
     provider: UsageCounts = Field(description="what it served others, and earned")
 
 
 class Usage(Response):
-    """The task log's calls over the last ``days``, per side and listing, and totals."""
+    """The task log's calls over the last ``days``, per side and listing (and provider,
+    with ``by=provider``), and totals."""
 
     days: int
     since: float = Field(description="unix seconds: the calls counted were made then or later")
-    usage: list[UsageRow] = Field(description="the user side first, then most lamports first")
+    usage: list[UsageByProvider | UsageRow] = Field(
+        description="the user side first, then most lamports first"
+    )
     totals: UsageTotals
 
 
@@ -622,3 +683,50 @@ class SaleTotal(Response):
 class Sales(Response):
     sales: list[Licence] = Field(description="newest first")
     totals: list[SaleTotal] = Field(description="per listing and plan")
+
+
+class EarnedListing(Response):
+    """What one listing this node served earned it over the period."""
+
+    agent: str = Field(description="PUBLISHER/NAME")
+    creator: bool = Field(description="whether this node is the listing's creator")
+    tasks: int = Field(description="tasks and model calls served")
+    tasks_ok: int = Field(description="those whose outcome is ok")
+    gross: int = Field(description="lamports the users paid for them in all")
+    revenue: int = Field(description="lamports of it for this node")
+    royalties: int = Field(
+        description="lamports of it for the creator (paid at the close, or held and forwarded)"
+    )
+
+
+class EarnedChannel(Response):
+    """A channel this node is paid on: closed in the period, or still open."""
+
+    stake: str = Field(description="the channel's stake account")
+    peer: str = Field(description="the payer's peer id")
+    status: str = Field(description="open, closing or closed")
+    paid: int = Field(description="lamports its latest state pays in all")
+    earned: int = Field(description="lamports of it for this node itself")
+    royalties: int = Field(description="lamports of it for creators")
+    updated: float = Field(description="unix seconds of its last change (the close)")
+
+
+class EarnedTotals(Response):
+    tasks: int
+    tasks_ok: int
+    gross: int
+    revenue: int
+    royalties: int
+    closed_earned: int = Field(description="what the channels closed in the period paid this node")
+    open_earned: int = Field(description="what the open channels pay this node so far")
+
+
+class Earnings(Response):
+    """What this node earned over a period, per listing served and per channel."""
+
+    since: float = Field(description="unix seconds: the start of the period")
+    days: float = Field(description="the period's length in days, to now")
+    wallet: str = Field(description="this node's wallet: the payee of its channels")
+    listings: list[EarnedListing] = Field(description="most revenue first")
+    channels: list[EarnedChannel] = Field(description="oldest change first")
+    totals: EarnedTotals

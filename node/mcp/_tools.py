@@ -352,7 +352,10 @@ def _caller(backend: Backend) -> Any:
         except DaemonNotRunning as exc:
             raise ToolError(str(exc)) from exc
         except ControlError as exc:
-            raise ToolError(f"{exc.code}: {exc}" if exc.code else str(exc)) from exc
+            said = str(exc)  # the code once: a message may start with it already
+            if exc.code and not said.startswith(f"{exc.code}:"):
+                said = f"{exc.code}: {said}"
+            raise ToolError(said) from exc
 
     return call
 

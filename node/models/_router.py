@@ -377,7 +377,7 @@ class ModelRouter:
                     tried = candidate.provider
                     if await self._attempt(plan, candidate, _Caller(send, receive, task_status)):
                         return
-                why = "; ".join(f"{f['provider'][:16]}…: {f['error']}" for f in plan.failures)
+                why = "; ".join(f"{f['provider']}: {f['error']}" for f in plan.failures)
                 raise ModelUnavailable(f"no provider could serve {plan.ref}: {why}")
         except ModelError as exc:  # before any chunk: the caller hears it from `start`
             await self._record(plan, tried, None, None, str(exc))
@@ -441,7 +441,7 @@ class ModelRouter:
             elif exc.code in DEFINITIVE:
                 raise BadModelRequest(exc.message, code=DEFINITIVE[exc.code]) from exc
             else:
-                self._judge(plan, provider, "refused", f"{exc.code}: {exc.message}")
+                self._judge(plan, provider, "refused", str(exc))  # "code: message"
         return False
 
     async def _show_channel(self, plan: _Plan, candidate: _Candidate, room: int) -> bytes:

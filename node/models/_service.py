@@ -532,6 +532,12 @@ class ModelService:
             receipt.user, receipt.outcome, receipt.price, started, receipt.wall_ms, "", "",
             [], signed, input_tokens=receipt.input_tokens, output_tokens=receipt.output_tokens,
         )  # fmt: skip
+        log.info(
+            "model call served: %s for %s, %s, %d lamports, %d ms", receipt.model, receipt.user,
+            receipt.outcome, receipt.price, receipt.wall_ms,
+            extra={"call": record.id, "model": receipt.model, "user": receipt.user,
+                   "price": receipt.price, "outcome": receipt.outcome, "ms": receipt.wall_ms},
+        )  # fmt: skip
         try:
             await self._tasklog.write(record)
         except Exception as exc:

@@ -9,13 +9,16 @@ account`` key: its public key is the Solana address. On the embedded ledger and
 the localnet an empty wallet is credited ``faucet_lamports`` at start, so a new
 node can pay at once, and 1,000 tokens of the ledger's test SPL mint (made here
 on the embedded ledger) for x402; that money exists on that ledger only.
+
+Channels opened, closed and refunded (by hand or by the watcher) are told to
+``on_event``, which the task service points at the event log.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -83,6 +86,14 @@ class SettlementService:
         self._opening: dict[str, trio.Lock] = {}  # per provider: the payer opens one at a time
         self._adding = trio.Lock()  # the payee binds new channels one at a time
         self._paying: dict[str, trio.Lock] = {}
+        self.on_event: Callable[[str, dict[str, Any]], None] | None = None
+        """Told of each channel opened, closed or refunded: (kind, data), for the
+        event log; it must not block (the task log's `TaskLog.note`)."""
+
+    def _tell(self, kind: str, channel: Channel, **more: Any) -> None:
+        if self.on_event is not None:
+            data = {"stake": str(channel.terms.stake), "role": channel.role, "peer": channel.peer}
+            self.on_event(kind, {**data, **more})
 
     @property
     def address(self) -> str:
@@ -102,7 +113,30 @@ class SettlementService:
             {self.wallet.pubkey(): self.wallet},
             self.config.close_margin_s,
             self.config.watch_interval_s,
+            self._watched,
         )
+
+    def _watched(self, stake: str, action: str) -> None:
+        """Tell of what the watcher did to a channel (the close's signature is the
+        watcher's own: the ledger has it)."""
+        channel = self.book.channels.get(stake)
+        if channel is None:  # "forwarded": a creator paid the royalties held
+            return
+        if action == "closed":
+            self._tell("channel.closed", channel, **self._close_data(channel, ""))
+        elif action in ("opened", "refunded", "failed"):
+            self._tell(f"channel.{action}", channel, deposit=channel.terms.deposit)
+
+    def _close_data(self, channel: Channel, signature: str) -> dict[str, Any]:
+        """A close's event data: what the state paid in all, and to this node."""
+        me = self.wallet.pubkey()
+        data = {"paid": channel.paid, "earned": channel.owed.get(me, 0), "signature": signature}
+        log.info(
+            "channel closed: %d lamports, %d of them to this node",
+            data["paid"], data["earned"],
+            extra={"channel": str(channel.terms.stake), "peer": channel.peer},
+        )  # fmt: skip
+        return data
 
     async def _fund(self) -> None:
         await ensure_test_mint(self.ledger)  # the faucet then grants test tokens too
@@ -217,7 +251,8 @@ class SettlementService:
         account = await self.ledger.account(channel.terms.stake)
         if account is not None and account.lamports >= channel.terms.deposit:
             return True
-        await self.book.mark(channel.terms.stake, "closed")
+        closed = await self.book.mark(channel.terms.stake, "closed")
+        self._tell("channel.closed", closed, paid=closed.paid, earned=0, signature="")
         return False
 
     async def open_channel(
@@ -249,6 +284,8 @@ class SettlementService:
         takes them (the watcher retries the rest)."""
         channel = self.book.get(stake)
         signature = await close_channel(self.book, self.ledger, self.wallet, channel)
+        closed = self.book.get(stake)
+        self._tell("channel.closed", closed, **self._close_data(closed, str(signature)))
         try:
             await forward_held(self.book, self.ledger, self.wallet)
         except SettlementError as exc:
@@ -259,7 +296,9 @@ class SettlementService:
         """Take back what a channel this node paid on still holds (after its lockup)."""
         channel = self.book.get(stake)
         signature = await refund_channel(self.book, self.ledger, self.wallet, channel)
-        return self.book.get(stake), signature
+        refunded = self.book.get(stake)
+        self._tell("channel.refunded", refunded, signature=str(signature))
+        return refunded, signature
 
     async def airdrop(self, lamports: int) -> str:
         """Lamports from the ledger's faucet (embedded and localnet ledgers only)."""
@@ -312,6 +351,7 @@ class SettlementService:
     async def _opened(self, terms: ChannelTerms, provider: str) -> Channel:
         channel = await self.book.opened(terms.stake, await self._nonce_of(terms))
         log.info("channel opened", extra={"channel": str(terms.stake), "provider": provider})
+        self._tell("channel.opened", channel, deposit=terms.deposit, expires=terms.expires)
         return channel
 
     async def _nonce_of(self, terms: ChannelTerms) -> Hash:
@@ -362,6 +402,11 @@ class SettlementService:
                     raise ChannelError("that channel's nonce account belongs to another channel")
                 check_state(terms, value, payable(claimed, terms.payee), paid.state)
                 known = await self.book.add(terms, "payee", user, value)
+                log.info(
+                    "paid on a new channel",
+                    extra={"channel": str(terms.stake), "peer": user, "deposit": terms.deposit},
+                )
+                self._tell("channel.opened", known, deposit=terms.deposit, expires=terms.expires)
         if known.peer != user or known.terms != terms:
             raise ChannelError("that channel belongs to another peer")
         channel = await self.book.accept(terms.stake, amounts, paid.state, claimed)

@@ -60,6 +60,8 @@ from mercato.crdt import (
     SyncRequest,
     SyncResponse,
     UpdateRejected,
+    Version,
+    VersionError,
     decode_query_result,
     encode_query_result,
     sync_digest,
@@ -99,6 +101,20 @@ MAX_REMOTE_QUERIES = 2  # at once: each holds the store's one thread
 SEARCH_BUDGET_S = 0.25  # database time for one remote search
 QUERY_BYTES_PER_S = 2 * 1024 * 1024  # answers to one peer
 QUERY_BYTES_BURST = 8 * 1024 * 1024
+
+
+def check_version(version: object) -> None:
+    """SchemaError, in words a person understands, if ``version`` is not MAJOR.MINOR.PATCH
+    (the schema's own check says only how long it must be, for ``1.0``)."""
+    try:
+        Version.parse(version)  # type: ignore[arg-type]
+    except VersionError:
+        shown = repr(version) if isinstance(version, str) else "missing"
+        raise SchemaError(
+            "version",
+            f"{shown} is not a semantic version: use MAJOR.MINOR.PATCH, e.g. 1.0.0 "
+            "(or 1.0.0-rc.1 for a pre-release)",
+        ) from None
 
 
 class RegistryService:
@@ -195,16 +211,51 @@ class RegistryService:
     async def release(self, account: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Bind ``name@version`` once. ReleaseExists if it is bound to another build;
         the same binding again changes nothing and returns the listing."""
+        check_version(fields.get("version"))
         release = validate_release(fields)
+        event = {"version": release.version, "cid": release.cid}
         try:
             return await self._write(
-                account, release.name, "registry.released", lambda w: w.put_release(release)
-            )
+                account, release.name, "registry.released",
+                lambda w: w.put_release(release), details=event,
+            )  # fmt: skip
         except ReleaseExists as exc:
             if not exc.same:
                 raise
             keypair: Keypair = await self._store.run(self._keys.account, account)
             return await self.show(keypair.address, release.name) or {}
+
+    async def check_release(self, account: str, fields: dict[str, Any], with_build: bool) -> str:
+        """Refuse at once what `release` would refuse after a build's copies landed:
+        a malformed version or field, a listing this account has not published, an
+        agent's release with no build. ``with_build``: a build file comes with it
+        (its cid is not known yet). Returns the account's publisher address."""
+        check_version(fields.get("version"))
+        validate_release({**fields, "cid": "bld-placeholder", "size": 1} if with_build else fields)
+        keypair: Keypair = await self._store.run(self._keys.account, account)
+        await self._catch_up(keypair.address)  # the listing may be on a peer's copy of the feed
+        name = str(fields.get("name"))
+
+        def listing_kind() -> str | None:
+            feed = self.replica.registry.feeds.get(keypair.address)
+            listing = feed.listing(name) if feed else None
+            return listing.kind if listing else None
+
+        kind = await self._store.run(listing_kind)
+        if kind is None:
+            raise SchemaError(
+                "name",
+                f"publish the listing {name!r} before releasing it: account {account!r} "
+                f"({keypair.address}) has no listing of that name",
+            )
+        if kind != "model" and not with_build and not fields.get("cid"):
+            raise SchemaError(
+                "cid",
+                f"an agent's release names its build: {name!r} is an agent, so give its "
+                "build (mercato release --build FILE, or --cid and --size); only a model's "
+                "release may have none",
+            )
+        return keypair.address
 
     async def bound_cid(self, account: str, name: str, version: str) -> str | None:
         """The build ``name@version`` of ``account``'s feed is bound to, if released."""
@@ -226,8 +277,16 @@ class RegistryService:
         return await self._write(account, name, "registry.deprecated", lambda w: w.deprecate(name))
 
     async def _write(
-        self, account: str, name: str, event: str, write: Any, catch_up: bool = True
+        self,
+        account: str,
+        name: str,
+        event: str,
+        write: Any,
+        catch_up: bool = True,
+        details: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """Sign ``write`` with ``account``'s key, apply, journal and record it as
+        ``event`` (with ``details`` besides the publisher and name), then gossip it."""
         keypair: Keypair = await self._store.run(self._keys.account, account)
         if catch_up:
             await self._catch_up(keypair.address)
@@ -236,7 +295,8 @@ class RegistryService:
             writer = FeedWriter(keypair, self.replica.registry)
             signed = write(writer)
             self.replica.commit_own(signed, name)
-            self._events.record(event, {"publisher": keypair.address, "name": name})
+            recorded = {"publisher": keypair.address, "name": name, **(details or {})}
+            self._events.record(event, recorded)
             snapshot = self.replica.compact_own(writer)
             spread = [signed] if snapshot is None else [signed, snapshot]
             return spread, self.replica.show(keypair.address, name) or {}
@@ -439,6 +499,7 @@ class RegistryService:
                 await self._write(
                     account, release.name, "registry.released",
                     lambda w, release=release: w.put_release(release), catch_up=False,
+                    details={"version": release.version, "cid": release.cid},
                 )  # fmt: skip
         log.info(
             "entries of the history lost were written again",

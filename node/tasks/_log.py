@@ -10,7 +10,11 @@ concurrent tasks share a disk sync. The log keeps the newest MAX_ROWS rows.
 
 A model call is logged as a task (``agent`` is the model's listing) with the
 tokens it read and wrote (node migration 11; an agent's task keeps 0), and
-`TaskLog.usage` sums calls, tokens and lamports per side and listing.
+`TaskLog.usage` sums calls, tokens and lamports per side, listing and provider.
+
+`TaskLog.note` queues an event-log entry (a task served or run, a payment, a
+channel opened or closed) that is appended with the next batch: the task's path
+never waits for it, and it costs no store call of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .._events import EventLog
 from ._reputation import Standing, save
 
 if TYPE_CHECKING:
@@ -101,6 +106,7 @@ class _Batch:
     def __init__(self) -> None:
         self.rows: list[tuple[Any, ...]] = []
         self.standings: dict[str, Standing] = {}
+        self.events: list[tuple[str, dict[str, Any]]] = []
         self.done = trio.Event()
         self.error: BaseException | None = None
 
@@ -108,11 +114,21 @@ class _Batch:
 class TaskLog:
     """Writes task records in batches (group commit) in the store's thread."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, events: EventLog | None = None) -> None:
+        """``events``: the node's event log (its metrics count each entry); without
+        it, entries go to the store's event table uncounted."""
         self._store = store
+        self.events = events or EventLog(store.db)
         self._batch = _Batch()
         self._wake = trio.Event()
         self._batches = 0
+
+    def note(self, kind: str, data: dict[str, Any]) -> None:
+        """Queue an event-log entry, appended with the next batch (within
+        milliseconds); returns at once. ``data`` must be JSON-serialisable and hold
+        no secret and no task input."""
+        self._batch.events.append((kind, data))
+        self._wake.set()
 
     async def write(self, record: TaskRecord, standings: Iterable[Standing] = ()) -> None:
         """Record a task, and the providers' standings it changed; returns once they
@@ -143,20 +159,25 @@ class TaskLog:
 
     async def flush(self) -> None:
         batch, self._batch = self._batch, _Batch()
-        if not batch.rows and not batch.standings:
+        if not batch.rows and not batch.standings and not batch.events:
             batch.done.set()
             return
         self._batches += 1
         prune = self._batches % PRUNE_EVERY == 1
+        standings = list(batch.standings.values())
+        unlogged: list[str] = []
         try:
             await self._store.run(
-                _insert, self._store.db, batch.rows, list(batch.standings.values()), prune
-            )
+                _commit, self._store.db, batch.rows, standings, prune, self.events,
+                batch.events, unlogged,
+            )  # fmt: skip
         except Exception as exc:  # the writers hear of it; the log goes on
             log.warning("could not record tasks", extra={"error": str(exc)})
             batch.error = exc
         finally:
             batch.done.set()
+        if unlogged:
+            log.warning("could not append to the event log", extra={"error": unlogged[0]})
 
     async def recent(self, limit: int, role: str | None = None) -> list[TaskRecord]:
         """The last ``limit`` tasks (of ``role``, if given), newest first."""
@@ -166,12 +187,41 @@ class TaskLog:
         """Both sides of a task this node saw (usually one)."""
         return await self._store.run(_get, self._store.db, task_id)
 
-    async def usage(self, since: float) -> list[dict[str, Any]]:
+    async def usage(self, since: float, by_provider: bool = False) -> list[dict[str, Any]]:
         """Per side and listing, the tasks created at ``since`` (unix seconds) or
         later: ``role``, ``agent``, ``calls``, ``calls_ok`` (status ``ok``),
         ``input_tokens``, ``output_tokens`` and ``lamports`` (what they paid or
-        earned), the user's side first, then by lamports, most first."""
-        return await self._store.run(_usage, self._store.db, since)
+        earned), the user's side first, then by lamports, most first. With
+        ``by_provider``, per ``provider`` too (on the provider's side, this node)."""
+        return await self._store.run(_usage, self._store.db, since, by_provider)
+
+    async def served(self, since: float) -> list[tuple[str, str, int, bytes | None]]:
+        """The tasks and model calls this node served since ``since`` (unix seconds),
+        oldest first: (listing, status, price, signed receipt or None)."""
+        return await self._store.run(_served, self._store.db, since)
+
+
+def _commit(
+    db: Database,
+    rows: list[tuple[Any, ...]],
+    standings: list[Standing],
+    prune: bool,
+    events: EventLog,
+    entries: list[tuple[str, dict[str, Any]]],
+    unlogged: list[str],
+) -> None:
+    """The batch's tasks, then its events (after the tasks they tell of, in the same
+    turn of the store's thread); an event that cannot be appended goes into
+    ``unlogged`` and does not fail the tasks."""
+    try:
+        if rows or standings:
+            _insert(db, rows, standings, prune)
+    finally:
+        for kind, data in entries:
+            try:
+                events.record(kind, data)
+            except Exception as exc:
+                unlogged.append(f"{kind}: {exc}")
 
 
 def _insert(
@@ -209,11 +259,23 @@ def _get(db: Database, task_id: str) -> list[TaskRecord]:
 USAGE_KEYS = ("role", "agent", "calls", "calls_ok", "input_tokens", "output_tokens", "lamports")
 
 
-def _usage(db: Database, since: float) -> list[dict[str, Any]]:
+def _usage(db: Database, since: float, by_provider: bool = False) -> list[dict[str, Any]]:
+    # A failed task (no provider answered) names the provider pinned, or none ("").
+    group = "role, agent, provider" if by_provider else "role, agent"
+    keys = (*USAGE_KEYS[:2], "provider", *USAGE_KEYS[2:]) if by_provider else USAGE_KEYS
     rows = db.conn.execute(
-        "SELECT role, agent, count(*), sum(status = 'ok'), sum(input_tokens),"
+        f"SELECT {group}, count(*), sum(status = 'ok'), sum(input_tokens),"
         " sum(output_tokens), sum(price) AS lamports FROM tasks WHERE created >= ?"
-        " GROUP BY role, agent ORDER BY role = 'provider', lamports DESC, agent",
+        f" GROUP BY {group} ORDER BY role = 'provider', lamports DESC, {group}",
         (since,),
     ).fetchall()
-    return [dict(zip(USAGE_KEYS, r, strict=True)) for r in rows]
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def _served(db: Database, since: float) -> list[tuple[str, str, int, bytes | None]]:
+    rows = db.conn.execute(
+        "SELECT agent, status, price, receipt FROM tasks"
+        " WHERE role = 'provider' AND created >= ? ORDER BY created",
+        (since,),
+    ).fetchall()
+    return [(r[0], r[1], r[2], r[3]) for r in rows]

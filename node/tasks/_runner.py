@@ -378,6 +378,13 @@ class TaskRunner:
                 answer.signed,
             )  # fmt: skip
         standings = [self.reputation.current(p) for p in task.changed]
+        self._log.note(
+            "task.run",
+            {
+                "id": record.id, "agent": record.agent, "version": record.version,
+                "provider": record.provider, "price": record.price, "outcome": record.status,
+            },
+        )  # fmt: skip
         try:
             await self._log.write(record, standings)
         except Exception as exc:
@@ -439,7 +446,7 @@ class TaskRunner:
                     f"cheapest, {min(prices)}): raise --max-price"
                 )
             return NoProvider(f"no provider of {task.agent} is known: none has sent an agent card")
-        said = "; ".join(f"{f['provider'][:16]}…: {f['error']}" for f in task.failures[:4])
+        said = "; ".join(f"{f['provider']}: {f['error']}" for f in task.failures[:4])
         failed = {f["provider"] for f in task.failures}
         return NoProvider(
             f"no provider {did} {task.agent}: {said}",
@@ -679,10 +686,10 @@ class TaskRunner:
                 return
 
     async def _refused(self, provider: str, exc: RemoteError, task: _Task) -> None:
-        if exc.code in NO_FAULT:
-            task.fail(provider, f"{exc.code}: {exc}")
+        if exc.code in NO_FAULT:  # str(exc) is "code: message", the code said once
+            task.fail(provider, str(exc))
         else:
-            await self._judge(provider, "refused", f"{exc.code}: {exc}", task)
+            await self._judge(provider, "refused", str(exc), task)
 
     # -- running -------------------------------------------------------------------
 
@@ -754,6 +761,7 @@ class TaskRunner:
                 # credit is spent; pay anew once, and count it against the provider.
                 await self._money.settle(channel, relied)
                 await self._spent(sum(relied.values()), provider, task_id, task)
+                self._sent(channel, provider, sum(relied.values()), task_id)
                 when, count = self._forfeits.get(provider, (0.0, 0))
                 recent = time.monotonic() - when < FORFEIT_COOLDOWN_S
                 self._forfeits[provider] = (time.monotonic(), count + 1 if recent else 1)
@@ -779,6 +787,7 @@ class TaskRunner:
         if channel is not None:  # used, no longer credit; the receipt is the channel's next
             await self._money.settle(channel, amounts, response.receipt, receipt.cumulative)
             await self._spent(sum(amounts.values()), provider, task_id, task)
+            self._sent(channel, provider, sum(amounts.values()), task_id)
             self._forfeits.pop(provider, None)
             if receipt.subcalls_cost:
                 await self._pay_subcalls(quote, receipt, task_id, task)
@@ -830,6 +839,7 @@ class TaskRunner:
             return
         await self._money.settle(channel, amounts)
         await self._spent(cost, provider, task_id, task)
+        self._sent(channel, provider, cost, task_id)
 
     def _acknowledge(self, provider: str, stake: str, agent: str, task_id: bytes) -> None:
         """Queue the acknowledgement of a good receipt (see `send_acks`)."""
@@ -879,6 +889,14 @@ class TaskRunner:
             )
         finally:
             slots.release()
+
+    def _sent(self, channel: Channel, provider: str, lamports: int, task_id: bytes) -> None:
+        """A payment this node made: into the event log (``payment.sent``)."""
+        stake = str(channel.terms.stake)
+        self._log.note(
+            "payment.sent",
+            {"channel": stake, "peer": provider, "amount": lamports, "task": task_id.hex()},
+        )
 
     async def _spent(self, lamports: int, provider: str, task_id: bytes, task: _Task) -> None:
         """Count a price as paid today; a failed write is logged (the task goes on)."""

@@ -12,6 +12,10 @@ state when it pays what that state pays and commits to more receipts.
 Cards: when this node serves agents it publishes its card every heartbeat (and
 at once when what it serves changes); it keeps every other provider's live
 card. The user's side lives in `TaskRunner`; `run_task` hands over to it.
+
+Each task served is logged (INFO: agent, user, price, outcome, ms) and goes into
+the event log as ``task.served``, with ``payment.received`` when it was paid;
+the channels' events come from the settlement service, through the task log.
 """
 
 from __future__ import annotations
@@ -177,6 +181,8 @@ class TaskService:
         self.tasklog = tasklog
         self.runner = runner
         self._money = money
+        money.on_event = tasklog.note  # channels opened, closed, refunded: into the event log
+        self._unlisted: set[str] = set()  # served refs not in the registry, warned of once
         self.served = 0
         self._beat = trio.Event()
         self._expected_ms: dict[str, float] = {}
@@ -225,12 +231,27 @@ class TaskService:
         for agent in self._serving.agents:
             publisher, _, name = agent.partition("/")
             shown = await self._registry.show(publisher, name)
+            self._warn_unlisted(agent, shown)
             if shown is None or shown.get("deprecated") or shown.get("kind") != "agent":
                 continue  # unknown, gone, or a model (not run here)
             if shown["releases"]:
                 agents.append(agent)
                 prices.append(lowest_run_price(shown))
         return agents, prices
+
+    def _warn_unlisted(self, agent: str, shown: dict[str, Any] | None) -> None:
+        """Warn once that a served agent is not in the registry (yet): a node asked to
+        serve a listing before it arrived must not be silent about it."""
+        if shown is not None:
+            self._unlisted.discard(agent)  # warned again if it were ever gone
+        elif agent not in self._unlisted:
+            self._unlisted.add(agent)
+            log.warning(
+                "%s is not in the registry yet: it will be served once its listing and a "
+                "release arrive",
+                agent,
+                extra={"agent": agent},
+            )
 
     async def _heartbeat(
         self,
@@ -484,7 +505,7 @@ class TaskService:
             subcalls=subcalls.encoded(),
             subcalls_cost=subcalls.cost,
         )
-        signed = await self._sign_and_log(receipt, started)
+        signed = await self._sign_and_log(receipt, started, paid)
         if receipt.subcalls_cost:
             self._owed.setdefault(peer, {})[request.task] = receipt.subcalls_cost
         return TaskResponse(output=result.output, receipt=signed)
@@ -534,10 +555,17 @@ class TaskService:
         self._expected_ms[cid] = 0.8 * previous + 0.2 * result.usage.wall_ms
         return result
 
-    async def _sign_and_log(self, receipt: Receipt, started: float) -> bytes:
-        """Sign the receipt of a run this node served and write it to the task log."""
+    async def _sign_and_log(
+        self,
+        receipt: Receipt,
+        started: float,
+        paid: tuple[Channel, dict[Pubkey, int]] | None = None,
+    ) -> bytes:
+        """Sign the receipt of a run this node served and write it to the task log;
+        log it, and note it (and its payment on ``paid``'s channel) in the event log."""
         self.served += 1
         signed = receipt.sign(self._key)
+        self._tell_served(receipt, paid)
         await self.tasklog.write(
             TaskRecord(
                 receipt.task.hex(), "provider", receipt.agent, receipt.version,
@@ -546,6 +574,45 @@ class TaskService:
             )
         )  # fmt: skip
         return signed
+
+    def _tell_served(
+        self, receipt: Receipt, paid: tuple[Channel, dict[Pubkey, int]] | None
+    ) -> None:
+        """The log line and events of a task served (never its input or output)."""
+        task = receipt.task.hex()
+        log.info(
+            "task served: %s@%s for %s, %s, %d lamports, %d ms",
+            receipt.agent, receipt.version, receipt.user, receipt.outcome, receipt.price,
+            receipt.wall_ms,
+            extra={"task": task, "agent": receipt.agent, "user": receipt.user,
+                   "price": receipt.price, "outcome": receipt.outcome, "ms": receipt.wall_ms},
+        )  # fmt: skip
+        self.tasklog.note(
+            "task.served",
+            {
+                "id": task, "agent": receipt.agent, "version": receipt.version,
+                "user": receipt.user, "price": receipt.price, "outcome": receipt.outcome,
+                "ms": receipt.wall_ms, "channel": receipt.channel,
+            },
+        )  # fmt: skip
+        if paid is not None:
+            self._tell_paid(paid, receipt.user, task)
+
+    def _tell_paid(self, paid: tuple[Channel, dict[Pubkey, int]], peer: str, task: str) -> None:
+        """A payment this node took: ``amount`` in all, ``earned`` its own part (the
+        rest, a creator's royalty, goes to the creator at the close)."""
+        channel, amounts = paid
+        me = self._money.wallet.pubkey()
+        amount, earned = sum(amounts.values()), amounts.get(me, 0)
+        stake = str(channel.terms.stake)
+        log.info(
+            "payment received: %d lamports on channel %s from %s", amount, stake, peer,
+            extra={"channel": stake, "peer": peer, "lamports": amount, "task": task},
+        )  # fmt: skip
+        self.tasklog.note(
+            "payment.received",
+            {"channel": stake, "peer": peer, "amount": amount, "earned": earned, "task": task},
+        )
 
     # -- provider, for a buyer outside the network (the x402 gateway) -------------
 
@@ -650,7 +717,7 @@ class TaskService:
             raise Refused("bad_pay", "this node is owed nothing for that task")
         try:
             me = self._money.wallet.pubkey()
-            await self._money.accept_payment(peer, request.payment, lamports, 0, me)
+            paid = await self._money.accept_payment(peer, request.payment, lamports, 0, me)
         except BaseException as exc:
             self._owed.setdefault(peer, {})[request.task] = lamports  # still owed
             if isinstance(exc, PaymentShort):
@@ -661,6 +728,7 @@ class TaskService:
         if not self._owed.get(peer):
             self._owed.pop(peer, None)
         log.info("sub-calls paid", extra={"peer": peer, "lamports": lamports})
+        self._tell_paid(paid, peer, request.task.hex())
         return TaskResponse()
 
     # -- user ----------------------------------------------------------------------

@@ -84,7 +84,7 @@ def test_licences_print_a_table_with_headers_and_json(fake: type[FakeClient]) ->
     assert header.split() == [
         "LISTING", "PLAN", "KIND", "VERSIONS", "STATE", "EXPIRES", "REFUNDS", "PRICE", "MINT"
     ]  # fmt: skip
-    assert sub.startswith("8Co4tt4s…/wordcount  monthly  subscription")
+    assert sub.startswith("8Co4tt4s/wordcount  monthly  subscription")  # `show` takes it back
     assert local(EXPIRES) in sub and "0.01 SOL" in sub and sub.endswith(BUYER)
     assert "never" in lic and local(EXPIRES) in lic and "0.05 SOL" in lic
     assert header.index("MINT") == lic.index(MINT)  # the columns line up
@@ -106,7 +106,9 @@ def test_buy_and_refund_say_what_happened(fake: type[FakeClient]) -> None:
     out = invoke("refund", MINT)
     assert out.exit_code == 0 and fake.calls[-1] == ("refund", (MINT,))
     assert "0.05 SOL back to this wallet" in out.output and "4" * 88 in out.output
-    assert invoke("buy", "no-slash", "--plan", "pro").exit_code == 2
+    fake.answers["search"] = {"results": [], "cursor": None}  # no listing has that name
+    nameless = invoke("buy", "no-such-name", "--plan", "pro")
+    assert nameless.exit_code == 2 and "no listing is named 'no-such-name'" in nameless.stderr
     assert invoke("buy", AGENT).exit_code == 2  # --plan is required
 
 
@@ -121,7 +123,7 @@ def test_sales_print_totals_then_recent_sales(fake: type[FakeClient]) -> None:
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
     assert lines[0].split() == ["LISTING", "PLAN", "SALES", "REFUNDS", "EARNED"]
-    assert lines[1].split() == ["8Co4tt4s…/wordcount", "pro", "2", "1", "0.05", "SOL"]
+    assert lines[1].split() == ["8Co4tt4s/wordcount", "pro", "2", "1", "0.05", "SOL"]
     assert lines[3].split()[:2] == ["SOLD", "LISTING"] and BUYER in lines[4]
     assert "refunded" in lines[5]
     assert "1 older sales" in invoke("sales", "--limit", "1").output
@@ -139,7 +141,7 @@ def test_show_lists_the_plans_and_search_marks_listings_sold_by_plan(
     assert f"mercato buy {AGENT} --plan NAME" in out.output
     rows = {line.split()[0]: line.split() for line in out.output.splitlines()[4:]}
     assert rows["PLAN"][:3] == ["PLAN", "KIND", "PRICE"] and "TRANSFERABLE" in rows["PLAN"]
-    assert rows["pro"] == ["pro", "licence", "0.05", "SOL", "^1", "-", "1000", "lamports",
+    assert rows["pro"] == ["pro", "licence", "0.05", "SOL", "^1", "-", "1,000", "lamports",
                            "14", "d", "no"]  # fmt: skip
     assert rows["monthly"][:6] == ["monthly", "subscription", "0.01", "SOL", "*", "30"]
     assert rows["monthly"][-2:] == ["none", "yes"]
@@ -147,8 +149,10 @@ def test_show_lists_the_plans_and_search_marks_listings_sold_by_plan(
     del plain["plans"]
     fake.answers["search"] = {"results": [LISTING, plain], "cursor": None, "took_ms": 1.0}
     found = invoke("search").output.splitlines()
-    assert "1000 lamports*" in found[0] and "1000 lamports " in found[1]
-    assert found[2].startswith("* sold by plan")
+    assert found[0].split() == ["LISTING", "VERSION", "PRICE", "SUMMARY"]
+    assert found[1].split()[:4] == ["8Co4tt4s/wordcount", "-", "1,000", "lamports*"]
+    assert found[2].split()[:4] == ["8Co4tt4s/plain", "-", "1,000", "lamports"]
+    assert found[3].startswith("* sold by plan")
 
 
 def test_run_tells_of_an_upgrade_on_stderr(fake: type[FakeClient]) -> None:
@@ -158,13 +162,13 @@ def test_run_tells_of_an_upgrade_on_stderr(fake: type[FakeClient]) -> None:
         "upgrade": {"version": "2.0.0", "plans": [
             {"name": "pro2", "kind": "licence", "price": 80_000_000, "versions": "^2"}]},
     }  # fmt: skip
-    out = CliRunner().invoke(main, ["run", AGENT])
+    out = CliRunner().invoke(main, ["run", AGENT], input="hi")
     assert out.exit_code == 0, out.output
     assert out.stdout == "hi"
     assert "upgrade available: 2.0.0 with plan pro2 (0.08 SOL)" in out.stderr
     assert f"mercato buy {AGENT} --plan pro2" in out.stderr
     fake.answers["run_task"] = {**fake.answers["run_task"], "upgrade": None}
-    assert CliRunner().invoke(main, ["run", AGENT]).stderr == ""
+    assert CliRunner().invoke(main, ["run", AGENT], input="hi").stderr == ""
 
 
 MANIFEST = textwrap.dedent(
@@ -200,7 +204,7 @@ def test_the_commands_on_a_real_daemon(tmp_path, datadir: DataDir, start_daemon)
     )
     assert shown.returncode == 0, shown.stderr
     assert "pro" in shown.stdout and "0.05 SOL" in shown.stdout and "14 d" in shown.stdout
-    assert "1000 lamports*" in cli("search", "word").stdout
+    assert "1,000 lamports*" in cli("search", "word").stdout
     assert "no licences yet" in cli("licences").stdout
     assert json.loads(cli("sales", "--json").stdout) == {"sales": [], "totals": []}
     refused = cli("buy", f"{PUBLISHER}/nothing", "--plan", "pro")

@@ -254,9 +254,9 @@ def test_account_names_are_refused_the_same_with_or_without_a_daemon(
     initialized: DataDir, start_daemon, name: str
 ) -> None:
     offline = run_cli("keys", "new", name, "--data-dir", str(initialized.root))
-    assert offline.returncode == 1 and "account name" in offline.stderr
+    assert offline.returncode == 2 and "account name" in offline.stderr  # a usage error
     start_daemon(initialized)
     online = run_cli("keys", "new", name, "--data-dir", str(initialized.root))
-    assert online.returncode == 1 and "account name" in online.stderr
+    assert online.returncode == 2 and "account name" in online.stderr
     shown = run_cli("keys", "show", name, "--data-dir", str(initialized.root))
     assert shown.returncode == (0 if name == "node" else 1)  # "node" is the node key

@@ -29,7 +29,7 @@ def test_exec_prints_the_output_and_the_outcome(tmp_path) -> None:
 def test_exec_json_and_a_failing_run(tmp_path) -> None:
     loop = tmp_path / "loop.wasm"
     loop.write_bytes(wat2wasm('(module (func (export "_start") (loop (br 0))))'))
-    result = run_cli("exec", str(loop), "--fuel", "1000000", "--json")
+    result = run_cli("exec", str(loop), "--fuel", "1000000", "--json", input_text="")
     assert result.returncode == 1
     answer = json.loads(result.stdout)
     assert answer["outcome"] == "out_of_fuel" and answer["usage"]["fuel"] == 1_000_000
@@ -39,7 +39,7 @@ def test_exec_refuses_what_cannot_run(tmp_path) -> None:
     assert run_cli("exec", str(tmp_path / "missing.wasm")).returncode == 2
     text = tmp_path / "notes.txt"
     text.write_text("not a module")
-    refused = run_cli("exec", str(text))
+    refused = run_cli("exec", str(text), input_text="")
     assert refused.returncode == 1 and "not a WebAssembly module" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert run_cli("exec", str(text), "--memory", "0").returncode == 2

@@ -62,7 +62,7 @@ def test_two_nodes_on_a_localnet_pay_for_100_tasks_and_close(
     test_tokens = {"mint": str(TEST_MINT), "amount": TOKEN_AIRDROP, "decimals": 6}
     assert all(w["tokens"] == [test_tokens] for w in wallets.values())
     dropped = cli(user, "wallet", "airdrop", "1.5")
-    assert dropped.returncode == 0 and "received 1500000000 lamports" in dropped.stdout
+    assert dropped.returncode == 0 and "received 1,500,000,000 lamports (1.5 SOL)" in dropped.stdout
     shown = cli(user, "wallet").stdout
     assert f"2000 tokens ({2 * TOKEN_AIRDROP} base units) of mint {TEST_MINT}" in shown
     assert cli(user, "wallet", "address").stdout.strip() == address[user]

@@ -36,6 +36,12 @@ def test_two_daemons_join_ping_and_rejoin_after_restart(tmp_path, start_daemon) 
     assert [p["peer_id"] for p in peers["peers"]] == [first_id]
     pinged = run_cli("ping", first_id, "--data-dir", str(second.root))
     assert pinged.returncode == 0 and first_id in pinged.stdout and "ms" in pinged.stdout
+    header, row = run_cli("peers", "--data-dir", str(second.root)).stdout.splitlines()
+    assert header.split() == ["PEER", "ADDRESS"] and row.split()[0] == first_id
+    # The start of a connected peer's id is enough, as git takes a commit's.
+    by_prefix = run_cli("ping", first_id[:14], "--json", "--data-dir", str(second.root))
+    assert by_prefix.returncode == 0, by_prefix.stderr
+    assert json.loads(by_prefix.stdout)["peer_id"] == first_id
 
     # Restart the second node without --bootstrap: its address book brings it back.
     assert run_cli("node", "stop", "--data-dir", str(second.root)).returncode == 0
@@ -58,8 +64,9 @@ def test_an_unreachable_bootstrap_peer_is_logged_once(tmp_path, start_daemon) ->
 def test_bad_network_arguments_are_clear_errors(tmp_path) -> None:
     node = DataDir(tmp_path / "n")
     bad = run_cli("node", "start", "--data-dir", str(node.root), "--bootstrap", "not-an-addr")
-    assert bad.returncode == 1 and "p2p.bootstrap" in bad.stderr and "not-an-addr" in bad.stderr
+    assert bad.returncode == 2 and "p2p.bootstrap" in bad.stderr and "not-an-addr" in bad.stderr
+    assert not node.root.exists()  # a bad flag creates nothing
     nopeer = run_cli(
         "node", "start", "--data-dir", str(node.root), "--bootstrap", "/ip4/1.2.3.4/tcp/1"
     )
-    assert nopeer.returncode == 1 and "/p2p/" in nopeer.stderr
+    assert nopeer.returncode == 2 and "/p2p/" in nopeer.stderr

@@ -74,7 +74,8 @@ def test_bad_manifests_and_searches_are_clear_errors(
     release = cli(datadir, "release", "ghost", "1.0.0", "--cid", "b3-" + "a" * 20, "--size", "1")
     assert release.returncode == 1 and "before releasing" in release.stderr
     assert cli(datadir, "search", "--sort", "popular").returncode == 2
-    assert cli(datadir, "show", "not-a-ref").returncode == 2
+    unnamed = cli(datadir, "show", "not-a-ref")  # a name no listing has
+    assert unnamed.returncode == 2 and "no listing is named 'not-a-ref'" in unnamed.stderr
 
 
 MODEL_MANIFEST = textwrap.dedent(
@@ -183,10 +184,12 @@ def test_any_peer_answers_searches_and_shows_verified_listings(tmp_path, start_d
     ]
     missing = cli(two, "show", f"{publisher}/nothing", "--peer", address)
     assert missing.returncode == 1 and "no such listing on that peer" in missing.stderr
-    unreachable = cli(two, "search", "--peer", "/ip4/127.0.0.1/tcp/1/p2p/" + "1" * 46)
+    nobody = "12D3KooWLcbC36iN2qgzUZ7fXVs4mC99Raj4dYhxFpvvZ22ccqFG"  # a peer id; no one listens
+    unreachable = cli(two, "search", "--peer", f"/ip4/127.0.0.1/tcp/1/p2p/{nobody}")
     assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr
     malformed = cli(two, "search", "--peer", "/ip4/127.0.0.1/tcp/1")
-    assert malformed.returncode == 1 and "neither a peer id nor a multiaddr" in malformed.stderr
+    # A malformed value the user typed is a usage error (cli/_common.py MALFORMED).
+    assert malformed.returncode == 2 and "neither a peer id nor a multiaddr" in malformed.stderr
     refused = cli(two, "search", "--peer", address, "--cursor", "bm90IGEgY3Vyc29y")
     assert refused.returncode == 1 and "the peer refused" in refused.stderr
     assert cli(two, "search", "--peer", "").returncode == 2

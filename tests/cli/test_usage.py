@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from mercato.cli import main
+from mercato.cli._format import short_ref
 
 from .test_commerce import PUBLISHER, FakeClient
 
@@ -79,6 +80,36 @@ def test_usage_prints_a_table_per_side_and_listing_then_totals(fake: type[FakeCl
     assert invoke("usage").output == "no calls in the last 30 days\n"
 
 
+PROVIDER = "12D3KooWProviderPeerIdThatIsLong"
+BY_PROVIDER = {
+    **USAGE,
+    "usage": [
+        {"role": "user", "agent": MODEL, "provider": PROVIDER, **counts(2, 2, 1000, 3000, 4000)},
+        {"role": "user", "agent": MODEL, "provider": "12D3KooWOth", **counts(1, 0, 200, 400, 500)},
+        {"role": "user", "agent": "pub/wordcount", "provider": "", **counts(1, 0, 0, 0, 0)},
+        {"role": "provider", "agent": MODEL, "provider": "me", **counts(2, 2, 10, 20, 900)},
+    ],
+}
+
+
+def test_usage_by_provider_adds_the_providers_short_id(fake: type[FakeClient]) -> None:
+    fake.answers["usage"] = BY_PROVIDER
+    out = invoke("usage", "--by", "provider", "--days", "7")
+    assert out.exit_code == 0, out.output
+    assert fake.calls == [("usage", (7, "provider"))]
+    header, *rows = out.output.splitlines()
+    assert header.split()[:4] == ["ROLE", "MODEL/AGENT", "PROVIDER", "CALLS"]
+    assert [r.split() for r in rows[:4]] == [
+        ["user", MODEL, PROVIDER[:12], "2", "1000", "3000", "4000"],
+        ["user", MODEL, "12D3KooWOth", "1", "200", "400", "500"],
+        ["user", "pub/wordcount", "none", "1", "0", "0", "0"],  # no provider ran it
+        ["provider", MODEL, "this", "node", "2", "10", "20", "900"],
+    ]
+    assert header.index("LAMPORTS") == rows[0].index("4000")  # the columns line up
+    assert json.loads(invoke("usage", "--by", "provider", "--json").output) == BY_PROVIDER
+    assert invoke("usage", "--by", "user").exit_code == 2
+
+
 def test_tasks_ls_shows_a_model_calls_tokens(fake: type[FakeClient]) -> None:
     fake.answers["tasks"] = {
         "tasks": [
@@ -88,9 +119,9 @@ def test_tasks_ls_shows_a_model_calls_tokens(fake: type[FakeClient]) -> None:
     }
     out = invoke("tasks", "ls")
     assert out.exit_code == 0, out.output
-    model_call, agent_task = out.output.splitlines()
-    assert model_call.endswith("  ok  tokens 12/34") and f"  {MODEL}  12D3KooW" in model_call
-    assert agent_task.endswith("  ok") and "tokens" not in agent_task
-    assert "  pub/wordcount@1.0.0  " in agent_task
+    header, model_call, agent_task = out.output.splitlines()
+    assert "TOKENS" in header.split()
+    assert model_call.split()[-1] == "12/34" and short_ref(MODEL) in model_call
+    assert "12/34" not in agent_task and "  pub/wordcount@1.0.0  " in agent_task
     listed = json.loads(invoke("tasks", "ls", "--json").output)["tasks"]
     assert (listed[0]["input_tokens"], listed[0]["output_tokens"]) == (12, 34)

@@ -172,7 +172,7 @@ def test_a_composite_agent_on_daemons_pays_its_calls_to_the_lamport(
     # `tasks show` lists the sub-calls with the receipt; the task log, what each
     # run cost (the model's answers differ in length, so their prices do too).
     runs = [t for t in json_of(user, "tasks", "ls")["tasks"] if t["agent"] == digest]
-    (side,) = json.loads(cli(user, "tasks", "show", runs[0]["id"]).stdout)["sides"]
+    (side,) = json.loads(cli(user, "tasks", "show", runs[0]["id"], "--json").stdout)["sides"]
     assert [c["status_name"] for c in side["subcalls"]] == ["ok", "ok"]
     prices = sorted(t["price"] for t in runs)
     assert len(runs) == 3 and prices[0] == PRICE and PRICE + spent in prices

@@ -105,7 +105,7 @@ def test_daemons_on_a_localnet_serve_and_pay_for_a_model(
     calls = [t for t in json_of(user, "tasks", "ls")["tasks"] if t["agent"] == model]
     served = [t for t in json_of(provider, "tasks", "ls")["tasks"] if t["agent"] == model]
     assert len(calls) == len(served) == 3
-    shown_out = cli(user, "tasks", "show", calls[0]["id"])  # JSON always (for now)
+    shown_out = cli(user, "tasks", "show", calls[0]["id"], "--json")
     assert shown_out.returncode == 0, shown_out.stderr
     shown = json.loads(shown_out.stdout)
     (side,) = shown["sides"]

@@ -75,9 +75,11 @@ def drive(creator: ControlClient, user: ControlClient, there: str, wasm: Path) -
     listing = {**LISTING, "name": "wc", "price": PRICE, "royalty_bps": 1000}
     publisher = creator.publish(listing)["publisher"]
     creator.release({"name": "wc", "version": "1.0.0"}, build=str(wasm))
+    assert creator.releasing("wc", "1.0.0")["stage"] == "none"  # bound: none under way
     creator.publish({**LISTING, "name": "old"})
     creator.deprecate("old")
     creator.publish({**LISTING, "name": "lic", "plans": {"pro": LICENCE_PLAN}})
+    assert creator.request("GET", "/v1/registry/digest")["feeds"] == 1
     return publisher
 
 
@@ -122,6 +124,15 @@ async def test_every_route_answers_as_documented_and_http_matches_the_facade(
         assert user.api.money.channels().model_dump(mode="json") == await trio.to_thread.run_sync(
             b.channels
         )
+        # The creator served its own listing once, and closed the channel: all is its own.
+        earned = (await creator.api.earnings.earnings(since=0.0)).model_dump(mode="json")
+        over_http = await trio.to_thread.run_sync(lambda: a.earnings(since=0.0))
+        assert {**earned, "days": 0} == {**over_http, "days": 0}
+        assert (earned["totals"]["revenue"], earned["totals"]["closed_earned"]) == (PRICE, PRICE)
+        by_provider = await trio.to_thread.run_sync(lambda: b.usage(30, "provider"))
+        assert [(r["provider"], r["lamports"]) for r in by_provider["usage"]] == [
+            (creator.overlay.peer_id, PRICE)
+        ]
 
         docs = await trio.to_thread.run_sync(documented, b)
         seen: dict[str, set[int]] = {}

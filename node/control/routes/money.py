@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from .. import _models as m
 from ._common import API, errors
@@ -79,3 +81,20 @@ async def close(api: API, stake: str) -> m.Settled:
 )
 async def refund(api: API, stake: str) -> m.Settled:
     return await api.money.refund(stake)
+
+
+@router.get(
+    "/v1/earnings",
+    response_model=m.Earnings,
+    responses=errors(400),
+    summary="What this node earned serving others over a period: per listing (tasks, "
+    "revenue, royalties) and per channel it is paid on (what closed ones paid it).",
+)
+async def earnings(
+    api: API,
+    days: Annotated[float | None, Query(description="the last this many days (default 30)")] = None,
+    since: Annotated[
+        float | None, Query(description="or since this moment, in unix seconds")
+    ] = None,
+) -> m.Earnings:
+    return await api.earnings.earnings(days, since)

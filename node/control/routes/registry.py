@@ -28,13 +28,28 @@ async def publish(api: API, body: m.PublishBody) -> m.Listing:
 
 @router.post(
     "/v1/registry/release",
-    response_model=m.Listing,
+    response_model=m.Released,
     responses=errors(404, 409, 507, body=True),
     summary="Bind name@version of a listing to a build (a cid, or a file spread to its peers).",
 )
-async def release(api: API, body: m.ReleaseBody) -> m.Listing:
+async def release(api: API, body: m.ReleaseBody) -> m.Released:
     build = FilePath(body.build) if body.build is not None else None
     return await api.registry.release(body.account, body.release, build)
+
+
+@router.get(
+    "/v1/registry/release",
+    response_model=m.ReleaseProgress,
+    responses=errors(400),
+    summary="How a release under way on this node is going (its build's copies, bytes sent).",
+)
+async def releasing(
+    api: API,
+    name: Annotated[str, Query(max_length=64)],
+    version: Annotated[str, Query(max_length=64)],
+    account: Annotated[str, Query(max_length=64)] = "default",
+) -> m.ReleaseProgress:
+    return api.registry.releasing(account, name, version)
 
 
 @router.post(
@@ -80,6 +95,15 @@ async def search(
         cursor=cursor,
     )
     return await api.registry.search(query, peer)
+
+
+@router.get(
+    "/v1/registry/digest",
+    response_model=m.RegistryDigest,
+    summary="A fingerprint of this node's registry: equal on nodes that hold the same updates.",
+)
+async def digest(api: API) -> m.RegistryDigest:
+    return await api.registry.digest()
 
 
 @router.get(

@@ -79,13 +79,17 @@ async def spending(api: API) -> m.Spending:
     response_model=m.Usage,
     responses=errors(400),
     summary="What this node spent as a user and earned as a provider over the last days: "
-    "calls, tokens in and out and lamports per side and listing (model or agent), and totals.",
+    "calls, tokens in and out and lamports per side and listing (model or agent), per "
+    "provider too with by=provider, and totals.",
 )
 async def usage(
     api: API,
     days: Annotated[int, Query(description="the last this many days, 1-3660 (default 30)")] = 30,
+    by: Annotated[
+        str, Query(max_length=16, description="agent (default), or provider: per provider too")
+    ] = "agent",
 ) -> m.Usage:
-    return await api.tasks.usage(days)
+    return await api.tasks.usage(days, by)
 
 
 @router.get(
