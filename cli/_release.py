@@ -22,6 +22,8 @@ from ._format import short_id, size
 from ._progress import Bar, on_terminal, waiting
 from ._registry import ACCOUNT_HELP
 
+RELEASE_TIMEOUT_S = 700.0  # the node gives up on copies within 600 s ([builds] copies_wait_s)
+
 POLL_S = 0.25  # how often a terminal's progress asks the node
 
 
@@ -110,7 +112,7 @@ def release(
     fields: dict[str, object] = {"name": name, "version": version, "dependencies": dependencies}
     if cid is not None:
         fields.update(cid=cid, size=size)
-    client = ControlClient(resolve(data_dir), timeout=120)
+    client = ControlClient(resolve(data_dir), timeout=RELEASE_TIMEOUT_S)
     build = str(build_file.resolve()) if build_file is not None else None
     if build is not None and on_terminal():
         shown = _watched(client, fields, account, build)

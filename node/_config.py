@@ -45,6 +45,7 @@ LEDGERS = ("embedded", "localnet", "rpc")
 ROLES = ("full", "relay")
 DEFAULT_RPC_URL = "http://127.0.0.1:8899"  # where `mercato localnet` listens by default
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_COPIES_WAIT_S = 600.0  # a release answers within the CLI's patience (cli/_release.py)
 LOG_FORMATS = ("text", "json")
 ENV_PREFIX = "MERCATO_"
 MAX_LAMPORTS = 10**15
@@ -155,6 +156,8 @@ class BuildsSection:
     """How often a node checks which builds it is responsible for."""
     min_copies: int = 1
     """Other peers that must hold a build before `release --build` binds it."""
+    copies_wait_s: float = 40.0
+    """How long a release waits for those copies before it gives up (binding nothing)."""
 
 
 @dataclass(frozen=True)
@@ -477,6 +480,8 @@ def _validate(config: Config, origin: Callable[[str], str]) -> None:
         raise fail("builds.repair_interval_s", "must be between 0.1 and 3600")
     if not 0 <= config.builds.min_copies <= config.builds.replicas:
         raise fail("builds.min_copies", "must be between 0 and builds.replicas")
+    if not 1 <= config.builds.copies_wait_s <= MAX_COPIES_WAIT_S:
+        raise fail("builds.copies_wait_s", f"must be from 1 to {MAX_COPIES_WAIT_S:g} seconds")
     if not 1 <= config.runtime.slots <= 64:
         raise fail("runtime.slots", "must be between 1 and 64")
     if not 1 <= config.runtime.max_memory_mb <= 4096:
@@ -770,6 +775,8 @@ replicas = 3
 repair_interval_s = 10.0
 # Other peers that must hold a build before `mercato release --build` binds it.
 min_copies = 1
+# How long a release waits for those copies before it gives up, in seconds.
+copies_wait_s = 40.0
 
 [serve]
 # Agents this node runs for other peers, as "PUBLISHER/NAME" (none: not a provider).

@@ -350,6 +350,7 @@ class RegistryOps(_Part):
         held = await builds.wait_for_copies(
             info.cid,
             wanted,
+            self._node.config.builds.copies_wait_s,
             spread=spread,
             on_copies=lambda n: say(f"{n} of {spread.wanted} copies held"),
         )

@@ -140,10 +140,15 @@ def test_a_lone_node_releases_with_its_own_copy_and_says_so(
     ]
 
 
-def two_nodes(tmp_path: Path, start_daemon, peer_env: dict[str, str] | None = None):
+def two_nodes(
+    tmp_path: Path,
+    start_daemon,
+    peer_env: dict[str, str] | None = None,
+    creator_env: dict[str, str] | None = None,
+):
     """A creator's node and a peer joined to it; both with [builds] min_copies = 1."""
     creator, peer = DataDir(tmp_path / "creator"), DataDir(tmp_path / "peer")
-    start_daemon(creator)
+    start_daemon(creator, env=creator_env)
     status = ControlClient(creator).status()
     start_daemon(peer, "--bootstrap", status["p2p"]["listen_addrs"][0], env=peer_env)
     peer_id = ControlClient(peer).status()["peer_id"]
@@ -193,8 +198,14 @@ def test_a_peer_that_takes_no_copy_is_shown_while_waiting_and_named_after(
     tmp_path, start_daemon
 ) -> None:
     # The peer may store 1 MB of builds: it takes the offer of a 3 MB build but never
-    # holds it, so the release waits its whole time, then says what happened.
-    creator, _peer, peer_id = two_nodes(tmp_path, start_daemon, {"MERCATO_BUILDS_QUOTA_MB": "1"})
+    # holds it, so the release waits its whole time ([builds] copies_wait_s, cut
+    # to 12 s from 40 here), then says what happened.
+    creator, _peer, peer_id = two_nodes(
+        tmp_path,
+        start_daemon,
+        {"MERCATO_BUILDS_QUOTA_MB": "1"},
+        {"MERCATO_BUILDS_COPIES_WAIT_S": "12"},
+    )
     ref = publish(tmp_path, creator)
     build = big_build(tmp_path / "big.wasm", 3 * 1024 * 1024)
 
