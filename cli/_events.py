@@ -15,7 +15,7 @@ from mercato.node import open_control
 from ._common import data_dir_option, print_json, resolve
 
 PAGE = 1000
-HEADER = f"{'SEQ':>6}  {'TIME':<19}  {'KIND':<18} DATA"
+HEADER = f"{'SEQ':>6}  {'TIME':<19}  {'KIND':<20}  DATA"
 
 
 @click.command()
@@ -105,7 +105,7 @@ def _print_event(event: dict[str, Any], as_json: bool) -> None:
         click.echo(json.dumps(event, sort_keys=True))
         return
     data = json.dumps(event["data"], sort_keys=True)
-    click.echo(f"{event['seq']:>6}  {_local(event['ts']):<19}  {event['kind']:<18} {data}")
+    click.echo(f"{event['seq']:>6}  {_local(event['ts']):<19}  {event['kind']:<20}  {data}")
 
 
 def _local(ts: str) -> str:
