@@ -78,6 +78,7 @@ class MercatoError(Exception):
             │   ├── KeyExists           a key of that name exists
             │   └── KeyNotFound         no key of that name
             ├── StoreError              the SQLite store cannot be opened or migrated
+            │   └── StoreFull           its disk is full: nothing was written
             ├── ControlError            the control API refused or could not be reached
             │   └── DaemonNotRunning    no daemon answers for the data dir
             ├── GatewayRefused          mercato.node.gateway: an x402 call refused

@@ -34,6 +34,7 @@ from ._errors import KeyStoreError as KeyStoreError
 from ._errors import NodeError as NodeError
 from ._errors import NotServed as NotServed
 from ._errors import StoreError as StoreError
+from ._errors import StoreFull as StoreFull
 from ._events import Event as Event
 from ._events import VerifyReport as VerifyReport
 from ._exec import run_build as run_build
@@ -111,6 +112,7 @@ __all__ = [
     "NotServed",
     "Store",
     "StoreError",
+    "StoreFull",
     "VerifyReport",
     "__version__",
     "configure_logging",

@@ -58,6 +58,10 @@ class StoreError(NodeError):
     """The SQLite store cannot be opened, migrated or written."""
 
 
+class StoreFull(StoreError):
+    """The disk that holds the data dir is full: nothing was written."""
+
+
 class ControlError(NodeError):
     """The control API answered with an error or could not be reached.
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ._errors import StoreError
+from ._errors import StoreError, StoreFull
 
 T = TypeVar("T")
 
@@ -74,10 +74,11 @@ class Database:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.conn.execute("COMMIT")  # inside: a COMMIT that fails (a full disk) rolls back
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite ends it itself on some errors (a full disk)
+                self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
 
     def close(self) -> None:
         self.conn.close()
@@ -114,9 +115,22 @@ class Store:
         """Run ``fn(*args)`` in a worker thread, after any earlier call, and return its result.
 
         ``fn`` may use `db` freely: no other store call runs at the same time.
+        Raises StoreFull if the disk is full (the transaction rolled back: nothing
+        was written), so that a full disk is an error the caller can report, not
+        a crash.
         """
         self.calls += 1
-        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
+        try:
+            return await trio.to_thread.run_sync(
+                functools.partial(fn, *args), limiter=self._limiter
+            )
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_FULL:  # extended codes too
+                raise
+            raise StoreFull(
+                f"the disk holding {self.db.path.parent} is full, so nothing was written: "
+                "free some space (the node goes on, and writes again once it can)"
+            ) from exc
 
 
 @asynccontextmanager

@@ -29,6 +29,8 @@ from typing import Any, Protocol
 
 import trio
 
+from mercato import MercatoError
+
 from ._host import DialError, P2PHost, expand_unspecified
 
 log = logging.getLogger("mercato.p2p.discovery")
@@ -175,8 +177,12 @@ class Discovery:
         if self.book is None:
             return
         peers = [(p, addrs) for p in self.host.connected_peers() if (addrs := self._addrs_of(p))]
-        if peers:
+        if not peers:
+            return
+        try:
             await self.book.save(peers)
+        except MercatoError as exc:  # a full disk, say: the node goes on, and saves later
+            log.warning("could not save the known peers", extra={"error": str(exc)})
 
     def _addrs_of(self, peer: str) -> list[str]:
         addrs = [a for a in self.host.peer_addrs(peer) if _dialable(a)]

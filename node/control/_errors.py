@@ -20,7 +20,7 @@ from mercato.p2p import P2PError, RemoteError
 from mercato.runtime import InputTooLarge, InvalidModule, LimitsError
 from mercato.settlement import ChannelError, LedgerError, LedgerUnreachable, LockupInForce
 
-from .._errors import ControlError, KeyExists, KeyNotFound, KeyStoreError, NotServed
+from .._errors import ControlError, KeyExists, KeyNotFound, KeyStoreError, NotServed, StoreFull
 from ..builds import BuildError, QuotaExceeded, UnknownBuild
 from ..commerce import (
     BadSignedObject,
@@ -38,6 +38,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     KeyExists: (409, "key_exists"),
     KeyNotFound: (404, "no_such_key"),
     KeyStoreError: (400, "bad_key"),
+    StoreFull: (507, "no_space"),
     SchemaError: (400, "invalid_listing"),
     ListingNotFound: (404, "no_such_listing"),
     DependencyConflict: (409, "conflict"),
