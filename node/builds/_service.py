@@ -452,7 +452,11 @@ class BuildService:
         )
 
     def start_fetch(self, cid: str, providers: list[str] | None, pinned: bool) -> FetchState:
-        """Fetch in the background (see `fetch`); its progress is in the returned state."""
+        """Fetch in the background (see `fetch`); its progress is in the returned state.
+
+        What was fetched is kept USE_KEEP_S after, pinned or not, as a build a task
+        ran is: the repair loop must not drop a build the moment a user fetched it.
+        """
         check_cid(cid)
         state = self.fetches.setdefault(cid, FetchState(cid))
         state.pin = state.pin or pinned  # a pin asked during a running fetch still counts
@@ -460,7 +464,8 @@ class BuildService:
 
             async def background() -> None:
                 try:
-                    await self.fetch(cid, providers, state.pin)
+                    with self.using(cid):
+                        await self.fetch(cid, providers, state.pin)
                 except Exception as exc:  # a background fetch never takes the node down
                     log.warning("fetch failed", extra={"cid": cid, "why": str(exc)})
 

@@ -79,6 +79,7 @@ from mercato.p2p import (
     decode_canonical,
 )
 
+from .._errors import StoreError
 from .._events import EventLog
 from .._keys import KeyStore
 from .._store import Store
@@ -173,6 +174,9 @@ class RegistryService:
                     applied = await self.sync_with(peer)
                 except P2PError as exc:
                     log.debug("registry sync failed", extra={"peer": peer, "error": str(exc)})
+                    continue
+                except StoreError as exc:  # a full disk: nothing was written; try later
+                    log.warning("registry sync not stored", extra={"error": str(exc)})
                     continue
                 if applied:
                     self._make_due(p for p in connected if p != peer)
@@ -610,6 +614,9 @@ class RegistryService:
                 "registry update rejected", extra={"peer": message.forwarder, "why": str(exc)}
             )
             return Verdict.REJECT
+        except StoreError as exc:  # a full disk: not the forwarder's fault; sync brings it later
+            log.warning("registry update not stored", extra={"error": str(exc)})
+            return Verdict.IGNORE
         # Relay only news. One that waits for earlier updates could not be applied
         # by a receiver either (anti-entropy brings it in order); a duplicate is not
         # vetted again, and peers already have it or will sync it.

@@ -289,3 +289,30 @@ async def test_a_build_removed_mid_fetch_ends_the_fetch_not_the_node(tmp_path: P
         assert state.error
         assert (await user.store.run(user.builds.builds.info, cid)) is None
         assert user.overlay.host.connected_peers()  # the node runs on
+
+
+@pytest.mark.slow
+async def test_a_build_a_user_fetched_unpinned_is_not_dropped_by_the_next_repair(
+    tmp_path: Path,
+) -> None:
+    # The holder keeps the build (replicas 1) and the user is not responsible for it:
+    # the repair loop would drop the user's copy as soon as the keeper holds one,
+    # right under `mercato builds fetch`, which then reported a fetch that worked
+    # as incomplete.
+    from mercato.node.builds._service import responsible
+
+    async with running_nodes(tmp_path, 2, replicas=1, repair_interval_s=3600) as (user, holder):
+        peer = await user.overlay.host.connect(holder.overlay.host.listen_addrs()[0])
+        peers = [user.overlay.peer_id, holder.overlay.peer_id]
+        for attempt in range(64):  # a build whose one keeper is the holder
+            source = random_file(tmp_path / f"b{attempt}.wasm", CHUNK_SIZE + attempt + 1)
+            if responsible(manifest_of(source).cid, peers, 1) == [holder.overlay.peer_id]:
+                break
+        cid = manifest_of(source).cid
+        await holder.store.run(holder.builds.builds.add_file, source)
+        state = user.builds.start_fetch(cid, [peer], False)
+        await until(lambda: state.finished, 20)
+        assert not state.error
+        done = await user.builds.repair_once()
+        assert cid not in done["dropped"]
+        assert (await user.store.run(user.builds.builds.info, cid)).complete
