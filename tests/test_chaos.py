@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from .cli.test_relay_netns import namespaces_or_skip
+from .conftest import budget
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,7 @@ def test_the_quick_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
         [sys.executable, str(ROOT / "scripts" / "chaos.py"), "--quick", "--dir", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=budget(600),
         cwd=ROOT,
     )
     report = tmp_path / "report.md"
