@@ -135,6 +135,7 @@ class BuildService:
         self._last_released: set[str] = set()  # as of the last repair round
         self._in_use: dict[str, int] = {}
         self._used: dict[str, float] = {}  # cid -> when a run last used it (monotonic)
+        self._fetched: dict[str, float] = {}  # cid -> when a fetch of it ended (monotonic)
         self._spreading: dict[str, list[Spread]] = {}  # releases waiting for copies, by cid
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -174,6 +175,12 @@ class BuildService:
             if not self._in_use[cid]:
                 del self._in_use[cid]
             self._used[cid] = time.monotonic()
+
+    def _recently_fetched(self) -> set[str]:
+        horizon = time.monotonic() - USE_KEEP_S
+        for cid in [c for c, t in self._fetched.items() if t < horizon]:
+            del self._fetched[cid]
+        return set(self._fetched)
 
     def _recently_used(self) -> set[str]:
         horizon = time.monotonic() - USE_KEEP_S
@@ -226,6 +233,7 @@ class BuildService:
                 and not info.pinned
                 and cid not in self._fetching()
                 and cid not in self._recently_used()
+                and cid not in self._recently_fetched()
                 # Not ours to keep: drop it once its keepers hold it. What an offer
                 # started and that never completed goes at once.
                 and ((not info.complete and cid in self._offered) or await self._held_by(cid, duty))
@@ -454,8 +462,9 @@ class BuildService:
     def start_fetch(self, cid: str, providers: list[str] | None, pinned: bool) -> FetchState:
         """Fetch in the background (see `fetch`); its progress is in the returned state.
 
-        What was fetched is kept USE_KEEP_S after, pinned or not, as a build a task
-        ran is: the repair loop must not drop a build the moment a user fetched it.
+        The repair loop leaves what was fetched for USE_KEEP_S after, pinned or
+        not: it must not drop a build the moment a user fetched it (`builds gc`
+        still may, if it is not pinned).
         """
         check_cid(cid)
         state = self.fetches.setdefault(cid, FetchState(cid))
@@ -464,10 +473,11 @@ class BuildService:
 
             async def background() -> None:
                 try:
-                    with self.using(cid):
-                        await self.fetch(cid, providers, state.pin)
+                    await self.fetch(cid, providers, state.pin)
                 except Exception as exc:  # a background fetch never takes the node down
                     log.warning("fetch failed", extra={"cid": cid, "why": str(exc)})
+                finally:
+                    self._fetched[cid] = time.monotonic()
 
             state.finished, state.error = False, ""
             assert self._nursery is not None, "the build service is not running"

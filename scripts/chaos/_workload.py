@@ -20,7 +20,10 @@ from urllib.parse import urlencode
 from ._cluster import ROOT, Cluster, wait_until
 
 EXAMPLES = ROOT / "runtime" / "examples"
-AGENTS = ("wordcount", "echo", "json-upper", "digest")
+# Not digest: a composite that calls a model, which a chaos network does not serve;
+# its failed sub-calls differ from node to node, and released without declared
+# dependencies its answers would be held to the user's own run and judged wrong.
+AGENTS = ("wordcount", "echo", "json-upper")
 PRICE = 2000  # lamports a task
 ROYALTY_BPS = 1000  # the creator's share when another node provides
 INPUT = '{"text": "the quick brown fox jumps over the lazy dog"}'
