@@ -7,6 +7,7 @@ import trio
 
 from mercato.node import ControlClient
 
+from ..conftest import budget
 from .test_registry_network import manifest, running_nodes
 
 
@@ -23,13 +24,13 @@ async def test_the_digest_tells_converged_replicas_from_diverged_ones(tmp_path: 
         ahead = await trio.to_thread.run_sync(digest, a)
         assert ahead["feeds"] == 1 and ahead["digest"] != empty["digest"]
         await b.overlay.host.connect(a.overlay.host.listen_addrs()[0])
-        with trio.fail_after(30):
+        with trio.fail_after(budget(30)):
             while True:  # anti-entropy pulls it within a sync interval
                 if await trio.to_thread.run_sync(digest, b) == ahead:
                     break
                 await trio.sleep(0.2)
         await b.registry.publish("default", manifest("two"))
-        with trio.fail_after(30):
+        with trio.fail_after(budget(30)):
             while True:
                 seen = [await trio.to_thread.run_sync(digest, n) for n in (a, b)]
                 if seen[0] == seen[1]:
